@@ -1,0 +1,214 @@
+//! Domain ↔ proto, at the edge only.
+
+use sluice_proto::admin::v1 as pb;
+use tonic::Status;
+
+use crate::store::{self, KeyHealth, KeyState, Posture, ProviderKind, TokenScope};
+
+impl From<store::Organization> for pb::Organization {
+    fn from(o: store::Organization) -> Self {
+        Self {
+            id: o.id,
+            name: o.name,
+            display_name: o.display_name,
+            created_at_us: o.created_at_us,
+            updated_at_us: o.updated_at_us,
+        }
+    }
+}
+
+impl From<store::Project> for pb::Project {
+    fn from(p: store::Project) -> Self {
+        Self {
+            id: p.id,
+            organization: p.organization,
+            name: p.name,
+            display_name: p.display_name,
+            posture: posture_to_proto(p.posture) as i32,
+            default_model: p.default_model,
+            created_at_us: p.created_at_us,
+            updated_at_us: p.updated_at_us,
+        }
+    }
+}
+
+impl From<store::Provider> for pb::Provider {
+    fn from(p: store::Provider) -> Self {
+        Self {
+            id: p.id,
+            organization: p.organization,
+            name: p.name,
+            r#type: kind_to_proto(p.kind) as i32,
+            base_url: p.base_url,
+            api_version: p.api_version,
+            timeout_ms: p.timeout_ms,
+            extra_headers: p.extra_headers.into_iter().collect(),
+            active: p.active,
+            allow_private_network: p.allow_private_network,
+            created_at_us: p.created_at_us,
+            updated_at_us: p.updated_at_us,
+        }
+    }
+}
+
+impl From<store::ProviderKey> for pb::ProviderKey {
+    fn from(k: store::ProviderKey) -> Self {
+        Self {
+            id: k.id,
+            organization: k.organization,
+            provider: k.provider,
+            name: k.name,
+            state: match k.state {
+                KeyState::Active => pb::ProviderKeyState::Active,
+                KeyState::Retiring => pb::ProviderKeyState::Retiring,
+                KeyState::Revoked => pb::ProviderKeyState::Revoked,
+            } as i32,
+            last_four: k.last_four,
+            fingerprint: k.fingerprint,
+            health: match k.health {
+                KeyHealth::Unknown => pb::ProviderKeyHealth::Unknown,
+                KeyHealth::Valid => pb::ProviderKeyHealth::Valid,
+                KeyHealth::InvalidCredentials => pb::ProviderKeyHealth::InvalidCredentials,
+                KeyHealth::NoModelAccess => pb::ProviderKeyHealth::NoModelAccess,
+                KeyHealth::Unreachable => pb::ProviderKeyHealth::Unreachable,
+            } as i32,
+            master_key_version: k.master_key_version,
+            created_at_us: k.created_at_us,
+            updated_at_us: k.updated_at_us,
+        }
+    }
+}
+
+impl From<store::Deployment> for pb::Deployment {
+    fn from(d: store::Deployment) -> Self {
+        Self {
+            provider: d.provider,
+            upstream_model: d.upstream_model,
+            weight: d.weight,
+            priority: d.priority,
+        }
+    }
+}
+
+impl From<store::Model> for pb::Model {
+    fn from(m: store::Model) -> Self {
+        Self {
+            id: m.id,
+            organization: m.organization,
+            name: m.name,
+            deployments: m.deployments.into_iter().map(Into::into).collect(),
+            input_price_micros_per_mtok: m.input_price_micros_per_mtok,
+            output_price_micros_per_mtok: m.output_price_micros_per_mtok,
+            context_window: m.context_window,
+            created_at_us: m.created_at_us,
+            updated_at_us: m.updated_at_us,
+        }
+    }
+}
+
+impl From<store::VirtualKey> for pb::VirtualKey {
+    fn from(v: store::VirtualKey) -> Self {
+        Self {
+            id: v.id,
+            organization: v.organization,
+            project: v.project,
+            name: v.name,
+            prefix: v.prefix,
+            allowed_models: v.allowed_models,
+            expires_at_us: v.expires_at_us,
+            revoked_at_us: v.revoked_at_us,
+            created_at_us: v.created_at_us,
+            updated_at_us: v.updated_at_us,
+        }
+    }
+}
+
+impl From<store::AdminToken> for pb::AdminToken {
+    fn from(t: store::AdminToken) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            scope: match t.scope {
+                TokenScope::Admin => pb::TokenScope::Admin,
+                TokenScope::ReadOnly => pb::TokenScope::ReadOnly,
+                TokenScope::DataPlane => pb::TokenScope::DataPlane,
+            } as i32,
+            prefix: t.prefix,
+            created_at_us: t.created_at_us,
+            revoked_at_us: t.revoked_at_us,
+        }
+    }
+}
+
+impl From<store::AuditEvent> for pb::AuditEvent {
+    fn from(e: store::AuditEvent) -> Self {
+        Self {
+            id: e.id,
+            at_us: e.at_us,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            detail: e.detail,
+        }
+    }
+}
+
+fn posture_to_proto(posture: Posture) -> pb::Posture {
+    match posture {
+        Posture::Mock => pb::Posture::Mock,
+        Posture::Live => pb::Posture::Live,
+    }
+}
+
+fn kind_to_proto(kind: ProviderKind) -> pb::ProviderType {
+    match kind {
+        ProviderKind::OpenAi => pb::ProviderType::Openai,
+        ProviderKind::Anthropic => pb::ProviderType::Anthropic,
+        ProviderKind::Google => pb::ProviderType::Google,
+        ProviderKind::AzureOpenAi => pb::ProviderType::AzureOpenai,
+        ProviderKind::Vllm => pb::ProviderType::Vllm,
+        ProviderKind::Custom => pb::ProviderType::Custom,
+    }
+}
+
+fn unspecified(field: &str) -> Status {
+    Status::invalid_argument(format!("{field}: is required"))
+}
+
+pub fn posture_from_proto(field: &str, value: i32) -> Result<Posture, Status> {
+    match pb::Posture::try_from(value) {
+        Ok(pb::Posture::Mock) => Ok(Posture::Mock),
+        Ok(pb::Posture::Live) => Ok(Posture::Live),
+        Ok(pb::Posture::Unspecified) => Err(unspecified(field)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "{field}: unknown value {value}"
+        ))),
+    }
+}
+
+pub fn kind_from_proto(field: &str, value: i32) -> Result<ProviderKind, Status> {
+    match pb::ProviderType::try_from(value) {
+        Ok(pb::ProviderType::Openai) => Ok(ProviderKind::OpenAi),
+        Ok(pb::ProviderType::Anthropic) => Ok(ProviderKind::Anthropic),
+        Ok(pb::ProviderType::Google) => Ok(ProviderKind::Google),
+        Ok(pb::ProviderType::AzureOpenai) => Ok(ProviderKind::AzureOpenAi),
+        Ok(pb::ProviderType::Vllm) => Ok(ProviderKind::Vllm),
+        Ok(pb::ProviderType::Custom) => Ok(ProviderKind::Custom),
+        Ok(pb::ProviderType::Unspecified) => Err(unspecified(field)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "{field}: unknown value {value}"
+        ))),
+    }
+}
+
+pub fn scope_from_proto(field: &str, value: i32) -> Result<TokenScope, Status> {
+    match pb::TokenScope::try_from(value) {
+        Ok(pb::TokenScope::Admin) => Ok(TokenScope::Admin),
+        Ok(pb::TokenScope::ReadOnly) => Ok(TokenScope::ReadOnly),
+        Ok(pb::TokenScope::DataPlane) => Ok(TokenScope::DataPlane),
+        Ok(pb::TokenScope::Unspecified) => Err(unspecified(field)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "{field}: unknown value {value}"
+        ))),
+    }
+}

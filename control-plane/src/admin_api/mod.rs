@@ -1,0 +1,1171 @@
+//! The tonic admin service: validates input, calls the store and the vault, converts at the
+//! edge. Authentication happens before any of this, in [`auth::AdminAuth`].
+
+pub mod auth;
+mod convert;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sluice_proto::admin::v1 as pb;
+use sluice_proto::admin::v1::admin_service_server::AdminService;
+use sluice_shared::ids::new_id;
+use sluice_shared::secret::SecretString;
+use sluice_shared::token;
+use tonic::{Request, Response, Status};
+
+use self::auth::Principal;
+use self::convert::{kind_from_proto, posture_from_proto, scope_from_proto};
+use crate::store::{self, Audit, Posture, Store, StoreError, TokenScope};
+use crate::validation::{self, InvalidField};
+use crate::vault::{Vault, VaultError};
+
+const DEFAULT_TIMEOUT_MS: u32 = 60_000;
+const MAX_TIMEOUT_MS: u32 = 600_000;
+const DEFAULT_AUDIT_LIMIT: u32 = 100;
+const MAX_AUDIT_LIMIT: u32 = 1_000;
+
+pub struct AdminApi<S> {
+    store: Arc<S>,
+    vault: Arc<Vault>,
+}
+
+impl<S> AdminApi<S> {
+    pub fn new(store: Arc<S>, vault: Arc<Vault>) -> Self {
+        Self { store, vault }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn reply<T>(message: T) -> Reply<T> {
+    Ok(Response::new(message))
+}
+
+/// The audit actor. The auth layer always sets it; refusing here too keeps a mis-wired
+/// server closed rather than open.
+fn actor<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .map(|principal| principal.token_name.clone())
+        .ok_or_else(|| Status::unauthenticated("missing admin token"))
+}
+
+fn check(result: Result<(), InvalidField>) -> Result<(), Status> {
+    result.map_err(|invalid| Status::invalid_argument(invalid.to_string()))
+}
+
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound { what } => Status::not_found(format!("{what} not found")),
+        StoreError::AlreadyExists { what } => {
+            Status::already_exists(format!("{what} already exists"))
+        }
+        StoreError::FailedPrecondition(message) => Status::failed_precondition(message),
+        other => internal(&other),
+    }
+}
+
+fn vault_status(error: VaultError) -> Status {
+    match error {
+        VaultError::Store(error) => store_status(error),
+        other => internal(&other),
+    }
+}
+
+/// Logged once here with a reference the operator can quote; the wire gets only the reference.
+fn internal(error: &dyn std::error::Error) -> Status {
+    let reference = new_id();
+    tracing::error!(%reference, %error, "admin request failed");
+    Status::internal(format!(
+        "internal error (reference {reference}); if it persists, contact support with it"
+    ))
+}
+
+fn names(pairs: &[(&str, &str)]) -> Result<(), Status> {
+    pairs
+        .iter()
+        .try_for_each(|(field, value)| check(validation::name(field, value)))
+}
+
+fn deployments(list: Vec<pb::Deployment>) -> Result<Vec<store::Deployment>, Status> {
+    list.into_iter()
+        .enumerate()
+        .map(|(index, d)| {
+            check(validation::name(
+                &format!("deployments[{index}].provider"),
+                &d.provider,
+            ))?;
+            if d.upstream_model.is_empty() || d.upstream_model.len() > 200 {
+                return Err(Status::invalid_argument(format!(
+                    "deployments[{index}].upstream_model: is required, at most 200 characters"
+                )));
+            }
+            check(validation::display_name(
+                &format!("deployments[{index}].upstream_model"),
+                &d.upstream_model,
+            ))?;
+            Ok(store::Deployment {
+                provider: d.provider,
+                upstream_model: d.upstream_model,
+                weight: d.weight.max(1),
+                priority: d.priority,
+            })
+        })
+        .collect()
+}
+
+fn price(field: &str, value: i64) -> Result<i64, Status> {
+    if value < 0 {
+        return Err(Status::invalid_argument(format!(
+            "{field}: must not be negative"
+        )));
+    }
+    Ok(value)
+}
+
+fn timeout(field: &str, value: u32) -> Result<u32, Status> {
+    match value {
+        0 => Ok(DEFAULT_TIMEOUT_MS),
+        v if v > MAX_TIMEOUT_MS => Err(Status::invalid_argument(format!(
+            "{field}: must be at most {MAX_TIMEOUT_MS} ms"
+        ))),
+        v => Ok(v),
+    }
+}
+
+fn model_names(field: &str, models: &[String]) -> Result<(), Status> {
+    models
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, model)| check(validation::name(&format!("{field}[{i}]"), model)))
+}
+
+fn expiry(field: &str, value: i64) -> Result<i64, Status> {
+    if value < 0 {
+        return Err(Status::invalid_argument(format!(
+            "{field}: must not be negative"
+        )));
+    }
+    Ok(value)
+}
+
+impl<S: Store> AdminApi<S> {
+    async fn new_provider_key(
+        &self,
+        org: &str,
+        provider: &str,
+        name: &str,
+        secret: &SecretString,
+    ) -> Result<store::NewProviderKey, Status> {
+        let org_id = self
+            .store
+            .get_organization(org)
+            .await
+            .map_err(store_status)?
+            .id;
+        self.store
+            .get_provider(org, provider)
+            .await
+            .map_err(store_status)?;
+        let id = new_id();
+        let sealed = self
+            .vault
+            .seal_provider_key(&id, &org_id, secret)
+            .map_err(vault_status)?;
+        Ok(store::NewProviderKey {
+            id,
+            name: name.to_owned(),
+            sealed_secret: sealed.sealed,
+            master_key_version: sealed.master_key_version,
+            last_four: sealed.last_four,
+            fingerprint: sealed.fingerprint,
+        })
+    }
+
+    /// LIVE costs money, so it needs every model the project may use to have a usable key.
+    async fn check_ready_for_live(&self, org: &str, name: &str) -> Result<(), Status> {
+        let readiness = self
+            .store
+            .project_model_readiness(org, name)
+            .await
+            .map_err(store_status)?;
+        if readiness.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "project '{org}/{name}' has no models to serve: set a default model or create a \
+                 virtual key first"
+            )));
+        }
+        let unready: Vec<&str> = readiness
+            .iter()
+            .filter(|model| model.usable_keys == 0)
+            .map(|model| model.model.as_str())
+            .collect();
+        if !unready.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "project '{org}/{name}' cannot go LIVE: no usable provider key for model(s) {}; \
+                 add one with `sluicectl provider-key add ORG/PROVIDER/NAME` and make sure a \
+                 deployment of each model points at that provider",
+                unready.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> AdminService for AdminApi<S> {
+    // === organizations ===
+
+    async fn create_organization(
+        &self,
+        request: Request<pb::CreateOrganizationRequest>,
+    ) -> Reply<pb::CreateOrganizationResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("name", &req.name)])?;
+        check(validation::display_name("display_name", &req.display_name))?;
+        let audit = Audit::new(&actor, "organization.create", &req.name);
+        let org = self
+            .store
+            .create_organization(
+                store::NewOrganization {
+                    name: req.name,
+                    display_name: req.display_name,
+                },
+                audit,
+            )
+            .await
+            .map_err(store_status)?;
+        reply(pb::CreateOrganizationResponse {
+            organization: Some(org.into()),
+        })
+    }
+
+    async fn get_organization(
+        &self,
+        request: Request<pb::GetOrganizationRequest>,
+    ) -> Reply<pb::GetOrganizationResponse> {
+        let req = request.into_inner();
+        names(&[("name", &req.name)])?;
+        let org = self
+            .store
+            .get_organization(&req.name)
+            .await
+            .map_err(store_status)?;
+        reply(pb::GetOrganizationResponse {
+            organization: Some(org.into()),
+        })
+    }
+
+    async fn list_organizations(
+        &self,
+        request: Request<pb::ListOrganizationsRequest>,
+    ) -> Reply<pb::ListOrganizationsResponse> {
+        let req = request.into_inner();
+        check(validation::display_name("name_prefix", &req.name_prefix))?;
+        let orgs = self
+            .store
+            .list_organizations(&req.name_prefix)
+            .await
+            .map_err(store_status)?;
+        reply(pb::ListOrganizationsResponse {
+            organizations: orgs.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn update_organization(
+        &self,
+        request: Request<pb::UpdateOrganizationRequest>,
+    ) -> Reply<pb::UpdateOrganizationResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("name", &req.name)])?;
+        if let Some(display) = &req.display_name {
+            check(validation::display_name("display_name", display))?;
+        }
+        let audit = Audit::new(&actor, "organization.update", &req.name);
+        let org = self
+            .store
+            .update_organization(&req.name, req.display_name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::UpdateOrganizationResponse {
+            organization: Some(org.into()),
+        })
+    }
+
+    async fn delete_organization(
+        &self,
+        request: Request<pb::DeleteOrganizationRequest>,
+    ) -> Reply<pb::DeleteOrganizationResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("name", &req.name)])?;
+        let audit = Audit::new(&actor, "organization.delete", &req.name);
+        self.store
+            .delete_organization(&req.name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::DeleteOrganizationResponse {})
+    }
+
+    // === projects ===
+
+    async fn create_project(
+        &self,
+        request: Request<pb::CreateProjectRequest>,
+    ) -> Reply<pb::CreateProjectResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        check(validation::display_name("display_name", &req.display_name))?;
+        if !req.default_model.is_empty() {
+            names(&[("default_model", &req.default_model)])?;
+        }
+        let target = format!("{}/{}", req.organization, req.name);
+        let audit = Audit::new(&actor, "project.create", target).with_detail("posture=MOCK");
+        let project = self
+            .store
+            .create_project(
+                &req.organization,
+                store::NewProject {
+                    name: req.name,
+                    display_name: req.display_name,
+                    default_model: req.default_model,
+                },
+                audit,
+            )
+            .await
+            .map_err(store_status)?;
+        reply(pb::CreateProjectResponse {
+            project: Some(project.into()),
+        })
+    }
+
+    async fn get_project(
+        &self,
+        request: Request<pb::GetProjectRequest>,
+    ) -> Reply<pb::GetProjectResponse> {
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let project = self
+            .store
+            .get_project(&req.organization, &req.name)
+            .await
+            .map_err(store_status)?;
+        reply(pb::GetProjectResponse {
+            project: Some(project.into()),
+        })
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<pb::ListProjectsRequest>,
+    ) -> Reply<pb::ListProjectsResponse> {
+        let req = request.into_inner();
+        names(&[("organization", &req.organization)])?;
+        let projects = self
+            .store
+            .list_projects(&req.organization)
+            .await
+            .map_err(store_status)?;
+        reply(pb::ListProjectsResponse {
+            projects: projects.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn update_project(
+        &self,
+        request: Request<pb::UpdateProjectRequest>,
+    ) -> Reply<pb::UpdateProjectResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        if let Some(display) = &req.display_name {
+            check(validation::display_name("display_name", display))?;
+        }
+        if let Some(model) = req.default_model.as_deref().filter(|m| !m.is_empty()) {
+            names(&[("default_model", model)])?;
+        }
+        let target = format!("{}/{}", req.organization, req.name);
+        let audit = Audit::new(&actor, "project.update", target);
+        let patch = store::ProjectPatch {
+            display_name: req.display_name,
+            default_model: req.default_model,
+            posture: None,
+        };
+        let project = self
+            .store
+            .update_project(&req.organization, &req.name, patch, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::UpdateProjectResponse {
+            project: Some(project.into()),
+        })
+    }
+
+    async fn delete_project(
+        &self,
+        request: Request<pb::DeleteProjectRequest>,
+    ) -> Reply<pb::DeleteProjectResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let audit = Audit::new(
+            &actor,
+            "project.delete",
+            format!("{}/{}", req.organization, req.name),
+        );
+        self.store
+            .delete_project(&req.organization, &req.name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::DeleteProjectResponse {})
+    }
+
+    async fn set_project_posture(
+        &self,
+        request: Request<pb::SetProjectPostureRequest>,
+    ) -> Reply<pb::SetProjectPostureResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let posture = posture_from_proto("posture", req.posture)?;
+        if posture == Posture::Live {
+            self.check_ready_for_live(&req.organization, &req.name)
+                .await?;
+        }
+        let target = format!("{}/{}", req.organization, req.name);
+        let audit = Audit::new(&actor, "project.set_posture", target)
+            .with_detail(format!("posture={}", posture.as_str()));
+        let patch = store::ProjectPatch {
+            posture: Some(posture),
+            ..Default::default()
+        };
+        let project = self
+            .store
+            .update_project(&req.organization, &req.name, patch, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::SetProjectPostureResponse {
+            project: Some(project.into()),
+        })
+    }
+
+    // === providers ===
+
+    async fn create_provider(
+        &self,
+        request: Request<pb::CreateProviderRequest>,
+    ) -> Reply<pb::CreateProviderResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let kind = kind_from_proto("type", req.r#type)?;
+        check(validation::base_url(
+            "base_url",
+            &req.base_url,
+            req.allow_private_network,
+        ))?;
+        check(validation::display_name("api_version", &req.api_version))?;
+        let extra_headers: BTreeMap<String, String> = req.extra_headers.into_iter().collect();
+        check(validation::extra_headers("extra_headers", &extra_headers))?;
+        let target = format!("{}/{}", req.organization, req.name);
+        let audit = Audit::new(&actor, "provider.create", target).with_detail(format!(
+            "type={} base_url={}",
+            kind.as_str(),
+            req.base_url
+        ));
+        let provider = self
+            .store
+            .create_provider(
+                &req.organization,
+                store::NewProvider {
+                    name: req.name,
+                    kind,
+                    base_url: req.base_url,
+                    api_version: req.api_version,
+                    timeout_ms: timeout("timeout_ms", req.timeout_ms)?,
+                    extra_headers,
+                    allow_private_network: req.allow_private_network,
+                },
+                audit,
+            )
+            .await
+            .map_err(store_status)?;
+        reply(pb::CreateProviderResponse {
+            provider: Some(provider.into()),
+        })
+    }
+
+    async fn get_provider(
+        &self,
+        request: Request<pb::GetProviderRequest>,
+    ) -> Reply<pb::GetProviderResponse> {
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let provider = self
+            .store
+            .get_provider(&req.organization, &req.name)
+            .await
+            .map_err(store_status)?;
+        reply(pb::GetProviderResponse {
+            provider: Some(provider.into()),
+        })
+    }
+
+    async fn list_providers(
+        &self,
+        request: Request<pb::ListProvidersRequest>,
+    ) -> Reply<pb::ListProvidersResponse> {
+        let req = request.into_inner();
+        names(&[("organization", &req.organization)])?;
+        let providers = self
+            .store
+            .list_providers(&req.organization)
+            .await
+            .map_err(store_status)?;
+        reply(pb::ListProvidersResponse {
+            providers: providers.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn update_provider(
+        &self,
+        request: Request<pb::UpdateProviderRequest>,
+    ) -> Reply<pb::UpdateProviderResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let current = self
+            .store
+            .get_provider(&req.organization, &req.name)
+            .await
+            .map_err(store_status)?;
+        let allow_private = req
+            .allow_private_network
+            .unwrap_or(current.allow_private_network);
+        // The URL is re-checked whenever it or the private-network flag changes.
+        let url = req
+            .base_url
+            .clone()
+            .unwrap_or_else(|| current.base_url.clone());
+        check(validation::base_url("base_url", &url, allow_private))?;
+        if let Some(version) = &req.api_version {
+            check(validation::display_name("api_version", version))?;
+        }
+        let extra_headers = if req.replace_extra_headers {
+            let headers: BTreeMap<String, String> = req.extra_headers.into_iter().collect();
+            check(validation::extra_headers("extra_headers", &headers))?;
+            Some(headers)
+        } else {
+            None
+        };
+        let timeout_ms = req
+            .timeout_ms
+            .map(|t| timeout("timeout_ms", t))
+            .transpose()?;
+        let target = format!("{}/{}", req.organization, req.name);
+        let audit = Audit::new(&actor, "provider.update", target);
+        let patch = store::ProviderPatch {
+            base_url: req.base_url,
+            api_version: req.api_version,
+            timeout_ms,
+            extra_headers,
+            active: req.active,
+            allow_private_network: req.allow_private_network,
+        };
+        let provider = self
+            .store
+            .update_provider(&req.organization, &req.name, patch, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::UpdateProviderResponse {
+            provider: Some(provider.into()),
+        })
+    }
+
+    async fn delete_provider(
+        &self,
+        request: Request<pb::DeleteProviderRequest>,
+    ) -> Reply<pb::DeleteProviderResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let audit = Audit::new(
+            &actor,
+            "provider.delete",
+            format!("{}/{}", req.organization, req.name),
+        );
+        self.store
+            .delete_provider(&req.organization, &req.name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::DeleteProviderResponse {})
+    }
+
+    // === provider keys ===
+
+    async fn create_provider_key(
+        &self,
+        request: Request<pb::CreateProviderKeyRequest>,
+    ) -> Reply<pb::CreateProviderKeyResponse> {
+        let actor = actor(&request)?;
+        let mut req = request.into_inner();
+        let secret = SecretString::new(std::mem::take(&mut req.secret));
+        names(&[
+            ("organization", &req.organization),
+            ("provider", &req.provider),
+            ("name", &req.name),
+        ])?;
+        check(validation::secret("secret", secret.expose()))?;
+        let new = self
+            .new_provider_key(&req.organization, &req.provider, &req.name, &secret)
+            .await?;
+        let target = format!("{}/{}/{}", req.organization, req.provider, req.name);
+        let audit = Audit::new(&actor, "provider_key.create", target)
+            .with_detail(format!("fingerprint={}", new.fingerprint));
+        let key = self
+            .store
+            .create_provider_key(&req.organization, &req.provider, new, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::CreateProviderKeyResponse {
+            provider_key: Some(key.into()),
+        })
+    }
+
+    async fn get_provider_key(
+        &self,
+        request: Request<pb::GetProviderKeyRequest>,
+    ) -> Reply<pb::GetProviderKeyResponse> {
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("provider", &req.provider),
+            ("name", &req.name),
+        ])?;
+        let key = self
+            .store
+            .get_provider_key(&req.organization, &req.provider, &req.name)
+            .await
+            .map_err(store_status)?;
+        reply(pb::GetProviderKeyResponse {
+            provider_key: Some(key.into()),
+        })
+    }
+
+    async fn list_provider_keys(
+        &self,
+        request: Request<pb::ListProviderKeysRequest>,
+    ) -> Reply<pb::ListProviderKeysResponse> {
+        let req = request.into_inner();
+        names(&[("organization", &req.organization)])?;
+        if !req.provider.is_empty() {
+            names(&[("provider", &req.provider)])?;
+        }
+        let keys = self
+            .store
+            .list_provider_keys(&req.organization, &req.provider)
+            .await
+            .map_err(store_status)?;
+        reply(pb::ListProviderKeysResponse {
+            provider_keys: keys.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn rotate_provider_key(
+        &self,
+        request: Request<pb::RotateProviderKeyRequest>,
+    ) -> Reply<pb::RotateProviderKeyResponse> {
+        let actor = actor(&request)?;
+        let mut req = request.into_inner();
+        let secret = SecretString::new(std::mem::take(&mut req.new_secret));
+        names(&[
+            ("organization", &req.organization),
+            ("provider", &req.provider),
+            ("name", &req.name),
+            ("new_name", &req.new_name),
+        ])?;
+        check(validation::secret("new_secret", secret.expose()))?;
+        let new = self
+            .new_provider_key(&req.organization, &req.provider, &req.new_name, &secret)
+            .await?;
+        let target = format!("{}/{}/{}", req.organization, req.provider, req.name);
+        let audit = Audit::new(&actor, "provider_key.rotate", target).with_detail(format!(
+            "new_key={} fingerprint={}",
+            req.new_name, new.fingerprint
+        ));
+        let (retiring, active) = self
+            .store
+            .rotate_provider_key(&req.organization, &req.provider, &req.name, new, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::RotateProviderKeyResponse {
+            retiring: Some(retiring.into()),
+            active: Some(active.into()),
+        })
+    }
+
+    async fn revoke_provider_key(
+        &self,
+        request: Request<pb::RevokeProviderKeyRequest>,
+    ) -> Reply<pb::RevokeProviderKeyResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("provider", &req.provider),
+            ("name", &req.name),
+        ])?;
+        let target = format!("{}/{}/{}", req.organization, req.provider, req.name);
+        let audit = Audit::new(&actor, "provider_key.revoke", target);
+        let key = self
+            .store
+            .revoke_provider_key(&req.organization, &req.provider, &req.name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::RevokeProviderKeyResponse {
+            provider_key: Some(key.into()),
+        })
+    }
+
+    async fn delete_provider_key(
+        &self,
+        request: Request<pb::DeleteProviderKeyRequest>,
+    ) -> Reply<pb::DeleteProviderKeyResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("provider", &req.provider),
+            ("name", &req.name),
+        ])?;
+        let target = format!("{}/{}/{}", req.organization, req.provider, req.name);
+        let audit = Audit::new(&actor, "provider_key.delete", target);
+        self.store
+            .delete_provider_key(&req.organization, &req.provider, &req.name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::DeleteProviderKeyResponse {})
+    }
+
+    // === models ===
+
+    async fn create_model(
+        &self,
+        request: Request<pb::CreateModelRequest>,
+    ) -> Reply<pb::CreateModelResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let new = store::NewModel {
+            deployments: deployments(req.deployments)?,
+            input_price_micros_per_mtok: price(
+                "input_price_micros_per_mtok",
+                req.input_price_micros_per_mtok,
+            )?,
+            output_price_micros_per_mtok: price(
+                "output_price_micros_per_mtok",
+                req.output_price_micros_per_mtok,
+            )?,
+            context_window: req.context_window,
+            name: req.name,
+        };
+        let target = format!("{}/{}", req.organization, new.name);
+        let audit = Audit::new(&actor, "model.create", target);
+        let model = self
+            .store
+            .create_model(&req.organization, new, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::CreateModelResponse {
+            model: Some(model.into()),
+        })
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Reply<pb::GetModelResponse> {
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let model = self
+            .store
+            .get_model(&req.organization, &req.name)
+            .await
+            .map_err(store_status)?;
+        reply(pb::GetModelResponse {
+            model: Some(model.into()),
+        })
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<pb::ListModelsRequest>,
+    ) -> Reply<pb::ListModelsResponse> {
+        let req = request.into_inner();
+        names(&[("organization", &req.organization)])?;
+        let models = self
+            .store
+            .list_models(&req.organization)
+            .await
+            .map_err(store_status)?;
+        reply(pb::ListModelsResponse {
+            models: models.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn update_model(
+        &self,
+        request: Request<pb::UpdateModelRequest>,
+    ) -> Reply<pb::UpdateModelResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let patch = store::ModelPatch {
+            deployments: if req.replace_deployments {
+                Some(deployments(req.deployments)?)
+            } else {
+                None
+            },
+            input_price_micros_per_mtok: req
+                .input_price_micros_per_mtok
+                .map(|p| price("input_price_micros_per_mtok", p))
+                .transpose()?,
+            output_price_micros_per_mtok: req
+                .output_price_micros_per_mtok
+                .map(|p| price("output_price_micros_per_mtok", p))
+                .transpose()?,
+            context_window: req.context_window,
+        };
+        let audit = Audit::new(
+            &actor,
+            "model.update",
+            format!("{}/{}", req.organization, req.name),
+        );
+        let model = self
+            .store
+            .update_model(&req.organization, &req.name, patch, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::UpdateModelResponse {
+            model: Some(model.into()),
+        })
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<pb::DeleteModelRequest>,
+    ) -> Reply<pb::DeleteModelResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("organization", &req.organization), ("name", &req.name)])?;
+        let audit = Audit::new(
+            &actor,
+            "model.delete",
+            format!("{}/{}", req.organization, req.name),
+        );
+        self.store
+            .delete_model(&req.organization, &req.name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::DeleteModelResponse {})
+    }
+
+    // === virtual keys ===
+
+    async fn create_virtual_key(
+        &self,
+        request: Request<pb::CreateVirtualKeyRequest>,
+    ) -> Reply<pb::CreateVirtualKeyResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("project", &req.project),
+            ("name", &req.name),
+        ])?;
+        model_names("allowed_models", &req.allowed_models)?;
+        let minted = token::mint(token::VIRTUAL_KEY_PREFIX);
+        let new = store::NewVirtualKey {
+            id: new_id(),
+            name: req.name.clone(),
+            prefix: minted.display_prefix.clone(),
+            key_hash: minted.hash.clone(),
+            allowed_models: req.allowed_models,
+            expires_at_us: expiry("expires_at_us", req.expires_at_us)?,
+        };
+        let target = format!("{}/{}/{}", req.organization, req.project, req.name);
+        let audit = Audit::new(&actor, "virtual_key.create", target)
+            .with_detail(format!("prefix={}", minted.display_prefix));
+        let key = self
+            .store
+            .create_virtual_key(&req.organization, &req.project, new, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::CreateVirtualKeyResponse {
+            virtual_key: Some(key.into()),
+            key: minted.value.expose().to_owned(),
+        })
+    }
+
+    async fn get_virtual_key(
+        &self,
+        request: Request<pb::GetVirtualKeyRequest>,
+    ) -> Reply<pb::GetVirtualKeyResponse> {
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("project", &req.project),
+            ("name", &req.name),
+        ])?;
+        let key = self
+            .store
+            .get_virtual_key(&req.organization, &req.project, &req.name)
+            .await
+            .map_err(store_status)?;
+        reply(pb::GetVirtualKeyResponse {
+            virtual_key: Some(key.into()),
+        })
+    }
+
+    async fn list_virtual_keys(
+        &self,
+        request: Request<pb::ListVirtualKeysRequest>,
+    ) -> Reply<pb::ListVirtualKeysResponse> {
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("project", &req.project),
+        ])?;
+        check(validation::display_name("prefix", &req.prefix))?;
+        let keys = self
+            .store
+            .list_virtual_keys(&req.organization, &req.project, &req.prefix)
+            .await
+            .map_err(store_status)?;
+        reply(pb::ListVirtualKeysResponse {
+            virtual_keys: keys.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn update_virtual_key(
+        &self,
+        request: Request<pb::UpdateVirtualKeyRequest>,
+    ) -> Reply<pb::UpdateVirtualKeyResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("project", &req.project),
+            ("name", &req.name),
+        ])?;
+        let allowed_models = if req.replace_allowed_models {
+            model_names("allowed_models", &req.allowed_models)?;
+            Some(req.allowed_models)
+        } else {
+            None
+        };
+        let patch = store::VirtualKeyPatch {
+            allowed_models,
+            expires_at_us: req
+                .expires_at_us
+                .map(|e| expiry("expires_at_us", e))
+                .transpose()?,
+        };
+        let target = format!("{}/{}/{}", req.organization, req.project, req.name);
+        let audit = Audit::new(&actor, "virtual_key.update", target);
+        let key = self
+            .store
+            .update_virtual_key(&req.organization, &req.project, &req.name, patch, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::UpdateVirtualKeyResponse {
+            virtual_key: Some(key.into()),
+        })
+    }
+
+    async fn revoke_virtual_key(
+        &self,
+        request: Request<pb::RevokeVirtualKeyRequest>,
+    ) -> Reply<pb::RevokeVirtualKeyResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("project", &req.project),
+            ("name", &req.name),
+        ])?;
+        let target = format!("{}/{}/{}", req.organization, req.project, req.name);
+        let audit = Audit::new(&actor, "virtual_key.revoke", target);
+        let key = self
+            .store
+            .revoke_virtual_key(&req.organization, &req.project, &req.name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::RevokeVirtualKeyResponse {
+            virtual_key: Some(key.into()),
+        })
+    }
+
+    async fn delete_virtual_key(
+        &self,
+        request: Request<pb::DeleteVirtualKeyRequest>,
+    ) -> Reply<pb::DeleteVirtualKeyResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("project", &req.project),
+            ("name", &req.name),
+        ])?;
+        let target = format!("{}/{}/{}", req.organization, req.project, req.name);
+        let audit = Audit::new(&actor, "virtual_key.delete", target);
+        self.store
+            .delete_virtual_key(&req.organization, &req.project, &req.name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::DeleteVirtualKeyResponse {})
+    }
+
+    // === admin tokens ===
+
+    async fn create_admin_token(
+        &self,
+        request: Request<pb::CreateAdminTokenRequest>,
+    ) -> Reply<pb::CreateAdminTokenResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("name", &req.name)])?;
+        let scope = scope_from_proto("scope", req.scope)?;
+        let (token, new) = mint_admin_token(&req.name, scope);
+        let audit = Audit::new(&actor, "admin_token.create", &req.name).with_detail(format!(
+            "scope={} prefix={}",
+            scope.as_str(),
+            new.prefix
+        ));
+        let created = self
+            .store
+            .create_admin_token(new, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::CreateAdminTokenResponse {
+            admin_token: Some(created.into()),
+            token: token.expose().to_owned(),
+        })
+    }
+
+    async fn list_admin_tokens(
+        &self,
+        _request: Request<pb::ListAdminTokensRequest>,
+    ) -> Reply<pb::ListAdminTokensResponse> {
+        let tokens = self.store.list_admin_tokens().await.map_err(store_status)?;
+        reply(pb::ListAdminTokensResponse {
+            admin_tokens: tokens.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn revoke_admin_token(
+        &self,
+        request: Request<pb::RevokeAdminTokenRequest>,
+    ) -> Reply<pb::RevokeAdminTokenResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[("name", &req.name)])?;
+        let audit = Audit::new(&actor, "admin_token.revoke", &req.name);
+        let token = self
+            .store
+            .revoke_admin_token(&req.name, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::RevokeAdminTokenResponse {
+            admin_token: Some(token.into()),
+        })
+    }
+
+    // === audit ===
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Reply<pb::ListAuditEventsResponse> {
+        let req = request.into_inner();
+        for (field, value) in [
+            ("actor", &req.actor),
+            ("action", &req.action),
+            ("target_prefix", &req.target_prefix),
+        ] {
+            check(validation::display_name(field, value))?;
+        }
+        let limit = match req.limit {
+            0 => DEFAULT_AUDIT_LIMIT,
+            n => n.min(MAX_AUDIT_LIMIT),
+        };
+        let events = self
+            .store
+            .list_audit_events(store::AuditFilter {
+                actor: req.actor,
+                action: req.action,
+                target_prefix: req.target_prefix,
+                limit,
+            })
+            .await
+            .map_err(store_status)?;
+        reply(pb::ListAuditEventsResponse {
+            events: events.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    // === vault ===
+
+    async fn get_vault_status(
+        &self,
+        _request: Request<pb::GetVaultStatusRequest>,
+    ) -> Reply<pb::GetVaultStatusResponse> {
+        let counts = self
+            .store
+            .provider_keys_per_master_key_version()
+            .await
+            .map_err(store_status)?;
+        let config_version = self.store.config_version().await.map_err(store_status)?;
+        reply(pb::GetVaultStatusResponse {
+            active_master_key_version: self.vault.active_version(),
+            keys_per_master_key_version: counts.into_iter().collect(),
+            config_version,
+        })
+    }
+
+    async fn rewrap_provider_keys(
+        &self,
+        request: Request<pb::RewrapProviderKeysRequest>,
+    ) -> Reply<pb::RewrapProviderKeysResponse> {
+        let actor = actor(&request)?;
+        let rewrapped = self
+            .vault
+            .rewrap_all(self.store.as_ref())
+            .await
+            .map_err(vault_status)?;
+        tracing::info!(%actor, rewrapped, "re-wrapped provider keys on request");
+        reply(pb::RewrapProviderKeysResponse { rewrapped })
+    }
+}
+
+/// A new admin token: the value (shown once) and the record to store.
+pub fn mint_admin_token(name: &str, scope: TokenScope) -> (SecretString, store::NewAdminToken) {
+    let prefix = match scope {
+        TokenScope::DataPlane => "sluice-dp-",
+        TokenScope::Admin | TokenScope::ReadOnly => token::ADMIN_TOKEN_PREFIX,
+    };
+    let minted = token::mint(prefix);
+    let new = store::NewAdminToken {
+        id: new_id(),
+        name: name.to_owned(),
+        scope,
+        prefix: minted.display_prefix,
+        token_hash: minted.hash,
+    };
+    (minted.value, new)
+}

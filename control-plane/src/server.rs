@@ -1,0 +1,209 @@
+//! Wires settings, store, vault and services into a running control plane.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sluice_proto::admin::v1::admin_service_server::AdminServiceServer;
+use sluice_shared::secret::SecretString;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin_api::auth::AdminAuth;
+use crate::admin_api::{AdminApi, mint_admin_token};
+use crate::settings::Settings;
+use crate::store::{AnyStore, Audit, Store, StoreError, TokenScope};
+use crate::vault::{self, Vault, VaultError};
+
+const BOOTSTRAP_TOKEN_NAME: &str = "bootstrap";
+const BOOTSTRAP_TOKEN_FILE: &str = "admin-token";
+const DEV_MASTER_KEY_FILE: &str = "master.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "no master key: set SLUICE_MASTER_KEY (or master_key_file) to a key made with \
+         `sluice-control-plane generate-master-key`, or start with --dev for a local \
+         throwaway setup"
+    )]
+    NoMasterKey,
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
+    move |source| ServeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Runs the control plane until `shutdown` resolves.
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    create_private_dir(&settings.data_dir)?;
+    let vault = Arc::new(Vault::new(vault::parse_master_keys(&master_key(
+        &settings,
+    )?)?)?);
+    match AnyStore::open(&settings.database_url).await? {
+        AnyStore::Sqlite(store) => launch(settings, Arc::new(store), vault, shutdown).await,
+        AnyStore::Postgres(store) => launch(settings, Arc::new(store), vault, shutdown).await,
+    }
+}
+
+async fn launch<S: Store>(
+    settings: Settings,
+    store: Arc<S>,
+    vault: Arc<Vault>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    vault.verify_against(store.as_ref()).await?;
+    bootstrap_admin_token(&settings, store.as_ref()).await?;
+
+    let rewrap_store = store.clone();
+    let rewrap_vault = vault.clone();
+    tokio::spawn(async move {
+        match rewrap_vault.rewrap_all(rewrap_store.as_ref()).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(
+                count,
+                "re-wrapped provider keys under the active master key"
+            ),
+            Err(error) => tracing::error!(%error, "background re-wrap failed"),
+        }
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminApi<S>>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let admin = AdminAuth::new(
+        AdminServiceServer::new(AdminApi::new(store.clone(), vault)),
+        store,
+    );
+
+    let listener = TcpListener::bind(settings.listen_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: settings.listen_addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: settings.listen_addr,
+        source,
+    })?;
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    tracing::info!(%addr, "sluice-control-plane listening");
+
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("sluice-control-plane stopped");
+    Ok(())
+}
+
+/// The master key from the environment, a key file, or (dev mode only) a generated file in
+/// the data directory.
+fn master_key(settings: &Settings) -> Result<SecretString, ServeError> {
+    if let Some(key) = &settings.master_key {
+        return Ok(SecretString::new(key.expose().to_owned()));
+    }
+    if let Some(path) = &settings.master_key_file {
+        return read_secret_file(path);
+    }
+    if !settings.dev_mode {
+        return Err(ServeError::NoMasterKey);
+    }
+    let path = settings.data_dir.join(DEV_MASTER_KEY_FILE);
+    if path.exists() {
+        return read_secret_file(&path);
+    }
+    let key = vault::generate_master_key();
+    write_private_file(&path, key.expose())?;
+    tracing::warn!(path = %path.display(), "dev mode: generated a master key; do not use it in production");
+    Ok(key)
+}
+
+fn read_secret_file(path: &Path) -> Result<SecretString, ServeError> {
+    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    Ok(SecretString::new(text.trim().to_owned()))
+}
+
+/// On first start, creates the first admin token: the one from SLUICE_ADMIN_TOKEN, or a new
+/// one written to a 0600 file in the data directory. Its value is never logged.
+async fn bootstrap_admin_token<S: Store>(settings: &Settings, store: &S) -> Result<(), ServeError> {
+    if !store.list_admin_tokens().await?.is_empty() {
+        return Ok(());
+    }
+    let audit = Audit::new("system", "admin_token.bootstrap", BOOTSTRAP_TOKEN_NAME);
+    match &settings.admin_token {
+        Some(token) => {
+            let (_, mut new) = mint_admin_token(BOOTSTRAP_TOKEN_NAME, TokenScope::Admin);
+            new.token_hash = sluice_shared::token::hash(token.expose());
+            new.prefix = token.expose().chars().take(8).collect();
+            store.create_admin_token(new, audit).await?;
+            tracing::info!("registered SLUICE_ADMIN_TOKEN as the bootstrap admin token");
+        }
+        None => {
+            let (token, new) = mint_admin_token(BOOTSTRAP_TOKEN_NAME, TokenScope::Admin);
+            let path = settings.data_dir.join(BOOTSTRAP_TOKEN_FILE);
+            write_private_file(&path, token.expose())?;
+            store.create_admin_token(new, audit).await?;
+            tracing::info!(path = %path.display(), "created the bootstrap admin token; read it from this file");
+        }
+    }
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> Result<(), ServeError> {
+    std::fs::create_dir_all(path).map_err(io_error(path))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error(path))?;
+    }
+    Ok(())
+}
+
+/// Writes a secret to a new file readable by its owner only.
+fn write_private_file(path: &Path, contents: &str) -> Result<(), ServeError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io_error(path))?;
+    file.write_all(contents.as_bytes())
+        .map_err(io_error(path))?;
+    file.write_all(b"\n").map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))
+}

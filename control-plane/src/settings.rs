@@ -1,0 +1,294 @@
+//! Control-plane settings: defaults, then a TOML file, then `SLUICE_*` environment variables.
+//! Unknown keys are refused at every layer, and every error names the key, so `main` can exit
+//! with status 64 before anything binds. The environment is passed in as pairs, so tests never
+//! touch the process environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_shared::secret::SecretString;
+
+/// Variables that belong to `sluicectl` or to the proxy, tolerated in the control plane's
+/// environment so one shell can run all three.
+const FOREIGN_VARIABLES: &[&str] = &["SLUICE_TOKEN", "SLUICE_CONTROL_PLANE", "SLUICE_CONFIG"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("settings file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("unknown setting {key}; known settings: {known}")]
+    UnknownVariable { key: String, known: String },
+    #[error("setting {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    pub listen_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    /// Allows starting without a master key (one is generated into the data directory).
+    pub dev_mode: bool,
+    pub master_key: Option<SecretString>,
+    pub master_key_file: Option<PathBuf>,
+    /// Registered as the bootstrap admin token on first start, instead of a generated one.
+    pub admin_token: Option<SecretString>,
+    /// A tracing filter, e.g. `info` or `sluice_control_plane=debug`.
+    pub log: String,
+}
+
+/// The file layer: every field optional, nothing unknown.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen_addr: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    dev_mode: Option<bool>,
+    master_key_file: Option<PathBuf>,
+    log: Option<String>,
+}
+
+/// Each environment variable and the setting it feeds.
+const VARIABLES: &[&str] = &[
+    "SLUICE_LISTEN_ADDR",
+    "SLUICE_DATA_DIR",
+    "SLUICE_DATABASE_URL",
+    "SLUICE_DEV_MODE",
+    "SLUICE_MASTER_KEY",
+    "SLUICE_MASTER_KEY_FILE",
+    "SLUICE_ADMIN_TOKEN",
+    "SLUICE_LOG",
+];
+
+impl Settings {
+    /// Builds settings from an optional file and the given environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        dev_flag: bool,
+    ) -> Result<Self, SettingsError> {
+        let file_settings = match file {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let mut env_values = BTreeMap::new();
+        for (key, value) in env {
+            if !key.starts_with("SLUICE_") || FOREIGN_VARIABLES.contains(&key.as_str()) {
+                continue;
+            }
+            if !VARIABLES.contains(&key.as_str()) {
+                return Err(SettingsError::UnknownVariable {
+                    key,
+                    known: VARIABLES.join(", "),
+                });
+            }
+            env_values.insert(key, value);
+        }
+        let mut take = |key: &str| env_values.remove(key);
+
+        let listen_addr = match take("SLUICE_LISTEN_ADDR") {
+            Some(value) => parse_addr("SLUICE_LISTEN_ADDR", &value)?,
+            None => match file_settings.listen_addr {
+                Some(value) => parse_addr("listen_addr", &value)?,
+                None => SocketAddr::from(([127, 0, 0, 1], 7070)),
+            },
+        };
+        let data_dir = take("SLUICE_DATA_DIR")
+            .map(PathBuf::from)
+            .or(file_settings.data_dir)
+            .unwrap_or_else(|| PathBuf::from("sluice-data"));
+        let database_url = take("SLUICE_DATABASE_URL")
+            .or(file_settings.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("sluice.db").display()));
+        let dev_setting = match take("SLUICE_DEV_MODE") {
+            Some(value) => parse_bool("SLUICE_DEV_MODE", &value)?,
+            None => file_settings.dev_mode.unwrap_or(false),
+        };
+        let dev_mode = dev_flag || dev_setting;
+        let settings = Self {
+            listen_addr,
+            database_url,
+            dev_mode,
+            master_key: take("SLUICE_MASTER_KEY").map(SecretString::new),
+            master_key_file: take("SLUICE_MASTER_KEY_FILE")
+                .map(PathBuf::from)
+                .or(file_settings.master_key_file),
+            admin_token: take("SLUICE_ADMIN_TOKEN").map(SecretString::new),
+            log: take("SLUICE_LOG")
+                .or(file_settings.log)
+                .unwrap_or_else(|| "info".to_owned()),
+            data_dir,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |key: &str, message: &str| SettingsError::Invalid {
+            key: key.to_owned(),
+            message: message.to_owned(),
+        };
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres:")
+            || self.database_url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite: or postgres:",
+            ));
+        }
+        if self.master_key.is_some() && self.master_key_file.is_some() {
+            return Err(invalid(
+                "master_key",
+                "set SLUICE_MASTER_KEY or master_key_file, not both",
+            ));
+        }
+        if self.master_key.is_none() && self.master_key_file.is_none() && !self.dev_mode {
+            return Err(invalid(
+                "SLUICE_MASTER_KEY",
+                "is required outside dev mode: create one with `sluice-control-plane \
+                 generate-master-key`, or start with --dev for a local throwaway setup",
+            ));
+        }
+        if self.master_key.as_ref().is_some_and(SecretString::is_empty) {
+            return Err(invalid("SLUICE_MASTER_KEY", "is empty"));
+        }
+        if self.admin_token.as_ref().is_some_and(|token| token.expose().len() < 32) {
+            return Err(invalid("SLUICE_ADMIN_TOKEN", "must be at least 32 characters"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return Err(invalid("log", "is not a valid tracing filter"));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|error| SettingsError::File {
+        path: path.to_owned(),
+        message: error.message().to_owned(),
+    })
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, SettingsError> {
+    value.parse().map_err(|_| SettingsError::Invalid {
+        key: key.to_owned(),
+        message: format!("'{value}' is not an address like 127.0.0.1:7070"),
+    })
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, SettingsError> {
+    match value {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(SettingsError::Invalid {
+            key: key.to_owned(),
+            message: format!("'{value}' is not true or false"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_local_and_embedded() {
+        let settings = Settings::load(None, env(&[("PATH", "/bin")]), true).unwrap();
+        assert_eq!(settings.listen_addr.to_string(), "127.0.0.1:7070");
+        assert_eq!(settings.database_url, "sqlite://sluice-data/sluice.db");
+        assert!(settings.dev_mode);
+        let error = Settings::load(None, env(&[]), false).unwrap_err();
+        assert!(error.to_string().contains("SLUICE_MASTER_KEY"), "{error}");
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "listen_addr = \"127.0.0.1:9000\"\nlog = \"debug\"\ndata_dir = \"/srv\""
+        )
+        .unwrap();
+        let settings = Settings::load(
+            Some(file.path()),
+            env(&[
+                ("SLUICE_LISTEN_ADDR", "127.0.0.1:9100"),
+                ("SLUICE_TOKEN", "ignored"),
+            ]),
+            true,
+        )
+        .unwrap();
+        assert_eq!(settings.listen_addr.to_string(), "127.0.0.1:9100");
+        assert_eq!(settings.log, "debug");
+        assert_eq!(settings.database_url, "sqlite:///srv/sluice.db");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = Settings::load(None, env(&[("SLUICE_LISTEN_ADRR", "x")]), false).unwrap_err();
+        assert!(error.to_string().contains("SLUICE_LISTEN_ADRR"), "{error}");
+
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "listen_adr = \"127.0.0.1:1\"").unwrap();
+        let error = Settings::load(Some(file.path()), env(&[]), true).unwrap_err();
+        assert!(error.to_string().contains("listen_adr"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (key, value) in [
+            ("SLUICE_LISTEN_ADDR", "nowhere"),
+            ("SLUICE_DEV_MODE", "maybe"),
+            ("SLUICE_DATABASE_URL", "mysql://x"),
+            ("SLUICE_ADMIN_TOKEN", "short"),
+        ] {
+            let error = Settings::load(None, env(&[(key, value)]), true).unwrap_err();
+            let shown = error.to_string();
+            assert!(
+                shown.contains(key) || shown.contains("database_url"),
+                "{key}: {shown}"
+            );
+            assert!(!shown.contains("short") || key != "SLUICE_ADMIN_TOKEN");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_redacted_in_debug() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("SLUICE_MASTER_KEY", "master-canary"),
+                ("SLUICE_ADMIN_TOKEN", &"t".repeat(40)),
+            ]),
+            false,
+        )
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("master-canary") && !shown.contains("tttt"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! Persistence: one [`Store`] trait, one implementation per backend (SQLite embedded,
+//! PostgreSQL for several control-plane replicas), each with its own migrations folder.
+//!
+//! Every change runs in one transaction that also bumps the config version and appends an
+//! audit event, so a proxy can never see a change without its version, nor an operator a
+//! change without its audit line. All SQL uses bound parameters only.
+
+mod migrations;
+mod model;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+
+use std::future::Future;
+
+pub use model::*;
+
+/// What went wrong in the store, in terms an API can map to a precise status.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `what` names the resource, e.g. `project 'acme/web'`.
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    /// A rule about the current state forbids the change.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
+        Self::NotFound { what: what.into() }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Opens the backend a database URL names: `sqlite:` or `postgres:`/`postgresql:`.
+pub enum AnyStore {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
+}
+
+impl AnyStore {
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(sqlite::SqliteStore::open(url).await?))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres(postgres::PostgresStore::open(url).await?))
+        } else {
+            Err(StoreError::FailedPrecondition(
+                "database_url must start with sqlite: or postgres:".to_owned(),
+            ))
+        }
+    }
+}
+
+/// Who made a change and what it was, recorded with the change in the same transaction.
+/// Never holds a secret value.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub actor: String,
+    pub action: &'static str,
+    pub target: String,
+    pub detail: String,
+}
+
+impl Audit {
+    pub fn new(actor: &str, action: &'static str, target: impl Into<String>) -> Self {
+        Self {
+            actor: actor.to_owned(),
+            action,
+            target: target.into(),
+            detail: String::new(),
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+}
+
+/// The control plane's persistence contract; `tests/store_contract.rs` runs one suite against
+/// every implementation.
+pub trait Store: Send + Sync + 'static {
+    fn config_version(&self) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    // === organizations ===
+    fn create_organization(
+        &self,
+        new: NewOrganization,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Organization>> + Send;
+    fn get_organization(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Organization>> + Send;
+    fn list_organizations(
+        &self,
+        name_prefix: &str,
+    ) -> impl Future<Output = StoreResult<Vec<Organization>>> + Send;
+    fn update_organization(
+        &self,
+        name: &str,
+        display_name: Option<String>,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Organization>> + Send;
+    fn delete_organization(
+        &self,
+        name: &str,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    // === projects ===
+    fn create_project(
+        &self,
+        org: &str,
+        new: NewProject,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Project>> + Send;
+    fn get_project(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Project>> + Send;
+    fn list_projects(&self, org: &str) -> impl Future<Output = StoreResult<Vec<Project>>> + Send;
+    fn update_project(
+        &self,
+        org: &str,
+        name: &str,
+        patch: ProjectPatch,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Project>> + Send;
+    fn delete_project(
+        &self,
+        org: &str,
+        name: &str,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// For each model the project may use, how many usable provider keys serve it.
+    fn project_model_readiness(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Vec<ModelReadiness>>> + Send;
+
+    // === providers ===
+    fn create_provider(
+        &self,
+        org: &str,
+        new: NewProvider,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Provider>> + Send;
+    fn get_provider(
+        &self,
+        org: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Provider>> + Send;
+    fn list_providers(&self, org: &str) -> impl Future<Output = StoreResult<Vec<Provider>>> + Send;
+    fn update_provider(
+        &self,
+        org: &str,
+        name: &str,
+        patch: ProviderPatch,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Provider>> + Send;
+    fn delete_provider(
+        &self,
+        org: &str,
+        name: &str,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    // === provider keys ===
+    fn create_provider_key(
+        &self,
+        org: &str,
+        provider: &str,
+        new: NewProviderKey,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<ProviderKey>> + Send;
+    fn get_provider_key(
+        &self,
+        org: &str,
+        provider: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<ProviderKey>> + Send;
+    /// `provider` empty: every provider of the organization.
+    fn list_provider_keys(
+        &self,
+        org: &str,
+        provider: &str,
+    ) -> impl Future<Output = StoreResult<Vec<ProviderKey>>> + Send;
+    /// Moves `name` to RETIRING and adds `new` as ACTIVE, atomically.
+    fn rotate_provider_key(
+        &self,
+        org: &str,
+        provider: &str,
+        name: &str,
+        new: NewProviderKey,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<(ProviderKey, ProviderKey)>> + Send;
+    fn revoke_provider_key(
+        &self,
+        org: &str,
+        provider: &str,
+        name: &str,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<ProviderKey>> + Send;
+    fn delete_provider_key(
+        &self,
+        org: &str,
+        provider: &str,
+        name: &str,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Up to `limit` sealed keys still wrapped by a master-key version other than `version`.
+    fn sealed_keys_not_under(
+        &self,
+        version: u32,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<SealedKey>>> + Send;
+    /// Replaces a key's sealed secret only if it still holds `previous` (compare-and-set), so a
+    /// concurrent rotation is never overwritten. Returns whether it replaced it.
+    fn replace_sealed_secret(
+        &self,
+        id: &str,
+        previous: &[u8],
+        sealed: Vec<u8>,
+        master_key_version: u32,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    fn provider_keys_per_master_key_version(
+        &self,
+    ) -> impl Future<Output = StoreResult<Vec<(u32, u64)>>> + Send;
+
+    // === models ===
+    fn create_model(
+        &self,
+        org: &str,
+        new: NewModel,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Model>> + Send;
+    fn get_model(&self, org: &str, name: &str) -> impl Future<Output = StoreResult<Model>> + Send;
+    fn list_models(&self, org: &str) -> impl Future<Output = StoreResult<Vec<Model>>> + Send;
+    fn update_model(
+        &self,
+        org: &str,
+        name: &str,
+        patch: ModelPatch,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Model>> + Send;
+    fn delete_model(
+        &self,
+        org: &str,
+        name: &str,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    // === virtual keys ===
+    fn create_virtual_key(
+        &self,
+        org: &str,
+        project: &str,
+        new: NewVirtualKey,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<VirtualKey>> + Send;
+    fn get_virtual_key(
+        &self,
+        org: &str,
+        project: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<VirtualKey>> + Send;
+    fn list_virtual_keys(
+        &self,
+        org: &str,
+        project: &str,
+        prefix: &str,
+    ) -> impl Future<Output = StoreResult<Vec<VirtualKey>>> + Send;
+    fn update_virtual_key(
+        &self,
+        org: &str,
+        project: &str,
+        name: &str,
+        patch: VirtualKeyPatch,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<VirtualKey>> + Send;
+    fn revoke_virtual_key(
+        &self,
+        org: &str,
+        project: &str,
+        name: &str,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<VirtualKey>> + Send;
+    fn delete_virtual_key(
+        &self,
+        org: &str,
+        project: &str,
+        name: &str,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    // === admin tokens ===
+    fn create_admin_token(
+        &self,
+        new: NewAdminToken,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<AdminToken>> + Send;
+    fn list_admin_tokens(&self) -> impl Future<Output = StoreResult<Vec<AdminToken>>> + Send;
+    fn revoke_admin_token(
+        &self,
+        name: &str,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<AdminToken>> + Send;
+    /// The unrevoked token with this hash, if any.
+    fn find_admin_token(
+        &self,
+        token_hash: &str,
+    ) -> impl Future<Output = StoreResult<Option<AdminToken>>> + Send;
+
+    // === audit ===
+    fn list_audit_events(
+        &self,
+        filter: AuditFilter,
+    ) -> impl Future<Output = StoreResult<Vec<AuditEvent>>> + Send;
+
+    // === vault checks ===
+    fn vault_checks(&self) -> impl Future<Output = StoreResult<Vec<(u32, Vec<u8>)>>> + Send;
+    fn add_vault_check(
+        &self,
+        version: u32,
+        sealed: Vec<u8>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+}

@@ -1,0 +1,276 @@
+//! The domain records the store reads and writes. Enums are stored as their upper-case names.
+
+use std::collections::BTreeMap;
+
+use super::StoreError;
+
+/// Implements text round-trips for a stored enum, so the database holds readable names.
+macro_rules! stored_enum {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            pub fn parse(text: &str) -> Result<Self, StoreError> {
+                match text {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(StoreError::Corrupt(format!(
+                        concat!("unknown ", stringify!($name), " '{}'"), other
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+stored_enum!(Posture { Mock => "MOCK", Live => "LIVE" });
+stored_enum!(ProviderKind {
+    OpenAi => "OPENAI",
+    Anthropic => "ANTHROPIC",
+    Google => "GOOGLE",
+    AzureOpenAi => "AZURE_OPENAI",
+    Vllm => "VLLM",
+    Custom => "CUSTOM",
+});
+stored_enum!(KeyState { Active => "ACTIVE", Retiring => "RETIRING", Revoked => "REVOKED" });
+stored_enum!(KeyHealth {
+    Unknown => "UNKNOWN",
+    Valid => "VALID",
+    InvalidCredentials => "INVALID_CREDENTIALS",
+    NoModelAccess => "NO_MODEL_ACCESS",
+    Unreachable => "UNREACHABLE",
+});
+stored_enum!(TokenScope { Admin => "ADMIN", ReadOnly => "READ_ONLY", DataPlane => "DATA_PLANE" });
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    pub display_name: String,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewOrganization {
+    pub name: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: String,
+    pub organization: String,
+    pub name: String,
+    pub display_name: String,
+    pub posture: Posture,
+    pub default_model: String,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewProject {
+    pub name: String,
+    pub display_name: String,
+    pub default_model: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProjectPatch {
+    pub display_name: Option<String>,
+    pub default_model: Option<String>,
+    pub posture: Option<Posture>,
+}
+
+/// A model a project may use, and how many usable (active or retiring) keys of active
+/// providers serve its deployments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelReadiness {
+    pub model: String,
+    pub usable_keys: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub id: String,
+    pub organization: String,
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub api_version: String,
+    pub timeout_ms: u32,
+    pub extra_headers: BTreeMap<String, String>,
+    pub active: bool,
+    pub allow_private_network: bool,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewProvider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub api_version: String,
+    pub timeout_ms: u32,
+    pub extra_headers: BTreeMap<String, String>,
+    pub allow_private_network: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProviderPatch {
+    pub base_url: Option<String>,
+    pub api_version: Option<String>,
+    pub timeout_ms: Option<u32>,
+    pub extra_headers: Option<BTreeMap<String, String>>,
+    pub active: Option<bool>,
+    pub allow_private_network: Option<bool>,
+}
+
+/// A provider key as it may be shown: no secret, only the fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderKey {
+    pub id: String,
+    pub organization: String,
+    pub provider: String,
+    pub name: String,
+    pub state: KeyState,
+    pub last_four: String,
+    pub fingerprint: String,
+    pub health: KeyHealth,
+    pub master_key_version: u32,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+/// A key ready to store: the caller chose the id first, because the ciphertext is bound to it.
+#[derive(Debug, Clone)]
+pub struct NewProviderKey {
+    pub id: String,
+    pub name: String,
+    pub sealed_secret: Vec<u8>,
+    pub master_key_version: u32,
+    pub last_four: String,
+    pub fingerprint: String,
+}
+
+/// What the vault needs to open or re-wrap one key.
+#[derive(Debug, Clone)]
+pub struct SealedKey {
+    pub id: String,
+    pub org_id: String,
+    pub sealed_secret: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub provider: String,
+    pub upstream_model: String,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub id: String,
+    pub organization: String,
+    pub name: String,
+    pub deployments: Vec<Deployment>,
+    pub input_price_micros_per_mtok: i64,
+    pub output_price_micros_per_mtok: i64,
+    pub context_window: u32,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewModel {
+    pub name: String,
+    pub deployments: Vec<Deployment>,
+    pub input_price_micros_per_mtok: i64,
+    pub output_price_micros_per_mtok: i64,
+    pub context_window: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ModelPatch {
+    pub deployments: Option<Vec<Deployment>>,
+    pub input_price_micros_per_mtok: Option<i64>,
+    pub output_price_micros_per_mtok: Option<i64>,
+    pub context_window: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualKey {
+    pub id: String,
+    pub organization: String,
+    pub project: String,
+    pub name: String,
+    pub prefix: String,
+    pub allowed_models: Vec<String>,
+    /// 0: never.
+    pub expires_at_us: i64,
+    /// 0: not revoked.
+    pub revoked_at_us: i64,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewVirtualKey {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub key_hash: String,
+    pub allowed_models: Vec<String>,
+    pub expires_at_us: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VirtualKeyPatch {
+    pub allowed_models: Option<Vec<String>>,
+    pub expires_at_us: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    pub id: String,
+    pub name: String,
+    pub scope: TokenScope,
+    pub prefix: String,
+    pub created_at_us: i64,
+    /// 0: not revoked.
+    pub revoked_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAdminToken {
+    pub id: String,
+    pub name: String,
+    pub scope: TokenScope,
+    pub prefix: String,
+    pub token_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub id: String,
+    pub at_us: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: String,
+    pub action: String,
+    pub target_prefix: String,
+    pub limit: u32,
+}

@@ -1,0 +1,39 @@
+//! The shared backend: PostgreSQL, for several control-plane replicas.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+
+use super::StoreResult;
+use super::migrations::migrator;
+use super::sql::sql_store;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+
+pub struct PostgresStore {
+    pool: sqlx::PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` and runs pending migrations (sqlx takes an advisory lock, so replicas
+    /// starting together migrate once).
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        migrator(MIGRATIONS).run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+sql_store!(PostgresStore, sqlx::Postgres);

@@ -1,0 +1,1378 @@
+//! The SQL both backends run. The schema and statements are portable (TEXT ids, BIGINT times
+//! and money, `$n` parameters, `RETURNING`, `ON CONFLICT`), so one body of code serves both;
+//! [`sql_store!`] instantiates it for each backend's concrete types, because sqlx's generic
+//! executor bounds cost more clarity than a macro does.
+
+use std::collections::BTreeMap;
+
+use super::{StoreError, StoreResult};
+
+pub(super) const ORGANIZATION_COLUMNS: &str =
+    "o.id, o.name, o.display_name, o.created_at_us, o.updated_at_us";
+pub(super) const PROJECT_COLUMNS: &str = "p.id, o.name AS organization, p.name, p.display_name, \
+     p.posture, p.default_model, p.created_at_us, p.updated_at_us";
+pub(super) const PROVIDER_COLUMNS: &str = "p.id, o.name AS organization, p.name, p.kind, \
+     p.base_url, p.api_version, p.timeout_ms, p.extra_headers, p.active, \
+     p.allow_private_network, p.created_at_us, p.updated_at_us";
+pub(super) const PROVIDER_KEY_COLUMNS: &str = "k.id, o.name AS organization, p.name AS provider, \
+     k.name, k.state, k.last_four, k.fingerprint, k.health, k.master_key_version, \
+     k.created_at_us, k.updated_at_us";
+pub(super) const PROVIDER_KEY_FROM: &str = "provider_keys k \
+     JOIN providers p ON p.id = k.provider_id JOIN organizations o ON o.id = p.org_id";
+pub(super) const MODEL_COLUMNS: &str = "m.id, o.name AS organization, m.name, \
+     m.input_price_micros_per_mtok, m.output_price_micros_per_mtok, m.context_window, \
+     m.created_at_us, m.updated_at_us";
+pub(super) const VIRTUAL_KEY_COLUMNS: &str = "v.id, o.name AS organization, p.name AS project, \
+     v.name, v.prefix, v.allowed_models, v.expires_at_us, v.revoked_at_us, v.created_at_us, \
+     v.updated_at_us";
+pub(super) const VIRTUAL_KEY_FROM: &str = "virtual_keys v \
+     JOIN projects p ON p.id = v.project_id JOIN organizations o ON o.id = p.org_id";
+pub(super) const ADMIN_TOKEN_COLUMNS: &str =
+    "id, name, scope, prefix, created_at_us, revoked_at_us";
+
+/// Maps a failed write to the error an operator should see: a duplicate becomes
+/// `AlreadyExists`, a dangling or still-referenced row a `FailedPrecondition`.
+pub(super) fn write_error(
+    error: sqlx::Error,
+    what: impl FnOnce() -> String,
+    still_referenced: &str,
+) -> StoreError {
+    match error.as_database_error() {
+        Some(db) if db.is_unique_violation() => StoreError::AlreadyExists { what: what() },
+        Some(db) if db.is_foreign_key_violation() => {
+            StoreError::FailedPrecondition(format!("{} {still_referenced}", what()))
+        }
+        _ => StoreError::Backend(error),
+    }
+}
+
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn headers_from_json(text: &str) -> StoreResult<BTreeMap<String, String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("extra_headers: {e}")))
+}
+
+pub(super) fn models_from_json(text: &str) -> StoreResult<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("allowed_models: {e}")))
+}
+
+pub(super) fn to_u32(value: i64, column: &str) -> StoreResult<u32> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} out of range: {value}")))
+}
+
+pub(super) fn to_u64(value: i64, column: &str) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} out of range: {value}")))
+}
+
+/// Implements [`super::Store`] for `$store` (a struct with a `pool: sqlx::Pool<$db>` field).
+macro_rules! sql_store {
+    ($store:ident, $db:ty) => {
+        mod sql_impl {
+            use sqlx::Row;
+            use sluice_shared::{ids::new_id, time::now_us};
+
+            use super::$store;
+            use crate::store::sql::*;
+            use crate::store::*;
+
+            type Tx = sqlx::Transaction<'static, $db>;
+            type DbRow = <$db as sqlx::Database>::Row;
+
+            // === row mapping ===
+
+            fn organization(row: &DbRow) -> StoreResult<Organization> {
+                Ok(Organization {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    display_name: row.try_get("display_name")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                    updated_at_us: row.try_get("updated_at_us")?,
+                })
+            }
+
+            fn project(row: &DbRow) -> StoreResult<Project> {
+                Ok(Project {
+                    id: row.try_get("id")?,
+                    organization: row.try_get("organization")?,
+                    name: row.try_get("name")?,
+                    display_name: row.try_get("display_name")?,
+                    posture: Posture::parse(row.try_get("posture")?)?,
+                    default_model: row.try_get("default_model")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                    updated_at_us: row.try_get("updated_at_us")?,
+                })
+            }
+
+            fn provider(row: &DbRow) -> StoreResult<Provider> {
+                Ok(Provider {
+                    id: row.try_get("id")?,
+                    organization: row.try_get("organization")?,
+                    name: row.try_get("name")?,
+                    kind: ProviderKind::parse(row.try_get("kind")?)?,
+                    base_url: row.try_get("base_url")?,
+                    api_version: row.try_get("api_version")?,
+                    timeout_ms: to_u32(row.try_get("timeout_ms")?, "timeout_ms")?,
+                    extra_headers: headers_from_json(row.try_get("extra_headers")?)?,
+                    active: row.try_get("active")?,
+                    allow_private_network: row.try_get("allow_private_network")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                    updated_at_us: row.try_get("updated_at_us")?,
+                })
+            }
+
+            fn provider_key(row: &DbRow) -> StoreResult<ProviderKey> {
+                Ok(ProviderKey {
+                    id: row.try_get("id")?,
+                    organization: row.try_get("organization")?,
+                    provider: row.try_get("provider")?,
+                    name: row.try_get("name")?,
+                    state: KeyState::parse(row.try_get("state")?)?,
+                    last_four: row.try_get("last_four")?,
+                    fingerprint: row.try_get("fingerprint")?,
+                    health: KeyHealth::parse(row.try_get("health")?)?,
+                    master_key_version: to_u32(
+                        row.try_get("master_key_version")?,
+                        "master_key_version",
+                    )?,
+                    created_at_us: row.try_get("created_at_us")?,
+                    updated_at_us: row.try_get("updated_at_us")?,
+                })
+            }
+
+            fn model(row: &DbRow) -> StoreResult<Model> {
+                Ok(Model {
+                    id: row.try_get("id")?,
+                    organization: row.try_get("organization")?,
+                    name: row.try_get("name")?,
+                    deployments: Vec::new(),
+                    input_price_micros_per_mtok: row.try_get("input_price_micros_per_mtok")?,
+                    output_price_micros_per_mtok: row.try_get("output_price_micros_per_mtok")?,
+                    context_window: to_u32(row.try_get("context_window")?, "context_window")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                    updated_at_us: row.try_get("updated_at_us")?,
+                })
+            }
+
+            fn virtual_key(row: &DbRow) -> StoreResult<VirtualKey> {
+                Ok(VirtualKey {
+                    id: row.try_get("id")?,
+                    organization: row.try_get("organization")?,
+                    project: row.try_get("project")?,
+                    name: row.try_get("name")?,
+                    prefix: row.try_get("prefix")?,
+                    allowed_models: models_from_json(row.try_get("allowed_models")?)?,
+                    expires_at_us: row.try_get("expires_at_us")?,
+                    revoked_at_us: row.try_get("revoked_at_us")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                    updated_at_us: row.try_get("updated_at_us")?,
+                })
+            }
+
+            fn admin_token(row: &DbRow) -> StoreResult<AdminToken> {
+                Ok(AdminToken {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    scope: TokenScope::parse(row.try_get("scope")?)?,
+                    prefix: row.try_get("prefix")?,
+                    created_at_us: row.try_get("created_at_us")?,
+                    revoked_at_us: row.try_get("revoked_at_us")?,
+                })
+            }
+
+            fn audit_event(row: &DbRow) -> StoreResult<AuditEvent> {
+                Ok(AuditEvent {
+                    id: row.try_get("id")?,
+                    at_us: row.try_get("at_us")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    detail: row.try_get("detail")?,
+                })
+            }
+
+            // === transaction helpers ===
+
+            /// Bumps the config version and appends the audit event: the last step of every
+            /// change, inside its transaction.
+            async fn record_change(tx: &mut Tx, audit: &Audit) -> StoreResult<()> {
+                sqlx::query("UPDATE config_state SET version = version + 1 WHERE id = 1")
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(new_id())
+                .bind(now_us())
+                .bind(&audit.actor)
+                .bind(audit.action)
+                .bind(&audit.target)
+                .bind(&audit.detail)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn org_id(tx: &mut Tx, org: &str) -> StoreResult<String> {
+                sqlx::query_scalar("SELECT id FROM organizations WHERE name = $1")
+                    .bind(org)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or_else(|| StoreError::not_found(format!("organization '{org}'")))
+            }
+
+            async fn project_id(tx: &mut Tx, org: &str, name: &str) -> StoreResult<String> {
+                sqlx::query_scalar(
+                    "SELECT p.id FROM projects p JOIN organizations o ON o.id = p.org_id \
+                     WHERE o.name = $1 AND p.name = $2",
+                )
+                .bind(org)
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("project '{org}/{name}'")))
+            }
+
+            async fn provider_id(tx: &mut Tx, org: &str, name: &str) -> StoreResult<String> {
+                sqlx::query_scalar(
+                    "SELECT p.id FROM providers p JOIN organizations o ON o.id = p.org_id \
+                     WHERE o.name = $1 AND p.name = $2",
+                )
+                .bind(org)
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("provider '{org}/{name}'")))
+            }
+
+            async fn model_id(tx: &mut Tx, org: &str, name: &str) -> StoreResult<String> {
+                sqlx::query_scalar(
+                    "SELECT m.id FROM models m JOIN organizations o ON o.id = m.org_id \
+                     WHERE o.name = $1 AND m.name = $2",
+                )
+                .bind(org)
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("model '{org}/{name}'")))
+            }
+
+            async fn require_models(tx: &mut Tx, org: &str, names: &[String]) -> StoreResult<()> {
+                for name in names {
+                    model_id(tx, org, name).await?;
+                }
+                Ok(())
+            }
+
+            async fn fetch_project(tx: &mut Tx, org: &str, name: &str) -> StoreResult<Project> {
+                let sql = format!(
+                    "SELECT {PROJECT_COLUMNS} FROM projects p \
+                     JOIN organizations o ON o.id = p.org_id WHERE o.name = $1 AND p.name = $2"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(org)
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or_else(|| StoreError::not_found(format!("project '{org}/{name}'")))?;
+                project(&row)
+            }
+
+            async fn fetch_provider(tx: &mut Tx, org: &str, name: &str) -> StoreResult<Provider> {
+                let sql = format!(
+                    "SELECT {PROVIDER_COLUMNS} FROM providers p \
+                     JOIN organizations o ON o.id = p.org_id WHERE o.name = $1 AND p.name = $2"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(org)
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or_else(|| StoreError::not_found(format!("provider '{org}/{name}'")))?;
+                provider(&row)
+            }
+
+            async fn fetch_provider_key(
+                tx: &mut Tx,
+                org: &str,
+                provider: &str,
+                name: &str,
+            ) -> StoreResult<ProviderKey> {
+                let sql = format!(
+                    "SELECT {PROVIDER_KEY_COLUMNS} FROM {PROVIDER_KEY_FROM} \
+                     WHERE o.name = $1 AND p.name = $2 AND k.name = $3"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(org)
+                    .bind(provider)
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::not_found(format!("provider key '{org}/{provider}/{name}'"))
+                    })?;
+                provider_key(&row)
+            }
+
+            async fn fetch_models(
+                tx: &mut Tx,
+                org: &str,
+                name: Option<&str>,
+            ) -> StoreResult<Vec<Model>> {
+                let sql = format!(
+                    "SELECT {MODEL_COLUMNS} FROM models m JOIN organizations o ON o.id = m.org_id \
+                     WHERE o.name = $1 AND ($2 = '' OR m.name = $2) ORDER BY m.name"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(org)
+                    .bind(name.unwrap_or(""))
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let mut models = rows.iter().map(model).collect::<StoreResult<Vec<_>>>()?;
+                let deployments = sqlx::query(
+                    "SELECT d.model_id, p.name AS provider, d.upstream_model, d.weight, \
+                     d.priority FROM deployments d JOIN providers p ON p.id = d.provider_id \
+                     JOIN models m ON m.id = d.model_id JOIN organizations o ON o.id = m.org_id \
+                     WHERE o.name = $1 AND ($2 = '' OR m.name = $2) \
+                     ORDER BY d.model_id, d.position",
+                )
+                .bind(org)
+                .bind(name.unwrap_or(""))
+                .fetch_all(&mut **tx)
+                .await?;
+                for row in &deployments {
+                    let model_id: String = row.try_get("model_id")?;
+                    let deployment = Deployment {
+                        provider: row.try_get("provider")?,
+                        upstream_model: row.try_get("upstream_model")?,
+                        weight: to_u32(row.try_get("weight")?, "weight")?,
+                        priority: to_u32(row.try_get("priority")?, "priority")?,
+                    };
+                    if let Some(model) = models.iter_mut().find(|m| m.id == model_id) {
+                        model.deployments.push(deployment);
+                    }
+                }
+                Ok(models)
+            }
+
+            async fn fetch_model(tx: &mut Tx, org: &str, name: &str) -> StoreResult<Model> {
+                fetch_models(tx, org, Some(name))
+                    .await?
+                    .pop()
+                    .ok_or_else(|| StoreError::not_found(format!("model '{org}/{name}'")))
+            }
+
+            async fn insert_deployments(
+                tx: &mut Tx,
+                org: &str,
+                model_id: &str,
+                deployments: &[Deployment],
+            ) -> StoreResult<()> {
+                for (position, deployment) in deployments.iter().enumerate() {
+                    let provider_id = provider_id(tx, org, &deployment.provider).await?;
+                    sqlx::query(
+                        "INSERT INTO deployments \
+                         (model_id, position, provider_id, upstream_model, weight, priority) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(model_id)
+                    .bind(i64::try_from(position).unwrap_or(i64::MAX))
+                    .bind(provider_id)
+                    .bind(&deployment.upstream_model)
+                    .bind(i64::from(deployment.weight))
+                    .bind(i64::from(deployment.priority))
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            async fn fetch_virtual_key(
+                tx: &mut Tx,
+                org: &str,
+                project: &str,
+                name: &str,
+            ) -> StoreResult<VirtualKey> {
+                let sql = format!(
+                    "SELECT {VIRTUAL_KEY_COLUMNS} FROM {VIRTUAL_KEY_FROM} \
+                     WHERE o.name = $1 AND p.name = $2 AND v.name = $3"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(org)
+                    .bind(project)
+                    .bind(name)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::not_found(format!("virtual key '{org}/{project}/{name}'"))
+                    })?;
+                virtual_key(&row)
+            }
+
+            async fn insert_provider_key(
+                tx: &mut Tx,
+                provider_id: &str,
+                new: &NewProviderKey,
+                target: &str,
+            ) -> StoreResult<()> {
+                let now = now_us();
+                sqlx::query(
+                    "INSERT INTO provider_keys (id, provider_id, name, state, sealed_secret, \
+                     master_key_version, last_four, fingerprint, health, created_at_us, \
+                     updated_at_us) VALUES ($1, $2, $3, 'ACTIVE', $4, $5, $6, $7, 'UNKNOWN', $8, $8)",
+                )
+                .bind(&new.id)
+                .bind(provider_id)
+                .bind(&new.name)
+                .bind(&new.sealed_secret)
+                .bind(i64::from(new.master_key_version))
+                .bind(&new.last_four)
+                .bind(&new.fingerprint)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| write_error(e, || format!("provider key '{target}'"), ""))?;
+                Ok(())
+            }
+
+            async fn set_key_state(
+                tx: &mut Tx,
+                org: &str,
+                provider: &str,
+                name: &str,
+                state: KeyState,
+            ) -> StoreResult<ProviderKey> {
+                let key = fetch_provider_key(tx, org, provider, name).await?;
+                sqlx::query("UPDATE provider_keys SET state = $1, updated_at_us = $2 WHERE id = $3")
+                    .bind(state.as_str())
+                    .bind(now_us())
+                    .bind(&key.id)
+                    .execute(&mut **tx)
+                    .await?;
+                fetch_provider_key(tx, org, provider, name).await
+            }
+
+            impl Store for $store {
+                async fn config_version(&self) -> StoreResult<u64> {
+                    let version: i64 =
+                        sqlx::query_scalar("SELECT version FROM config_state WHERE id = 1")
+                            .fetch_one(&self.pool)
+                            .await?;
+                    to_u64(version, "config version")
+                }
+
+                // === organizations ===
+
+                async fn create_organization(
+                    &self,
+                    new: NewOrganization,
+                    audit: Audit,
+                ) -> StoreResult<Organization> {
+                    let mut tx = self.pool.begin().await?;
+                    let now = now_us();
+                    let id = new_id();
+                    sqlx::query(
+                        "INSERT INTO organizations \
+                         (id, name, display_name, created_at_us, updated_at_us) \
+                         VALUES ($1, $2, $3, $4, $4)",
+                    )
+                    .bind(&id)
+                    .bind(&new.name)
+                    .bind(&new.display_name)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| write_error(e, || format!("organization '{}'", new.name), ""))?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(Organization {
+                        id,
+                        name: new.name,
+                        display_name: new.display_name,
+                        created_at_us: now,
+                        updated_at_us: now,
+                    })
+                }
+
+                async fn get_organization(&self, name: &str) -> StoreResult<Organization> {
+                    let sql = format!(
+                        "SELECT {ORGANIZATION_COLUMNS} FROM organizations o WHERE o.name = $1"
+                    );
+                    let row = sqlx::query(&sql)
+                        .bind(name)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .ok_or_else(|| StoreError::not_found(format!("organization '{name}'")))?;
+                    organization(&row)
+                }
+
+                async fn list_organizations(
+                    &self,
+                    name_prefix: &str,
+                ) -> StoreResult<Vec<Organization>> {
+                    let sql = format!(
+                        "SELECT {ORGANIZATION_COLUMNS} FROM organizations o \
+                         WHERE substr(o.name, 1, length($1)) = $1 ORDER BY o.name"
+                    );
+                    let rows = sqlx::query(&sql).bind(name_prefix).fetch_all(&self.pool).await?;
+                    rows.iter().map(organization).collect()
+                }
+
+                async fn update_organization(
+                    &self,
+                    name: &str,
+                    display_name: Option<String>,
+                    audit: Audit,
+                ) -> StoreResult<Organization> {
+                    let mut tx = self.pool.begin().await?;
+                    let id = org_id(&mut tx, name).await?;
+                    if let Some(display_name) = display_name {
+                        sqlx::query(
+                            "UPDATE organizations SET display_name = $1, updated_at_us = $2 \
+                             WHERE id = $3",
+                        )
+                        .bind(display_name)
+                        .bind(now_us())
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    self.get_organization(name).await
+                }
+
+                async fn delete_organization(&self, name: &str, audit: Audit) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let id = org_id(&mut tx, name).await?;
+                    sqlx::query("DELETE FROM organizations WHERE id = $1")
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| {
+                            write_error(
+                                e,
+                                || format!("organization '{name}'"),
+                                "still has projects, providers or models: delete them first",
+                            )
+                        })?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                // === projects ===
+
+                async fn create_project(
+                    &self,
+                    org: &str,
+                    new: NewProject,
+                    audit: Audit,
+                ) -> StoreResult<Project> {
+                    let mut tx = self.pool.begin().await?;
+                    let org_id = org_id(&mut tx, org).await?;
+                    if !new.default_model.is_empty() {
+                        model_id(&mut tx, org, &new.default_model).await?;
+                    }
+                    let now = now_us();
+                    sqlx::query(
+                        "INSERT INTO projects (id, org_id, name, display_name, posture, \
+                         default_model, created_at_us, updated_at_us) \
+                         VALUES ($1, $2, $3, $4, 'MOCK', $5, $6, $6)",
+                    )
+                    .bind(new_id())
+                    .bind(&org_id)
+                    .bind(&new.name)
+                    .bind(&new.display_name)
+                    .bind(&new.default_model)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| write_error(e, || format!("project '{org}/{}'", new.name), ""))?;
+                    record_change(&mut tx, &audit).await?;
+                    let created = fetch_project(&mut tx, org, &new.name).await?;
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn get_project(&self, org: &str, name: &str) -> StoreResult<Project> {
+                    let mut tx = self.pool.begin().await?;
+                    fetch_project(&mut tx, org, name).await
+                }
+
+                async fn list_projects(&self, org: &str) -> StoreResult<Vec<Project>> {
+                    let mut tx = self.pool.begin().await?;
+                    org_id(&mut tx, org).await?;
+                    let sql = format!(
+                        "SELECT {PROJECT_COLUMNS} FROM projects p \
+                         JOIN organizations o ON o.id = p.org_id WHERE o.name = $1 ORDER BY p.name"
+                    );
+                    let rows = sqlx::query(&sql).bind(org).fetch_all(&mut *tx).await?;
+                    rows.iter().map(project).collect()
+                }
+
+                async fn update_project(
+                    &self,
+                    org: &str,
+                    name: &str,
+                    patch: ProjectPatch,
+                    audit: Audit,
+                ) -> StoreResult<Project> {
+                    let mut tx = self.pool.begin().await?;
+                    let current = fetch_project(&mut tx, org, name).await?;
+                    if let Some(model) = patch.default_model.as_deref().filter(|m| !m.is_empty()) {
+                        model_id(&mut tx, org, model).await?;
+                    }
+                    sqlx::query(
+                        "UPDATE projects SET display_name = $1, default_model = $2, \
+                         posture = $3, updated_at_us = $4 WHERE id = $5",
+                    )
+                    .bind(patch.display_name.unwrap_or(current.display_name))
+                    .bind(patch.default_model.unwrap_or(current.default_model))
+                    .bind(patch.posture.unwrap_or(current.posture).as_str())
+                    .bind(now_us())
+                    .bind(&current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    record_change(&mut tx, &audit).await?;
+                    let updated = fetch_project(&mut tx, org, name).await?;
+                    tx.commit().await?;
+                    Ok(updated)
+                }
+
+                async fn delete_project(
+                    &self,
+                    org: &str,
+                    name: &str,
+                    audit: Audit,
+                ) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let id = project_id(&mut tx, org, name).await?;
+                    sqlx::query("DELETE FROM projects WHERE id = $1")
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| {
+                            write_error(
+                                e,
+                                || format!("project '{org}/{name}'"),
+                                "still has virtual keys: delete them first",
+                            )
+                        })?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn project_model_readiness(
+                    &self,
+                    org: &str,
+                    name: &str,
+                ) -> StoreResult<Vec<ModelReadiness>> {
+                    let mut tx = self.pool.begin().await?;
+                    let project = fetch_project(&mut tx, org, name).await?;
+                    let allowed_lists: Vec<String> = sqlx::query_scalar(
+                        "SELECT allowed_models FROM virtual_keys \
+                         WHERE project_id = $1 AND revoked_at_us = 0",
+                    )
+                    .bind(&project.id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let counts = sqlx::query(
+                        "SELECT m.name, COUNT(DISTINCT k.id) AS usable FROM models m \
+                         JOIN organizations o ON o.id = m.org_id \
+                         LEFT JOIN deployments d ON d.model_id = m.id \
+                         LEFT JOIN providers p ON p.id = d.provider_id AND p.active = TRUE \
+                         LEFT JOIN provider_keys k ON k.provider_id = p.id \
+                             AND k.state IN ('ACTIVE', 'RETIRING') \
+                         WHERE o.name = $1 GROUP BY m.name ORDER BY m.name",
+                    )
+                    .bind(org)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut usable = std::collections::BTreeMap::new();
+                    for row in &counts {
+                        let count: i64 = row.try_get("usable")?;
+                        usable.insert(row.try_get::<String, _>("name")?, to_u64(count, "usable")?);
+                    }
+
+                    let mut wanted = std::collections::BTreeSet::new();
+                    for list in &allowed_lists {
+                        let models = models_from_json(list)?;
+                        if models.is_empty() {
+                            wanted.extend(usable.keys().cloned());
+                        } else {
+                            wanted.extend(models);
+                        }
+                    }
+                    if !project.default_model.is_empty() {
+                        wanted.insert(project.default_model.clone());
+                    }
+                    Ok(wanted
+                        .into_iter()
+                        .map(|model| ModelReadiness {
+                            usable_keys: usable.get(&model).copied().unwrap_or(0),
+                            model,
+                        })
+                        .collect())
+                }
+
+                // === providers ===
+
+                async fn create_provider(
+                    &self,
+                    org: &str,
+                    new: NewProvider,
+                    audit: Audit,
+                ) -> StoreResult<Provider> {
+                    let mut tx = self.pool.begin().await?;
+                    let org_id = org_id(&mut tx, org).await?;
+                    let now = now_us();
+                    sqlx::query(
+                        "INSERT INTO providers (id, org_id, name, kind, base_url, api_version, \
+                         timeout_ms, extra_headers, active, allow_private_network, \
+                         created_at_us, updated_at_us) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9, $10, $10)",
+                    )
+                    .bind(new_id())
+                    .bind(&org_id)
+                    .bind(&new.name)
+                    .bind(new.kind.as_str())
+                    .bind(&new.base_url)
+                    .bind(&new.api_version)
+                    .bind(i64::from(new.timeout_ms))
+                    .bind(to_json(&new.extra_headers)?)
+                    .bind(new.allow_private_network)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| write_error(e, || format!("provider '{org}/{}'", new.name), ""))?;
+                    record_change(&mut tx, &audit).await?;
+                    let created = fetch_provider(&mut tx, org, &new.name).await?;
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn get_provider(&self, org: &str, name: &str) -> StoreResult<Provider> {
+                    let mut tx = self.pool.begin().await?;
+                    fetch_provider(&mut tx, org, name).await
+                }
+
+                async fn list_providers(&self, org: &str) -> StoreResult<Vec<Provider>> {
+                    let mut tx = self.pool.begin().await?;
+                    org_id(&mut tx, org).await?;
+                    let sql = format!(
+                        "SELECT {PROVIDER_COLUMNS} FROM providers p \
+                         JOIN organizations o ON o.id = p.org_id WHERE o.name = $1 ORDER BY p.name"
+                    );
+                    let rows = sqlx::query(&sql).bind(org).fetch_all(&mut *tx).await?;
+                    rows.iter().map(provider).collect()
+                }
+
+                async fn update_provider(
+                    &self,
+                    org: &str,
+                    name: &str,
+                    patch: ProviderPatch,
+                    audit: Audit,
+                ) -> StoreResult<Provider> {
+                    let mut tx = self.pool.begin().await?;
+                    let current = fetch_provider(&mut tx, org, name).await?;
+                    sqlx::query(
+                        "UPDATE providers SET base_url = $1, api_version = $2, timeout_ms = $3, \
+                         extra_headers = $4, active = $5, allow_private_network = $6, \
+                         updated_at_us = $7 WHERE id = $8",
+                    )
+                    .bind(patch.base_url.unwrap_or(current.base_url))
+                    .bind(patch.api_version.unwrap_or(current.api_version))
+                    .bind(i64::from(patch.timeout_ms.unwrap_or(current.timeout_ms)))
+                    .bind(to_json(&patch.extra_headers.unwrap_or(current.extra_headers))?)
+                    .bind(patch.active.unwrap_or(current.active))
+                    .bind(patch.allow_private_network.unwrap_or(current.allow_private_network))
+                    .bind(now_us())
+                    .bind(&current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    record_change(&mut tx, &audit).await?;
+                    let updated = fetch_provider(&mut tx, org, name).await?;
+                    tx.commit().await?;
+                    Ok(updated)
+                }
+
+                async fn delete_provider(
+                    &self,
+                    org: &str,
+                    name: &str,
+                    audit: Audit,
+                ) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let id = provider_id(&mut tx, org, name).await?;
+                    sqlx::query("DELETE FROM providers WHERE id = $1")
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| {
+                            write_error(
+                                e,
+                                || format!("provider '{org}/{name}'"),
+                                "still has keys or model deployments: remove them first",
+                            )
+                        })?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                // === provider keys ===
+
+                async fn create_provider_key(
+                    &self,
+                    org: &str,
+                    provider: &str,
+                    new: NewProviderKey,
+                    audit: Audit,
+                ) -> StoreResult<ProviderKey> {
+                    let mut tx = self.pool.begin().await?;
+                    let provider_id = provider_id(&mut tx, org, provider).await?;
+                    let target = format!("{org}/{provider}/{}", new.name);
+                    insert_provider_key(&mut tx, &provider_id, &new, &target).await?;
+                    record_change(&mut tx, &audit).await?;
+                    let created = fetch_provider_key(&mut tx, org, provider, &new.name).await?;
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn get_provider_key(
+                    &self,
+                    org: &str,
+                    provider: &str,
+                    name: &str,
+                ) -> StoreResult<ProviderKey> {
+                    let mut tx = self.pool.begin().await?;
+                    fetch_provider_key(&mut tx, org, provider, name).await
+                }
+
+                async fn list_provider_keys(
+                    &self,
+                    org: &str,
+                    provider: &str,
+                ) -> StoreResult<Vec<ProviderKey>> {
+                    let mut tx = self.pool.begin().await?;
+                    org_id(&mut tx, org).await?;
+                    if !provider.is_empty() {
+                        provider_id(&mut tx, org, provider).await?;
+                    }
+                    let sql = format!(
+                        "SELECT {PROVIDER_KEY_COLUMNS} FROM {PROVIDER_KEY_FROM} \
+                         WHERE o.name = $1 AND ($2 = '' OR p.name = $2) ORDER BY p.name, k.name"
+                    );
+                    let rows =
+                        sqlx::query(&sql).bind(org).bind(provider).fetch_all(&mut *tx).await?;
+                    rows.iter().map(provider_key).collect()
+                }
+
+                async fn rotate_provider_key(
+                    &self,
+                    org: &str,
+                    provider: &str,
+                    name: &str,
+                    new: NewProviderKey,
+                    audit: Audit,
+                ) -> StoreResult<(ProviderKey, ProviderKey)> {
+                    let mut tx = self.pool.begin().await?;
+                    let old = fetch_provider_key(&mut tx, org, provider, name).await?;
+                    if old.state != KeyState::Active {
+                        return Err(StoreError::FailedPrecondition(format!(
+                            "provider key '{org}/{provider}/{name}' is {}, only an ACTIVE key \
+                             can be rotated",
+                            old.state.as_str()
+                        )));
+                    }
+                    let provider_id = provider_id(&mut tx, org, provider).await?;
+                    let target = format!("{org}/{provider}/{}", new.name);
+                    insert_provider_key(&mut tx, &provider_id, &new, &target).await?;
+                    let retiring =
+                        set_key_state(&mut tx, org, provider, name, KeyState::Retiring).await?;
+                    record_change(&mut tx, &audit).await?;
+                    let active = fetch_provider_key(&mut tx, org, provider, &new.name).await?;
+                    tx.commit().await?;
+                    Ok((retiring, active))
+                }
+
+                async fn revoke_provider_key(
+                    &self,
+                    org: &str,
+                    provider: &str,
+                    name: &str,
+                    audit: Audit,
+                ) -> StoreResult<ProviderKey> {
+                    let mut tx = self.pool.begin().await?;
+                    let revoked =
+                        set_key_state(&mut tx, org, provider, name, KeyState::Revoked).await?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(revoked)
+                }
+
+                async fn delete_provider_key(
+                    &self,
+                    org: &str,
+                    provider: &str,
+                    name: &str,
+                    audit: Audit,
+                ) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let key = fetch_provider_key(&mut tx, org, provider, name).await?;
+                    if key.state != KeyState::Revoked {
+                        return Err(StoreError::FailedPrecondition(format!(
+                            "provider key '{org}/{provider}/{name}' is {}: revoke it before \
+                             deleting it",
+                            key.state.as_str()
+                        )));
+                    }
+                    sqlx::query("DELETE FROM provider_keys WHERE id = $1")
+                        .bind(&key.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn sealed_keys_not_under(
+                    &self,
+                    version: u32,
+                    limit: u32,
+                ) -> StoreResult<Vec<SealedKey>> {
+                    let rows = sqlx::query(
+                        "SELECT k.id, p.org_id, k.sealed_secret FROM provider_keys k \
+                         JOIN providers p ON p.id = k.provider_id \
+                         WHERE k.master_key_version <> $1 ORDER BY k.id LIMIT $2",
+                    )
+                    .bind(i64::from(version))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(SealedKey {
+                                id: row.try_get("id")?,
+                                org_id: row.try_get("org_id")?,
+                                sealed_secret: row.try_get("sealed_secret")?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn replace_sealed_secret(
+                    &self,
+                    id: &str,
+                    previous: &[u8],
+                    sealed: Vec<u8>,
+                    master_key_version: u32,
+                ) -> StoreResult<bool> {
+                    let result = sqlx::query(
+                        "UPDATE provider_keys SET sealed_secret = $1, master_key_version = $2 \
+                         WHERE id = $3 AND sealed_secret = $4",
+                    )
+                    .bind(sealed)
+                    .bind(i64::from(master_key_version))
+                    .bind(id)
+                    .bind(previous)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(result.rows_affected() == 1)
+                }
+
+                async fn provider_keys_per_master_key_version(
+                    &self,
+                ) -> StoreResult<Vec<(u32, u64)>> {
+                    let rows = sqlx::query(
+                        "SELECT master_key_version, COUNT(*) AS keys FROM provider_keys \
+                         GROUP BY master_key_version ORDER BY master_key_version",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok((
+                                to_u32(row.try_get("master_key_version")?, "master_key_version")?,
+                                to_u64(row.try_get("keys")?, "keys")?,
+                            ))
+                        })
+                        .collect()
+                }
+
+                // === models ===
+
+                async fn create_model(
+                    &self,
+                    org: &str,
+                    new: NewModel,
+                    audit: Audit,
+                ) -> StoreResult<Model> {
+                    let mut tx = self.pool.begin().await?;
+                    let org_id = org_id(&mut tx, org).await?;
+                    let id = new_id();
+                    sqlx::query(
+                        "INSERT INTO models (id, org_id, name, input_price_micros_per_mtok, \
+                         output_price_micros_per_mtok, context_window, created_at_us, \
+                         updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                    )
+                    .bind(&id)
+                    .bind(&org_id)
+                    .bind(&new.name)
+                    .bind(new.input_price_micros_per_mtok)
+                    .bind(new.output_price_micros_per_mtok)
+                    .bind(i64::from(new.context_window))
+                    .bind(now_us())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| write_error(e, || format!("model '{org}/{}'", new.name), ""))?;
+                    insert_deployments(&mut tx, org, &id, &new.deployments).await?;
+                    record_change(&mut tx, &audit).await?;
+                    let created = fetch_model(&mut tx, org, &new.name).await?;
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn get_model(&self, org: &str, name: &str) -> StoreResult<Model> {
+                    let mut tx = self.pool.begin().await?;
+                    fetch_model(&mut tx, org, name).await
+                }
+
+                async fn list_models(&self, org: &str) -> StoreResult<Vec<Model>> {
+                    let mut tx = self.pool.begin().await?;
+                    org_id(&mut tx, org).await?;
+                    fetch_models(&mut tx, org, None).await
+                }
+
+                async fn update_model(
+                    &self,
+                    org: &str,
+                    name: &str,
+                    patch: ModelPatch,
+                    audit: Audit,
+                ) -> StoreResult<Model> {
+                    let mut tx = self.pool.begin().await?;
+                    let current = fetch_model(&mut tx, org, name).await?;
+                    sqlx::query(
+                        "UPDATE models SET input_price_micros_per_mtok = $1, \
+                         output_price_micros_per_mtok = $2, context_window = $3, \
+                         updated_at_us = $4 WHERE id = $5",
+                    )
+                    .bind(
+                        patch
+                            .input_price_micros_per_mtok
+                            .unwrap_or(current.input_price_micros_per_mtok),
+                    )
+                    .bind(
+                        patch
+                            .output_price_micros_per_mtok
+                            .unwrap_or(current.output_price_micros_per_mtok),
+                    )
+                    .bind(i64::from(patch.context_window.unwrap_or(current.context_window)))
+                    .bind(now_us())
+                    .bind(&current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if let Some(deployments) = &patch.deployments {
+                        sqlx::query("DELETE FROM deployments WHERE model_id = $1")
+                            .bind(&current.id)
+                            .execute(&mut *tx)
+                            .await?;
+                        insert_deployments(&mut tx, org, &current.id, deployments).await?;
+                    }
+                    record_change(&mut tx, &audit).await?;
+                    let updated = fetch_model(&mut tx, org, name).await?;
+                    tx.commit().await?;
+                    Ok(updated)
+                }
+
+                async fn delete_model(&self, org: &str, name: &str, audit: Audit) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let id = model_id(&mut tx, org, name).await?;
+                    sqlx::query("DELETE FROM models WHERE id = $1")
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                // === virtual keys ===
+
+                async fn create_virtual_key(
+                    &self,
+                    org: &str,
+                    project: &str,
+                    new: NewVirtualKey,
+                    audit: Audit,
+                ) -> StoreResult<VirtualKey> {
+                    let mut tx = self.pool.begin().await?;
+                    let project_id = project_id(&mut tx, org, project).await?;
+                    require_models(&mut tx, org, &new.allowed_models).await?;
+                    sqlx::query(
+                        "INSERT INTO virtual_keys (id, project_id, name, prefix, key_hash, \
+                         allowed_models, expires_at_us, revoked_at_us, created_at_us, \
+                         updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8)",
+                    )
+                    .bind(&new.id)
+                    .bind(&project_id)
+                    .bind(&new.name)
+                    .bind(&new.prefix)
+                    .bind(&new.key_hash)
+                    .bind(to_json(&new.allowed_models)?)
+                    .bind(new.expires_at_us)
+                    .bind(now_us())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| {
+                        write_error(e, || format!("virtual key '{org}/{project}/{}'", new.name), "")
+                    })?;
+                    record_change(&mut tx, &audit).await?;
+                    let created = fetch_virtual_key(&mut tx, org, project, &new.name).await?;
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn get_virtual_key(
+                    &self,
+                    org: &str,
+                    project: &str,
+                    name: &str,
+                ) -> StoreResult<VirtualKey> {
+                    let mut tx = self.pool.begin().await?;
+                    fetch_virtual_key(&mut tx, org, project, name).await
+                }
+
+                async fn list_virtual_keys(
+                    &self,
+                    org: &str,
+                    project: &str,
+                    prefix: &str,
+                ) -> StoreResult<Vec<VirtualKey>> {
+                    let mut tx = self.pool.begin().await?;
+                    project_id(&mut tx, org, project).await?;
+                    let sql = format!(
+                        "SELECT {VIRTUAL_KEY_COLUMNS} FROM {VIRTUAL_KEY_FROM} \
+                         WHERE o.name = $1 AND p.name = $2 \
+                         AND substr(v.prefix, 1, length($3)) = $3 ORDER BY v.name"
+                    );
+                    let rows = sqlx::query(&sql)
+                        .bind(org)
+                        .bind(project)
+                        .bind(prefix)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    rows.iter().map(virtual_key).collect()
+                }
+
+                async fn update_virtual_key(
+                    &self,
+                    org: &str,
+                    project: &str,
+                    name: &str,
+                    patch: VirtualKeyPatch,
+                    audit: Audit,
+                ) -> StoreResult<VirtualKey> {
+                    let mut tx = self.pool.begin().await?;
+                    let current = fetch_virtual_key(&mut tx, org, project, name).await?;
+                    if let Some(models) = &patch.allowed_models {
+                        require_models(&mut tx, org, models).await?;
+                    }
+                    sqlx::query(
+                        "UPDATE virtual_keys SET allowed_models = $1, expires_at_us = $2, \
+                         updated_at_us = $3 WHERE id = $4",
+                    )
+                    .bind(to_json(&patch.allowed_models.unwrap_or(current.allowed_models))?)
+                    .bind(patch.expires_at_us.unwrap_or(current.expires_at_us))
+                    .bind(now_us())
+                    .bind(&current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    record_change(&mut tx, &audit).await?;
+                    let updated = fetch_virtual_key(&mut tx, org, project, name).await?;
+                    tx.commit().await?;
+                    Ok(updated)
+                }
+
+                async fn revoke_virtual_key(
+                    &self,
+                    org: &str,
+                    project: &str,
+                    name: &str,
+                    audit: Audit,
+                ) -> StoreResult<VirtualKey> {
+                    let mut tx = self.pool.begin().await?;
+                    let current = fetch_virtual_key(&mut tx, org, project, name).await?;
+                    if current.revoked_at_us == 0 {
+                        let now = now_us();
+                        sqlx::query(
+                            "UPDATE virtual_keys SET revoked_at_us = $1, updated_at_us = $1 \
+                             WHERE id = $2",
+                        )
+                        .bind(now)
+                        .bind(&current.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    record_change(&mut tx, &audit).await?;
+                    let revoked = fetch_virtual_key(&mut tx, org, project, name).await?;
+                    tx.commit().await?;
+                    Ok(revoked)
+                }
+
+                async fn delete_virtual_key(
+                    &self,
+                    org: &str,
+                    project: &str,
+                    name: &str,
+                    audit: Audit,
+                ) -> StoreResult<()> {
+                    let mut tx = self.pool.begin().await?;
+                    let current = fetch_virtual_key(&mut tx, org, project, name).await?;
+                    sqlx::query("DELETE FROM virtual_keys WHERE id = $1")
+                        .bind(&current.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                // === admin tokens ===
+
+                async fn create_admin_token(
+                    &self,
+                    new: NewAdminToken,
+                    audit: Audit,
+                ) -> StoreResult<AdminToken> {
+                    let mut tx = self.pool.begin().await?;
+                    let now = now_us();
+                    sqlx::query(
+                        "INSERT INTO admin_tokens (id, name, scope, prefix, token_hash, \
+                         created_at_us, revoked_at_us) VALUES ($1, $2, $3, $4, $5, $6, 0)",
+                    )
+                    .bind(&new.id)
+                    .bind(&new.name)
+                    .bind(new.scope.as_str())
+                    .bind(&new.prefix)
+                    .bind(&new.token_hash)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| write_error(e, || format!("admin token '{}'", new.name), ""))?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(AdminToken {
+                        id: new.id,
+                        name: new.name,
+                        scope: new.scope,
+                        prefix: new.prefix,
+                        created_at_us: now,
+                        revoked_at_us: 0,
+                    })
+                }
+
+                async fn list_admin_tokens(&self) -> StoreResult<Vec<AdminToken>> {
+                    let sql = format!("SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens ORDER BY name");
+                    let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+                    rows.iter().map(admin_token).collect()
+                }
+
+                async fn revoke_admin_token(
+                    &self,
+                    name: &str,
+                    audit: Audit,
+                ) -> StoreResult<AdminToken> {
+                    let mut tx = self.pool.begin().await?;
+                    let now = now_us();
+                    let sql = format!(
+                        "UPDATE admin_tokens SET revoked_at_us = \
+                         CASE WHEN revoked_at_us = 0 THEN $1 ELSE revoked_at_us END \
+                         WHERE name = $2 RETURNING {ADMIN_TOKEN_COLUMNS}"
+                    );
+                    let row = sqlx::query(&sql)
+                        .bind(now)
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .ok_or_else(|| StoreError::not_found(format!("admin token '{name}'")))?;
+                    let revoked = admin_token(&row)?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(revoked)
+                }
+
+                async fn find_admin_token(&self, token_hash: &str) -> StoreResult<Option<AdminToken>> {
+                    let sql = format!(
+                        "SELECT {ADMIN_TOKEN_COLUMNS} FROM admin_tokens \
+                         WHERE token_hash = $1 AND revoked_at_us = 0"
+                    );
+                    sqlx::query(&sql)
+                        .bind(token_hash)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .as_ref()
+                        .map(admin_token)
+                        .transpose()
+                }
+
+                // === audit ===
+
+                async fn list_audit_events(&self, filter: AuditFilter) -> StoreResult<Vec<AuditEvent>> {
+                    let rows = sqlx::query(
+                        "SELECT id, at_us, actor, action, target, detail FROM audit_events \
+                         WHERE ($1 = '' OR actor = $1) AND ($2 = '' OR action = $2) \
+                         AND substr(target, 1, length($3)) = $3 \
+                         ORDER BY id DESC LIMIT $4",
+                    )
+                    .bind(&filter.actor)
+                    .bind(&filter.action)
+                    .bind(&filter.target_prefix)
+                    .bind(i64::from(filter.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(audit_event).collect()
+                }
+
+                // === vault checks ===
+
+                async fn vault_checks(&self) -> StoreResult<Vec<(u32, Vec<u8>)>> {
+                    let rows = sqlx::query(
+                        "SELECT master_key_version, sealed_check FROM vault_checks \
+                         ORDER BY master_key_version",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok((
+                                to_u32(row.try_get("master_key_version")?, "master_key_version")?,
+                                row.try_get("sealed_check")?,
+                            ))
+                        })
+                        .collect()
+                }
+
+                async fn add_vault_check(&self, version: u32, sealed: Vec<u8>) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO vault_checks (master_key_version, sealed_check) \
+                         VALUES ($1, $2) ON CONFLICT (master_key_version) DO NOTHING",
+                    )
+                    .bind(i64::from(version))
+                    .bind(sealed)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+            }
+        }
+    };
+}
+
+pub(super) use sql_store;

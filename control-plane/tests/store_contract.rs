@@ -1,0 +1,621 @@
+//! One story, run against every store backend: SQLite in a temp dir, and PostgreSQL on
+//! 127.0.0.1:5432 in a database created for this test and dropped after.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use sluice_control_plane::store::postgres::PostgresStore;
+use sluice_control_plane::store::sqlite::SqliteStore;
+use sluice_control_plane::store::*;
+use sluice_shared::ids::new_id;
+use sqlx::Connection;
+
+const INJECTIONS: &[&str] = &[
+    "'; DROP TABLE organizations; --",
+    "\" OR 1=1 --",
+    "x' OR '1'='1",
+    "%' UNION SELECT token_hash, 1, 1, 1, 1 FROM admin_tokens --",
+    "\\'; DELETE FROM audit_events; --",
+    "$1",
+];
+
+fn audit(action: &'static str, target: &str) -> Audit {
+    Audit::new("test", action, target)
+}
+
+fn new_key(name: &str, fill: u8) -> NewProviderKey {
+    NewProviderKey {
+        id: new_id(),
+        name: name.to_owned(),
+        sealed_secret: vec![fill; 40],
+        master_key_version: 1,
+        last_four: "abcd".to_owned(),
+        fingerprint: format!("fp-{fill}"),
+    }
+}
+
+async fn story<S: Store>(store: &S) {
+    assert_eq!(store.config_version().await.unwrap(), 0);
+
+    // Organizations.
+    let org = store
+        .create_organization(
+            NewOrganization {
+                name: "acme".into(),
+                display_name: "Acme Inc".into(),
+            },
+            audit("organization.create", "acme"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(org.name, "acme");
+    assert_eq!(store.config_version().await.unwrap(), 1);
+    let duplicate = store
+        .create_organization(
+            NewOrganization {
+                name: "acme".into(),
+                display_name: String::new(),
+            },
+            audit("organization.create", "acme"),
+        )
+        .await;
+    assert!(
+        matches!(duplicate, Err(StoreError::AlreadyExists { .. })),
+        "{duplicate:?}"
+    );
+    assert_eq!(
+        store.config_version().await.unwrap(),
+        1,
+        "a failed change bumps nothing"
+    );
+    assert!(matches!(
+        store.get_organization("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let updated = store
+        .update_organization(
+            "acme",
+            Some("Acme Corp".into()),
+            audit("organization.update", "acme"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.display_name, "Acme Corp");
+    assert_eq!(store.list_organizations("ac").await.unwrap().len(), 1);
+    assert_eq!(store.list_organizations("zz").await.unwrap().len(), 0);
+
+    // Providers and keys.
+    let mut headers = BTreeMap::new();
+    headers.insert("x-team".to_owned(), "research".to_owned());
+    let provider = store
+        .create_provider(
+            "acme",
+            NewProvider {
+                name: "openai".into(),
+                kind: ProviderKind::OpenAi,
+                base_url: "https://api.openai.com/v1".into(),
+                api_version: String::new(),
+                timeout_ms: 30_000,
+                extra_headers: headers.clone(),
+                allow_private_network: false,
+            },
+            audit("provider.create", "acme/openai"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(provider.extra_headers, headers);
+    assert!(provider.active);
+    let patched = store
+        .update_provider(
+            "acme",
+            "openai",
+            ProviderPatch {
+                timeout_ms: Some(5_000),
+                ..Default::default()
+            },
+            audit("provider.update", "acme/openai"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.timeout_ms, 5_000);
+    assert_eq!(patched.base_url, provider.base_url);
+
+    let key = store
+        .create_provider_key(
+            "acme",
+            "openai",
+            new_key("main", 1),
+            audit("k", "acme/openai/main"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(key.state, KeyState::Active);
+    assert_eq!(key.health, KeyHealth::Unknown);
+    assert_eq!(key.provider, "openai");
+    assert!(matches!(
+        store
+            .create_provider_key("acme", "openai", new_key("main", 2), audit("k", "x"))
+            .await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let (retiring, active) = store
+        .rotate_provider_key(
+            "acme",
+            "openai",
+            "main",
+            new_key("main-2", 3),
+            audit("k", "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(retiring.state, KeyState::Retiring);
+    assert_eq!(active.state, KeyState::Active);
+    assert!(matches!(
+        store
+            .rotate_provider_key(
+                "acme",
+                "openai",
+                "main",
+                new_key("main-3", 4),
+                audit("k", "x")
+            )
+            .await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        store
+            .delete_provider_key("acme", "openai", "main-2", audit("k", "x"))
+            .await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+    let revoked = store
+        .revoke_provider_key("acme", "openai", "main", audit("k", "x"))
+        .await
+        .unwrap();
+    assert_eq!(revoked.state, KeyState::Revoked);
+    store
+        .delete_provider_key("acme", "openai", "main", audit("k", "x"))
+        .await
+        .unwrap();
+    assert_eq!(store.list_provider_keys("acme", "").await.unwrap().len(), 1);
+
+    // Rewrap bookkeeping: compare-and-set on the sealed value.
+    let pending = store.sealed_keys_not_under(2, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].sealed_secret, vec![3; 40]);
+    assert!(
+        !store
+            .replace_sealed_secret(&pending[0].id, &[9; 40], vec![5; 40], 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .replace_sealed_secret(&pending[0].id, &[3; 40], vec![5; 40], 2)
+            .await
+            .unwrap()
+    );
+    assert!(store.sealed_keys_not_under(2, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.provider_keys_per_master_key_version().await.unwrap(),
+        vec![(2, 1)]
+    );
+
+    // Models with deployments.
+    let model = store
+        .create_model(
+            "acme",
+            NewModel {
+                name: "gpt-4o-mini".into(),
+                deployments: vec![Deployment {
+                    provider: "openai".into(),
+                    upstream_model: "gpt-4o-mini-2024-07-18".into(),
+                    weight: 1,
+                    priority: 0,
+                }],
+                input_price_micros_per_mtok: 150_000,
+                output_price_micros_per_mtok: 600_000,
+                context_window: 128_000,
+            },
+            audit("model.create", "acme/gpt-4o-mini"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(model.deployments.len(), 1);
+    assert_eq!(
+        model.deployments[0].upstream_model,
+        "gpt-4o-mini-2024-07-18"
+    );
+    assert!(matches!(
+        store
+            .create_model(
+                "acme",
+                NewModel {
+                    name: "broken".into(),
+                    deployments: vec![Deployment {
+                        provider: "missing".into(),
+                        upstream_model: "x".into(),
+                        weight: 1,
+                        priority: 0,
+                    }],
+                    input_price_micros_per_mtok: 0,
+                    output_price_micros_per_mtok: 0,
+                    context_window: 0,
+                },
+                audit("model.create", "x"),
+            )
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.get_model("acme", "broken").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let repriced = store
+        .update_model(
+            "acme",
+            "gpt-4o-mini",
+            ModelPatch {
+                output_price_micros_per_mtok: Some(700_000),
+                ..Default::default()
+            },
+            audit("model.update", "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(repriced.output_price_micros_per_mtok, 700_000);
+    assert_eq!(repriced.deployments, model.deployments);
+    assert!(matches!(
+        store
+            .delete_provider("acme", "openai", audit("provider.delete", "x"))
+            .await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+
+    // Projects, readiness, virtual keys.
+    let project = store
+        .create_project(
+            "acme",
+            NewProject {
+                name: "web".into(),
+                display_name: String::new(),
+                default_model: "gpt-4o-mini".into(),
+            },
+            audit("project.create", "acme/web"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(project.posture, Posture::Mock, "nothing is live by default");
+    assert!(matches!(
+        store
+            .create_project(
+                "acme",
+                NewProject {
+                    name: "other".into(),
+                    display_name: String::new(),
+                    default_model: "missing".into()
+                },
+                audit("project.create", "x"),
+            )
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let readiness = store.project_model_readiness("acme", "web").await.unwrap();
+    assert_eq!(
+        readiness,
+        vec![ModelReadiness {
+            model: "gpt-4o-mini".into(),
+            usable_keys: 1
+        }]
+    );
+    let live = store
+        .update_project(
+            "acme",
+            "web",
+            ProjectPatch {
+                posture: Some(Posture::Live),
+                ..Default::default()
+            },
+            audit("project.set_posture", "acme/web"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(live.posture, Posture::Live);
+
+    let vkey = store
+        .create_virtual_key(
+            "acme",
+            "web",
+            NewVirtualKey {
+                id: new_id(),
+                name: "ci".into(),
+                prefix: "sk-sluice-AbCd".into(),
+                key_hash: "hash-1".into(),
+                allowed_models: vec!["gpt-4o-mini".into()],
+                expires_at_us: 0,
+            },
+            audit("virtual_key.create", "acme/web/ci"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(vkey.allowed_models, vec!["gpt-4o-mini".to_owned()]);
+    assert!(matches!(
+        store
+            .create_virtual_key(
+                "acme",
+                "web",
+                NewVirtualKey {
+                    id: new_id(),
+                    name: "bad".into(),
+                    prefix: "sk-sluice-x".into(),
+                    key_hash: "hash-2".into(),
+                    allowed_models: vec!["unknown".into()],
+                    expires_at_us: 0,
+                },
+                audit("virtual_key.create", "x"),
+            )
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store
+            .list_virtual_keys("acme", "web", "sk-sluice-Ab")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .list_virtual_keys("acme", "web", "sk-sluice-Zz")
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    let revoked = store
+        .revoke_virtual_key("acme", "web", "ci", audit("virtual_key.revoke", "x"))
+        .await
+        .unwrap();
+    assert!(revoked.revoked_at_us > 0);
+    assert!(matches!(
+        store
+            .delete_project("acme", "web", audit("project.delete", "x"))
+            .await,
+        Err(StoreError::FailedPrecondition(_))
+    ));
+
+    // Admin tokens.
+    store
+        .create_admin_token(
+            NewAdminToken {
+                id: new_id(),
+                name: "ops".into(),
+                scope: TokenScope::ReadOnly,
+                prefix: "sluice-admin-abcd".into(),
+                token_hash: "token-hash".into(),
+            },
+            audit("admin_token.create", "ops"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_admin_token("token-hash")
+            .await
+            .unwrap()
+            .unwrap()
+            .scope,
+        TokenScope::ReadOnly
+    );
+    store
+        .revoke_admin_token("ops", audit("admin_token.revoke", "ops"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .find_admin_token("token-hash")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Audit: every successful change left one event, newest first.
+    let events = store
+        .list_audit_events(AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len() as u64, store.config_version().await.unwrap());
+    assert_eq!(events[0].action, "admin_token.revoke");
+    let filtered = store
+        .list_audit_events(AuditFilter {
+            action: "provider.create".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(filtered.len(), 1);
+
+    // Vault checks are insert-once.
+    store.add_vault_check(1, vec![1, 2, 3]).await.unwrap();
+    store.add_vault_check(1, vec![9, 9, 9]).await.unwrap();
+    assert_eq!(
+        store.vault_checks().await.unwrap(),
+        vec![(1, vec![1, 2, 3])]
+    );
+}
+
+/// Every name or filter parameter passes through as data: stored text comes back unchanged,
+/// filters match nothing, and no table is touched.
+async fn injection<S: Store>(store: &S) {
+    let before = store
+        .list_audit_events(AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for payload in INJECTIONS {
+        let org = store
+            .create_organization(
+                NewOrganization {
+                    name: format!("org-{}", new_id()),
+                    display_name: payload.to_string(),
+                },
+                audit("organization.create", payload),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get_organization(&org.name)
+                .await
+                .unwrap()
+                .display_name,
+            *payload
+        );
+        assert!(matches!(
+            store.get_organization(payload).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(store.list_organizations(payload).await.unwrap().is_empty());
+        assert!(matches!(
+            store.list_projects(payload).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.get_provider_key(payload, payload, payload).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.list_virtual_keys(&org.name, payload, payload).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(store.find_admin_token(payload).await.unwrap().is_none());
+        let events = store
+            .list_audit_events(AuditFilter {
+                actor: payload.to_string(),
+                action: String::new(),
+                target_prefix: String::new(),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert!(events.is_empty());
+        let by_target = store
+            .list_audit_events(AuditFilter {
+                target_prefix: payload.to_string(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_target.len(), 1, "{payload}");
+        assert_eq!(by_target[0].target, *payload);
+    }
+    let after = store
+        .list_audit_events(AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after.len(), before.len() + INJECTIONS.len());
+    assert_eq!(
+        store.list_organizations("").await.unwrap().len(),
+        INJECTIONS.len() + 1
+    );
+}
+
+// === SQLite ===
+
+async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("sluice.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn sqlite_story() {
+    let (_dir, store) = sqlite_store().await;
+    story(&store).await;
+    injection(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_reopen_keeps_data_and_skips_applied_migrations() {
+    let (dir, store) = sqlite_store().await;
+    store
+        .create_organization(
+            NewOrganization {
+                name: "kept".into(),
+                display_name: String::new(),
+            },
+            audit("organization.create", "kept"),
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    let url = format!("sqlite://{}", dir.path().join("sluice.db").display());
+    let reopened = SqliteStore::open(&url).await.unwrap();
+    assert_eq!(
+        reopened.get_organization("kept").await.unwrap().name,
+        "kept"
+    );
+}
+
+// === PostgreSQL ===
+
+/// A database of its own on the local server, dropped when the test ends.
+struct PostgresDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl PostgresDatabase {
+    async fn create() -> (Self, String) {
+        let admin_url = std::env::var("SLUICE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("sluice_test_{}", new_id().replace('-', ""));
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (see README: .ci/test starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("bad SLUICE_TEST_POSTGRES_URL"),
+        };
+        (Self { admin_url, name }, url)
+    }
+
+    async fn drop_database(self) {
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn postgres_story() {
+    let (database, url) = PostgresDatabase::create().await;
+    let store = PostgresStore::open(&url).await.unwrap();
+    story(&store).await;
+    injection(&store).await;
+    store.close().await;
+    database.drop_database().await;
+}

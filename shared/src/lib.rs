@@ -1,0 +1,7 @@
+//! Types used by both halves of Sluice. Nothing here does I/O.
+
+pub mod envelope;
+pub mod ids;
+pub mod secret;
+pub mod time;
+pub mod token;
