@@ -161,8 +161,15 @@ impl Settings {
         if self.master_key.as_ref().is_some_and(SecretString::is_empty) {
             return Err(invalid("SLUICE_MASTER_KEY", "is empty"));
         }
-        if self.admin_token.as_ref().is_some_and(|token| token.expose().len() < 32) {
-            return Err(invalid("SLUICE_ADMIN_TOKEN", "must be at least 32 characters"));
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|token| token.expose().len() < 32)
+        {
+            return Err(invalid(
+                "SLUICE_ADMIN_TOKEN",
+                "must be at least 32 characters",
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(invalid("log", "is not a valid tracing filter"));
