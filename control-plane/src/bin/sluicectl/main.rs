@@ -592,12 +592,23 @@ fn required<T>(value: Option<T>) -> anyhow::Result<T> {
 
 // === commands ===
 
-type Client = AdminServiceClient<
-    InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the admin token to every call, marked sensitive so HTTP/2 never indexes it.
+#[derive(Clone)]
+struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Client = AdminServiceClient<InterceptedService<Channel, BearerToken>>;
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     let token = cli.token.clone().ok_or_else(|| {
@@ -614,15 +625,10 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         .connect()
         .await
         .with_context(|| format!("cannot reach the control plane at {}", cli.control_plane))?;
-    let interceptor: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-    > = Box::new(move |mut request: tonic::Request<()>| {
-        request
-            .metadata_mut()
-            .insert("authorization", header.clone());
-        Ok(request)
-    });
-    Ok(AdminServiceClient::with_interceptor(channel, interceptor))
+    Ok(AdminServiceClient::with_interceptor(
+        channel,
+        BearerToken(header),
+    ))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<String> {
