@@ -1,1 +1,298 @@
-//! Helpers for the end-to-end tests: spawning the real binaries on loopback.
+//! Support for the end-to-end tests: start the real binaries on loopback port 0, wait for
+//! them within a bound, capture everything they print, and run `sluicectl` like an operator.
+//!
+//! The binaries are found next to the test executable's target directory; `.ci/test` builds
+//! them first (`cargo build --workspace --bins`), since Cargo only builds binaries of the
+//! package under test.
+
+// Test support: a failed step should stop the test loudly, with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory holding the workspace's built binaries (target/debug).
+pub fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/debug/deps/<test> → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let path = binary_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, as .ci/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Everything a process printed, kept for assertions and canary greps.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<String>>);
+
+impl Captured {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn push(&self, line: &str) {
+        let mut text = self.0.lock().unwrap();
+        text.push_str(line);
+        text.push('\n');
+    }
+}
+
+/// A running `sluice-control-plane`, killed on drop.
+pub struct ControlPlane {
+    child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub output: Captured,
+    pub admin_token: String,
+}
+
+/// How to start a control plane: its data directory, environment and flags.
+pub struct ControlPlaneBuilder {
+    data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    dev: bool,
+}
+
+impl ControlPlaneBuilder {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            env: Vec::new(),
+            dev: true,
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn dev(mut self, dev: bool) -> Self {
+        self.dev = dev;
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(binary("sluice-control-plane"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SLUICE_LISTEN_ADDR", "127.0.0.1:0")
+            .env("SLUICE_DATA_DIR", &self.data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if self.dev {
+            command.arg("--dev");
+        }
+        command
+    }
+
+    /// Runs it to completion (for start-up failures): exit code and output.
+    pub fn run_to_exit(&self) -> Output {
+        let mut command = self.command();
+        let child = command.spawn().expect("spawn control plane");
+        wait_with_timeout(child, STARTUP_TIMEOUT)
+    }
+
+    /// Starts it and waits until it listens.
+    pub fn start(self) -> ControlPlane {
+        let mut child = self.command().spawn().expect("spawn control plane");
+        let output = Captured::default();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            let addr_tx = addr_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    output.push(&line);
+                    if let Some(addr) = line
+                        .contains("sluice-control-plane listening")
+                        .then(|| line.split("addr=").nth(1))
+                        .flatten()
+                    {
+                        let _ = addr_tx.send(addr.trim().to_owned());
+                    }
+                }
+            });
+        }
+        let addr = match addr_rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "control plane did not start within {STARTUP_TIMEOUT:?}:\n{}",
+                    output.text()
+                );
+            }
+        };
+        let admin_token = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "SLUICE_ADMIN_TOKEN")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| {
+                std::fs::read_to_string(self.data_dir.join("admin-token"))
+                    .map(|t| t.trim().to_owned())
+                    .unwrap_or_default()
+            });
+        ControlPlane {
+            child,
+            addr,
+            data_dir: self.data_dir,
+            output,
+            admin_token,
+        }
+    }
+}
+
+impl ControlPlane {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Runs `sluicectl ARGS` against this control plane with the bootstrap token.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        self.ctl_as(&self.admin_token, args, None)
+    }
+
+    /// Runs `sluicectl ARGS` with `stdin` piped in.
+    pub fn ctl_stdin(&self, args: &[&str], stdin: &str) -> CtlOutput {
+        self.ctl_as(&self.admin_token, args, Some(stdin))
+    }
+
+    pub fn ctl_as(&self, token: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+        let mut child = Command::new(binary("sluicectl"))
+            .env_clear()
+            .env("SLUICE_CONTROL_PLANE", self.url())
+            .env("SLUICE_TOKEN", token)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluicectl");
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            pipe.write_all(text.as_bytes()).unwrap();
+        }
+        drop(pipe);
+        let output = wait_with_timeout(child, Duration::from_secs(30));
+        CtlOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Stops it with SIGTERM-like kill and waits, so its files can be inspected.
+    pub fn stop(mut self) -> Captured {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output.clone()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.success,
+            "sluicectl failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        &self.stdout
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+
+    /// Asserts failure and returns stderr.
+    pub fn err(&self) -> &str {
+        assert!(
+            !self.success,
+            "sluicectl should have failed:\n{}",
+            self.stdout
+        );
+        &self.stderr
+    }
+}
+
+fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "process did not finish within {timeout:?}:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every file under `dir`, recursively, as bytes (database, WAL, key files …).
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap().map_while(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                found.push((path, bytes));
+            }
+        }
+    }
+    found
+}
+
+/// True when `needle` occurs in `haystack` as bytes.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+}
