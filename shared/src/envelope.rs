@@ -382,6 +382,50 @@ mod tests {
         }
     }
 
+    /// RFC 8452 Appendix C.2 (AEAD_AES_256_GCM_SIV): the primitive under the envelope.
+    #[test]
+    fn rfc8452_vectors() {
+        let one = format!("01{}", "00".repeat(31));
+        let nonce = format!("03{}", "00".repeat(11));
+        let vectors: [(&str, &str, &str, &str, &str); 4] = [
+            (&one, &nonce, "", "", "07f5f4169bbf55a8400cd47ea6fd400f"),
+            (
+                &one,
+                &nonce,
+                "",
+                "0100000000000000",
+                "c2ef328e5c71c83b843122130f7364b761e0b97427e3df28",
+            ),
+            (
+                &one,
+                &nonce,
+                "01",
+                "0200000000000000",
+                "1de22967237a813291213f267e3b452f02d01ae33e4ec854",
+            ),
+            (
+                "3c535de192eaed3822a2fbbe2ca9dfc88255e14a661b8aa82cc54236093bbc23",
+                "688089e55540db1872504e1c",
+                "734320ccc9d9bbbb19cb81b2af4ecbc3e72834321f7aa0f70b7282b4f33df23f167541",
+                "ced532ce4159b035277d4dfbb7db62968b13cd4eec",
+                "626660c26ea6612fb17ad91e8e767639edd6c9faee9d6c7029675b89eaf4ba1ded1a286594",
+            ),
+        ];
+        for (key, nonce, aad, plaintext, ciphertext) in vectors {
+            let cipher = cipher_for(&hex::decode(key).unwrap()).unwrap();
+            let nonce = hex::decode(nonce).unwrap();
+            let (aad, plaintext) = (hex::decode(aad).unwrap(), hex::decode(plaintext).unwrap());
+            let sealed = cipher
+                .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &aad })
+                .unwrap();
+            assert_eq!(hex::encode(&sealed), ciphertext);
+            let opened = cipher
+                .decrypt(Nonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad })
+                .unwrap();
+            assert_eq!(opened, plaintext);
+        }
+    }
+
     #[test]
     fn debug_shows_versions_only() {
         let shown = format!("{:?}", ring(&[(1, 0x41)]));
