@@ -165,7 +165,7 @@ async fn bootstrap_admin_token<S: Store>(settings: &Settings, store: &S) -> Resu
         Some(token) => {
             let (_, mut new) = mint_admin_token(BOOTSTRAP_TOKEN_NAME, TokenScope::Admin);
             new.token_hash = sluice_shared::token::hash(token.expose());
-            new.prefix = token.expose().chars().take(8).collect();
+            new.prefix = token.expose().chars().take(4).collect();
             store.create_admin_token(new, audit).await?;
             tracing::info!("registered SLUICE_ADMIN_TOKEN as the bootstrap admin token");
         }

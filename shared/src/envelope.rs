@@ -416,11 +416,23 @@ mod tests {
             let nonce = hex::decode(nonce).unwrap();
             let (aad, plaintext) = (hex::decode(aad).unwrap(), hex::decode(plaintext).unwrap());
             let sealed = cipher
-                .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &aad })
+                .encrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: &plaintext,
+                        aad: &aad,
+                    },
+                )
                 .unwrap();
             assert_eq!(hex::encode(&sealed), ciphertext);
             let opened = cipher
-                .decrypt(Nonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad })
+                .decrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: &sealed,
+                        aad: &aad,
+                    },
+                )
                 .unwrap();
             assert_eq!(opened, plaintext);
         }

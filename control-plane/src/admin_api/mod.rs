@@ -24,6 +24,8 @@ const DEFAULT_TIMEOUT_MS: u32 = 60_000;
 const MAX_TIMEOUT_MS: u32 = 600_000;
 const DEFAULT_AUDIT_LIMIT: u32 = 100;
 const MAX_AUDIT_LIMIT: u32 = 1_000;
+const MAX_DEPLOYMENTS: usize = 64;
+const MAX_ALLOWED_MODELS: usize = 256;
 
 pub struct AdminApi<S> {
     store: Arc<S>,
@@ -90,6 +92,11 @@ fn names(pairs: &[(&str, &str)]) -> Result<(), Status> {
 }
 
 fn deployments(list: Vec<pb::Deployment>) -> Result<Vec<store::Deployment>, Status> {
+    if list.len() > MAX_DEPLOYMENTS {
+        return Err(Status::invalid_argument(format!(
+            "deployments: at most {MAX_DEPLOYMENTS}"
+        )));
+    }
     list.into_iter()
         .enumerate()
         .map(|(index, d)| {
@@ -136,6 +143,11 @@ fn timeout(field: &str, value: u32) -> Result<u32, Status> {
 }
 
 fn model_names(field: &str, models: &[String]) -> Result<(), Status> {
+    if models.len() > MAX_ALLOWED_MODELS {
+        return Err(Status::invalid_argument(format!(
+            "{field}: at most {MAX_ALLOWED_MODELS} models"
+        )));
+    }
     models
         .iter()
         .enumerate()
