@@ -2,8 +2,11 @@
 //! `sluice-control-plane` and `sluicectl` are thin shells over this library.
 
 pub mod admin_api;
+pub mod config_stream;
 pub mod server;
 pub mod settings;
+pub mod snapshot_builder;
 pub mod store;
+pub mod usage_ingest;
 pub mod validation;
 pub mod vault;

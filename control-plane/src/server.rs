@@ -6,14 +6,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sluice_proto::admin::v1::admin_service_server::AdminServiceServer;
+use sluice_proto::config::v1::config_service_server::ConfigServiceServer;
+use sluice_proto::usage::v1::usage_service_server::UsageServiceServer;
 use sluice_shared::secret::SecretString;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::admin_api::auth::AdminAuth;
+use crate::admin_api::auth::TokenAuth;
 use crate::admin_api::{AdminApi, mint_admin_token};
+use crate::config_stream::ConfigStreamService;
 use crate::settings::Settings;
+use crate::snapshot_builder::ConfigPublisher;
 use crate::store::{AnyStore, Audit, Store, StoreError, TokenScope};
+use crate::usage_ingest::UsageIngest;
 use crate::vault::{self, Vault, VaultError};
 
 const BOOTSTRAP_TOKEN_NAME: &str = "bootstrap";
@@ -99,8 +105,22 @@ async fn launch<S: Store>(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let admin = AdminAuth::new(
-        AdminServiceServer::new(AdminApi::new(store.clone(), vault)),
+    let changed = Arc::new(Notify::new());
+    let publisher = ConfigPublisher::new(store.clone(), changed.clone());
+    let config_watch = publisher.subscribe();
+    let publisher_task = tokio::spawn(publisher.run());
+
+    let admin = TokenAuth::admin(
+        AdminServiceServer::new(AdminApi::new(store.clone(), vault.clone())),
+        store.clone(),
+        changed,
+    );
+    let config = TokenAuth::data_plane(
+        ConfigServiceServer::new(ConfigStreamService::new(store.clone(), vault, config_watch)),
+        store.clone(),
+    );
+    let usage = TokenAuth::data_plane(
+        UsageServiceServer::new(UsageIngest::new(store.clone())),
         store,
     );
 
@@ -121,8 +141,11 @@ async fn launch<S: Store>(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(admin)
+        .add_service(config)
+        .add_service(usage)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
+    publisher_task.abort();
     tracing::info!("sluice-control-plane stopped");
     Ok(())
 }

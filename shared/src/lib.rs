@@ -2,6 +2,7 @@
 
 pub mod envelope;
 pub mod ids;
+pub mod sealing;
 pub mod secret;
 pub mod time;
 pub mod token;

@@ -1,8 +1,10 @@
-//! Admin-token authentication for the admin service, as a tower layer so no RPC can forget
-//! it: every call to `sluice.admin.v1.AdminService` passes here first.
+//! Token authentication as a tower layer in front of a whole gRPC service, so no RPC can forget
+//! it.
 //!
-//! Get* and List* need a read-only or admin token; every other method needs an admin token.
-//! Data-plane tokens never pass. The token's name rides on the request as the audit actor.
+//! On the admin service, Get* and List* need a read-only or admin token and every other method
+//! an admin token; data-plane tokens never pass. On the config and usage services only
+//! data-plane tokens pass. The token's name rides on the request as the audit actor, and a
+//! successful admin write nudges the snapshot publisher.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::sync::Notify;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
@@ -28,10 +31,12 @@ pub struct Principal {
 pub enum Access {
     Read,
     Write,
+    DataPlane,
 }
 
-/// What a method needs, from its name alone: reads are exactly the Get* and List* methods.
-pub fn required_access(method: &str) -> Access {
+/// What an admin method needs, from its name alone: reads are exactly the Get* and List*
+/// methods.
+pub fn admin_access(method: &str) -> Access {
     if method.starts_with("Get") || method.starts_with("List") {
         Access::Read
     } else {
@@ -41,9 +46,9 @@ pub fn required_access(method: &str) -> Access {
 
 fn allows(scope: TokenScope, access: Access) -> bool {
     match scope {
-        TokenScope::Admin => true,
+        TokenScope::Admin => access != Access::DataPlane,
         TokenScope::ReadOnly => access == Access::Read,
-        TokenScope::DataPlane => false,
+        TokenScope::DataPlane => access == Access::DataPlane,
     }
 }
 
@@ -52,6 +57,7 @@ pub async fn authenticate<S: Store>(
     store: &S,
     headers: &http::HeaderMap,
     method: &str,
+    access: Access,
 ) -> Result<Principal, Status> {
     let token = headers
         .get(http::header::AUTHORIZATION)
@@ -61,8 +67,8 @@ pub async fn authenticate<S: Store>(
         .filter(|token| !token.is_empty())
         .ok_or_else(|| {
             Status::unauthenticated(
-                "missing admin token: send `authorization: Bearer <token>` (sluicectl: --token \
-                 or SLUICE_TOKEN)",
+                "missing token: send `authorization: Bearer <token>` (sluicectl: --token or \
+                 SLUICE_TOKEN; proxies: their data-plane token)",
             )
         })?;
     let found = store
@@ -72,10 +78,10 @@ pub async fn authenticate<S: Store>(
             tracing::error!(%error, "admin token lookup failed");
             Status::unavailable("cannot check the admin token right now; retry")
         })?
-        .ok_or_else(|| Status::unauthenticated("invalid or revoked admin token"))?;
-    if !allows(found.scope, required_access(method)) {
+        .ok_or_else(|| Status::unauthenticated("invalid or revoked token"))?;
+    if !allows(found.scope, access) {
         return Err(Status::permission_denied(format!(
-            "admin token '{}' has scope {} and may not call {method}",
+            "token '{}' has scope {} and may not call {method}",
             found.name,
             found.scope.as_str()
         )));
@@ -86,32 +92,53 @@ pub async fn authenticate<S: Store>(
     })
 }
 
-/// Wraps the generated admin server; see the module docs.
-pub struct AdminAuth<Inner, S> {
+/// Wraps a generated server; see the module docs.
+pub struct TokenAuth<Inner, S> {
     inner: Inner,
     store: Arc<S>,
+    access_for: fn(&str) -> Access,
+    after_write: Option<Arc<Notify>>,
 }
 
-impl<Inner: Clone, S> Clone for AdminAuth<Inner, S> {
+impl<Inner: Clone, S> Clone for TokenAuth<Inner, S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             store: self.store.clone(),
+            access_for: self.access_for,
+            after_write: self.after_write.clone(),
         }
     }
 }
 
-impl<Inner, S> AdminAuth<Inner, S> {
-    pub fn new(inner: Inner, store: Arc<S>) -> Self {
-        Self { inner, store }
+impl<Inner, S> TokenAuth<Inner, S> {
+    /// The admin service: per-method read/write access; `after_write` is nudged after every
+    /// write call.
+    pub fn admin(inner: Inner, store: Arc<S>, after_write: Arc<Notify>) -> Self {
+        Self {
+            inner,
+            store,
+            access_for: admin_access,
+            after_write: Some(after_write),
+        }
+    }
+
+    /// A service for proxies: data-plane tokens only.
+    pub fn data_plane(inner: Inner, store: Arc<S>) -> Self {
+        Self {
+            inner,
+            store,
+            access_for: |_| Access::DataPlane,
+            after_write: None,
+        }
     }
 }
 
-impl<Inner: NamedService, S> NamedService for AdminAuth<Inner, S> {
+impl<Inner: NamedService, S> NamedService for TokenAuth<Inner, S> {
     const NAME: &'static str = Inner::NAME;
 }
 
-impl<Inner, S> Service<http::Request<Body>> for AdminAuth<Inner, S>
+impl<Inner, S> Service<http::Request<Body>> for TokenAuth<Inner, S>
 where
     Inner: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -133,6 +160,8 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let store = self.store.clone();
+        let access_for = self.access_for;
+        let after_write = self.after_write.clone();
         Box::pin(async move {
             let method = request
                 .uri()
@@ -141,10 +170,16 @@ where
                 .next()
                 .unwrap_or_default()
                 .to_owned();
-            match authenticate(store.as_ref(), request.headers(), &method).await {
+            let access = access_for(&method);
+            match authenticate(store.as_ref(), request.headers(), &method, access).await {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
-                    inner.call(request).await
+                    let response = inner.call(request).await;
+                    // A failed write changed nothing; a spurious nudge costs one version check.
+                    if let (Access::Write, Some(changed)) = (access, after_write) {
+                        changed.notify_one();
+                    }
+                    response
                 }
                 Err(status) => Ok(status.into_http()),
             }

@@ -153,6 +153,21 @@ impl From<store::AuditEvent> for pb::AuditEvent {
     }
 }
 
+impl From<store::ProxyStatus> for pb::Proxy {
+    fn from(p: store::ProxyStatus) -> Self {
+        Self {
+            proxy_id: p.proxy_id,
+            address: p.address,
+            connected: p.connected,
+            acked_version: p.acked_version,
+            nacked_version: p.nacked_version,
+            nack_reason: p.nack_reason,
+            last_seen_at_us: p.last_seen_us,
+            first_seen_at_us: p.first_seen_us,
+        }
+    }
+}
+
 fn posture_to_proto(posture: Posture) -> pb::Posture {
     match posture {
         Posture::Mock => pb::Posture::Mock,

@@ -1,5 +1,5 @@
 //! The tonic admin service: validates input, calls the store and the vault, converts at the
-//! edge. Authentication happens before any of this, in [`auth::AdminAuth`].
+//! edge. Authentication happens before any of this, in [`auth::TokenAuth`].
 
 pub mod auth;
 mod convert;
@@ -1128,6 +1128,20 @@ impl<S: Store> AdminService for AdminApi<S> {
             .map_err(store_status)?;
         reply(pb::ListAuditEventsResponse {
             events: events.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    // === fleet ===
+
+    async fn list_proxies(
+        &self,
+        _request: Request<pb::ListProxiesRequest>,
+    ) -> Reply<pb::ListProxiesResponse> {
+        let proxies = self.store.list_proxies().await.map_err(store_status)?;
+        let config_version = self.store.config_version().await.map_err(store_status)?;
+        reply(pb::ListProxiesResponse {
+            proxies: proxies.into_iter().map(Into::into).collect(),
+            config_version,
         })
     }
 

@@ -331,6 +331,47 @@ pub trait Store: Send + Sync + 'static {
         filter: AuditFilter,
     ) -> impl Future<Output = StoreResult<Vec<AuditEvent>>> + Send;
 
+    // === config snapshots ===
+    /// The whole config at one version, read in one consistent transaction.
+    fn load_config(&self) -> impl Future<Output = StoreResult<ConfigState>> + Send;
+
+    // === fleet ===
+    /// A proxy opened (`connected`) or closed its config stream.
+    fn record_proxy_connection(
+        &self,
+        proxy_id: &str,
+        address: &str,
+        connected: bool,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The proxy serves `version`; a recorded version never goes down.
+    fn record_proxy_ack(
+        &self,
+        proxy_id: &str,
+        version: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn record_proxy_nack(
+        &self,
+        proxy_id: &str,
+        version: u64,
+        reason: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn list_proxies(&self) -> impl Future<Output = StoreResult<Vec<ProxyStatus>>> + Send;
+
+    // === usage ===
+    /// Commits a batch and its records once, in one transaction.
+    fn commit_usage_batch(
+        &self,
+        batch_id: &str,
+        proxy_id: &str,
+        payload_hash: &str,
+        records: &[UsageRecord],
+    ) -> impl Future<Output = StoreResult<BatchOutcome>> + Send;
+    /// Usage of one project, oldest first (for tests and the usage queries to come).
+    fn list_usage_records(
+        &self,
+        project_id: &str,
+    ) -> impl Future<Output = StoreResult<Vec<UsageRecord>>> + Send;
+
     // === vault checks ===
     fn vault_checks(&self) -> impl Future<Output = StoreResult<Vec<(u32, Vec<u8>)>>> + Send;
     fn add_vault_check(

@@ -274,3 +274,104 @@ pub struct AuditFilter {
     pub target_prefix: String,
     pub limit: u32,
 }
+
+/// Everything a snapshot is built from, read in one consistent transaction.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigState {
+    pub version: u64,
+    pub projects: Vec<ConfigProject>,
+    pub providers: Vec<Provider>,
+    pub provider_keys: Vec<ConfigProviderKey>,
+    pub models: Vec<ConfigModel>,
+    pub virtual_keys: Vec<ConfigVirtualKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProject {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub posture: Posture,
+    pub default_model: String,
+}
+
+/// A usable (not revoked) key of an active provider, still sealed by the vault.
+#[derive(Debug, Clone)]
+pub struct ConfigProviderKey {
+    pub id: String,
+    pub provider_id: String,
+    pub org_id: String,
+    pub state: KeyState,
+    pub sealed_secret: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigDeployment {
+    pub provider_id: String,
+    pub upstream_model: String,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigModel {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub deployments: Vec<ConfigDeployment>,
+    pub input_price_micros_per_mtok: i64,
+    pub output_price_micros_per_mtok: i64,
+    pub context_window: u32,
+}
+
+/// A virtual key a proxy may accept: not revoked (expiry is checked per request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigVirtualKey {
+    pub id: String,
+    pub project_id: String,
+    pub key_hash: String,
+    pub allowed_models: Vec<String>,
+    pub expires_at_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyStatus {
+    pub proxy_id: String,
+    pub address: String,
+    pub connected: bool,
+    pub acked_version: u64,
+    pub nacked_version: u64,
+    pub nack_reason: String,
+    pub first_seen_us: i64,
+    pub last_seen_us: i64,
+}
+
+stored_enum!(UsageSource { ProviderReported => "PROVIDER_REPORTED", Estimated => "ESTIMATED", Mock => "MOCK" });
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub started_at_us: i64,
+    pub project_id: String,
+    pub virtual_key_id: String,
+    pub model: String,
+    pub provider_id: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_micros: i64,
+    pub latency_ms: i64,
+    pub http_status: i64,
+    pub source: UsageSource,
+}
+
+/// What happened to a usage batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    Committed,
+    /// The same id and payload were committed before: nothing changed.
+    Duplicate,
+    /// The same id arrived before with a different payload: refused, nothing changed.
+    Conflict,
+}

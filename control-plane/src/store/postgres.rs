@@ -8,11 +8,18 @@ use super::StoreResult;
 use super::migrations::migrator;
 use super::sql::sql_store;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "fleet_and_usage",
+        include_str!("../../migrations/postgres/0002_fleet_and_usage.sql"),
+    ),
+];
 
 pub struct PostgresStore {
     pool: sqlx::PgPool,
@@ -36,4 +43,10 @@ impl PostgresStore {
     }
 }
 
-sql_store!(PostgresStore, sqlx::Postgres);
+// Without it each statement of a PostgreSQL transaction sees its own snapshot, and a config
+// load could mix two versions.
+sql_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+);

@@ -9,11 +9,18 @@ use super::StoreResult;
 use super::migrations::migrator;
 use super::sql::sql_store;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "fleet_and_usage",
+        include_str!("../../migrations/sqlite/0002_fleet_and_usage.sql"),
+    ),
+];
 
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
@@ -43,4 +50,5 @@ impl SqliteStore {
     }
 }
 
-sql_store!(SqliteStore, sqlx::Sqlite);
+// A SQLite read transaction is already one consistent snapshot in WAL mode.
+sql_store!(SqliteStore, sqlx::Sqlite, "SELECT 1");

@@ -70,6 +70,8 @@ enum Resource {
     /// Master-key versions and re-wrapping.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Every proxy: the config version it serves, its last rejection, when it was last seen.
+    Fleet,
 }
 
 #[derive(Subcommand)]
@@ -644,6 +646,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Resource::Token(command) => return token(&mut client, command, format).await,
         Resource::Audit(command) => audit(&mut client, command).await?,
         Resource::Vault(command) => vault(&mut client, command).await?,
+        Resource::Fleet => fleet(&mut client).await?,
     };
     Ok(listing.render(format))
 }
@@ -1327,6 +1330,41 @@ async fn vault(client: &mut Client, command: VaultCommand) -> anyhow::Result<Lis
             Listing::one(&["rewrapped"], vec![json!(response.into_inner().rewrapped)])
         }
     })
+}
+
+const FLEET_COLUMNS: &[&str] = &[
+    "proxy_id",
+    "connected",
+    "acked_version",
+    "config_version",
+    "nacked_version",
+    "nack_reason",
+    "last_seen_at",
+    "address",
+];
+
+async fn fleet(client: &mut Client) -> anyhow::Result<Listing> {
+    let response = client
+        .list_proxies(pb::ListProxiesRequest {})
+        .await?
+        .into_inner();
+    let rows = response
+        .proxies
+        .into_iter()
+        .map(|p| {
+            vec![
+                json!(p.proxy_id),
+                json!(p.connected),
+                json!(p.acked_version),
+                json!(response.config_version),
+                json!(p.nacked_version),
+                json!(p.nack_reason),
+                time(p.last_seen_at_us),
+                json!(p.address),
+            ]
+        })
+        .collect();
+    Ok(Listing::many(FLEET_COLUMNS, rows))
 }
 
 fn main() -> ExitCode {

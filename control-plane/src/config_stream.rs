@@ -1,0 +1,234 @@
+//! `sluice.config.v1.ConfigService`: one long-lived stream per proxy.
+//!
+//! Protocol (after Envoy's xDS, state of the world): the proxy says Hello with the version it
+//! holds and its sealing key; whenever the newest version differs from what the proxy holds,
+//! the stream sends a full snapshot with a fresh nonce; the proxy's next message is an Ack
+//! (it now serves that version) or a Nack (it keeps the previous one, with a reason). Replies
+//! with any nonce but the latest are stale and ignored. A NACKed version is not re-sent; the
+//! next change is. The version each proxy runs is recorded, and never lowered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::config::v1 as pb;
+use sluice_proto::config::v1::config_service_server::ConfigService;
+use sluice_shared::ids::new_id;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::snapshot_builder::{ConfigWatch, seal_snapshot};
+use crate::store::Store;
+use crate::vault::Vault;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a connected proxy's last-seen time is refreshed.
+const SEEN_INTERVAL: Duration = Duration::from_secs(10);
+const MAX_PROXY_ID: usize = 128;
+const MAX_NACK_REASON: usize = 2_000;
+
+pub struct ConfigStreamService<S> {
+    store: Arc<S>,
+    vault: Arc<Vault>,
+    config: ConfigWatch,
+}
+
+impl<S> ConfigStreamService<S> {
+    pub fn new(store: Arc<S>, vault: Arc<Vault>, config: ConfigWatch) -> Self {
+        Self {
+            store,
+            vault,
+            config,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> ConfigService for ConfigStreamService<S> {
+    type StreamConfigStream = ReceiverStream<Result<pb::StreamConfigResponse, Status>>;
+
+    async fn stream_config(
+        &self,
+        request: Request<Streaming<pb::StreamConfigRequest>>,
+    ) -> Result<Response<Self::StreamConfigStream>, Status> {
+        let address = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::StreamConfigRequest {
+                message: Some(pb::stream_config_request::Message::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a Hello",
+                ));
+            }
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s")),
+        };
+        if hello.proxy_id.is_empty()
+            || hello.proxy_id.len() > MAX_PROXY_ID
+            || hello.proxy_id.chars().any(char::is_control)
+        {
+            return Err(Status::invalid_argument(format!(
+                "proxy_id: is required, at most {MAX_PROXY_ID} printable characters"
+            )));
+        }
+        if hello.sealing_public_key.len() != 32 {
+            return Err(Status::invalid_argument(
+                "sealing_public_key: must be 32 bytes (X25519)",
+            ));
+        }
+        // One slot: a slow proxy holds up only its own stream, and gets the newest version.
+        let (sender, receiver) = mpsc::channel(1);
+        let session = Session {
+            store: self.store.clone(),
+            vault: self.vault.clone(),
+            config: self.config.clone(),
+            proxy_id: hello.proxy_id,
+            proxy_key: hello.sealing_public_key,
+            held_version: hello.held_version,
+            address,
+        };
+        tokio::spawn(session.run(inbound, sender));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+struct Session<S> {
+    store: Arc<S>,
+    vault: Arc<Vault>,
+    config: ConfigWatch,
+    proxy_id: String,
+    proxy_key: Vec<u8>,
+    held_version: u64,
+    address: String,
+}
+
+/// The snapshot in flight: its nonce and version.
+struct Pending {
+    nonce: String,
+    version: u64,
+}
+
+impl<S: Store> Session<S> {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::StreamConfigRequest>,
+        sender: mpsc::Sender<Result<pb::StreamConfigResponse, Status>>,
+    ) {
+        tracing::info!(proxy_id = %self.proxy_id, held_version = self.held_version, address = %self.address, "proxy connected");
+        self.record_connection(true).await;
+        let mut pending: Option<Pending> = None;
+        let mut rejected: Option<u64> = None;
+        let mut seen = tokio::time::interval(SEEN_INTERVAL);
+        seen.tick().await;
+        loop {
+            let newest = self.config.borrow_and_update().clone();
+            if let Some(state) = newest {
+                let wanted = state.version != self.held_version
+                    && rejected != Some(state.version)
+                    && pending.as_ref().map(|p| p.version) != Some(state.version);
+                if wanted {
+                    let snapshot = match seal_snapshot(&state, &self.vault, &self.proxy_key) {
+                        Ok(snapshot) => snapshot,
+                        Err(error) => {
+                            tracing::error!(proxy_id = %self.proxy_id, %error, "cannot build a snapshot");
+                            let _ = sender
+                                .send(Err(Status::internal(
+                                    "cannot build a snapshot for this proxy",
+                                )))
+                                .await;
+                            break;
+                        }
+                    };
+                    let nonce = new_id();
+                    let response = pb::StreamConfigResponse {
+                        nonce: nonce.clone(),
+                        snapshot: Some(snapshot),
+                    };
+                    if sender.send(Ok(response)).await.is_err() {
+                        break;
+                    }
+                    pending = Some(Pending {
+                        nonce,
+                        version: state.version,
+                    });
+                }
+            }
+            tokio::select! {
+                changed = self.config.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => self.handle(request, &mut pending, &mut rejected).await,
+                    Ok(None) | Err(_) => break,
+                },
+                _ = seen.tick() => self.record_connection(true).await,
+                _ = sender.closed() => break,
+            }
+        }
+        self.record_connection(false).await;
+        tracing::info!(proxy_id = %self.proxy_id, "proxy disconnected");
+    }
+
+    async fn handle(
+        &mut self,
+        request: pb::StreamConfigRequest,
+        pending: &mut Option<Pending>,
+        rejected: &mut Option<u64>,
+    ) {
+        let (nonce, reply) = match request.message {
+            Some(pb::stream_config_request::Message::Ack(ack)) => (ack.nonce, Reply::Ack),
+            Some(pb::stream_config_request::Message::Nack(nack)) => {
+                (nack.nonce.clone(), Reply::Nack(nack))
+            }
+            Some(pb::stream_config_request::Message::Hello(_)) | None => return,
+        };
+        let Some(in_flight) = pending.as_ref().filter(|p| p.nonce == nonce) else {
+            tracing::debug!(proxy_id = %self.proxy_id, "ignoring a reply with a stale nonce");
+            return;
+        };
+        let version = in_flight.version;
+        *pending = None;
+        match reply {
+            Reply::Ack => {
+                self.held_version = version;
+                if let Err(error) = self.store.record_proxy_ack(&self.proxy_id, version).await {
+                    tracing::error!(proxy_id = %self.proxy_id, %error, "cannot record an ACK");
+                }
+            }
+            Reply::Nack(nack) => {
+                *rejected = Some(version);
+                let reason: String = nack.reason.chars().take(MAX_NACK_REASON).collect();
+                tracing::warn!(proxy_id = %self.proxy_id, version, keeps = nack.version, %reason, "proxy rejected a snapshot");
+                if let Err(error) = self
+                    .store
+                    .record_proxy_nack(&self.proxy_id, version, &reason)
+                    .await
+                {
+                    tracing::error!(proxy_id = %self.proxy_id, %error, "cannot record a NACK");
+                }
+            }
+        }
+    }
+
+    async fn record_connection(&self, connected: bool) {
+        if let Err(error) = self
+            .store
+            .record_proxy_connection(&self.proxy_id, &self.address, connected)
+            .await
+        {
+            tracing::error!(proxy_id = %self.proxy_id, %error, "cannot record the proxy's connection");
+        }
+    }
+}
+
+enum Reply {
+    Ack,
+    Nack(pb::Nack),
+}

@@ -1,0 +1,134 @@
+//! `sluice.usage.v1.UsageService`: proxies stream usage batches; each is committed once (with
+//! its records, in one transaction) and then acknowledged. A repeated batch id with the same
+//! payload is acknowledged again without a second commit; the same id with a different payload
+//! is refused and reported, never merged.
+
+use std::sync::Arc;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use sluice_proto::usage::v1 as pb;
+use sluice_proto::usage::v1::usage_service_server::UsageService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::store::{BatchOutcome, Store, UsageRecord, UsageSource};
+
+const MAX_RECORDS_PER_BATCH: usize = 10_000;
+const MAX_ID: usize = 128;
+
+pub struct UsageIngest<S> {
+    store: Arc<S>,
+}
+
+impl<S> UsageIngest<S> {
+    pub fn new(store: Arc<S>) -> Self {
+        Self { store }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> UsageService for UsageIngest<S> {
+    type ReportUsageStream = ReceiverStream<Result<pb::ReportUsageResponse, Status>>;
+
+    async fn report_usage(
+        &self,
+        request: Request<Streaming<pb::ReportUsageRequest>>,
+    ) -> Result<Response<Self::ReportUsageStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (sender, receiver) = mpsc::channel(16);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = inbound.message().await {
+                let response = ingest(store.as_ref(), request).await;
+                if sender.send(response).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+async fn ingest<S: Store>(
+    store: &S,
+    request: pb::ReportUsageRequest,
+) -> Result<pb::ReportUsageResponse, Status> {
+    let batch = request
+        .batch
+        .ok_or_else(|| Status::invalid_argument("batch: is required"))?;
+    if batch.batch_id.is_empty() || batch.batch_id.len() > MAX_ID {
+        return Err(Status::invalid_argument(
+            "batch.batch_id: is required, at most 128 bytes",
+        ));
+    }
+    if batch.records.len() > MAX_RECORDS_PER_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "batch.records: at most {MAX_RECORDS_PER_BATCH} per batch"
+        )));
+    }
+    // Encoding is deterministic for equal messages, so equal payloads hash equal.
+    let payload_hash = hex::encode(Sha256::digest(batch.encode_to_vec()));
+    let records = batch
+        .records
+        .iter()
+        .map(record)
+        .collect::<Result<Vec<_>, Status>>()?;
+    let outcome = store
+        .commit_usage_batch(&batch.batch_id, &request.proxy_id, &payload_hash, &records)
+        .await
+        .map_err(|error| {
+            tracing::error!(batch_id = %batch.batch_id, %error, "cannot commit a usage batch");
+            Status::unavailable(
+                "cannot store usage right now; the proxy keeps the batch and retries",
+            )
+        })?;
+    Ok(match outcome {
+        BatchOutcome::Committed | BatchOutcome::Duplicate => pb::ReportUsageResponse {
+            batch_id: batch.batch_id,
+            committed: true,
+            error: String::new(),
+        },
+        BatchOutcome::Conflict => {
+            tracing::error!(batch_id = %batch.batch_id, proxy_id = %request.proxy_id, "usage batch id reused with a different payload; refused");
+            pb::ReportUsageResponse {
+                batch_id: batch.batch_id,
+                committed: false,
+                error: "batch id already committed with a different payload".to_owned(),
+            }
+        }
+    })
+}
+
+fn record(r: &pb::UsageRecord) -> Result<UsageRecord, Status> {
+    if r.request_id.is_empty() || r.request_id.len() > MAX_ID {
+        return Err(Status::invalid_argument(
+            "records[].request_id: is required, at most 128 bytes",
+        ));
+    }
+    let count = |value: u64| {
+        i64::try_from(value).map_err(|_| Status::invalid_argument("token count out of range"))
+    };
+    Ok(UsageRecord {
+        request_id: r.request_id.clone(),
+        started_at_us: r.started_at_us,
+        project_id: r.project_id.clone(),
+        virtual_key_id: r.virtual_key_id.clone(),
+        model: r.model.clone(),
+        provider_id: r.provider_id.clone(),
+        input_tokens: count(r.input_tokens)?,
+        output_tokens: count(r.output_tokens)?,
+        cached_input_tokens: count(r.cached_input_tokens)?,
+        reasoning_tokens: count(r.reasoning_tokens)?,
+        cost_micros: r.cost_micros,
+        latency_ms: i64::from(r.latency_ms),
+        http_status: i64::from(r.http_status),
+        source: match pb::UsageSource::try_from(r.source) {
+            Ok(pb::UsageSource::ProviderReported) => UsageSource::ProviderReported,
+            Ok(pb::UsageSource::Estimated) => UsageSource::Estimated,
+            Ok(pb::UsageSource::Mock) => UsageSource::Mock,
+            _ => return Err(Status::invalid_argument("records[].source: is required")),
+        },
+    })
+}
