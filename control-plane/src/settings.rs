@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sluice_shared::secret::SecretString;
 
-/// Variables that belong to `sluicectl` or to the proxy, tolerated in the control plane's
-/// environment so one shell can run all three.
+/// Variables that belong to `sluicectl`, tolerated in the control plane's environment (as are
+/// the proxy's `SLUICE_PROXY_*`) so one shell can run all three.
 const FOREIGN_VARIABLES: &[&str] = &["SLUICE_TOKEN", "SLUICE_CONTROL_PLANE", "SLUICE_CONFIG"];
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,10 @@ impl Settings {
         };
         let mut env_values = BTreeMap::new();
         for (key, value) in env {
-            if !key.starts_with("SLUICE_") || FOREIGN_VARIABLES.contains(&key.as_str()) {
+            if !key.starts_with("SLUICE_")
+                || key.starts_with("SLUICE_PROXY_")
+                || FOREIGN_VARIABLES.contains(&key.as_str())
+            {
                 continue;
             }
             if !VARIABLES.contains(&key.as_str()) {

@@ -1,3 +1,23 @@
-//! The Sluice data plane. The proxy (`sluice-proxy`) arrives with the config-stream issue; this
-//! crate exists now so the workspace has its final shape and the dependency rule
-//! (never on `sluice-control-plane`) is checked from the start.
+//! The Sluice data plane: `sluice-proxy` serves OpenAI-compatible traffic from in-memory
+//! tables that a background task keeps current from the control plane. The request path reads
+//! one `ArcSwap` and counts with atomics: no database, no control-plane call, no lock.
+
+pub mod auth;
+pub mod chat;
+pub mod config_client;
+pub mod error_response;
+pub mod gateway;
+pub mod http_body;
+pub mod identity;
+pub mod metered_body;
+pub mod metrics;
+pub mod mock_posture;
+pub mod router;
+pub mod routing_tables;
+pub mod server;
+pub mod settings;
+pub mod snapshot_file;
+pub mod sse;
+pub mod upstream;
+pub mod usage;
+pub mod usage_reporter;

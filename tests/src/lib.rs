@@ -8,6 +8,9 @@
 // Test support: a failed step should stop the test loudly, with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod mock_openai;
+pub mod proxy;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -113,38 +116,8 @@ impl ControlPlaneBuilder {
 
     /// Starts it and waits until it listens.
     pub fn start(self) -> ControlPlane {
-        let mut child = self.command().spawn().expect("spawn control plane");
-        let output = Captured::default();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let output = output.clone();
-            let addr_tx = addr_tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    output.push(&line);
-                    if let Some(addr) = line
-                        .contains("sluice-control-plane listening")
-                        .then(|| line.split("addr=").nth(1))
-                        .flatten()
-                    {
-                        let _ = addr_tx.send(addr.trim().to_owned());
-                    }
-                }
-            });
-        }
-        let addr = match addr_rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "control plane did not start within {STARTUP_TIMEOUT:?}:\n{}",
-                    output.text()
-                );
-            }
-        };
+        let (child, addr, output) =
+            spawn_listening(self.command(), "sluice-control-plane listening");
         let admin_token = self
             .env
             .iter()
@@ -165,6 +138,45 @@ impl ControlPlaneBuilder {
     }
 }
 
+/// Spawns `command`, captures everything it prints, and waits (bounded) for the log line
+/// containing `marker` and `addr=`; returns the child, that address and the capture.
+pub fn spawn_listening(mut command: Command, marker: &str) -> (Child, String, Captured) {
+    let mut child = command.spawn().expect("spawn");
+    let output = Captured::default();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let output = output.clone();
+        let addr_tx = addr_tx.clone();
+        let marker = marker.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                output.push(&line);
+                if let Some(addr) = line
+                    .contains(&marker)
+                    .then(|| line.split("addr=").nth(1))
+                    .flatten()
+                {
+                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    let _ = addr_tx.send(addr.to_owned());
+                }
+            }
+        });
+    }
+    match addr_rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(addr) => (child, addr, output),
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "{marker}: not up within {STARTUP_TIMEOUT:?}:\n{}",
+                output.text()
+            );
+        }
+    }
+}
+
 impl ControlPlane {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -181,34 +193,39 @@ impl ControlPlane {
     }
 
     pub fn ctl_as(&self, token: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
-        let mut child = Command::new(binary("sluicectl"))
-            .env_clear()
-            .env("SLUICE_CONTROL_PLANE", self.url())
-            .env("SLUICE_TOKEN", token)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluicectl");
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            pipe.write_all(text.as_bytes()).unwrap();
-        }
-        drop(pipe);
-        let output = wait_with_timeout(child, Duration::from_secs(30));
-        CtlOutput {
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        ctl_at(&self.url(), token, args, stdin)
     }
 
-    /// Stops it with SIGTERM-like kill and waits, so its files can be inspected.
+    /// Kills it and waits, so its files can be inspected.
     pub fn stop(mut self) -> Captured {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.output.clone()
+    }
+}
+
+/// Runs `sluicectl ARGS` against the control plane at `url`.
+pub fn ctl_at(url: &str, token: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+    let mut child = Command::new(binary("sluicectl"))
+        .env_clear()
+        .env("SLUICE_CONTROL_PLANE", url)
+        .env("SLUICE_TOKEN", token)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluicectl");
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    let output = wait_with_timeout(child, Duration::from_secs(30));
+    CtlOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 

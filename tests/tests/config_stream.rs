@@ -151,7 +151,7 @@ fn wait_for_fleet(
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let fleet = cp.ctl(&["-o", "json", "fleet"]).json();
-        if let Some(row) = fleet
+        if let Some(row) = fleet["proxies"]
             .as_array()
             .unwrap()
             .iter()

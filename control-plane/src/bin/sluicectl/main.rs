@@ -646,7 +646,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Resource::Token(command) => return token(&mut client, command, format).await,
         Resource::Audit(command) => audit(&mut client, command).await?,
         Resource::Vault(command) => vault(&mut client, command).await?,
-        Resource::Fleet => fleet(&mut client).await?,
+        Resource::Fleet => return fleet(&mut client, format).await,
     };
     Ok(listing.render(format))
 }
@@ -1336,14 +1336,13 @@ const FLEET_COLUMNS: &[&str] = &[
     "proxy_id",
     "connected",
     "acked_version",
-    "config_version",
     "nacked_version",
     "nack_reason",
     "last_seen_at",
     "address",
 ];
 
-async fn fleet(client: &mut Client) -> anyhow::Result<Listing> {
+async fn fleet(client: &mut Client, format: Format) -> anyhow::Result<String> {
     let response = client
         .list_proxies(pb::ListProxiesRequest {})
         .await?
@@ -1356,7 +1355,6 @@ async fn fleet(client: &mut Client) -> anyhow::Result<Listing> {
                 json!(p.proxy_id),
                 json!(p.connected),
                 json!(p.acked_version),
-                json!(response.config_version),
                 json!(p.nacked_version),
                 json!(p.nack_reason),
                 time(p.last_seen_at_us),
@@ -1364,7 +1362,20 @@ async fn fleet(client: &mut Client) -> anyhow::Result<Listing> {
             ]
         })
         .collect();
-    Ok(Listing::many(FLEET_COLUMNS, rows))
+    let listing = Listing::many(FLEET_COLUMNS, rows);
+    Ok(match format {
+        Format::Table => format!(
+            "config version {}\n\n{}",
+            response.config_version,
+            listing.render(format)
+        ),
+        Format::Json => {
+            let proxies: Value = serde_json::from_str(&listing.render(format))?;
+            serde_json::to_string_pretty(
+                &json!({"config_version": response.config_version, "proxies": proxies}),
+            )?
+        }
+    })
 }
 
 fn main() -> ExitCode {

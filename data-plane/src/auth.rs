@@ -1,0 +1,54 @@
+//! Virtual-key authentication: one SHA-256 and one hash-map lookup in the current tables.
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use sluice_shared::error_code::ErrorCode;
+
+use crate::error_response::GatewayError;
+use crate::routing_tables::{ProjectEntry, RoutingTables, VirtualKeyEntry};
+
+/// The caller, resolved against one version of the tables.
+pub struct Caller<'t> {
+    pub key: &'t VirtualKeyEntry,
+    pub project: &'t ProjectEntry,
+}
+
+pub fn authenticate<'t>(
+    tables: &'t RoutingTables,
+    headers: &HeaderMap,
+    now_us: i64,
+) -> Result<Caller<'t>, GatewayError> {
+    let key = bearer(headers).ok_or_else(|| {
+        GatewayError::new(
+            ErrorCode::InvalidApiKey,
+            "missing virtual key: send `Authorization: Bearer sk-sluice-...`",
+        )
+    })?;
+    let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    let entry = tables.virtual_key(&hash).ok_or_else(|| {
+        GatewayError::new(ErrorCode::InvalidApiKey, "invalid or revoked virtual key: check the key, or create one with `sluicectl vkey create`")
+    })?;
+    if entry.expires_at_us != 0 && entry.expires_at_us <= now_us {
+        return Err(GatewayError::new(
+            ErrorCode::InvalidApiKey,
+            "this virtual key has expired: create a new one",
+        ));
+    }
+    let project = tables
+        .projects
+        .get(entry.project)
+        .ok_or_else(|| GatewayError::new(ErrorCode::Internal, "virtual key without project"))?;
+    Ok(Caller {
+        key: entry,
+        project,
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}

@@ -1,0 +1,492 @@
+//! `POST /v1/chat/completions`: authenticate, parse, resolve the model, then answer from the
+//! MOCK posture or forward to a deployment (falling back in priority order on failures that
+//! happen before the answer starts), streaming the answer back as it arrives.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use rand::Rng;
+use serde_json::{Map, Value};
+use sluice_proto::usage::v1 as pb;
+use sluice_shared::error_code::ErrorCode;
+
+use crate::auth::{Caller, authenticate};
+use crate::error_response::GatewayError;
+use crate::gateway::Gateway;
+use crate::http_body::{Body, BoxError, full};
+use crate::metered_body::MeteredBody;
+use crate::mock_posture::{self, estimate_tokens, message_chars};
+use crate::routing_tables::{DeploymentEntry, ModelEntry, Posture, ProviderType, RoutingTables};
+use crate::sse::Usage;
+use crate::upstream::UpstreamError;
+use crate::usage::UsageDraft;
+
+/// Request fields that steer a gateway or an SDK, never the model: they are dropped before
+/// forwarding, so nothing in a request can choose where a provider key goes.
+const GATEWAY_CONTROL_FIELDS: &[&str] = &[
+    "api_base",
+    "base_url",
+    "baseURL",
+    "api_key",
+    "api_version",
+    "custom_llm_provider",
+    "custom_host",
+    "extra_body",
+    "extra_headers",
+    "extra_query",
+];
+/// Largest non-streamed upstream answer read into memory.
+const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
+const MAX_ATTEMPTS: usize = 3;
+
+pub async fn chat_completions(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let tables = gateway.tables.load_full().ok_or_else(|| {
+        GatewayError::new(
+            ErrorCode::NotReady,
+            "this proxy has no config yet; retry shortly",
+        )
+    })?;
+    let now_us = sluice_shared::time::now_us();
+    let caller = authenticate(&tables, request.headers(), now_us)?;
+    let mut body = read_json(gateway, request).await?;
+
+    let requested = body
+        .get("model")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            GatewayError::new(
+                ErrorCode::InvalidRequest,
+                "`model` is required and must be a string",
+            )
+            .with_param("model")
+        })?
+        .to_owned();
+    let messages_ok = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .is_some_and(|m| !m.is_empty());
+    if !messages_ok {
+        return Err(GatewayError::new(
+            ErrorCode::InvalidRequest,
+            "`messages` must be a non-empty array",
+        )
+        .with_param("messages"));
+    }
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(flag)) => *flag,
+        Some(_) => {
+            return Err(
+                GatewayError::new(ErrorCode::InvalidRequest, "`stream` must be a boolean")
+                    .with_param("stream"),
+            );
+        }
+    };
+    let model = resolve_model(&tables, &caller, &requested)?;
+    let prompt_estimate =
+        estimate_tokens(message_chars(body.get("messages").unwrap_or(&Value::Null)));
+    let draft = UsageDraft::new(
+        request_id,
+        &caller.project.id,
+        &caller.key.id,
+        model,
+        prompt_estimate,
+    );
+
+    match caller.project.posture {
+        Posture::Mock => Ok(mock(gateway, &body, model, request_id, stream, draft)),
+        Posture::Live => {
+            for field in GATEWAY_CONTROL_FIELDS {
+                body.remove(*field);
+            }
+            if stream {
+                // Ask for the usage block so the stream can be metered exactly.
+                let options = body
+                    .entry("stream_options")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(options) = options {
+                    options.insert("include_usage".to_owned(), Value::Bool(true));
+                }
+            }
+            forward(gateway, &tables, model, body, stream, draft).await
+        }
+    }
+}
+
+async fn read_json(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+) -> Result<Map<String, Value>, GatewayError> {
+    let limit = gateway.max_body_bytes;
+    let too_large = || {
+        GatewayError::new(
+            ErrorCode::RequestTooLarge,
+            format!("request body over {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|error| {
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                GatewayError::new(
+                    ErrorCode::InvalidRequest,
+                    "the request body could not be read",
+                )
+            }
+        })?
+        .to_bytes();
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(GatewayError::new(
+            ErrorCode::InvalidRequest,
+            "the request body must be a JSON object",
+        )),
+        Err(error) => Err(GatewayError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request body is not valid JSON: {error}"),
+        )),
+    }
+}
+
+fn resolve_model<'t>(
+    tables: &'t RoutingTables,
+    caller: &Caller<'t>,
+    requested: &str,
+) -> Result<&'t ModelEntry, GatewayError> {
+    let name = if requested == "default" {
+        if caller.project.default_model.is_empty() {
+            return Err(GatewayError::new(
+                ErrorCode::UnsupportedModel,
+                "this project has no default model: name a model, or set one with `sluicectl project update --default-model`",
+            )
+            .with_param("model"));
+        }
+        caller.project.default_model.as_str()
+    } else {
+        requested
+    };
+    if caller
+        .key
+        .allowed_models
+        .as_ref()
+        .is_some_and(|allowed| !allowed.contains(name))
+    {
+        return Err(GatewayError::new(
+            ErrorCode::ModelNotAllowed,
+            format!("this virtual key may not use model '{name}'"),
+        )
+        .with_param("model"));
+    }
+    tables.model(&caller.project.org_id, name).ok_or_else(|| {
+        GatewayError::new(
+            ErrorCode::UnsupportedModel,
+            format!("model '{name}' does not exist: list models with GET /v1/models"),
+        )
+        .with_param("model")
+    })
+}
+
+fn mock(
+    gateway: &Arc<Gateway>,
+    body: &Map<String, Value>,
+    model: &ModelEntry,
+    request_id: &str,
+    stream: bool,
+    draft: UsageDraft,
+) -> Response<Body> {
+    let created = sluice_shared::time::now_us() / 1_000_000;
+    let (answer, content_type) = if stream {
+        (
+            mock_posture::chat_completion_stream(body, &model.name, request_id, created),
+            "text/event-stream",
+        )
+    } else {
+        (
+            mock_posture::chat_completion(body, &model.name, request_id, created),
+            "application/json",
+        )
+    };
+    gateway
+        .metrics
+        .mock_responses_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let usage = Usage {
+        input_tokens: answer.prompt_tokens,
+        output_tokens: answer.completion_tokens,
+        ..Usage::default()
+    };
+    draft.finish(gateway, 200, usage, pb::UsageSource::Mock);
+    let mut response = Response::new(full(answer.body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Deployments in the order to try them: by priority, weighted-random within a priority,
+/// skipping those whose provider has no usable key.
+fn attempt_order<'t>(tables: &'t RoutingTables, model: &'t ModelEntry) -> Vec<&'t DeploymentEntry> {
+    let mut usable: Vec<&DeploymentEntry> = model
+        .deployments
+        .iter()
+        .filter(|d| {
+            tables
+                .providers
+                .get(d.provider)
+                .is_some_and(|p| !p.keys.is_empty())
+        })
+        .collect();
+    let mut rng = rand::rng();
+    let mut ordered = Vec::with_capacity(usable.len());
+    while !usable.is_empty() {
+        let priority = usable[0].priority;
+        let group_end = usable
+            .iter()
+            .position(|d| d.priority != priority)
+            .unwrap_or(usable.len());
+        let mut group: Vec<&DeploymentEntry> = usable.drain(..group_end).collect();
+        while !group.is_empty() {
+            let total: u64 = group.iter().map(|d| u64::from(d.weight)).sum();
+            let mut pick = rng.random_range(0..total.max(1));
+            let index = group
+                .iter()
+                .position(|d| {
+                    let weight = u64::from(d.weight);
+                    if pick < weight {
+                        true
+                    } else {
+                        pick -= weight;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            ordered.push(group.remove(index));
+        }
+    }
+    ordered
+}
+
+async fn forward(
+    gateway: &Arc<Gateway>,
+    tables: &Arc<RoutingTables>,
+    model: &ModelEntry,
+    mut body: Map<String, Value>,
+    stream: bool,
+    mut draft: UsageDraft,
+) -> Result<Response<Body>, GatewayError> {
+    let order = attempt_order(tables, model);
+    if order.is_empty() {
+        return Err(GatewayError::new(
+            ErrorCode::ProviderNotReady,
+            format!(
+                "model '{}' has no deployment with a usable provider key: add a key with `sluicectl provider-key add`",
+                model.name
+            ),
+        ));
+    }
+    let mut last_error = None;
+    for deployment in order.into_iter().take(MAX_ATTEMPTS) {
+        let Some(provider) = tables.providers.get(deployment.provider) else {
+            continue;
+        };
+        match provider.provider_type {
+            ProviderType::OpenAi | ProviderType::Vllm | ProviderType::Custom => {}
+            other => {
+                last_error = Some(GatewayError::new(
+                    ErrorCode::ProviderNotReady,
+                    format!(
+                        "provider '{}' is {other:?}, which this proxy cannot call on /v1/chat/completions yet",
+                        provider.name
+                    ),
+                ));
+                continue;
+            }
+        }
+        let Some(key) = provider.keys.first() else {
+            continue;
+        };
+        let credential = tables.open_key(key).map_err(|_| {
+            GatewayError::new(ErrorCode::Internal, "a provider key could not be opened")
+        })?;
+        body.insert(
+            "model".to_owned(),
+            Value::String(deployment.upstream_model.clone()),
+        );
+        let payload =
+            Bytes::from(serde_json::to_vec(&body).map_err(|_| {
+                GatewayError::new(ErrorCode::Internal, "cannot encode the request")
+            })?);
+        draft.record.provider_id = provider.id.clone();
+        gateway
+            .metrics
+            .upstream_requests_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let response = match gateway
+            .upstream
+            .post_json(provider, "/chat/completions", &credential, accept, payload)
+            .await
+        {
+            Ok(response) => response,
+            Err(UpstreamError::Timeout(after)) => {
+                last_error = Some(GatewayError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!(
+                        "provider '{}' sent no answer within {after:?}",
+                        provider.name
+                    ),
+                ));
+                continue;
+            }
+            Err(error) => {
+                last_error = Some(GatewayError::new(
+                    ErrorCode::UpstreamUnavailable,
+                    format!("provider '{}': {error}", provider.name),
+                ));
+                continue;
+            }
+        };
+        drop(credential);
+        let status = response.status();
+        if status.is_server_error() {
+            last_error = Some(GatewayError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("provider '{}' answered {status}", provider.name),
+            ));
+            continue;
+        }
+        if status.is_redirection() {
+            last_error = Some(GatewayError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!(
+                    "provider '{}' answered a redirect, which is never followed",
+                    provider.name
+                ),
+            ));
+            continue;
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(GatewayError::new(
+                ErrorCode::ProviderKeyInvalid,
+                format!(
+                    "provider '{}' rejected its key ({status}): replace it with `sluicectl provider-key rotate`",
+                    provider.name
+                ),
+            ));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            last_error = Some(GatewayError::new(
+                ErrorCode::UpstreamRateLimited,
+                format!("provider '{}' is rate limiting (429)", provider.name),
+            ));
+            continue;
+        }
+        draft.record.http_status = u32::from(status.as_u16());
+        return Ok(if stream && status.is_success() {
+            stream_back(gateway, response, draft, provider.timeout)
+        } else {
+            whole_back(gateway, response, draft).await?
+        });
+    }
+    Err(last_error.unwrap_or_else(|| {
+        GatewayError::new(ErrorCode::ProviderNotReady, "no deployment could be tried")
+    }))
+}
+
+fn stream_back(
+    gateway: &Arc<Gateway>,
+    response: Response<Incoming>,
+    draft: UsageDraft,
+    idle: std::time::Duration,
+) -> Response<Body> {
+    let (parts, incoming) = response.into_parts();
+    let body = MeteredBody::new(incoming, draft, gateway.clone(), idle);
+    let mut out = Response::new(Body::new(body));
+    *out.status_mut() = parts.status;
+    copy_response_headers(&parts.headers, out.headers_mut());
+    out
+}
+
+async fn whole_back(
+    gateway: &Arc<Gateway>,
+    response: Response<Incoming>,
+    draft: UsageDraft,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, incoming) = response.into_parts();
+    let bytes = Limited::new(incoming, MAX_UPSTREAM_BODY)
+        .collect()
+        .await
+        .map_err(|error: BoxError| {
+            GatewayError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("the provider's answer broke off: {error}"),
+            )
+        })?
+        .to_bytes();
+    let reported = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("usage").and_then(Usage::from_openai));
+    let status = parts.status.as_u16();
+    match reported {
+        Some(usage) => draft.finish(gateway, status, usage, pb::UsageSource::ProviderReported),
+        None => {
+            let usage = Usage {
+                input_tokens: if parts.status.is_success() {
+                    draft.prompt_estimate
+                } else {
+                    0
+                },
+                ..Usage::default()
+            };
+            draft.finish(gateway, status, usage, pb::UsageSource::Estimated)
+        }
+    }
+    let mut out = Response::new(full(bytes));
+    *out.status_mut() = parts.status;
+    copy_response_headers(&parts.headers, out.headers_mut());
+    Ok(out)
+}
+
+/// Only headers that describe the answer travel back; hop-by-hop and upstream infrastructure
+/// headers stay behind.
+fn copy_response_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
+    for name in [
+        header::CONTENT_TYPE,
+        header::CACHE_CONTROL,
+        header::RETRY_AFTER,
+    ] {
+        if let Some(value) = from.get(&name) {
+            to.insert(name, value.clone());
+        }
+    }
+    for (name, value) in from {
+        if name.as_str().starts_with("x-ratelimit-") || name.as_str() == "openai-processing-ms" {
+            to.insert(name.clone(), value.clone());
+        }
+    }
+}

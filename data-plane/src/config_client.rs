@@ -1,0 +1,218 @@
+//! Keeps the routing tables current from the control plane's config stream.
+//!
+//! Runs on its own task, so the request path never waits on the network. Each snapshot is
+//! validated completely and indexed off the async threads, then swapped in with one store,
+//! saved to disk (provider keys still sealed), and ACKed; a snapshot that fails validation is
+//! NACKed with the reason and the previous tables keep serving. The stream reconnects with
+//! jittered exponential backoff; HTTP/2 keepalives notice a dead control plane.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rand::Rng;
+use sluice_proto::config::v1 as pb;
+use sluice_proto::config::v1::config_service_client::ConfigServiceClient;
+use sluice_shared::secret::SecretString;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+
+use crate::gateway::Gateway;
+use crate::identity::Identity;
+use crate::routing_tables::{InvalidSnapshot, RoutingTables};
+use crate::snapshot_file;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the data-plane token cannot travel in a header")]
+    BadToken,
+    #[error("the stream's send half closed")]
+    Closed,
+}
+
+/// Everything needed to apply a snapshot, shareable with blocking threads.
+pub struct Applier {
+    pub gateway: Arc<Gateway>,
+    pub identity: Arc<Identity>,
+    pub data_dir: PathBuf,
+    pub upstream_hosts: Vec<String>,
+}
+
+impl Applier {
+    /// Validates, swaps in and saves `snapshot`. Refuses anything not newer than what is held.
+    pub fn apply(&self, snapshot: &pb::Snapshot, save: bool) -> Result<(), InvalidSnapshot> {
+        let held = self.gateway.metrics.config_version.load(Ordering::Acquire);
+        if snapshot.version <= held {
+            return Err(InvalidSnapshot(format!(
+                "version {} is not newer than the held version {held}",
+                snapshot.version
+            )));
+        }
+        let tables = RoutingTables::build(snapshot, &self.identity.sealing, &self.upstream_hosts)?;
+        let virtual_keys = tables.virtual_key_count();
+        self.gateway.tables.store(Some(Arc::new(tables)));
+        self.gateway
+            .metrics
+            .config_version
+            .store(snapshot.version, Ordering::Release);
+        self.gateway
+            .metrics
+            .config_generated_at_us
+            .store(snapshot.generated_at_us, Ordering::Relaxed);
+        tracing::info!(version = snapshot.version, virtual_keys, "serving config");
+        if let Some(error) = save
+            .then(|| snapshot_file::save(&self.data_dir, snapshot).err())
+            .flatten()
+        {
+            tracing::error!(%error, "cannot save the snapshot to disk; serving it anyway");
+        }
+        Ok(())
+    }
+
+    /// Serves the snapshot saved by an earlier run, if there is a valid one.
+    pub fn load_saved(&self) {
+        match snapshot_file::load(&self.data_dir) {
+            Ok(Some(snapshot)) => match self.apply(&snapshot, false) {
+                Ok(()) => tracing::warn!(
+                    version = snapshot.version,
+                    "serving the saved snapshot until the control plane answers"
+                ),
+                Err(error) => {
+                    tracing::error!(%error, "the saved snapshot is invalid; waiting for the control plane")
+                }
+            },
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "ignoring the saved snapshot; waiting for the control plane")
+            }
+        }
+    }
+}
+
+pub struct ConfigClient {
+    pub applier: Arc<Applier>,
+    pub control_plane: String,
+    pub token: Arc<SecretString>,
+}
+
+impl ConfigClient {
+    pub async fn run(self) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let result = self.session(&mut backoff).await;
+            self.applier
+                .gateway
+                .metrics
+                .control_plane_connected
+                .store(false, Ordering::Relaxed);
+            match result {
+                Ok(()) => tracing::warn!("config stream ended; reconnecting"),
+                Err(error) => tracing::warn!(%error, "config stream down; reconnecting"),
+            }
+            let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+            tokio::time::sleep(jittered).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn session(&self, backoff: &mut Duration) -> Result<(), SessionError> {
+        let channel = Endpoint::from_shared(self.control_plane.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await?;
+        let (outbound, receiver) = mpsc::channel(4);
+        let held = self
+            .applier
+            .gateway
+            .metrics
+            .config_version
+            .load(Ordering::Acquire);
+        let hello = pb::Hello {
+            proxy_id: self.applier.identity.proxy_id.clone(),
+            held_version: held,
+            sealing_public_key: self.applier.identity.sealing.public_bytes().to_vec(),
+        };
+        send(&outbound, pb::stream_config_request::Message::Hello(hello)).await?;
+        let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+        let mut header: MetadataValue<_> = format!("Bearer {}", self.token.expose())
+            .parse()
+            .map_err(|_| SessionError::BadToken)?;
+        header.set_sensitive(true);
+        request.metadata_mut().insert("authorization", header);
+        let mut inbound = ConfigServiceClient::new(channel)
+            .stream_config(request)
+            .await?
+            .into_inner();
+        self.applier
+            .gateway
+            .metrics
+            .control_plane_connected
+            .store(true, Ordering::Relaxed);
+        *backoff = MIN_BACKOFF;
+        tracing::info!(held_version = held, "config stream connected");
+
+        while let Some(response) = inbound.message().await? {
+            let Some(snapshot) = response.snapshot else {
+                continue;
+            };
+            let version = snapshot.version;
+            let applier = self.applier.clone();
+            // Validation opens every sealed key and indexes every table: CPU work, off the
+            // async threads.
+            let outcome = tokio::task::spawn_blocking(move || applier.apply(&snapshot, true))
+                .await
+                .unwrap_or_else(|_| Err(InvalidSnapshot("validation panicked".to_owned())));
+            let reply = match outcome {
+                Ok(()) => pb::stream_config_request::Message::Ack(pb::Ack {
+                    nonce: response.nonce,
+                    version,
+                }),
+                Err(reason) => {
+                    self.applier
+                        .gateway
+                        .metrics
+                        .config_rejected_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(version, %reason, "rejected a snapshot; keeping the current one");
+                    pb::stream_config_request::Message::Nack(pb::Nack {
+                        nonce: response.nonce,
+                        version: self
+                            .applier
+                            .gateway
+                            .metrics
+                            .config_version
+                            .load(Ordering::Acquire),
+                        reason: reason.0,
+                    })
+                }
+            };
+            send(&outbound, reply).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn send(
+    outbound: &mpsc::Sender<pb::StreamConfigRequest>,
+    message: pb::stream_config_request::Message,
+) -> Result<(), SessionError> {
+    outbound
+        .send(pb::StreamConfigRequest {
+            message: Some(message),
+        })
+        .await
+        .map_err(|_| SessionError::Closed)
+}

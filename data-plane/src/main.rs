@@ -1,0 +1,123 @@
+//! `sluice-proxy`: parse settings, load identity and any saved snapshot, then serve while the
+//! config and usage streams run in the background.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use sluice_data_plane::config_client::{Applier, ConfigClient};
+use sluice_data_plane::gateway::Gateway;
+use sluice_data_plane::identity::Identity;
+use sluice_data_plane::server::{ServerLimits, serve};
+use sluice_data_plane::settings::Settings;
+use sluice_data_plane::upstream::UpstreamClient;
+use sluice_data_plane::usage_reporter::{UsageReporter, UsageSink};
+
+/// The Sluice proxy.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// A TOML settings file; SLUICE_PROXY_* environment variables override it.
+    #[arg(long, env = "SLUICE_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+const EXIT_BAD_SETTINGS: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("sluice-proxy: bad settings: {error}");
+            return ExitCode::from(EXIT_BAD_SETTINGS);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    match run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sluice-proxy: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let identity = Arc::new(Identity::load_or_create(
+            &settings.data_dir,
+            settings.proxy_id.as_deref(),
+        )?);
+        let token = Arc::new(settings.token);
+        let (usage, usage_queue) = UsageSink::channel();
+        let gateway = Gateway::new(usage, UpstreamClient::new(), settings.max_body_bytes);
+        let applier = Arc::new(Applier {
+            gateway: gateway.clone(),
+            identity: identity.clone(),
+            data_dir: settings.data_dir.clone(),
+            upstream_hosts: settings.upstream_hosts.clone(),
+        });
+        applier.load_saved();
+
+        let listener = tokio::net::TcpListener::bind(settings.listen_addr).await?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, proxy_id = %identity.proxy_id, "sluice-proxy listening");
+
+        let channel = tonic::transport::Endpoint::from_shared(settings.control_plane.clone())?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        tokio::spawn(
+            ConfigClient {
+                applier,
+                control_plane: settings.control_plane.clone(),
+                token: token.clone(),
+            }
+            .run(),
+        );
+        tokio::spawn(
+            UsageReporter {
+                gateway: gateway.clone(),
+                receiver: usage_queue,
+                channel,
+                token,
+                proxy_id: identity.proxy_id.clone(),
+                batch_size: settings.usage_batch_size,
+                flush_interval: settings.usage_flush_interval,
+            }
+            .run(),
+        );
+        let limits = ServerLimits {
+            max_connections: settings.max_connections,
+            header_read_timeout: settings.header_read_timeout,
+        };
+        serve(listener, gateway, limits, shutdown_signal()).await;
+        tracing::info!("sluice-proxy stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = interrupt.await;
+}

@@ -1,0 +1,177 @@
+//! Answers for projects in MOCK posture: deterministic, in OpenAI's exact response format
+//! (JSON, or SSE chunks ending in a usage chunk and `[DONE]`), with no upstream connection and
+//! no cost.
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+/// Token counts Sluice estimates itself: about four characters per token, OpenAI's rule of
+/// thumb for English text (at least 1).
+pub fn estimate_tokens(text_chars: usize) -> u64 {
+    (text_chars as u64).div_ceil(4).max(1)
+}
+
+/// Characters of every string under `messages` (content parts included).
+pub fn message_chars(messages: &Value) -> usize {
+    match messages {
+        Value::String(text) => text.chars().count(),
+        Value::Array(items) => items.iter().map(message_chars).sum(),
+        Value::Object(map) => map.values().map(message_chars).sum(),
+        _ => 0,
+    }
+}
+
+pub struct MockAnswer {
+    pub body: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+fn reply_text(body: &Map<String, Value>) -> String {
+    let messages = body.get("messages").cloned().unwrap_or(Value::Null);
+    let digest = Sha256::digest(messages.to_string().as_bytes());
+    format!(
+        "This is a mock response from Sluice: the project is in MOCK posture, so no provider was \
+         called and nothing was spent. Request digest {}.",
+        hex::encode(&digest[..4])
+    )
+}
+
+pub fn chat_completion(
+    body: &Map<String, Value>,
+    model: &str,
+    request_id: &str,
+    created: i64,
+) -> MockAnswer {
+    let text = reply_text(body);
+    let prompt_tokens =
+        estimate_tokens(message_chars(body.get("messages").unwrap_or(&Value::Null)));
+    let completion_tokens = estimate_tokens(text.chars().count());
+    let answer = json!({
+        "id": format!("chatcmpl-{request_id}"),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": usage(prompt_tokens, completion_tokens),
+        "system_fingerprint": "sluice-mock"
+    });
+    MockAnswer {
+        body: answer.to_string(),
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
+/// The same answer as server-sent events: a role chunk, content chunks, a finish chunk, a
+/// usage chunk (empty `choices`, as OpenAI sends with `include_usage`) and `[DONE]`.
+pub fn chat_completion_stream(
+    body: &Map<String, Value>,
+    model: &str,
+    request_id: &str,
+    created: i64,
+) -> MockAnswer {
+    let text = reply_text(body);
+    let prompt_tokens =
+        estimate_tokens(message_chars(body.get("messages").unwrap_or(&Value::Null)));
+    let completion_tokens = estimate_tokens(text.chars().count());
+    let id = format!("chatcmpl-{request_id}");
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "sluice-mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+        })
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for word in text.split_inclusive(' ') {
+        events.push(chunk(json!({"content": word}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    events.push(json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "system_fingerprint": "sluice-mock", "choices": [],
+        "usage": usage(prompt_tokens, completion_tokens)
+    }));
+    let mut sse = String::new();
+    for event in events {
+        sse.push_str("data: ");
+        sse.push_str(&event.to_string());
+        sse.push_str("\n\n");
+    }
+    sse.push_str("data: [DONE]\n\n");
+    MockAnswer {
+        body: sse,
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
+fn usage(prompt: u64, completion: u64) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> Map<String, Value> {
+        serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"user","content":"Hello there"}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn answers_are_deterministic_and_well_formed() {
+        let a = chat_completion(&body(), "m", "r1", 1);
+        let b = chat_completion(&body(), "m", "r1", 1);
+        assert_eq!(a.body, b.body);
+        let parsed: Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(parsed["object"], "chat.completion");
+        assert_eq!(parsed["choices"][0]["finish_reason"], "stop");
+        assert_eq!(
+            parsed["usage"]["prompt_tokens"],
+            estimate_tokens("userHello there".len())
+        );
+    }
+
+    #[test]
+    fn streams_end_with_usage_and_done() {
+        let answer = chat_completion_stream(&body(), "m", "r1", 1);
+        let events: Vec<&str> = answer
+            .body
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .collect();
+        assert_eq!(*events.last().unwrap(), "data: [DONE]");
+        let usage: Value =
+            serde_json::from_str(events[events.len() - 2].trim_start_matches("data: ")).unwrap();
+        assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+        assert_eq!(
+            usage["usage"]["completion_tokens"],
+            answer.completion_tokens
+        );
+        let text: String = events[1..events.len() - 3]
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<Value>(e.trim_start_matches("data: ")).unwrap()["choices"][0]
+                    ["delta"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        let whole: Value =
+            serde_json::from_str(&chat_completion(&body(), "m", "r1", 1).body).unwrap();
+        assert_eq!(text, whole["choices"][0]["message"]["content"]);
+    }
+}

@@ -1,0 +1,128 @@
+//! Dispatch by method and path; every response carries `x-request-id`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+use sluice_shared::error_code::ErrorCode;
+
+use crate::auth::authenticate;
+use crate::chat::chat_completions;
+use crate::error_response::GatewayError;
+use crate::gateway::Gateway;
+use crate::http_body::{Body, full};
+
+pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+    let request_id = sluice_shared::ids::new_id();
+    let path = request.uri().path();
+    let result = match (request.method(), path) {
+        (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".to_owned())),
+        (&Method::GET, "/readyz") => Ok(readiness(&gateway)),
+        (&Method::GET, "/metrics") => Ok(text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            gateway.metrics.render(sluice_shared::time::now_us()),
+        )),
+        (&Method::POST, "/v1/chat/completions") => {
+            gateway
+                .metrics
+                .requests_total
+                .fetch_add(1, Ordering::Relaxed);
+            chat_completions(&gateway, request, &request_id).await
+        }
+        (&Method::GET, "/v1/models") => {
+            gateway
+                .metrics
+                .requests_total
+                .fetch_add(1, Ordering::Relaxed);
+            models(&gateway, &request)
+        }
+        (_, "/v1/chat/completions" | "/v1/models") => Err(GatewayError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{} is not allowed on {path}", request.method()),
+        )),
+        _ => Err(GatewayError::new(
+            ErrorCode::NotFound,
+            format!("no route for {path}: see GET /v1/models and POST /v1/chat/completions"),
+        )),
+    };
+    let mut response = result.unwrap_or_else(|error| {
+        gateway.metrics.count_error(error.code);
+        error.into_response(&request_id)
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Ready once a validated snapshot is loaded, even while the control plane is away (static
+/// stability); the body says how current it is.
+fn readiness(gateway: &Gateway) -> Response<Body> {
+    let version = gateway.metrics.config_version.load(Ordering::Acquire);
+    let connected = gateway
+        .metrics
+        .control_plane_connected
+        .load(Ordering::Relaxed);
+    let generated = gateway
+        .metrics
+        .config_generated_at_us
+        .load(Ordering::Relaxed);
+    let age_s = if generated > 0 {
+        (sluice_shared::time::now_us() - generated).max(0) / 1_000_000
+    } else {
+        -1
+    };
+    let ready = gateway.tables.load().is_some();
+    let reason = match (ready, connected) {
+        (false, _) => "no config yet",
+        (true, true) => "serving",
+        (true, false) => "serving a stale config: the control plane is unreachable",
+    };
+    let body = json!({
+        "ready": ready,
+        "config_version": version,
+        "config_age_seconds": age_s,
+        "control_plane_connected": connected,
+        "reason": reason,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, "application/json", body.to_string())
+}
+
+/// The models this key may use, in OpenAI's list format.
+fn models(gateway: &Gateway, request: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let tables = gateway.tables.load_full().ok_or_else(|| {
+        GatewayError::new(
+            ErrorCode::NotReady,
+            "this proxy has no config yet; retry shortly",
+        )
+    })?;
+    let caller = authenticate(&tables, request.headers(), sluice_shared::time::now_us())?;
+    let mut data: Vec<_> = tables
+        .org_models(&caller.project.org_id)
+        .filter(|m| caller.key.allowed_models.as_ref().is_none_or(|allowed| allowed.contains(&m.name)))
+        .map(|m| json!({"id": m.name, "object": "model", "created": m.created_at_s, "owned_by": "sluice"}))
+        .collect();
+    data.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(text(
+        StatusCode::OK,
+        "application/json",
+        json!({"object": "list", "data": data}).to_string(),
+    ))
+}

@@ -1,0 +1,381 @@
+//! Everything the request path reads, in one immutable value built from a validated snapshot.
+//!
+//! A snapshot is checked completely before any of it is used (go-control-plane's
+//! `Consistent()`): a rejected snapshot is NACKed with the reason and the previous tables stay.
+//! All indexes are built here, once per version, so a request does hash lookups only. Provider
+//! keys stay sealed; a request opens the one it needs.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use sluice_proto::config::v1 as pb;
+use sluice_shared::sealing::{SealingKeyPair, SecretOpener};
+use sluice_shared::secret::SecretString;
+
+/// Why a snapshot was refused; the text goes back to the control plane in the NACK.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct InvalidSnapshot(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidSnapshot {
+    InvalidSnapshot(message.into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posture {
+    Mock,
+    Live,
+}
+
+/// How a provider is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderType {
+    OpenAi,
+    Anthropic,
+    Google,
+    AzureOpenAi,
+    Vllm,
+    Custom,
+}
+
+#[derive(Debug)]
+pub struct VirtualKeyEntry {
+    pub id: String,
+    pub project: usize,
+    /// `None`: every model of the organization.
+    pub allowed_models: Option<HashSet<String>>,
+    /// 0: never.
+    pub expires_at_us: i64,
+}
+
+#[derive(Debug)]
+pub struct ProjectEntry {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub posture: Posture,
+    pub default_model: String,
+}
+
+#[derive(Debug)]
+pub struct DeploymentEntry {
+    pub provider: usize,
+    pub upstream_model: String,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+#[derive(Debug)]
+pub struct ModelEntry {
+    pub id: String,
+    pub name: String,
+    /// Sorted by priority, lowest (tried first) first.
+    pub deployments: Vec<DeploymentEntry>,
+    pub input_price_micros_per_mtok: i64,
+    pub output_price_micros_per_mtok: i64,
+    pub context_window: u32,
+    pub created_at_s: i64,
+}
+
+#[derive(Debug)]
+pub struct ProviderKeyEntry {
+    pub id: String,
+    pub retiring: bool,
+    sealed_secret: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct ProviderEntry {
+    pub id: String,
+    pub name: String,
+    pub provider_type: ProviderType,
+    /// The base URL without a trailing slash; paths are appended to it.
+    pub base_url: String,
+    pub host: String,
+    pub api_version: String,
+    pub timeout: Duration,
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Active keys first, then retiring ones.
+    pub keys: Vec<ProviderKeyEntry>,
+}
+
+#[derive(Debug)]
+pub struct RoutingTables {
+    pub version: u64,
+    pub generated_at_us: i64,
+    keys: HashMap<[u8; 32], VirtualKeyEntry>,
+    pub projects: Vec<ProjectEntry>,
+    pub models: Vec<ModelEntry>,
+    models_by_org: HashMap<String, HashMap<String, usize>>,
+    pub providers: Vec<ProviderEntry>,
+    opener: SecretOpener,
+}
+
+impl RoutingTables {
+    /// Validates `snapshot` completely and indexes it. `upstream_hosts`, when not empty, is the
+    /// proxy's own allowlist of hosts it will call.
+    pub fn build(
+        snapshot: &pb::Snapshot,
+        sealing: &SealingKeyPair,
+        upstream_hosts: &[String],
+    ) -> Result<Self, InvalidSnapshot> {
+        if snapshot.version == 0 {
+            return Err(invalid("snapshot version 0 is not a version"));
+        }
+        let opener = sealing
+            .opener(&snapshot.sealing_public_key)
+            .map_err(|e| invalid(format!("sealing key: {e}")))?;
+
+        let mut providers = Vec::with_capacity(snapshot.providers.len());
+        let mut provider_index = HashMap::new();
+        for p in &snapshot.providers {
+            let entry = provider(p, &opener, upstream_hosts)?;
+            if provider_index
+                .insert(p.id.clone(), providers.len())
+                .is_some()
+            {
+                return Err(invalid(format!("provider id {} appears twice", p.id)));
+            }
+            providers.push(entry);
+        }
+
+        let mut projects = Vec::with_capacity(snapshot.projects.len());
+        let mut project_index = HashMap::new();
+        for p in &snapshot.projects {
+            let posture = match p.posture {
+                1 => Posture::Mock,
+                2 => Posture::Live,
+                other => {
+                    return Err(invalid(format!(
+                        "project {}: unknown posture {other}",
+                        p.id
+                    )));
+                }
+            };
+            if project_index.insert(p.id.clone(), projects.len()).is_some() {
+                return Err(invalid(format!("project id {} appears twice", p.id)));
+            }
+            projects.push(ProjectEntry {
+                id: p.id.clone(),
+                org_id: p.organization_id.clone(),
+                name: p.name.clone(),
+                posture,
+                default_model: p.default_model.clone(),
+            });
+        }
+
+        let mut models = Vec::with_capacity(snapshot.models.len());
+        let mut models_by_org: HashMap<String, HashMap<String, usize>> = HashMap::new();
+        for m in &snapshot.models {
+            let by_name = models_by_org.entry(m.organization_id.clone()).or_default();
+            if by_name.insert(m.name.clone(), models.len()).is_some() {
+                return Err(invalid(format!(
+                    "model name {} appears twice in organization {}",
+                    m.name, m.organization_id
+                )));
+            }
+            let mut deployments = Vec::with_capacity(m.deployments.len());
+            for d in &m.deployments {
+                // A deployment on an inactive provider (absent from the snapshot) is unusable,
+                // not an error: the model may still have others.
+                if let Some(&provider) = provider_index.get(&d.provider_id) {
+                    if d.upstream_model.is_empty() {
+                        return Err(invalid(format!(
+                            "model {}: a deployment has no upstream model",
+                            m.name
+                        )));
+                    }
+                    deployments.push(DeploymentEntry {
+                        provider,
+                        upstream_model: d.upstream_model.clone(),
+                        weight: d.weight.max(1),
+                        priority: d.priority,
+                    });
+                }
+            }
+            deployments.sort_by_key(|d| d.priority);
+            if m.input_price_micros_per_mtok < 0 || m.output_price_micros_per_mtok < 0 {
+                return Err(invalid(format!("model {}: negative price", m.name)));
+            }
+            models.push(ModelEntry {
+                id: m.id.clone(),
+                name: m.name.clone(),
+                deployments,
+                input_price_micros_per_mtok: m.input_price_micros_per_mtok,
+                output_price_micros_per_mtok: m.output_price_micros_per_mtok,
+                context_window: m.context_window,
+                created_at_s: snapshot.generated_at_us / 1_000_000,
+            });
+        }
+
+        let mut keys = HashMap::with_capacity(snapshot.virtual_keys.len());
+        for v in &snapshot.virtual_keys {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(&v.key_hash, &mut hash).map_err(|_| {
+                invalid(format!(
+                    "virtual key {}: key_hash is not 64 hex digits",
+                    v.id
+                ))
+            })?;
+            let project = *project_index.get(&v.project_id).ok_or_else(|| {
+                invalid(format!(
+                    "virtual key {} names missing project {}",
+                    v.id, v.project_id
+                ))
+            })?;
+            let allowed_models = (!v.allowed_models.is_empty())
+                .then(|| v.allowed_models.iter().cloned().collect::<HashSet<_>>());
+            let entry = VirtualKeyEntry {
+                id: v.id.clone(),
+                project,
+                allowed_models,
+                expires_at_us: v.expires_at_us,
+            };
+            if keys.insert(hash, entry).is_some() {
+                return Err(invalid(format!(
+                    "virtual key hash of {} appears twice",
+                    v.id
+                )));
+            }
+        }
+
+        Ok(Self {
+            version: snapshot.version,
+            generated_at_us: snapshot.generated_at_us,
+            keys,
+            projects,
+            models,
+            models_by_org,
+            providers,
+            opener,
+        })
+    }
+
+    /// The virtual key whose SHA-256 is `hash`.
+    pub fn virtual_key(&self, hash: &[u8; 32]) -> Option<&VirtualKeyEntry> {
+        self.keys.get(hash)
+    }
+
+    pub fn model(&self, org_id: &str, name: &str) -> Option<&ModelEntry> {
+        self.models_by_org
+            .get(org_id)?
+            .get(name)
+            .map(|&i| &self.models[i])
+    }
+
+    /// Every model of an organization, for `GET /v1/models`.
+    pub fn org_models(&self, org_id: &str) -> impl Iterator<Item = &ModelEntry> {
+        self.models_by_org
+            .get(org_id)
+            .into_iter()
+            .flat_map(|by_name| by_name.values().map(|&i| &self.models[i]))
+    }
+
+    /// Opens one provider key for one request. The plaintext lives only as long as the caller
+    /// keeps the returned secret.
+    pub fn open_key(
+        &self,
+        key: &ProviderKeyEntry,
+    ) -> Result<SecretString, sluice_shared::sealing::SealingError> {
+        self.opener.open(&key.id, &key.sealed_secret)
+    }
+
+    pub fn virtual_key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+fn provider(
+    p: &pb::ProviderConfig,
+    opener: &SecretOpener,
+    upstream_hosts: &[String],
+) -> Result<ProviderEntry, InvalidSnapshot> {
+    let provider_type = match p.r#type {
+        1 => ProviderType::OpenAi,
+        2 => ProviderType::Anthropic,
+        3 => ProviderType::Google,
+        4 => ProviderType::AzureOpenAi,
+        5 => ProviderType::Vllm,
+        6 => ProviderType::Custom,
+        other => {
+            return Err(invalid(format!(
+                "provider {}: unknown type {other}",
+                p.name
+            )));
+        }
+    };
+    let url = url::Url::parse(&p.base_url)
+        .map_err(|e| invalid(format!("provider {}: base_url: {e}", p.name)))?;
+    if !matches!(url.scheme(), "https" | "http")
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+    {
+        return Err(invalid(format!(
+            "provider {}: base_url is not a plain http(s) URL",
+            p.name
+        )));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| invalid(format!("provider {}: base_url has no host", p.name)))?
+        .to_ascii_lowercase();
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    if !upstream_hosts.is_empty()
+        && !upstream_hosts
+            .iter()
+            .any(|allowed| *allowed == bare_host || *allowed == host)
+    {
+        return Err(invalid(format!(
+            "provider {}: host {host} is not in this proxy's upstream allowlist (SLUICE_PROXY_UPSTREAM_HOSTS)",
+            p.name
+        )));
+    }
+    let mut extra_headers = Vec::with_capacity(p.extra_headers.len());
+    for (name, value) in &p.extra_headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(format!("provider {}: bad header name {name}", p.name)))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| invalid(format!("provider {}: bad value for header {name}", p.name)))?;
+        extra_headers.push((name, value));
+    }
+    let mut keys = Vec::with_capacity(p.keys.len());
+    for k in &p.keys {
+        let retiring = match k.state {
+            1 => false,
+            2 => true,
+            3 => continue,
+            other => {
+                return Err(invalid(format!(
+                    "provider key {}: unknown state {other}",
+                    k.id
+                )));
+            }
+        };
+        // Proven to open now, so a request never meets a key that cannot; dropped at once.
+        opener
+            .open(&k.id, &k.sealed_secret)
+            .map_err(|e| invalid(format!("provider key {} of {}: {e}", k.id, p.name)))?;
+        keys.push(ProviderKeyEntry {
+            id: k.id.clone(),
+            retiring,
+            sealed_secret: k.sealed_secret.clone(),
+        });
+    }
+    keys.sort_by_key(|k| k.retiring);
+    Ok(ProviderEntry {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        provider_type,
+        base_url: p.base_url.trim_end_matches('/').to_owned(),
+        host,
+        api_version: p.api_version.clone(),
+        timeout: Duration::from_millis(u64::from(p.timeout_ms.clamp(1, 600_000))),
+        extra_headers,
+        keys,
+    })
+}

@@ -1,0 +1,312 @@
+//! Proxy settings: defaults, then a TOML file, then `SLUICE_PROXY_*` environment variables.
+//! Unknown keys are refused and every error names the key (exit 64 in `main`). The environment
+//! is passed in as pairs, so tests never touch the process environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_shared::secret::SecretString;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("settings file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("unknown setting {key}; known settings: {known}")]
+    UnknownVariable { key: String, known: String },
+    #[error("setting {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    /// Where applications connect (HTTP/1.1 and h2c).
+    pub listen_addr: SocketAddr,
+    pub control_plane: String,
+    /// The data-plane token (`sluicectl token create NAME --scope data-plane`).
+    pub token: SecretString,
+    /// Holds this proxy's id, its sealing key and the last validated snapshot.
+    pub data_dir: PathBuf,
+    /// Stable name in `sluicectl fleet`; default: generated once and kept in the data dir.
+    pub proxy_id: Option<String>,
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    /// If not empty, the only upstream hosts this proxy will call; a snapshot naming another
+    /// is rejected (NACK). Defence in depth behind the control plane's URL rules.
+    pub upstream_hosts: Vec<String>,
+    pub usage_batch_size: usize,
+    pub usage_flush_interval: Duration,
+    pub log: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen_addr: Option<String>,
+    control_plane: Option<String>,
+    token_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    proxy_id: Option<String>,
+    max_body_bytes: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    upstream_hosts: Option<Vec<String>>,
+    usage_batch_size: Option<usize>,
+    usage_flush_interval_ms: Option<u64>,
+    log: Option<String>,
+}
+
+const PREFIX: &str = "SLUICE_PROXY_";
+const VARIABLES: &[&str] = &[
+    "SLUICE_PROXY_LISTEN_ADDR",
+    "SLUICE_PROXY_CONTROL_PLANE",
+    "SLUICE_PROXY_TOKEN",
+    "SLUICE_PROXY_TOKEN_FILE",
+    "SLUICE_PROXY_DATA_DIR",
+    "SLUICE_PROXY_ID",
+    "SLUICE_PROXY_MAX_BODY_BYTES",
+    "SLUICE_PROXY_HEADER_READ_TIMEOUT_MS",
+    "SLUICE_PROXY_MAX_CONNECTIONS",
+    "SLUICE_PROXY_UPSTREAM_HOSTS",
+    "SLUICE_PROXY_USAGE_BATCH_SIZE",
+    "SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS",
+    "SLUICE_PROXY_LOG",
+    "SLUICE_PROXY_CONFIG",
+];
+
+impl Settings {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let file_settings = match file {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let mut vars = BTreeMap::new();
+        for (key, value) in env {
+            if !key.starts_with(PREFIX) {
+                continue;
+            }
+            if !VARIABLES.contains(&key.as_str()) {
+                return Err(SettingsError::UnknownVariable {
+                    key,
+                    known: VARIABLES.join(", "),
+                });
+            }
+            vars.insert(key, value);
+        }
+        let mut take = |key: &str| vars.remove(key);
+
+        let listen_addr = match take("SLUICE_PROXY_LISTEN_ADDR") {
+            Some(v) => parse("SLUICE_PROXY_LISTEN_ADDR", &v)?,
+            None => match &file_settings.listen_addr {
+                Some(v) => parse("listen_addr", v)?,
+                None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            },
+        };
+        let control_plane = take("SLUICE_PROXY_CONTROL_PLANE")
+            .or(file_settings.control_plane)
+            .unwrap_or_else(|| "http://127.0.0.1:7070".to_owned());
+        let token_file = take("SLUICE_PROXY_TOKEN_FILE")
+            .map(PathBuf::from)
+            .or(file_settings.token_file);
+        let token = match (take("SLUICE_PROXY_TOKEN"), token_file) {
+            (Some(token), None) => SecretString::new(token),
+            (None, Some(path)) => SecretString::new(
+                std::fs::read_to_string(&path)
+                    .map_err(|source| SettingsError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "SLUICE_PROXY_TOKEN",
+                    "set the token or a token file, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "SLUICE_PROXY_TOKEN",
+                    "is required: create one with `sluicectl token create NAME --scope data-plane`",
+                ));
+            }
+        };
+        let number = |key: &str,
+                      value: Option<String>,
+                      file: Option<u64>,
+                      default: u64|
+         -> Result<u64, SettingsError> {
+            match value {
+                Some(v) => parse(key, &v),
+                None => Ok(file.unwrap_or(default)),
+            }
+        };
+        let settings = Self {
+            listen_addr,
+            control_plane,
+            token,
+            data_dir: take("SLUICE_PROXY_DATA_DIR")
+                .map(PathBuf::from)
+                .or(file_settings.data_dir)
+                .unwrap_or_else(|| PathBuf::from("sluice-proxy-data")),
+            proxy_id: take("SLUICE_PROXY_ID").or(file_settings.proxy_id),
+            max_body_bytes: usize::try_from(number(
+                "SLUICE_PROXY_MAX_BODY_BYTES",
+                take("SLUICE_PROXY_MAX_BODY_BYTES"),
+                file_settings.max_body_bytes.map(|v| v as u64),
+                8 * 1024 * 1024,
+            )?)
+            .unwrap_or(usize::MAX),
+            header_read_timeout: Duration::from_millis(number(
+                "SLUICE_PROXY_HEADER_READ_TIMEOUT_MS",
+                take("SLUICE_PROXY_HEADER_READ_TIMEOUT_MS"),
+                file_settings.header_read_timeout_ms,
+                10_000,
+            )?),
+            max_connections: usize::try_from(number(
+                "SLUICE_PROXY_MAX_CONNECTIONS",
+                take("SLUICE_PROXY_MAX_CONNECTIONS"),
+                file_settings.max_connections.map(|v| v as u64),
+                10_000,
+            )?)
+            .unwrap_or(usize::MAX),
+            upstream_hosts: match take("SLUICE_PROXY_UPSTREAM_HOSTS") {
+                Some(v) => v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_ascii_lowercase)
+                    .collect(),
+                None => file_settings.upstream_hosts.unwrap_or_default(),
+            },
+            usage_batch_size: usize::try_from(number(
+                "SLUICE_PROXY_USAGE_BATCH_SIZE",
+                take("SLUICE_PROXY_USAGE_BATCH_SIZE"),
+                file_settings.usage_batch_size.map(|v| v as u64),
+                500,
+            )?)
+            .unwrap_or(500),
+            usage_flush_interval: Duration::from_millis(number(
+                "SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS",
+                take("SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS"),
+                file_settings.usage_flush_interval_ms,
+                1_000,
+            )?),
+            log: take("SLUICE_PROXY_LOG")
+                .or(file_settings.log)
+                .unwrap_or_else(|| "info".to_owned()),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        if !(self.control_plane.starts_with("http://")
+            || self.control_plane.starts_with("https://"))
+        {
+            return Err(invalid(
+                "control_plane",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.token.is_empty() {
+            return Err(invalid("SLUICE_PROXY_TOKEN", "is empty"));
+        }
+        if self.max_body_bytes == 0 || self.max_connections == 0 || self.usage_batch_size == 0 {
+            return Err(invalid(
+                "max_body_bytes / max_connections / usage_batch_size",
+                "must be above 0",
+            ));
+        }
+        if self.header_read_timeout.is_zero() || self.usage_flush_interval.is_zero() {
+            return Err(invalid(
+                "header_read_timeout_ms / usage_flush_interval_ms",
+                "must be above 0",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return Err(invalid("log", "is not a valid tracing filter"));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &str, message: &str) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, SettingsError> {
+    value.trim().parse().map_err(|_| SettingsError::Invalid {
+        key: key.to_owned(),
+        message: format!("cannot parse '{value}'"),
+    })
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|error| SettingsError::File {
+        path: path.to_owned(),
+        message: error.message().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("SLUICE_PROXY_TOKEN", "sluice-dp-x"),
+                ("SLUICE_MASTER_KEY", "not ours"),
+                ("SLUICE_PROXY_UPSTREAM_HOSTS", "API.openai.com, 127.0.0.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.listen_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(settings.upstream_hosts, vec!["api.openai.com", "127.0.0.1"]);
+        assert!(!format!("{settings:?}").contains("sluice-dp-x"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let error = Settings::load(None, env(&[])).unwrap_err();
+        assert!(error.to_string().contains("SLUICE_PROXY_TOKEN"), "{error}");
+        for (key, value) in [
+            ("SLUICE_PROXY_LISTEN", "x"),
+            ("SLUICE_PROXY_MAX_BODY_BYTES", "lots"),
+        ] {
+            let error = Settings::load(None, env(&[("SLUICE_PROXY_TOKEN", "t"), (key, value)]))
+                .unwrap_err();
+            assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+}

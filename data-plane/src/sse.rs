@@ -1,0 +1,143 @@
+//! Reading usage out of an OpenAI-style SSE stream as it passes through, without holding it:
+//! complete lines are inspected and dropped; a partial line waits for its end (bounded).
+
+use serde_json::Value;
+
+/// Longest SSE line kept while waiting for its end; longer lines are skipped, not buffered.
+const MAX_LINE: usize = 1024 * 1024;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+impl Usage {
+    /// OpenAI's `usage` object: prompt/completion tokens and their details.
+    pub fn from_openai(usage: &Value) -> Option<Self> {
+        let prompt = usage.get("prompt_tokens")?.as_u64()?;
+        let completion = usage
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        Some(Self {
+            input_tokens: prompt,
+            output_tokens: completion,
+            cached_input_tokens: usage
+                .pointer("/prompt_tokens_details/cached_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            reasoning_tokens: usage
+                .pointer("/completion_tokens_details/reasoning_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct SseUsageScanner {
+    partial: Vec<u8>,
+    skipping: bool,
+    pub usage: Option<Usage>,
+    /// Characters of generated content seen, for an estimate when no usage arrives.
+    pub content_chars: usize,
+    pub saw_done: bool,
+}
+
+impl SseUsageScanner {
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            let (head, rest) = chunk.split_at(end);
+            if self.skipping {
+                self.skipping = false;
+            } else if self.partial.is_empty() {
+                self.line(head);
+            } else {
+                self.partial.extend_from_slice(head);
+                let line = std::mem::take(&mut self.partial);
+                self.line(&line);
+            }
+            chunk = &rest[1..];
+        }
+        if !chunk.is_empty() && !self.skipping {
+            if self.partial.len() + chunk.len() > MAX_LINE {
+                self.partial.clear();
+                self.skipping = true;
+            } else {
+                self.partial.extend_from_slice(chunk);
+            }
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        if data == b"[DONE]" {
+            self.saw_done = true;
+            return;
+        }
+        let Ok(event) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        if let Some(usage) = event.get("usage").and_then(Usage::from_openai) {
+            self.usage = Some(usage);
+        }
+        if let Some(choices) = event.get("choices").and_then(Value::as_array) {
+            for choice in choices {
+                if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
+                    self.content_chars += text.chars().count();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+        data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n\
+        data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\
+        \"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":{\"reasoning_tokens\":1}}}\n\n\
+        data: [DONE]\n\n";
+
+    #[test]
+    fn usage_is_found_at_every_chunk_boundary() {
+        let bytes = STREAM.as_bytes();
+        for size in 1..bytes.len() {
+            let mut scanner = SseUsageScanner::default();
+            for chunk in bytes.chunks(size) {
+                scanner.feed(chunk);
+            }
+            assert_eq!(
+                scanner.usage,
+                Some(Usage {
+                    input_tokens: 12,
+                    output_tokens: 3,
+                    cached_input_tokens: 4,
+                    reasoning_tokens: 1
+                }),
+                "chunk size {size}"
+            );
+            assert_eq!(scanner.content_chars, 5);
+            assert!(scanner.saw_done);
+        }
+    }
+
+    #[test]
+    fn garbage_and_huge_lines_never_panic() {
+        let mut scanner = SseUsageScanner::default();
+        scanner.feed(b"data: {not json\n\ndata: \xff\xfe\n");
+        scanner.feed(&vec![b'x'; MAX_LINE + 10]);
+        scanner.feed(b"\ndata: [DONE]\n");
+        assert!(scanner.usage.is_none());
+        assert!(scanner.saw_done);
+    }
+}

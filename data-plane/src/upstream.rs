@@ -1,0 +1,133 @@
+//! Calls upstream providers: one pooled hyper client over rustls (HTTP/1.1 and HTTP/2 by
+//! ALPN, webpki roots). Redirects are never followed. The URL comes only from the provider
+//! record; headers are an allowlist; the credential header is marked sensitive.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sluice_shared::secret::SecretString;
+
+use crate::http_body::{Body, full};
+use crate::routing_tables::ProviderEntry;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no response headers within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the provider: {0}")]
+    Connect(String),
+    #[error("bad upstream URL: {0}")]
+    BadUrl(String),
+}
+
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<Connector, Body>,
+}
+
+impl UpstreamClient {
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
+        let https = match tls {
+            Ok(config) => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http),
+            // The ring provider always supports the safe defaults; fall back to plain roots.
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
+                .with_webpki_roots()
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(https);
+        Self { client }
+    }
+
+    /// POSTs `body` to `provider.base_url + path` and returns once response headers arrive.
+    pub async fn post_json(
+        &self,
+        provider: &ProviderEntry,
+        path: &str,
+        credential: &SecretString,
+        accept: &'static str,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let uri = format!("{}{path}", provider.base_url);
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(&uri)
+            .body(full(body))
+            .map_err(|e| UpstreamError::BadUrl(e.to_string()))?;
+        let headers = request.headers_mut();
+        for (name, value) in &provider.extra_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        set_fixed_headers(headers, accept);
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", credential.expose()))
+            .map_err(|_| {
+            UpstreamError::BadUrl("provider key cannot travel in a header".to_owned())
+        })?;
+        authorization.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, authorization);
+        match tokio::time::timeout(provider.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(UpstreamError::Connect(describe(&error))),
+            Err(_) => Err(UpstreamError::Timeout(provider.timeout)),
+        }
+    }
+}
+
+impl Default for UpstreamClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn set_fixed_headers(headers: &mut HeaderMap, accept: &'static str) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("sluice/", env!("CARGO_PKG_VERSION"))),
+    );
+}
+
+/// The error chain without URLs' query strings or credentials (hyper's errors hold neither).
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,131 @@
+//! One usage record per request, built as the request goes and sent on when it ends.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sluice_proto::usage::v1 as pb;
+
+use crate::gateway::Gateway;
+use crate::mock_posture::estimate_tokens;
+use crate::routing_tables::ModelEntry;
+use crate::sse::{SseUsageScanner, Usage};
+
+/// What is known before the answer: who, what, where, when.
+pub struct UsageDraft {
+    pub record: pb::UsageRecord,
+    pub started: tokio::time::Instant,
+    pub input_price: i64,
+    pub output_price: i64,
+    /// Sluice's own count of the prompt, used when the upstream reports none.
+    pub prompt_estimate: u64,
+}
+
+impl UsageDraft {
+    pub fn new(
+        request_id: &str,
+        project_id: &str,
+        virtual_key_id: &str,
+        model: &ModelEntry,
+        prompt_estimate: u64,
+    ) -> Self {
+        Self {
+            record: pb::UsageRecord {
+                request_id: request_id.to_owned(),
+                started_at_us: sluice_shared::time::now_us(),
+                project_id: project_id.to_owned(),
+                virtual_key_id: virtual_key_id.to_owned(),
+                model: model.name.clone(),
+                ..Default::default()
+            },
+            started: tokio::time::Instant::now(),
+            input_price: model.input_price_micros_per_mtok,
+            output_price: model.output_price_micros_per_mtok,
+            prompt_estimate,
+        }
+    }
+
+    pub fn finish(
+        mut self,
+        gateway: &Arc<Gateway>,
+        status: u16,
+        usage: Usage,
+        source: pb::UsageSource,
+    ) {
+        let record = &mut self.record;
+        record.http_status = u32::from(status);
+        record.latency_ms = u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        record.input_tokens = usage.input_tokens;
+        record.output_tokens = usage.output_tokens;
+        record.cached_input_tokens = usage.cached_input_tokens;
+        record.reasoning_tokens = usage.reasoning_tokens;
+        record.source = source as i32;
+        record.cost_micros = if source == pb::UsageSource::Mock {
+            0
+        } else {
+            cost_micros(usage, self.input_price, self.output_price)
+        };
+        if !gateway.usage.record(self.record) {
+            gateway
+                .metrics
+                .usage_records_dropped_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// At the end of a stream: the upstream's usage block if it sent one, else an estimate.
+    pub fn finish_stream(mut self, gateway: &Arc<Gateway>, scanner: &SseUsageScanner) {
+        let status = u16::try_from(self.record.http_status).unwrap_or(200);
+        match scanner.usage {
+            Some(usage) => self.finish(gateway, status, usage, pb::UsageSource::ProviderReported),
+            None => {
+                let usage = Usage {
+                    input_tokens: self.prompt_estimate,
+                    output_tokens: if scanner.content_chars == 0 {
+                        0
+                    } else {
+                        estimate_tokens(scanner.content_chars)
+                    },
+                    ..Usage::default()
+                };
+                self.record.http_status = u32::from(status);
+                self.finish(gateway, status, usage, pb::UsageSource::Estimated)
+            }
+        }
+    }
+}
+
+/// Tokens × price per million, in micro-dollars, rounded up so estimates never undercharge.
+pub fn cost_micros(usage: Usage, input_price: i64, output_price: i64) -> i64 {
+    let total = i128::from(usage.input_tokens) * i128::from(input_price)
+        + i128::from(usage.output_tokens) * i128::from(output_price);
+    let micros = (total + 999_999) / 1_000_000;
+    i64::try_from(micros).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_exact_integer_micro_dollars() {
+        let usage = Usage {
+            input_tokens: 1_000,
+            output_tokens: 500,
+            ..Usage::default()
+        };
+        // 1 000 × 0.15 $/M + 500 × 0.60 $/M = 150 + 300 µ$.
+        assert_eq!(cost_micros(usage, 150_000, 600_000), 450);
+        assert_eq!(
+            cost_micros(
+                Usage {
+                    input_tokens: 1,
+                    ..Usage::default()
+                },
+                150_000,
+                0
+            ),
+            1
+        );
+        assert_eq!(cost_micros(Usage::default(), 150_000, 600_000), 0);
+    }
+}

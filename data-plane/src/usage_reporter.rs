@@ -1,0 +1,146 @@
+//! Usage records leave the request path through a bounded queue (a full queue drops and counts,
+//! never blocks a request) and reach the control plane in batches, each with an id chosen
+//! before it is first sent. A batch is kept until the control plane acknowledges it, and
+//! re-sent after a reconnect; the control plane commits each id once.
+//! The on-disk spool that survives a proxy crash comes with the usage-ledger work.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sluice_proto::usage::v1 as pb;
+use sluice_proto::usage::v1::usage_service_client::UsageServiceClient;
+use sluice_shared::secret::SecretString;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::gateway::Gateway;
+
+const QUEUE: usize = 65_536;
+/// Batches kept in memory while the control plane is away.
+const MAX_PENDING_BATCHES: usize = 2_000;
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The request path's end of the queue.
+#[derive(Clone)]
+pub struct UsageSink {
+    sender: mpsc::Sender<pb::UsageRecord>,
+}
+
+impl UsageSink {
+    pub fn channel() -> (Self, mpsc::Receiver<pb::UsageRecord>) {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        (Self { sender }, receiver)
+    }
+
+    /// Never waits: `false` when the queue is full and the record was dropped.
+    pub fn record(&self, record: pb::UsageRecord) -> bool {
+        self.sender.try_send(record).is_ok()
+    }
+}
+
+pub struct UsageReporter {
+    pub gateway: Arc<Gateway>,
+    pub receiver: mpsc::Receiver<pb::UsageRecord>,
+    /// Connects lazily and reconnects by itself; each delivery opens one stream on it.
+    pub channel: Channel,
+    pub token: Arc<SecretString>,
+    pub proxy_id: String,
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+}
+
+impl UsageReporter {
+    pub async fn run(mut self) {
+        let mut pending: VecDeque<pb::UsageBatch> = VecDeque::new();
+        let mut current = Vec::with_capacity(self.batch_size);
+        let mut tick = tokio::time::interval(self.flush_interval);
+        let mut open = true;
+        while open || !current.is_empty() || !pending.is_empty() {
+            tokio::select! {
+                record = self.receiver.recv(), if open => match record {
+                    Some(record) => {
+                        current.push(record);
+                        if current.len() < self.batch_size {
+                            continue;
+                        }
+                    }
+                    None => open = false,
+                },
+                _ = tick.tick() => {}
+            }
+            if !current.is_empty() {
+                let records = std::mem::replace(&mut current, Vec::with_capacity(self.batch_size));
+                pending.push_back(pb::UsageBatch {
+                    batch_id: sluice_shared::ids::new_id(),
+                    records,
+                });
+                while pending.len() > MAX_PENDING_BATCHES {
+                    if let Some(dropped) = pending.pop_front() {
+                        self.gateway
+                            .metrics
+                            .usage_records_dropped_total
+                            .fetch_add(dropped.records.len() as u64, Ordering::Relaxed);
+                        tracing::error!(batch_id = %dropped.batch_id, "usage backlog full; dropped the oldest batch");
+                    }
+                }
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.deliver(&mut pending).await {
+                tracing::warn!(%error, pending = pending.len(), "cannot deliver usage yet; will retry");
+                if !open {
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Sends every pending batch and drops each once acknowledged.
+    async fn deliver(&self, pending: &mut VecDeque<pb::UsageBatch>) -> Result<(), tonic::Status> {
+        let channel = self.channel.clone();
+        let (outbound, receiver) = mpsc::channel(16);
+        let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+        let mut header: MetadataValue<_> = format!("Bearer {}", self.token.expose())
+            .parse()
+            .map_err(|_| tonic::Status::unauthenticated("token cannot travel in a header"))?;
+        header.set_sensitive(true);
+        request.metadata_mut().insert("authorization", header);
+        let mut acks = UsageServiceClient::new(channel)
+            .report_usage(request)
+            .await?
+            .into_inner();
+        while let Some(batch) = pending.front() {
+            let batch_id = batch.batch_id.clone();
+            outbound
+                .send(pb::ReportUsageRequest {
+                    proxy_id: self.proxy_id.clone(),
+                    batch: Some(batch.clone()),
+                })
+                .await
+                .map_err(|_| tonic::Status::unavailable("usage stream closed"))?;
+            let ack = tokio::time::timeout(ACK_TIMEOUT, acks.message())
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("no usage acknowledgement"))??
+                .ok_or_else(|| tonic::Status::unavailable("usage stream ended"))?;
+            if ack.batch_id != batch_id {
+                return Err(tonic::Status::internal("acknowledgement for another batch"));
+            }
+            if !ack.committed {
+                // Kept out of the way but never silently lost: logged with its id for repair.
+                tracing::error!(%batch_id, error = %ack.error, "control plane refused a usage batch");
+            }
+            pending.pop_front();
+            self.gateway
+                .metrics
+                .usage_batches_acked_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

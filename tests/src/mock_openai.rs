@@ -1,0 +1,269 @@
+//! A mock OpenAI upstream on 127.0.0.1:0 speaking the real wire format: chat completions as
+//! JSON or as SSE `chat.completion.chunk` events with a final usage chunk and `[DONE]`, and
+//! OpenAI's error bodies. The upstream model name picks a behaviour, so one server covers every
+//! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `redirect`,
+//! `no-usage` (a stream without a usage block); anything else answers normally. It records
+//! every request and counts TCP connections, so a test can prove "zero upstream calls".
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+
+pub const PROMPT_TOKENS: u64 = 11;
+pub const COMPLETION_TOKENS: u64 = 7;
+pub const STREAM_CHUNKS: usize = 5;
+pub const STREAM_GAP: Duration = Duration::from_millis(150);
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    requests: Mutex<Vec<Recorded>>,
+    connections: AtomicUsize,
+    last_chunk_sent: Mutex<Option<Instant>>,
+}
+
+pub struct MockOpenAi {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    /// Its own runtime, shut down without blocking when the mock is dropped (tests drop it
+    /// from async code).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for MockOpenAi {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl MockOpenAi {
+    /// Starts on its own runtime, so it serves whatever the test's threads are doing.
+    pub fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(State::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = state.clone();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                serving.connections.fetch_add(1, Ordering::SeqCst);
+                let state = serving.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(state.clone(), request));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn last_chunk_sent(&self) -> Option<Instant> {
+        *self.state.last_chunk_sent.lock().unwrap()
+    }
+}
+
+fn json_response(
+    status: StatusCode,
+    body: Value,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .unwrap()
+}
+
+fn openai_error(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: Value,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    json_response(
+        status,
+        json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
+    )
+}
+
+async fn handle(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let headers = request.headers().clone();
+    let bytes = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    state.requests.lock().unwrap().push(Recorded {
+        path: path.clone(),
+        headers: headers.clone(),
+        body: body.clone(),
+    });
+
+    if path != "/v1/chat/completions" {
+        return Ok(openai_error(
+            StatusCode::NOT_FOUND,
+            "Unknown request URL",
+            "invalid_request_error",
+            json!("unknown_url"),
+        ));
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    match model.as_str() {
+        "fail-401" => {
+            return Ok(openai_error(
+                StatusCode::UNAUTHORIZED,
+                "Incorrect API key provided: sk-...xxxx. You can find your API key at https://platform.openai.com/account/api-keys.",
+                "invalid_request_error",
+                json!("invalid_api_key"),
+            ));
+        }
+        "fail-429" => {
+            let mut response = openai_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for requests",
+                "requests",
+                json!("rate_limit_exceeded"),
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", "2".parse().unwrap());
+            return Ok(response);
+        }
+        "fail-500" => {
+            return Ok(openai_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The server had an error while processing your request.",
+                "server_error",
+                Value::Null,
+            ));
+        }
+        "redirect" => {
+            return Ok(Response::builder()
+                .status(StatusCode::FOUND)
+                .header("location", "http://127.0.0.1:1/steal")
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap());
+        }
+        "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        _ => {}
+    }
+    let id = "chatcmpl-mock0001";
+    if body["stream"] == json!(true) {
+        let include_usage =
+            body["stream_options"]["include_usage"] == json!(true) && model != "no-usage";
+        let words = ["Hello", " from", " the", " mock", " upstream"];
+        let state = state.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+        tokio::spawn(async move {
+            let event = |value: Value| Ok(Frame::data(Bytes::from(format!("data: {value}\n\n"))));
+            let chunk = |delta: Value, finish: Value| {
+                json!({
+                    "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                    "system_fingerprint": "fp_mock",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+                })
+            };
+            let _ = sender
+                .send(event(chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                )))
+                .await;
+            for (n, word) in words.iter().enumerate().take(STREAM_CHUNKS) {
+                tokio::time::sleep(STREAM_GAP).await;
+                let _ = sender
+                    .send(event(chunk(json!({"content": word}), Value::Null)))
+                    .await;
+                if n == STREAM_CHUNKS - 1 {
+                    *state.last_chunk_sent.lock().unwrap() = Some(Instant::now());
+                }
+            }
+            let _ = sender.send(event(chunk(json!({}), json!("stop")))).await;
+            if include_usage {
+                let usage = json!({
+                    "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
+                    "choices": [],
+                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
+                              "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+                              "prompt_tokens_details": {"cached_tokens": 0},
+                              "completion_tokens_details": {"reasoning_tokens": 0}}
+                });
+                let _ = sender.send(event(usage)).await;
+            }
+            let _ = sender
+                .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
+                .await;
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        return Ok(Response::builder()
+            .header("content-type", "text/event-stream; charset=utf-8")
+            .header("x-ratelimit-remaining-requests", "99")
+            .body(StreamBody::new(stream).boxed())
+            .unwrap());
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        json!({
+            "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock upstream", "refusal": null},
+                         "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
+                      "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+                      "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                      "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}},
+            "system_fingerprint": "fp_mock"
+        }),
+    ))
+}
