@@ -1,0 +1,262 @@
+//! Proxies without their control plane: they keep serving the last validated snapshot, a
+//! restarted proxy serves from its on-disk copy (provider keys still sealed), and all catch up
+//! when the control plane returns. A snapshot a proxy cannot accept is NACKed, the old one keeps
+//! serving, and `sluicectl fleet` shows why.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_e2e::mock_openai::MockOpenAi;
+use sluice_e2e::proxy::{Http, Proxy, ProxyBuilder};
+use sluice_e2e::{ControlPlane, ControlPlaneBuilder, contains_bytes, files_under};
+
+const PROVIDER_KEY: &str = "sk-canary-static-stability-77";
+
+fn config_version(cp: &ControlPlane) -> u64 {
+    cp.ctl(&["-o", "json", "fleet"]).json()["config_version"]
+        .as_u64()
+        .unwrap()
+}
+
+/// A LIVE project on the mock upstream; returns (virtual key, data-plane token).
+fn seed(cp: &ControlPlane, upstream: &MockOpenAi) -> (String, String) {
+    cp.ctl(&["org", "create", "acme"]).ok();
+    cp.ctl(&[
+        "provider",
+        "create",
+        "acme/openai",
+        "--type",
+        "openai",
+        "--base-url",
+        &upstream.base_url(),
+        "--allow-private-network",
+    ])
+    .ok();
+    cp.ctl_stdin(&["provider-key", "add", "acme/openai/main"], PROVIDER_KEY)
+        .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/gpt-4o-mini",
+        "--deployment",
+        "openai:gpt-4o-mini",
+    ])
+    .ok();
+    cp.ctl(&[
+        "project",
+        "create",
+        "acme/web",
+        "--default-model",
+        "gpt-4o-mini",
+    ])
+    .ok();
+    let key = cp
+        .ctl(&["-o", "json", "vkey", "create", "acme/web/app"])
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cp.ctl(&["project", "set-posture", "acme/web", "live"]).ok();
+    let token = cp
+        .ctl(&[
+            "-o",
+            "json",
+            "token",
+            "create",
+            "proxies",
+            "--scope",
+            "data-plane",
+        ])
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (key, token)
+}
+
+async fn answers(http: &Http, proxy: &Proxy, key: &str, model: &str) -> bool {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    matches!(http.post(&proxy.url("/v1/chat/completions"), Some(key), &body).await, Ok(r) if r.status == 200)
+}
+
+async fn metric(http: &Http, proxy: &Proxy, name: &str) -> f64 {
+    let text = http.get(&proxy.url("/metrics"), None).await.unwrap().text();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_outlive_their_control_plane() {
+    let upstream = MockOpenAi::start();
+    let cp_dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
+    let (key, token) = seed(&cp, &upstream);
+    let version = config_version(&cp);
+    let http = Http::new();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let first = ProxyBuilder::new(dirs[0].path(), &cp.url(), &token).start();
+    let second = ProxyBuilder::new(dirs[1].path(), &cp.url(), &token).start();
+    for proxy in [&first, &second] {
+        proxy.wait_for_version(&http, version).await;
+        assert!(answers(&http, proxy, &key, "gpt-4o-mini").await);
+        assert_eq!(
+            metric(&http, proxy, "sluice_config_version").await as u64,
+            version
+        );
+        assert_eq!(
+            metric(&http, proxy, "sluice_control_plane_connected").await,
+            1.0
+        );
+        assert!(metric(&http, proxy, "sluice_config_age_seconds").await >= 0.0);
+    }
+
+    // The control plane dies.
+    let cp_addr = cp.addr.clone();
+    drop(cp.stop());
+    for proxy in [&first, &second] {
+        eventually("the proxy notices the control plane is gone", async || {
+            metric(&http, proxy, "sluice_control_plane_connected").await == 0.0
+        })
+        .await;
+        for _ in 0..5 {
+            assert!(
+                answers(&http, proxy, &key, "gpt-4o-mini").await,
+                "a proxy stopped serving without its control plane"
+            );
+        }
+    }
+
+    // A proxy restarted meanwhile serves from its saved snapshot, keys still sealed on disk.
+    drop(second.kill());
+    for (path, bytes) in files_under(dirs[1].path()) {
+        assert!(
+            !contains_bytes(&bytes, PROVIDER_KEY.as_bytes()),
+            "{} holds the plaintext key",
+            path.display()
+        );
+    }
+    let second = ProxyBuilder::new(dirs[1].path(), &format!("http://{cp_addr}"), &token).start();
+    let ready = http.get(&second.url("/readyz"), None).await.unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["config_version"], version);
+    assert!(ready.json()["reason"].as_str().unwrap().contains("stale"));
+    assert!(
+        answers(&http, &second, &key, "gpt-4o-mini").await,
+        "the restarted proxy cannot serve from disk"
+    );
+
+    // The control plane returns where it was; a change made now reaches both proxies.
+    let cp = ControlPlaneBuilder::new(cp_dir.path())
+        .env("SLUICE_LISTEN_ADDR", &cp_addr)
+        .start();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/after-outage",
+        "--deployment",
+        "openai:gpt-4o-mini",
+    ])
+    .ok();
+    let newer = config_version(&cp);
+    for proxy in [&first, &second] {
+        proxy.wait_for_version(&http, newer).await;
+        assert!(answers(&http, proxy, &key, "after-outage").await);
+        eventually("reconnected", async || {
+            metric(&http, proxy, "sluice_control_plane_connected").await == 1.0
+        })
+        .await;
+    }
+    let fleet = cp.ctl(&["-o", "json", "fleet"]).json();
+    assert!(
+        fleet["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["connected"] == true)
+            .all(|p| p["acked_version"] == newer)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_snapshot_keeps_the_old_one_serving() {
+    let upstream = MockOpenAi::start();
+    let cp_dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
+    let (key, token) = seed(&cp, &upstream);
+    let version = config_version(&cp);
+    let http = Http::new();
+    let dir = tempfile::tempdir().unwrap();
+    // This proxy may call only loopback upstreams.
+    let proxy = ProxyBuilder::new(dir.path(), &cp.url(), &token)
+        .env("SLUICE_PROXY_UPSTREAM_HOSTS", "127.0.0.1")
+        .env("SLUICE_PROXY_ID", "edge-1")
+        .start();
+    proxy.wait_for_version(&http, version).await;
+
+    cp.ctl(&[
+        "provider",
+        "create",
+        "acme/elsewhere",
+        "--type",
+        "openai",
+        "--base-url",
+        "https://api.elsewhere.example/v1",
+    ])
+    .ok();
+    let rejected = config_version(&cp);
+    let reason = loop {
+        let fleet = cp.ctl(&["-o", "json", "fleet"]).json();
+        let row = fleet["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["proxy_id"] == "edge-1")
+            .cloned()
+            .unwrap();
+        if row["nacked_version"] == rejected {
+            assert_eq!(
+                row["acked_version"], version,
+                "the proxy must keep the old version"
+            );
+            break row["nack_reason"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        reason.contains("api.elsewhere.example") && reason.contains("allowlist"),
+        "{reason}"
+    );
+    assert!(cp.ctl(&["fleet"]).ok().contains("allowlist"));
+    assert_eq!(
+        metric(&http, &proxy, "sluice_config_rejected_total").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&http, &proxy, "sluice_config_version").await as u64,
+        version
+    );
+    assert!(
+        answers(&http, &proxy, &key, "gpt-4o-mini").await,
+        "the old snapshot stopped serving"
+    );
+
+    // Removing the offending provider gives a snapshot the proxy accepts.
+    cp.ctl(&["provider", "delete", "acme/elsewhere"]).ok();
+    let fixed = config_version(&cp);
+    proxy.wait_for_version(&http, fixed).await;
+    assert!(answers(&http, &proxy, &key, "gpt-4o-mini").await);
+}
