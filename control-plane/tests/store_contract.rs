@@ -532,6 +532,31 @@ async fn injection<S: Store>(store: &S) {
     );
 }
 
+/// Many writers at once all succeed: none may fail because another holds the write lock.
+async fn concurrent_writers<S: Store>(store: std::sync::Arc<S>) {
+    let before = store.config_version().await.unwrap();
+    let writers: Vec<_> = (0..32)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create_organization(
+                        NewOrganization {
+                            name: format!("parallel-{n}"),
+                            display_name: String::new(),
+                        },
+                        audit("organization.create", "parallel"),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    assert_eq!(store.config_version().await.unwrap(), before + 32);
+}
+
 // === SQLite ===
 
 async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
@@ -546,6 +571,7 @@ async fn sqlite_story() {
     let (_dir, store) = sqlite_store().await;
     story(&store).await;
     injection(&store).await;
+    concurrent_writers(std::sync::Arc::new(store)).await;
 }
 
 #[tokio::test]
@@ -613,9 +639,10 @@ impl PostgresDatabase {
 #[tokio::test]
 async fn postgres_story() {
     let (database, url) = PostgresDatabase::create().await;
-    let store = PostgresStore::open(&url).await.unwrap();
-    story(&store).await;
-    injection(&store).await;
+    let store = std::sync::Arc::new(PostgresStore::open(&url).await.unwrap());
+    story(store.as_ref()).await;
+    injection(store.as_ref()).await;
+    concurrent_writers(store.clone()).await;
     store.close().await;
     database.drop_database().await;
 }

@@ -448,9 +448,10 @@ async fn whole_back(
             )
         })?
         .to_bytes();
-    let reported = serde_json::from_slice::<Value>(&bytes)
+    let reported = serde_json::from_slice::<UsageOnly>(&bytes)
         .ok()
-        .and_then(|v| v.get("usage").and_then(Usage::from_openai));
+        .and_then(|answer| answer.usage)
+        .and_then(|usage| Usage::from_openai(&usage));
     let status = parts.status.as_u16();
     match reported {
         Some(usage) => draft.finish(gateway, status, usage, pb::UsageSource::ProviderReported),
@@ -470,6 +471,12 @@ async fn whole_back(
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     Ok(out)
+}
+
+/// The one field of an answer the proxy reads; serde skips the rest without building it.
+#[derive(serde::Deserialize)]
+struct UsageOnly {
+    usage: Option<Value>,
 }
 
 /// Only headers that describe the answer travel back; hop-by-hop and upstream infrastructure

@@ -21,12 +21,14 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The directory holding the workspace's built binaries (target/debug).
 pub fn binary_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/debug/deps/<test> → target/debug
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("executable dir");
+    // Tests run from target/<profile>/deps; binaries (the benchmark) from target/<profile>.
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn binary(name: &str) -> PathBuf {

@@ -48,5 +48,6 @@ impl PostgresStore {
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
-    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    "BEGIN"
 );

@@ -67,9 +67,10 @@ pub(super) fn to_u64(value: i64, column: &str) -> StoreResult<u64> {
 }
 
 /// Implements [`super::Store`] for `$store` (a struct with a `pool: sqlx::Pool<$db>` field).
-/// `$snapshot_isolation` is the statement that makes a read transaction one consistent snapshot.
+/// `$snapshot_isolation` is the statement that makes a read transaction one consistent snapshot;
+/// `$begin_write` opens a transaction that will write.
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $snapshot_isolation:expr) => {
+    ($store:ident, $db:ty, $snapshot_isolation:expr, $begin_write:expr) => {
         mod sql_impl {
             use sqlx::Row;
             use sluice_shared::{ids::new_id, time::now_us};
@@ -517,7 +518,7 @@ macro_rules! sql_store {
                     new: NewOrganization,
                     audit: Audit,
                 ) -> StoreResult<Organization> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let now = now_us();
                     let id = new_id();
                     sqlx::query(
@@ -573,7 +574,7 @@ macro_rules! sql_store {
                     display_name: Option<String>,
                     audit: Audit,
                 ) -> StoreResult<Organization> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let id = org_id(&mut tx, name).await?;
                     if let Some(display_name) = display_name {
                         sqlx::query(
@@ -592,7 +593,7 @@ macro_rules! sql_store {
                 }
 
                 async fn delete_organization(&self, name: &str, audit: Audit) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let id = org_id(&mut tx, name).await?;
                     sqlx::query("DELETE FROM organizations WHERE id = $1")
                         .bind(&id)
@@ -618,7 +619,7 @@ macro_rules! sql_store {
                     new: NewProject,
                     audit: Audit,
                 ) -> StoreResult<Project> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let org_id = org_id(&mut tx, org).await?;
                     if !new.default_model.is_empty() {
                         model_id(&mut tx, org, &new.default_model).await?;
@@ -667,7 +668,7 @@ macro_rules! sql_store {
                     patch: ProjectPatch,
                     audit: Audit,
                 ) -> StoreResult<Project> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let current = fetch_project(&mut tx, org, name).await?;
                     if let Some(model) = patch.default_model.as_deref().filter(|m| !m.is_empty()) {
                         model_id(&mut tx, org, model).await?;
@@ -695,7 +696,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let id = project_id(&mut tx, org, name).await?;
                     sqlx::query("DELETE FROM projects WHERE id = $1")
                         .bind(&id)
@@ -774,7 +775,7 @@ macro_rules! sql_store {
                     new: NewProvider,
                     audit: Audit,
                 ) -> StoreResult<Provider> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let org_id = org_id(&mut tx, org).await?;
                     let now = now_us();
                     sqlx::query(
@@ -825,7 +826,7 @@ macro_rules! sql_store {
                     patch: ProviderPatch,
                     audit: Audit,
                 ) -> StoreResult<Provider> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let current = fetch_provider(&mut tx, org, name).await?;
                     sqlx::query(
                         "UPDATE providers SET base_url = $1, api_version = $2, timeout_ms = $3, \
@@ -854,7 +855,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let id = provider_id(&mut tx, org, name).await?;
                     sqlx::query("DELETE FROM providers WHERE id = $1")
                         .bind(&id)
@@ -881,7 +882,7 @@ macro_rules! sql_store {
                     new: NewProviderKey,
                     audit: Audit,
                 ) -> StoreResult<ProviderKey> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let provider_id = provider_id(&mut tx, org, provider).await?;
                     let target = format!("{org}/{provider}/{}", new.name);
                     insert_provider_key(&mut tx, &provider_id, &new, &target).await?;
@@ -928,7 +929,7 @@ macro_rules! sql_store {
                     new: NewProviderKey,
                     audit: Audit,
                 ) -> StoreResult<(ProviderKey, ProviderKey)> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let old = fetch_provider_key(&mut tx, org, provider, name).await?;
                     if old.state != KeyState::Active {
                         return Err(StoreError::FailedPrecondition(format!(
@@ -955,7 +956,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<ProviderKey> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let revoked =
                         set_key_state(&mut tx, org, provider, name, KeyState::Revoked).await?;
                     record_change(&mut tx, &audit).await?;
@@ -970,7 +971,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let key = fetch_provider_key(&mut tx, org, provider, name).await?;
                     if key.state != KeyState::Revoked {
                         return Err(StoreError::FailedPrecondition(format!(
@@ -1060,7 +1061,7 @@ macro_rules! sql_store {
                     new: NewModel,
                     audit: Audit,
                 ) -> StoreResult<Model> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let org_id = org_id(&mut tx, org).await?;
                     let id = new_id();
                     sqlx::query(
@@ -1103,7 +1104,7 @@ macro_rules! sql_store {
                     patch: ModelPatch,
                     audit: Audit,
                 ) -> StoreResult<Model> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let current = fetch_model(&mut tx, org, name).await?;
                     sqlx::query(
                         "UPDATE models SET input_price_micros_per_mtok = $1, \
@@ -1139,7 +1140,7 @@ macro_rules! sql_store {
                 }
 
                 async fn delete_model(&self, org: &str, name: &str, audit: Audit) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let id = model_id(&mut tx, org, name).await?;
                     sqlx::query("DELETE FROM models WHERE id = $1")
                         .bind(&id)
@@ -1159,7 +1160,7 @@ macro_rules! sql_store {
                     new: NewVirtualKey,
                     audit: Audit,
                 ) -> StoreResult<VirtualKey> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let project_id = project_id(&mut tx, org, project).await?;
                     require_models(&mut tx, org, &new.allowed_models).await?;
                     sqlx::query(
@@ -1226,7 +1227,7 @@ macro_rules! sql_store {
                     patch: VirtualKeyPatch,
                     audit: Audit,
                 ) -> StoreResult<VirtualKey> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let current = fetch_virtual_key(&mut tx, org, project, name).await?;
                     if let Some(models) = &patch.allowed_models {
                         require_models(&mut tx, org, models).await?;
@@ -1254,7 +1255,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<VirtualKey> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let current = fetch_virtual_key(&mut tx, org, project, name).await?;
                     if current.revoked_at_us == 0 {
                         let now = now_us();
@@ -1280,7 +1281,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let current = fetch_virtual_key(&mut tx, org, project, name).await?;
                     sqlx::query("DELETE FROM virtual_keys WHERE id = $1")
                         .bind(&current.id)
@@ -1298,7 +1299,7 @@ macro_rules! sql_store {
                     new: NewAdminToken,
                     audit: Audit,
                 ) -> StoreResult<AdminToken> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let now = now_us();
                     sqlx::query(
                         "INSERT INTO admin_tokens (id, name, scope, prefix, token_hash, \
@@ -1336,7 +1337,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<AdminToken> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let now = now_us();
                     let sql = format!(
                         "UPDATE admin_tokens SET revoked_at_us = \
@@ -1532,7 +1533,7 @@ macro_rules! sql_store {
                     address: &str,
                     connected: bool,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let now = now_us();
                     ensure_proxy(&mut tx, proxy_id, now).await?;
                     sqlx::query(
@@ -1550,7 +1551,7 @@ macro_rules! sql_store {
                 }
 
                 async fn record_proxy_ack(&self, proxy_id: &str, version: u64) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let now = now_us();
                     ensure_proxy(&mut tx, proxy_id, now).await?;
                     let version = i64::try_from(version).unwrap_or(i64::MAX);
@@ -1574,7 +1575,7 @@ macro_rules! sql_store {
                     version: u64,
                     reason: &str,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let now = now_us();
                     ensure_proxy(&mut tx, proxy_id, now).await?;
                     sqlx::query(
@@ -1610,7 +1611,7 @@ macro_rules! sql_store {
                     payload_hash: &str,
                     records: &[UsageRecord],
                 ) -> StoreResult<BatchOutcome> {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = self.pool.begin_with($begin_write).await?;
                     let inserted = sqlx::query(
                         "INSERT INTO usage_batches \
                          (batch_id, proxy_id, payload_hash, record_count, received_at_us) \

@@ -1,0 +1,660 @@
+//! `sluice-bench`: Sluice's overhead against a plain pass-through proxy, on this machine.
+//!
+//! Build everything in release mode and run it from there:
+//!   cargo build --release --bins && target/release/sluice-bench
+//!
+//! Three processes are measured the same way: a mock upstream (`sluice-bench upstream`), the
+//! floor — a minimal hyper pass-through proxy (`sluice-bench floor`) — and `sluice-proxy` on a
+//! LIVE route (with `sluice-control-plane` beside it). The load comes from this process over
+//! loopback. CPU per request is the proxy process's user+system time from /proc over the run,
+//! divided by the requests served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_e2e::{Captured, ControlPlaneBuilder, spawn_listening};
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+const COMPLETION: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the benchmark upstream."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}"#;
+const REQUEST: &str = r#"{"model":"bench","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello in five words."}],"max_tokens":16}"#;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match args.get(1).map(String::as_str) {
+        Some("upstream") => runtime.block_on(upstream()),
+        Some("floor") => {
+            runtime.block_on(floor(args.get(2).cloned().expect("floor UPSTREAM_ADDR")))
+        }
+        _ => runtime.block_on(bench()),
+    }
+}
+
+// === the mock upstream ===
+
+async fn upstream() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    eprintln!(
+        "bench-upstream listening addr={}",
+        listener.local_addr().unwrap()
+    );
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let body = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let streaming = body.windows(14).any(|w| w == b"\"stream\":true");
+                Ok::<_, Infallible>(if streaming {
+                    sse()
+                } else {
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(
+                            Full::new(Bytes::from_static(COMPLETION.as_bytes()))
+                                .map_err(|n| match n {})
+                                .boxed(),
+                        )
+                        .unwrap()
+                })
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A first chunk at once, the rest 20 ms apart: time-to-first-chunk shows buffering.
+fn sse() -> Response<BoxBody> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(8);
+    tokio::spawn(async move {
+        let chunk = |text: &str| {
+            format!(
+                "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n"
+            )
+        };
+        let _ = sender
+            .send(Ok(Frame::data(Bytes::from(chunk("Hello")))))
+            .await;
+        for word in [" from", " the", " bench"] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = sender.send(Ok(Frame::data(Bytes::from(chunk(word))))).await;
+        }
+        let usage = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":4,\"total_tokens\":16}}\n\ndata: [DONE]\n\n";
+        let _ = sender
+            .send(Ok(Frame::data(Bytes::from_static(usage.as_bytes()))))
+            .await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver)).boxed())
+        .unwrap()
+}
+
+// === the floor: a plain pass-through proxy ===
+
+async fn floor(upstream: String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    eprintln!(
+        "bench-floor listening addr={}",
+        listener.local_addr().unwrap()
+    );
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build_http();
+    let upstream = Arc::new(upstream);
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = stream.set_nodelay(true);
+        let client = client.clone();
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let client = client.clone();
+                let upstream = upstream.clone();
+                async move {
+                    let (mut parts, body) = request.into_parts();
+                    parts.uri = format!("http://{upstream}/v1/chat/completions")
+                        .parse()
+                        .unwrap();
+                    parts.headers.remove(http::header::HOST);
+                    let response = match client.request(Request::from_parts(parts, body)).await {
+                        Ok(response) => response.map(|b| b.boxed()),
+                        Err(_) => Response::builder()
+                            .status(StatusCode::BAD_GATEWAY)
+                            .body(Full::new(Bytes::new()).map_err(|n| match n {}).boxed())
+                            .unwrap(),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+// === measurements ===
+
+struct Spawned {
+    child: Child,
+    addr: String,
+    _output: Captured,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_self(args: &[&str], marker: &str) -> Spawned {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (child, addr, output) = spawn_listening(command, marker);
+    Spawned {
+        child,
+        addr,
+        _output: output,
+    }
+}
+
+/// User + system CPU of a process, from /proc (clock ticks of 10 ms).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib / 1024.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[derive(Clone, Copy)]
+struct Run {
+    served: usize,
+    failed: usize,
+    p50: Duration,
+    p99: Duration,
+    throughput: f64,
+    cpu_per_request: Duration,
+}
+
+async fn one(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    key: &str,
+    body: &'static str,
+) -> Result<(), ()> {
+    let request = Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let response = client.request(request).await.map_err(|_| ())?;
+    let ok = response.status().is_success();
+    response.into_body().collect().await.map_err(|_| ())?;
+    if ok { Ok(()) } else { Err(()) }
+}
+
+/// Open loop: requests start on schedule whatever earlier ones are doing; latency counts from
+/// the scheduled start, so a stall is not hidden (no coordinated omission).
+async fn fixed_rate(url: &str, key: &str, pid: u32, rate: u64, duration: Duration) -> Run {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(2048)
+        .build_http();
+    let total = rate * duration.as_secs();
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let cpu_before = cpu_time(pid);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        let scheduled = started + interval * n as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
+        let client = client.clone();
+        let (url, key) = (url.to_owned(), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let result = one(&client, &url, &key, REQUEST).await;
+            (result, scheduled.elapsed())
+        }));
+    }
+    collect(tasks, started, cpu_before, pid).await
+}
+
+/// Closed loop: `connections` workers send back to back for `duration`.
+async fn full_speed(url: &str, key: &str, pid: u32, connections: usize, duration: Duration) -> Run {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(2048)
+        .build_http();
+    let cpu_before = cpu_time(pid);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let client = client.clone();
+        let (url, key) = (url.to_owned(), key.to_owned());
+        workers.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while started.elapsed() < duration {
+                let begun = Instant::now();
+                let result = one(&client, &url, &key, REQUEST).await;
+                results.push((result, begun.elapsed()));
+            }
+            results
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for worker in workers {
+        for (result, latency) in worker.await.unwrap() {
+            match result {
+                Ok(()) => latencies.push(latency),
+                Err(()) => failed += 1,
+            }
+        }
+    }
+    summarize(
+        latencies,
+        failed,
+        started.elapsed(),
+        cpu_time(pid) - cpu_before,
+    )
+}
+
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<(Result<(), ()>, Duration)>>,
+    started: Instant,
+    cpu_before: Duration,
+    pid: u32,
+) -> Run {
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut failed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (Ok(()), latency) => latencies.push(latency),
+            (Err(()), _) => failed += 1,
+        }
+    }
+    summarize(
+        latencies,
+        failed,
+        started.elapsed(),
+        cpu_time(pid) - cpu_before,
+    )
+}
+
+fn summarize(mut latencies: Vec<Duration>, failed: usize, elapsed: Duration, cpu: Duration) -> Run {
+    latencies.sort();
+    let served = latencies.len();
+    Run {
+        served,
+        failed,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        throughput: served as f64 / elapsed.as_secs_f64(),
+        cpu_per_request: cpu / served.max(1) as u32,
+    }
+}
+
+/// Median time from sending a streaming request to the first body bytes.
+async fn first_chunk(url: &str, key: &str, samples: usize) -> Duration {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let body =
+        r#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Say hello."}]}"#;
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        let request = Request::post(url)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let mut body = response.into_body();
+        let mut first = None;
+        while let Some(frame) = body.frame().await {
+            if first.is_none() && frame.unwrap().is_data() {
+                first = Some(started.elapsed());
+            }
+        }
+        times.push(first.unwrap());
+    }
+    times.sort();
+    percentile(&times, 0.5)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+async fn bench() {
+    let duration = Duration::from_secs(
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10),
+    );
+    let rate: u64 = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let connections: usize = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32);
+    let keys: usize = std::env::var("BENCH_VIRTUAL_KEYS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+
+    let upstream = spawn_self(&["upstream"], "bench-upstream listening");
+    let floor = spawn_self(&["floor", &upstream.addr], "bench-floor listening");
+
+    // Sluice: a control plane and two proxies on a LIVE route to the same upstream.
+    let cp_dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlaneBuilder::new(cp_dir.path())
+        .env("SLUICE_LOG", "warn,sluice_control_plane::server=info")
+        .start();
+    cp.ctl(&["org", "create", "bench"]).ok();
+    cp.ctl(&[
+        "provider",
+        "create",
+        "bench/up",
+        "--type",
+        "openai",
+        "--base-url",
+        &format!("http://{}/v1", upstream.addr),
+        "--allow-private-network",
+    ])
+    .ok();
+    cp.ctl_stdin(
+        &["provider-key", "add", "bench/up/k"],
+        "sk-bench-upstream-key",
+    )
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "bench/bench",
+        "--deployment",
+        "up:bench-model",
+        "--input-price",
+        "150000",
+        "--output-price",
+        "600000",
+    ])
+    .ok();
+    cp.ctl(&["project", "create", "bench/p", "--default-model", "bench"])
+        .ok();
+    let key = cp
+        .ctl(&["-o", "json", "vkey", "create", "bench/p/load"])
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cp.ctl(&["project", "set-posture", "bench/p", "live"]).ok();
+    let token = cp
+        .ctl(&[
+            "-o",
+            "json",
+            "token",
+            "create",
+            "bench-proxies",
+            "--scope",
+            "data-plane",
+        ])
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let proxy_dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let proxies: Vec<sluice_e2e::proxy::Proxy> = proxy_dirs
+        .iter()
+        .map(|dir| {
+            sluice_e2e::proxy::ProxyBuilder::new(dir.path(), &cp.url(), &token)
+                .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info")
+                .start()
+        })
+        .collect();
+    let http = sluice_e2e::proxy::Http::new();
+    let version = cp.ctl(&["-o", "json", "fleet"]).json()["config_version"]
+        .as_u64()
+        .unwrap();
+    for proxy in &proxies {
+        proxy.wait_for_version(&http, version).await;
+    }
+    let sluice = &proxies[0];
+    let floor_url = format!("http://{}/v1/chat/completions", floor.addr);
+    let sluice_url = sluice.url("/v1/chat/completions");
+    let floor_pid = floor.child.id();
+    let sluice_pid = sluice.pid();
+
+    // Warm both up.
+    full_speed(&floor_url, &key, floor_pid, 8, Duration::from_secs(1)).await;
+    full_speed(&sluice_url, &key, sluice_pid, 8, Duration::from_secs(1)).await;
+
+    println!(
+        "Sluice benchmark — {} cores, loopback, {duration:?} per run",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!();
+    let floor_fixed = fixed_rate(&floor_url, &key, floor_pid, rate, duration).await;
+    let sluice_fixed = fixed_rate(&sluice_url, &key, sluice_pid, rate, duration).await;
+    let floor_full = full_speed(&floor_url, &key, floor_pid, connections, duration).await;
+    let sluice_full = full_speed(&sluice_url, &key, sluice_pid, connections, duration).await;
+    let floor_ttfc = first_chunk(&floor_url, &key, 200).await;
+    let sluice_ttfc = first_chunk(&sluice_url, &key, 200).await;
+
+    println!("| measure | floor (plain hyper proxy) | Sluice (LIVE route) | Sluice / floor |");
+    println!("|---|---|---|---|");
+    println!(
+        "| p50 latency at {rate} req/s | {} | {} | {:.2} |",
+        ms(floor_fixed.p50),
+        ms(sluice_fixed.p50),
+        sluice_fixed.p50.as_secs_f64() / floor_fixed.p50.as_secs_f64()
+    );
+    println!(
+        "| p99 latency at {rate} req/s | {} | {} | {:.2} |",
+        ms(floor_fixed.p99),
+        ms(sluice_fixed.p99),
+        sluice_fixed.p99.as_secs_f64() / floor_fixed.p99.as_secs_f64()
+    );
+    println!(
+        "| CPU per request at {rate} req/s | {} | {} | {:.2} |",
+        us(floor_fixed.cpu_per_request),
+        us(sluice_fixed.cpu_per_request),
+        sluice_fixed.cpu_per_request.as_secs_f64() / floor_fixed.cpu_per_request.as_secs_f64()
+    );
+    println!(
+        "| throughput, {connections} connections | {:.0} req/s | {:.0} req/s | {:.2} |",
+        floor_full.throughput,
+        sluice_full.throughput,
+        sluice_full.throughput / floor_full.throughput
+    );
+    println!(
+        "| p50 / p99 latency at full speed | {} / {} | {} / {} | {:.2} / {:.2} |",
+        ms(floor_full.p50),
+        ms(floor_full.p99),
+        ms(sluice_full.p50),
+        ms(sluice_full.p99),
+        sluice_full.p50.as_secs_f64() / floor_full.p50.as_secs_f64(),
+        sluice_full.p99.as_secs_f64() / floor_full.p99.as_secs_f64()
+    );
+    println!(
+        "| CPU per request at full speed | {} | {} | {:.2} |",
+        us(floor_full.cpu_per_request),
+        us(sluice_full.cpu_per_request),
+        sluice_full.cpu_per_request.as_secs_f64() / floor_full.cpu_per_request.as_secs_f64()
+    );
+    println!(
+        "| stream time to first chunk (median) | {} | {} | +{} |",
+        ms(floor_ttfc),
+        ms(sluice_ttfc),
+        ms(sluice_ttfc.saturating_sub(floor_ttfc))
+    );
+    println!(
+        "| proxy RSS after load | {:.1} MiB | {:.1} MiB | |",
+        rss_mib(floor_pid),
+        rss_mib(sluice_pid)
+    );
+    let failures =
+        floor_fixed.failed + sluice_fixed.failed + floor_full.failed + sluice_full.failed;
+    println!(
+        "| failed requests (all runs) | {} | {} | |",
+        floor_fixed.failed + floor_full.failed,
+        sluice_fixed.failed + sluice_full.failed
+    );
+    println!();
+    println!(
+        "served: floor {} + {}, Sluice {} + {}",
+        floor_fixed.served, floor_full.served, sluice_fixed.served, sluice_full.served
+    );
+
+    // Config propagation with many virtual keys in the snapshot.
+    let created_at = Instant::now();
+    create_virtual_keys(&cp.url(), &cp.admin_token, keys).await;
+    println!();
+    println!(
+        "created {keys} virtual keys through the admin API in {:.1} s",
+        created_at.elapsed().as_secs_f64()
+    );
+    let version = cp.ctl(&["-o", "json", "fleet"]).json()["config_version"]
+        .as_u64()
+        .unwrap();
+    for proxy in &proxies {
+        proxy.wait_for_version(&http, version).await;
+    }
+    let mut samples = Vec::new();
+    for n in 0..5 {
+        let changed = Instant::now();
+        cp.ctl(&[
+            "org",
+            "update",
+            "bench",
+            "--display-name",
+            &format!("run {n}"),
+        ])
+        .ok();
+        let version = version + 1 + n;
+        for proxy in &proxies {
+            loop {
+                let held = http
+                    .get(&proxy.url("/readyz"), None)
+                    .await
+                    .map(|r| r.json()["config_version"].as_u64().unwrap_or(0))
+                    .unwrap_or(0);
+                if held >= version {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        samples.push(changed.elapsed());
+    }
+    samples.sort();
+    println!(
+        "admin change → both proxies serving it, {keys} virtual keys loaded: median {} (max {}; includes one sluicectl process start and the 100 ms debounce)",
+        ms(percentile(&samples, 0.5)),
+        ms(*samples.last().unwrap())
+    );
+    println!(
+        "proxy RSS with {keys} virtual keys: {:.1} MiB and {:.1} MiB",
+        rss_mib(proxies[0].pid()),
+        rss_mib(proxies[1].pid())
+    );
+    if failures > 0 {
+        println!("WARNING: {failures} requests failed");
+    }
+}
+
+async fn create_virtual_keys(url: &str, token: &str, count: usize) {
+    use sluice_proto::admin::v1::CreateVirtualKeyRequest;
+    use sluice_proto::admin::v1::admin_service_client::AdminServiceClient;
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let mut client = AdminServiceClient::new(channel.clone());
+        let next = next.clone();
+        let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= count {
+                    break;
+                }
+                let mut request = tonic::Request::new(CreateVirtualKeyRequest {
+                    organization: "bench".into(),
+                    project: "p".into(),
+                    name: format!("key-{n}"),
+                    ..Default::default()
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", header.clone());
+                client.create_virtual_key(request).await.unwrap();
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+}
