@@ -535,7 +535,7 @@ async fn injection<S: Store>(store: &S) {
 /// Many writers at once all succeed: none may fail because another holds the write lock.
 async fn concurrent_writers<S: Store>(store: std::sync::Arc<S>) {
     let before = store.config_version().await.unwrap();
-    let writers: Vec<_> = (0..32)
+    let writers: Vec<_> = (0..64)
         .map(|n| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -554,7 +554,7 @@ async fn concurrent_writers<S: Store>(store: std::sync::Arc<S>) {
     for writer in writers {
         writer.await.unwrap().unwrap();
     }
-    assert_eq!(store.config_version().await.unwrap(), before + 32);
+    assert_eq!(store.config_version().await.unwrap(), before + 64);
 }
 
 // === SQLite ===
@@ -566,7 +566,7 @@ async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_story() {
     let (_dir, store) = sqlite_store().await;
     story(&store).await;
@@ -636,7 +636,7 @@ impl PostgresDatabase {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_story() {
     let (database, url) = PostgresDatabase::create().await;
     let store = std::sync::Arc::new(PostgresStore::open(&url).await.unwrap());

@@ -11,7 +11,7 @@
 pub mod mock_openai;
 pub mod proxy;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -272,22 +272,50 @@ impl CtlOutput {
     }
 }
 
+/// Waits for `child`, reading its output as it goes (a full pipe would otherwise stall it).
 fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
     let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
         }
         if started.elapsed() > timeout {
             let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
+            let status = child.wait().unwrap();
+            let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
             panic!(
-                "process did not finish within {timeout:?}:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
+                "process did not finish within {timeout:?} ({status}):\n{}{}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
 }
 
