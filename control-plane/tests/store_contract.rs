@@ -557,6 +557,63 @@ async fn concurrent_writers<S: Store>(store: std::sync::Arc<S>) {
     assert_eq!(store.config_version().await.unwrap(), before + 64);
 }
 
+/// Usage batches: committed once with all their records (over several insert chunks), a
+/// repeat is a no-op, the same id with another payload is refused and changes nothing.
+async fn usage_ledger<S: Store>(store: &S) {
+    let records: Vec<UsageRecord> = (0..1_234)
+        .map(|n| UsageRecord {
+            request_id: format!("req-{n:05}"),
+            started_at_us: 1_000 + n,
+            project_id: "ledger-project".into(),
+            virtual_key_id: "vk".into(),
+            model: "gpt-4o-mini".into(),
+            provider_id: "p".into(),
+            input_tokens: n,
+            output_tokens: 2 * n,
+            cached_input_tokens: 0,
+            reasoning_tokens: 0,
+            cost_micros: n * 3,
+            latency_ms: 5,
+            http_status: 200,
+            source: if n % 2 == 0 {
+                UsageSource::ProviderReported
+            } else {
+                UsageSource::Estimated
+            },
+        })
+        .collect();
+    assert_eq!(
+        store
+            .commit_usage_batch("batch-1", "proxy-a", "hash-1", &records)
+            .await
+            .unwrap(),
+        BatchOutcome::Committed
+    );
+    assert_eq!(
+        store
+            .commit_usage_batch("batch-1", "proxy-a", "hash-1", &records)
+            .await
+            .unwrap(),
+        BatchOutcome::Duplicate
+    );
+    assert_eq!(
+        store
+            .commit_usage_batch("batch-1", "proxy-a", "hash-2", &records[..1])
+            .await
+            .unwrap(),
+        BatchOutcome::Conflict
+    );
+    let stored = store.list_usage_records("ledger-project").await.unwrap();
+    assert_eq!(stored, records, "every record once, exactly as sent");
+    assert_eq!(
+        store
+            .commit_usage_batch("batch-2", "proxy-a", "hash-3", &[])
+            .await
+            .unwrap(),
+        BatchOutcome::Committed
+    );
+}
+
 // === SQLite ===
 
 async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
@@ -571,6 +628,7 @@ async fn sqlite_story() {
     let (_dir, store) = sqlite_store().await;
     story(&store).await;
     injection(&store).await;
+    usage_ledger(&store).await;
     concurrent_writers(std::sync::Arc::new(store)).await;
 }
 
@@ -642,6 +700,7 @@ async fn postgres_story() {
     let store = std::sync::Arc::new(PostgresStore::open(&url).await.unwrap());
     story(store.as_ref()).await;
     injection(store.as_ref()).await;
+    usage_ledger(store.as_ref()).await;
     concurrent_writers(store.clone()).await;
     store.close().await;
     database.drop_database().await;

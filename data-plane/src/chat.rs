@@ -9,35 +9,22 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use rand::Rng;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
 
 use crate::auth::{Caller, authenticate};
+use crate::chat_request::ChatRequest;
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, BoxError, full};
 use crate::metered_body::MeteredBody;
-use crate::mock_posture::{self, estimate_tokens, message_chars};
+use crate::mock_posture;
 use crate::routing_tables::{DeploymentEntry, ModelEntry, Posture, ProviderType, RoutingTables};
 use crate::sse::Usage;
 use crate::upstream::UpstreamError;
 use crate::usage::UsageDraft;
 
-/// Request fields that steer a gateway or an SDK, never the model: they are dropped before
-/// forwarding, so nothing in a request can choose where a provider key goes.
-const GATEWAY_CONTROL_FIELDS: &[&str] = &[
-    "api_base",
-    "base_url",
-    "baseURL",
-    "api_key",
-    "api_version",
-    "custom_llm_provider",
-    "custom_host",
-    "extra_body",
-    "extra_headers",
-    "extra_query",
-];
 /// Largest non-streamed upstream answer read into memory.
 const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
 const MAX_ATTEMPTS: usize = 3;
@@ -55,75 +42,24 @@ pub async fn chat_completions(
     })?;
     let now_us = sluice_shared::time::now_us();
     let caller = authenticate(&tables, request.headers(), now_us)?;
-    let mut body = read_json(gateway, request).await?;
-
-    let requested = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            GatewayError::new(
-                ErrorCode::InvalidRequest,
-                "`model` is required and must be a string",
-            )
-            .with_param("model")
-        })?
-        .to_owned();
-    let messages_ok = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .is_some_and(|m| !m.is_empty());
-    if !messages_ok {
-        return Err(GatewayError::new(
-            ErrorCode::InvalidRequest,
-            "`messages` must be a non-empty array",
-        )
-        .with_param("messages"));
-    }
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(flag)) => *flag,
-        Some(_) => {
-            return Err(
-                GatewayError::new(ErrorCode::InvalidRequest, "`stream` must be a boolean")
-                    .with_param("stream"),
-            );
-        }
-    };
-    let model = resolve_model(&tables, &caller, &requested)?;
-    let prompt_estimate =
-        estimate_tokens(message_chars(body.get("messages").unwrap_or(&Value::Null)));
-    let draft = UsageDraft::new(
-        request_id,
-        &caller.project.id,
-        &caller.key.id,
-        model,
-        prompt_estimate,
-    );
-
+    let body = read_body(gateway, request).await?;
+    let mut chat = ChatRequest::parse(&body)?;
+    let model = resolve_model(&tables, &caller, &chat.model)?;
+    let draft = UsageDraft::new(request_id, &caller.project.id, &caller.key.id, model);
     match caller.project.posture {
-        Posture::Mock => Ok(mock(gateway, &body, model, request_id, stream, draft)),
-        Posture::Live => {
-            for field in GATEWAY_CONTROL_FIELDS {
-                body.remove(*field);
-            }
-            if stream {
-                // Ask for the usage block so the stream can be metered exactly.
-                let options = body
-                    .entry("stream_options")
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if let Value::Object(options) = options {
-                    options.insert("include_usage".to_owned(), Value::Bool(true));
-                }
-            }
-            forward(gateway, &tables, model, body, stream, draft).await
-        }
+        Posture::Mock => Ok(mock(
+            gateway,
+            &chat.messages(),
+            model,
+            request_id,
+            chat.stream,
+            draft,
+        )),
+        Posture::Live => forward(gateway, &tables, model, &mut chat, draft).await,
     }
 }
 
-async fn read_json(
-    gateway: &Gateway,
-    request: Request<Incoming>,
-) -> Result<Map<String, Value>, GatewayError> {
+async fn read_body(gateway: &Gateway, request: Request<Incoming>) -> Result<Bytes, GatewayError> {
     let limit = gateway.max_body_bytes;
     let too_large = || {
         GatewayError::new(
@@ -156,17 +92,7 @@ async fn read_json(
             }
         })?
         .to_bytes();
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(GatewayError::new(
-            ErrorCode::InvalidRequest,
-            "the request body must be a JSON object",
-        )),
-        Err(error) => Err(GatewayError::new(
-            ErrorCode::InvalidRequest,
-            format!("the request body is not valid JSON: {error}"),
-        )),
-    }
+    Ok(bytes)
 }
 
 fn resolve_model<'t>(
@@ -209,7 +135,7 @@ fn resolve_model<'t>(
 
 fn mock(
     gateway: &Arc<Gateway>,
-    body: &Map<String, Value>,
+    messages: &Value,
     model: &ModelEntry,
     request_id: &str,
     stream: bool,
@@ -218,12 +144,12 @@ fn mock(
     let created = sluice_shared::time::now_us() / 1_000_000;
     let (answer, content_type) = if stream {
         (
-            mock_posture::chat_completion_stream(body, &model.name, request_id, created),
+            mock_posture::chat_completion_stream(messages, &model.name, request_id, created),
             "text/event-stream",
         )
     } else {
         (
-            mock_posture::chat_completion(body, &model.name, request_id, created),
+            mock_posture::chat_completion(messages, &model.name, request_id, created),
             "application/json",
         )
     };
@@ -291,10 +217,10 @@ async fn forward(
     gateway: &Arc<Gateway>,
     tables: &Arc<RoutingTables>,
     model: &ModelEntry,
-    mut body: Map<String, Value>,
-    stream: bool,
+    chat: &mut ChatRequest,
     mut draft: UsageDraft,
 ) -> Result<Response<Body>, GatewayError> {
+    let stream = chat.stream;
     let order = attempt_order(tables, model);
     if order.is_empty() {
         return Err(GatewayError::new(
@@ -329,14 +255,7 @@ async fn forward(
         let credential = tables.open_key(key).map_err(|_| {
             GatewayError::new(ErrorCode::Internal, "a provider key could not be opened")
         })?;
-        body.insert(
-            "model".to_owned(),
-            Value::String(deployment.upstream_model.clone()),
-        );
-        let payload =
-            Bytes::from(serde_json::to_vec(&body).map_err(|_| {
-                GatewayError::new(ErrorCode::Internal, "cannot encode the request")
-            })?);
+        let payload = chat.upstream_body(&deployment.upstream_model)?;
         draft.record.provider_id = provider.id.clone();
         gateway
             .metrics
@@ -407,6 +326,7 @@ async fn forward(
             continue;
         }
         draft.record.http_status = u32::from(status.as_u16());
+        draft.prompt = chat.take_messages();
         return Ok(if stream && status.is_success() {
             stream_back(gateway, response, draft, provider.timeout)
         } else {
@@ -458,7 +378,7 @@ async fn whole_back(
         None => {
             let usage = Usage {
                 input_tokens: if parts.status.is_success() {
-                    draft.prompt_estimate
+                    draft.prompt_estimate()
                 } else {
                     0
                 },

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod chat_request;
 pub mod config_client;
 pub mod error_response;
 pub mod gateway;

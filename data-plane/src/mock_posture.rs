@@ -2,7 +2,7 @@
 //! (JSON, or SSE chunks ending in a usage chunk and `[DONE]`), with no upstream connection and
 //! no cost.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// Token counts Sluice estimates itself: about four characters per token, OpenAI's rule of
@@ -27,8 +27,7 @@ pub struct MockAnswer {
     pub completion_tokens: u64,
 }
 
-fn reply_text(body: &Map<String, Value>) -> String {
-    let messages = body.get("messages").cloned().unwrap_or(Value::Null);
+fn reply_text(messages: &Value) -> String {
     let digest = Sha256::digest(messages.to_string().as_bytes());
     format!(
         "This is a mock response from Sluice: the project is in MOCK posture, so no provider was \
@@ -38,14 +37,13 @@ fn reply_text(body: &Map<String, Value>) -> String {
 }
 
 pub fn chat_completion(
-    body: &Map<String, Value>,
+    messages: &Value,
     model: &str,
     request_id: &str,
     created: i64,
 ) -> MockAnswer {
-    let text = reply_text(body);
-    let prompt_tokens =
-        estimate_tokens(message_chars(body.get("messages").unwrap_or(&Value::Null)));
+    let text = reply_text(messages);
+    let prompt_tokens = estimate_tokens(message_chars(messages));
     let completion_tokens = estimate_tokens(text.chars().count());
     let answer = json!({
         "id": format!("chatcmpl-{request_id}"),
@@ -71,14 +69,13 @@ pub fn chat_completion(
 /// The same answer as server-sent events: a role chunk, content chunks, a finish chunk, a
 /// usage chunk (empty `choices`, as OpenAI sends with `include_usage`) and `[DONE]`.
 pub fn chat_completion_stream(
-    body: &Map<String, Value>,
+    messages: &Value,
     model: &str,
     request_id: &str,
     created: i64,
 ) -> MockAnswer {
-    let text = reply_text(body);
-    let prompt_tokens =
-        estimate_tokens(message_chars(body.get("messages").unwrap_or(&Value::Null)));
+    let text = reply_text(messages);
+    let prompt_tokens = estimate_tokens(message_chars(messages));
     let completion_tokens = estimate_tokens(text.chars().count());
     let id = format!("chatcmpl-{request_id}");
     let chunk = |delta: Value, finish: Value| {
@@ -123,11 +120,8 @@ fn usage(prompt: u64, completion: u64) -> Value {
 mod tests {
     use super::*;
 
-    fn body() -> Map<String, Value> {
-        serde_json::from_str(
-            r#"{"model":"m","messages":[{"role":"user","content":"Hello there"}]}"#,
-        )
-        .unwrap()
+    fn body() -> Value {
+        serde_json::from_str(r#"[{"role":"user","content":"Hello there"}]"#).unwrap()
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub struct UsageDraft {
     pub started: tokio::time::Instant,
     pub input_price: i64,
     pub output_price: i64,
-    /// Sluice's own count of the prompt, used when the upstream reports none.
-    pub prompt_estimate: u64,
+    /// The request's messages, counted only if the upstream reports no usage.
+    pub prompt: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl UsageDraft {
@@ -26,7 +26,6 @@ impl UsageDraft {
         project_id: &str,
         virtual_key_id: &str,
         model: &ModelEntry,
-        prompt_estimate: u64,
     ) -> Self {
         Self {
             record: pb::UsageRecord {
@@ -40,8 +39,18 @@ impl UsageDraft {
             started: tokio::time::Instant::now(),
             input_price: model.input_price_micros_per_mtok,
             output_price: model.output_price_micros_per_mtok,
-            prompt_estimate,
+            prompt: None,
         }
+    }
+
+    /// Sluice's own count of the prompt (see [`estimate_tokens`]).
+    pub fn prompt_estimate(&self) -> u64 {
+        let messages = self
+            .prompt
+            .as_ref()
+            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+            .unwrap_or_default();
+        estimate_tokens(crate::mock_posture::message_chars(&messages))
     }
 
     pub fn finish(
@@ -79,7 +88,7 @@ impl UsageDraft {
             Some(usage) => self.finish(gateway, status, usage, pb::UsageSource::ProviderReported),
             None => {
                 let usage = Usage {
-                    input_tokens: self.prompt_estimate,
+                    input_tokens: self.prompt_estimate(),
                     output_tokens: if scanner.content_chars == 0 {
                         0
                     } else {

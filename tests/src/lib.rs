@@ -184,6 +184,10 @@ impl ControlPlane {
         format!("http://{}", self.addr)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs `sluicectl ARGS` against this control plane with the bootstrap token.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         self.ctl_as(&self.admin_token, args, None)

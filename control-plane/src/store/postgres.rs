@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fleet_and_usage",
         include_str!("../../migrations/postgres/0002_fleet_and_usage.sql"),
     ),
+    (
+        3,
+        "drop_usage_batch_index",
+        include_str!("../../migrations/postgres/0003_drop_usage_batch_index.sql"),
+    ),
 ];
 
 pub struct PostgresStore {
@@ -36,6 +41,11 @@ impl PostgresStore {
             .await?;
         migrator(MIGRATIONS).run(&pool).await?;
         Ok(Self { pool })
+    }
+
+    /// Every PostgreSQL connection can write; row locks order the writers.
+    fn writer(&self) -> &sqlx::PgPool {
+        &self.pool
     }
 
     pub async fn close(&self) {

@@ -32,6 +32,52 @@ pub(super) const ADMIN_TOKEN_COLUMNS: &str =
 
 /// Maps a failed write to the error an operator should see: a duplicate becomes
 /// `AlreadyExists`, a dangling or still-referenced row a `FailedPrecondition`.
+const USAGE_COLUMNS: usize = 15;
+/// Rows per multi-row insert, largest first. Batches are split into these sizes only, so at
+/// most five statements exist and each is prepared once and cached; 256 × 15 parameters stays
+/// far below both backends' limits.
+const USAGE_INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// Splits `rows` into chunks whose sizes come from [`USAGE_INSERT_SIZES`].
+pub(super) fn usage_insert_chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    for size in USAGE_INSERT_SIZES {
+        while rows.len() >= size {
+            let (chunk, rest) = rows.split_at(size);
+            chunks.push(chunk);
+            rows = rest;
+        }
+    }
+    chunks
+}
+
+/// `INSERT INTO usage_records (...) VALUES ($1, ..., $15), ($16, ...) ON CONFLICT DO NOTHING`
+/// for `rows` rows; bound parameters only.
+pub(super) fn usage_insert_sql(rows: usize) -> String {
+    let mut sql = String::with_capacity(300 + rows * 100);
+    sql.push_str(
+        "INSERT INTO usage_records (request_id, batch_id, started_at_us, project_id, \
+         virtual_key_id, model, provider_id, input_tokens, output_tokens, cached_input_tokens, \
+         reasoning_tokens, cost_micros, latency_ms, http_status, source) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..USAGE_COLUMNS {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * USAGE_COLUMNS + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
+    sql
+}
+
 pub(super) fn write_error(
     error: sqlx::Error,
     what: impl FnOnce() -> String,
@@ -66,7 +112,8 @@ pub(super) fn to_u64(value: i64, column: &str) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} out of range: {value}")))
 }
 
-/// Implements [`super::Store`] for `$store` (a struct with a `pool: sqlx::Pool<$db>` field).
+/// Implements [`super::Store`] for `$store` (a struct with a `pool: sqlx::Pool<$db>` field for
+/// reads and a `writer()` method returning the pool writes go through).
 /// `$snapshot_isolation` is the statement that makes a read transaction one consistent snapshot;
 /// `$begin_write` opens a transaction that will write.
 macro_rules! sql_store {
@@ -518,7 +565,7 @@ macro_rules! sql_store {
                     new: NewOrganization,
                     audit: Audit,
                 ) -> StoreResult<Organization> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let now = now_us();
                     let id = new_id();
                     sqlx::query(
@@ -574,7 +621,7 @@ macro_rules! sql_store {
                     display_name: Option<String>,
                     audit: Audit,
                 ) -> StoreResult<Organization> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let id = org_id(&mut tx, name).await?;
                     if let Some(display_name) = display_name {
                         sqlx::query(
@@ -593,7 +640,7 @@ macro_rules! sql_store {
                 }
 
                 async fn delete_organization(&self, name: &str, audit: Audit) -> StoreResult<()> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let id = org_id(&mut tx, name).await?;
                     sqlx::query("DELETE FROM organizations WHERE id = $1")
                         .bind(&id)
@@ -619,7 +666,7 @@ macro_rules! sql_store {
                     new: NewProject,
                     audit: Audit,
                 ) -> StoreResult<Project> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let org_id = org_id(&mut tx, org).await?;
                     if !new.default_model.is_empty() {
                         model_id(&mut tx, org, &new.default_model).await?;
@@ -668,7 +715,7 @@ macro_rules! sql_store {
                     patch: ProjectPatch,
                     audit: Audit,
                 ) -> StoreResult<Project> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let current = fetch_project(&mut tx, org, name).await?;
                     if let Some(model) = patch.default_model.as_deref().filter(|m| !m.is_empty()) {
                         model_id(&mut tx, org, model).await?;
@@ -696,7 +743,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let id = project_id(&mut tx, org, name).await?;
                     sqlx::query("DELETE FROM projects WHERE id = $1")
                         .bind(&id)
@@ -775,7 +822,7 @@ macro_rules! sql_store {
                     new: NewProvider,
                     audit: Audit,
                 ) -> StoreResult<Provider> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let org_id = org_id(&mut tx, org).await?;
                     let now = now_us();
                     sqlx::query(
@@ -826,7 +873,7 @@ macro_rules! sql_store {
                     patch: ProviderPatch,
                     audit: Audit,
                 ) -> StoreResult<Provider> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let current = fetch_provider(&mut tx, org, name).await?;
                     sqlx::query(
                         "UPDATE providers SET base_url = $1, api_version = $2, timeout_ms = $3, \
@@ -855,7 +902,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let id = provider_id(&mut tx, org, name).await?;
                     sqlx::query("DELETE FROM providers WHERE id = $1")
                         .bind(&id)
@@ -882,7 +929,7 @@ macro_rules! sql_store {
                     new: NewProviderKey,
                     audit: Audit,
                 ) -> StoreResult<ProviderKey> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let provider_id = provider_id(&mut tx, org, provider).await?;
                     let target = format!("{org}/{provider}/{}", new.name);
                     insert_provider_key(&mut tx, &provider_id, &new, &target).await?;
@@ -929,7 +976,7 @@ macro_rules! sql_store {
                     new: NewProviderKey,
                     audit: Audit,
                 ) -> StoreResult<(ProviderKey, ProviderKey)> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let old = fetch_provider_key(&mut tx, org, provider, name).await?;
                     if old.state != KeyState::Active {
                         return Err(StoreError::FailedPrecondition(format!(
@@ -956,7 +1003,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<ProviderKey> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let revoked =
                         set_key_state(&mut tx, org, provider, name, KeyState::Revoked).await?;
                     record_change(&mut tx, &audit).await?;
@@ -971,7 +1018,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let key = fetch_provider_key(&mut tx, org, provider, name).await?;
                     if key.state != KeyState::Revoked {
                         return Err(StoreError::FailedPrecondition(format!(
@@ -1029,7 +1076,7 @@ macro_rules! sql_store {
                     .bind(i64::from(master_key_version))
                     .bind(id)
                     .bind(previous)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(result.rows_affected() == 1)
                 }
@@ -1061,7 +1108,7 @@ macro_rules! sql_store {
                     new: NewModel,
                     audit: Audit,
                 ) -> StoreResult<Model> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let org_id = org_id(&mut tx, org).await?;
                     let id = new_id();
                     sqlx::query(
@@ -1104,7 +1151,7 @@ macro_rules! sql_store {
                     patch: ModelPatch,
                     audit: Audit,
                 ) -> StoreResult<Model> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let current = fetch_model(&mut tx, org, name).await?;
                     sqlx::query(
                         "UPDATE models SET input_price_micros_per_mtok = $1, \
@@ -1140,7 +1187,7 @@ macro_rules! sql_store {
                 }
 
                 async fn delete_model(&self, org: &str, name: &str, audit: Audit) -> StoreResult<()> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let id = model_id(&mut tx, org, name).await?;
                     sqlx::query("DELETE FROM models WHERE id = $1")
                         .bind(&id)
@@ -1160,7 +1207,7 @@ macro_rules! sql_store {
                     new: NewVirtualKey,
                     audit: Audit,
                 ) -> StoreResult<VirtualKey> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let project_id = project_id(&mut tx, org, project).await?;
                     require_models(&mut tx, org, &new.allowed_models).await?;
                     sqlx::query(
@@ -1227,7 +1274,7 @@ macro_rules! sql_store {
                     patch: VirtualKeyPatch,
                     audit: Audit,
                 ) -> StoreResult<VirtualKey> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let current = fetch_virtual_key(&mut tx, org, project, name).await?;
                     if let Some(models) = &patch.allowed_models {
                         require_models(&mut tx, org, models).await?;
@@ -1255,7 +1302,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<VirtualKey> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let current = fetch_virtual_key(&mut tx, org, project, name).await?;
                     if current.revoked_at_us == 0 {
                         let now = now_us();
@@ -1281,7 +1328,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let current = fetch_virtual_key(&mut tx, org, project, name).await?;
                     sqlx::query("DELETE FROM virtual_keys WHERE id = $1")
                         .bind(&current.id)
@@ -1299,7 +1346,7 @@ macro_rules! sql_store {
                     new: NewAdminToken,
                     audit: Audit,
                 ) -> StoreResult<AdminToken> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let now = now_us();
                     sqlx::query(
                         "INSERT INTO admin_tokens (id, name, scope, prefix, token_hash, \
@@ -1337,7 +1384,7 @@ macro_rules! sql_store {
                     name: &str,
                     audit: Audit,
                 ) -> StoreResult<AdminToken> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let now = now_us();
                     let sql = format!(
                         "UPDATE admin_tokens SET revoked_at_us = \
@@ -1533,7 +1580,7 @@ macro_rules! sql_store {
                     address: &str,
                     connected: bool,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let now = now_us();
                     ensure_proxy(&mut tx, proxy_id, now).await?;
                     sqlx::query(
@@ -1551,7 +1598,7 @@ macro_rules! sql_store {
                 }
 
                 async fn record_proxy_ack(&self, proxy_id: &str, version: u64) -> StoreResult<()> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let now = now_us();
                     ensure_proxy(&mut tx, proxy_id, now).await?;
                     let version = i64::try_from(version).unwrap_or(i64::MAX);
@@ -1575,7 +1622,7 @@ macro_rules! sql_store {
                     version: u64,
                     reason: &str,
                 ) -> StoreResult<()> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let now = now_us();
                     ensure_proxy(&mut tx, proxy_id, now).await?;
                     sqlx::query(
@@ -1611,7 +1658,7 @@ macro_rules! sql_store {
                     payload_hash: &str,
                     records: &[UsageRecord],
                 ) -> StoreResult<BatchOutcome> {
-                    let mut tx = self.pool.begin_with($begin_write).await?;
+                    let mut tx = self.writer().begin_with($begin_write).await?;
                     let inserted = sqlx::query(
                         "INSERT INTO usage_batches \
                          (batch_id, proxy_id, payload_hash, record_count, received_at_us) \
@@ -1638,32 +1685,29 @@ macro_rules! sql_store {
                             BatchOutcome::Conflict
                         });
                     }
-                    for record in records {
-                        sqlx::query(
-                            "INSERT INTO usage_records (request_id, batch_id, started_at_us, \
-                             project_id, virtual_key_id, model, provider_id, input_tokens, \
-                             output_tokens, cached_input_tokens, reasoning_tokens, cost_micros, \
-                             latency_ms, http_status, source) VALUES ($1, $2, $3, $4, $5, $6, \
-                             $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                             ON CONFLICT (request_id) DO NOTHING",
-                        )
-                        .bind(&record.request_id)
-                        .bind(batch_id)
-                        .bind(record.started_at_us)
-                        .bind(&record.project_id)
-                        .bind(&record.virtual_key_id)
-                        .bind(&record.model)
-                        .bind(&record.provider_id)
-                        .bind(record.input_tokens)
-                        .bind(record.output_tokens)
-                        .bind(record.cached_input_tokens)
-                        .bind(record.reasoning_tokens)
-                        .bind(record.cost_micros)
-                        .bind(record.latency_ms)
-                        .bind(record.http_status)
-                        .bind(record.source.as_str())
-                        .execute(&mut *tx)
-                        .await?;
+                    // Many rows per statement: one round trip per chunk instead of per record.
+                    for chunk in usage_insert_chunks(records) {
+                        let sql = usage_insert_sql(chunk.len());
+                        let mut query = sqlx::query(&sql);
+                        for record in chunk {
+                            query = query
+                                .bind(&record.request_id)
+                                .bind(batch_id)
+                                .bind(record.started_at_us)
+                                .bind(&record.project_id)
+                                .bind(&record.virtual_key_id)
+                                .bind(&record.model)
+                                .bind(&record.provider_id)
+                                .bind(record.input_tokens)
+                                .bind(record.output_tokens)
+                                .bind(record.cached_input_tokens)
+                                .bind(record.reasoning_tokens)
+                                .bind(record.cost_micros)
+                                .bind(record.latency_ms)
+                                .bind(record.http_status)
+                                .bind(record.source.as_str());
+                        }
+                        query.execute(&mut *tx).await?;
                     }
                     tx.commit().await?;
                     Ok(BatchOutcome::Committed)
@@ -1709,7 +1753,7 @@ macro_rules! sql_store {
                     )
                     .bind(i64::from(version))
                     .bind(sealed)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                     Ok(())
                 }

@@ -20,10 +20,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fleet_and_usage",
         include_str!("../../migrations/sqlite/0002_fleet_and_usage.sql"),
     ),
+    (
+        3,
+        "drop_usage_batch_index",
+        include_str!("../../migrations/sqlite/0003_drop_usage_batch_index.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    /// SQLite has one writer at a time; a one-connection pool queues writers fairly in the
+    /// process instead of letting them sleep in SQLite's busy handler.
+    writer: sqlx::SqlitePool,
 }
 
 impl SqliteStore {
@@ -37,16 +45,25 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        migrator(MIGRATIONS).run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
             .await?;
-        migrator(MIGRATIONS).run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
+    }
+
+    fn writer(&self) -> &sqlx::SqlitePool {
+        &self.writer
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 

@@ -493,9 +493,13 @@ async fn bench() {
     );
     println!();
     let floor_fixed = fixed_rate(&floor_url, &key, floor_pid, rate, duration).await;
+    let cp_cpu_before = cpu_time(cp.pid());
     let sluice_fixed = fixed_rate(&sluice_url, &key, sluice_pid, rate, duration).await;
     let floor_full = full_speed(&floor_url, &key, floor_pid, connections, duration).await;
+    let cp_cpu_between = cpu_time(cp.pid());
     let sluice_full = full_speed(&sluice_url, &key, sluice_pid, connections, duration).await;
+    let cp_cpu_after = cpu_time(cp.pid());
+    let cp_cpu = (cp_cpu_between - cp_cpu_before) + (cp_cpu_after - cp_cpu_between);
     let floor_ttfc = first_chunk(&floor_url, &key, 200).await;
     let sluice_ttfc = first_chunk(&sluice_url, &key, 200).await;
 
@@ -562,6 +566,11 @@ async fn bench() {
     println!(
         "served: floor {} + {}, Sluice {} + {}",
         floor_fixed.served, floor_full.served, sluice_fixed.served, sluice_full.served
+    );
+    println!(
+        "control plane on the same 2 cores, committing the Sluice runs' usage: {} of CPU ({} per request)",
+        ms(cp_cpu),
+        us(cp_cpu / (sluice_fixed.served + sluice_full.served).max(1) as u32)
     );
 
     // Config propagation with many virtual keys in the snapshot.
