@@ -59,5 +59,6 @@ sql_store!(
     PostgresStore,
     sqlx::Postgres,
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    "BEGIN"
+    "BEGIN",
+    crate::store::sql::Placeholders::Numbered
 );

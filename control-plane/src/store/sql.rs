@@ -51,9 +51,19 @@ pub(super) fn usage_insert_chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
     chunks
 }
 
-/// `INSERT INTO usage_records (...) VALUES ($1, ..., $15), ($16, ...) ON CONFLICT DO NOTHING`
+/// How a backend's SQL names bound parameters in generated statements.
+#[derive(Clone, Copy)]
+pub(super) enum Placeholders {
+    /// `$1, $2, ...` (PostgreSQL).
+    Numbered,
+    /// `?, ?, ...` (SQLite): SQLite resolves a named or numbered parameter by scanning a list,
+    /// which makes binding thousands of them quadratic; bare `?` skips that.
+    Positional,
+}
+
+/// `INSERT INTO usage_records (...) VALUES (…15 parameters…), (…) ON CONFLICT DO NOTHING`
 /// for `rows` rows; bound parameters only.
-pub(super) fn usage_insert_sql(rows: usize) -> String {
+pub(super) fn usage_insert_sql(rows: usize, placeholders: Placeholders) -> String {
     let mut sql = String::with_capacity(300 + rows * 100);
     sql.push_str(
         "INSERT INTO usage_records (request_id, batch_id, started_at_us, project_id, \
@@ -69,8 +79,13 @@ pub(super) fn usage_insert_sql(rows: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * USAGE_COLUMNS + column + 1).to_string());
+            match placeholders {
+                Placeholders::Numbered => {
+                    sql.push('$');
+                    sql.push_str(&(row * USAGE_COLUMNS + column + 1).to_string());
+                }
+                Placeholders::Positional => sql.push('?'),
+            }
         }
         sql.push(')');
     }
@@ -115,9 +130,10 @@ pub(super) fn to_u64(value: i64, column: &str) -> StoreResult<u64> {
 /// Implements [`super::Store`] for `$store` (a struct with a `pool: sqlx::Pool<$db>` field for
 /// reads and a `writer()` method returning the pool writes go through).
 /// `$snapshot_isolation` is the statement that makes a read transaction one consistent snapshot;
-/// `$begin_write` opens a transaction that will write.
+/// `$begin_write` opens a transaction that will write; `$placeholders` names parameters in
+/// generated statements.
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $snapshot_isolation:expr, $begin_write:expr) => {
+    ($store:ident, $db:ty, $snapshot_isolation:expr, $begin_write:expr, $placeholders:expr) => {
         mod sql_impl {
             use sqlx::Row;
             use sluice_shared::{ids::new_id, time::now_us};
@@ -1687,7 +1703,7 @@ macro_rules! sql_store {
                     }
                     // Many rows per statement: one round trip per chunk instead of per record.
                     for chunk in usage_insert_chunks(records) {
-                        let sql = usage_insert_sql(chunk.len());
+                        let sql = usage_insert_sql(chunk.len(), $placeholders);
                         let mut query = sqlx::query(&sql);
                         for record in chunk {
                             query = query

@@ -70,4 +70,10 @@ impl SqliteStore {
 // A SQLite read transaction is already one consistent snapshot in WAL mode. Writers take the
 // write lock up front: a deferred transaction that reads and then writes fails at once with
 // SQLITE_BUSY when another writer got there first, whatever the busy timeout.
-sql_store!(SqliteStore, sqlx::Sqlite, "SELECT 1", "BEGIN IMMEDIATE");
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "SELECT 1",
+    "BEGIN IMMEDIATE",
+    crate::store::sql::Placeholders::Positional
+);
