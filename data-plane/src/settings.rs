@@ -202,7 +202,7 @@ impl Settings {
                 "SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS",
                 take("SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS"),
                 file_settings.usage_flush_interval_ms,
-                1_000,
+                100,
             )?),
             log: take("SLUICE_PROXY_LOG")
                 .or(file_settings.log)
