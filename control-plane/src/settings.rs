@@ -3,31 +3,18 @@
 //! with status 64 before anything binds. The environment is passed in as pairs, so tests never
 //! touch the process environment.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sluice_shared::secret::SecretString;
+use sluice_shared::settings_source::{parse, parse_bool, prefixed_variables, read_toml};
 
 /// Variables that belong to `sluicectl`, tolerated in the control plane's environment (as are
 /// the proxy's `SLUICE_PROXY_*`) so one shell can run all three.
 const FOREIGN_VARIABLES: &[&str] = &["SLUICE_TOKEN", "SLUICE_CONTROL_PLANE", "SLUICE_CONFIG"];
 
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error("cannot read settings file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("settings file {path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("unknown setting {key}; known settings: {known}")]
-    UnknownVariable { key: String, known: String },
-    #[error("setting {key}: {message}")]
-    Invalid { key: String, message: String },
-}
+pub use sluice_shared::settings_source::SettingsError;
 
 #[derive(Debug)]
 pub struct Settings {
@@ -75,32 +62,19 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
         dev_flag: bool,
     ) -> Result<Self, SettingsError> {
-        let file_settings = match file {
-            Some(path) => read_file(path)?,
+        let file_settings: FileSettings = match file {
+            Some(path) => read_toml(path)?,
             None => FileSettings::default(),
         };
-        let mut env_values = BTreeMap::new();
-        for (key, value) in env {
-            if !key.starts_with("SLUICE_")
-                || key.starts_with("SLUICE_PROXY_")
-                || FOREIGN_VARIABLES.contains(&key.as_str())
-            {
-                continue;
-            }
-            if !VARIABLES.contains(&key.as_str()) {
-                return Err(SettingsError::UnknownVariable {
-                    key,
-                    known: VARIABLES.join(", "),
-                });
-            }
-            env_values.insert(key, value);
-        }
+        let mut env_values = prefixed_variables(env, "SLUICE_", VARIABLES, |key| {
+            key.starts_with("SLUICE_PROXY_") || FOREIGN_VARIABLES.contains(&key)
+        })?;
         let mut take = |key: &str| env_values.remove(key);
 
         let listen_addr = match take("SLUICE_LISTEN_ADDR") {
-            Some(value) => parse_addr("SLUICE_LISTEN_ADDR", &value)?,
+            Some(value) => parse::<SocketAddr>("SLUICE_LISTEN_ADDR", &value)?,
             None => match file_settings.listen_addr {
-                Some(value) => parse_addr("listen_addr", &value)?,
+                Some(value) => parse::<SocketAddr>("listen_addr", &value)?,
                 None => SocketAddr::from(([127, 0, 0, 1], 7070)),
             },
         };
@@ -178,35 +152,6 @@ impl Settings {
             return Err(invalid("log", "is not a valid tracing filter"));
         }
         Ok(())
-    }
-}
-
-fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|error| SettingsError::File {
-        path: path.to_owned(),
-        message: error.message().to_owned(),
-    })
-}
-
-fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, SettingsError> {
-    value.parse().map_err(|_| SettingsError::Invalid {
-        key: key.to_owned(),
-        message: format!("'{value}' is not an address like 127.0.0.1:7070"),
-    })
-}
-
-fn parse_bool(key: &str, value: &str) -> Result<bool, SettingsError> {
-    match value {
-        "1" | "true" | "yes" => Ok(true),
-        "0" | "false" | "no" => Ok(false),
-        _ => Err(SettingsError::Invalid {
-            key: key.to_owned(),
-            message: format!("'{value}' is not true or false"),
-        }),
     }
 }
 

@@ -2,28 +2,15 @@
 //! Unknown keys are refused and every error names the key (exit 64 in `main`). The environment
 //! is passed in as pairs, so tests never touch the process environment.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_shared::secret::SecretString;
+use sluice_shared::settings_source::{invalid, parse, prefixed_variables, read_toml};
 
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error("cannot read settings file {path}: {source}")]
-    ReadFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("settings file {path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("unknown setting {key}; known settings: {known}")]
-    UnknownVariable { key: String, known: String },
-    #[error("setting {key}: {message}")]
-    Invalid { key: String, message: String },
-}
+pub use sluice_shared::settings_source::SettingsError;
 
 #[derive(Debug)]
 pub struct Settings {
@@ -87,23 +74,11 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, SettingsError> {
-        let file_settings = match file {
-            Some(path) => read_file(path)?,
+        let file_settings: FileSettings = match file {
+            Some(path) => read_toml(path)?,
             None => FileSettings::default(),
         };
-        let mut vars = BTreeMap::new();
-        for (key, value) in env {
-            if !key.starts_with(PREFIX) {
-                continue;
-            }
-            if !VARIABLES.contains(&key.as_str()) {
-                return Err(SettingsError::UnknownVariable {
-                    key,
-                    known: VARIABLES.join(", "),
-                });
-            }
-            vars.insert(key, value);
-        }
+        let mut vars = prefixed_variables(env, PREFIX, VARIABLES, |_| false)?;
         let mut take = |key: &str| vars.remove(key);
 
         let listen_addr = match take("SLUICE_PROXY_LISTEN_ADDR") {
@@ -241,31 +216,6 @@ impl Settings {
         }
         Ok(())
     }
-}
-
-fn invalid(key: &str, message: &str) -> SettingsError {
-    SettingsError::Invalid {
-        key: key.to_owned(),
-        message: message.to_owned(),
-    }
-}
-
-fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, SettingsError> {
-    value.trim().parse().map_err(|_| SettingsError::Invalid {
-        key: key.to_owned(),
-        message: format!("cannot parse '{value}'"),
-    })
-}
-
-fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|error| SettingsError::File {
-        path: path.to_owned(),
-        message: error.message().to_owned(),
-    })
 }
 
 #[cfg(test)]

@@ -5,5 +5,6 @@ pub mod error_code;
 pub mod ids;
 pub mod sealing;
 pub mod secret;
+pub mod settings_source;
 pub mod time;
 pub mod token;

@@ -188,6 +188,42 @@ impl ControlPlane {
         self.child.id()
     }
 
+    /// The newest config version, as `sluicectl fleet` reports it.
+    pub fn config_version(&self) -> u64 {
+        self.ctl(&["-o", "json", "fleet"]).json()["config_version"]
+            .as_u64()
+            .expect("config_version")
+    }
+
+    /// Creates a data-plane token named `name` and returns it.
+    pub fn data_plane_token(&self, name: &str) -> String {
+        let created = self
+            .ctl(&[
+                "-o",
+                "json",
+                "token",
+                "create",
+                name,
+                "--scope",
+                "data-plane",
+            ])
+            .json();
+        created["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Creates the virtual key `ORG/PROJECT/NAME` (limited to `models`, if any) and returns it.
+    pub fn virtual_key(&self, path: &str, models: &[&str]) -> String {
+        let joined = models.join(",");
+        let mut args = vec!["-o", "json", "vkey", "create", path];
+        if !models.is_empty() {
+            args.extend(["--models", joined.as_str()]);
+        }
+        self.ctl(&args).json()["key"]
+            .as_str()
+            .expect("key")
+            .to_owned()
+    }
+
     /// Runs `sluicectl ARGS` against this control plane with the bootstrap token.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         self.ctl_as(&self.admin_token, args, None)

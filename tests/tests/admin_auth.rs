@@ -91,20 +91,7 @@ async fn every_admin_rpc_checks_token_and_scope() {
         .as_str()
         .unwrap()
         .to_owned();
-    let data_plane = cp
-        .ctl(&[
-            "-o",
-            "json",
-            "token",
-            "create",
-            "proxy",
-            "--scope",
-            "data-plane",
-        ])
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let data_plane = cp.data_plane_token("proxy");
     let revoked = cp
         .ctl(&["-o", "json", "token", "create", "gone", "--scope", "admin"])
         .json()["token"]

@@ -51,19 +51,7 @@ fn seed(cp: &ControlPlane) -> String {
     ])
     .ok();
     cp.ctl(&["vkey", "create", "acme/web/ci"]).ok();
-    cp.ctl(&[
-        "-o",
-        "json",
-        "token",
-        "create",
-        "proxy",
-        "--scope",
-        "data-plane",
-    ])
-    .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    cp.data_plane_token("proxy")
 }
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {

@@ -25,12 +25,6 @@ struct Stack {
     http: Http,
 }
 
-fn config_version(cp: &ControlPlane) -> u64 {
-    cp.ctl(&["-o", "json", "fleet"]).json()["config_version"]
-        .as_u64()
-        .unwrap()
-}
-
 async fn stack() -> Stack {
     let cp_dir = tempfile::tempdir().unwrap();
     let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
@@ -84,41 +78,10 @@ async fn stack() -> Stack {
         "gpt-4o-mini",
     ])
     .ok();
-    let key = cp
-        .ctl(&["-o", "json", "vkey", "create", "acme/web/app"])
-        .json()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let limited_key = cp
-        .ctl(&[
-            "-o",
-            "json",
-            "vkey",
-            "create",
-            "acme/web/limited",
-            "--models",
-            "gpt-4o-mini",
-        ])
-        .json()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let token = cp
-        .ctl(&[
-            "-o",
-            "json",
-            "token",
-            "create",
-            "proxies",
-            "--scope",
-            "data-plane",
-        ])
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let version = config_version(&cp);
+    let key = cp.virtual_key("acme/web/app", &[]);
+    let limited_key = cp.virtual_key("acme/web/limited", &["gpt-4o-mini"]);
+    let token = cp.data_plane_token("proxies");
+    let version = cp.config_version();
     let http = Http::new();
     let mut dirs = vec![cp_dir];
     let mut proxies = Vec::new();
@@ -155,7 +118,7 @@ async fn go_live(stack: &Stack) {
         .cp
         .ctl(&["project", "set-posture", "acme/web", "live"])
         .ok();
-    let version = config_version(&stack.cp);
+    let version = stack.cp.config_version();
     for proxy in &stack.proxies {
         proxy.wait_for_version(&stack.http, version).await;
     }
@@ -512,7 +475,7 @@ async fn every_error_is_typed() {
         .cp
         .ctl(&["provider-key", "revoke", "acme/openai/main"])
         .ok();
-    let version = config_version(&stack.cp);
+    let version = stack.cp.config_version();
     stack.proxies[1].wait_for_version(http, version).await;
     assert_error(
         &http
@@ -526,7 +489,7 @@ async fn every_error_is_typed() {
 
     // A revoked virtual key stops working on both proxies.
     stack.cp.ctl(&["vkey", "revoke", "acme/web/app"]).ok();
-    let version = config_version(&stack.cp);
+    let version = stack.cp.config_version();
     for proxy in &stack.proxies {
         proxy.wait_for_version(http, version).await;
         assert_error(

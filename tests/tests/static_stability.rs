@@ -14,12 +14,6 @@ use sluice_e2e::{ControlPlane, ControlPlaneBuilder, contains_bytes, files_under}
 
 const PROVIDER_KEY: &str = "sk-canary-static-stability-77";
 
-fn config_version(cp: &ControlPlane) -> u64 {
-    cp.ctl(&["-o", "json", "fleet"]).json()["config_version"]
-        .as_u64()
-        .unwrap()
-}
-
 /// A LIVE project on the mock upstream; returns (virtual key, data-plane token).
 fn seed(cp: &ControlPlane, upstream: &MockOpenAi) -> (String, String) {
     cp.ctl(&["org", "create", "acme"]).ok();
@@ -52,27 +46,9 @@ fn seed(cp: &ControlPlane, upstream: &MockOpenAi) -> (String, String) {
         "gpt-4o-mini",
     ])
     .ok();
-    let key = cp
-        .ctl(&["-o", "json", "vkey", "create", "acme/web/app"])
-        .json()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = cp.virtual_key("acme/web/app", &[]);
     cp.ctl(&["project", "set-posture", "acme/web", "live"]).ok();
-    let token = cp
-        .ctl(&[
-            "-o",
-            "json",
-            "token",
-            "create",
-            "proxies",
-            "--scope",
-            "data-plane",
-        ])
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = cp.data_plane_token("proxies");
     (key, token)
 }
 
@@ -105,7 +81,7 @@ async fn proxies_outlive_their_control_plane() {
     let cp_dir = tempfile::tempdir().unwrap();
     let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
     let (key, token) = seed(&cp, &upstream);
-    let version = config_version(&cp);
+    let version = cp.config_version();
     let http = Http::new();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let first = ProxyBuilder::new(dirs[0].path(), &cp.url(), &token).start();
@@ -171,7 +147,7 @@ async fn proxies_outlive_their_control_plane() {
         "openai:gpt-4o-mini",
     ])
     .ok();
-    let newer = config_version(&cp);
+    let newer = cp.config_version();
     for proxy in [&first, &second] {
         proxy.wait_for_version(&http, newer).await;
         assert!(answers(&http, proxy, &key, "after-outage").await);
@@ -197,7 +173,7 @@ async fn a_rejected_snapshot_keeps_the_old_one_serving() {
     let cp_dir = tempfile::tempdir().unwrap();
     let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
     let (key, token) = seed(&cp, &upstream);
-    let version = config_version(&cp);
+    let version = cp.config_version();
     let http = Http::new();
     let dir = tempfile::tempdir().unwrap();
     // This proxy may call only loopback upstreams.
@@ -217,7 +193,7 @@ async fn a_rejected_snapshot_keeps_the_old_one_serving() {
         "https://api.elsewhere.example/v1",
     ])
     .ok();
-    let rejected = config_version(&cp);
+    let rejected = cp.config_version();
     let reason = loop {
         let fleet = cp.ctl(&["-o", "json", "fleet"]).json();
         let row = fleet["proxies"]
@@ -256,7 +232,7 @@ async fn a_rejected_snapshot_keeps_the_old_one_serving() {
 
     // Removing the offending provider gives a snapshot the proxy accepts.
     cp.ctl(&["provider", "delete", "acme/elsewhere"]).ok();
-    let fixed = config_version(&cp);
+    let fixed = cp.config_version();
     proxy.wait_for_version(&http, fixed).await;
     assert!(answers(&http, &proxy, &key, "gpt-4o-mini").await);
 }

@@ -438,27 +438,9 @@ async fn bench() {
     .ok();
     cp.ctl(&["project", "create", "bench/p", "--default-model", "bench"])
         .ok();
-    let key = cp
-        .ctl(&["-o", "json", "vkey", "create", "bench/p/load"])
-        .json()["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = cp.virtual_key("bench/p/load", &[]);
     cp.ctl(&["project", "set-posture", "bench/p", "live"]).ok();
-    let token = cp
-        .ctl(&[
-            "-o",
-            "json",
-            "token",
-            "create",
-            "bench-proxies",
-            "--scope",
-            "data-plane",
-        ])
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = cp.data_plane_token("bench-proxies");
     let proxy_dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let proxies: Vec<sluice_e2e::proxy::Proxy> = proxy_dirs
         .iter()
