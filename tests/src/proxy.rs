@@ -157,6 +157,15 @@ impl Http {
         }
     }
 
+    /// HTTP/2 over plain TCP with prior knowledge (h2c).
+    pub fn h2c() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
     pub async fn get(&self, url: &str, key: Option<&str>) -> Result<HttpResponse, String> {
         self.send("GET", url, key, &[], Bytes::new()).await
     }
