@@ -2,7 +2,8 @@
 //! JSON or as SSE `chat.completion.chunk` events with a final usage chunk and `[DONE]`, and
 //! OpenAI's error bodies. The upstream model name picks a behaviour, so one server covers every
 //! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `redirect`,
-//! `no-usage` (a stream without a usage block); anything else answers normally. It records
+//! `no-usage` (a stream without a usage block), `stall` (a stream that sends one chunk, then
+//! nothing); anything else answers normally. It records
 //! every request and counts TCP connections, so a test can prove "zero upstream calls".
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -221,6 +222,9 @@ async fn handle(
                     Value::Null,
                 )))
                 .await;
+            if model == "stall" {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
             for (n, word) in words.iter().enumerate().take(STREAM_CHUNKS) {
                 tokio::time::sleep(STREAM_GAP).await;
                 let _ = sender
