@@ -68,7 +68,7 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(route(gateway, request).await) }
             });
             if let Err(error) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(%error, "connection ended with an error");

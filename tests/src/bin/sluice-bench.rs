@@ -330,6 +330,25 @@ async fn collect(
     )
 }
 
+/// Each figure's median over the rounds; counts are summed.
+fn median(runs: &[Run]) -> Run {
+    let pick = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let seconds = |f: fn(&Run) -> Duration| {
+        Duration::from_secs_f64(pick(runs.iter().map(|r| f(r).as_secs_f64()).collect()))
+    };
+    Run {
+        served: runs.iter().map(|r| r.served).sum(),
+        failed: runs.iter().map(|r| r.failed).sum(),
+        p50: seconds(|r| r.p50),
+        p99: seconds(|r| r.p99),
+        throughput: pick(runs.iter().map(|r| r.throughput).collect()),
+        cpu_per_request: seconds(|r| r.cpu_per_request),
+    }
+}
+
 fn summarize(mut latencies: Vec<Duration>, failed: usize, elapsed: Duration, cpu: Duration) -> Run {
     latencies.sort();
     let served = latencies.len();
@@ -474,17 +493,36 @@ async fn bench() {
             .unwrap_or(0)
     );
     println!();
-    let floor_fixed = fixed_rate(&floor_url, &key, floor_pid, rate, duration).await;
-    let cp_cpu_before = cpu_time(cp.pid());
-    let sluice_fixed = fixed_rate(&sluice_url, &key, sluice_pid, rate, duration).await;
-    let floor_full = full_speed(&floor_url, &key, floor_pid, connections, duration).await;
-    let cp_cpu_between = cpu_time(cp.pid());
-    let sluice_full = full_speed(&sluice_url, &key, sluice_pid, connections, duration).await;
-    let cp_cpu_after = cpu_time(cp.pid());
-    let cp_cpu = (cp_cpu_between - cp_cpu_before) + (cp_cpu_after - cp_cpu_between);
+    // Floor and Sluice alternate for several rounds and each figure is the median over the
+    // rounds, so drift in this shared machine's speed hits both sides alike.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let (mut floor_fixed, mut sluice_fixed, mut floor_full, mut sluice_full) =
+        (vec![], vec![], vec![], vec![]);
+    let mut cp_cpu = Duration::ZERO;
+    let mut throughput_ratios = Vec::new();
+    for _ in 0..rounds {
+        floor_fixed.push(fixed_rate(&floor_url, &key, floor_pid, rate, duration).await);
+        let before = cpu_time(cp.pid());
+        sluice_fixed.push(fixed_rate(&sluice_url, &key, sluice_pid, rate, duration).await);
+        cp_cpu += cpu_time(cp.pid()) - before;
+        let floor_run = full_speed(&floor_url, &key, floor_pid, connections, duration).await;
+        let before = cpu_time(cp.pid());
+        let sluice_run = full_speed(&sluice_url, &key, sluice_pid, connections, duration).await;
+        cp_cpu += cpu_time(cp.pid()) - before;
+        throughput_ratios.push(sluice_run.throughput / floor_run.throughput);
+        floor_full.push(floor_run);
+        sluice_full.push(sluice_run);
+    }
+    let (floor_fixed, sluice_fixed) = (median(&floor_fixed), median(&sluice_fixed));
+    let (floor_full, sluice_full) = (median(&floor_full), median(&sluice_full));
     let floor_ttfc = first_chunk(&floor_url, &key, 200).await;
     let sluice_ttfc = first_chunk(&sluice_url, &key, 200).await;
 
+    println!("{rounds} alternating rounds; medians over the rounds");
+    println!();
     println!("| measure | floor (plain hyper proxy) | Sluice (LIVE route) | Sluice / floor |");
     println!("|---|---|---|---|");
     println!(
@@ -548,6 +586,14 @@ async fn bench() {
     println!(
         "served: floor {} + {}, Sluice {} + {}",
         floor_fixed.served, floor_full.served, sluice_fixed.served, sluice_full.served
+    );
+    println!(
+        "full-speed throughput ratio per round: {}",
+        throughput_ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "control plane on the same 2 cores, committing the Sluice runs' usage: {} of CPU ({} per request)",
