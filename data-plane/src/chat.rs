@@ -173,6 +173,14 @@ fn mock(
 /// Deployments in the order to try them: by priority, weighted-random within a priority,
 /// skipping those whose provider has no usable key.
 fn attempt_order<'t>(tables: &'t RoutingTables, model: &'t ModelEntry) -> Vec<&'t DeploymentEntry> {
+    // The common case: one deployment, nothing to order.
+    if let [only] = model.deployments.as_slice() {
+        let usable = tables
+            .providers
+            .get(only.provider)
+            .is_some_and(|p| !p.keys.is_empty());
+        return if usable { vec![only] } else { Vec::new() };
+    }
     let mut usable: Vec<&DeploymentEntry> = model
         .deployments
         .iter()
@@ -268,7 +276,13 @@ async fn forward(
         };
         let response = match gateway
             .upstream
-            .post_json(provider, "/chat/completions", &credential, accept, payload)
+            .post_json(
+                provider,
+                &provider.chat_completions_uri,
+                &credential,
+                accept,
+                payload,
+            )
             .await
         {
             Ok(response) => response,
@@ -368,10 +382,7 @@ async fn whole_back(
             )
         })?
         .to_bytes();
-    let reported = serde_json::from_slice::<UsageOnly>(&bytes)
-        .ok()
-        .and_then(|answer| answer.usage)
-        .and_then(|usage| Usage::from_openai(&usage));
+    let reported = crate::sse::usage_from_answer(&bytes);
     let status = parts.status.as_u16();
     match reported {
         Some(usage) => draft.finish(gateway, status, usage, pb::UsageSource::ProviderReported),
@@ -391,12 +402,6 @@ async fn whole_back(
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     Ok(out)
-}
-
-/// The one field of an answer the proxy reads; serde skips the rest without building it.
-#[derive(serde::Deserialize)]
-struct UsageOnly {
-    usage: Option<Value>,
 }
 
 /// Only headers that describe the answer travel back; hop-by-hop and upstream infrastructure

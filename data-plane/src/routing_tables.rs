@@ -92,6 +92,8 @@ pub struct ProviderEntry {
     pub provider_type: ProviderType,
     /// The base URL without a trailing slash; paths are appended to it.
     pub base_url: String,
+    /// `base_url` + `/chat/completions`, parsed once per snapshot rather than per request.
+    pub chat_completions_uri: http::Uri,
     pub host: String,
     pub api_version: String,
     pub timeout: Duration,
@@ -371,6 +373,14 @@ fn provider(
         id: p.id.clone(),
         name: p.name.clone(),
         provider_type,
+        chat_completions_uri: format!("{}/chat/completions", p.base_url.trim_end_matches('/'))
+            .parse()
+            .map_err(|_| {
+                invalid(format!(
+                    "provider {}: base_url does not make a valid URI",
+                    p.name
+                ))
+            })?,
         base_url: p.base_url.trim_end_matches('/').to_owned(),
         host,
         api_version: p.api_version.clone(),

@@ -37,6 +37,37 @@ impl Usage {
     }
 }
 
+/// The `usage` object of a whole (non-streamed) OpenAI answer. OpenAI writes it last, so the
+/// last unescaped `"usage":` key is tried first and only its value is parsed; anything
+/// unusual falls back to reading the whole answer.
+pub fn usage_from_answer(body: &[u8]) -> Option<Usage> {
+    usage_at_last_key(body).or_else(|| {
+        #[derive(serde::Deserialize)]
+        struct UsageOnly {
+            usage: Option<Value>,
+        }
+        let answer: UsageOnly = serde_json::from_slice(body).ok()?;
+        answer.usage.as_ref().and_then(Usage::from_openai)
+    })
+}
+
+fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let at = body.windows(KEY.len()).rposition(|window| window == KEY)?;
+    // An escaped quote means the text sits inside a string, not a key.
+    if at > 0 && body[at - 1] == b'\\' {
+        return None;
+    }
+    let rest = body[at + KEY.len()..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?;
+    let value = serde_json::Deserializer::from_slice(rest)
+        .into_iter::<Value>()
+        .next()?
+        .ok()?;
+    Usage::from_openai(&value)
+}
+
 #[derive(Default)]
 pub struct SseUsageScanner {
     partial: Vec<u8>,
@@ -129,6 +160,27 @@ mod tests {
             assert_eq!(scanner.content_chars, 5);
             assert!(scanner.saw_done);
         }
+    }
+
+    #[test]
+    fn usage_from_whole_answers() {
+        let answer = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":12,"completion_tokens":3}}"#;
+        assert_eq!(
+            usage_from_answer(answer),
+            Some(Usage {
+                input_tokens: 12,
+                output_tokens: 3,
+                ..Usage::default()
+            })
+        );
+        // Usage first, then other fields: still found.
+        let early = br#"{"usage": {"prompt_tokens": 5, "completion_tokens": 1}, "choices": []}"#;
+        assert_eq!(usage_from_answer(early).map(|u| u.input_tokens), Some(5));
+        // Only a quoted mention inside content: falls back and finds none.
+        let mention = br#"{"choices":[{"message":{"content":"\"usage\": {}"}}]}"#;
+        assert_eq!(usage_from_answer(mention), None);
+        assert_eq!(usage_from_answer(b"not json"), None);
+        assert_eq!(usage_from_answer(br#"{"usage": null}"#), None);
     }
 
     #[test]

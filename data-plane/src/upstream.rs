@@ -68,19 +68,19 @@ impl UpstreamClient {
         Self { client }
     }
 
-    /// POSTs `body` to `provider.base_url + path` and returns once response headers arrive.
+    /// POSTs `body` to `uri` (one of the provider's precomputed URIs) and returns once response
+    /// headers arrive.
     pub async fn post_json(
         &self,
         provider: &ProviderEntry,
-        path: &str,
+        uri: &http::Uri,
         credential: &SecretString,
         accept: &'static str,
         body: Bytes,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let uri = format!("{}{path}", provider.base_url);
         let mut request = Request::builder()
             .method(Method::POST)
-            .uri(&uri)
+            .uri(uri.clone())
             .body(full(body))
             .map_err(|e| UpstreamError::BadUrl(e.to_string()))?;
         let headers = request.headers_mut();
