@@ -24,6 +24,8 @@ struct Cli {
 }
 
 const EXIT_BAD_SETTINGS: u8 = 64;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+const USAGE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -83,7 +85,8 @@ fn run(settings: Settings) -> anyhow::Result<()> {
             }
             .run(),
         );
-        tokio::spawn(
+        let (stop_usage, usage_stop) = tokio::sync::watch::channel(false);
+        let reporter = tokio::spawn(
             UsageReporter {
                 gateway: gateway.clone(),
                 receiver: usage_queue,
@@ -92,14 +95,24 @@ fn run(settings: Settings) -> anyhow::Result<()> {
                 proxy_id: identity.proxy_id.clone(),
                 batch_size: settings.usage_batch_size,
                 flush_interval: settings.usage_flush_interval,
+                shutdown: usage_stop,
             }
             .run(),
         );
         let limits = ServerLimits {
             max_connections: settings.max_connections,
             header_read_timeout: settings.header_read_timeout,
+            drain_timeout: DRAIN_TIMEOUT,
         };
         serve(listener, gateway, limits, shutdown_signal()).await;
+        // Requests are done; hand their usage to the control plane before exiting.
+        let _ = stop_usage.send(true);
+        if tokio::time::timeout(USAGE_FLUSH_TIMEOUT, reporter)
+            .await
+            .is_err()
+        {
+            tracing::error!("could not deliver all usage before exiting; the rest is lost");
+        }
         tracing::info!("sluice-proxy stopped");
         Ok(())
     })

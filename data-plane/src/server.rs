@@ -1,6 +1,6 @@
 //! The accept loop: HTTP/1.1 and h2c on one port, a cap on concurrent connections (excess ones
-//! are closed at once, not queued), a header-read timeout against slow clients, and HTTP/2
-//! stream limits.
+//! are closed at once, not queued), a header-read timeout against slow clients, HTTP/2 stream
+//! limits, and a bounded graceful drain on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -19,6 +20,8 @@ use crate::router::route;
 pub struct ServerLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// How long a shutdown waits for open connections to finish their requests.
+    pub drain_timeout: Duration,
 }
 
 pub async fn serve(
@@ -41,6 +44,7 @@ pub async fn serve(
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -62,18 +66,26 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
         let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(route(gateway, request).await) }
             });
-            if let Err(error) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
             drop(permit);
         });
+    }
+    // Stop taking requests on open connections, let the ones under way finish (and record
+    // their usage), within a bound.
+    tracing::info!("draining connections");
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?limits.drain_timeout, "connections still open after the drain timeout; closing them");
     }
 }

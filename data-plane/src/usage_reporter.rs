@@ -53,6 +53,8 @@ pub struct UsageReporter {
     pub proxy_id: String,
     pub batch_size: usize,
     pub flush_interval: Duration,
+    /// Set on shutdown: flush everything queued, deliver it, then stop.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl UsageReporter {
@@ -63,8 +65,14 @@ impl UsageReporter {
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
+        let mut closing = false;
         while open || !pending.is_empty() {
-            tick.tick().await;
+            if !closing {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = self.shutdown.changed() => closing = true,
+                }
+            }
             let mut batch = Vec::with_capacity(self.batch_size);
             loop {
                 match self.receiver.try_recv() {
@@ -85,11 +93,14 @@ impl UsageReporter {
                 self.enqueue(&mut pending, batch);
             }
             if pending.is_empty() {
+                if closing {
+                    return;
+                }
                 continue;
             }
             if let Err(error) = self.deliver(&mut pending).await {
                 tracing::warn!(%error, pending = pending.len(), "cannot deliver usage yet; will retry");
-                if !open {
+                if !open || closing {
                     tokio::time::sleep(RETRY).await;
                 }
             }

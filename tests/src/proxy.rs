@@ -84,6 +84,24 @@ impl Proxy {
         self.child.id()
     }
 
+    /// SIGTERM, as an orchestrator stopping it would; waits (bounded) for it to exit.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Captured) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, self.output.clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(mut self) -> Captured {
         let _ = self.child.kill();
