@@ -36,7 +36,7 @@ pub struct Metrics {
     pub upstream_requests_total: AtomicU64,
     pub usage_records_dropped_total: AtomicU64,
     pub usage_batches_acked_total: AtomicU64,
-    errors: [AtomicU64; 16],
+    errors: [AtomicU64; ERROR_CODES.len()],
 }
 
 impl Metrics {
@@ -47,8 +47,9 @@ impl Metrics {
         } else {
             code
         };
-        if let Some(slot) = ERROR_CODES.iter().position(|c| *c == code) {
-            self.errors[slot].fetch_add(1, Ordering::Relaxed);
+        let slot = ERROR_CODES.iter().position(|c| *c == code);
+        if let Some(counter) = slot.and_then(|slot| self.errors.get(slot)) {
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -127,5 +128,42 @@ impl Metrics {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_counts_and_the_staleness_gauges_render() {
+        let metrics = Metrics::default();
+        for code in ERROR_CODES
+            .iter()
+            .copied()
+            .chain([ErrorCode::ModelNotAllowed])
+        {
+            metrics.count_error(code);
+        }
+        metrics.config_version.store(7, Ordering::Relaxed);
+        metrics
+            .config_generated_at_us
+            .store(1_000_000, Ordering::Relaxed);
+        let text = metrics.render(3_500_000);
+        assert!(text.contains("sluice_config_version 7\n"));
+        assert!(text.contains("sluice_config_age_seconds 2.500\n"));
+        assert!(text.contains("sluice_control_plane_connected 0\n"));
+        assert!(
+            text.contains("sluice_errors_total{code=\"unsupported_model\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_errors_total{code=\"internal\"} 1\n"));
+        let labels: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sluice_errors_total{"))
+            .collect();
+        let unique: std::collections::HashSet<_> =
+            labels.iter().map(|l| l.split('}').next()).collect();
+        assert_eq!(unique.len(), labels.len(), "duplicate metric labels");
     }
 }
