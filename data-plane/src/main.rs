@@ -11,7 +11,7 @@ use sluice_data_plane::gateway::Gateway;
 use sluice_data_plane::identity::Identity;
 use sluice_data_plane::server::{ServerLimits, serve};
 use sluice_data_plane::settings::Settings;
-use sluice_data_plane::upstream::UpstreamClient;
+use sluice_data_plane::upstream::{UpstreamClient, load_roots};
 use sluice_data_plane::usage_reporter::{UsageReporter, UsageSink};
 
 /// The Sluice proxy.
@@ -36,12 +36,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_SETTINGS);
         }
     };
+    let extra_roots = match settings.upstream_ca_file.as_deref().map(load_roots) {
+        None => Vec::new(),
+        Some(Ok(roots)) => roots,
+        Some(Err(error)) => {
+            eprintln!("sluice-proxy: bad settings: setting upstream_ca_file: {error}");
+            return ExitCode::from(EXIT_BAD_SETTINGS);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    match run(settings) {
+    match run(settings, extra_roots) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sluice-proxy: {error:#}");
@@ -50,7 +58,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: Settings) -> anyhow::Result<()> {
+fn run(
+    settings: Settings,
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -61,7 +72,11 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         )?);
         let token = Arc::new(settings.token);
         let (usage, usage_queue) = UsageSink::channel();
-        let gateway = Gateway::new(usage, UpstreamClient::new(), settings.max_body_bytes);
+        let gateway = Gateway::new(
+            usage,
+            UpstreamClient::with_extra_roots(extra_roots),
+            settings.max_body_bytes,
+        );
         let applier = Arc::new(Applier {
             gateway: gateway.clone(),
             identity: identity.clone(),

@@ -29,6 +29,9 @@ pub struct Settings {
     /// If not empty, the only upstream hosts this proxy will call; a snapshot naming another
     /// is rejected (NACK). Defence in depth behind the control plane's URL rules.
     pub upstream_hosts: Vec<String>,
+    /// Extra trusted roots (PEM) for upstream TLS, beside the bundled web PKI roots: for
+    /// providers behind a private CA, such as an internal vLLM.
+    pub upstream_ca_file: Option<PathBuf>,
     pub usage_batch_size: usize,
     pub usage_flush_interval: Duration,
     pub log: String,
@@ -46,6 +49,7 @@ struct FileSettings {
     header_read_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     upstream_hosts: Option<Vec<String>>,
+    upstream_ca_file: Option<PathBuf>,
     usage_batch_size: Option<usize>,
     usage_flush_interval_ms: Option<u64>,
     log: Option<String>,
@@ -63,6 +67,7 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_HEADER_READ_TIMEOUT_MS",
     "SLUICE_PROXY_MAX_CONNECTIONS",
     "SLUICE_PROXY_UPSTREAM_HOSTS",
+    "SLUICE_PROXY_UPSTREAM_CA_FILE",
     "SLUICE_PROXY_USAGE_BATCH_SIZE",
     "SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS",
     "SLUICE_PROXY_LOG",
@@ -166,6 +171,9 @@ impl Settings {
                     .collect(),
                 None => file_settings.upstream_hosts.unwrap_or_default(),
             },
+            upstream_ca_file: take("SLUICE_PROXY_UPSTREAM_CA_FILE")
+                .map(PathBuf::from)
+                .or(file_settings.upstream_ca_file),
             usage_batch_size: usize::try_from(number(
                 "SLUICE_PROXY_USAGE_BATCH_SIZE",
                 take("SLUICE_PROXY_USAGE_BATCH_SIZE"),

@@ -10,12 +10,26 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use sluice_shared::secret::SecretString;
 
 use crate::http_body::{Body, full};
 use crate::routing_tables::ProviderEntry;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Reads a PEM bundle of extra trusted roots.
+pub fn load_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if roots.is_empty() {
+        return Err("holds no PEM certificate".to_owned());
+    }
+    Ok(roots)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -34,13 +48,26 @@ pub struct UpstreamClient {
 
 impl UpstreamClient {
     pub fn new() -> Self {
+        Self::with_extra_roots(Vec::new())
+    }
+
+    /// A client that also trusts `extra_roots` (beside the bundled web PKI roots).
+    pub fn with_extra_roots(extra_roots: Vec<CertificateDer<'static>>) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let roots = rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        let (added, ignored) = roots.add_parsable_certificates(extra_roots);
+        if ignored > 0 {
+            tracing::warn!(
+                added,
+                ignored,
+                "some extra upstream roots could not be used"
+            );
+        }
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

@@ -38,6 +38,8 @@ pub struct Recorded {
 struct State {
     requests: Mutex<Vec<Recorded>>,
     connections: AtomicUsize,
+    /// The ALPN protocol negotiated on each TLS connection.
+    protocols: Mutex<Vec<String>>,
     last_chunk_sent: Mutex<Option<Instant>>,
 }
 
@@ -60,6 +62,15 @@ impl Drop for MockOpenAi {
 impl MockOpenAi {
     /// Starts on its own runtime, so it serves whatever the test's threads are doing.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// The same upstream behind TLS (ALPN h2 and http/1.1) with the given server config.
+    pub fn start_tls(config: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(config)))
+    }
+
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -78,11 +89,36 @@ impl MockOpenAi {
                 };
                 serving.connections.fetch_add(1, Ordering::SeqCst);
                 let state = serving.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| handle(state.clone(), request));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let service = service_fn({
+                        let state = state.clone();
+                        move |request| handle(state.clone(), request)
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let protocol = stream
+                                .get_ref()
+                                .1
+                                .alpn_protocol()
+                                .map(|p| String::from_utf8_lossy(p).into_owned())
+                                .unwrap_or_default();
+                            state.protocols.lock().unwrap().push(protocol);
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -91,6 +127,11 @@ impl MockOpenAi {
             state,
             runtime: Some(runtime),
         }
+    }
+
+    /// The ALPN protocol of each TLS connection so far.
+    pub fn protocols(&self) -> Vec<String> {
+        self.state.protocols.lock().unwrap().clone()
     }
 
     pub fn base_url(&self) -> String {
