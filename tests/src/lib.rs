@@ -195,6 +195,59 @@ impl ControlPlane {
             .expect("config_version")
     }
 
+    /// The usual starting point: organization `acme`; provider `acme/openai` (OpenAI type) at
+    /// `base_url` with private networks allowed, the given extra flags (e.g. `--timeout-ms`),
+    /// and `provider_key` if any; model `acme/gpt-4o-mini` on it; project `acme/web` (MOCK,
+    /// defaulting to that model) with virtual key `app`; a data-plane token for proxies.
+    pub fn seed_acme(
+        &self,
+        base_url: &str,
+        provider_key: Option<&str>,
+        provider_flags: &[&str],
+    ) -> Acme {
+        self.ctl(&["org", "create", "acme"]).ok();
+        let mut provider = vec![
+            "provider",
+            "create",
+            "acme/openai",
+            "--type",
+            "openai",
+            "--base-url",
+            base_url,
+        ];
+        provider.push("--allow-private-network");
+        provider.extend_from_slice(provider_flags);
+        self.ctl(&provider).ok();
+        if let Some(secret) = provider_key {
+            self.ctl_stdin(&["provider-key", "add", "acme/openai/main"], secret)
+                .ok();
+        }
+        self.ctl(&[
+            "model",
+            "create",
+            "acme/gpt-4o-mini",
+            "--deployment",
+            "openai:gpt-4o-mini",
+        ])
+        .ok();
+        self.ctl(&[
+            "project",
+            "create",
+            "acme/web",
+            "--default-model",
+            "gpt-4o-mini",
+        ])
+        .ok();
+        Acme {
+            key: self.virtual_key("acme/web/app", &[]),
+            token: self.data_plane_token("proxies"),
+        }
+    }
+
+    pub fn go_live(&self, project: &str) {
+        self.ctl(&["project", "set-posture", project, "live"]).ok();
+    }
+
     /// Creates a data-plane token named `name` and returns it.
     pub fn data_plane_token(&self, name: &str) -> String {
         let created = self
@@ -244,6 +297,12 @@ impl ControlPlane {
         let _ = self.child.wait();
         self.output.clone()
     }
+}
+
+/// What [`ControlPlane::seed_acme`] made: the virtual key and the data-plane token.
+pub struct Acme {
+    pub key: String,
+    pub token: String,
 }
 
 /// Runs `sluicectl ARGS` against the control plane at `url`.

@@ -31,35 +31,8 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Result<usize
 async fn h2c_slow_clients_and_the_connection_cap() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlaneBuilder::new(dir.path()).start();
-    cp.ctl(&["org", "create", "acme"]).ok();
-    cp.ctl(&[
-        "provider",
-        "create",
-        "acme/openai",
-        "--type",
-        "openai",
-        "--base-url",
-        "https://api.openai.com/v1",
-    ])
-    .ok();
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/gpt-4o-mini",
-        "--deployment",
-        "openai:gpt-4o-mini",
-    ])
-    .ok();
-    cp.ctl(&[
-        "project",
-        "create",
-        "acme/web",
-        "--default-model",
-        "gpt-4o-mini",
-    ])
-    .ok();
-    let key = cp.virtual_key("acme/web/app", &[]);
-    let token = cp.data_plane_token("proxies");
+    let acme = cp.seed_acme("https://api.openai.com/v1", None, &[]);
+    let (key, token) = (acme.key, acme.token);
     let proxy_dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &token)
         .env("SLUICE_PROXY_HEADER_READ_TIMEOUT_MS", "500")

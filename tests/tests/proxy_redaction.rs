@@ -18,28 +18,7 @@ async fn no_secret_reaches_logs_files_or_bodies() {
     let cp = ControlPlaneBuilder::new(cp_dir.path())
         .env("SLUICE_LOG", "trace")
         .start();
-    cp.ctl(&["org", "create", "acme"]).ok();
-    cp.ctl(&[
-        "provider",
-        "create",
-        "acme/openai",
-        "--type",
-        "openai",
-        "--base-url",
-        &upstream.base_url(),
-        "--allow-private-network",
-    ])
-    .ok();
-    cp.ctl_stdin(&["provider-key", "add", "acme/openai/main"], &provider_key)
-        .ok();
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/gpt-4o-mini",
-        "--deployment",
-        "openai:gpt-4o-mini",
-    ])
-    .ok();
+    let acme = cp.seed_acme(&upstream.base_url(), Some(&provider_key), &[]);
     cp.ctl(&[
         "model",
         "create",
@@ -48,17 +27,8 @@ async fn no_secret_reaches_logs_files_or_bodies() {
         "openai:fail-401",
     ])
     .ok();
-    cp.ctl(&[
-        "project",
-        "create",
-        "acme/web",
-        "--default-model",
-        "gpt-4o-mini",
-    ])
-    .ok();
-    let virtual_key = cp.virtual_key("acme/web/app", &[]);
-    cp.ctl(&["project", "set-posture", "acme/web", "live"]).ok();
-    let token = cp.data_plane_token("proxies");
+    cp.go_live("acme/web");
+    let (virtual_key, token) = (acme.key, acme.token);
     let proxy_dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &token)
         .env("SLUICE_PROXY_LOG", "trace")

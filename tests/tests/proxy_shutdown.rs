@@ -11,35 +11,8 @@ use sluice_e2e::proxy::{Http, ProxyBuilder};
 async fn sigterm_delivers_all_usage() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlaneBuilder::new(dir.path()).start();
-    cp.ctl(&["org", "create", "acme"]).ok();
-    cp.ctl(&[
-        "provider",
-        "create",
-        "acme/openai",
-        "--type",
-        "openai",
-        "--base-url",
-        "https://api.openai.com/v1",
-    ])
-    .ok();
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/gpt-4o-mini",
-        "--deployment",
-        "openai:gpt-4o-mini",
-    ])
-    .ok();
-    cp.ctl(&[
-        "project",
-        "create",
-        "acme/web",
-        "--default-model",
-        "gpt-4o-mini",
-    ])
-    .ok();
-    let key = cp.virtual_key("acme/web/app", &[]);
-    let token = cp.data_plane_token("proxies");
+    let acme = cp.seed_acme("https://api.openai.com/v1", None, &[]);
+    let (key, token) = (acme.key, acme.token);
     let proxy_dir = tempfile::tempdir().unwrap();
     // A flush interval far beyond the test: nothing is sent until the stop.
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &token)

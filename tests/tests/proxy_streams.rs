@@ -19,33 +19,11 @@ async fn broken_streams_are_metered_and_garbage_is_refused() {
     let upstream = MockOpenAi::start();
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlaneBuilder::new(dir.path()).start();
-    cp.ctl(&["org", "create", "acme"]).ok();
-    cp.ctl(&[
-        "provider",
-        "create",
-        "acme/openai",
-        "--type",
-        "openai",
-        "--base-url",
+    let acme = cp.seed_acme(
         &upstream.base_url(),
-        "--allow-private-network",
-        "--timeout-ms",
-        "800",
-    ])
-    .ok();
-    cp.ctl_stdin(
-        &["provider-key", "add", "acme/openai/main"],
-        "sk-streams-0001",
-    )
-    .ok();
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/gpt-4o-mini",
-        "--deployment",
-        "openai:gpt-4o-mini",
-    ])
-    .ok();
+        Some("sk-streams-0001"),
+        &["--timeout-ms", "800"],
+    );
     cp.ctl(&[
         "model",
         "create",
@@ -54,17 +32,8 @@ async fn broken_streams_are_metered_and_garbage_is_refused() {
         "openai:stall",
     ])
     .ok();
-    cp.ctl(&[
-        "project",
-        "create",
-        "acme/web",
-        "--default-model",
-        "gpt-4o-mini",
-    ])
-    .ok();
-    let key = cp.virtual_key("acme/web/app", &[]);
-    cp.ctl(&["project", "set-posture", "acme/web", "live"]).ok();
-    let token = cp.data_plane_token("proxies");
+    cp.go_live("acme/web");
+    let (key, token) = (acme.key, acme.token);
     let proxy_dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &token).start();
     let http = Http::new();

@@ -16,40 +16,9 @@ const PROVIDER_KEY: &str = "sk-canary-static-stability-77";
 
 /// A LIVE project on the mock upstream; returns (virtual key, data-plane token).
 fn seed(cp: &ControlPlane, upstream: &MockOpenAi) -> (String, String) {
-    cp.ctl(&["org", "create", "acme"]).ok();
-    cp.ctl(&[
-        "provider",
-        "create",
-        "acme/openai",
-        "--type",
-        "openai",
-        "--base-url",
-        &upstream.base_url(),
-        "--allow-private-network",
-    ])
-    .ok();
-    cp.ctl_stdin(&["provider-key", "add", "acme/openai/main"], PROVIDER_KEY)
-        .ok();
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/gpt-4o-mini",
-        "--deployment",
-        "openai:gpt-4o-mini",
-    ])
-    .ok();
-    cp.ctl(&[
-        "project",
-        "create",
-        "acme/web",
-        "--default-model",
-        "gpt-4o-mini",
-    ])
-    .ok();
-    let key = cp.virtual_key("acme/web/app", &[]);
-    cp.ctl(&["project", "set-posture", "acme/web", "live"]).ok();
-    let token = cp.data_plane_token("proxies");
-    (key, token)
+    let acme = cp.seed_acme(&upstream.base_url(), Some(PROVIDER_KEY), &[]);
+    cp.go_live("acme/web");
+    (acme.key, acme.token)
 }
 
 async fn answers(http: &Http, proxy: &Proxy, key: &str, model: &str) -> bool {
