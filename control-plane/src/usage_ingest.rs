@@ -55,7 +55,7 @@ async fn ingest<S: Store>(
     store: &S,
     request: pb::ReportUsageRequest,
 ) -> Result<pb::ReportUsageResponse, Status> {
-    let batch = request
+    let mut batch = request
         .batch
         .ok_or_else(|| Status::invalid_argument("batch: is required"))?;
     if batch.batch_id.is_empty() || batch.batch_id.len() > MAX_ID {
@@ -70,9 +70,9 @@ async fn ingest<S: Store>(
     }
     // Encoding is deterministic for equal messages, so equal payloads hash equal.
     let payload_hash = hex::encode(Sha256::digest(batch.encode_to_vec()));
-    let records = batch
-        .records
-        .iter()
+    // The hash is taken, so the records can be moved out rather than copied.
+    let records = std::mem::take(&mut batch.records)
+        .into_iter()
         .map(record)
         .collect::<Result<Vec<_>, Status>>()?;
     let outcome = store
@@ -101,7 +101,7 @@ async fn ingest<S: Store>(
     })
 }
 
-fn record(r: &pb::UsageRecord) -> Result<UsageRecord, Status> {
+fn record(r: pb::UsageRecord) -> Result<UsageRecord, Status> {
     if r.request_id.is_empty() || r.request_id.len() > MAX_ID {
         return Err(Status::invalid_argument(
             "records[].request_id: is required, at most 128 bytes",
@@ -111,12 +111,12 @@ fn record(r: &pb::UsageRecord) -> Result<UsageRecord, Status> {
         i64::try_from(value).map_err(|_| Status::invalid_argument("token count out of range"))
     };
     Ok(UsageRecord {
-        request_id: r.request_id.clone(),
+        request_id: r.request_id,
         started_at_us: r.started_at_us,
-        project_id: r.project_id.clone(),
-        virtual_key_id: r.virtual_key_id.clone(),
-        model: r.model.clone(),
-        provider_id: r.provider_id.clone(),
+        project_id: r.project_id,
+        virtual_key_id: r.virtual_key_id,
+        model: r.model,
+        provider_id: r.provider_id,
         input_tokens: count(r.input_tokens)?,
         output_tokens: count(r.output_tokens)?,
         cached_input_tokens: count(r.cached_input_tokens)?,
