@@ -532,6 +532,41 @@ async fn injection<S: Store>(store: &S) {
     );
 }
 
+/// The fleet view: versions only go up; a NACK keeps the acked version.
+async fn fleet_versions<S: Store>(store: &S) {
+    store
+        .record_proxy_connection("edge-1", "127.0.0.1:1", true)
+        .await
+        .unwrap();
+    store.record_proxy_ack("edge-1", 7).await.unwrap();
+    store.record_proxy_ack("edge-1", 5).await.unwrap();
+    store
+        .record_proxy_nack("edge-1", 8, "bad snapshot")
+        .await
+        .unwrap();
+    let proxy = store
+        .list_proxies()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.proxy_id == "edge-1")
+        .unwrap();
+    assert_eq!(
+        proxy.acked_version, 7,
+        "a stale ACK lowered the recorded version"
+    );
+    assert_eq!(
+        (proxy.nacked_version, proxy.nack_reason.as_str()),
+        (8, "bad snapshot")
+    );
+    assert!(proxy.connected);
+    store
+        .record_proxy_connection("edge-1", "127.0.0.1:1", false)
+        .await
+        .unwrap();
+    assert!(!store.list_proxies().await.unwrap()[0].connected);
+}
+
 /// Many writers at once all succeed: none may fail because another holds the write lock.
 async fn concurrent_writers<S: Store>(store: std::sync::Arc<S>) {
     let before = store.config_version().await.unwrap();
@@ -629,6 +664,7 @@ async fn sqlite_story() {
     story(&store).await;
     injection(&store).await;
     usage_ledger(&store).await;
+    fleet_versions(&store).await;
     concurrent_writers(std::sync::Arc::new(store)).await;
 }
 
@@ -701,6 +737,7 @@ async fn postgres_story() {
     story(store.as_ref()).await;
     injection(store.as_ref()).await;
     usage_ledger(store.as_ref()).await;
+    fleet_versions(store.as_ref()).await;
     concurrent_writers(store.clone()).await;
     store.close().await;
     database.drop_database().await;

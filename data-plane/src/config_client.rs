@@ -216,3 +216,47 @@ async fn send(
         .await
         .map_err(|_| SessionError::Closed)
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_shared::sealing::SecretSealer;
+
+    use super::*;
+    use crate::upstream::UpstreamClient;
+    use crate::usage_reporter::UsageSink;
+
+    fn snapshot(version: u64, identity: &Identity) -> pb::Snapshot {
+        let sealer = SecretSealer::for_recipient(&identity.sealing.public_bytes()).unwrap();
+        pb::Snapshot {
+            version,
+            generated_at_us: 1,
+            sealing_public_key: sealer.sender_public().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn only_newer_versions_apply_and_the_newest_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Arc::new(Identity::load_or_create(dir.path(), Some("edge")).unwrap());
+        let (usage, _queue) = UsageSink::channel();
+        let gateway = Gateway::new(usage, UpstreamClient::new(), 1024);
+        let applier = Applier {
+            gateway: gateway.clone(),
+            identity: identity.clone(),
+            data_dir: dir.path().to_owned(),
+            upstream_hosts: Vec::new(),
+        };
+        applier.apply(&snapshot(5, &identity), true).unwrap();
+        for stale in [5, 4, 1] {
+            let error = applier
+                .apply(&snapshot(stale, &identity), true)
+                .unwrap_err();
+            assert!(error.0.contains("not newer"), "{error}");
+        }
+        assert_eq!(gateway.tables.load().as_ref().unwrap().version, 5);
+        applier.apply(&snapshot(6, &identity), true).unwrap();
+        assert_eq!(gateway.metrics.config_version.load(Ordering::Relaxed), 6);
+        assert_eq!(snapshot_file::load(dir.path()).unwrap().unwrap().version, 6);
+    }
+}

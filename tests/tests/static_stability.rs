@@ -205,3 +205,49 @@ async fn a_rejected_snapshot_keeps_the_old_one_serving() {
     proxy.wait_for_version(&http, fixed).await;
     assert!(answers(&http, &proxy, &key, "gpt-4o-mini").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_saved_snapshot_is_refused_not_half_served() {
+    let upstream = MockOpenAi::start();
+    let cp_dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
+    let (key, token) = seed(&cp, &upstream);
+    let http = Http::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyBuilder::new(dir.path(), &cp.url(), &token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let cp_url = cp.url();
+    drop(proxy.kill());
+    drop(cp.stop());
+
+    let saved = dir.path().join("snapshot.bin");
+    let good = std::fs::read(&saved).unwrap();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    for (damage, bytes) in [
+        ("truncated", good[..good.len() - 7].to_vec()),
+        ("one flipped bit", flipped),
+    ] {
+        std::fs::write(&saved, &bytes).unwrap();
+        let proxy = ProxyBuilder::new(dir.path(), &cp_url, &token).start();
+        let ready = http.get(&proxy.url("/readyz"), None).await.unwrap();
+        assert_eq!(ready.status, 503, "{damage}: {}", ready.text());
+        assert_eq!(ready.json()["ready"], false);
+        let refused = http
+            .post(
+                &proxy.url("/v1/chat/completions"),
+                Some(&key),
+                &json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused.status, 503, "{damage}");
+        assert_eq!(refused.json()["error"]["code"], "not_ready");
+        assert!(
+            proxy.output.text().contains("ignoring the saved snapshot"),
+            "{damage}: {}",
+            proxy.output.text()
+        );
+    }
+}
