@@ -50,6 +50,51 @@ async fn h2c_slow_clients_and_the_connection_cap() {
     assert_eq!(h2.status, 200, "{}", h2.text());
     assert_eq!(h2.json()["object"], "chat.completion");
 
+    // A chunked body (no length to refuse up front) over the limit: 413 once the limit is
+    // crossed. Too many headers: 431.
+    let mut chunked = TcpStream::connect(&proxy.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    chunked.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+    for _ in 0..(9 * 16) {
+        if chunked.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let mut answer = vec![0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(5), chunked.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let status_line = String::from_utf8_lossy(&answer[..read])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(status_line.contains("413"), "{status_line}");
+    drop(chunked);
+    let mut many = TcpStream::connect(&proxy.addr).await.unwrap();
+    let mut request = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for n in 0..150 {
+        request.push_str(&format!("X-Filler-{n}: 1\r\n"));
+    }
+    request.push_str("\r\n");
+    many.write_all(request.as_bytes()).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), many.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let status_line = String::from_utf8_lossy(&answer[..read])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(status_line.contains("431"), "{status_line}");
+    drop(many);
+
     // Slowloris: half a request line, then silence. Cut off at the header-read timeout.
     let mut slow = TcpStream::connect(&proxy.addr).await.unwrap();
     slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
