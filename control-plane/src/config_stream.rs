@@ -24,7 +24,6 @@ use crate::vault::Vault;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a connected proxy's last-seen time is refreshed.
 const SEEN_INTERVAL: Duration = Duration::from_secs(10);
-const MAX_PROXY_ID: usize = 128;
 const MAX_NACK_REASON: usize = 2_000;
 
 pub struct ConfigStreamService<S> {
@@ -68,14 +67,8 @@ impl<S: Store> ConfigService for ConfigStreamService<S> {
             Ok(Err(status)) => return Err(status),
             Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s")),
         };
-        if hello.proxy_id.is_empty()
-            || hello.proxy_id.len() > MAX_PROXY_ID
-            || hello.proxy_id.chars().any(char::is_control)
-        {
-            return Err(Status::invalid_argument(format!(
-                "proxy_id: is required, at most {MAX_PROXY_ID} printable characters"
-            )));
-        }
+        crate::validation::proxy_id("proxy_id", &hello.proxy_id)
+            .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
         if hello.sealing_public_key.len() != 32 {
             return Err(Status::invalid_argument(
                 "sealing_public_key: must be 32 bytes (X25519)",

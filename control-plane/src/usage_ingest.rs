@@ -55,6 +55,8 @@ async fn ingest<S: Store>(
     store: &S,
     request: pb::ReportUsageRequest,
 ) -> Result<pb::ReportUsageResponse, Status> {
+    crate::validation::proxy_id("proxy_id", &request.proxy_id)
+        .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
     let mut batch = request
         .batch
         .ok_or_else(|| Status::invalid_argument("batch: is required"))?;

@@ -49,6 +49,19 @@ pub fn name(field: &str, value: &str) -> Result<(), InvalidField> {
     Ok(())
 }
 
+const MAX_PROXY_ID: usize = 128;
+
+/// A proxy's self-chosen id, as it appears in the fleet view and on usage batches.
+pub fn proxy_id(field: &str, value: &str) -> Result<(), InvalidField> {
+    if value.is_empty() || value.len() > MAX_PROXY_ID || value.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("is required, at most {MAX_PROXY_ID} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// Free text shown to humans.
 pub fn display_name(field: &str, value: &str) -> Result<(), InvalidField> {
     if value.chars().count() > MAX_DISPLAY_NAME {
@@ -304,6 +317,14 @@ mod tests {
         }
         assert!(extra_headers("h", &map("bad header", "v")).is_err());
         assert!(extra_headers("h", &map("x-ok", "line\nbreak")).is_err());
+    }
+
+    #[test]
+    fn proxy_ids() {
+        assert!(proxy_id("proxy_id", "edge-1.eu").is_ok());
+        for bad in ["", "a\nb", &"x".repeat(129)] {
+            assert_eq!(proxy_id("proxy_id", bad).unwrap_err().field, "proxy_id");
+        }
     }
 
     #[test]
