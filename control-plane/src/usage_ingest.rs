@@ -78,7 +78,7 @@ async fn ingest<S: Store>(
         .map(record)
         .collect::<Result<Vec<_>, Status>>()?;
     let outcome = store
-        .commit_usage_batch(&batch.batch_id, &request.proxy_id, &payload_hash, &records)
+        .commit_usage_batch(&batch.batch_id, &request.proxy_id, &payload_hash, records)
         .await
         .map_err(|error| {
             tracing::error!(batch_id = %batch.batch_id, %error, "cannot commit a usage batch");

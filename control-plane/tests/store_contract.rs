@@ -619,21 +619,21 @@ async fn usage_ledger<S: Store>(store: &S) {
         .collect();
     assert_eq!(
         store
-            .commit_usage_batch("batch-1", "proxy-a", "hash-1", &records)
+            .commit_usage_batch("batch-1", "proxy-a", "hash-1", records.clone())
             .await
             .unwrap(),
         BatchOutcome::Committed
     );
     assert_eq!(
         store
-            .commit_usage_batch("batch-1", "proxy-a", "hash-1", &records)
+            .commit_usage_batch("batch-1", "proxy-a", "hash-1", records.clone())
             .await
             .unwrap(),
         BatchOutcome::Duplicate
     );
     assert_eq!(
         store
-            .commit_usage_batch("batch-1", "proxy-a", "hash-2", &records[..1])
+            .commit_usage_batch("batch-1", "proxy-a", "hash-2", records[..1].to_vec())
             .await
             .unwrap(),
         BatchOutcome::Conflict
@@ -642,7 +642,7 @@ async fn usage_ledger<S: Store>(store: &S) {
     assert_eq!(stored, records, "every record once, exactly as sent");
     assert_eq!(
         store
-            .commit_usage_batch("batch-2", "proxy-a", "hash-3", &[])
+            .commit_usage_batch("batch-2", "proxy-a", "hash-3", Vec::new())
             .await
             .unwrap(),
         BatchOutcome::Committed

@@ -43,7 +43,7 @@ pub async fn chat_completions(
     let now_us = sluice_shared::time::now_us();
     let caller = authenticate(&tables, request.headers(), now_us)?;
     let body = read_body(gateway, request).await?;
-    let mut chat = ChatRequest::parse(&body)?;
+    let chat = ChatRequest::parse(&body)?;
     let model = resolve_model(&tables, &caller, &chat.model)?;
     let draft = UsageDraft::new(request_id, &caller.project.id, &caller.key.id, model);
     match caller.project.posture {
@@ -55,7 +55,7 @@ pub async fn chat_completions(
             chat.stream,
             draft,
         )),
-        Posture::Live => forward(gateway, &tables, model, &mut chat, draft).await,
+        Posture::Live => forward(gateway, &tables, model, &chat, draft).await,
     }
 }
 
@@ -225,7 +225,7 @@ async fn forward(
     gateway: &Arc<Gateway>,
     tables: &Arc<RoutingTables>,
     model: &ModelEntry,
-    chat: &mut ChatRequest,
+    chat: &ChatRequest<'_>,
     mut draft: UsageDraft,
 ) -> Result<Response<Body>, GatewayError> {
     let stream = chat.stream;
@@ -340,7 +340,7 @@ async fn forward(
             continue;
         }
         draft.record.http_status = u32::from(status.as_u16());
-        draft.prompt = chat.take_messages();
+        draft.prompt = chat.messages_bytes();
         return Ok(if stream && status.is_success() {
             stream_back(gateway, response, draft, provider.timeout)
         } else {

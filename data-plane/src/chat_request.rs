@@ -3,9 +3,11 @@
 //! and writes everything else upstream byte for byte — no JSON tree is built for the
 //! messages it only passes on.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sluice_shared::error_code::ErrorCode;
@@ -27,9 +29,16 @@ const GATEWAY_CONTROL_FIELDS: &[&str] = &[
     "extra_query",
 ];
 
-pub struct ChatRequest {
-    fields: BTreeMap<String, Box<RawValue>>,
-    pub model: String,
+/// More top-level fields than any chat API defines: a body with more is refused, which also
+/// bounds the duplicate-key check below.
+const MAX_FIELDS: usize = 256;
+
+/// The request's top-level fields, borrowed from the body: nothing is copied or allocated for a
+/// field the proxy only passes on.
+pub struct ChatRequest<'a> {
+    body: &'a Bytes,
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    pub model: Cow<'a, str>,
     pub stream: bool,
 }
 
@@ -37,14 +46,16 @@ fn invalid(message: &str, param: &'static str) -> GatewayError {
     GatewayError::new(ErrorCode::InvalidRequest, message).with_param(param)
 }
 
-impl ChatRequest {
-    pub fn parse(body: &[u8]) -> Result<Self, GatewayError> {
-        let fields: BTreeMap<String, Box<RawValue>> = match serde_json::from_slice(body) {
+impl<'a> ChatRequest<'a> {
+    pub fn parse(body: &'a Bytes) -> Result<Self, GatewayError> {
+        let TopLevel(fields) = match serde_json::from_slice(body) {
             Ok(fields) => fields,
             Err(error) if error.is_data() => {
                 return Err(GatewayError::new(
                     ErrorCode::InvalidRequest,
-                    "the request body must be a JSON object",
+                    format!(
+                        "the request body must be a JSON object of at most {MAX_FIELDS} top-level fields ({error})"
+                    ),
                 ));
             }
             Err(error) => {
@@ -54,16 +65,22 @@ impl ChatRequest {
                 ));
             }
         };
-        let model = fields
-            .get("model")
-            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, raw)| *raw)
+        };
+        let model = field("model")
+            .and_then(|raw| serde_json::from_str::<JsonStr<'a>>(raw.get()).ok())
+            .map(|JsonStr(text)| text)
             .ok_or_else(|| invalid("`model` is required and must be a string", "model"))?;
-        let stream = match fields.get("stream").map(|raw| raw.get().trim()) {
+        let stream = match field("stream").map(|raw| raw.get().trim()) {
             None | Some("null") | Some("false") => false,
             Some("true") => true,
             Some(_) => return Err(invalid("`stream` must be a boolean", "stream")),
         };
-        let messages_ok = fields.get("messages").is_some_and(|raw| {
+        let messages_ok = field("messages").is_some_and(|raw| {
             let text = raw.get().trim();
             text.starts_with('[') && !text[1..].trim_start().starts_with(']')
         });
@@ -71,23 +88,32 @@ impl ChatRequest {
             return Err(invalid("`messages` must be a non-empty array", "messages"));
         }
         Ok(Self {
+            body,
             fields,
             model,
             stream,
         })
     }
 
+    fn field(&self, name: &str) -> Option<&'a RawValue> {
+        self.fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, raw)| *raw)
+    }
+
     /// The messages as a JSON tree, for the few paths that read them (MOCK answers, estimates).
     pub fn messages(&self) -> Value {
-        self.fields
-            .get("messages")
+        self.field("messages")
             .and_then(|raw| serde_json::from_str(raw.get()).ok())
             .unwrap_or(Value::Null)
     }
 
-    /// Takes the raw messages out, for a later estimate if the upstream reports no usage.
-    pub fn take_messages(&mut self) -> Option<Box<RawValue>> {
-        self.fields.remove("messages")
+    /// The raw messages, shared with the body rather than copied, for a later estimate if the
+    /// upstream reports no usage.
+    pub fn messages_bytes(&self) -> Option<Bytes> {
+        self.field("messages")
+            .map(|raw| self.body.slice_ref(raw.get().as_bytes()))
     }
 
     /// The body to send upstream: `model` replaced by the upstream's name, control fields
@@ -104,9 +130,10 @@ impl ChatRequest {
         out.extend_from_slice(b"\"model\":");
         serde_json::to_writer(&mut out, upstream_model).map_err(encode_error)?;
         for (key, raw) in &self.fields {
+            let key: &str = key;
             if key == "model"
                 || (self.stream && key == "stream_options")
-                || GATEWAY_CONTROL_FIELDS.contains(&key.as_str())
+                || GATEWAY_CONTROL_FIELDS.contains(&key)
             {
                 continue;
             }
@@ -117,8 +144,7 @@ impl ChatRequest {
         }
         if self.stream {
             let mut options: Map<String, Value> = self
-                .fields
-                .get("stream_options")
+                .field("stream_options")
                 .and_then(|raw| serde_json::from_str(raw.get()).ok())
                 .unwrap_or_default();
             options.insert("include_usage".to_owned(), Value::Bool(true));
@@ -130,12 +156,68 @@ impl ChatRequest {
     }
 }
 
+/// A JSON string, borrowed when it has no escapes.
+struct JsonStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for JsonStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = JsonStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Owned(text.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor)
+    }
+}
+
+/// A JSON object's members in order. A repeated key keeps its last value, as most JSON
+/// readers do, so the proxy and the upstream agree on what the request says.
+struct TopLevel<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(8);
+                while let Some(JsonStr(key)) = map.next_key::<JsonStr<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    if let Some(existing) = fields.iter_mut().find(|(known, _)| *known == key) {
+                        existing.1 = value;
+                    } else if fields.len() == MAX_FIELDS {
+                        return Err(de::Error::custom(format!(
+                            "more than {MAX_FIELDS} top-level fields"
+                        )));
+                    } else {
+                        fields.push((key, value));
+                    }
+                }
+                Ok(TopLevel(fields))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<ChatRequest, GatewayError> {
-        ChatRequest::parse(text.as_bytes())
+    fn parse(text: &str) -> Result<ChatRequest<'static>, GatewayError> {
+        let body: &'static Bytes = Box::leak(Box::new(Bytes::copy_from_slice(text.as_bytes())));
+        ChatRequest::parse(body)
     }
 
     #[test]
@@ -149,6 +231,35 @@ mod tests {
         assert_eq!(upstream["metadata"]["k"], "v");
         assert_eq!(upstream["messages"][0]["content"], "hi é");
         assert!(upstream.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn escaped_names_and_repeated_fields_read_as_the_upstream_would() {
+        let request = parse(
+            r#"{"model":"first","mod\u0065l":"caf\u00e9","messages":[1],"stream":true,"stream":false}"#,
+        )
+        .unwrap();
+        assert_eq!(request.model, "café");
+        assert!(!request.stream);
+        let upstream: Value =
+            serde_json::from_slice(&request.upstream_body("up").unwrap()).unwrap();
+        assert_eq!(upstream["model"], "up");
+        assert_eq!(upstream["stream"], false);
+        let escaped =
+            parse(r#"{"model":"m","messages":[1],"api_\u0062ase":"http://evil"}"#).unwrap();
+        let body = String::from_utf8(escaped.upstream_body("m").unwrap().to_vec()).unwrap();
+        assert!(!body.contains("evil"), "{body}");
+    }
+
+    #[test]
+    fn too_many_fields_are_refused() {
+        let mut body = String::from(r#"{"model":"m","messages":[1]"#);
+        for n in 0..MAX_FIELDS {
+            body.push_str(&format!(",\"f{n}\":0"));
+        }
+        body.push('}');
+        let error = parse(&body).err().unwrap();
+        assert_eq!(error.code, ErrorCode::InvalidRequest);
     }
 
     #[test]

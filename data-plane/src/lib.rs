@@ -22,3 +22,4 @@ pub mod sse;
 pub mod upstream;
 pub mod usage;
 pub mod usage_reporter;
+pub mod usage_wire;

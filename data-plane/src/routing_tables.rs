@@ -94,6 +94,8 @@ pub struct ProviderEntry {
     pub base_url: String,
     /// `base_url` + `/chat/completions`, parsed once per snapshot rather than per request.
     pub chat_completions_uri: http::Uri,
+    /// The `Host` header for that URI, made once rather than formatted by the client per request.
+    pub host_header: HeaderValue,
     pub host: String,
     pub api_version: String,
     pub timeout: Duration,
@@ -369,18 +371,25 @@ fn provider(
         });
     }
     keys.sort_by_key(|k| k.retiring);
-    Ok(ProviderEntry {
-        id: p.id.clone(),
-        name: p.name.clone(),
-        provider_type,
-        chat_completions_uri: format!("{}/chat/completions", p.base_url.trim_end_matches('/'))
+    let chat_completions_uri: http::Uri =
+        format!("{}/chat/completions", p.base_url.trim_end_matches('/'))
             .parse()
             .map_err(|_| {
                 invalid(format!(
                     "provider {}: base_url does not make a valid URI",
                     p.name
                 ))
-            })?,
+            })?;
+    let host_header = chat_completions_uri
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        .ok_or_else(|| invalid(format!("provider {}: base_url has no host", p.name)))?;
+    Ok(ProviderEntry {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        provider_type,
+        chat_completions_uri,
+        host_header,
         base_url: p.base_url.trim_end_matches('/').to_owned(),
         host,
         api_version: p.api_version.clone(),

@@ -56,6 +56,11 @@ struct FileSettings {
 }
 
 const PREFIX: &str = "SLUICE_PROXY_";
+/// Large batches amortise the control plane's per-commit work; the flush interval bounds how
+/// long a record waits when traffic is light.
+const DEFAULT_USAGE_BATCH_SIZE: usize = 5_000;
+/// The control plane refuses larger batches.
+const MAX_USAGE_BATCH_SIZE: usize = 10_000;
 const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_LISTEN_ADDR",
     "SLUICE_PROXY_CONTROL_PLANE",
@@ -178,14 +183,14 @@ impl Settings {
                 "SLUICE_PROXY_USAGE_BATCH_SIZE",
                 take("SLUICE_PROXY_USAGE_BATCH_SIZE"),
                 file_settings.usage_batch_size.map(|v| v as u64),
-                500,
+                DEFAULT_USAGE_BATCH_SIZE as u64,
             )?)
-            .unwrap_or(500),
+            .unwrap_or(usize::MAX),
             usage_flush_interval: Duration::from_millis(number(
                 "SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS",
                 take("SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS"),
                 file_settings.usage_flush_interval_ms,
-                100,
+                250,
             )?),
             log: take("SLUICE_PROXY_LOG")
                 .or(file_settings.log)
@@ -211,6 +216,12 @@ impl Settings {
             return Err(invalid(
                 "max_body_bytes / max_connections / usage_batch_size",
                 "must be above 0",
+            ));
+        }
+        if self.usage_batch_size > MAX_USAGE_BATCH_SIZE {
+            return Err(invalid(
+                "usage_batch_size",
+                format!("must be at most {MAX_USAGE_BATCH_SIZE}, the control plane's limit"),
             ));
         }
         if self.header_read_timeout.is_zero() || self.usage_flush_interval.is_zero() {

@@ -1,7 +1,10 @@
 //! Reading usage out of an OpenAI-style SSE stream as it passes through, without holding it:
 //! complete lines are inspected and dropped; a partial line waits for its end (bounded).
 
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Longest SSE line kept while waiting for its end; longer lines are skipped, not buffered.
 const MAX_LINE: usize = 1024 * 1024;
@@ -14,26 +17,54 @@ pub struct Usage {
     pub reasoning_tokens: u64,
 }
 
-impl Usage {
-    /// OpenAI's `usage` object: prompt/completion tokens and their details.
-    pub fn from_openai(usage: &Value) -> Option<Self> {
-        let prompt = usage.get("prompt_tokens")?.as_u64()?;
-        let completion = usage
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        Some(Self {
-            input_tokens: prompt,
-            output_tokens: completion,
+/// OpenAI's `usage` object, read straight into numbers (no JSON tree on the hot path).
+#[derive(Deserialize)]
+struct OpenAiUsage {
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionTokensDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<OpenAiUsage> for Usage {
+    fn from(usage: OpenAiUsage) -> Self {
+        Self {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens.unwrap_or(0),
             cached_input_tokens: usage
-                .pointer("/prompt_tokens_details/cached_tokens")
-                .and_then(Value::as_u64)
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
                 .unwrap_or(0),
             reasoning_tokens: usage
-                .pointer("/completion_tokens_details/reasoning_tokens")
-                .and_then(Value::as_u64)
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
-        })
+        }
+    }
+}
+
+impl Usage {
+    /// OpenAI's `usage` object, given as its JSON text.
+    fn from_openai_json(json: &[u8]) -> Option<Self> {
+        serde_json::from_slice::<Option<OpenAiUsage>>(json)
+            .ok()
+            .flatten()
+            .map(Self::from)
     }
 }
 
@@ -42,12 +73,13 @@ impl Usage {
 /// unusual falls back to reading the whole answer.
 pub fn usage_from_answer(body: &[u8]) -> Option<Usage> {
     usage_at_last_key(body).or_else(|| {
-        #[derive(serde::Deserialize)]
-        struct UsageOnly {
-            usage: Option<Value>,
+        #[derive(Deserialize)]
+        struct UsageOnly<'a> {
+            #[serde(borrow, default)]
+            usage: Option<&'a RawValue>,
         }
         let answer: UsageOnly = serde_json::from_slice(body).ok()?;
-        answer.usage.as_ref().and_then(Usage::from_openai)
+        Usage::from_openai_json(answer.usage?.get().as_bytes())
     })
 }
 
@@ -62,10 +94,31 @@ fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
         .trim_ascii_start()
         .strip_prefix(b":")?;
     let value = serde_json::Deserializer::from_slice(rest)
-        .into_iter::<Value>()
+        .into_iter::<Option<OpenAiUsage>>()
         .next()?
-        .ok()?;
-    Usage::from_openai(&value)
+        .ok()??;
+    Some(value.into())
+}
+
+/// One chunk of an OpenAI stream, as far as metering reads it.
+#[derive(Deserialize)]
+struct StreamEvent<'a> {
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<StreamChoice<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<StreamDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StreamDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
 }
 
 #[derive(Default)]
@@ -113,17 +166,18 @@ impl SseUsageScanner {
             self.saw_done = true;
             return;
         }
-        let Ok(event) = serde_json::from_slice::<Value>(data) else {
+        let Ok(event) = serde_json::from_slice::<StreamEvent>(data) else {
             return;
         };
-        if let Some(usage) = event.get("usage").and_then(Usage::from_openai) {
+        if let Some(usage) = event
+            .usage
+            .and_then(|raw| Usage::from_openai_json(raw.get().as_bytes()))
+        {
             self.usage = Some(usage);
         }
-        if let Some(choices) = event.get("choices").and_then(Value::as_array) {
-            for choice in choices {
-                if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str) {
-                    self.content_chars += text.chars().count();
-                }
+        for choice in event.choices.unwrap_or_default() {
+            if let Some(text) = choice.delta.and_then(|delta| delta.content) {
+                self.content_chars += text.chars().count();
             }
         }
     }

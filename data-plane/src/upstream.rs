@@ -115,10 +115,14 @@ impl UpstreamClient {
             headers.insert(name.clone(), value.clone());
         }
         set_fixed_headers(headers, accept);
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", credential.expose()))
-            .map_err(|_| {
-            UpstreamError::BadUrl("provider key cannot travel in a header".to_owned())
-        })?;
+        headers.insert(header::HOST, provider.host_header.clone());
+        let mut bearer = Vec::with_capacity(7 + credential.expose().len());
+        bearer.extend_from_slice(b"Bearer ");
+        bearer.extend_from_slice(credential.expose().as_bytes());
+        let mut authorization =
+            HeaderValue::from_maybe_shared(Bytes::from(bearer)).map_err(|_| {
+                UpstreamError::BadUrl("provider key cannot travel in a header".to_owned())
+            })?;
         authorization.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, authorization);
         match tokio::time::timeout(provider.timeout, self.client.request(request)).await {

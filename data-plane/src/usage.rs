@@ -17,7 +17,7 @@ pub struct UsageDraft {
     pub input_price: i64,
     pub output_price: i64,
     /// The request's messages, counted only if the upstream reports no usage.
-    pub prompt: Option<Box<serde_json::value::RawValue>>,
+    pub prompt: Option<bytes::Bytes>,
 }
 
 impl UsageDraft {
@@ -48,7 +48,7 @@ impl UsageDraft {
         let messages = self
             .prompt
             .as_ref()
-            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
+            .and_then(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
             .unwrap_or_default();
         estimate_tokens(crate::mock_posture::message_chars(&messages))
     }

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sluice_proto::usage::v1 as pb;
-use sluice_proto::usage::v1::usage_service_client::UsageServiceClient;
 use sluice_shared::secret::SecretString;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,6 +17,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::gateway::Gateway;
+use crate::usage_wire::{EncodedBatch, REPORT_USAGE_PATH, UsageCodec};
 
 /// Records held between flushes (at 20 000 req/s and the default 100 ms flush, 2 000 of them).
 const QUEUE: usize = 65_536;
@@ -61,7 +61,7 @@ impl UsageReporter {
     /// Drains the queue on a timer rather than waiting on it: a request that records usage
     /// never wakes this task, so metering costs the request path one atomic push.
     pub async fn run(mut self) {
-        let mut pending: VecDeque<pb::UsageBatch> = VecDeque::new();
+        let mut pending: VecDeque<EncodedBatch> = VecDeque::new();
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
@@ -108,24 +108,21 @@ impl UsageReporter {
     }
 
     /// Gives the records a batch id (kept for every retry) and queues them for delivery.
-    fn enqueue(&self, pending: &mut VecDeque<pb::UsageBatch>, records: Vec<pb::UsageRecord>) {
-        pending.push_back(pb::UsageBatch {
-            batch_id: sluice_shared::ids::new_id(),
-            records,
-        });
+    fn enqueue(&self, pending: &mut VecDeque<EncodedBatch>, records: Vec<pb::UsageRecord>) {
+        pending.push_back(EncodedBatch::new(sluice_shared::ids::new_id(), records));
         while pending.len() > MAX_PENDING_BATCHES {
             if let Some(dropped) = pending.pop_front() {
                 self.gateway
                     .metrics
                     .usage_records_dropped_total
-                    .fetch_add(dropped.records.len() as u64, Ordering::Relaxed);
+                    .fetch_add(dropped.records as u64, Ordering::Relaxed);
                 tracing::error!(batch_id = %dropped.batch_id, "usage backlog full; dropped the oldest batch");
             }
         }
     }
 
     /// Sends every pending batch and drops each once acknowledged.
-    async fn deliver(&self, pending: &mut VecDeque<pb::UsageBatch>) -> Result<(), tonic::Status> {
+    async fn deliver(&self, pending: &mut VecDeque<EncodedBatch>) -> Result<(), tonic::Status> {
         let channel = self.channel.clone();
         let (outbound, receiver) = mpsc::channel(16);
         let mut request = tonic::Request::new(ReceiverStream::new(receiver));
@@ -134,17 +131,22 @@ impl UsageReporter {
             .map_err(|_| tonic::Status::unauthenticated("token cannot travel in a header"))?;
         header.set_sensitive(true);
         request.metadata_mut().insert("authorization", header);
-        let mut acks = UsageServiceClient::new(channel)
-            .report_usage(request)
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
+            .await
+            .map_err(|error| tonic::Status::unavailable(format!("usage stream: {error}")))?;
+        let mut acks = grpc
+            .streaming(
+                request,
+                http::uri::PathAndQuery::from_static(REPORT_USAGE_PATH),
+                UsageCodec,
+            )
             .await?
             .into_inner();
         while let Some(batch) = pending.front() {
             let batch_id = batch.batch_id.clone();
             outbound
-                .send(pb::ReportUsageRequest {
-                    proxy_id: self.proxy_id.clone(),
-                    batch: Some(batch.clone()),
-                })
+                .send(batch.report_request(&self.proxy_id))
                 .await
                 .map_err(|_| tonic::Status::unavailable("usage stream closed"))?;
             let ack = tokio::time::timeout(ACK_TIMEOUT, acks.message())

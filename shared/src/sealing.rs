@@ -7,7 +7,7 @@
 //! Anyone who reads the snapshot — on the wire, on the proxy's disk, in a debug dump — sees
 //! ciphertext only.
 
-use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+use aes_gcm_siv::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use hkdf::Hkdf;
 use rand::RngCore;
@@ -135,19 +135,16 @@ impl SecretOpener {
             return Err(SealingError::Malformed);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        let plaintext = Zeroizing::new(
-            self.cipher
-                .decrypt(
-                    Nonce::from_slice(nonce),
-                    Payload {
-                        msg: ciphertext,
-                        aad: &aad(key_id),
-                    },
-                )
-                .map_err(|_| SealingError::Unauthentic)?,
-        );
-        let text = std::str::from_utf8(&plaintext).map_err(|_| SealingError::NotText)?;
-        Ok(SecretString::new(text.to_owned()))
+        // Opened in place, so the plaintext lives in exactly one buffer: the secret's own.
+        let mut buffer = Zeroizing::new(ciphertext.to_vec());
+        self.cipher
+            .decrypt_in_place(Nonce::from_slice(nonce), &aad(key_id), &mut *buffer)
+            .map_err(|_| SealingError::Unauthentic)?;
+        let text = String::from_utf8(std::mem::take(&mut *buffer)).map_err(|not_text| {
+            drop(Zeroizing::new(not_text.into_bytes()));
+            SealingError::NotText
+        })?;
+        Ok(SecretString::new(text))
     }
 }
 
@@ -186,8 +183,13 @@ fn derive(
     Aes256GcmSiv::new_from_slice(key.as_ref()).map_err(|_| SealingError::EncryptionFailed)
 }
 
+const AAD_PREFIX: &[u8] = b"sluice/v1/snapshot_secret/";
+
 fn aad(key_id: &str) -> Vec<u8> {
-    format!("sluice/v1/snapshot_secret/{key_id}").into_bytes()
+    let mut aad = Vec::with_capacity(AAD_PREFIX.len() + key_id.len());
+    aad.extend_from_slice(AAD_PREFIX);
+    aad.extend_from_slice(key_id.as_bytes());
+    aad
 }
 
 #[cfg(test)]

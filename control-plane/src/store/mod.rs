@@ -364,7 +364,7 @@ pub trait Store: Send + Sync + 'static {
         batch_id: &str,
         proxy_id: &str,
         payload_hash: &str,
-        records: &[UsageRecord],
+        records: Vec<UsageRecord>,
     ) -> impl Future<Output = StoreResult<BatchOutcome>> + Send;
     /// Usage of one project, oldest first (for tests and the usage queries to come).
     fn list_usage_records(

@@ -4,6 +4,7 @@
 //! executor bounds cost more clarity than a macro does.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use super::{StoreError, StoreResult};
 
@@ -36,20 +37,7 @@ const USAGE_COLUMNS: usize = 15;
 /// Rows per multi-row insert, largest first. Batches are split into these sizes only, so at
 /// most five statements exist and each is prepared once and cached; 256 × 15 parameters stays
 /// far below both backends' limits.
-const USAGE_INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
-
-/// Splits `rows` into chunks whose sizes come from [`USAGE_INSERT_SIZES`].
-pub(super) fn usage_insert_chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
-    let mut chunks = Vec::new();
-    for size in USAGE_INSERT_SIZES {
-        while rows.len() >= size {
-            let (chunk, rest) = rows.split_at(size);
-            chunks.push(chunk);
-            rows = rest;
-        }
-    }
-    chunks
-}
+pub(super) const USAGE_INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
 /// How a backend's SQL names bound parameters in generated statements.
 #[derive(Clone, Copy)]
@@ -61,9 +49,29 @@ pub(super) enum Placeholders {
     Positional,
 }
 
-/// `INSERT INTO usage_records (...) VALUES (…15 parameters…), (…) ON CONFLICT DO NOTHING`
-/// for `rows` rows; bound parameters only.
-pub(super) fn usage_insert_sql(rows: usize, placeholders: Placeholders) -> String {
+/// `INSERT INTO usage_records (...) VALUES (…), (…) ON CONFLICT DO NOTHING` for `rows` rows
+/// (one of [`USAGE_INSERT_SIZES`]), built once per process.
+pub(super) fn usage_insert_sql(rows: usize, placeholders: Placeholders) -> &'static str {
+    static NUMBERED: OnceLock<Vec<String>> = OnceLock::new();
+    static POSITIONAL: OnceLock<Vec<String>> = OnceLock::new();
+    let cache = match placeholders {
+        Placeholders::Numbered => &NUMBERED,
+        Placeholders::Positional => &POSITIONAL,
+    };
+    let statements = cache.get_or_init(|| {
+        USAGE_INSERT_SIZES
+            .iter()
+            .map(|&rows| build_usage_insert_sql(rows, placeholders))
+            .collect()
+    });
+    let index = USAGE_INSERT_SIZES
+        .iter()
+        .position(|&size| size == rows)
+        .unwrap_or(USAGE_INSERT_SIZES.len() - 1);
+    &statements[index]
+}
+
+fn build_usage_insert_sql(rows: usize, placeholders: Placeholders) -> String {
     let mut sql = String::with_capacity(300 + rows * 100);
     sql.push_str(
         "INSERT INTO usage_records (request_id, batch_id, started_at_us, project_id, \
@@ -1672,7 +1680,7 @@ macro_rules! sql_store {
                     batch_id: &str,
                     proxy_id: &str,
                     payload_hash: &str,
-                    records: &[UsageRecord],
+                    records: Vec<UsageRecord>,
                 ) -> StoreResult<BatchOutcome> {
                     let mut tx = self.writer().begin_with($begin_write).await?;
                     let inserted = sqlx::query(
@@ -1702,28 +1710,33 @@ macro_rules! sql_store {
                         });
                     }
                     // Many rows per statement: one round trip per chunk instead of per record.
-                    for chunk in usage_insert_chunks(records) {
-                        let sql = usage_insert_sql(chunk.len(), $placeholders);
-                        let mut query = sqlx::query(&sql);
-                        for record in chunk {
-                            query = query
-                                .bind(&record.request_id)
-                                .bind(batch_id)
-                                .bind(record.started_at_us)
-                                .bind(&record.project_id)
-                                .bind(&record.virtual_key_id)
-                                .bind(&record.model)
-                                .bind(&record.provider_id)
-                                .bind(record.input_tokens)
-                                .bind(record.output_tokens)
-                                .bind(record.cached_input_tokens)
-                                .bind(record.reasoning_tokens)
-                                .bind(record.cost_micros)
-                                .bind(record.latency_ms)
-                                .bind(record.http_status)
-                                .bind(record.source.as_str());
+                    // Strings are moved into the statement, not copied.
+                    let mut remaining = records.len();
+                    let mut rows = records.into_iter();
+                    for size in USAGE_INSERT_SIZES {
+                        while remaining >= size {
+                            remaining -= size;
+                            let mut query = sqlx::query(usage_insert_sql(size, $placeholders));
+                            for record in rows.by_ref().take(size) {
+                                query = query
+                                    .bind(record.request_id)
+                                    .bind(batch_id)
+                                    .bind(record.started_at_us)
+                                    .bind(record.project_id)
+                                    .bind(record.virtual_key_id)
+                                    .bind(record.model)
+                                    .bind(record.provider_id)
+                                    .bind(record.input_tokens)
+                                    .bind(record.output_tokens)
+                                    .bind(record.cached_input_tokens)
+                                    .bind(record.reasoning_tokens)
+                                    .bind(record.cost_micros)
+                                    .bind(record.latency_ms)
+                                    .bind(record.http_status)
+                                    .bind(record.source.as_str());
+                            }
+                            query.execute(&mut *tx).await?;
                         }
-                        query.execute(&mut *tx).await?;
                     }
                     tx.commit().await?;
                     Ok(BatchOutcome::Committed)

@@ -464,9 +464,18 @@ async fn bench() {
     let proxies: Vec<sluice_e2e::proxy::Proxy> = proxy_dirs
         .iter()
         .map(|dir| {
-            sluice_e2e::proxy::ProxyBuilder::new(dir.path(), &cp.url(), &token)
-                .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info")
-                .start()
+            let mut builder = sluice_e2e::proxy::ProxyBuilder::new(dir.path(), &cp.url(), &token)
+                .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info");
+            // The test harness flushes usage every 100 ms; the benchmark runs the product's
+            // defaults unless told otherwise, so the usage pipeline's settings can be compared.
+            for (name, default) in [
+                ("SLUICE_PROXY_USAGE_BATCH_SIZE", "5000"),
+                ("SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS", "250"),
+            ] {
+                let value = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+                builder = builder.env(name, &value);
+            }
+            builder.start()
         })
         .collect();
     let http = sluice_e2e::proxy::Http::new();

@@ -1,0 +1,132 @@
+//! The usage stream's wire format, built by hand around batches encoded once.
+//!
+//! A batch is encoded when it is formed and those bytes are what travels — and travel again
+//! after a failure — so no record is cloned or re-encoded while it waits for its
+//! acknowledgement. The bytes are exactly what prost would write for the same
+//! `ReportUsageRequest`, so the control plane reads them with its generated code.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
+use sluice_proto::usage::v1 as pb;
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+pub const REPORT_USAGE_PATH: &str = "/sluice.usage.v1.UsageService/ReportUsage";
+
+/// A `UsageBatch`, encoded.
+#[derive(Clone)]
+pub struct EncodedBatch {
+    pub batch_id: String,
+    pub records: usize,
+    pub bytes: Bytes,
+}
+
+impl EncodedBatch {
+    pub fn new(batch_id: String, records: Vec<pb::UsageRecord>) -> Self {
+        let count = records.len();
+        let batch = pb::UsageBatch { batch_id, records };
+        let bytes = Bytes::from(batch.encode_to_vec());
+        Self {
+            batch_id: batch.batch_id,
+            records: count,
+            bytes,
+        }
+    }
+
+    /// `ReportUsageRequest { proxy_id, batch }` on the wire: field 1 the proxy id, field 2 this
+    /// batch as an embedded message.
+    pub fn report_request(&self, proxy_id: &str) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.bytes.len() + proxy_id.len() + 16);
+        // proto3 leaves an empty string out, as prost does.
+        if !proxy_id.is_empty() {
+            encode_key(1, WireType::LengthDelimited, &mut out);
+            encode_varint(proxy_id.len() as u64, &mut out);
+            out.put_slice(proxy_id.as_bytes());
+        }
+        encode_key(2, WireType::LengthDelimited, &mut out);
+        encode_varint(self.bytes.len() as u64, &mut out);
+        out.put_slice(&self.bytes);
+        out.freeze()
+    }
+}
+
+/// Sends pre-encoded requests as they are; reads acknowledgements with prost.
+#[derive(Default)]
+pub struct UsageCodec;
+
+impl Codec for UsageCodec {
+    type Encode = Bytes;
+    type Decode = pb::ReportUsageResponse;
+    type Encoder = RawEncoder;
+    type Decoder = AckDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        AckDecoder
+    }
+}
+
+pub struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+pub struct AckDecoder;
+
+impl Decoder for AckDecoder {
+    type Item = pb::ReportUsageResponse;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
+        pb::ReportUsageResponse::decode(src)
+            .map(Some)
+            .map_err(|error| Status::internal(format!("malformed usage acknowledgement: {error}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_built_requests_are_what_prost_would_write() {
+        let records = vec![
+            pb::UsageRecord {
+                request_id: "r1".into(),
+                model: "m".into(),
+                input_tokens: 12,
+                ..Default::default()
+            },
+            pb::UsageRecord {
+                request_id: "r2".into(),
+                cost_micros: 7,
+                ..Default::default()
+            },
+        ];
+        let batch = EncodedBatch::new("b1".into(), records.clone());
+        assert_eq!(batch.records, 2);
+        let expected = pb::ReportUsageRequest {
+            proxy_id: "proxy-a".into(),
+            batch: Some(pb::UsageBatch {
+                batch_id: "b1".into(),
+                records,
+            }),
+        };
+        assert_eq!(batch.report_request("proxy-a"), expected.encode_to_vec());
+        assert_eq!(
+            pb::ReportUsageRequest::decode(batch.report_request("proxy-a")).unwrap(),
+            expected
+        );
+    }
+}
