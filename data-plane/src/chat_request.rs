@@ -96,10 +96,7 @@ impl<'a> ChatRequest<'a> {
     }
 
     fn field(&self, name: &str) -> Option<&'a RawValue> {
-        self.fields
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, raw)| *raw)
+        find(&self.fields, name)
     }
 
     /// The messages as a JSON tree, for the few paths that read them (MOCK answers, estimates).
@@ -154,6 +151,13 @@ impl<'a> ChatRequest<'a> {
         out.push(b'}');
         Ok(Bytes::from(out))
     }
+}
+
+fn find<'a>(fields: &[(Cow<'a, str>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
+    fields
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, raw)| *raw)
 }
 
 /// A JSON string, borrowed when it has no escapes.

@@ -36,15 +36,21 @@ fn reply_text(messages: &Value) -> String {
     )
 }
 
+/// The mock reply to `messages` and the token counts both answer formats report.
+fn reply_and_counts(messages: &Value) -> (String, u64, u64) {
+    let text = reply_text(messages);
+    let prompt_tokens = estimate_tokens(message_chars(messages));
+    let completion_tokens = estimate_tokens(text.chars().count());
+    (text, prompt_tokens, completion_tokens)
+}
+
 pub fn chat_completion(
     messages: &Value,
     model: &str,
     request_id: &str,
     created: i64,
 ) -> MockAnswer {
-    let text = reply_text(messages);
-    let prompt_tokens = estimate_tokens(message_chars(messages));
-    let completion_tokens = estimate_tokens(text.chars().count());
+    let (text, prompt_tokens, completion_tokens) = reply_and_counts(messages);
     let answer = json!({
         "id": format!("chatcmpl-{request_id}"),
         "object": "chat.completion",
@@ -74,9 +80,7 @@ pub fn chat_completion_stream(
     request_id: &str,
     created: i64,
 ) -> MockAnswer {
-    let text = reply_text(messages);
-    let prompt_tokens = estimate_tokens(message_chars(messages));
-    let completion_tokens = estimate_tokens(text.chars().count());
+    let (text, prompt_tokens, completion_tokens) = reply_and_counts(messages);
     let id = format!("chatcmpl-{request_id}");
     let chunk = |delta: Value, finish: Value| {
         json!({

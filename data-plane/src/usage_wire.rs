@@ -15,7 +15,6 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 pub const REPORT_USAGE_PATH: &str = "/sluice.usage.v1.UsageService/ReportUsage";
 
 /// A `UsageBatch`, encoded.
-#[derive(Clone)]
 pub struct EncodedBatch {
     pub batch_id: String,
     pub records: usize,
