@@ -228,6 +228,12 @@ async fn forward(
     chat: &ChatRequest<'_>,
     mut draft: UsageDraft,
 ) -> Result<Response<Body>, GatewayError> {
+    if gateway.spool.refusing() {
+        return Err(GatewayError::new(
+            ErrorCode::UsageSpoolFull,
+            "the usage spool is full because the control plane has not acknowledged usage for a while; live requests are refused until it drains, so that no cost goes unmetered",
+        ));
+    }
     let stream = chat.stream;
     let order = attempt_order(tables, model);
     if order.is_empty() {
@@ -355,9 +361,10 @@ async fn forward(
 fn stream_back(
     gateway: &Arc<Gateway>,
     response: Response<Incoming>,
-    draft: UsageDraft,
+    mut draft: UsageDraft,
     idle: std::time::Duration,
 ) -> Response<Body> {
+    draft.spool_start(gateway);
     let (parts, incoming) = response.into_parts();
     let body = MeteredBody::new(incoming, draft, gateway.clone(), idle);
     let mut out = Response::new(Body::new(body));
@@ -369,7 +376,7 @@ fn stream_back(
 async fn whole_back(
     gateway: &Arc<Gateway>,
     response: Response<Incoming>,
-    draft: UsageDraft,
+    mut draft: UsageDraft,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = response.into_parts();
     let bytes = Limited::new(incoming, MAX_UPSTREAM_BODY)

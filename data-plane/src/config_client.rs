@@ -223,7 +223,7 @@ mod tests {
 
     use super::*;
     use crate::upstream::UpstreamClient;
-    use crate::usage_reporter::UsageSink;
+    use crate::usage_spool::{SpoolSettings, UsageSpool, WhenFull};
 
     fn snapshot(version: u64, identity: &Identity) -> pb::Snapshot {
         let sealer = SecretSealer::for_recipient(&identity.sealing.public_bytes()).unwrap();
@@ -239,8 +239,14 @@ mod tests {
     async fn only_newer_versions_apply_and_the_newest_is_saved() {
         let dir = tempfile::tempdir().unwrap();
         let identity = Arc::new(Identity::load_or_create(dir.path(), Some("edge")).unwrap());
-        let (usage, _queue) = UsageSink::channel();
-        let gateway = Gateway::new(usage, UpstreamClient::new(), 1024);
+        let (spool, _) = UsageSpool::open(SpoolSettings {
+            dir: dir.path().join("spool"),
+            segment_bytes: 64 * 1024,
+            max_bytes: 1 << 20,
+            when_full: WhenFull::Refuse,
+        })
+        .unwrap();
+        let gateway = Gateway::new(spool, UpstreamClient::new(), 1024);
         let applier = Applier {
             gateway: gateway.clone(),
             identity: identity.clone(),

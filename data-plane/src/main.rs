@@ -12,7 +12,8 @@ use sluice_data_plane::identity::Identity;
 use sluice_data_plane::server::{ServerLimits, serve};
 use sluice_data_plane::settings::Settings;
 use sluice_data_plane::upstream::{UpstreamClient, load_roots};
-use sluice_data_plane::usage_reporter::{UsageReporter, UsageSink};
+use sluice_data_plane::usage_reporter::UsageReporter;
+use sluice_data_plane::usage_spool::UsageSpool;
 
 /// The Sluice proxy.
 #[derive(Parser)]
@@ -70,10 +71,13 @@ fn run(
             &settings.data_dir,
             settings.proxy_id.as_deref(),
         )?);
+        let (spool, recovered) = UsageSpool::open(settings.spool())?;
         let token = Arc::new(settings.token);
-        let (usage, usage_queue) = UsageSink::channel();
+        if !recovered.is_empty() {
+            tracing::info!(files = recovered.len(), "usage spool holds undelivered usage from an earlier run; delivering it first");
+        }
         let gateway = Gateway::new(
-            usage,
+            spool.clone(),
             UpstreamClient::with_extra_roots(extra_roots),
             settings.max_body_bytes,
         );
@@ -104,7 +108,8 @@ fn run(
         let reporter = tokio::spawn(
             UsageReporter {
                 gateway: gateway.clone(),
-                receiver: usage_queue,
+                spool,
+                recovered,
                 channel,
                 token,
                 proxy_id: identity.proxy_id.clone(),
@@ -126,7 +131,7 @@ fn run(
             .await
             .is_err()
         {
-            tracing::error!("could not deliver all usage before exiting; the rest is lost");
+            tracing::warn!("could not deliver all usage before exiting; the rest stays in the spool for the next start");
         }
         tracing::info!("sluice-proxy stopped");
         Ok(())

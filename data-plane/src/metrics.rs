@@ -36,16 +36,21 @@ pub struct Metrics {
     pub upstream_requests_total: AtomicU64,
     pub usage_records_dropped_total: AtomicU64,
     pub usage_batches_acked_total: AtomicU64,
+    pub usage_batches_quarantined_total: AtomicU64,
+    pub usage_records_recovered_total: AtomicU64,
+    pub usage_spool_damaged_total: AtomicU64,
+    /// 1 while the usage spool is at its size bound.
+    pub usage_spool_full: AtomicBool,
     errors: [AtomicU64; ERROR_CODES.len()],
 }
 
 impl Metrics {
     pub fn count_error(&self, code: ErrorCode) {
         // Both share the wire code, so they share the label.
-        let code = if code == ErrorCode::ModelNotAllowed {
-            ErrorCode::UnsupportedModel
-        } else {
-            code
+        let code = match code {
+            ErrorCode::ModelNotAllowed => ErrorCode::UnsupportedModel,
+            ErrorCode::UsageSpoolFull => ErrorCode::Internal,
+            other => other,
         };
         let slot = ERROR_CODES.iter().position(|c| *c == code);
         if let Some(counter) = slot.and_then(|slot| self.errors.get(slot)) {
@@ -81,6 +86,11 @@ impl Metrics {
             "1 while the config stream to the control plane is up.",
             u8::from(self.control_plane_connected.load(Ordering::Relaxed)).to_string(),
         );
+        gauge(
+            "sluice_usage_spool_full",
+            "1 while the usage spool is at its size bound (see usage_spool_when_full).",
+            u8::from(self.usage_spool_full.load(Ordering::Relaxed)).to_string(),
+        );
         let counters = [
             (
                 "sluice_config_rejected_total",
@@ -104,8 +114,23 @@ impl Metrics {
             ),
             (
                 "sluice_usage_records_dropped_total",
-                "Usage records dropped because the queue was full.",
+                "Usage records lost: the spool was at its bound or could not be written.",
                 &self.usage_records_dropped_total,
+            ),
+            (
+                "sluice_usage_records_recovered_total",
+                "Usage records read back from spool files an earlier process left.",
+                &self.usage_records_recovered_total,
+            ),
+            (
+                "sluice_usage_spool_damaged_total",
+                "Torn or damaged stretches skipped in recovered spool files.",
+                &self.usage_spool_damaged_total,
+            ),
+            (
+                "sluice_usage_batches_quarantined_total",
+                "Usage batches the control plane refused, kept in the spool's quarantine directory.",
+                &self.usage_batches_quarantined_total,
             ),
             (
                 "sluice_usage_batches_acked_total",

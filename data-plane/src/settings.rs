@@ -10,6 +10,8 @@ use serde::Deserialize;
 use sluice_shared::secret::SecretString;
 use sluice_shared::settings_source::{invalid, parse, prefixed_variables, read_toml};
 
+use crate::usage_spool::{SpoolSettings, WhenFull};
+
 pub use sluice_shared::settings_source::SettingsError;
 
 #[derive(Debug)]
@@ -34,6 +36,11 @@ pub struct Settings {
     pub upstream_ca_file: Option<PathBuf>,
     pub usage_batch_size: usize,
     pub usage_flush_interval: Duration,
+    /// Size of each spool file (preallocated); the spool lives in `data_dir/spool`.
+    pub usage_spool_segment_bytes: usize,
+    /// The spool's bound on disk: the backlog a control-plane outage may build.
+    pub usage_spool_max_bytes: u64,
+    pub usage_spool_when_full: WhenFull,
     pub log: String,
 }
 
@@ -52,6 +59,9 @@ struct FileSettings {
     upstream_ca_file: Option<PathBuf>,
     usage_batch_size: Option<usize>,
     usage_flush_interval_ms: Option<u64>,
+    usage_spool_segment_bytes: Option<u64>,
+    usage_spool_max_bytes: Option<u64>,
+    usage_spool_when_full: Option<String>,
     log: Option<String>,
 }
 
@@ -75,6 +85,9 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_UPSTREAM_CA_FILE",
     "SLUICE_PROXY_USAGE_BATCH_SIZE",
     "SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS",
+    "SLUICE_PROXY_USAGE_SPOOL_SEGMENT_BYTES",
+    "SLUICE_PROXY_USAGE_SPOOL_MAX_BYTES",
+    "SLUICE_PROXY_USAGE_SPOOL_WHEN_FULL",
     "SLUICE_PROXY_LOG",
     "SLUICE_PROXY_CONFIG",
 ];
@@ -192,12 +205,47 @@ impl Settings {
                 file_settings.usage_flush_interval_ms,
                 250,
             )?),
+            usage_spool_segment_bytes: usize::try_from(number(
+                "SLUICE_PROXY_USAGE_SPOOL_SEGMENT_BYTES",
+                take("SLUICE_PROXY_USAGE_SPOOL_SEGMENT_BYTES"),
+                file_settings.usage_spool_segment_bytes,
+                4 * 1024 * 1024,
+            )?)
+            .unwrap_or(usize::MAX),
+            usage_spool_max_bytes: number(
+                "SLUICE_PROXY_USAGE_SPOOL_MAX_BYTES",
+                take("SLUICE_PROXY_USAGE_SPOOL_MAX_BYTES"),
+                file_settings.usage_spool_max_bytes,
+                1024 * 1024 * 1024,
+            )?,
+            usage_spool_when_full: match take("SLUICE_PROXY_USAGE_SPOOL_WHEN_FULL")
+                .or(file_settings.usage_spool_when_full)
+                .as_deref()
+            {
+                None | Some("refuse") => WhenFull::Refuse,
+                Some("drop-oldest") => WhenFull::DropOldest,
+                Some(_) => {
+                    return Err(invalid(
+                        "usage_spool_when_full",
+                        "must be `refuse` (the default: live traffic stops rather than go unmetered) or `drop-oldest`",
+                    ));
+                }
+            },
             log: take("SLUICE_PROXY_LOG")
                 .or(file_settings.log)
                 .unwrap_or_else(|| "info".to_owned()),
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    pub fn spool(&self) -> SpoolSettings {
+        SpoolSettings {
+            dir: self.data_dir.join("spool"),
+            segment_bytes: self.usage_spool_segment_bytes,
+            max_bytes: self.usage_spool_max_bytes,
+            when_full: self.usage_spool_when_full,
+        }
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
@@ -228,6 +276,16 @@ impl Settings {
             return Err(invalid(
                 "header_read_timeout_ms / usage_flush_interval_ms",
                 "must be above 0",
+            ));
+        }
+        // Big enough for any record; at least three files, so one is always free for
+        // requests already admitted when the bound is reached.
+        if self.usage_spool_segment_bytes < 64 * 1024
+            || self.usage_spool_max_bytes < 3 * self.usage_spool_segment_bytes as u64
+        {
+            return Err(invalid(
+                "usage_spool_segment_bytes / usage_spool_max_bytes",
+                "segments must be at least 64 KiB, and the bound at least three segments",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {

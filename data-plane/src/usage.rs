@@ -1,4 +1,6 @@
-//! One usage record per request, built as the request goes and sent on when it ends.
+//! One usage record per request, built as the request goes and spooled when it ends — before
+//! the answer leaves. A stream is spooled twice: an estimate before its headers go out, and
+//! the real record at its end; after a crash in between, the estimate is what gets billed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,6 +11,7 @@ use crate::gateway::Gateway;
 use crate::mock_posture::estimate_tokens;
 use crate::routing_tables::ModelEntry;
 use crate::sse::{SseUsageScanner, Usage};
+use crate::usage_spool::StartedMark;
 
 /// What is known before the answer: who, what, where, when.
 pub struct UsageDraft {
@@ -18,6 +21,8 @@ pub struct UsageDraft {
     pub output_price: i64,
     /// The request's messages, counted only if the upstream reports no usage.
     pub prompt: Option<bytes::Bytes>,
+    prompt_estimate: Option<u64>,
+    stream_mark: Option<StartedMark>,
 }
 
 impl UsageDraft {
@@ -40,17 +45,44 @@ impl UsageDraft {
             input_price: model.input_price_micros_per_mtok,
             output_price: model.output_price_micros_per_mtok,
             prompt: None,
+            prompt_estimate: None,
+            stream_mark: None,
         }
     }
 
     /// Sluice's own count of the prompt (see [`estimate_tokens`]).
-    pub fn prompt_estimate(&self) -> u64 {
+    pub fn prompt_estimate(&mut self) -> u64 {
+        if let Some(known) = self.prompt_estimate {
+            return known;
+        }
         let messages = self
             .prompt
             .as_ref()
             .and_then(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
             .unwrap_or_default();
-        estimate_tokens(crate::mock_posture::message_chars(&messages))
+        let estimate = estimate_tokens(crate::mock_posture::message_chars(&messages));
+        self.prompt_estimate = Some(estimate);
+        estimate
+    }
+
+    /// Spools this stream's record as an estimate (the prompt counted, nothing answered yet);
+    /// call before the stream's headers leave.
+    pub fn spool_start(&mut self, gateway: &Gateway) {
+        let mut estimate = self.record.clone();
+        estimate.input_tokens = self.prompt_estimate();
+        estimate.source = pb::UsageSource::Estimated as i32;
+        estimate.cost_micros = cost_micros(
+            Usage {
+                input_tokens: estimate.input_tokens,
+                ..Usage::default()
+            },
+            self.input_price,
+            self.output_price,
+        );
+        match gateway.spool.start(&estimate) {
+            Ok(mark) => self.stream_mark = Some(mark),
+            Err(error) => lost(gateway, &error),
+        }
     }
 
     pub fn finish(
@@ -73,11 +105,11 @@ impl UsageDraft {
         } else {
             cost_micros(usage, self.input_price, self.output_price)
         };
-        if !gateway.usage.record(self.record) {
-            gateway
-                .metrics
-                .usage_records_dropped_total
-                .fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = gateway
+            .spool
+            .complete(&self.record, self.stream_mark.take())
+        {
+            lost(gateway, &error);
         }
     }
 
@@ -101,6 +133,14 @@ impl UsageDraft {
             }
         }
     }
+}
+
+fn lost(gateway: &Gateway, error: &crate::usage_spool::SpoolError) {
+    gateway
+        .metrics
+        .usage_records_dropped_total
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::error!(%error, "a usage record could not be spooled and is lost");
 }
 
 /// Tokens × price per million, in micro-dollars, rounded up so estimates never undercharge.

@@ -1,6 +1,6 @@
 //! The usage stream's wire format, built by hand around batches encoded once.
 //!
-//! A batch is encoded when it is formed and those bytes are what travels — and travel again
+//! A batch is built from the records' spooled encodings and those bytes are what travels — and travel again
 //! after a failure — so no record is cloned or re-encoded while it waits for its
 //! acknowledgement. The bytes are exactly what prost would write for the same
 //! `ReportUsageRequest`, so the control plane reads them with its generated code.
@@ -21,18 +21,53 @@ pub struct EncodedBatch {
     pub bytes: Bytes,
 }
 
-impl EncodedBatch {
-    pub fn new(batch_id: String, records: Vec<pb::UsageRecord>) -> Self {
-        let count = records.len();
-        let batch = pb::UsageBatch { batch_id, records };
-        let bytes = Bytes::from(batch.encode_to_vec());
+/// Builds a `UsageBatch` from records that are already encoded (as the spool holds them), so
+/// no record is decoded or re-encoded on its way to the control plane.
+pub struct BatchBuilder {
+    batch_id: String,
+    records: usize,
+    bytes: BytesMut,
+}
+
+impl BatchBuilder {
+    pub fn new(batch_id: String) -> Self {
+        let mut bytes = BytesMut::with_capacity(64 * 1024);
+        encode_key(1, WireType::LengthDelimited, &mut bytes);
+        encode_varint(batch_id.len() as u64, &mut bytes);
+        bytes.put_slice(batch_id.as_bytes());
         Self {
-            batch_id: batch.batch_id,
-            records: count,
+            batch_id,
+            records: 0,
             bytes,
         }
     }
 
+    /// Adds one encoded `UsageRecord` (field 2, repeated).
+    pub fn push(&mut self, record: &[u8]) {
+        encode_key(2, WireType::LengthDelimited, &mut self.bytes);
+        encode_varint(record.len() as u64, &mut self.bytes);
+        self.bytes.put_slice(record);
+        self.records += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    pub fn finish(self) -> EncodedBatch {
+        EncodedBatch {
+            batch_id: self.batch_id,
+            records: self.records,
+            bytes: self.bytes.freeze(),
+        }
+    }
+}
+
+impl EncodedBatch {
     /// `ReportUsageRequest { proxy_id, batch }` on the wire: field 1 the proxy id, field 2 this
     /// batch as an embedded message.
     pub fn report_request(&self, proxy_id: &str) -> Bytes {
@@ -112,9 +147,14 @@ mod tests {
                 cost_micros: 7,
                 ..Default::default()
             },
+            pb::UsageRecord::default(),
         ];
-        let batch = EncodedBatch::new("b1".into(), records.clone());
-        assert_eq!(batch.records, 2);
+        let mut builder = BatchBuilder::new("b1".into());
+        for record in &records {
+            builder.push(&record.encode_to_vec());
+        }
+        let batch = builder.finish();
+        assert_eq!(batch.records, 3);
         let expected = pb::ReportUsageRequest {
             proxy_id: "proxy-a".into(),
             batch: Some(pb::UsageBatch {

@@ -45,6 +45,9 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     UpstreamRateLimited,
     NotReady,
+    /// The usage spool is at its bound: live traffic would go unmetered. Shares the wire code
+    /// `internal` (an operator must act) but answers 503, since it clears by itself.
+    UsageSpoolFull,
     Internal,
 }
 
@@ -66,7 +69,7 @@ impl ErrorCode {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamRateLimited => "upstream_rate_limited",
             Self::NotReady => "not_ready",
-            Self::Internal => "internal",
+            Self::UsageSpoolFull | Self::Internal => "internal",
         }
     }
 
@@ -82,7 +85,7 @@ impl ErrorCode {
             Self::ProviderKeyInvalid | Self::UpstreamUnavailable => 502,
             Self::BudgetExceeded | Self::UpstreamRateLimited => 429,
             Self::UpstreamTimeout => 504,
-            Self::NotReady => 503,
+            Self::NotReady | Self::UsageSpoolFull => 503,
             Self::Internal => 500,
         }
     }
@@ -105,6 +108,7 @@ impl ErrorCode {
             | Self::UpstreamTimeout
             | Self::UpstreamUnavailable
             | Self::NotReady
+            | Self::UsageSpoolFull
             | Self::Internal => "api_error",
         }
     }
@@ -115,7 +119,7 @@ impl ErrorCode {
             | Self::UpstreamUnavailable
             | Self::UpstreamRateLimited
             | Self::NotReady => NextAction::Retry,
-            Self::Internal => NextAction::Support,
+            Self::UsageSpoolFull | Self::Internal => NextAction::Support,
             _ => NextAction::Fix,
         }
     }

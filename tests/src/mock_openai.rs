@@ -1,7 +1,8 @@
 //! A mock OpenAI upstream on 127.0.0.1:0 speaking the real wire format: chat completions as
 //! JSON or as SSE `chat.completion.chunk` events with a final usage chunk and `[DONE]`, and
 //! OpenAI's error bodies. The upstream model name picks a behaviour, so one server covers every
-//! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `redirect`,
+//! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `pause` (answers
+//! after [`PAUSE`]), `redirect`,
 //! `no-usage` (a stream without a usage block), `stall` (a stream that sends one chunk, then
 //! nothing); anything else answers normally. It records
 //! every request and counts TCP connections, so a test can prove "zero upstream calls".
@@ -26,6 +27,8 @@ pub const PROMPT_TOKENS: u64 = 11;
 pub const COMPLETION_TOKENS: u64 = 7;
 pub const STREAM_CHUNKS: usize = 5;
 pub const STREAM_GAP: Duration = Duration::from_millis(150);
+/// How long the `pause` model waits before it answers normally.
+pub const PAUSE: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -239,6 +242,7 @@ async fn handle(
                 .unwrap());
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        "pause" => tokio::time::sleep(PAUSE).await,
         _ => {}
     }
     let id = "chatcmpl-mock0001";

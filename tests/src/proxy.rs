@@ -234,6 +234,26 @@ impl Http {
         })
     }
 
+    /// POSTs and returns as soon as the response head arrives; the body is the caller's to read.
+    pub async fn post_head(
+        &self,
+        url: &str,
+        key: &str,
+        body: &Value,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let request = Request::builder()
+            .method("POST")
+            .uri(url)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(15), self.client.request(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())
+    }
+
     /// POSTs and returns the instant each body frame arrived, with its bytes.
     pub async fn post_streaming(
         &self,
@@ -241,17 +261,7 @@ impl Http {
         key: &str,
         body: &Value,
     ) -> (StatusCode, Vec<(Instant, Bytes)>) {
-        let request = Request::builder()
-            .method("POST")
-            .uri(url)
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {key}"))
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(15), self.client.request(request))
-            .await
-            .unwrap()
-            .unwrap();
+        let response = self.post_head(url, key, body).await.unwrap();
         let status = response.status();
         let mut body = response.into_body();
         let mut frames = Vec::new();
