@@ -9,6 +9,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use sluice_proto::usage::v1 as pb;
 use sluice_proto::usage::v1::usage_service_server::UsageService;
+use sluice_shared::request_metadata::{MetadataError, check_id, check_tags};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -109,6 +110,12 @@ fn record(r: pb::UsageRecord) -> Result<UsageRecord, Status> {
             "records[].request_id: is required, at most 128 bytes",
         ));
     }
+    let metadata_invalid =
+        |error: MetadataError| Status::invalid_argument(format!("records[]: {error}"));
+    check_id("run_id", &r.run_id).map_err(metadata_invalid)?;
+    check_id("task_id", &r.task_id).map_err(metadata_invalid)?;
+    check_tags(r.tags.iter().map(|t| (t.name.as_str(), t.value.as_str())))
+        .map_err(metadata_invalid)?;
     let count = |value: u64| {
         i64::try_from(value).map_err(|_| Status::invalid_argument("token count out of range"))
     };
@@ -132,5 +139,8 @@ fn record(r: pb::UsageRecord) -> Result<UsageRecord, Status> {
             Ok(pb::UsageSource::Mock) => UsageSource::Mock,
             _ => return Err(Status::invalid_argument("records[].source: is required")),
         },
+        run_id: r.run_id,
+        task_id: r.task_id,
+        tags: r.tags.into_iter().map(|t| (t.name, t.value)).collect(),
     })
 }

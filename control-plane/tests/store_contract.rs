@@ -615,6 +615,20 @@ async fn usage_ledger<S: Store>(store: &S) {
             } else {
                 UsageSource::Estimated
             },
+            run_id: if n % 3 == 0 {
+                format!("run-{n}")
+            } else {
+                String::new()
+            },
+            task_id: String::new(),
+            tags: if n % 3 == 0 {
+                vec![
+                    ("env".into(), "prod".into()),
+                    ("team".into(), "search".into()),
+                ]
+            } else {
+                Vec::new()
+            },
         })
         .collect();
     assert_eq!(

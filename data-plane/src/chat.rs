@@ -42,10 +42,17 @@ pub async fn chat_completions(
     })?;
     let now_us = sluice_shared::time::now_us();
     let caller = authenticate(&tables, request.headers(), now_us)?;
+    let metadata = crate::metadata_headers::read(request.headers())?;
     let body = read_body(gateway, request).await?;
     let chat = ChatRequest::parse(&body)?;
     let model = resolve_model(&tables, &caller, &chat.model)?;
-    let draft = UsageDraft::new(request_id, &caller.project.id, &caller.key.id, model);
+    let draft = UsageDraft::new(
+        request_id,
+        &caller.project.id,
+        &caller.key.id,
+        model,
+        metadata,
+    );
     match caller.project.posture {
         Posture::Mock => Ok(mock(
             gateway,

@@ -10,6 +10,7 @@ pub mod error_response;
 pub mod gateway;
 pub mod http_body;
 pub mod identity;
+pub mod metadata_headers;
 pub mod metered_body;
 pub mod metrics;
 pub mod mock_posture;

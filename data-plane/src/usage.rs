@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use sluice_proto::usage::v1 as pb;
 
 use crate::gateway::Gateway;
+use crate::metadata_headers::RequestMetadata;
 use crate::mock_posture::estimate_tokens;
 use crate::routing_tables::ModelEntry;
 use crate::sse::{SseUsageScanner, Usage};
@@ -31,6 +32,7 @@ impl UsageDraft {
         project_id: &str,
         virtual_key_id: &str,
         model: &ModelEntry,
+        metadata: RequestMetadata,
     ) -> Self {
         Self {
             record: pb::UsageRecord {
@@ -39,6 +41,9 @@ impl UsageDraft {
                 project_id: project_id.to_owned(),
                 virtual_key_id: virtual_key_id.to_owned(),
                 model: model.name.clone(),
+                run_id: metadata.run_id,
+                task_id: metadata.task_id,
+                tags: metadata.tags,
                 ..Default::default()
             },
             started: tokio::time::Instant::now(),

@@ -3,6 +3,7 @@
 pub mod envelope;
 pub mod error_code;
 pub mod ids;
+pub mod request_metadata;
 pub mod sealing;
 pub mod secret;
 pub mod settings_source;

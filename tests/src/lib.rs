@@ -299,6 +299,24 @@ impl ControlPlane {
     }
 }
 
+/// A LIVE project `acme/web` on a fresh mock OpenAI upstream and control plane (SQLite in the
+/// returned directory), holding `provider_key`.
+pub fn live_stack(
+    provider_key: &str,
+) -> (
+    mock_openai::MockOpenAi,
+    tempfile::TempDir,
+    ControlPlane,
+    Acme,
+) {
+    let upstream = mock_openai::MockOpenAi::start();
+    let cp_dir = tempfile::tempdir().expect("temp dir");
+    let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
+    let acme = cp.seed_acme(&upstream.base_url(), Some(provider_key), &[]);
+    cp.go_live("acme/web");
+    (upstream, cp_dir, cp, acme)
+}
+
 /// What [`ControlPlane::seed_acme`] made: the virtual key and the data-plane token.
 pub struct Acme {
     pub key: String,

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use sluice_e2e::mock_openai::MockOpenAi;
 use sluice_e2e::proxy::{Http, Proxy, ProxyBuilder};
-use sluice_e2e::{Acme, ControlPlane, ControlPlaneBuilder};
+use sluice_e2e::{ControlPlaneBuilder, live_stack};
 
 const SEGMENT: &str = "65536";
 
@@ -180,16 +180,6 @@ async fn no_answered_request_is_lost_or_counted_twice() {
     // The spool empties once all is acknowledged: nothing is kept longer than needed.
     drop(cp);
     drop(second);
-}
-
-/// A LIVE project on a fresh mock upstream and control plane.
-fn live_stack(provider_key: &str) -> (MockOpenAi, tempfile::TempDir, ControlPlane, Acme) {
-    let upstream = MockOpenAi::start();
-    let cp_dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
-    let acme = cp.seed_acme(&upstream.base_url(), Some(provider_key), &[]);
-    cp.go_live("acme/web");
-    (upstream, cp_dir, cp, acme)
 }
 
 async fn live_request(http: &Http, proxy: &Proxy, key: &str) -> sluice_e2e::proxy::HttpResponse {

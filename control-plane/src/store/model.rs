@@ -364,6 +364,11 @@ pub struct UsageRecord {
     pub latency_ms: i64,
     pub http_status: i64,
     pub source: UsageSource,
+    /// From the request's `x-sluice-run-id` / `x-sluice-task-id`; empty when absent.
+    pub run_id: String,
+    pub task_id: String,
+    /// From the request's `x-sluice-tag-<name>` headers.
+    pub tags: Vec<(String, String)>,
 }
 
 /// What happened to a usage batch.

@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "drop_usage_batch_index",
         include_str!("../../migrations/postgres/0003_drop_usage_batch_index.sql"),
     ),
+    (
+        4,
+        "usage_metadata",
+        include_str!("../../migrations/postgres/0004_usage_metadata.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -31,11 +31,9 @@ pub(super) const VIRTUAL_KEY_FROM: &str = "virtual_keys v \
 pub(super) const ADMIN_TOKEN_COLUMNS: &str =
     "id, name, scope, prefix, created_at_us, revoked_at_us";
 
-/// Maps a failed write to the error an operator should see: a duplicate becomes
-/// `AlreadyExists`, a dangling or still-referenced row a `FailedPrecondition`.
-const USAGE_COLUMNS: usize = 15;
+const USAGE_COLUMNS: usize = 18;
 /// Rows per multi-row insert, largest first. Batches are split into these sizes only, so at
-/// most five statements exist and each is prepared once and cached; 256 × 15 parameters stays
+/// most five statements exist and each is prepared once and cached; 256 × 18 parameters stays
 /// far below both backends' limits.
 pub(super) const USAGE_INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
@@ -76,7 +74,8 @@ fn build_usage_insert_sql(rows: usize, placeholders: Placeholders) -> String {
     sql.push_str(
         "INSERT INTO usage_records (request_id, batch_id, started_at_us, project_id, \
          virtual_key_id, model, provider_id, input_tokens, output_tokens, cached_input_tokens, \
-         reasoning_tokens, cost_micros, latency_ms, http_status, source) VALUES ",
+         reasoning_tokens, cost_micros, latency_ms, http_status, source, run_id, task_id, \
+         tags) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
@@ -101,6 +100,27 @@ fn build_usage_insert_sql(rows: usize, placeholders: Placeholders) -> String {
     sql
 }
 
+/// Tags are stored as one JSON object, so a query can read them without a join.
+pub(super) fn tags_json(tags: &[(String, String)]) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = tags
+        .iter()
+        .map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone())))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+pub(super) fn tags_from_json(text: String) -> Vec<(String, String)> {
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(object)) => object
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value.as_str()?.to_owned())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Maps a failed write to the error an operator should see: a duplicate becomes
+/// `AlreadyExists`, a dangling or still-referenced row a `FailedPrecondition`.
 pub(super) fn write_error(
     error: sqlx::Error,
     what: impl FnOnce() -> String,
@@ -294,6 +314,9 @@ macro_rules! sql_store {
                     latency_ms: row.try_get("latency_ms")?,
                     http_status: row.try_get("http_status")?,
                     source: UsageSource::parse(row.try_get("source")?)?,
+                    run_id: row.try_get("run_id")?,
+                    task_id: row.try_get("task_id")?,
+                    tags: tags_from_json(row.try_get("tags")?),
                 })
             }
 
@@ -1733,7 +1756,10 @@ macro_rules! sql_store {
                                     .bind(record.cost_micros)
                                     .bind(record.latency_ms)
                                     .bind(record.http_status)
-                                    .bind(record.source.as_str());
+                                    .bind(record.source.as_str())
+                                    .bind(record.run_id)
+                                    .bind(record.task_id)
+                                    .bind(tags_json(&record.tags));
                             }
                             query.execute(&mut *tx).await?;
                         }
@@ -1746,7 +1772,8 @@ macro_rules! sql_store {
                     let rows = sqlx::query(
                         "SELECT request_id, started_at_us, project_id, virtual_key_id, model, \
                          provider_id, input_tokens, output_tokens, cached_input_tokens, \
-                         reasoning_tokens, cost_micros, latency_ms, http_status, source \
+                         reasoning_tokens, cost_micros, latency_ms, http_status, source, \
+                         run_id, task_id, tags \
                          FROM usage_records WHERE project_id = $1 \
                          ORDER BY started_at_us, request_id",
                     )
