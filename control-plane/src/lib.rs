@@ -3,6 +3,7 @@
 
 pub mod admin_api;
 pub mod config_stream;
+pub mod pricing_catalog;
 pub mod server;
 pub mod settings;
 pub mod snapshot_builder;

@@ -185,6 +185,7 @@ pub fn seal_snapshot(
                 input_price_micros_per_mtok: m.input_price_micros_per_mtok,
                 output_price_micros_per_mtok: m.output_price_micros_per_mtok,
                 context_window: m.context_window,
+                cached_input_price_micros_per_mtok: m.cached_input_price_micros_per_mtok,
             })
             .collect(),
         virtual_keys: state

@@ -217,6 +217,9 @@ async fn story<S: Store>(store: &S) {
                 input_price_micros_per_mtok: 150_000,
                 output_price_micros_per_mtok: 600_000,
                 context_window: 128_000,
+                cached_input_price_micros_per_mtok: Some(75_000),
+                price_source: PriceSource::Catalog,
+                catalog_id: "gpt-4o-mini".into(),
             },
             audit("model.create", "acme/gpt-4o-mini"),
         )
@@ -242,6 +245,9 @@ async fn story<S: Store>(store: &S) {
                     input_price_micros_per_mtok: 0,
                     output_price_micros_per_mtok: 0,
                     context_window: 0,
+                    cached_input_price_micros_per_mtok: None,
+                    price_source: PriceSource::Operator,
+                    catalog_id: String::new(),
                 },
                 audit("model.create", "x"),
             )
@@ -252,12 +258,18 @@ async fn story<S: Store>(store: &S) {
         store.get_model("acme", "broken").await,
         Err(StoreError::NotFound { .. })
     ));
+    assert_eq!(model.cached_input_price_micros_per_mtok, Some(75_000));
+    assert_eq!(model.price_source, PriceSource::Catalog);
+    assert_eq!(model.catalog_id, "gpt-4o-mini");
     let repriced = store
         .update_model(
             "acme",
             "gpt-4o-mini",
             ModelPatch {
                 output_price_micros_per_mtok: Some(700_000),
+                cached_input_price_micros_per_mtok: Some(None),
+                price_source: Some(PriceSource::Operator),
+                catalog_id: Some(String::new()),
                 ..Default::default()
             },
             audit("model.update", "x"),
@@ -265,6 +277,9 @@ async fn story<S: Store>(store: &S) {
         .await
         .unwrap();
     assert_eq!(repriced.output_price_micros_per_mtok, 700_000);
+    assert_eq!(repriced.input_price_micros_per_mtok, 150_000);
+    assert_eq!(repriced.cached_input_price_micros_per_mtok, None);
+    assert_eq!(repriced.price_source, PriceSource::Operator);
     assert_eq!(repriced.deployments, model.deployments);
     assert!(matches!(
         store

@@ -73,6 +73,8 @@ pub struct ModelEntry {
     /// Sorted by priority, lowest (tried first) first.
     pub deployments: Vec<DeploymentEntry>,
     pub input_price_micros_per_mtok: i64,
+    /// Input tokens the provider served from its prompt cache (the input price if unset).
+    pub cached_input_price_micros_per_mtok: i64,
     pub output_price_micros_per_mtok: i64,
     pub context_window: u32,
     pub created_at_s: i64,
@@ -199,7 +201,13 @@ impl RoutingTables {
                 }
             }
             deployments.sort_by_key(|d| d.priority);
-            if m.input_price_micros_per_mtok < 0 || m.output_price_micros_per_mtok < 0 {
+            let cached_input_price = m
+                .cached_input_price_micros_per_mtok
+                .unwrap_or(m.input_price_micros_per_mtok);
+            if m.input_price_micros_per_mtok < 0
+                || m.output_price_micros_per_mtok < 0
+                || cached_input_price < 0
+            {
                 return Err(invalid(format!("model {}: negative price", m.name)));
             }
             models.push(ModelEntry {
@@ -207,6 +215,7 @@ impl RoutingTables {
                 name: m.name.clone(),
                 deployments,
                 input_price_micros_per_mtok: m.input_price_micros_per_mtok,
+                cached_input_price_micros_per_mtok: cached_input_price,
                 output_price_micros_per_mtok: m.output_price_micros_per_mtok,
                 context_window: m.context_window,
                 created_at_s: snapshot.generated_at_us / 1_000_000,

@@ -18,8 +18,7 @@ use crate::usage_spool::StartedMark;
 pub struct UsageDraft {
     pub record: pb::UsageRecord,
     pub started: tokio::time::Instant,
-    pub input_price: i64,
-    pub output_price: i64,
+    pub prices: Prices,
     /// The request's messages, counted only if the upstream reports no usage.
     pub prompt: Option<bytes::Bytes>,
     prompt_estimate: Option<u64>,
@@ -47,8 +46,11 @@ impl UsageDraft {
                 ..Default::default()
             },
             started: tokio::time::Instant::now(),
-            input_price: model.input_price_micros_per_mtok,
-            output_price: model.output_price_micros_per_mtok,
+            prices: Prices {
+                input: model.input_price_micros_per_mtok,
+                cached_input: model.cached_input_price_micros_per_mtok,
+                output: model.output_price_micros_per_mtok,
+            },
             prompt: None,
             prompt_estimate: None,
             stream_mark: None,
@@ -81,8 +83,7 @@ impl UsageDraft {
                 input_tokens: estimate.input_tokens,
                 ..Usage::default()
             },
-            self.input_price,
-            self.output_price,
+            self.prices,
         );
         match gateway.spool.start(&estimate) {
             Ok(mark) => self.stream_mark = Some(mark),
@@ -108,7 +109,7 @@ impl UsageDraft {
         record.cost_micros = if source == pb::UsageSource::Mock {
             0
         } else {
-            cost_micros(usage, self.input_price, self.output_price)
+            cost_micros(usage, self.prices)
         };
         if let Err(error) = gateway
             .spool
@@ -148,10 +149,24 @@ fn lost(gateway: &Gateway, error: &crate::usage_spool::SpoolError) {
     tracing::error!(%error, "a usage record could not be spooled and is lost");
 }
 
-/// Tokens × price per million, in micro-dollars, rounded up so estimates never undercharge.
-pub fn cost_micros(usage: Usage, input_price: i64, output_price: i64) -> i64 {
-    let total = i128::from(usage.input_tokens) * i128::from(input_price)
-        + i128::from(usage.output_tokens) * i128::from(output_price);
+/// A model's prices, integer micro-dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prices {
+    pub input: i64,
+    /// Input tokens served from the provider's prompt cache.
+    pub cached_input: i64,
+    pub output: i64,
+}
+
+/// Tokens × price per million, in micro-dollars, rounded up once per request so estimates
+/// never undercharge. Input tokens include the cached ones (OpenAI's convention, which every
+/// adapter normalises to), so those are charged at the cached price instead; reasoning tokens
+/// are part of the output tokens and are not charged twice.
+pub fn cost_micros(usage: Usage, prices: Prices) -> i64 {
+    let cached = usage.cached_input_tokens.min(usage.input_tokens);
+    let total = i128::from(usage.input_tokens - cached) * i128::from(prices.input)
+        + i128::from(cached) * i128::from(prices.cached_input)
+        + i128::from(usage.output_tokens) * i128::from(prices.output);
     let micros = (total + 999_999) / 1_000_000;
     i64::try_from(micros).unwrap_or(i64::MAX)
 }
@@ -162,24 +177,25 @@ mod tests {
 
     #[test]
     fn cost_is_exact_integer_micro_dollars() {
-        let usage = Usage {
-            input_tokens: 1_000,
-            output_tokens: 500,
+        let mini = Prices {
+            input: 150_000,
+            cached_input: 75_000,
+            output: 600_000,
+        };
+        let usage = |input, cached, output| Usage {
+            input_tokens: input,
+            cached_input_tokens: cached,
+            output_tokens: output,
             ..Usage::default()
         };
         // 1 000 × 0.15 $/M + 500 × 0.60 $/M = 150 + 300 µ$.
-        assert_eq!(cost_micros(usage, 150_000, 600_000), 450);
-        assert_eq!(
-            cost_micros(
-                Usage {
-                    input_tokens: 1,
-                    ..Usage::default()
-                },
-                150_000,
-                0
-            ),
-            1
-        );
-        assert_eq!(cost_micros(Usage::default(), 150_000, 600_000), 0);
+        assert_eq!(cost_micros(usage(1_000, 0, 500), mini), 450);
+        // 200 of the 1 000 input tokens from the cache: 800 × 0.15 + 200 × 0.075 + 300.
+        assert_eq!(cost_micros(usage(1_000, 200, 500), mini), 435);
+        // A fraction of a micro-dollar rounds up, once per request.
+        assert_eq!(cost_micros(usage(1, 0, 0), mini), 1);
+        assert_eq!(cost_micros(usage(0, 0, 0), mini), 0);
+        // More cached than input (a confused upstream) never goes negative.
+        assert_eq!(cost_micros(usage(10, 50, 0), mini), 1);
     }
 }

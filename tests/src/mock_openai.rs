@@ -4,7 +4,8 @@
 //! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `pause` (answers
 //! after [`PAUSE`]), `redirect`,
 //! `no-usage` (a stream without a usage block), `stall` (a stream that sends one chunk, then
-//! nothing); anything else answers normally. It records
+//! nothing); anything else answers normally. A last message `usage:P/C[/K]` sets the usage
+//! reported (prompt, completion, cached prompt tokens). It records
 //! every request and counts TCP connections, so a test can prove "zero upstream calls".
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -177,6 +178,28 @@ fn openai_error(
     )
 }
 
+/// The usage block to report: [`PROMPT_TOKENS`] / [`COMPLETION_TOKENS`] / no cached tokens,
+/// unless the last message says `usage:PROMPT/COMPLETION[/CACHED]`, so a test can choose.
+fn reported_usage(body: &Value) -> (u64, u64, u64) {
+    let said = body["messages"]
+        .as_array()
+        .and_then(|messages| messages.last())
+        .and_then(|message| message["content"].as_str())
+        .and_then(|content| content.strip_prefix("usage:"));
+    let Some(said) = said else {
+        return (PROMPT_TOKENS, COMPLETION_TOKENS, 0);
+    };
+    let numbers: Vec<u64> = said
+        .split('/')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    match numbers.as_slice() {
+        [prompt, completion] => (*prompt, *completion, 0),
+        [prompt, completion, cached] => (*prompt, *completion, *cached),
+        _ => (PROMPT_TOKENS, COMPLETION_TOKENS, 0),
+    }
+}
+
 async fn handle(
     state: Arc<State>,
     request: Request<Incoming>,
@@ -246,6 +269,7 @@ async fn handle(
         _ => {}
     }
     let id = "chatcmpl-mock0001";
+    let (prompt_tokens, completion_tokens, cached_tokens) = reported_usage(&body);
     if body["stream"] == json!(true) {
         let include_usage =
             body["stream_options"]["include_usage"] == json!(true) && model != "no-usage";
@@ -284,9 +308,9 @@ async fn handle(
                 let usage = json!({
                     "id": id, "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
                     "choices": [],
-                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
-                              "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
-                              "prompt_tokens_details": {"cached_tokens": 0},
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens,
+                              "prompt_tokens_details": {"cached_tokens": cached_tokens},
                               "completion_tokens_details": {"reasoning_tokens": 0}}
                 });
                 let _ = sender.send(event(usage)).await;
@@ -308,9 +332,9 @@ async fn handle(
             "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock upstream", "refusal": null},
                          "logprobs": null, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
-                      "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
-                      "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens,
+                      "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
                       "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}},
             "system_fingerprint": "fp_mock"
         }),

@@ -102,6 +102,12 @@ impl From<store::Model> for pb::Model {
             context_window: m.context_window,
             created_at_us: m.created_at_us,
             updated_at_us: m.updated_at_us,
+            cached_input_price_micros_per_mtok: m.cached_input_price_micros_per_mtok,
+            price_source: match m.price_source {
+                store::PriceSource::Catalog => pb::PriceSource::Catalog,
+                store::PriceSource::Operator => pb::PriceSource::Operator,
+            } as i32,
+            catalog_id: m.catalog_id,
         }
     }
 }

@@ -186,6 +186,11 @@ pub struct Model {
     pub context_window: u32,
     pub created_at_us: i64,
     pub updated_at_us: i64,
+    /// Input tokens served from the provider's prompt cache; `None`: the input price.
+    pub cached_input_price_micros_per_mtok: Option<i64>,
+    pub price_source: PriceSource,
+    /// The catalog entry the prices came from; empty when none did.
+    pub catalog_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +200,9 @@ pub struct NewModel {
     pub input_price_micros_per_mtok: i64,
     pub output_price_micros_per_mtok: i64,
     pub context_window: u32,
+    pub cached_input_price_micros_per_mtok: Option<i64>,
+    pub price_source: PriceSource,
+    pub catalog_id: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -203,6 +211,11 @@ pub struct ModelPatch {
     pub input_price_micros_per_mtok: Option<i64>,
     pub output_price_micros_per_mtok: Option<i64>,
     pub context_window: Option<u32>,
+    /// `Some(None)` clears it (cached input then costs the input price).
+    pub cached_input_price_micros_per_mtok: Option<Option<i64>>,
+    /// Set with the catalog's prices (`Catalog`) or any operator price (`Operator`).
+    pub price_source: Option<PriceSource>,
+    pub catalog_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,6 +335,7 @@ pub struct ConfigModel {
     pub input_price_micros_per_mtok: i64,
     pub output_price_micros_per_mtok: i64,
     pub context_window: u32,
+    pub cached_input_price_micros_per_mtok: Option<i64>,
 }
 
 /// A virtual key a proxy may accept: not revoked (expiry is checked per request).
@@ -346,6 +360,7 @@ pub struct ProxyStatus {
     pub last_seen_us: i64,
 }
 
+stored_enum!(PriceSource { Catalog => "CATALOG", Operator => "OPERATOR" });
 stored_enum!(UsageSource { ProviderReported => "PROVIDER_REPORTED", Estimated => "ESTIMATED", Mock => "MOCK" });
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_metadata",
         include_str!("../../migrations/postgres/0004_usage_metadata.sql"),
     ),
+    (
+        5,
+        "model_pricing",
+        include_str!("../../migrations/postgres/0005_model_pricing.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -22,7 +22,8 @@ pub(super) const PROVIDER_KEY_FROM: &str = "provider_keys k \
      JOIN providers p ON p.id = k.provider_id JOIN organizations o ON o.id = p.org_id";
 pub(super) const MODEL_COLUMNS: &str = "m.id, o.name AS organization, m.name, \
      m.input_price_micros_per_mtok, m.output_price_micros_per_mtok, m.context_window, \
-     m.created_at_us, m.updated_at_us";
+     m.created_at_us, m.updated_at_us, m.cached_input_price_micros_per_mtok, m.price_source, \
+     m.catalog_id";
 pub(super) const VIRTUAL_KEY_COLUMNS: &str = "v.id, o.name AS organization, p.name AS project, \
      v.name, v.prefix, v.allowed_models, v.expires_at_us, v.revoked_at_us, v.created_at_us, \
      v.updated_at_us";
@@ -245,6 +246,10 @@ macro_rules! sql_store {
                     context_window: to_u32(row.try_get("context_window")?, "context_window")?,
                     created_at_us: row.try_get("created_at_us")?,
                     updated_at_us: row.try_get("updated_at_us")?,
+                    cached_input_price_micros_per_mtok: row
+                        .try_get("cached_input_price_micros_per_mtok")?,
+                    price_source: PriceSource::parse(row.try_get("price_source")?)?,
+                    catalog_id: row.try_get("catalog_id")?,
                 })
             }
 
@@ -1161,7 +1166,8 @@ macro_rules! sql_store {
                     sqlx::query(
                         "INSERT INTO models (id, org_id, name, input_price_micros_per_mtok, \
                          output_price_micros_per_mtok, context_window, created_at_us, \
-                         updated_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                         updated_at_us, cached_input_price_micros_per_mtok, price_source, \
+                         catalog_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)",
                     )
                     .bind(&id)
                     .bind(&org_id)
@@ -1170,6 +1176,9 @@ macro_rules! sql_store {
                     .bind(new.output_price_micros_per_mtok)
                     .bind(i64::from(new.context_window))
                     .bind(now_us())
+                    .bind(new.cached_input_price_micros_per_mtok)
+                    .bind(new.price_source.as_str())
+                    .bind(&new.catalog_id)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| write_error(e, || format!("model '{org}/{}'", new.name), ""))?;
@@ -1203,7 +1212,8 @@ macro_rules! sql_store {
                     sqlx::query(
                         "UPDATE models SET input_price_micros_per_mtok = $1, \
                          output_price_micros_per_mtok = $2, context_window = $3, \
-                         updated_at_us = $4 WHERE id = $5",
+                         updated_at_us = $4, cached_input_price_micros_per_mtok = $6, \
+                         price_source = $7, catalog_id = $8 WHERE id = $5",
                     )
                     .bind(
                         patch
@@ -1218,6 +1228,13 @@ macro_rules! sql_store {
                     .bind(i64::from(patch.context_window.unwrap_or(current.context_window)))
                     .bind(now_us())
                     .bind(&current.id)
+                    .bind(
+                        patch
+                            .cached_input_price_micros_per_mtok
+                            .unwrap_or(current.cached_input_price_micros_per_mtok),
+                    )
+                    .bind(patch.price_source.unwrap_or(current.price_source).as_str())
+                    .bind(patch.catalog_id.as_ref().unwrap_or(&current.catalog_id))
                     .execute(&mut *tx)
                     .await?;
                     if let Some(deployments) = &patch.deployments {
@@ -1545,7 +1562,8 @@ macro_rules! sql_store {
 
                     let rows = sqlx::query(
                         "SELECT id, org_id, name, input_price_micros_per_mtok, \
-                         output_price_micros_per_mtok, context_window FROM models ORDER BY id",
+                         output_price_micros_per_mtok, context_window, \
+                         cached_input_price_micros_per_mtok FROM models ORDER BY id",
                     )
                     .fetch_all(&mut *tx)
                     .await?;
@@ -1565,6 +1583,8 @@ macro_rules! sql_store {
                                     row.try_get("context_window")?,
                                     "context_window",
                                 )?,
+                                cached_input_price_micros_per_mtok: row
+                                    .try_get("cached_input_price_micros_per_mtok")?,
                             })
                         })
                         .collect::<StoreResult<Vec<_>>>()?;

@@ -239,6 +239,11 @@ struct ModelFields {
     /// Micro-dollars per million output tokens.
     #[arg(long)]
     output_price: Option<i64>,
+    /// Micro-dollars per million input tokens served from the provider's prompt cache
+    /// (default: the input price). Any price makes the model's prices operator-set.
+    #[arg(long)]
+    cached_input_price: Option<i64>,
+    /// Default: the pricing catalog's, when it knows the model.
     #[arg(long)]
     context_window: Option<u32>,
 }
@@ -262,6 +267,23 @@ enum ModelCommand {
         path: String,
         #[command(flatten)]
         fields: ModelFields,
+        /// Drop operator-set prices and follow the pricing catalog again.
+        #[arg(long, conflicts_with_all = ["input_price", "output_price", "cached_input_price"])]
+        catalog_pricing: bool,
+    },
+    /// Apply the pricing catalog (bundled, or --file) to the organization's models that
+    /// follow it; operator-set prices are kept unless --force.
+    SyncPricing {
+        org: String,
+        /// A catalog in the bundled file's format (control-plane/pricing/catalog.toml).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace operator-set prices too.
+        #[arg(long)]
+        force: bool,
     },
     Delete {
         path: String,
@@ -518,10 +540,20 @@ const MODEL_COLUMNS: &[&str] = &[
     "name",
     "deployments",
     "input_price_micros_per_mtok",
+    "cached_input_price_micros_per_mtok",
     "output_price_micros_per_mtok",
     "context_window",
+    "price_source",
 ];
 fn model_row(m: pb::Model) -> Vec<Value> {
+    let source = match pb::PriceSource::try_from(m.price_source) {
+        Ok(pb::PriceSource::Catalog) if m.catalog_id.is_empty() => {
+            "catalog (not in catalog)".to_owned()
+        }
+        Ok(pb::PriceSource::Catalog) => format!("catalog {}", m.catalog_id),
+        Ok(pb::PriceSource::Operator) => "operator".to_owned(),
+        _ => "unknown".to_owned(),
+    };
     let deployments: Vec<String> = m
         .deployments
         .iter()
@@ -537,8 +569,41 @@ fn model_row(m: pb::Model) -> Vec<Value> {
         json!(m.name),
         json!(deployments),
         json!(m.input_price_micros_per_mtok),
+        json!(
+            m.cached_input_price_micros_per_mtok
+                .unwrap_or(m.input_price_micros_per_mtok)
+        ),
         json!(m.output_price_micros_per_mtok),
         json!(m.context_window),
+        json!(source),
+    ]
+}
+
+const PRICING_COLUMNS: &[&str] = &[
+    "model",
+    "catalog_id",
+    "input_price_micros_per_mtok",
+    "cached_input_price_micros_per_mtok",
+    "output_price_micros_per_mtok",
+    "context_window",
+    "result",
+];
+fn pricing_row(c: pb::PricingChange) -> Vec<Value> {
+    vec![
+        json!(c.model),
+        json!(c.catalog_id),
+        json!(c.input_price_micros_per_mtok),
+        json!(
+            c.cached_input_price_micros_per_mtok
+                .unwrap_or(c.input_price_micros_per_mtok)
+        ),
+        json!(c.output_price_micros_per_mtok),
+        json!(c.context_window),
+        json!(if c.skipped.is_empty() {
+            "applied"
+        } else {
+            c.skipped.as_str()
+        }),
     ]
 }
 
@@ -1015,9 +1080,10 @@ async fn model(client: &mut Client, command: ModelCommand) -> anyhow::Result<Lis
                     organization,
                     name,
                     deployments: fields.deployments,
-                    input_price_micros_per_mtok: fields.input_price.unwrap_or(0),
-                    output_price_micros_per_mtok: fields.output_price.unwrap_or(0),
-                    context_window: fields.context_window.unwrap_or(0),
+                    input_price_micros_per_mtok: fields.input_price,
+                    output_price_micros_per_mtok: fields.output_price,
+                    cached_input_price_micros_per_mtok: fields.cached_input_price,
+                    context_window: fields.context_window,
                 })
                 .await?;
             Listing::one(
@@ -1049,7 +1115,11 @@ async fn model(client: &mut Client, command: ModelCommand) -> anyhow::Result<Lis
                     .collect(),
             )
         }
-        ModelCommand::Update { path: p, fields } => {
+        ModelCommand::Update {
+            path: p,
+            fields,
+            catalog_pricing,
+        } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             let response = client
                 .update_model(pb::UpdateModelRequest {
@@ -1059,12 +1129,45 @@ async fn model(client: &mut Client, command: ModelCommand) -> anyhow::Result<Lis
                     deployments: fields.deployments,
                     input_price_micros_per_mtok: fields.input_price,
                     output_price_micros_per_mtok: fields.output_price,
+                    cached_input_price_micros_per_mtok: fields.cached_input_price,
                     context_window: fields.context_window,
+                    catalog_pricing,
                 })
                 .await?;
             Listing::one(
                 MODEL_COLUMNS,
                 model_row(required(response.into_inner().model)?),
+            )
+        }
+        ModelCommand::SyncPricing {
+            org,
+            file,
+            dry_run,
+            force,
+        } => {
+            let catalog_toml = match file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => String::new(),
+            };
+            let response = client
+                .sync_model_pricing(pb::SyncModelPricingRequest {
+                    organization: org,
+                    catalog_toml,
+                    dry_run,
+                    force,
+                })
+                .await?
+                .into_inner();
+            for unknown in &response.unknown {
+                eprintln!(
+                    "not in the catalog (as of {}): {unknown}",
+                    response.catalog_as_of
+                );
+            }
+            Listing::many(
+                PRICING_COLUMNS,
+                response.changes.into_iter().map(pricing_row).collect(),
             )
         }
         ModelCommand::Delete { path: p } => {
