@@ -78,7 +78,7 @@ async fn ingest<S: Store>(
         .into_iter()
         .map(record)
         .collect::<Result<Vec<_>, Status>>()?;
-    let outcome = store
+    let commit = store
         .commit_usage_batch(&batch.batch_id, &request.proxy_id, &payload_hash, records)
         .await
         .map_err(|error| {
@@ -87,7 +87,18 @@ async fn ingest<S: Store>(
                 "cannot store usage right now; the proxy keeps the batch and retries",
             )
         })?;
-    Ok(match outcome {
+    for alert in &commit.alerts {
+        tracing::warn!(
+            budget = %alert.target,
+            period = alert.period.as_str(),
+            posture = alert.posture.as_str(),
+            percent = alert.percent,
+            spent_micros = alert.spent_micros,
+            limit_micros = alert.limit_micros,
+            "budget alert"
+        );
+    }
+    Ok(match commit.outcome {
         BatchOutcome::Committed | BatchOutcome::Duplicate => pb::ReportUsageResponse {
             batch_id: batch.batch_id,
             committed: true,

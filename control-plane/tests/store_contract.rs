@@ -650,21 +650,24 @@ async fn usage_ledger<S: Store>(store: &S) {
         store
             .commit_usage_batch("batch-1", "proxy-a", "hash-1", records.clone())
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         BatchOutcome::Committed
     );
     assert_eq!(
         store
             .commit_usage_batch("batch-1", "proxy-a", "hash-1", records.clone())
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         BatchOutcome::Duplicate
     );
     assert_eq!(
         store
             .commit_usage_batch("batch-1", "proxy-a", "hash-2", records[..1].to_vec())
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         BatchOutcome::Conflict
     );
     let stored = store.list_usage_records("ledger-project").await.unwrap();
@@ -673,8 +676,273 @@ async fn usage_ledger<S: Store>(store: &S) {
         store
             .commit_usage_batch("batch-2", "proxy-a", "hash-3", Vec::new())
             .await
-            .unwrap(),
+            .unwrap()
+            .outcome,
         BatchOutcome::Committed
+    );
+}
+
+fn spend(request_id: &str, project_id: &str, key_id: &str, at_us: i64, cost: i64) -> UsageRecord {
+    UsageRecord {
+        request_id: request_id.into(),
+        started_at_us: at_us,
+        project_id: project_id.into(),
+        virtual_key_id: key_id.into(),
+        model: "gpt-4o-mini".into(),
+        provider_id: "p".into(),
+        input_tokens: 1,
+        output_tokens: 1,
+        cached_input_tokens: 0,
+        reasoning_tokens: 0,
+        cost_micros: cost,
+        latency_ms: 1,
+        http_status: 200,
+        source: UsageSource::ProviderReported,
+        run_id: String::new(),
+        task_id: String::new(),
+        tags: Vec::new(),
+    }
+}
+
+/// The (target, percent) of each alert a commit raised, sorted.
+fn alerted(commit: &BatchCommit) -> Vec<(String, u32)> {
+    let mut alerts: Vec<(String, u32)> = commit
+        .alerts
+        .iter()
+        .map(|a| (a.target.clone(), a.percent))
+        .collect();
+    alerts.sort();
+    alerts
+}
+
+/// Budgets: spend rolls up per target and window in the usage transaction, counts a re-sent
+/// record once, starts from past usage, resets at UTC day and month boundaries (clock given
+/// explicitly), and raises each alert threshold once per window.
+async fn budgets<S: Store>(store: &S) {
+    use sluice_shared::time::{day_us, days_from_civil};
+    let day = |y, m, d| days_from_civil(y, m, d) * day_us();
+    store
+        .create_organization(
+            NewOrganization {
+                name: "spendco".into(),
+                display_name: String::new(),
+            },
+            audit("organization.create", "spendco"),
+        )
+        .await
+        .unwrap();
+    let project = store
+        .create_project(
+            "spendco",
+            NewProject {
+                name: "app".into(),
+                display_name: String::new(),
+                default_model: String::new(),
+            },
+            audit("project.create", "spendco/app"),
+        )
+        .await
+        .unwrap();
+    let key = store
+        .create_virtual_key(
+            "spendco",
+            "app",
+            NewVirtualKey {
+                id: new_id(),
+                name: "ci".into(),
+                prefix: "sk-sluice-Bu".into(),
+                key_hash: "budget-key-hash".into(),
+                allowed_models: Vec::new(),
+                expires_at_us: 0,
+            },
+            audit("virtual_key.create", "spendco/app/ci"),
+        )
+        .await
+        .unwrap();
+    let target = |project: Option<&str>, key: Option<&str>| BudgetTarget {
+        organization: "spendco".into(),
+        project: project.map(str::to_owned),
+        virtual_key: key.map(str::to_owned),
+    };
+    // 2026-11-30, the last day of a month.
+    let today = day(2026, 11, 30) + 3_600_000_000;
+    // Spend before any budget exists is picked up when one is created.
+    store
+        .commit_usage_batch(
+            "budget-batch-0",
+            "proxy-a",
+            "h0",
+            vec![spend("b-0", &project.id, &key.id, today, 100)],
+        )
+        .await
+        .unwrap();
+    let new = |target: BudgetTarget, period, limit| NewBudget {
+        target,
+        period,
+        limit_micros: limit,
+        posture: BudgetPosture::Hard,
+        alert_percents: vec![50, 100],
+    };
+    let org_day = store
+        .create_budget(
+            new(target(None, None), BudgetPeriod::Day, 1_000),
+            today,
+            audit("budget.create", "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        org_day.spent_micros, 100,
+        "a new budget starts from the window's past usage"
+    );
+    for (t, period) in [
+        (target(Some("app"), None), BudgetPeriod::Month),
+        (target(Some("app"), Some("ci")), BudgetPeriod::Total),
+    ] {
+        store
+            .create_budget(new(t, period, 1_000), today, audit("budget.create", "x"))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store
+            .create_budget(
+                new(target(None, None), BudgetPeriod::Day, 5),
+                today,
+                audit("budget.create", "x")
+            )
+            .await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        store
+            .create_budget(
+                new(target(Some("nope"), None), BudgetPeriod::Day, 5),
+                today,
+                audit("budget.create", "x")
+            )
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // 400 more today crosses 50 % of each budget: one alert each.
+    let commit = store
+        .commit_usage_batch(
+            "budget-batch-1",
+            "proxy-a",
+            "h1",
+            vec![
+                spend("b-1", &project.id, &key.id, today, 150),
+                spend("b-2", &project.id, &key.id, today + 1, 250),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(commit.outcome, BatchOutcome::Committed);
+    assert_eq!(
+        alerted(&commit),
+        [
+            ("spendco".to_owned(), 50),
+            ("spendco/app".to_owned(), 50),
+            ("spendco/app/ci".to_owned(), 50)
+        ]
+    );
+    // A record re-sent in another batch (after a proxy crash) is neither stored nor counted.
+    let again = store
+        .commit_usage_batch(
+            "budget-batch-2",
+            "proxy-a",
+            "h2",
+            vec![spend("b-2", &project.id, &key.id, today + 1, 250)],
+        )
+        .await
+        .unwrap();
+    assert!(again.alerts.is_empty());
+    let spent = |budgets: &[Budget], period| {
+        budgets
+            .iter()
+            .find(|b| b.period == period)
+            .map(|b| (b.spent_micros, b.requests))
+            .unwrap()
+    };
+    let now = store.list_budgets("spendco", today).await.unwrap();
+    assert_eq!(now.len(), 3);
+    for period in [BudgetPeriod::Day, BudgetPeriod::Month, BudgetPeriod::Total] {
+        assert_eq!(spent(&now, period), (500, 3), "{period:?}");
+    }
+    let audit_alerts = store
+        .list_audit_events(AuditFilter {
+            action: "budget.alert".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(audit_alerts, 3);
+
+    // Tomorrow is a new day and a new month: those windows start empty; total does not reset.
+    let tomorrow = day(2026, 12, 1) + 60_000_000;
+    let next = store.list_budgets("spendco", tomorrow).await.unwrap();
+    assert_eq!(spent(&next, BudgetPeriod::Day), (0, 0));
+    assert_eq!(spent(&next, BudgetPeriod::Month), (0, 0));
+    assert_eq!(spent(&next, BudgetPeriod::Total), (500, 3));
+    let commit = store
+        .commit_usage_batch(
+            "budget-batch-3",
+            "proxy-a",
+            "h3",
+            vec![spend("b-3", &project.id, &key.id, tomorrow, 600)],
+        )
+        .await
+        .unwrap();
+    // The new day crosses 50 % again (its own window); total crosses 100 %.
+    assert_eq!(
+        alerted(&commit),
+        [
+            ("spendco".to_owned(), 50),
+            ("spendco/app".to_owned(), 50),
+            ("spendco/app/ci".to_owned(), 100)
+        ]
+    );
+    let next = store.list_budgets("spendco", tomorrow).await.unwrap();
+    assert_eq!(spent(&next, BudgetPeriod::Day), (600, 1));
+    assert_eq!(spent(&next, BudgetPeriod::Total), (1_100, 4));
+    // Yesterday's window is untouched by today's spend.
+    let before = store.list_budgets("spendco", today).await.unwrap();
+    assert_eq!(spent(&before, BudgetPeriod::Day), (500, 3));
+
+    // Raising a limit and deleting a budget.
+    let raised = store
+        .update_budget(
+            &target(Some("app"), Some("ci")),
+            BudgetPeriod::Total,
+            BudgetPatch {
+                limit_micros: Some(10_000),
+                posture: Some(BudgetPosture::Soft),
+                alert_percents: None,
+            },
+            tomorrow,
+            audit("budget.update", "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (raised.limit_micros, raised.posture),
+        (10_000, BudgetPosture::Soft)
+    );
+    assert_eq!(raised.alert_percents, vec![50, 100]);
+    store
+        .delete_budget(
+            &target(None, None),
+            BudgetPeriod::Day,
+            audit("budget.delete", "x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_budgets("spendco", tomorrow).await.unwrap().len(),
+        2
     );
 }
 
@@ -693,6 +961,7 @@ async fn sqlite_story() {
     story(&store).await;
     injection(&store).await;
     usage_ledger(&store).await;
+    budgets(&store).await;
     fleet_versions(&store).await;
     concurrent_writers(std::sync::Arc::new(store)).await;
 }
@@ -766,6 +1035,7 @@ async fn postgres_story() {
     story(store.as_ref()).await;
     injection(store.as_ref()).await;
     usage_ledger(store.as_ref()).await;
+    budgets(store.as_ref()).await;
     fleet_versions(store.as_ref()).await;
     concurrent_writers(store.clone()).await;
     store.close().await;

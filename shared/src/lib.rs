@@ -1,5 +1,6 @@
 //! Types used by both halves of Sluice. Nothing here does I/O.
 
+pub mod budget_window;
 pub mod envelope;
 pub mod error_code;
 pub mod ids;

@@ -9,3 +9,98 @@ pub fn now_us() -> i64 {
         .map(|elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+const US_PER_DAY: i64 = 86_400_000_000;
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day) (Howard Hinnant's
+/// algorithm).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The inverse of [`civil_from_days`].
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Midnight UTC of the day holding `at_us`.
+pub fn day_start_us(at_us: i64) -> i64 {
+    at_us.div_euclid(US_PER_DAY) * US_PER_DAY
+}
+
+/// Midnight UTC of the first day of the month holding `at_us`.
+pub fn month_start_us(at_us: i64) -> i64 {
+    let (year, month, _) = civil_from_days(at_us.div_euclid(US_PER_DAY));
+    days_from_civil(year, month, 1) * US_PER_DAY
+}
+
+/// Midnight UTC of the first day of the month after the one holding `at_us`.
+pub fn next_month_start_us(at_us: i64) -> i64 {
+    let (year, month, _) = civil_from_days(at_us.div_euclid(US_PER_DAY));
+    let (year, month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    days_from_civil(year, month, 1) * US_PER_DAY
+}
+
+/// One day, in microseconds.
+pub const fn day_us() -> i64 {
+    US_PER_DAY
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = US_PER_DAY;
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for days in [-800_000, -1, 0, 1, 11_016, 19_782, 20_415, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn windows_start_at_utc_midnight_and_month_boundaries() {
+        // 2026-11-24T13:45:00Z
+        let at = days_from_civil(2026, 11, 24) * DAY + (13 * 3600 + 45 * 60) * 1_000_000;
+        assert_eq!(day_start_us(at), days_from_civil(2026, 11, 24) * DAY);
+        assert_eq!(month_start_us(at), days_from_civil(2026, 11, 1) * DAY);
+        assert_eq!(next_month_start_us(at), days_from_civil(2026, 12, 1) * DAY);
+        // December rolls into January; the last microsecond of a month stays in it.
+        let december = days_from_civil(2026, 12, 31) * DAY + DAY - 1;
+        assert_eq!(month_start_us(december), days_from_civil(2026, 12, 1) * DAY);
+        assert_eq!(
+            next_month_start_us(december),
+            days_from_civil(2027, 1, 1) * DAY
+        );
+        assert_eq!(
+            month_start_us(december + 1),
+            days_from_civil(2027, 1, 1) * DAY
+        );
+        // A leap February.
+        let leap = days_from_civil(2028, 2, 29) * DAY;
+        assert_eq!(next_month_start_us(leap), days_from_civil(2028, 3, 1) * DAY);
+    }
+}

@@ -2,6 +2,7 @@
 //! edge. Authentication happens before any of this, in [`auth::TokenAuth`].
 
 pub mod auth;
+mod budgets;
 mod convert;
 mod model_pricing;
 
@@ -954,6 +955,111 @@ impl<S: Store> AdminService for AdminApi<S> {
                 .push(model_pricing::change(&model.name, entry, skipped));
         }
         reply(response)
+    }
+
+    // === budgets ===
+
+    async fn create_budget(
+        &self,
+        request: Request<pb::CreateBudgetRequest>,
+    ) -> Reply<pb::CreateBudgetResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        let new = store::NewBudget {
+            target: budgets::target(req.target)?,
+            period: budgets::period(req.period)?,
+            limit_micros: budgets::limit(req.limit_micros)?,
+            posture: budgets::posture(req.posture)?.ok_or_else(|| {
+                Status::invalid_argument("posture: hard (refuse once spent) or soft (alert only)")
+            })?,
+            alert_percents: budgets::alert_percents(req.alert_percents)?,
+        };
+        let audit = Audit::new(
+            &actor,
+            "budget.create",
+            format!("{} ({})", new.target, new.period.as_str().to_lowercase()),
+        )
+        .with_detail(format!(
+            "{} micro-dollars, {}",
+            new.limit_micros,
+            new.posture.as_str().to_lowercase()
+        ));
+        let budget = self
+            .store
+            .create_budget(new, sluice_shared::time::now_us(), audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::CreateBudgetResponse {
+            budget: Some(budget.into()),
+        })
+    }
+
+    async fn list_budgets(
+        &self,
+        request: Request<pb::ListBudgetsRequest>,
+    ) -> Reply<pb::ListBudgetsResponse> {
+        let req = request.into_inner();
+        names(&[("organization", &req.organization)])?;
+        let budgets = self
+            .store
+            .list_budgets(&req.organization, sluice_shared::time::now_us())
+            .await
+            .map_err(store_status)?;
+        reply(pb::ListBudgetsResponse {
+            budgets: budgets.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn update_budget(
+        &self,
+        request: Request<pb::UpdateBudgetRequest>,
+    ) -> Reply<pb::UpdateBudgetResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        let target = budgets::target(req.target)?;
+        let period = budgets::period(req.period)?;
+        let patch = store::BudgetPatch {
+            limit_micros: req.limit_micros.map(budgets::limit).transpose()?,
+            posture: budgets::posture(req.posture)?,
+            alert_percents: if req.replace_alert_percents {
+                Some(budgets::alert_percents(req.alert_percents)?)
+            } else {
+                None
+            },
+        };
+        let audit = Audit::new(
+            &actor,
+            "budget.update",
+            format!("{target} ({})", period.as_str().to_lowercase()),
+        );
+        let budget = self
+            .store
+            .update_budget(&target, period, patch, sluice_shared::time::now_us(), audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::UpdateBudgetResponse {
+            budget: Some(budget.into()),
+        })
+    }
+
+    async fn delete_budget(
+        &self,
+        request: Request<pb::DeleteBudgetRequest>,
+    ) -> Reply<pb::DeleteBudgetResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        let target = budgets::target(req.target)?;
+        let period = budgets::period(req.period)?;
+        let audit = Audit::new(
+            &actor,
+            "budget.delete",
+            format!("{target} ({})", period.as_str().to_lowercase()),
+        );
+        self.store
+            .delete_budget(&target, period, audit)
+            .await
+            .map_err(store_status)?;
+        reply(pb::DeleteBudgetResponse {})
     }
 
     async fn delete_model(

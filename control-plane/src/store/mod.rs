@@ -5,6 +5,7 @@
 //! audit event, so a proxy can never see a change without its version, nor an operator a
 //! change without its audit line. All SQL uses bound parameters only.
 
+mod budget_sql;
 mod migrations;
 mod model;
 pub mod postgres;
@@ -14,6 +15,13 @@ pub mod sqlite;
 use std::future::Future;
 
 pub use model::*;
+
+/// Defaults the admin API applies to new budgets.
+pub mod budget_defaults {
+    pub fn alert_percents() -> Vec<u32> {
+        super::budget_sql::DEFAULT_ALERT_PERCENTS.to_vec()
+    }
+}
 
 /// What went wrong in the store, in terms an API can map to a precise status.
 #[derive(Debug, thiserror::Error)]
@@ -358,14 +366,44 @@ pub trait Store: Send + Sync + 'static {
     fn list_proxies(&self) -> impl Future<Output = StoreResult<Vec<ProxyStatus>>> + Send;
 
     // === usage ===
-    /// Commits a batch and its records once, in one transaction.
+    /// Commits a batch and its records once, in one transaction with the budgets' spend; a
+    /// record whose request id is already stored is skipped (and not counted again).
     fn commit_usage_batch(
         &self,
         batch_id: &str,
         proxy_id: &str,
         payload_hash: &str,
         records: Vec<UsageRecord>,
-    ) -> impl Future<Output = StoreResult<BatchOutcome>> + Send;
+    ) -> impl Future<Output = StoreResult<BatchCommit>> + Send;
+
+    // === budgets ===
+    /// `now_us` picks the window whose spend the returned budget carries (and, for a new
+    /// budget, the window whose past usage it starts from).
+    fn create_budget(
+        &self,
+        new: NewBudget,
+        now_us: i64,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Budget>> + Send;
+    fn list_budgets(
+        &self,
+        org: &str,
+        now_us: i64,
+    ) -> impl Future<Output = StoreResult<Vec<Budget>>> + Send;
+    fn update_budget(
+        &self,
+        target: &BudgetTarget,
+        period: BudgetPeriod,
+        patch: BudgetPatch,
+        now_us: i64,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<Budget>> + Send;
+    fn delete_budget(
+        &self,
+        target: &BudgetTarget,
+        period: BudgetPeriod,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Usage of one project, oldest first (for tests and the usage queries to come).
     fn list_usage_records(
         &self,

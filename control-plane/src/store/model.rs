@@ -360,6 +360,25 @@ pub struct ProxyStatus {
     pub last_seen_us: i64,
 }
 
+stored_enum!(BudgetScope {
+    Organization => "ORGANIZATION",
+    Project => "PROJECT",
+    VirtualKey => "VIRTUAL_KEY",
+});
+stored_enum!(BudgetPeriod { Day => "DAY", Month => "MONTH", Total => "TOTAL" });
+stored_enum!(BudgetPosture { Hard => "HARD", Soft => "SOFT" });
+
+impl BudgetPeriod {
+    pub fn window(self) -> sluice_shared::budget_window::Window {
+        use sluice_shared::budget_window::Window;
+        match self {
+            Self::Day => Window::Day,
+            Self::Month => Window::Month,
+            Self::Total => Window::Total,
+        }
+    }
+}
+
 stored_enum!(PriceSource { Catalog => "CATALOG", Operator => "OPERATOR" });
 stored_enum!(UsageSource { ProviderReported => "PROVIDER_REPORTED", Estimated => "ESTIMATED", Mock => "MOCK" });
 
@@ -394,4 +413,88 @@ pub enum BatchOutcome {
     Duplicate,
     /// The same id arrived before with a different payload: refused, nothing changed.
     Conflict,
+}
+
+/// What a budget limits, by name: an organisation, or one of its projects, or one of a
+/// project's virtual keys.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BudgetTarget {
+    pub organization: String,
+    pub project: Option<String>,
+    pub virtual_key: Option<String>,
+}
+
+impl BudgetTarget {
+    pub fn scope(&self) -> BudgetScope {
+        match (&self.project, &self.virtual_key) {
+            (None, _) => BudgetScope::Organization,
+            (Some(_), None) => BudgetScope::Project,
+            (Some(_), Some(_)) => BudgetScope::VirtualKey,
+        }
+    }
+}
+
+impl std::fmt::Display for BudgetTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.organization)?;
+        for part in [&self.project, &self.virtual_key].into_iter().flatten() {
+            write!(f, "/{part}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A budget with its spend in the window holding the time it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub id: String,
+    pub target: BudgetTarget,
+    pub scope_id: String,
+    pub period: BudgetPeriod,
+    pub limit_micros: i64,
+    pub posture: BudgetPosture,
+    pub alert_percents: Vec<u32>,
+    pub window_start_us: i64,
+    pub spent_micros: i64,
+    pub estimated_micros: i64,
+    pub requests: i64,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewBudget {
+    pub target: BudgetTarget,
+    pub period: BudgetPeriod,
+    pub limit_micros: i64,
+    pub posture: BudgetPosture,
+    pub alert_percents: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BudgetPatch {
+    pub limit_micros: Option<i64>,
+    pub posture: Option<BudgetPosture>,
+    pub alert_percents: Option<Vec<u32>>,
+}
+
+/// A budget's spend crossed one of its alert thresholds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetAlert {
+    pub budget_id: String,
+    pub target: String,
+    pub period: BudgetPeriod,
+    pub posture: BudgetPosture,
+    pub percent: u32,
+    pub spent_micros: i64,
+    pub limit_micros: i64,
+    pub window_start_us: i64,
+}
+
+/// What committing a usage batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchCommit {
+    pub outcome: BatchOutcome,
+    /// Thresholds the batch's spend crossed (already written to the audit log).
+    pub alerts: Vec<BudgetAlert>,
 }

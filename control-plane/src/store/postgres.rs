@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "model_pricing",
         include_str!("../../migrations/postgres/0005_model_pricing.sql"),
     ),
+    (
+        6,
+        "budgets",
+        include_str!("../../migrations/postgres/0006_budgets.sql"),
+    ),
 ];
 
 pub struct PostgresStore {
@@ -70,5 +75,6 @@ sql_store!(
     sqlx::Postgres,
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     "BEGIN",
-    crate::store::sql::Placeholders::Numbered
+    crate::store::sql::Placeholders::Numbered,
+    "SELECT pg_advisory_xact_lock(7340033)"
 );

@@ -49,18 +49,28 @@ pub(super) enum Placeholders {
 }
 
 /// `INSERT INTO usage_records (...) VALUES (…), (…) ON CONFLICT DO NOTHING` for `rows` rows
-/// (one of [`USAGE_INSERT_SIZES`]), built once per process.
-pub(super) fn usage_insert_sql(rows: usize, placeholders: Placeholders) -> &'static str {
-    static NUMBERED: OnceLock<Vec<String>> = OnceLock::new();
-    static POSITIONAL: OnceLock<Vec<String>> = OnceLock::new();
-    let cache = match placeholders {
-        Placeholders::Numbered => &NUMBERED,
-        Placeholders::Positional => &POSITIONAL,
-    };
-    let statements = cache.get_or_init(|| {
+/// (one of [`USAGE_INSERT_SIZES`]), built once per process. With `returning`, the statement
+/// returns the request ids it inserted (the rows budgets must count).
+pub(super) fn usage_insert_sql(
+    rows: usize,
+    placeholders: Placeholders,
+    returning: bool,
+) -> &'static str {
+    static CACHE: [OnceLock<Vec<String>>; 4] = [const { OnceLock::new() }; 4];
+    let slot = match placeholders {
+        Placeholders::Numbered => 0,
+        Placeholders::Positional => 2,
+    } + usize::from(returning);
+    let statements = CACHE[slot].get_or_init(|| {
         USAGE_INSERT_SIZES
             .iter()
-            .map(|&rows| build_usage_insert_sql(rows, placeholders))
+            .map(|&rows| {
+                let mut sql = build_usage_insert_sql(rows, placeholders);
+                if returning {
+                    sql.push_str(" RETURNING request_id");
+                }
+                sql
+            })
             .collect()
     });
     let index = USAGE_INSERT_SIZES
@@ -160,9 +170,10 @@ pub(super) fn to_u64(value: i64, column: &str) -> StoreResult<u64> {
 /// reads and a `writer()` method returning the pool writes go through).
 /// `$snapshot_isolation` is the statement that makes a read transaction one consistent snapshot;
 /// `$begin_write` opens a transaction that will write; `$placeholders` names parameters in
-/// generated statements.
+/// generated statements; `$lock_budgets` serialises, within a write transaction, usage
+/// commits with budget creation, so a budget never misses a batch committed as it is created.
 macro_rules! sql_store {
-    ($store:ident, $db:ty, $snapshot_isolation:expr, $begin_write:expr, $placeholders:expr) => {
+    ($store:ident, $db:ty, $snapshot_isolation:expr, $begin_write:expr, $placeholders:expr, $lock_budgets:expr) => {
         mod sql_impl {
             use sqlx::Row;
             use sluice_shared::{ids::new_id, time::now_us};
@@ -173,6 +184,9 @@ macro_rules! sql_store {
 
             type Tx = sqlx::Transaction<'static, $db>;
             type DbRow = <$db as sqlx::Database>::Row;
+
+            use crate::store::budget_sql::{percents_from_text, percents_text, reached_percent};
+            crate::store::budget_sql::budget_sql_fns!();
 
             // === row mapping ===
 
@@ -1724,7 +1738,7 @@ macro_rules! sql_store {
                     proxy_id: &str,
                     payload_hash: &str,
                     records: Vec<UsageRecord>,
-                ) -> StoreResult<BatchOutcome> {
+                ) -> StoreResult<BatchCommit> {
                     let mut tx = self.writer().begin_with($begin_write).await?;
                     let inserted = sqlx::query(
                         "INSERT INTO usage_batches \
@@ -1746,12 +1760,42 @@ macro_rules! sql_store {
                         .bind(batch_id)
                         .fetch_one(&mut *tx)
                         .await?;
-                        return Ok(if stored == payload_hash {
-                            BatchOutcome::Duplicate
-                        } else {
-                            BatchOutcome::Conflict
+                        return Ok(BatchCommit {
+                            outcome: if stored == payload_hash {
+                                BatchOutcome::Duplicate
+                            } else {
+                                BatchOutcome::Conflict
+                            },
+                            alerts: Vec::new(),
                         });
                     }
+                    // Budgets count only records stored now (not ones a proxy re-sent), so
+                    // when any budget exists the inserts report which rows they stored.
+                    sqlx::query($lock_budgets).execute(&mut *tx).await?;
+                    let budgets_exist: bool =
+                        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM budgets)")
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    let mut spends: Vec<(String, Spend)> = if budgets_exist {
+                        records
+                            .iter()
+                            .map(|r| {
+                                (
+                                    r.request_id.clone(),
+                                    Spend {
+                                        project_id: r.project_id.clone(),
+                                        virtual_key_id: r.virtual_key_id.clone(),
+                                        started_at_us: r.started_at_us,
+                                        cost_micros: r.cost_micros,
+                                        estimated: r.source == UsageSource::Estimated,
+                                    },
+                                )
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let mut inserted = std::collections::HashSet::new();
                     // Many rows per statement: one round trip per chunk instead of per record.
                     // Strings are moved into the statement, not copied.
                     let mut remaining = records.len();
@@ -1759,7 +1803,8 @@ macro_rules! sql_store {
                     for size in USAGE_INSERT_SIZES {
                         while remaining >= size {
                             remaining -= size;
-                            let mut query = sqlx::query(usage_insert_sql(size, $placeholders));
+                            let sql = usage_insert_sql(size, $placeholders, budgets_exist);
+                            let mut query = sqlx::query(sql);
                             for record in rows.by_ref().take(size) {
                                 query = query
                                     .bind(record.request_id)
@@ -1781,11 +1826,115 @@ macro_rules! sql_store {
                                     .bind(record.task_id)
                                     .bind(tags_json(&record.tags));
                             }
-                            query.execute(&mut *tx).await?;
+                            if budgets_exist {
+                                for row in query.fetch_all(&mut *tx).await? {
+                                    inserted.insert(row.try_get::<String, _>(0)?);
+                                }
+                            } else {
+                                query.execute(&mut *tx).await?;
+                            }
                         }
                     }
+                    spends.retain(|(id, _)| inserted.contains(id));
+                    let spends: Vec<Spend> = spends.into_iter().map(|(_, s)| s).collect();
+                    let alerts = roll_up_budgets(&mut tx, &spends).await?;
                     tx.commit().await?;
-                    Ok(BatchOutcome::Committed)
+                    Ok(BatchCommit {
+                        outcome: BatchOutcome::Committed,
+                        alerts,
+                    })
+                }
+
+                // === budgets ===
+
+                async fn create_budget(
+                    &self,
+                    new: NewBudget,
+                    now_us: i64,
+                    audit: Audit,
+                ) -> StoreResult<Budget> {
+                    let mut tx = self.writer().begin_with($begin_write).await?;
+                    sqlx::query($lock_budgets).execute(&mut *tx).await?;
+                    create_budget_tx(&mut tx, &new, now_us).await?;
+                    record_change(&mut tx, &audit).await?;
+                    let created = fetch_budget(&mut tx, &new.target, new.period, now_us).await?;
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn list_budgets(&self, org: &str, now_us: i64) -> StoreResult<Vec<Budget>> {
+                    let mut tx = self.pool.begin().await?;
+                    org_id(&mut tx, org).await?;
+                    let sql = format!(
+                        "{BUDGET_SELECT} WHERE o.name = $1 ORDER BY b.scope, b.created_at_us, b.id"
+                    );
+                    let rows = sqlx::query(&sql).bind(org).fetch_all(&mut *tx).await?;
+                    let mut budgets = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        budgets.push(with_spend(&mut tx, budget_row(row)?, now_us).await?);
+                    }
+                    Ok(budgets)
+                }
+
+                async fn update_budget(
+                    &self,
+                    target: &BudgetTarget,
+                    period: BudgetPeriod,
+                    patch: BudgetPatch,
+                    now_us: i64,
+                    audit: Audit,
+                ) -> StoreResult<Budget> {
+                    let mut tx = self.writer().begin_with($begin_write).await?;
+                    let current = fetch_budget(&mut tx, target, period, now_us).await?;
+                    let percents = patch.alert_percents.unwrap_or(current.alert_percents);
+                    let limit = patch.limit_micros.unwrap_or(current.limit_micros);
+                    sqlx::query(
+                        "UPDATE budgets SET limit_micros = $1, posture = $2, alert_percents = $3, \
+                         updated_at_us = $4 WHERE id = $5",
+                    )
+                    .bind(limit)
+                    .bind(patch.posture.unwrap_or(current.posture).as_str())
+                    .bind(percents_text(&percents))
+                    .bind(now_us)
+                    .bind(&current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    // Thresholds are measured against the new limit from here on: raised
+                    // ones may alert again, lowered ones do not alert for the past.
+                    sqlx::query(
+                        "UPDATE budget_spend SET alerted_percent = $1 \
+                         WHERE budget_id = $2 AND window_start_us = $3",
+                    )
+                    .bind(i64::from(reached_percent(&percents, current.spent_micros, limit)))
+                    .bind(&current.id)
+                    .bind(current.window_start_us)
+                    .execute(&mut *tx)
+                    .await?;
+                    record_change(&mut tx, &audit).await?;
+                    let updated = fetch_budget(&mut tx, target, period, now_us).await?;
+                    tx.commit().await?;
+                    Ok(updated)
+                }
+
+                async fn delete_budget(
+                    &self,
+                    target: &BudgetTarget,
+                    period: BudgetPeriod,
+                    audit: Audit,
+                ) -> StoreResult<()> {
+                    let mut tx = self.writer().begin_with($begin_write).await?;
+                    let current = fetch_budget(&mut tx, target, period, now_us()).await?;
+                    sqlx::query("DELETE FROM budget_spend WHERE budget_id = $1")
+                        .bind(&current.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM budgets WHERE id = $1")
+                        .bind(&current.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    record_change(&mut tx, &audit).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
                 async fn list_usage_records(&self, project_id: &str) -> StoreResult<Vec<UsageRecord>> {

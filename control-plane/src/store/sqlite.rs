@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "model_pricing",
         include_str!("../../migrations/sqlite/0005_model_pricing.sql"),
     ),
+    (
+        6,
+        "budgets",
+        include_str!("../../migrations/sqlite/0006_budgets.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -85,5 +90,7 @@ sql_store!(
     sqlx::Sqlite,
     "SELECT 1",
     "BEGIN IMMEDIATE",
-    crate::store::sql::Placeholders::Positional
+    crate::store::sql::Placeholders::Positional,
+    // One writer at a time already.
+    "SELECT 1"
 );

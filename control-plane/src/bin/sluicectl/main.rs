@@ -1,5 +1,6 @@
 //! `sluicectl <resource> <verb>`: the operator CLI over the admin API.
 
+mod budget;
 mod output;
 
 use std::collections::HashMap;
@@ -61,6 +62,9 @@ enum Resource {
     /// Virtual keys for applications.
     #[command(subcommand)]
     Vkey(VkeyCommand),
+    /// Spend limits (HARD refuses once spent, SOFT alerts) and their spend so far.
+    #[command(subcommand)]
+    Budget(budget::BudgetCommand),
     /// Admin, read-only and data-plane tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -708,6 +712,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Resource::ProviderKey(command) => provider_key(&mut client, command).await?,
         Resource::Model(command) => model(&mut client, command).await?,
         Resource::Vkey(command) => return vkey(&mut client, command, format).await,
+        Resource::Budget(command) => budget::run(&mut client, command).await?,
         Resource::Token(command) => return token(&mut client, command, format).await,
         Resource::Audit(command) => audit(&mut client, command).await?,
         Resource::Vault(command) => vault(&mut client, command).await?,

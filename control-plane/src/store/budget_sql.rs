@@ -1,0 +1,343 @@
+//! Budgets in SQL: the functions behind the `Store` budget methods and the spend roll-up that
+//! runs inside each usage batch's transaction. Expanded inside `sql_store!`'s module, so they
+//! share its transaction type and helpers and exist once per backend.
+
+/// Default alert thresholds, in percent of the limit.
+pub(crate) const DEFAULT_ALERT_PERCENTS: [u32; 3] = [50, 80, 100];
+
+pub(crate) fn percents_text(percents: &[u32]) -> String {
+    percents
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub(crate) fn percents_from_text(text: &str) -> Vec<u32> {
+    text.split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// The highest threshold at or below `spent` of `limit`, or 0.
+pub(crate) fn reached_percent(percents: &[u32], spent: i64, limit: i64) -> u32 {
+    percents
+        .iter()
+        .copied()
+        .filter(|p| i128::from(spent) * 100 >= i128::from(*p) * i128::from(limit))
+        .max()
+        .unwrap_or(0)
+}
+
+macro_rules! budget_sql_fns {
+    () => {
+        const BUDGET_SELECT: &str = "SELECT b.id, b.scope, b.scope_id, b.period, b.limit_micros, \
+             b.posture, b.alert_percents, b.created_at_us, b.updated_at_us, \
+             o.name AS org_name, p.name AS project_name, v.name AS key_name, \
+             vp.name AS key_project_name \
+             FROM budgets b JOIN organizations o ON o.id = b.org_id \
+             LEFT JOIN projects p ON b.scope = 'PROJECT' AND p.id = b.scope_id \
+             LEFT JOIN virtual_keys v ON b.scope = 'VIRTUAL_KEY' AND v.id = b.scope_id \
+             LEFT JOIN projects vp ON vp.id = v.project_id";
+
+        fn budget_row(row: &DbRow) -> StoreResult<Budget> {
+            let scope = BudgetScope::parse(row.try_get("scope")?)?;
+            let gone = || Some("(deleted)".to_owned());
+            let name = |column: &str| -> StoreResult<Option<String>> { Ok(row.try_get(column)?) };
+            let target = BudgetTarget {
+                organization: row.try_get("org_name")?,
+                project: match scope {
+                    BudgetScope::Organization => None,
+                    BudgetScope::Project => name("project_name")?.or_else(gone),
+                    BudgetScope::VirtualKey => name("key_project_name")?.or_else(gone),
+                },
+                virtual_key: match scope {
+                    BudgetScope::VirtualKey => name("key_name")?.or_else(gone),
+                    _ => None,
+                },
+            };
+            Ok(Budget {
+                id: row.try_get("id")?,
+                target,
+                scope_id: row.try_get("scope_id")?,
+                period: BudgetPeriod::parse(row.try_get("period")?)?,
+                limit_micros: row.try_get("limit_micros")?,
+                posture: BudgetPosture::parse(row.try_get("posture")?)?,
+                alert_percents: percents_from_text(row.try_get("alert_percents")?),
+                window_start_us: 0,
+                spent_micros: 0,
+                estimated_micros: 0,
+                requests: 0,
+                created_at_us: row.try_get("created_at_us")?,
+                updated_at_us: row.try_get("updated_at_us")?,
+            })
+        }
+
+        /// The organisation id and the target's id.
+        async fn resolve_budget_target(
+            tx: &mut Tx,
+            target: &BudgetTarget,
+        ) -> StoreResult<(String, String)> {
+            let org = &target.organization;
+            let org_id = org_id(tx, org).await?;
+            let scope_id = match (&target.project, &target.virtual_key) {
+                (None, _) => org_id.clone(),
+                (Some(project), None) => project_id(tx, org, project).await?,
+                (Some(project), Some(key)) => fetch_virtual_key(tx, org, project, key).await?.id,
+            };
+            Ok((org_id, scope_id))
+        }
+
+        /// Fills in the spend of the window holding `now_us`.
+        async fn with_spend(tx: &mut Tx, mut budget: Budget, now_us: i64) -> StoreResult<Budget> {
+            budget.window_start_us = budget.period.window().start_us(now_us);
+            let row: Option<(i64, i64, i64)> = sqlx::query_as(
+                "SELECT spent_micros, estimated_micros, requests FROM budget_spend \
+                 WHERE budget_id = $1 AND window_start_us = $2",
+            )
+            .bind(&budget.id)
+            .bind(budget.window_start_us)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some((spent, estimated, requests)) = row {
+                budget.spent_micros = spent;
+                budget.estimated_micros = estimated;
+                budget.requests = requests;
+            }
+            Ok(budget)
+        }
+
+        async fn fetch_budget(
+            tx: &mut Tx,
+            target: &BudgetTarget,
+            period: BudgetPeriod,
+            now_us: i64,
+        ) -> StoreResult<Budget> {
+            let (_, scope_id) = resolve_budget_target(tx, target).await?;
+            let sql = format!("{BUDGET_SELECT} WHERE b.scope_id = $1 AND b.period = $2");
+            let row = sqlx::query(&sql)
+                .bind(&scope_id)
+                .bind(period.as_str())
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::not_found(format!(
+                        "{} budget of '{target}'",
+                        period.as_str().to_lowercase()
+                    ))
+                })?;
+            with_spend(tx, budget_row(&row)?, now_us).await
+        }
+
+        async fn create_budget_tx(
+            tx: &mut Tx,
+            new: &NewBudget,
+            now_us: i64,
+        ) -> StoreResult<String> {
+            let (org_id, scope_id) = resolve_budget_target(tx, &new.target).await?;
+            let id = new_id();
+            sqlx::query(
+                "INSERT INTO budgets (id, org_id, scope, scope_id, period, limit_micros, posture, \
+                 alert_percents, created_at_us, updated_at_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+            )
+            .bind(&id)
+            .bind(&org_id)
+            .bind(new.target.scope().as_str())
+            .bind(&scope_id)
+            .bind(new.period.as_str())
+            .bind(new.limit_micros)
+            .bind(new.posture.as_str())
+            .bind(percents_text(&new.alert_percents))
+            .bind(now_us)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| {
+                write_error(
+                    e,
+                    || format!("{} budget of '{}'", new.period.as_str().to_lowercase(), new.target),
+                    "",
+                )
+            })?;
+            // A budget starts from what its target already spent in the current window.
+            let window_start = new.period.window().start_us(now_us);
+            let scope_filter = match new.target.scope() {
+                BudgetScope::Organization => {
+                    "project_id IN (SELECT id FROM projects WHERE org_id = $1)"
+                }
+                BudgetScope::Project => "project_id = $1",
+                BudgetScope::VirtualKey => "virtual_key_id = $1",
+            };
+            let sql = format!(
+                "SELECT CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT), \
+                 CAST(COALESCE(SUM(CASE WHEN source = 'ESTIMATED' THEN cost_micros ELSE 0 END), 0) \
+                 AS BIGINT), COUNT(*) FROM usage_records WHERE {scope_filter} AND started_at_us >= $2"
+            );
+            let (spent, estimated, requests): (i64, i64, i64) = sqlx::query_as(&sql)
+                .bind(&scope_id)
+                .bind(window_start)
+                .fetch_one(&mut **tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO budget_spend (budget_id, window_start_us, spent_micros, \
+                 estimated_micros, requests, alerted_percent) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&id)
+            .bind(window_start)
+            .bind(spent)
+            .bind(estimated)
+            .bind(requests)
+            .bind(i64::from(reached_percent(&new.alert_percents, spent, new.limit_micros)))
+            .execute(&mut **tx)
+            .await?;
+            Ok(id)
+        }
+
+        /// One inserted usage record, as far as budgets care.
+        struct Spend {
+            project_id: String,
+            virtual_key_id: String,
+            started_at_us: i64,
+            cost_micros: i64,
+            estimated: bool,
+        }
+
+        /// Adds the records' cost to every budget that covers them, in the window each record
+        /// started in, and raises the alerts whose thresholds this crossed (audit log).
+        async fn roll_up_budgets(tx: &mut Tx, spends: &[Spend]) -> StoreResult<Vec<BudgetAlert>> {
+            if spends.is_empty() {
+                return Ok(Vec::new());
+            }
+            let budgets = {
+                let rows = sqlx::query(&format!("{BUDGET_SELECT} ORDER BY b.id"))
+                    .fetch_all(&mut **tx)
+                    .await?;
+                rows.iter().map(budget_row).collect::<StoreResult<Vec<_>>>()?
+            };
+            if budgets.is_empty() {
+                return Ok(Vec::new());
+            }
+            let project_orgs: std::collections::HashMap<String, String> =
+                sqlx::query_as::<_, (String, String)>("SELECT id, org_id FROM projects")
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+            let budget_orgs: std::collections::HashMap<String, String> =
+                sqlx::query_as::<_, (String, String)>("SELECT id, org_id FROM budgets")
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+            // (budget index, window start) → (spent, estimated, requests)
+            let mut deltas: std::collections::BTreeMap<(usize, i64), (i64, i64, i64)> =
+                std::collections::BTreeMap::new();
+            for spend in spends {
+                let org_id = project_orgs.get(&spend.project_id);
+                for (index, budget) in budgets.iter().enumerate() {
+                    let covers = match budget.target.scope() {
+                        BudgetScope::Organization => {
+                            org_id.is_some_and(|org| budget_orgs.get(&budget.id) == Some(org))
+                        }
+                        BudgetScope::Project => budget.scope_id == spend.project_id,
+                        BudgetScope::VirtualKey => budget.scope_id == spend.virtual_key_id,
+                    };
+                    if !covers {
+                        continue;
+                    }
+                    let window = budget.period.window().start_us(spend.started_at_us);
+                    let entry = deltas.entry((index, window)).or_default();
+                    entry.0 += spend.cost_micros;
+                    if spend.estimated {
+                        entry.1 += spend.cost_micros;
+                    }
+                    entry.2 += 1;
+                }
+            }
+            let mut alerts = Vec::new();
+            for ((index, window_start), (spent, estimated, requests)) in deltas {
+                let budget = &budgets[index];
+                let (total, alerted): (i64, i64) = sqlx::query_as(
+                    "INSERT INTO budget_spend (budget_id, window_start_us, spent_micros, \
+                     estimated_micros, requests, alerted_percent) VALUES ($1, $2, $3, $4, $5, 0) \
+                     ON CONFLICT (budget_id, window_start_us) DO UPDATE SET \
+                     spent_micros = budget_spend.spent_micros + excluded.spent_micros, \
+                     estimated_micros = budget_spend.estimated_micros + excluded.estimated_micros, \
+                     requests = budget_spend.requests + excluded.requests \
+                     RETURNING spent_micros, alerted_percent",
+                )
+                .bind(&budget.id)
+                .bind(window_start)
+                .bind(spent)
+                .bind(estimated)
+                .bind(requests)
+                .fetch_one(&mut **tx)
+                .await?;
+                let reached = reached_percent(&budget.alert_percents, total, budget.limit_micros);
+                if i64::from(reached) <= alerted {
+                    continue;
+                }
+                sqlx::query(
+                    "UPDATE budget_spend SET alerted_percent = $1 \
+                     WHERE budget_id = $2 AND window_start_us = $3",
+                )
+                .bind(i64::from(reached))
+                .bind(&budget.id)
+                .bind(window_start)
+                .execute(&mut **tx)
+                .await?;
+                let alert = BudgetAlert {
+                    budget_id: budget.id.clone(),
+                    target: budget.target.to_string(),
+                    period: budget.period,
+                    posture: budget.posture,
+                    percent: reached,
+                    spent_micros: total,
+                    limit_micros: budget.limit_micros,
+                    window_start_us: window_start,
+                };
+                sqlx::query(
+                    "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
+                     VALUES ($1, $2, 'sluice', 'budget.alert', $3, $4)",
+                )
+                .bind(new_id())
+                .bind(now_us())
+                .bind(format!("{} ({})", alert.target, alert.period.as_str().to_lowercase()))
+                .bind(format!(
+                    "{}% reached: {} of {} micro-dollars ({} budget)",
+                    alert.percent,
+                    alert.spent_micros,
+                    alert.limit_micros,
+                    alert.posture.as_str().to_lowercase()
+                ))
+                .execute(&mut **tx)
+                .await?;
+                alerts.push(alert);
+            }
+            Ok(alerts)
+        }
+    };
+}
+
+pub(crate) use budget_sql_fns;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_reached_by_integer_arithmetic() {
+        let percents = DEFAULT_ALERT_PERCENTS;
+        assert_eq!(reached_percent(&percents, 0, 1_000), 0);
+        assert_eq!(reached_percent(&percents, 499, 1_000), 0);
+        assert_eq!(reached_percent(&percents, 500, 1_000), 50);
+        assert_eq!(reached_percent(&percents, 999, 1_000), 80);
+        assert_eq!(reached_percent(&percents, 1_000, 1_000), 100);
+        assert_eq!(
+            reached_percent(&percents, 5, 0),
+            100,
+            "a zero budget is spent at once"
+        );
+        assert_eq!(percents_from_text(&percents_text(&percents)), percents);
+    }
+}
