@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use sluice_proto::admin::v1::admin_service_server::AdminServiceServer;
 use sluice_proto::config::v1::config_service_server::ConfigServiceServer;
+use sluice_proto::usage::v1::lease_service_server::LeaseServiceServer;
 use sluice_proto::usage::v1::usage_service_server::UsageServiceServer;
 use sluice_shared::secret::SecretString;
 use tokio::net::TcpListener;
@@ -16,6 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin_api::auth::TokenAuth;
 use crate::admin_api::{AdminApi, mint_admin_token};
 use crate::config_stream::ConfigStreamService;
+use crate::lease_service::LeaseGrants;
 use crate::settings::Settings;
 use crate::snapshot_builder::ConfigPublisher;
 use crate::store::{AnyStore, Audit, Store, StoreError, TokenScope};
@@ -121,6 +123,10 @@ async fn launch<S: Store>(
     );
     let usage = TokenAuth::data_plane(
         UsageServiceServer::new(UsageIngest::new(store.clone())),
+        store.clone(),
+    );
+    let leases = TokenAuth::data_plane(
+        LeaseServiceServer::new(LeaseGrants::new(store.clone(), settings.lease_ttl)),
         store,
     );
 
@@ -143,6 +149,7 @@ async fn launch<S: Store>(
         .add_service(admin)
         .add_service(config)
         .add_service(usage)
+        .add_service(leases)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     publisher_task.abort();

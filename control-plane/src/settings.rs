@@ -29,6 +29,9 @@ pub struct Settings {
     pub admin_token: Option<SecretString>,
     /// A tracing filter, e.g. `info` or `sluice_control_plane=debug`.
     pub log: String,
+    /// How long a budget lease lasts unless renewed: a proxy that vanishes gives its unspent
+    /// allowance back after this long.
+    pub lease_ttl: std::time::Duration,
 }
 
 /// The file layer: every field optional, nothing unknown.
@@ -41,6 +44,7 @@ struct FileSettings {
     dev_mode: Option<bool>,
     master_key_file: Option<PathBuf>,
     log: Option<String>,
+    lease_ttl_ms: Option<u64>,
 }
 
 /// Each environment variable and the setting it feeds.
@@ -53,6 +57,7 @@ const VARIABLES: &[&str] = &[
     "SLUICE_MASTER_KEY_FILE",
     "SLUICE_ADMIN_TOKEN",
     "SLUICE_LOG",
+    "SLUICE_LEASE_TTL_MS",
 ];
 
 impl Settings {
@@ -102,6 +107,10 @@ impl Settings {
             log: take("SLUICE_LOG")
                 .or(file_settings.log)
                 .unwrap_or_else(|| "info".to_owned()),
+            lease_ttl: std::time::Duration::from_millis(match take("SLUICE_LEASE_TTL_MS") {
+                Some(value) => parse::<u64>("SLUICE_LEASE_TTL_MS", &value)?,
+                None => file_settings.lease_ttl_ms.unwrap_or(30_000),
+            }),
             data_dir,
         };
         settings.validate()?;
@@ -134,6 +143,9 @@ impl Settings {
                 "is required outside dev mode: create one with `sluice-control-plane \
                  generate-master-key`, or start with --dev for a local throwaway setup",
             ));
+        }
+        if !(1_000..=3_600_000).contains(&self.lease_ttl.as_millis()) {
+            return Err(invalid("lease_ttl_ms", "must be 1 000 to 3 600 000"));
         }
         if self.master_key.as_ref().is_some_and(SecretString::is_empty) {
             return Err(invalid("SLUICE_MASTER_KEY", "is empty"));

@@ -16,7 +16,7 @@ use sluice_proto::config::v1 as pb;
 use sluice_shared::sealing::{SealingError, SecretSealer};
 use tokio::sync::{Notify, watch};
 
-use crate::store::{ConfigState, KeyState, Posture, ProviderKind, Store};
+use crate::store::{BudgetPeriod, ConfigState, KeyState, Posture, ProviderKind, Store};
 use crate::vault::Vault;
 
 const QUIET: Duration = Duration::from_millis(100);
@@ -200,6 +200,20 @@ pub fn seal_snapshot(
             })
             .collect(),
         sealing_public_key: sealer.sender_public().to_vec(),
+        budgets: state
+            .budgets
+            .iter()
+            .map(|b| pb::BudgetConfig {
+                id: b.id.clone(),
+                scope_id: b.scope_id.clone(),
+                period: match b.period {
+                    BudgetPeriod::Day => 1,
+                    BudgetPeriod::Month => 2,
+                    BudgetPeriod::Total => 3,
+                },
+                name: b.name.clone(),
+            })
+            .collect(),
     })
 }
 

@@ -153,5 +153,7 @@ fn record(r: pb::UsageRecord) -> Result<UsageRecord, Status> {
         run_id: r.run_id,
         task_id: r.task_id,
         tags: r.tags.into_iter().map(|t| (t.name, t.value)).collect(),
+        lease_epoch: i64::try_from(r.lease_epoch)
+            .map_err(|_| Status::invalid_argument("records[].lease_epoch: out of range"))?,
     })
 }

@@ -644,6 +644,7 @@ async fn usage_ledger<S: Store>(store: &S) {
             } else {
                 Vec::new()
             },
+            lease_epoch: n % 2,
         })
         .collect();
     assert_eq!(
@@ -701,6 +702,7 @@ fn spend(request_id: &str, project_id: &str, key_id: &str, at_us: i64, cost: i64
         run_id: String::new(),
         task_id: String::new(),
         tags: Vec::new(),
+        lease_epoch: 0,
     }
 }
 
@@ -946,6 +948,133 @@ async fn budgets<S: Store>(store: &S) {
     );
 }
 
+/// Leases: grants never exceed what is left after every live lease's unspent allowance,
+/// committed usage moves from a lease into spend, and an expired lease's room returns.
+async fn leases<S: Store>(store: &S) {
+    use sluice_shared::time::{day_us, days_from_civil};
+    // After every usage record the budget story dated.
+    let now = days_from_civil(2027, 3, 10) * day_us();
+    let budget = store
+        .create_budget(
+            NewBudget {
+                target: BudgetTarget {
+                    organization: "spendco".into(),
+                    project: Some("app".into()),
+                    virtual_key: None,
+                },
+                period: BudgetPeriod::Day,
+                limit_micros: 1_000,
+                posture: BudgetPosture::Hard,
+                alert_percents: vec![100],
+            },
+            now,
+            audit("budget.create", "x"),
+        )
+        .await
+        .unwrap();
+    let policy = LeasePolicy {
+        ttl_us: 10_000_000,
+        share_divisor: 4,
+    };
+    let window = BudgetPeriod::Day.window().start_us(now);
+    let ask = |used: i64, wanted: i64| {
+        vec![LeaseUse {
+            budget_id: budget.id.clone(),
+            window_start_us: window,
+            used_micros: used,
+            wanted_micros: wanted,
+        }]
+    };
+    let grant = |grants: Vec<LeaseGrant>| grants.into_iter().next().unwrap();
+    let a = grant(
+        store
+            .acquire_leases("proxy-a", 1, ask(0, 0), now, policy)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((a.allowance_micros, a.window_start_us), (250, window));
+    let b = grant(
+        store
+            .acquire_leases("proxy-b", 7, ask(0, 0), now, policy)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        b.allowance_micros, 125,
+        "two live leases share what is left"
+    );
+    // Both keep asking: together they never hold more than the limit.
+    let mut total = 0;
+    for round in 0..20 {
+        let a = grant(
+            store
+                .acquire_leases("proxy-a", 1, ask(0, 1), now, policy)
+                .await
+                .unwrap(),
+        );
+        let b = grant(
+            store
+                .acquire_leases("proxy-b", 7, ask(0, 1), now, policy)
+                .await
+                .unwrap(),
+        );
+        total = a.allowance_micros + b.allowance_micros;
+        assert!(total <= 1_000, "round {round}: {total}");
+        if a.exhausted && b.exhausted {
+            break;
+        }
+    }
+    assert_eq!(total, 1_000);
+    let listed = store.list_budgets("spendco", now).await.unwrap();
+    let listed = listed.iter().find(|x| x.id == budget.id).unwrap();
+    assert_eq!((listed.leased_micros, listed.leases), (1_000, 2));
+    // Proxy a's spend arrives: it leaves the lease and enters the spend, the sum unchanged.
+    let project = store.get_project("spendco", "app").await.unwrap();
+    let mut record = spend("lease-1", &project.id, "none", now, 300);
+    record.lease_epoch = 1;
+    store
+        .commit_usage_batch("lease-batch-1", "proxy-a", "lh1", vec![record])
+        .await
+        .unwrap();
+    let listed = store.list_budgets("spendco", now).await.unwrap();
+    let listed = listed.iter().find(|x| x.id == budget.id).unwrap();
+    assert_eq!((listed.spent_micros, listed.leased_micros), (300, 700));
+    // A lease not renewed expires, and what it did not spend can be granted again.
+    let later = now + policy.ttl_us + 1;
+    let c = grant(
+        store
+            .acquire_leases("proxy-c", 9, ask(0, 1), later, policy)
+            .await
+            .unwrap(),
+    );
+    assert!(c.allowance_micros > 0 && c.allowance_micros <= 700, "{c:?}");
+    // A SOFT budget grants nothing: it is never enforced by proxies.
+    store
+        .update_budget(
+            &BudgetTarget {
+                organization: "spendco".into(),
+                project: Some("app".into()),
+                virtual_key: None,
+            },
+            BudgetPeriod::Day,
+            BudgetPatch {
+                posture: Some(BudgetPosture::Soft),
+                ..Default::default()
+            },
+            later,
+            audit("budget.update", "x"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .acquire_leases("proxy-c", 9, ask(0, 1), later, policy)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 // === SQLite ===
 
 async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
@@ -962,6 +1091,7 @@ async fn sqlite_story() {
     injection(&store).await;
     usage_ledger(&store).await;
     budgets(&store).await;
+    leases(&store).await;
     fleet_versions(&store).await;
     concurrent_writers(std::sync::Arc::new(store)).await;
 }
@@ -1036,6 +1166,7 @@ async fn postgres_story() {
     injection(store.as_ref()).await;
     usage_ledger(store.as_ref()).await;
     budgets(store.as_ref()).await;
+    leases(store.as_ref()).await;
     fleet_versions(store.as_ref()).await;
     concurrent_writers(store.clone()).await;
     store.close().await;

@@ -20,7 +20,9 @@ use crate::gateway::Gateway;
 use crate::http_body::{Body, BoxError, full};
 use crate::metered_body::MeteredBody;
 use crate::mock_posture;
-use crate::routing_tables::{DeploymentEntry, ModelEntry, Posture, ProviderType, RoutingTables};
+use crate::routing_tables::{
+    BudgetEntry, DeploymentEntry, ModelEntry, Posture, ProviderType, RoutingTables,
+};
 use crate::sse::Usage;
 use crate::upstream::UpstreamError;
 use crate::usage::UsageDraft;
@@ -62,8 +64,44 @@ pub async fn chat_completions(
             chat.stream,
             draft,
         )),
-        Posture::Live => forward(gateway, &tables, model, &chat, draft).await,
+        Posture::Live => {
+            let mut draft = draft;
+            draft.reservation = admit(gateway, &tables, &caller, model, &chat, body.len()).await?;
+            forward(gateway, &tables, model, &chat, draft).await
+        }
     }
+}
+
+/// Reserves the request's largest possible cost in every HARD budget that covers it, before
+/// anything is forwarded: the prompt counted at one token per four bytes of the request body
+/// (an overcount, which is the safe side) plus its `max_tokens` (or the configured default),
+/// at the model's full prices.
+async fn admit(
+    gateway: &Gateway,
+    tables: &RoutingTables,
+    caller: &Caller<'_>,
+    model: &ModelEntry,
+    chat: &ChatRequest<'_>,
+    body_len: usize,
+) -> Result<Option<crate::budget_leases::Reservation>, GatewayError> {
+    if tables.budgets.is_empty() {
+        return Ok(None);
+    }
+    let budgets: Vec<&BudgetEntry> = tables
+        .budgets_for([&caller.project.org_id, &caller.project.id, &caller.key.id])
+        .collect();
+    if budgets.is_empty() {
+        return Ok(None);
+    }
+    let usage = Usage {
+        input_tokens: (body_len as u64).div_ceil(4),
+        output_tokens: chat
+            .max_output_tokens()
+            .unwrap_or(gateway.default_max_output_tokens),
+        ..Usage::default()
+    };
+    let most = crate::usage::cost_micros(usage, crate::usage::Prices::of(model));
+    gateway.leases.reserve(&budgets, most).await.map(Some)
 }
 
 async fn read_body(gateway: &Gateway, request: Request<Incoming>) -> Result<Bytes, GatewayError> {

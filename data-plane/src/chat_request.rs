@@ -99,6 +99,14 @@ impl<'a> ChatRequest<'a> {
         find(&self.fields, name)
     }
 
+    /// The output tokens the request allows: `max_completion_tokens`, else `max_tokens`; `None`
+    /// when neither is a non-negative integer.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        ["max_completion_tokens", "max_tokens"]
+            .into_iter()
+            .find_map(|name| self.field(name)?.get().trim().parse::<u64>().ok())
+    }
+
     /// The messages as a JSON tree, for the few paths that read them (MOCK answers, estimates).
     pub fn messages(&self) -> Value {
         self.field("messages")

@@ -17,7 +17,6 @@ use sluice_proto::config::v1::config_service_client::ConfigServiceClient;
 use sluice_shared::secret::SecretString;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 
 use crate::gateway::Gateway;
@@ -147,11 +146,8 @@ impl ConfigClient {
         };
         send(&outbound, pb::stream_config_request::Message::Hello(hello)).await?;
         let mut request = tonic::Request::new(ReceiverStream::new(receiver));
-        let mut header: MetadataValue<_> = format!("Bearer {}", self.token.expose())
-            .parse()
+        crate::control_plane_auth::authorize(&mut request, &self.token)
             .map_err(|_| SessionError::BadToken)?;
-        header.set_sensitive(true);
-        request.metadata_mut().insert("authorization", header);
         let mut inbound = ConfigServiceClient::new(channel)
             .stream_config(request)
             .await?
@@ -246,7 +242,13 @@ mod tests {
             when_full: WhenFull::Refuse,
         })
         .unwrap();
-        let gateway = Gateway::new(spool, UpstreamClient::new(), 1024);
+        let gateway = Gateway::new(
+            spool,
+            UpstreamClient::new(),
+            1024,
+            crate::budget_leases::LeaseBook::new(1, std::time::Duration::from_millis(10)),
+            4096,
+        );
         let applier = Applier {
             gateway: gateway.clone(),
             identity: identity.clone(),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
+use crate::budget_leases::LeaseBook;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::usage_spool::UsageSpool;
@@ -17,6 +18,10 @@ pub struct Gateway {
     pub spool: Arc<UsageSpool>,
     pub upstream: UpstreamClient,
     pub max_body_bytes: usize,
+    /// HARD budgets: this process's leases and the requests' reservations against them.
+    pub leases: LeaseBook,
+    /// Reserved for a request that does not say its `max_tokens`.
+    pub default_max_output_tokens: u64,
 }
 
 impl Gateway {
@@ -24,6 +29,8 @@ impl Gateway {
         spool: Arc<UsageSpool>,
         upstream: UpstreamClient,
         max_body_bytes: usize,
+        leases: LeaseBook,
+        default_max_output_tokens: u64,
     ) -> Arc<Self> {
         Arc::new(Self {
             tables: ArcSwapOption::empty(),
@@ -31,6 +38,8 @@ impl Gateway {
             spool,
             upstream,
             max_body_bytes,
+            leases,
+            default_max_output_tokens,
         })
     }
 }

@@ -3,13 +3,16 @@
 //! one `ArcSwap` and counts with atomics: no database, no control-plane call, no lock.
 
 pub mod auth;
+pub mod budget_leases;
 pub mod chat;
 pub mod chat_request;
 pub mod config_client;
+pub mod control_plane_auth;
 pub mod error_response;
 pub mod gateway;
 pub mod http_body;
 pub mod identity;
+pub mod lease_client;
 pub mod metadata_headers;
 pub mod metered_body;
 pub mod metrics;

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use sluice_data_plane::budget_leases::LeaseBook;
 use sluice_data_plane::config_client::{Applier, ConfigClient};
 use sluice_data_plane::gateway::Gateway;
 use sluice_data_plane::identity::Identity;
+use sluice_data_plane::lease_client::LeaseClient;
 use sluice_data_plane::server::{ServerLimits, serve};
 use sluice_data_plane::settings::Settings;
 use sluice_data_plane::upstream::{UpstreamClient, load_roots};
@@ -76,10 +78,13 @@ fn run(
         if !recovered.is_empty() {
             tracing::info!(files = recovered.len(), "usage spool holds undelivered usage from an earlier run; delivering it first");
         }
+        let epoch = u64::try_from(sluice_shared::time::now_us()).unwrap_or(1).max(1);
         let gateway = Gateway::new(
             spool.clone(),
             UpstreamClient::with_extra_roots(extra_roots),
             settings.max_body_bytes,
+            LeaseBook::new(epoch, settings.lease_wait),
+            settings.default_max_output_tokens,
         );
         let applier = Arc::new(Applier {
             gateway: gateway.clone(),
@@ -101,6 +106,16 @@ fn run(
                 applier,
                 control_plane: settings.control_plane.clone(),
                 token: token.clone(),
+            }
+            .run(),
+        );
+        tokio::spawn(
+            LeaseClient {
+                gateway: gateway.clone(),
+                channel: channel.clone(),
+                token: token.clone(),
+                proxy_id: identity.proxy_id.clone(),
+                refresh: settings.lease_refresh_interval,
             }
             .run(),
         );

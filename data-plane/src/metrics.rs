@@ -39,6 +39,7 @@ pub struct Metrics {
     pub usage_batches_quarantined_total: AtomicU64,
     pub usage_records_recovered_total: AtomicU64,
     pub usage_spool_damaged_total: AtomicU64,
+    pub lease_renewals_failed_total: AtomicU64,
     /// 1 while the usage spool is at its size bound.
     pub usage_spool_full: AtomicBool,
     errors: [AtomicU64; ERROR_CODES.len()],
@@ -58,7 +59,8 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, now_us: i64) -> String {
+    /// `budget_reserved_micros`: reservations outstanding over every HARD budget lease.
+    pub fn render(&self, now_us: i64, budget_reserved_micros: i64) -> String {
         let generated = self.config_generated_at_us.load(Ordering::Relaxed);
         let age = if generated > 0 {
             (now_us - generated).max(0) as f64 / 1e6
@@ -90,6 +92,11 @@ impl Metrics {
             "sluice_usage_spool_full",
             "1 while the usage spool is at its size bound (see usage_spool_when_full).",
             u8::from(self.usage_spool_full.load(Ordering::Relaxed)).to_string(),
+        );
+        gauge(
+            "sluice_budget_reserved_micros",
+            "Micro-dollars reserved by requests in flight against HARD budget leases (0 when idle).",
+            budget_reserved_micros.to_string(),
         );
         let counters = [
             (
@@ -126,6 +133,11 @@ impl Metrics {
                 "sluice_usage_spool_damaged_total",
                 "Torn or damaged stretches skipped in recovered spool files.",
                 &self.usage_spool_damaged_total,
+            ),
+            (
+                "sluice_budget_lease_renewals_failed_total",
+                "Budget lease renewals that did not reach the control plane.",
+                &self.lease_renewals_failed_total,
             ),
             (
                 "sluice_usage_batches_quarantined_total",
@@ -174,7 +186,7 @@ mod tests {
         metrics
             .config_generated_at_us
             .store(1_000_000, Ordering::Relaxed);
-        let text = metrics.render(3_500_000);
+        let text = metrics.render(3_500_000, 0);
         assert!(text.contains("sluice_config_version 7\n"));
         assert!(text.contains("sluice_config_age_seconds 2.500\n"));
         assert!(text.contains("sluice_control_plane_connected 0\n"));

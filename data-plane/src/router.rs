@@ -23,7 +23,10 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
         (&Method::GET, "/metrics") => Ok(text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            gateway.metrics.render(sluice_shared::time::now_us()),
+            gateway.metrics.render(
+                sluice_shared::time::now_us(),
+                gateway.leases.reserved_micros(),
+            ),
         )),
         (&Method::POST, "/v1/chat/completions") => {
             gateway

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use sluice_proto::config::v1 as pb;
+use sluice_shared::budget_window::Window;
 use sluice_shared::sealing::{SealingKeyPair, SecretOpener};
 use sluice_shared::secret::SecretString;
 
@@ -115,7 +116,19 @@ pub struct RoutingTables {
     pub models: Vec<ModelEntry>,
     models_by_org: HashMap<String, HashMap<String, usize>>,
     pub providers: Vec<ProviderEntry>,
+    /// HARD budgets, enforced with leases.
+    pub budgets: Vec<BudgetEntry>,
+    /// Budgets by the organisation, project or virtual key id they cover.
+    budgets_by_scope: HashMap<String, Vec<usize>>,
     opener: SecretOpener,
+}
+
+#[derive(Debug, Clone)]
+pub struct BudgetEntry {
+    pub id: String,
+    pub window: Window,
+    /// How an operator names it, for refusal messages: e.g. `acme/web (month)`.
+    pub name: String,
 }
 
 impl RoutingTables {
@@ -253,6 +266,31 @@ impl RoutingTables {
             }
         }
 
+        let mut budgets = Vec::with_capacity(snapshot.budgets.len());
+        let mut budgets_by_scope: HashMap<String, Vec<usize>> = HashMap::new();
+        for b in &snapshot.budgets {
+            let window = match b.period {
+                1 => Window::Day,
+                2 => Window::Month,
+                3 => Window::Total,
+                other => {
+                    return Err(invalid(format!("budget {}: unknown period {other}", b.id)));
+                }
+            };
+            if b.id.is_empty() || b.scope_id.is_empty() {
+                return Err(invalid("a budget without an id or a scope"));
+            }
+            budgets_by_scope
+                .entry(b.scope_id.clone())
+                .or_default()
+                .push(budgets.len());
+            budgets.push(BudgetEntry {
+                id: b.id.clone(),
+                window,
+                name: b.name.clone(),
+            });
+        }
+
         Ok(Self {
             version: snapshot.version,
             generated_at_us: snapshot.generated_at_us,
@@ -261,6 +299,8 @@ impl RoutingTables {
             models,
             models_by_org,
             providers,
+            budgets,
+            budgets_by_scope,
             opener,
         })
     }
@@ -292,6 +332,18 @@ impl RoutingTables {
         key: &ProviderKeyEntry,
     ) -> Result<SecretString, sluice_shared::sealing::SealingError> {
         self.opener.open(&key.id, &key.sealed_secret)
+    }
+
+    /// The HARD budgets that cover a request of this organisation, project and key.
+    pub fn budgets_for<'a>(
+        &'a self,
+        scope_ids: [&str; 3],
+    ) -> impl Iterator<Item = &'a BudgetEntry> {
+        scope_ids
+            .into_iter()
+            .filter_map(|id| self.budgets_by_scope.get(id))
+            .flatten()
+            .map(|&i| &self.budgets[i])
     }
 
     pub fn virtual_key_count(&self) -> usize {

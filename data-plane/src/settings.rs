@@ -41,6 +41,12 @@ pub struct Settings {
     /// The spool's bound on disk: the backlog a control-plane outage may build.
     pub usage_spool_max_bytes: u64,
     pub usage_spool_when_full: WhenFull,
+    /// How often HARD budget leases are renewed (also at once when one runs low).
+    pub lease_refresh_interval: Duration,
+    /// How long a request waits for a lease renewal before it is refused.
+    pub lease_wait: Duration,
+    /// Output tokens reserved for a request that does not set `max_tokens`.
+    pub default_max_output_tokens: u64,
     pub log: String,
 }
 
@@ -62,6 +68,9 @@ struct FileSettings {
     usage_spool_segment_bytes: Option<u64>,
     usage_spool_max_bytes: Option<u64>,
     usage_spool_when_full: Option<String>,
+    lease_refresh_interval_ms: Option<u64>,
+    lease_wait_ms: Option<u64>,
+    default_max_output_tokens: Option<u64>,
     log: Option<String>,
 }
 
@@ -88,6 +97,9 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_USAGE_SPOOL_SEGMENT_BYTES",
     "SLUICE_PROXY_USAGE_SPOOL_MAX_BYTES",
     "SLUICE_PROXY_USAGE_SPOOL_WHEN_FULL",
+    "SLUICE_PROXY_LEASE_REFRESH_INTERVAL_MS",
+    "SLUICE_PROXY_LEASE_WAIT_MS",
+    "SLUICE_PROXY_DEFAULT_MAX_OUTPUT_TOKENS",
     "SLUICE_PROXY_LOG",
     "SLUICE_PROXY_CONFIG",
 ];
@@ -231,6 +243,24 @@ impl Settings {
                     ));
                 }
             },
+            lease_refresh_interval: Duration::from_millis(number(
+                "SLUICE_PROXY_LEASE_REFRESH_INTERVAL_MS",
+                take("SLUICE_PROXY_LEASE_REFRESH_INTERVAL_MS"),
+                file_settings.lease_refresh_interval_ms,
+                1_000,
+            )?),
+            lease_wait: Duration::from_millis(number(
+                "SLUICE_PROXY_LEASE_WAIT_MS",
+                take("SLUICE_PROXY_LEASE_WAIT_MS"),
+                file_settings.lease_wait_ms,
+                1_000,
+            )?),
+            default_max_output_tokens: number(
+                "SLUICE_PROXY_DEFAULT_MAX_OUTPUT_TOKENS",
+                take("SLUICE_PROXY_DEFAULT_MAX_OUTPUT_TOKENS"),
+                file_settings.default_max_output_tokens,
+                4_096,
+            )?,
             log: take("SLUICE_PROXY_LOG")
                 .or(file_settings.log)
                 .unwrap_or_else(|| "info".to_owned()),
@@ -272,9 +302,13 @@ impl Settings {
                 format!("must be at most {MAX_USAGE_BATCH_SIZE}, the control plane's limit"),
             ));
         }
-        if self.header_read_timeout.is_zero() || self.usage_flush_interval.is_zero() {
+        if self.header_read_timeout.is_zero()
+            || self.usage_flush_interval.is_zero()
+            || self.lease_refresh_interval.is_zero()
+            || self.default_max_output_tokens == 0
+        {
             return Err(invalid(
-                "header_read_timeout_ms / usage_flush_interval_ms",
+                "header_read_timeout_ms / usage_flush_interval_ms / lease_refresh_interval_ms / default_max_output_tokens",
                 "must be above 0",
             ));
         }

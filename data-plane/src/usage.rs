@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use sluice_proto::usage::v1 as pb;
 
+use crate::budget_leases::Reservation;
 use crate::gateway::Gateway;
 use crate::metadata_headers::RequestMetadata;
 use crate::mock_posture::estimate_tokens;
@@ -23,6 +24,19 @@ pub struct UsageDraft {
     pub prompt: Option<bytes::Bytes>,
     prompt_estimate: Option<u64>,
     stream_mark: Option<StartedMark>,
+    /// The request's hold on its HARD budgets: settled to the actual cost when the record is
+    /// written, released if the request ends any other way.
+    pub reservation: Option<Reservation>,
+}
+
+impl Prices {
+    pub fn of(model: &ModelEntry) -> Self {
+        Self {
+            input: model.input_price_micros_per_mtok,
+            cached_input: model.cached_input_price_micros_per_mtok,
+            output: model.output_price_micros_per_mtok,
+        }
+    }
 }
 
 impl UsageDraft {
@@ -46,14 +60,11 @@ impl UsageDraft {
                 ..Default::default()
             },
             started: tokio::time::Instant::now(),
-            prices: Prices {
-                input: model.input_price_micros_per_mtok,
-                cached_input: model.cached_input_price_micros_per_mtok,
-                output: model.output_price_micros_per_mtok,
-            },
+            prices: Prices::of(model),
             prompt: None,
             prompt_estimate: None,
             stream_mark: None,
+            reservation: None,
         }
     }
 
@@ -76,6 +87,9 @@ impl UsageDraft {
     /// call before the stream's headers leave.
     pub fn spool_start(&mut self, gateway: &Gateway) {
         let mut estimate = self.record.clone();
+        if self.reservation.is_some() {
+            estimate.lease_epoch = gateway.leases.epoch;
+        }
         estimate.input_tokens = self.prompt_estimate();
         estimate.source = pb::UsageSource::Estimated as i32;
         estimate.cost_micros = cost_micros(
@@ -111,6 +125,10 @@ impl UsageDraft {
         } else {
             cost_micros(usage, self.prices)
         };
+        if let Some(reservation) = self.reservation.take() {
+            record.lease_epoch = gateway.leases.epoch;
+            reservation.settle(record.cost_micros);
+        }
         if let Err(error) = gateway
             .spool
             .complete(&self.record, self.stream_mark.take())

@@ -20,7 +20,6 @@ use sluice_proto::usage::v1 as pb;
 use sluice_shared::secret::SecretString;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::gateway::Gateway;
@@ -484,11 +483,7 @@ impl UsageReporter {
         let channel = self.channel.clone();
         let (outbound, receiver) = mpsc::channel(16);
         let mut request = tonic::Request::new(ReceiverStream::new(receiver));
-        let mut header: MetadataValue<_> = format!("Bearer {}", self.token.expose())
-            .parse()
-            .map_err(|_| tonic::Status::unauthenticated("token cannot travel in a header"))?;
-        header.set_sensitive(true);
-        request.metadata_mut().insert("authorization", header);
+        crate::control_plane_auth::authorize(&mut request, &self.token)?;
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready()
             .await

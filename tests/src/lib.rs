@@ -299,20 +299,34 @@ impl ControlPlane {
     }
 }
 
-/// A LIVE project `acme/web` on a fresh mock OpenAI upstream and control plane (SQLite in the
-/// returned directory), holding `provider_key`.
-pub fn live_stack(
-    provider_key: &str,
-) -> (
+/// A fresh mock OpenAI upstream, control plane (SQLite in the returned directory) and LIVE
+/// project `acme/web`, the provider holding `provider_key`.
+pub type LiveStack = (
     mock_openai::MockOpenAi,
     tempfile::TempDir,
     ControlPlane,
     Acme,
-) {
+);
+
+pub fn live_stack(provider_key: &str) -> LiveStack {
+    live_stack_with(provider_key, &[], &[])
+}
+
+/// [`live_stack`] with extra provider flags (e.g. `--timeout-ms`) and control-plane
+/// environment.
+pub fn live_stack_with(
+    provider_key: &str,
+    provider_flags: &[&str],
+    env: &[(&str, &str)],
+) -> LiveStack {
     let upstream = mock_openai::MockOpenAi::start();
     let cp_dir = tempfile::tempdir().expect("temp dir");
-    let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
-    let acme = cp.seed_acme(&upstream.base_url(), Some(provider_key), &[]);
+    let mut builder = ControlPlaneBuilder::new(cp_dir.path());
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    let cp = builder.start();
+    let acme = cp.seed_acme(&upstream.base_url(), Some(provider_key), provider_flags);
     cp.go_live("acme/web");
     (upstream, cp_dir, cp, acme)
 }

@@ -114,6 +114,8 @@ impl From<store::Budget> for pb::Budget {
             requests: u64::try_from(b.requests).unwrap_or(0),
             created_at_us: b.created_at_us,
             updated_at_us: b.updated_at_us,
+            leased_micros: b.leased_micros,
+            leases: b.leases,
         }
     }
 }

@@ -70,6 +70,8 @@ macro_rules! budget_sql_fns {
                 requests: 0,
                 created_at_us: row.try_get("created_at_us")?,
                 updated_at_us: row.try_get("updated_at_us")?,
+                leased_micros: 0,
+                leases: 0,
             })
         }
 
@@ -104,7 +106,136 @@ macro_rules! budget_sql_fns {
                 budget.estimated_micros = estimated;
                 budget.requests = requests;
             }
+            let (leased, leases): (i64, i64) = sqlx::query_as(
+                "SELECT CAST(COALESCE(SUM(CASE WHEN allowance_micros > committed_micros \
+                 THEN allowance_micros - committed_micros ELSE 0 END), 0) AS BIGINT), COUNT(*) \
+                 FROM budget_leases WHERE budget_id = $1 AND window_start_us = $2 \
+                 AND expires_at_us > $3",
+            )
+            .bind(&budget.id)
+            .bind(budget.window_start_us)
+            .bind(now_us)
+            .fetch_one(&mut **tx)
+            .await?;
+            budget.leased_micros = leased;
+            budget.leases = u32::try_from(leases).unwrap_or(u32::MAX);
             Ok(budget)
+        }
+
+        /// HARD budgets, for the snapshot.
+        async fn config_budgets(tx: &mut Tx) -> StoreResult<Vec<ConfigBudget>> {
+            let sql = format!("{BUDGET_SELECT} WHERE b.posture = 'HARD' ORDER BY b.id");
+            let rows = sqlx::query(&sql).fetch_all(&mut **tx).await?;
+            rows.iter()
+                .map(|row| {
+                    let budget = budget_row(row)?;
+                    Ok(ConfigBudget {
+                        name: format!(
+                            "{} ({})",
+                            budget.target,
+                            budget.period.as_str().to_lowercase()
+                        ),
+                        id: budget.id,
+                        scope_id: budget.scope_id,
+                        period: budget.period,
+                    })
+                })
+                .collect()
+        }
+
+        /// One lease renewal: see `Store::acquire_leases`.
+        async fn acquire_lease_tx(
+            tx: &mut Tx,
+            proxy_id: &str,
+            epoch: i64,
+            lease_use: &LeaseUse,
+            now_us: i64,
+            policy: LeasePolicy,
+        ) -> StoreResult<Option<LeaseGrant>> {
+            let budget: Option<(i64, String, String)> = sqlx::query_as(
+                "SELECT limit_micros, posture, period FROM budgets WHERE id = $1",
+            )
+            .bind(&lease_use.budget_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some((limit, posture, period)) = budget else {
+                return Ok(None);
+            };
+            if BudgetPosture::parse(&posture)? != BudgetPosture::Hard {
+                return Ok(None);
+            }
+            let window = BudgetPeriod::parse(&period)?.window().start_us(now_us);
+            // Figures for another window (the proxy has not rolled over yet) say nothing
+            // about this one.
+            let used = if lease_use.window_start_us == window {
+                lease_use.used_micros.max(0)
+            } else {
+                0
+            };
+            let spent: i64 = sqlx::query_scalar(
+                "SELECT spent_micros FROM budget_spend WHERE budget_id = $1 AND window_start_us = $2",
+            )
+            .bind(&lease_use.budget_id)
+            .bind(window)
+            .fetch_optional(&mut **tx)
+            .await?
+            .unwrap_or(0);
+            let leases: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+                "SELECT proxy_id, epoch, allowance_micros, committed_micros FROM budget_leases \
+                 WHERE budget_id = $1 AND window_start_us = $2 AND expires_at_us > $3",
+            )
+            .bind(&lease_use.budget_id)
+            .bind(window)
+            .bind(now_us)
+            .fetch_all(&mut **tx)
+            .await?;
+            let mine = leases
+                .iter()
+                .find(|(proxy, e, _, _)| proxy == proxy_id && *e == epoch);
+            let others: i64 = leases
+                .iter()
+                .filter(|(proxy, e, _, _)| !(proxy == proxy_id && *e == epoch))
+                .map(|(_, _, allowance, committed)| (allowance - committed).max(0))
+                .sum();
+            let live = i64::try_from(leases.len()).unwrap_or(i64::MAX) + i64::from(mine.is_none());
+            let (old_allowance, committed) = mine.map_or((0, 0), |(_, _, a, c)| (*a, *c));
+            // What this process may already spend (its allowance, or more if a request cost
+            // more than it reserved) is spoken for.
+            let base = old_allowance.max(used);
+            let available = limit - spent - others - (base - committed).max(0);
+            let grant = if lease_use.wanted_micros > 0 || mine.is_none() {
+                let share = (limit - spent).max(0) / (policy.share_divisor.max(1) * live.max(1));
+                share.max(lease_use.wanted_micros).min(available.max(0))
+            } else {
+                0
+            };
+            let allowance = base + grant;
+            let expires_at_us = now_us + policy.ttl_us;
+            sqlx::query(
+                "INSERT INTO budget_leases (budget_id, window_start_us, proxy_id, epoch, \
+                 allowance_micros, committed_micros, used_micros, expires_at_us, updated_at_us) \
+                 VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8) \
+                 ON CONFLICT (budget_id, window_start_us, proxy_id, epoch) DO UPDATE SET \
+                 allowance_micros = excluded.allowance_micros, used_micros = excluded.used_micros, \
+                 expires_at_us = excluded.expires_at_us, updated_at_us = excluded.updated_at_us",
+            )
+            .bind(&lease_use.budget_id)
+            .bind(window)
+            .bind(proxy_id)
+            .bind(epoch)
+            .bind(allowance)
+            .bind(used)
+            .bind(expires_at_us)
+            .bind(now_us)
+            .execute(&mut **tx)
+            .await?;
+            Ok(Some(LeaseGrant {
+                budget_id: lease_use.budget_id.clone(),
+                window_start_us: window,
+                allowance_micros: allowance,
+                expires_at_us,
+                exhausted: available - grant <= 0,
+            }))
         }
 
         async fn fetch_budget(
@@ -171,11 +302,13 @@ macro_rules! budget_sql_fns {
             let sql = format!(
                 "SELECT CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT), \
                  CAST(COALESCE(SUM(CASE WHEN source = 'ESTIMATED' THEN cost_micros ELSE 0 END), 0) \
-                 AS BIGINT), COUNT(*) FROM usage_records WHERE {scope_filter} AND started_at_us >= $2"
+                 AS BIGINT), COUNT(*) FROM usage_records WHERE {scope_filter} AND started_at_us >= $2 \
+                 AND started_at_us < $3"
             );
             let (spent, estimated, requests): (i64, i64, i64) = sqlx::query_as(&sql)
                 .bind(&scope_id)
                 .bind(window_start)
+                .bind(new.period.window().end_us(now_us))
                 .fetch_one(&mut **tx)
                 .await?;
             sqlx::query(
@@ -195,6 +328,7 @@ macro_rules! budget_sql_fns {
 
         /// One inserted usage record, as far as budgets care.
         struct Spend {
+            lease_epoch: i64,
             project_id: String,
             virtual_key_id: String,
             started_at_us: i64,
@@ -204,7 +338,11 @@ macro_rules! budget_sql_fns {
 
         /// Adds the records' cost to every budget that covers them, in the window each record
         /// started in, and raises the alerts whose thresholds this crossed (audit log).
-        async fn roll_up_budgets(tx: &mut Tx, spends: &[Spend]) -> StoreResult<Vec<BudgetAlert>> {
+        async fn roll_up_budgets(
+            tx: &mut Tx,
+            proxy_id: &str,
+            spends: &[Spend],
+        ) -> StoreResult<Vec<BudgetAlert>> {
             if spends.is_empty() {
                 return Ok(Vec::new());
             }
@@ -232,6 +370,9 @@ macro_rules! budget_sql_fns {
             // (budget index, window start) → (spent, estimated, requests)
             let mut deltas: std::collections::BTreeMap<(usize, i64), (i64, i64, i64)> =
                 std::collections::BTreeMap::new();
+            // (budget index, window start, lease epoch) → cost that lease's proxy reserved
+            let mut lease_credits: std::collections::BTreeMap<(usize, i64, i64), i64> =
+                std::collections::BTreeMap::new();
             for spend in spends {
                 let org_id = project_orgs.get(&spend.project_id);
                 for (index, budget) in budgets.iter().enumerate() {
@@ -246,6 +387,11 @@ macro_rules! budget_sql_fns {
                         continue;
                     }
                     let window = budget.period.window().start_us(spend.started_at_us);
+                    if budget.posture == BudgetPosture::Hard && spend.lease_epoch != 0 {
+                        *lease_credits
+                            .entry((index, window, spend.lease_epoch))
+                            .or_default() += spend.cost_micros;
+                    }
                     let entry = deltas.entry((index, window)).or_default();
                     entry.0 += spend.cost_micros;
                     if spend.estimated {
@@ -253,6 +399,21 @@ macro_rules! budget_sql_fns {
                     }
                     entry.2 += 1;
                 }
+            }
+            // Spend that arrived is no longer a lease's to spend: it is in budget_spend now.
+            for ((index, window_start, epoch), cost) in lease_credits {
+                sqlx::query(
+                    "UPDATE budget_leases SET committed_micros = committed_micros + $1 \
+                     WHERE budget_id = $2 AND window_start_us = $3 AND proxy_id = $4 \
+                     AND epoch = $5",
+                )
+                .bind(cost)
+                .bind(&budgets[index].id)
+                .bind(window_start)
+                .bind(proxy_id)
+                .bind(epoch)
+                .execute(&mut **tx)
+                .await?;
             }
             let mut alerts = Vec::new();
             for ((index, window_start), (spent, estimated, requests)) in deltas {

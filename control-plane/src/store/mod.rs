@@ -404,6 +404,17 @@ pub trait Store: Send + Sync + 'static {
         period: BudgetPeriod,
         audit: Audit,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Renews a proxy process's leases and grants more where it asks, never granting beyond
+    /// what the budget has left after every live lease's unspent allowance (all in one
+    /// transaction; on PostgreSQL serialised across control-plane replicas).
+    fn acquire_leases(
+        &self,
+        proxy_id: &str,
+        epoch: i64,
+        uses: Vec<LeaseUse>,
+        now_us: i64,
+        policy: LeasePolicy,
+    ) -> impl Future<Output = StoreResult<Vec<LeaseGrant>>> + Send;
     /// Usage of one project, oldest first (for tests and the usage queries to come).
     fn list_usage_records(
         &self,

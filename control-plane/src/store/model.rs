@@ -297,6 +297,17 @@ pub struct ConfigState {
     pub provider_keys: Vec<ConfigProviderKey>,
     pub models: Vec<ConfigModel>,
     pub virtual_keys: Vec<ConfigVirtualKey>,
+    /// HARD budgets: proxies enforce them with leases.
+    pub budgets: Vec<ConfigBudget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigBudget {
+    pub id: String,
+    pub scope_id: String,
+    pub period: BudgetPeriod,
+    /// How an operator names it, e.g. `acme/web (month)`.
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -403,6 +414,8 @@ pub struct UsageRecord {
     pub task_id: String,
     /// From the request's `x-sluice-tag-<name>` headers.
     pub tags: Vec<(String, String)>,
+    /// The proxy process whose lease the request was reserved against.
+    pub lease_epoch: i64,
 }
 
 /// What happened to a usage batch.
@@ -460,6 +473,9 @@ pub struct Budget {
     pub requests: i64,
     pub created_at_us: i64,
     pub updated_at_us: i64,
+    /// Granted to live proxy leases and not yet arrived as usage, in the current window.
+    pub leased_micros: i64,
+    pub leases: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -497,4 +513,31 @@ pub struct BatchCommit {
     pub outcome: BatchOutcome,
     /// Thresholds the batch's spend crossed (already written to the audit log).
     pub alerts: Vec<BudgetAlert>,
+}
+
+/// What a proxy process reports of one lease, and whether it wants more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseUse {
+    pub budget_id: String,
+    pub window_start_us: i64,
+    pub used_micros: i64,
+    pub wanted_micros: i64,
+}
+
+/// How leases are sized and how long they last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeasePolicy {
+    pub ttl_us: i64,
+    /// Each live lease gets about remaining / (this × live leases) per grant.
+    pub share_divisor: i64,
+}
+
+/// A proxy process's allowance in one budget window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub budget_id: String,
+    pub window_start_us: i64,
+    pub allowance_micros: i64,
+    pub expires_at_us: i64,
+    pub exhausted: bool,
 }

@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "budgets",
         include_str!("../../migrations/postgres/0006_budgets.sql"),
     ),
+    (
+        7,
+        "budget_leases",
+        include_str!("../../migrations/postgres/0007_budget_leases.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -32,9 +32,9 @@ pub(super) const VIRTUAL_KEY_FROM: &str = "virtual_keys v \
 pub(super) const ADMIN_TOKEN_COLUMNS: &str =
     "id, name, scope, prefix, created_at_us, revoked_at_us";
 
-const USAGE_COLUMNS: usize = 18;
+const USAGE_COLUMNS: usize = 19;
 /// Rows per multi-row insert, largest first. Batches are split into these sizes only, so at
-/// most five statements exist and each is prepared once and cached; 256 × 18 parameters stays
+/// most five statements exist and each is prepared once and cached; 256 × 19 parameters stays
 /// far below both backends' limits.
 pub(super) const USAGE_INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
@@ -86,7 +86,7 @@ fn build_usage_insert_sql(rows: usize, placeholders: Placeholders) -> String {
         "INSERT INTO usage_records (request_id, batch_id, started_at_us, project_id, \
          virtual_key_id, model, provider_id, input_tokens, output_tokens, cached_input_tokens, \
          reasoning_tokens, cost_micros, latency_ms, http_status, source, run_id, task_id, \
-         tags) VALUES ",
+         tags, lease_epoch) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
@@ -336,6 +336,7 @@ macro_rules! sql_store {
                     run_id: row.try_get("run_id")?,
                     task_id: row.try_get("task_id")?,
                     tags: tags_from_json(row.try_get("tags")?),
+                    lease_epoch: row.try_get("lease_epoch")?,
                 })
             }
 
@@ -1642,6 +1643,7 @@ macro_rules! sql_store {
                             })
                         })
                         .collect::<StoreResult<Vec<_>>>()?;
+                    let budgets = config_budgets(&mut tx).await?;
                     tx.commit().await?;
                     Ok(ConfigState {
                         version: to_u64(version, "config version")?,
@@ -1650,6 +1652,7 @@ macro_rules! sql_store {
                         provider_keys,
                         models,
                         virtual_keys,
+                        budgets,
                     })
                 }
 
@@ -1783,6 +1786,7 @@ macro_rules! sql_store {
                                 (
                                     r.request_id.clone(),
                                     Spend {
+                                        lease_epoch: r.lease_epoch,
                                         project_id: r.project_id.clone(),
                                         virtual_key_id: r.virtual_key_id.clone(),
                                         started_at_us: r.started_at_us,
@@ -1824,7 +1828,8 @@ macro_rules! sql_store {
                                     .bind(record.source.as_str())
                                     .bind(record.run_id)
                                     .bind(record.task_id)
-                                    .bind(tags_json(&record.tags));
+                                    .bind(tags_json(&record.tags))
+                                    .bind(record.lease_epoch);
                             }
                             if budgets_exist {
                                 for row in query.fetch_all(&mut *tx).await? {
@@ -1837,7 +1842,7 @@ macro_rules! sql_store {
                     }
                     spends.retain(|(id, _)| inserted.contains(id));
                     let spends: Vec<Spend> = spends.into_iter().map(|(_, s)| s).collect();
-                    let alerts = roll_up_budgets(&mut tx, &spends).await?;
+                    let alerts = roll_up_budgets(&mut tx, proxy_id, &spends).await?;
                     tx.commit().await?;
                     Ok(BatchCommit {
                         outcome: BatchOutcome::Committed,
@@ -1937,12 +1942,40 @@ macro_rules! sql_store {
                     Ok(())
                 }
 
+                async fn acquire_leases(
+                    &self,
+                    proxy_id: &str,
+                    epoch: i64,
+                    uses: Vec<LeaseUse>,
+                    now_us: i64,
+                    policy: LeasePolicy,
+                ) -> StoreResult<Vec<LeaseGrant>> {
+                    let mut tx = self.writer().begin_with($begin_write).await?;
+                    sqlx::query($lock_budgets).execute(&mut *tx).await?;
+                    let mut grants = Vec::with_capacity(uses.len());
+                    for lease_use in &uses {
+                        if let Some(grant) =
+                            acquire_lease_tx(&mut tx, proxy_id, epoch, lease_use, now_us, policy)
+                                .await?
+                        {
+                            grants.push(grant);
+                        }
+                    }
+                    // Leases long expired only take room.
+                    sqlx::query("DELETE FROM budget_leases WHERE expires_at_us < $1")
+                        .bind(now_us - 86_400_000_000)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(grants)
+                }
+
                 async fn list_usage_records(&self, project_id: &str) -> StoreResult<Vec<UsageRecord>> {
                     let rows = sqlx::query(
                         "SELECT request_id, started_at_us, project_id, virtual_key_id, model, \
                          provider_id, input_tokens, output_tokens, cached_input_tokens, \
                          reasoning_tokens, cost_micros, latency_ms, http_status, source, \
-                         run_id, task_id, tags \
+                         run_id, task_id, tags, lease_epoch \
                          FROM usage_records WHERE project_id = $1 \
                          ORDER BY started_at_us, request_id",
                     )

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "budgets",
         include_str!("../../migrations/sqlite/0006_budgets.sql"),
     ),
+    (
+        7,
+        "budget_leases",
+        include_str!("../../migrations/sqlite/0007_budget_leases.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

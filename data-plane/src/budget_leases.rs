@@ -1,0 +1,410 @@
+//! HARD budgets on the request path: each budget has a lease cell holding the allowance the
+//! control plane granted this process for the current window and what it has used. A request
+//! reserves its largest possible cost in every budget that covers it before it is forwarded —
+//! one `fetch_add` per budget, no lock — and settles to its actual cost when its usage record
+//! is written. The reservation is a guard: dropped on any other exit path (error, timeout,
+//! client gone, panic unwinding) it gives the amount back, so nothing leaks into a phantom
+//! `budget_exceeded`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sluice_shared::error_code::ErrorCode;
+use tokio::sync::Notify;
+
+use crate::error_response::GatewayError;
+use crate::routing_tables::BudgetEntry;
+
+/// No lease yet for any window.
+const NO_WINDOW: i64 = i64::MIN;
+
+pub struct LeaseCell {
+    pub budget_id: String,
+    window_start_us: AtomicI64,
+    allowance: AtomicI64,
+    /// Settled cost plus outstanding reservations, in the lease's window.
+    used: AtomicI64,
+    reserved: AtomicI64,
+    /// 0 while being updated: requests then wait for the update to finish.
+    expires_at_us: AtomicI64,
+    exhausted: AtomicBool,
+    last_grant: AtomicI64,
+    /// The largest reservation refused since the last renewal: the next renewal asks for it.
+    wanted: AtomicI64,
+}
+
+impl LeaseCell {
+    fn new(budget_id: &str) -> Self {
+        Self {
+            budget_id: budget_id.to_owned(),
+            window_start_us: AtomicI64::new(NO_WINDOW),
+            allowance: AtomicI64::new(0),
+            used: AtomicI64::new(0),
+            reserved: AtomicI64::new(0),
+            expires_at_us: AtomicI64::new(0),
+            exhausted: AtomicBool::new(false),
+            last_grant: AtomicI64::new(0),
+            wanted: AtomicI64::new(0),
+        }
+    }
+
+    /// What a renewal reports: the window, what was used, and how much more is wanted (0: just
+    /// keep it alive).
+    pub fn report(&self, current_window: i64) -> (i64, i64, i64) {
+        let window = self.window_start_us.load(Ordering::Acquire);
+        if window != current_window {
+            // A new window (or none yet): start it with room for what is waiting.
+            let wanted = self.wanted.load(Ordering::Relaxed).max(1);
+            return (
+                current_window,
+                self.reserved.load(Ordering::Relaxed),
+                wanted,
+            );
+        }
+        let used = self.used.load(Ordering::Relaxed);
+        let left = self.allowance.load(Ordering::Relaxed) - used;
+        let low = left < self.last_grant.load(Ordering::Relaxed) / 2;
+        let wanted = self.wanted.load(Ordering::Relaxed);
+        let wanted = if wanted > 0 || low { wanted.max(1) } else { 0 };
+        (window, used, wanted)
+    }
+}
+
+/// A grant from the control plane, as the lease client hands it over.
+pub struct Grant {
+    pub budget_id: String,
+    pub window_start_us: i64,
+    pub allowance_micros: i64,
+    pub expires_at_us: i64,
+    pub exhausted: bool,
+}
+
+pub struct LeaseBook {
+    cells: ArcSwap<HashMap<String, Arc<LeaseCell>>>,
+    /// This process: the control plane keeps its leases apart from an earlier process's.
+    pub epoch: u64,
+    /// How long a request waits for a renewal before it is refused.
+    pub wait: Duration,
+    /// Wakes the lease client early: a lease ran low or a request is waiting.
+    pub nudge: Notify,
+    /// Wakes requests waiting for a renewal.
+    renewed: Notify,
+    /// Whether the last renewal reached the control plane.
+    pub reachable: AtomicBool,
+}
+
+enum Shortfall {
+    /// The budget has nothing left to grant.
+    Spent,
+    /// More may come: the lease is low, missing, expired or from another window.
+    Waiting,
+}
+
+impl LeaseBook {
+    pub fn new(epoch: u64, wait: Duration) -> Self {
+        Self {
+            cells: ArcSwap::from_pointee(HashMap::new()),
+            epoch,
+            wait,
+            nudge: Notify::new(),
+            renewed: Notify::new(),
+            reachable: AtomicBool::new(false),
+        }
+    }
+
+    pub fn cell(&self, budget_id: &str) -> Option<Arc<LeaseCell>> {
+        self.cells.load().get(budget_id).cloned()
+    }
+
+    /// Cells for the snapshot's budgets: new ones start without a lease; others keep theirs.
+    pub fn track(&self, budgets: &[BudgetEntry]) {
+        let current = self.cells.load();
+        if budgets.len() == current.len() && budgets.iter().all(|b| current.contains_key(&b.id)) {
+            return;
+        }
+        let next: HashMap<String, Arc<LeaseCell>> = budgets
+            .iter()
+            .map(|b| {
+                let cell = current
+                    .get(&b.id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(LeaseCell::new(&b.id)));
+                (b.id.clone(), cell)
+            })
+            .collect();
+        self.cells.store(Arc::new(next));
+    }
+
+    /// Applies what the control plane granted, then wakes waiting requests.
+    pub fn apply(&self, grants: Vec<Grant>) {
+        let cells = self.cells.load();
+        for grant in grants {
+            let Some(cell) = cells.get(&grant.budget_id) else {
+                continue;
+            };
+            // Closed while it changes: a request in between waits instead of mixing windows.
+            cell.expires_at_us.store(0, Ordering::Release);
+            if cell.window_start_us.load(Ordering::Acquire) != grant.window_start_us {
+                // Reservations still out will settle in the new window.
+                cell.used
+                    .store(cell.reserved.load(Ordering::Relaxed), Ordering::Relaxed);
+                cell.window_start_us
+                    .store(grant.window_start_us, Ordering::Release);
+            }
+            let before = cell
+                .allowance
+                .swap(grant.allowance_micros, Ordering::AcqRel);
+            if grant.allowance_micros > before {
+                cell.last_grant
+                    .store(grant.allowance_micros - before, Ordering::Relaxed);
+            }
+            cell.exhausted.store(grant.exhausted, Ordering::Relaxed);
+            cell.wanted.store(0, Ordering::Relaxed);
+            cell.expires_at_us
+                .store(grant.expires_at_us, Ordering::Release);
+        }
+        self.renewed.notify_waiters();
+    }
+
+    /// Outstanding reservations over every budget (they must return to 0 when idle).
+    pub fn reserved_micros(&self) -> i64 {
+        self.cells
+            .load()
+            .values()
+            .map(|c| c.reserved.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn try_reserve(
+        &self,
+        budgets: &[&BudgetEntry],
+        amount: i64,
+        now_us: i64,
+    ) -> Result<Reservation, (usize, Shortfall)> {
+        let cells = self.cells.load();
+        let mut taken: Vec<Arc<LeaseCell>> = Vec::with_capacity(budgets.len());
+        for (index, budget) in budgets.iter().enumerate() {
+            let shortfall = match cells.get(&budget.id) {
+                None => Some(Shortfall::Waiting),
+                Some(cell) => {
+                    let current = cell.window_start_us.load(Ordering::Acquire)
+                        == budget.window.start_us(now_us)
+                        && cell.expires_at_us.load(Ordering::Acquire) > now_us;
+                    if !current {
+                        Some(Shortfall::Waiting)
+                    } else {
+                        let before = cell.used.fetch_add(amount, Ordering::AcqRel);
+                        if before + amount <= cell.allowance.load(Ordering::Acquire) {
+                            cell.reserved.fetch_add(amount, Ordering::Relaxed);
+                            taken.push(cell.clone());
+                            None
+                        } else {
+                            cell.used.fetch_sub(amount, Ordering::AcqRel);
+                            cell.wanted.fetch_max(amount, Ordering::Relaxed);
+                            Some(if cell.exhausted.load(Ordering::Relaxed) {
+                                Shortfall::Spent
+                            } else {
+                                Shortfall::Waiting
+                            })
+                        }
+                    }
+                }
+            };
+            if let Some(shortfall) = shortfall {
+                // All or nothing: give back what this request already took.
+                drop(Reservation {
+                    cells: taken,
+                    amount,
+                    settled: false,
+                });
+                return Err((index, shortfall));
+            }
+        }
+        Ok(Reservation {
+            cells: taken,
+            amount,
+            settled: false,
+        })
+    }
+
+    /// Reserves `amount` in every budget, waiting up to [`Self::wait`] for a renewal when a
+    /// lease is low or missing.
+    pub async fn reserve(
+        &self,
+        budgets: &[&BudgetEntry],
+        amount: i64,
+    ) -> Result<Reservation, GatewayError> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            let renewed = self.renewed.notified();
+            let (index, shortfall) =
+                match self.try_reserve(budgets, amount, sluice_shared::time::now_us()) {
+                    Ok(reservation) => return Ok(reservation),
+                    Err(failure) => failure,
+                };
+            let name = budgets.get(index).map_or("", |b| b.name.as_str());
+            if let Shortfall::Spent = shortfall {
+                // Ask anyway: the budget may have been raised or usage may have come in lower.
+                self.nudge.notify_one();
+                return Err(GatewayError::new(
+                    ErrorCode::BudgetExceeded,
+                    format!(
+                        "budget {name} is spent: raise it with `sluicectl budget update` or wait for its next window"
+                    ),
+                ));
+            }
+            self.nudge.notify_one();
+            if tokio::time::timeout_at(deadline, renewed).await.is_err() {
+                let message = if self.reachable.load(Ordering::Relaxed) {
+                    format!(
+                        "budget {name} has no allowance left for this request right now; it is nearly spent — retry shortly, or raise it with `sluicectl budget update`"
+                    )
+                } else {
+                    format!(
+                        "budget {name} has no current lease and the control plane is unreachable; a HARD budget is refused rather than overspent"
+                    )
+                };
+                return Err(GatewayError::new(ErrorCode::BudgetExceeded, message));
+            }
+        }
+    }
+}
+
+/// A request's hold on its largest possible cost. Settle it with the actual cost; dropping it
+/// unsettled gives everything back.
+#[must_use]
+pub struct Reservation {
+    cells: Vec<Arc<LeaseCell>>,
+    amount: i64,
+    settled: bool,
+}
+
+impl Reservation {
+    pub fn settle(mut self, actual_micros: i64) {
+        for cell in &self.cells {
+            cell.used
+                .fetch_add(actual_micros - self.amount, Ordering::AcqRel);
+            cell.reserved.fetch_sub(self.amount, Ordering::Relaxed);
+        }
+        self.settled = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        for cell in &self.cells {
+            cell.used.fetch_sub(self.amount, Ordering::AcqRel);
+            cell.reserved.fetch_sub(self.amount, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_shared::budget_window::Window;
+
+    use super::*;
+
+    fn budget(id: &str) -> BudgetEntry {
+        BudgetEntry {
+            id: id.into(),
+            window: Window::Total,
+            name: format!("acme/{id} (total)"),
+        }
+    }
+
+    fn grant(id: &str, allowance: i64, exhausted: bool) -> Grant {
+        Grant {
+            budget_id: id.into(),
+            window_start_us: 0,
+            allowance_micros: allowance,
+            expires_at_us: i64::MAX,
+            exhausted,
+        }
+    }
+
+    fn book(budgets: &[BudgetEntry]) -> LeaseBook {
+        let book = LeaseBook::new(1, Duration::from_millis(50));
+        book.track(budgets);
+        book
+    }
+
+    #[tokio::test]
+    async fn reservations_settle_or_come_back_and_never_exceed_the_allowance() {
+        let budgets = [budget("web"), budget("org")];
+        let book = book(&budgets);
+        book.apply(vec![
+            grant("web", 1_000, false),
+            grant("org", 10_000, false),
+        ]);
+        let both: Vec<&BudgetEntry> = budgets.iter().collect();
+        let first = book.reserve(&both, 600).await.unwrap();
+        // 600 more does not fit "web": nothing is taken from "org" either.
+        assert!(book.reserve(&both, 600).await.is_err());
+        assert_eq!(book.cell("org").unwrap().used.load(Ordering::Relaxed), 600);
+        first.settle(250);
+        assert_eq!(book.reserved_micros(), 0);
+        let second = book.reserve(&both, 600).await.unwrap();
+        drop(second);
+        assert_eq!(book.cell("web").unwrap().used.load(Ordering::Relaxed), 250);
+        assert_eq!(book.reserved_micros(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_refuses_at_once_and_says_how_to_fix_it() {
+        let budgets = [budget("web")];
+        let book = book(&budgets);
+        book.apply(vec![grant("web", 100, true)]);
+        let error = book.reserve(&[&budgets[0]], 101).await.err().unwrap();
+        assert_eq!(error.code, ErrorCode::BudgetExceeded);
+        assert!(
+            error.message.contains("acme/web (total) is spent"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("sluicectl budget update"));
+    }
+
+    #[tokio::test]
+    async fn without_a_lease_the_request_waits_then_fails_closed() {
+        let budgets = [budget("web")];
+        let book = book(&budgets);
+        let error = book.reserve(&[&budgets[0]], 1).await.err().unwrap();
+        assert!(
+            error.message.contains("control plane is unreachable"),
+            "{}",
+            error.message
+        );
+        assert_eq!(
+            book.cell("web").unwrap().report(0),
+            (0, 0, 1),
+            "the renewal asks for room"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_goes_through_once_the_renewal_lands() {
+        let budgets = [budget("web")];
+        let book = Arc::new(book(&budgets));
+        book.apply(vec![grant("web", 10, false)]);
+        let waiter = {
+            let book = book.clone();
+            let entry = budgets[0].clone();
+            tokio::spawn(async move { book.reserve(&[&entry], 50).await.map(|r| r.settle(50)) })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            book.cell("web").unwrap().report(0).2,
+            50,
+            "the renewal asks for 50"
+        );
+        book.apply(vec![grant("web", 100, false)]);
+        waiter.await.unwrap().unwrap();
+    }
+}
