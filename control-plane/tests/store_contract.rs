@@ -948,6 +948,128 @@ async fn budgets<S: Store>(store: &S) {
     );
 }
 
+/// Usage queries: filters by name and run, groups, and estimates and failures kept apart.
+async fn usage_queries<S: Store>(store: &S) {
+    use sluice_shared::time::{day_us, days_from_civil};
+    let day = days_from_civil(2028, 1, 5) * day_us();
+    let project = store.get_project("spendco", "app").await.unwrap();
+    let key = store.get_virtual_key("spendco", "app", "ci").await.unwrap();
+    let mut records = Vec::new();
+    for (n, (model, cost, source, status, at)) in [
+        ("model-a", 100, UsageSource::ProviderReported, 200, day),
+        ("model-b", 50, UsageSource::Estimated, 200, day + 1),
+        (
+            "model-a",
+            20,
+            UsageSource::ProviderReported,
+            500,
+            day + day_us(),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut record = spend(&format!("q-{n}"), &project.id, &key.id, at, cost);
+        record.model = model.into();
+        record.source = source;
+        record.http_status = status;
+        record.run_id = "q-run".into();
+        records.push(record);
+    }
+    store
+        .commit_usage_batch("query-batch", "proxy-a", "qh", records)
+        .await
+        .unwrap();
+    let query = |group_by: Vec<UsageGroup>| UsageQuery {
+        organization: "spendco".into(),
+        run_id: Some("q-run".into()),
+        from_us: 0,
+        to_us: i64::MAX,
+        group_by,
+        limit: 100,
+        ..Default::default()
+    };
+    let (rows, total) = store
+        .query_usage(query(vec![UsageGroup::Model]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            total.requests,
+            total.cost_micros,
+            total.estimated_cost_micros,
+            total.failed_requests
+        ),
+        (3, 170, 50, 1)
+    );
+    let by_model: Vec<(Vec<String>, i64, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.keys.clone(),
+                r.requests,
+                r.cost_micros,
+                r.estimated_requests,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_model,
+        [
+            (vec!["model-a".to_owned()], 2, 120, 0),
+            (vec!["model-b".to_owned()], 1, 50, 1)
+        ],
+        "largest cost first"
+    );
+    let (rows, _) = store
+        .query_usage(query(vec![UsageGroup::Day, UsageGroup::Source]))
+        .await
+        .unwrap();
+    let keys: Vec<Vec<String>> = rows.iter().map(|r| r.keys.clone()).collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.contains(&vec![day.to_string(), "ESTIMATED".to_owned()]));
+    assert!(keys.contains(&vec![
+        (day + day_us()).to_string(),
+        "PROVIDER_REPORTED".to_owned()
+    ]));
+    // Filters by name and time; a name that matches nothing sums to nothing.
+    let (_, total) = store
+        .query_usage(UsageQuery {
+            project: Some("app".into()),
+            virtual_key: Some("ci".into()),
+            model: Some("model-a".into()),
+            from_us: day,
+            to_us: day + day_us(),
+            ..query(vec![
+                UsageGroup::Provider,
+                UsageGroup::VirtualKey,
+                UsageGroup::Project,
+                UsageGroup::Run,
+            ])
+        })
+        .await
+        .unwrap();
+    assert_eq!((total.requests, total.cost_micros), (1, 100));
+    let (rows, total) = store
+        .query_usage(UsageQuery {
+            model: Some("nope' OR 1=1 --".into()),
+            ..query(vec![UsageGroup::Model])
+        })
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    assert_eq!(total.requests, 0);
+    assert!(matches!(
+        store
+            .query_usage(UsageQuery {
+                organization: "nobody".into(),
+                ..query(Vec::new())
+            })
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
 /// Leases: grants never exceed what is left after every live lease's unspent allowance,
 /// committed usage moves from a lease into spend, and an expired lease's room returns.
 async fn leases<S: Store>(store: &S) {
@@ -1092,6 +1214,7 @@ async fn sqlite_story() {
     usage_ledger(&store).await;
     budgets(&store).await;
     leases(&store).await;
+    usage_queries(&store).await;
     fleet_versions(&store).await;
     concurrent_writers(std::sync::Arc::new(store)).await;
 }
@@ -1167,6 +1290,7 @@ async fn postgres_story() {
     usage_ledger(store.as_ref()).await;
     budgets(store.as_ref()).await;
     leases(store.as_ref()).await;
+    usage_queries(store.as_ref()).await;
     fleet_versions(store.as_ref()).await;
     concurrent_writers(store.clone()).await;
     store.close().await;

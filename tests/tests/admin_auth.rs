@@ -70,7 +70,7 @@ impl Expect {
 }
 
 fn is_read(method: &str) -> bool {
-    method.starts_with("Get") || method.starts_with("List")
+    method.starts_with("Get") || method.starts_with("List") || method.starts_with("Query")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

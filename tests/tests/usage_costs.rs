@@ -238,4 +238,25 @@ async fn costs_follow_the_catalog_and_operator_prices() {
     )
     .await;
     assert_eq!(stored(&pool, &repriced).await.cost_micros, 900);
+
+    // The usage query shows estimates apart from what providers reported.
+    let by_source = cp
+        .ctl(&["-o", "json", "usage", "acme", "--by", "source"])
+        .json();
+    let row = |source: &str| {
+        by_source
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["source"] == source)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {source} row in {by_source}"))
+    };
+    let estimated = row("ESTIMATED");
+    assert_eq!(estimated["cost_usd"], estimated["of_which_estimated_usd"]);
+    assert_eq!(estimated["estimated_requests"], 1);
+    let reported = row("PROVIDER_REPORTED");
+    assert_eq!(reported["cost_usd"], "0.001770", "435 + 435 + 900 µ$");
+    assert_eq!(reported["of_which_estimated_usd"], "0.000000");
+    assert_eq!(row("MOCK")["cost_usd"], "0.000000");
 }

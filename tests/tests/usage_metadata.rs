@@ -106,4 +106,23 @@ async fn run_task_and_tags_are_stored_and_bounded() {
         .await
         .unwrap();
     assert_eq!(total, 2, "refused requests left usage records");
+
+    // An operator finds every call of the run.
+    let run = cp
+        .ctl(&[
+            "-o",
+            "json",
+            "usage",
+            "acme",
+            "--run-id",
+            "nightly-eval-2026-11-24",
+            "--by",
+            "model,source",
+        ])
+        .json();
+    let rows = run.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{run}");
+    assert_eq!(rows[0]["model"], "gpt-4o-mini");
+    assert_eq!(rows[0]["source"], "PROVIDER_REPORTED");
+    assert_eq!(rows[0]["requests"], 2);
 }

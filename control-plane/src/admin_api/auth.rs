@@ -1,7 +1,7 @@
 //! Token authentication as a tower layer in front of a whole gRPC service, so no RPC can forget
 //! it.
 //!
-//! On the admin service, Get* and List* need a read-only or admin token and every other method
+//! On the admin service, Get*, List* and Query* need a read-only or admin token and every other method
 //! an admin token; data-plane tokens never pass. On the config and usage services only
 //! data-plane tokens pass. The token's name rides on the request as the audit actor, and a
 //! successful admin write nudges the snapshot publisher.
@@ -34,10 +34,13 @@ pub enum Access {
     DataPlane,
 }
 
-/// What an admin method needs, from its name alone: reads are exactly the Get* and List*
-/// methods.
+/// What an admin method needs, from its name alone: reads are exactly the Get*, List* and
+/// Query* methods.
 pub fn admin_access(method: &str) -> Access {
-    if method.starts_with("Get") || method.starts_with("List") {
+    if ["Get", "List", "Query"]
+        .iter()
+        .any(|prefix| method.starts_with(prefix))
+    {
         Access::Read
     } else {
         Access::Write

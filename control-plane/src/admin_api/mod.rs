@@ -5,6 +5,7 @@ pub mod auth;
 mod budgets;
 mod convert;
 mod model_pricing;
+mod usage_query;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -955,6 +956,20 @@ impl<S: Store> AdminService for AdminApi<S> {
                 .push(model_pricing::change(&model.name, entry, skipped));
         }
         reply(response)
+    }
+
+    // === usage ===
+
+    async fn query_usage(
+        &self,
+        request: Request<pb::QueryUsageRequest>,
+    ) -> Reply<pb::QueryUsageResponse> {
+        let query = usage_query::query(request.into_inner(), sluice_shared::time::now_us())?;
+        let (rows, total) = self.store.query_usage(query).await.map_err(store_status)?;
+        reply(pb::QueryUsageResponse {
+            rows: rows.into_iter().map(Into::into).collect(),
+            total: Some(total.into()),
+        })
     }
 
     // === budgets ===

@@ -11,6 +11,7 @@ mod model;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+mod usage_query_sql;
 
 use std::future::Future;
 
@@ -415,6 +416,11 @@ pub trait Store: Send + Sync + 'static {
         now_us: i64,
         policy: LeasePolicy,
     ) -> impl Future<Output = StoreResult<Vec<LeaseGrant>>> + Send;
+    /// Sums usage by the query's groups, largest cost first, with the total over every match.
+    fn query_usage(
+        &self,
+        query: UsageQuery,
+    ) -> impl Future<Output = StoreResult<(Vec<UsageTotals>, UsageTotals)>> + Send;
     /// Usage of one project, oldest first (for tests and the usage queries to come).
     fn list_usage_records(
         &self,

@@ -541,3 +541,44 @@ pub struct LeaseGrant {
     pub expires_at_us: i64,
     pub exhausted: bool,
 }
+
+/// How usage is grouped in a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroup {
+    Project,
+    VirtualKey,
+    Model,
+    Provider,
+    Day,
+    Source,
+    Run,
+}
+
+/// Which usage to sum, by name: every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct UsageQuery {
+    pub organization: String,
+    pub project: Option<String>,
+    pub virtual_key: Option<String>,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub run_id: Option<String>,
+    /// [from, to) in UTC µs.
+    pub from_us: i64,
+    pub to_us: i64,
+    pub group_by: Vec<UsageGroup>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub keys: Vec<String>,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_micros: i64,
+    pub estimated_cost_micros: i64,
+    pub estimated_requests: i64,
+    pub failed_requests: i64,
+}

@@ -182,11 +182,14 @@ macro_rules! sql_store {
             use crate::store::sql::*;
             use crate::store::*;
 
+            type Db = $db;
             type Tx = sqlx::Transaction<'static, $db>;
             type DbRow = <$db as sqlx::Database>::Row;
 
             use crate::store::budget_sql::{percents_from_text, percents_text, reached_percent};
             crate::store::budget_sql::budget_sql_fns!();
+            use crate::store::usage_query_sql::{USAGE_FROM, USAGE_SUMS, group_expression};
+            crate::store::usage_query_sql::usage_query_fns!();
 
             // === row mapping ===
 
@@ -1968,6 +1971,15 @@ macro_rules! sql_store {
                         .await?;
                     tx.commit().await?;
                     Ok(grants)
+                }
+
+                async fn query_usage(
+                    &self,
+                    query: UsageQuery,
+                ) -> StoreResult<(Vec<UsageTotals>, UsageTotals)> {
+                    let mut tx = self.pool.begin().await?;
+                    sqlx::query($snapshot_isolation).execute(&mut *tx).await?;
+                    query_usage_tx(&mut tx, &query).await
                 }
 
                 async fn list_usage_records(&self, project_id: &str) -> StoreResult<Vec<UsageRecord>> {

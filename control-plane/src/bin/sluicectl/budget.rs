@@ -89,7 +89,8 @@ fn parse_usd(text: &str) -> anyhow::Result<i64> {
         .context("the amount is too large")
 }
 
-fn dollars(micros: i64) -> String {
+/// Micro-dollars as dollars with all six decimals.
+pub fn dollars(micros: i64) -> String {
     format!("{}.{:06}", micros / 1_000_000, (micros % 1_000_000).abs())
 }
 

@@ -2,6 +2,7 @@
 
 mod budget;
 mod output;
+mod usage;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
@@ -62,6 +63,8 @@ enum Resource {
     /// Virtual keys for applications.
     #[command(subcommand)]
     Vkey(VkeyCommand),
+    /// Spend and tokens, filtered and grouped (estimates shown apart).
+    Usage(usage::UsageArgs),
     /// Spend limits (HARD refuses once spent, SOFT alerts) and their spend so far.
     #[command(subcommand)]
     Budget(budget::BudgetCommand),
@@ -713,6 +716,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Resource::Model(command) => model(&mut client, command).await?,
         Resource::Vkey(command) => return vkey(&mut client, command, format).await,
         Resource::Budget(command) => budget::run(&mut client, command).await?,
+        Resource::Usage(args) => usage::run(&mut client, args).await?,
         Resource::Token(command) => return token(&mut client, command, format).await,
         Resource::Audit(command) => audit(&mut client, command).await?,
         Resource::Vault(command) => vault(&mut client, command).await?,

@@ -1,6 +1,8 @@
 //! Rendering: aligned tables for people, JSON for scripts. Every command builds a [`Listing`]
 //! and lets the chosen format print it.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -11,7 +13,7 @@ pub enum Format {
 
 /// Rows of named columns. `single` prints one object (not an array) as JSON.
 pub struct Listing {
-    pub columns: &'static [&'static str],
+    pub columns: Cow<'static, [&'static str]>,
     pub rows: Vec<Vec<Value>>,
     pub single: bool,
 }
@@ -19,7 +21,16 @@ pub struct Listing {
 impl Listing {
     pub fn many(columns: &'static [&'static str], rows: Vec<Vec<Value>>) -> Self {
         Self {
-            columns,
+            columns: Cow::Borrowed(columns),
+            rows,
+            single: false,
+        }
+    }
+
+    /// Columns known only at run time (for example the groups of a usage query).
+    pub fn many_owned(columns: Vec<&'static str>, rows: Vec<Vec<Value>>) -> Self {
+        Self {
+            columns: Cow::Owned(columns),
             rows,
             single: false,
         }
@@ -27,7 +38,7 @@ impl Listing {
 
     pub fn one(columns: &'static [&'static str], row: Vec<Value>) -> Self {
         Self {
-            columns,
+            columns: Cow::Borrowed(columns),
             rows: vec![row],
             single: true,
         }

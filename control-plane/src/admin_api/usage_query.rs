@@ -1,0 +1,81 @@
+//! Usage queries at the edge: filters validated, groups converted, totals sent back.
+
+use sluice_proto::admin::v1 as pb;
+use tonic::Status;
+
+use super::names;
+use crate::store::{UsageGroup, UsageQuery, UsageTotals};
+
+const MAX_ROWS: u32 = 10_000;
+
+pub(super) fn query(req: pb::QueryUsageRequest, now_us: i64) -> Result<UsageQuery, Status> {
+    names(&[("organization", &req.organization)])?;
+    let optional = |value: String| (!value.is_empty()).then_some(value);
+    if !req.virtual_key.is_empty() && req.project.is_empty() {
+        return Err(Status::invalid_argument("virtual_key: needs project"));
+    }
+    let to_us = if req.to_us == 0 {
+        now_us + 1
+    } else {
+        req.to_us
+    };
+    if req.from_us < 0 || to_us <= req.from_us {
+        return Err(Status::invalid_argument(
+            "from_us / to_us: from must be before to",
+        ));
+    }
+    let mut group_by = Vec::with_capacity(req.group_by.len());
+    for group in &req.group_by {
+        let group = match pb::UsageGroup::try_from(*group) {
+            Ok(pb::UsageGroup::Project) => UsageGroup::Project,
+            Ok(pb::UsageGroup::VirtualKey) => UsageGroup::VirtualKey,
+            Ok(pb::UsageGroup::Model) => UsageGroup::Model,
+            Ok(pb::UsageGroup::Provider) => UsageGroup::Provider,
+            Ok(pb::UsageGroup::Day) => UsageGroup::Day,
+            Ok(pb::UsageGroup::Source) => UsageGroup::Source,
+            Ok(pb::UsageGroup::Run) => UsageGroup::Run,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "group_by: project, virtual_key, model, provider, day, source or run",
+                ));
+            }
+        };
+        if group_by.contains(&group) {
+            return Err(Status::invalid_argument("group_by: a group is given twice"));
+        }
+        group_by.push(group);
+    }
+    Ok(UsageQuery {
+        organization: req.organization,
+        project: optional(req.project),
+        virtual_key: optional(req.virtual_key),
+        model: optional(req.model),
+        provider: optional(req.provider),
+        run_id: optional(req.run_id),
+        from_us: req.from_us,
+        to_us,
+        group_by,
+        limit: if req.limit == 0 {
+            MAX_ROWS
+        } else {
+            req.limit.min(MAX_ROWS)
+        },
+    })
+}
+
+impl From<UsageTotals> for pb::UsageTotals {
+    fn from(t: UsageTotals) -> Self {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Self {
+            keys: t.keys,
+            requests: count(t.requests),
+            input_tokens: count(t.input_tokens),
+            cached_input_tokens: count(t.cached_input_tokens),
+            output_tokens: count(t.output_tokens),
+            cost_micros: t.cost_micros,
+            estimated_cost_micros: t.estimated_cost_micros,
+            estimated_requests: count(t.estimated_requests),
+            failed_requests: count(t.failed_requests),
+        }
+    }
+}
