@@ -9,6 +9,7 @@ use sluice_proto::usage::v1 as pb;
 use sluice_proto::usage::v1::lease_service_server::LeaseService;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::store::{LeasePolicy, LeaseUse, Store};
 
 /// A proxy holds one lease per HARD budget that covers its traffic.
@@ -21,12 +22,14 @@ const SHARE_DIVISOR: i64 = 4;
 pub struct LeaseGrants<S> {
     store: Arc<S>,
     policy: LeasePolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> LeaseGrants<S> {
-    pub fn new(store: Arc<S>, ttl: Duration) -> Self {
+    pub fn new(store: Arc<S>, ttl: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
+            metrics,
             policy: LeasePolicy {
                 ttl_us: i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX),
                 share_divisor: SHARE_DIVISOR,
@@ -84,6 +87,9 @@ impl<S: Store> LeaseService for LeaseGrants<S> {
                 tracing::error!(%error, "cannot grant budget leases");
                 Status::unavailable("cannot grant budget leases right now; retry")
             })?;
+        self.metrics
+            .lease_grants_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(pb::AcquireLeasesResponse {
             leases: grants
                 .into_iter()

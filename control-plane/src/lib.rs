@@ -4,6 +4,7 @@
 pub mod admin_api;
 pub mod config_stream;
 pub mod lease_service;
+pub mod metrics;
 pub mod pricing_catalog;
 pub mod server;
 pub mod settings;

@@ -18,6 +18,7 @@ use crate::admin_api::auth::TokenAuth;
 use crate::admin_api::{AdminApi, mint_admin_token};
 use crate::config_stream::ConfigStreamService;
 use crate::lease_service::LeaseGrants;
+use crate::metrics::{Metrics, MetricsLayer};
 use crate::settings::Settings;
 use crate::snapshot_builder::ConfigPublisher;
 use crate::store::{AnyStore, Audit, Store, StoreError, TokenScope};
@@ -121,12 +122,17 @@ async fn launch<S: Store>(
         ConfigServiceServer::new(ConfigStreamService::new(store.clone(), vault, config_watch)),
         store.clone(),
     );
+    let metrics = Arc::new(Metrics::default());
     let usage = TokenAuth::data_plane(
-        UsageServiceServer::new(UsageIngest::new(store.clone())),
+        UsageServiceServer::new(UsageIngest::new(store.clone(), metrics.clone())),
         store.clone(),
     );
     let leases = TokenAuth::data_plane(
-        LeaseServiceServer::new(LeaseGrants::new(store.clone(), settings.lease_ttl)),
+        LeaseServiceServer::new(LeaseGrants::new(
+            store.clone(),
+            settings.lease_ttl,
+            metrics.clone(),
+        )),
         store,
     );
 
@@ -144,6 +150,9 @@ async fn launch<S: Store>(
     tracing::info!(%addr, "sluice-control-plane listening");
 
     tonic::transport::Server::builder()
+        // HTTP/1.1 too, for Prometheus scrapes of /metrics.
+        .accept_http1(true)
+        .layer(MetricsLayer(metrics))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(admin)

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::Metrics;
 use crate::store::{BatchOutcome, Store, UsageRecord, UsageSource};
 
 const MAX_RECORDS_PER_BATCH: usize = 10_000;
@@ -21,11 +22,12 @@ const MAX_ID: usize = 128;
 
 pub struct UsageIngest<S> {
     store: Arc<S>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> UsageIngest<S> {
-    pub fn new(store: Arc<S>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+        Self { store, metrics }
     }
 }
 
@@ -40,9 +42,10 @@ impl<S: Store> UsageService for UsageIngest<S> {
         let mut inbound = request.into_inner();
         let (sender, receiver) = mpsc::channel(16);
         let store = self.store.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while let Ok(Some(request)) = inbound.message().await {
-                let response = ingest(store.as_ref(), request).await;
+                let response = ingest(store.as_ref(), &metrics, request).await;
                 if sender.send(response).await.is_err() {
                     break;
                 }
@@ -54,6 +57,7 @@ impl<S: Store> UsageService for UsageIngest<S> {
 
 async fn ingest<S: Store>(
     store: &S,
+    metrics: &Metrics,
     request: pb::ReportUsageRequest,
 ) -> Result<pb::ReportUsageResponse, Status> {
     crate::validation::proxy_id("proxy_id", &request.proxy_id)
@@ -88,6 +92,7 @@ async fn ingest<S: Store>(
             )
         })?;
     for alert in &commit.alerts {
+        metrics.count_alert(alert);
         tracing::warn!(
             budget = %alert.target,
             period = alert.period.as_str(),
@@ -99,12 +104,20 @@ async fn ingest<S: Store>(
         );
     }
     Ok(match commit.outcome {
-        BatchOutcome::Committed | BatchOutcome::Duplicate => pb::ReportUsageResponse {
-            batch_id: batch.batch_id,
-            committed: true,
-            error: String::new(),
-        },
+        BatchOutcome::Committed | BatchOutcome::Duplicate => {
+            metrics
+                .usage_batches_committed_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            pb::ReportUsageResponse {
+                batch_id: batch.batch_id,
+                committed: true,
+                error: String::new(),
+            }
+        }
         BatchOutcome::Conflict => {
+            metrics
+                .usage_batches_refused_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(batch_id = %batch.batch_id, proxy_id = %request.proxy_id, "usage batch id reused with a different payload; refused");
             pb::ReportUsageResponse {
                 batch_id: batch.batch_id,

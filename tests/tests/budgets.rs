@@ -114,6 +114,18 @@ async fn budgets_follow_delivered_spend_and_alert() {
         "{alerts:?}"
     );
     assert!(cp.output.text().contains("budget alert"));
+    let metrics = http
+        .get(&format!("{}/metrics", cp.url()), None)
+        .await
+        .unwrap();
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text()
+            .contains("sluice_budget_alerts_total{posture=\"soft\"} 1"),
+        "{}",
+        metrics.text()
+    );
 
     // Raising the limit and deleting.
     let raised = cp
