@@ -524,3 +524,134 @@ impl UsageReporter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use prost::Message;
+    use sluice_proto::usage::v1::usage_service_server::{UsageService, UsageServiceServer};
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+    use crate::budget_leases::LeaseBook;
+    use crate::upstream::UpstreamClient;
+    use crate::usage_spool::{SpoolSettings, UsageSpool};
+
+    /// A control plane that refuses every batch, as it would a reused id with another payload.
+    struct Refusing;
+
+    #[tonic::async_trait]
+    impl UsageService for Refusing {
+        type ReportUsageStream = ReceiverStream<Result<pb::ReportUsageResponse, Status>>;
+
+        async fn report_usage(
+            &self,
+            request: Request<Streaming<pb::ReportUsageRequest>>,
+        ) -> Result<Response<Self::ReportUsageStream>, Status> {
+            let mut inbound = request.into_inner();
+            let (sender, receiver) = mpsc::channel(4);
+            tokio::spawn(async move {
+                while let Ok(Some(request)) = inbound.message().await {
+                    let batch_id = request.batch.map(|b| b.batch_id).unwrap_or_default();
+                    let refused = pb::ReportUsageResponse {
+                        batch_id,
+                        committed: false,
+                        error: "batch id already committed with a different payload".into(),
+                    };
+                    if sender.send(Ok(refused)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(receiver)))
+        }
+    }
+
+    async fn refusing_control_plane() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(UsageServiceServer::new(Refusing))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_quarantined_on_disk_never_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, recovered) = UsageSpool::open(SpoolSettings {
+            dir: dir.path().join("spool"),
+            segment_bytes: 64 * 1024,
+            max_bytes: 1 << 20,
+            when_full: WhenFull::Refuse,
+        })
+        .unwrap();
+        for n in 0..3 {
+            let record = pb::UsageRecord {
+                request_id: format!("req-{n}"),
+                cost_micros: 10,
+                ..Default::default()
+            };
+            spool.complete(&record, None).unwrap();
+        }
+        let gateway = Gateway::new(
+            spool.clone(),
+            UpstreamClient::new(),
+            1024,
+            LeaseBook::new(1, Duration::from_millis(10)),
+            16,
+        );
+        let addr = refusing_control_plane().await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let reporter = tokio::spawn(
+            UsageReporter {
+                gateway: gateway.clone(),
+                spool,
+                recovered,
+                channel,
+                token: Arc::new(SecretString::new("sluice-dp-test".into())),
+                proxy_id: "proxy-test".into(),
+                batch_size: 100,
+                flush_interval: Duration::from_millis(20),
+                shutdown,
+            }
+            .run(),
+        );
+        let quarantine = dir.path().join("spool").join(QUARANTINE_DIR);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while gateway
+            .metrics
+            .usage_batches_quarantined_total
+            .load(Ordering::Relaxed)
+            == 0
+        {
+            assert!(tokio::time::Instant::now() < deadline, "never quarantined");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let files: Vec<_> = std::fs::read_dir(&quarantine)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1);
+        let batch = pb::UsageBatch::decode(std::fs::read(&files[0]).unwrap().as_slice()).unwrap();
+        let ids: Vec<&str> = batch
+            .records
+            .iter()
+            .map(|r| r.request_id.as_str())
+            .collect();
+        assert_eq!(ids, ["req-0", "req-1", "req-2"]);
+        // Nothing is retried forever or lost: the stop is clean.
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), reporter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
