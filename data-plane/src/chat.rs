@@ -223,7 +223,7 @@ fn attempt_order<'t>(tables: &'t RoutingTables, model: &'t ModelEntry) -> Vec<&'
         let usable = tables
             .providers
             .get(only.provider)
-            .is_some_and(|p| !p.keys.is_empty());
+            .is_some_and(|p| p.keyless || !p.keys.is_empty());
         return if usable { vec![only] } else { Vec::new() };
     }
     let mut usable: Vec<&DeploymentEntry> = model
@@ -233,7 +233,7 @@ fn attempt_order<'t>(tables: &'t RoutingTables, model: &'t ModelEntry) -> Vec<&'
             tables
                 .providers
                 .get(d.provider)
-                .is_some_and(|p| !p.keys.is_empty())
+                .is_some_and(|p| p.keyless || !p.keys.is_empty())
         })
         .collect();
     let mut rng = rand::rng();
@@ -296,7 +296,10 @@ async fn forward(
             continue;
         };
         match provider.provider_type {
-            ProviderType::OpenAi | ProviderType::Vllm | ProviderType::Custom => {}
+            ProviderType::OpenAi
+            | ProviderType::AzureOpenAi
+            | ProviderType::Vllm
+            | ProviderType::Custom => {}
             other => {
                 last_error = Some(GatewayError::new(
                     ErrorCode::ProviderNotReady,
@@ -308,12 +311,13 @@ async fn forward(
                 continue;
             }
         }
-        let Some(key) = provider.keys.first() else {
-            continue;
+        let credential = match provider.keys.first() {
+            Some(key) => Some(tables.open_key(key).map_err(|_| {
+                GatewayError::new(ErrorCode::Internal, "a provider key could not be opened")
+            })?),
+            None if provider.keyless => None,
+            None => continue,
         };
-        let credential = tables.open_key(key).map_err(|_| {
-            GatewayError::new(ErrorCode::Internal, "a provider key could not be opened")
-        })?;
         let payload = chat.upstream_body(&deployment.upstream_model)?;
         draft.record.provider_id = provider.id.clone();
         gateway
@@ -329,8 +333,8 @@ async fn forward(
             .upstream
             .post_json(
                 provider,
-                &provider.chat_completions_uri,
-                &credential,
+                &deployment.chat_completions_uri,
+                credential.as_ref(),
                 accept,
                 payload,
             )

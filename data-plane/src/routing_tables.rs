@@ -65,6 +65,18 @@ pub struct DeploymentEntry {
     pub upstream_model: String,
     pub weight: u32,
     pub priority: u32,
+    /// Where this deployment's chat completions go, made once per snapshot: the provider's
+    /// `/chat/completions`, or for Azure OpenAI the deployment's own URL with `api-version`.
+    pub chat_completions_uri: http::Uri,
+}
+
+/// How a provider key travels to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialHeader {
+    /// `Authorization: Bearer <key>` (OpenAI, vLLM, custom).
+    Bearer,
+    /// The key as the whole value of a named header (`api-key` for Azure OpenAI).
+    Named(HeaderName),
 }
 
 #[derive(Debug)]
@@ -97,6 +109,9 @@ pub struct ProviderEntry {
     pub base_url: String,
     /// `base_url` + `/chat/completions`, parsed once per snapshot rather than per request.
     pub chat_completions_uri: http::Uri,
+    pub credential_header: CredentialHeader,
+    /// vLLM and custom upstreams may need no key at all.
+    pub keyless: bool,
     /// The `Host` header for that URI, made once rather than formatted by the client per request.
     pub host_header: HeaderValue,
     pub host: String,
@@ -205,11 +220,14 @@ impl RoutingTables {
                             m.name
                         )));
                     }
+                    let chat_completions_uri =
+                        deployment_chat_uri(&providers[provider], &d.upstream_model)?;
                     deployments.push(DeploymentEntry {
                         provider,
                         upstream_model: d.upstream_model.clone(),
                         weight: d.weight.max(1),
                         priority: d.priority,
+                        chat_completions_uri,
                     });
                 }
             }
@@ -351,6 +369,38 @@ impl RoutingTables {
     }
 }
 
+/// An Azure OpenAI deployment's URL: `{base}/openai/deployments/{deployment}/chat/completions
+/// ?api-version={version}`, the deployment name and version percent-encoded; every other
+/// provider's chat URL is the provider's own.
+fn deployment_chat_uri(
+    provider: &ProviderEntry,
+    upstream_model: &str,
+) -> Result<http::Uri, InvalidSnapshot> {
+    if provider.provider_type != ProviderType::AzureOpenAi {
+        return Ok(provider.chat_completions_uri.clone());
+    }
+    let bad = || {
+        invalid(format!(
+            "provider {}: cannot make a URL for deployment {upstream_model}",
+            provider.name
+        ))
+    };
+    let mut url = url::Url::parse(&provider.base_url).map_err(|_| bad())?;
+    url.path_segments_mut()
+        .map_err(|_| bad())?
+        .pop_if_empty()
+        .extend([
+            "openai",
+            "deployments",
+            upstream_model,
+            "chat",
+            "completions",
+        ]);
+    url.query_pairs_mut()
+        .append_pair("api-version", &provider.api_version);
+    url.as_str().parse().map_err(|_| bad())
+}
+
 fn provider(
     p: &pb::ProviderConfig,
     opener: &SecretOpener,
@@ -445,11 +495,24 @@ fn provider(
         .authority()
         .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
         .ok_or_else(|| invalid(format!("provider {}: base_url has no host", p.name)))?;
+    if provider_type == ProviderType::AzureOpenAi && p.api_version.is_empty() {
+        return Err(invalid(format!(
+            "provider {}: Azure OpenAI needs an api_version",
+            p.name
+        )));
+    }
     Ok(ProviderEntry {
         id: p.id.clone(),
         name: p.name.clone(),
         provider_type,
         chat_completions_uri,
+        credential_header: match provider_type {
+            ProviderType::AzureOpenAi => {
+                CredentialHeader::Named(HeaderName::from_static("api-key"))
+            }
+            _ => CredentialHeader::Bearer,
+        },
+        keyless: matches!(provider_type, ProviderType::Vllm | ProviderType::Custom),
         host_header,
         base_url: p.base_url.trim_end_matches('/').to_owned(),
         host,

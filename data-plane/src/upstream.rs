@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use sluice_shared::secret::SecretString;
 
 use crate::http_body::{Body, full};
-use crate::routing_tables::ProviderEntry;
+use crate::routing_tables::{CredentialHeader, ProviderEntry};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -101,7 +101,7 @@ impl UpstreamClient {
         &self,
         provider: &ProviderEntry,
         uri: &http::Uri,
-        credential: &SecretString,
+        credential: Option<&SecretString>,
         accept: &'static str,
         body: Bytes,
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -116,15 +116,20 @@ impl UpstreamClient {
         }
         set_fixed_headers(headers, accept);
         headers.insert(header::HOST, provider.host_header.clone());
-        let mut bearer = Vec::with_capacity(7 + credential.expose().len());
-        bearer.extend_from_slice(b"Bearer ");
-        bearer.extend_from_slice(credential.expose().as_bytes());
-        let mut authorization =
-            HeaderValue::from_maybe_shared(Bytes::from(bearer)).map_err(|_| {
+        if let Some(credential) = credential {
+            let (name, prefix): (HeaderName, &[u8]) = match &provider.credential_header {
+                CredentialHeader::Bearer => (header::AUTHORIZATION, b"Bearer "),
+                CredentialHeader::Named(name) => (name.clone(), b""),
+            };
+            let mut value = Vec::with_capacity(prefix.len() + credential.expose().len());
+            value.extend_from_slice(prefix);
+            value.extend_from_slice(credential.expose().as_bytes());
+            let mut value = HeaderValue::from_maybe_shared(Bytes::from(value)).map_err(|_| {
                 UpstreamError::BadUrl("provider key cannot travel in a header".to_owned())
             })?;
-        authorization.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, authorization);
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
         match tokio::time::timeout(provider.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(UpstreamError::Connect(describe(&error))),

@@ -1,12 +1,13 @@
 //! A mock OpenAI upstream on 127.0.0.1:0 speaking the real wire format: chat completions as
 //! JSON or as SSE `chat.completion.chunk` events with a final usage chunk and `[DONE]`, and
-//! OpenAI's error bodies. The upstream model name picks a behaviour, so one server covers every
+//! OpenAI's error bodies. Azure OpenAI's deployment paths
+//! (`/openai/deployments/{name}/chat/completions`) answer the same way, the deployment standing
+//! for the model. The upstream model name picks a behaviour, so one server covers every
 //! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `pause` (answers
-//! after [`PAUSE`]), `redirect`,
-//! `no-usage` (a stream without a usage block), `stall` (a stream that sends one chunk, then
-//! nothing); anything else answers normally. A last message `usage:P/C[/K]` sets the usage
-//! reported (prompt, completion, cached prompt tokens). It records
-//! every request and counts TCP connections, so a test can prove "zero upstream calls".
+//! after [`PAUSE`]), `redirect`, `no-usage` (a stream without a usage block), `stall` (a stream
+//! that sends one chunk, then nothing); anything else answers normally. A last message
+//! `usage:P/C[/K]` sets the usage reported (prompt, completion, cached prompt tokens). It
+//! records every request and counts TCP connections, so a test can prove "zero upstream calls".
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -34,6 +35,8 @@ pub const PAUSE: Duration = Duration::from_millis(300);
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub path: String,
+    /// The query string, if any (Azure's `api-version`).
+    pub query: String,
     pub headers: HeaderMap,
     pub body: Value,
 }
@@ -205,6 +208,7 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
     let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or_default().to_owned();
     let headers = request.headers().clone();
     let bytes = request
         .into_body()
@@ -215,11 +219,17 @@ async fn handle(
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     state.requests.lock().unwrap().push(Recorded {
         path: path.clone(),
+        query,
         headers: headers.clone(),
         body: body.clone(),
     });
 
-    if path != "/v1/chat/completions" {
+    // Azure OpenAI names the model by its deployment, in the path.
+    let azure_deployment = path
+        .strip_prefix("/openai/deployments/")
+        .and_then(|rest| rest.strip_suffix("/chat/completions"))
+        .map(str::to_owned);
+    if path != "/v1/chat/completions" && azure_deployment.is_none() {
         return Ok(openai_error(
             StatusCode::NOT_FOUND,
             "Unknown request URL",
@@ -227,7 +237,8 @@ async fn handle(
             json!("unknown_url"),
         ));
     }
-    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let model =
+        azure_deployment.unwrap_or_else(|| body["model"].as_str().unwrap_or_default().to_owned());
     match model.as_str() {
         "fail-401" => {
             return Ok(openai_error(

@@ -485,6 +485,11 @@ impl<S: Store> AdminService for AdminApi<S> {
             req.allow_private_network,
         ))?;
         check(validation::display_name("api_version", &req.api_version))?;
+        if kind == store::ProviderKind::AzureOpenAi && req.api_version.is_empty() {
+            return Err(Status::invalid_argument(
+                "api_version: Azure OpenAI needs one, e.g. 2024-10-21 (sent as ?api-version=)",
+            ));
+        }
         let extra_headers: BTreeMap<String, String> = req.extra_headers.into_iter().collect();
         check(validation::extra_headers("extra_headers", &extra_headers))?;
         let target = format!("{}/{}", req.organization, req.name);

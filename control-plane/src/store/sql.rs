@@ -846,7 +846,10 @@ macro_rules! sql_store {
                     .fetch_all(&mut *tx)
                     .await?;
                     let counts = sqlx::query(
-                        "SELECT m.name, COUNT(DISTINCT k.id) AS usable FROM models m \
+                        // vLLM and custom providers may serve without a key: an active one
+                        // counts as a usable route by itself.
+                        "SELECT m.name, COUNT(DISTINCT k.id) + COUNT(DISTINCT CASE WHEN \
+                         p.kind IN ('VLLM', 'CUSTOM') THEN p.id END) AS usable FROM models m \
                          JOIN organizations o ON o.id = m.org_id \
                          LEFT JOIN deployments d ON d.model_id = m.id \
                          LEFT JOIN providers p ON p.id = d.provider_id AND p.active = TRUE \
