@@ -9,7 +9,6 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use rand::Rng;
-use serde_json::Value;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
 
@@ -31,10 +30,50 @@ use crate::usage::UsageDraft;
 const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
 const MAX_ATTEMPTS: usize = 3;
 
+/// The OpenAI-shaped operations this path serves; each has its own URL per deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    ChatCompletions,
+    Embeddings,
+}
+
+impl Operation {
+    fn path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/v1/chat/completions",
+            Self::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    fn uri(self, deployment: &DeploymentEntry) -> &http::Uri {
+        match self {
+            Self::ChatCompletions => &deployment.chat_completions_uri,
+            Self::Embeddings => &deployment.embeddings_uri,
+        }
+    }
+}
+
 pub async fn chat_completions(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
     request_id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    serve(gateway, request, request_id, Operation::ChatCompletions).await
+}
+
+pub async fn embeddings(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    serve(gateway, request, request_id, Operation::Embeddings).await
+}
+
+async fn serve(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    request_id: &str,
+    operation: Operation,
 ) -> Result<Response<Body>, GatewayError> {
     let tables = gateway.tables.load_full().ok_or_else(|| {
         GatewayError::new(
@@ -46,7 +85,10 @@ pub async fn chat_completions(
     let caller = authenticate(&tables, request.headers(), now_us)?;
     let metadata = crate::metadata_headers::read(request.headers())?;
     let body = read_body(gateway, request).await?;
-    let chat = ChatRequest::parse(&body)?;
+    let chat = match operation {
+        Operation::ChatCompletions => ChatRequest::parse(&body)?,
+        Operation::Embeddings => ChatRequest::parse_embeddings(&body)?,
+    };
     let model = resolve_model(&tables, &caller, &chat.model)?;
     let draft = UsageDraft::new(
         request_id,
@@ -56,18 +98,20 @@ pub async fn chat_completions(
         metadata,
     );
     match caller.project.posture {
-        Posture::Mock => Ok(mock(
-            gateway,
-            &chat.messages(),
-            model,
-            request_id,
-            chat.stream,
-            draft,
-        )),
+        Posture::Mock => Ok(mock(gateway, &chat, model, request_id, operation, draft)),
         Posture::Live => {
             let mut draft = draft;
-            draft.reservation = admit(gateway, &tables, &caller, model, &chat, body.len()).await?;
-            forward(gateway, &tables, model, &chat, draft).await
+            draft.reservation = admit(
+                gateway,
+                &tables,
+                &caller,
+                model,
+                &chat,
+                body.len(),
+                operation,
+            )
+            .await?;
+            forward(gateway, &tables, model, &chat, draft, operation).await
         }
     }
 }
@@ -83,6 +127,7 @@ async fn admit(
     model: &ModelEntry,
     chat: &ChatRequest<'_>,
     body_len: usize,
+    operation: Operation,
 ) -> Result<Option<crate::budget_leases::Reservation>, GatewayError> {
     if tables.budgets.is_empty() {
         return Ok(None);
@@ -95,9 +140,13 @@ async fn admit(
     }
     let usage = Usage {
         input_tokens: (body_len as u64).div_ceil(4),
-        output_tokens: chat
-            .max_output_tokens()
-            .unwrap_or(gateway.default_max_output_tokens),
+        // Embeddings answer with vectors, not tokens.
+        output_tokens: match operation {
+            Operation::Embeddings => 0,
+            Operation::ChatCompletions => chat
+                .max_output_tokens()
+                .unwrap_or(gateway.default_max_output_tokens),
+        },
         ..Usage::default()
     };
     let most = crate::usage::cost_micros(usage, crate::usage::Prices::of(model));
@@ -180,23 +229,38 @@ fn resolve_model<'t>(
 
 fn mock(
     gateway: &Arc<Gateway>,
-    messages: &Value,
+    chat: &ChatRequest<'_>,
     model: &ModelEntry,
     request_id: &str,
-    stream: bool,
+    operation: Operation,
     draft: UsageDraft,
 ) -> Response<Body> {
     let created = sluice_shared::time::now_us() / 1_000_000;
-    let (answer, content_type) = if stream {
-        (
-            mock_posture::chat_completion_stream(messages, &model.name, request_id, created),
+    let (answer, content_type) = match operation {
+        Operation::Embeddings => {
+            let dimensions = chat
+                .number("dimensions")
+                .and_then(|d| usize::try_from(d).ok())
+                .filter(|d| (1..=mock_posture::MAX_EMBEDDING_DIMENSIONS).contains(d))
+                .unwrap_or(mock_posture::DEFAULT_EMBEDDING_DIMENSIONS);
+            (
+                mock_posture::embeddings(&chat.inputs(), &model.name, dimensions),
+                "application/json",
+            )
+        }
+        Operation::ChatCompletions if chat.stream => (
+            mock_posture::chat_completion_stream(
+                &chat.messages(),
+                &model.name,
+                request_id,
+                created,
+            ),
             "text/event-stream",
-        )
-    } else {
-        (
-            mock_posture::chat_completion(messages, &model.name, request_id, created),
+        ),
+        Operation::ChatCompletions => (
+            mock_posture::chat_completion(&chat.messages(), &model.name, request_id, created),
             "application/json",
-        )
+        ),
     };
     gateway
         .metrics
@@ -272,6 +336,7 @@ async fn forward(
     model: &ModelEntry,
     chat: &ChatRequest<'_>,
     mut draft: UsageDraft,
+    operation: Operation,
 ) -> Result<Response<Body>, GatewayError> {
     if gateway.spool.refusing() {
         return Err(GatewayError::new(
@@ -304,8 +369,9 @@ async fn forward(
                 last_error = Some(GatewayError::new(
                     ErrorCode::ProviderNotReady,
                     format!(
-                        "provider '{}' is {other:?}, which this proxy cannot call on /v1/chat/completions yet",
-                        provider.name
+                        "provider '{}' is {other:?}, which this proxy cannot call on {} yet",
+                        provider.name,
+                        operation.path()
                     ),
                 ));
                 continue;
@@ -333,7 +399,7 @@ async fn forward(
             .upstream
             .post_json(
                 provider,
-                &deployment.chat_completions_uri,
+                operation.uri(deployment),
                 credential.as_ref(),
                 accept,
                 payload,

@@ -48,6 +48,49 @@ fn invalid(message: &str, param: &'static str) -> GatewayError {
 
 impl<'a> ChatRequest<'a> {
     pub fn parse(body: &'a Bytes) -> Result<Self, GatewayError> {
+        let Self {
+            body,
+            fields,
+            model,
+            ..
+        } = Self::parse_fields(body)?;
+        let field = |name: &str| find(&fields, name);
+        let stream = match field("stream").map(|raw| raw.get().trim()) {
+            None | Some("null") | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(invalid("`stream` must be a boolean", "stream")),
+        };
+        if !field("messages").is_some_and(non_empty_array) {
+            return Err(invalid("`messages` must be a non-empty array", "messages"));
+        }
+        Ok(Self {
+            body,
+            fields,
+            model,
+            stream,
+        })
+    }
+
+    /// An embeddings request: `model`, and `input` as a non-empty string or array; embeddings
+    /// are never streamed.
+    pub fn parse_embeddings(body: &'a Bytes) -> Result<Self, GatewayError> {
+        let mut request = Self::parse_fields(body)?;
+        let input_ok = request.field("input").is_some_and(|raw| {
+            let text = raw.get().trim();
+            non_empty_array(raw) || (text.starts_with('"') && text != "\"\"")
+        });
+        if !input_ok {
+            return Err(invalid(
+                "`input` must be a non-empty string or array",
+                "input",
+            ));
+        }
+        request.stream = false;
+        Ok(request)
+    }
+
+    /// Any top-level JSON object with a string `model`.
+    fn parse_fields(body: &'a Bytes) -> Result<Self, GatewayError> {
         let TopLevel(fields) = match serde_json::from_slice(body) {
             Ok(fields) => fields,
             Err(error) if error.is_data() => {
@@ -65,38 +108,44 @@ impl<'a> ChatRequest<'a> {
                 ));
             }
         };
-        let field = |name: &str| {
-            fields
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, raw)| *raw)
-        };
-        let model = field("model")
+        let model = find(&fields, "model")
             .and_then(|raw| serde_json::from_str::<JsonStr<'a>>(raw.get()).ok())
             .map(|JsonStr(text)| text)
             .ok_or_else(|| invalid("`model` is required and must be a string", "model"))?;
-        let stream = match field("stream").map(|raw| raw.get().trim()) {
-            None | Some("null") | Some("false") => false,
-            Some("true") => true,
-            Some(_) => return Err(invalid("`stream` must be a boolean", "stream")),
-        };
-        let messages_ok = field("messages").is_some_and(|raw| {
-            let text = raw.get().trim();
-            text.starts_with('[') && !text[1..].trim_start().starts_with(']')
-        });
-        if !messages_ok {
-            return Err(invalid("`messages` must be a non-empty array", "messages"));
-        }
         Ok(Self {
             body,
             fields,
             model,
-            stream,
+            stream: false,
         })
+    }
+
+    /// The request's text inputs (for MOCK embeddings and estimates): `input` as a list of
+    /// strings; token arrays count as their JSON text.
+    pub fn inputs(&self) -> Vec<String> {
+        match self
+            .field("input")
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+        {
+            Some(Value::String(text)) => vec![text],
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn field(&self, name: &str) -> Option<&'a RawValue> {
         find(&self.fields, name)
+    }
+
+    /// A top-level field that is a non-negative integer.
+    pub fn number(&self, name: &str) -> Option<u64> {
+        self.field(name)?.get().trim().parse().ok()
     }
 
     /// The output tokens the request allows: `max_completion_tokens`, else `max_tokens`; `None`
@@ -104,7 +153,7 @@ impl<'a> ChatRequest<'a> {
     pub fn max_output_tokens(&self) -> Option<u64> {
         ["max_completion_tokens", "max_tokens"]
             .into_iter()
-            .find_map(|name| self.field(name)?.get().trim().parse::<u64>().ok())
+            .find_map(|name| self.number(name))
     }
 
     /// The messages as a JSON tree, for the few paths that read them (MOCK answers, estimates).
@@ -159,6 +208,11 @@ impl<'a> ChatRequest<'a> {
         out.push(b'}');
         Ok(Bytes::from(out))
     }
+}
+
+fn non_empty_array(raw: &RawValue) -> bool {
+    let text = raw.get().trim();
+    text.starts_with('[') && !text[1..].trim_start().starts_with(']')
 }
 
 fn find<'a>(fields: &[(Cow<'a, str>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {

@@ -120,6 +120,63 @@ fn usage(prompt: u64, completion: u64) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
+/// Width of a MOCK embedding unless the request asks for `dimensions` (OpenAI's
+/// text-embedding-3-small default).
+pub const DEFAULT_EMBEDDING_DIMENSIONS: usize = 1536;
+pub const MAX_EMBEDDING_DIMENSIONS: usize = 4096;
+
+/// Deterministic unit vectors, one per input, in OpenAI's embeddings format: the same input
+/// always embeds the same, so tests and demos can compare them.
+pub fn embeddings(inputs: &[String], model: &str, dimensions: usize) -> MockAnswer {
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let mut vector = Vec::with_capacity(dimensions);
+            let mut block = 0u32;
+            while vector.len() < dimensions {
+                let digest = Sha256::new()
+                    .chain_update(input.as_bytes())
+                    .chain_update(block.to_le_bytes())
+                    .finalize();
+                vector.extend(
+                    digest
+                        .iter()
+                        .map(|byte| f64::from(*byte) / 127.5 - 1.0)
+                        .take(dimensions - vector.len()),
+                );
+                block += 1;
+            }
+            let norm = vector
+                .iter()
+                .map(|x| x * x)
+                .sum::<f64>()
+                .sqrt()
+                .max(f64::EPSILON);
+            let vector: Vec<f64> = vector
+                .iter()
+                .map(|x| (x / norm * 1e6).round() / 1e6)
+                .collect();
+            json!({"object": "embedding", "index": index, "embedding": vector})
+        })
+        .collect();
+    let prompt_tokens = inputs
+        .iter()
+        .map(|input| estimate_tokens(input.chars().count()))
+        .sum();
+    let answer = json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    });
+    MockAnswer {
+        body: answer.to_string(),
+        prompt_tokens,
+        completion_tokens: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

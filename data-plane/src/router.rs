@@ -9,7 +9,7 @@ use serde_json::json;
 use sluice_shared::error_code::ErrorCode;
 
 use crate::auth::authenticate;
-use crate::chat::chat_completions;
+use crate::chat::{chat_completions, embeddings};
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
@@ -35,6 +35,13 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
                 .fetch_add(1, Ordering::Relaxed);
             chat_completions(&gateway, request, &request_id).await
         }
+        (&Method::POST, "/v1/embeddings") => {
+            gateway
+                .metrics
+                .requests_total
+                .fetch_add(1, Ordering::Relaxed);
+            embeddings(&gateway, request, &request_id).await
+        }
         (&Method::GET, "/v1/models") => {
             gateway
                 .metrics
@@ -42,13 +49,15 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
                 .fetch_add(1, Ordering::Relaxed);
             models(&gateway, &request)
         }
-        (_, "/v1/chat/completions" | "/v1/models") => Err(GatewayError::new(
+        (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => Err(GatewayError::new(
             ErrorCode::MethodNotAllowed,
             format!("{} is not allowed on {path}", request.method()),
         )),
         _ => Err(GatewayError::new(
             ErrorCode::NotFound,
-            format!("no route for {path}: see GET /v1/models and POST /v1/chat/completions"),
+            format!(
+                "no route for {path}: see GET /v1/models, POST /v1/chat/completions and POST /v1/embeddings"
+            ),
         )),
     };
     let mut response = result.unwrap_or_else(|error| {

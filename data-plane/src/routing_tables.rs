@@ -68,6 +68,8 @@ pub struct DeploymentEntry {
     /// Where this deployment's chat completions go, made once per snapshot: the provider's
     /// `/chat/completions`, or for Azure OpenAI the deployment's own URL with `api-version`.
     pub chat_completions_uri: http::Uri,
+    /// The same for embeddings.
+    pub embeddings_uri: http::Uri,
 }
 
 /// How a provider key travels to the upstream.
@@ -109,6 +111,8 @@ pub struct ProviderEntry {
     pub base_url: String,
     /// `base_url` + `/chat/completions`, parsed once per snapshot rather than per request.
     pub chat_completions_uri: http::Uri,
+    /// `base_url` + `/embeddings`.
+    pub embeddings_uri: http::Uri,
     pub credential_header: CredentialHeader,
     /// vLLM and custom upstreams may need no key at all.
     pub keyless: bool,
@@ -220,14 +224,24 @@ impl RoutingTables {
                             m.name
                         )));
                     }
-                    let chat_completions_uri =
-                        deployment_chat_uri(&providers[provider], &d.upstream_model)?;
+                    let on = &providers[provider];
                     deployments.push(DeploymentEntry {
                         provider,
                         upstream_model: d.upstream_model.clone(),
                         weight: d.weight.max(1),
                         priority: d.priority,
-                        chat_completions_uri,
+                        chat_completions_uri: deployment_uri(
+                            on,
+                            &d.upstream_model,
+                            &on.chat_completions_uri,
+                            "chat/completions",
+                        )?,
+                        embeddings_uri: deployment_uri(
+                            on,
+                            &d.upstream_model,
+                            &on.embeddings_uri,
+                            "embeddings",
+                        )?,
                     });
                 }
             }
@@ -369,15 +383,17 @@ impl RoutingTables {
     }
 }
 
-/// An Azure OpenAI deployment's URL: `{base}/openai/deployments/{deployment}/chat/completions
-/// ?api-version={version}`, the deployment name and version percent-encoded; every other
-/// provider's chat URL is the provider's own.
-fn deployment_chat_uri(
+/// An Azure OpenAI deployment's URL for an operation: `{base}/openai/deployments/{deployment}/
+/// {operation}?api-version={version}`, the deployment name and version percent-encoded; every
+/// other provider serves the operation at its own `provider_uri`.
+fn deployment_uri(
     provider: &ProviderEntry,
     upstream_model: &str,
+    provider_uri: &http::Uri,
+    operation: &str,
 ) -> Result<http::Uri, InvalidSnapshot> {
     if provider.provider_type != ProviderType::AzureOpenAi {
-        return Ok(provider.chat_completions_uri.clone());
+        return Ok(provider_uri.clone());
     }
     let bad = || {
         invalid(format!(
@@ -389,13 +405,8 @@ fn deployment_chat_uri(
     url.path_segments_mut()
         .map_err(|_| bad())?
         .pop_if_empty()
-        .extend([
-            "openai",
-            "deployments",
-            upstream_model,
-            "chat",
-            "completions",
-        ]);
+        .extend(["openai", "deployments", upstream_model])
+        .extend(operation.split('/'));
     url.query_pairs_mut()
         .append_pair("api-version", &provider.api_version);
     url.as_str().parse().map_err(|_| bad())
@@ -482,15 +493,18 @@ fn provider(
         });
     }
     keys.sort_by_key(|k| k.retiring);
-    let chat_completions_uri: http::Uri =
-        format!("{}/chat/completions", p.base_url.trim_end_matches('/'))
+    let operation_uri = |operation: &str| -> Result<http::Uri, InvalidSnapshot> {
+        format!("{}/{operation}", p.base_url.trim_end_matches('/'))
             .parse()
             .map_err(|_| {
                 invalid(format!(
                     "provider {}: base_url does not make a valid URI",
                     p.name
                 ))
-            })?;
+            })
+    };
+    let chat_completions_uri = operation_uri("chat/completions")?;
+    let embeddings_uri = operation_uri("embeddings")?;
     let host_header = chat_completions_uri
         .authority()
         .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
@@ -506,6 +520,7 @@ fn provider(
         name: p.name.clone(),
         provider_type,
         chat_completions_uri,
+        embeddings_uri,
         credential_header: match provider_type {
             ProviderType::AzureOpenAi => {
                 CredentialHeader::Named(HeaderName::from_static("api-key"))

@@ -1,7 +1,8 @@
 //! A mock OpenAI upstream on 127.0.0.1:0 speaking the real wire format: chat completions as
 //! JSON or as SSE `chat.completion.chunk` events with a final usage chunk and `[DONE]`, and
-//! OpenAI's error bodies. Azure OpenAI's deployment paths
-//! (`/openai/deployments/{name}/chat/completions`) answer the same way, the deployment standing
+//! OpenAI's error bodies; embeddings (`/v1/embeddings`, four-number vectors). Azure OpenAI's
+//! deployment paths
+//! (`/openai/deployments/{name}/chat/completions` and `/embeddings`) answer the same way, the deployment standing
 //! for the model. The upstream model name picks a behaviour, so one server covers every
 //! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `pause` (answers
 //! after [`PAUSE`]), `redirect`, `no-usage` (a stream without a usage block), `stall` (a stream
@@ -225,8 +226,29 @@ async fn handle(
     });
 
     // Azure OpenAI names the model by its deployment, in the path.
-    let azure_deployment = path
-        .strip_prefix("/openai/deployments/")
+    let azure = path.strip_prefix("/openai/deployments/");
+    if path == "/v1/embeddings" || azure.is_some_and(|rest| rest.ends_with("/embeddings")) {
+        let model = azure
+            .and_then(|rest| rest.strip_suffix("/embeddings"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| body["model"].as_str().unwrap_or_default().to_owned());
+        let inputs = match &body["input"] {
+            Value::Array(items) => items.len(),
+            _ => 1,
+        };
+        let data: Vec<Value> = (0..inputs)
+            .map(|index| {
+                json!({"object": "embedding", "index": index,
+                                "embedding": [0.25, -0.5, 0.125, 0.0625]})
+            })
+            .collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            json!({"object": "list", "data": data, "model": model,
+                   "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}}),
+        ));
+    }
+    let azure_deployment = azure
         .and_then(|rest| rest.strip_suffix("/chat/completions"))
         .map(str::to_owned);
     if path != "/v1/chat/completions" && azure_deployment.is_none() {

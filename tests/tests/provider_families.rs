@@ -1,11 +1,12 @@
-//! OpenAI-compatible provider families on `/v1/chat/completions`: Azure OpenAI (the
-//! deployment's URL with `api-version`, the key in `api-key`, never in `Authorization`), and
-//! vLLM / custom upstreams that need no key (none is sent).
+//! OpenAI-compatible provider families on `/v1/chat/completions` and `/v1/embeddings`: Azure
+//! OpenAI (the deployment's URL with `api-version`, the key in `api-key`, never in
+//! `Authorization`), and vLLM / custom upstreams that need no key (none is sent). MOCK
+//! embeddings answer in OpenAI's format without any upstream call.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::json;
-use sluice_e2e::mock_openai::{COMPLETION_TOKENS, MockOpenAi};
+use sluice_e2e::mock_openai::{COMPLETION_TOKENS, MockOpenAi, PROMPT_TOKENS};
 use sluice_e2e::proxy::{Http, ProxyBuilder};
 use sluice_e2e::{ControlPlane, ControlPlaneBuilder};
 
@@ -114,6 +115,54 @@ async fn azure_and_keyless_vllm_are_called_their_own_way() {
         }
     }
 
+    // Embeddings through Azure: the deployment's embeddings URL, usage metered.
+    let body = json!({"model": "chat", "input": ["one", "two"]});
+    let response = http
+        .post(&proxy.url("/v1/embeddings"), Some(&key), &body)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["data"].as_array().unwrap().len(), 2);
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(seen.path, "/openai/deployments/prod%20gpt-4o/embeddings");
+    assert_eq!(seen.query, "api-version=2024-10-21");
+    assert_eq!(seen.body["model"], "prod gpt-4o");
+    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let tokens: (i64, i64, String) = loop {
+        let row = sqlx::query_as(
+            "SELECT input_tokens, output_tokens, source FROM usage_records \
+             WHERE request_id = $1",
+        )
+        .bind(response.headers["x-request-id"].to_str().unwrap())
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(row) = row {
+            break row;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "embeddings usage never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        tokens,
+        (PROMPT_TOKENS as i64, 0, "PROVIDER_REPORTED".to_owned())
+    );
+    let refused = http
+        .post(
+            &proxy.url("/v1/embeddings"),
+            Some(&key),
+            &json!({"model": "chat", "input": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["param"], "input");
+
     let body = json!({"model": "llama", "messages": [{"role": "user", "content": "hi"}]});
     let response = http.post(&url, Some(&key), &body).await.unwrap();
     assert_eq!(response.status, 200, "{}", response.text());
@@ -126,4 +175,50 @@ async fn azure_and_keyless_vllm_are_called_their_own_way() {
         seen.headers
     );
     assert!(seen.headers.get("api-key").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_embeddings_are_deterministic_and_call_nobody() {
+    let upstream = MockOpenAi::start();
+    let cp_dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
+    let acme = cp.seed_acme(&upstream.base_url(), Some("sk-mock-embeddings"), &[]);
+    let http = Http::new();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let url = proxy.url("/v1/embeddings");
+    let ask =
+        |input: serde_json::Value| json!({"model": "default", "input": input, "dimensions": 8});
+    let first = http
+        .post(&url, Some(&acme.key), &ask(json!("hello")))
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    let answer = first.json();
+    assert_eq!(answer["object"], "list");
+    assert_eq!(answer["model"], "gpt-4o-mini");
+    let vector = answer["data"][0]["embedding"].as_array().unwrap();
+    assert_eq!(vector.len(), 8);
+    let norm: f64 = vector.iter().map(|x| x.as_f64().unwrap().powi(2)).sum();
+    assert!((norm - 1.0).abs() < 1e-3, "not a unit vector: {norm}");
+    assert!(answer["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let again = http
+        .post(&url, Some(&acme.key), &ask(json!(["hello", "world"])))
+        .await
+        .unwrap();
+    let again = again.json();
+    assert_eq!(
+        again["data"][0]["embedding"],
+        answer["data"][0]["embedding"]
+    );
+    assert_ne!(
+        again["data"][1]["embedding"],
+        answer["data"][0]["embedding"]
+    );
+    assert_eq!(
+        upstream.connections(),
+        0,
+        "MOCK posture called the upstream"
+    );
 }
