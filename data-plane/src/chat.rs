@@ -35,6 +35,8 @@ const MAX_ATTEMPTS: usize = 3;
 pub enum Operation {
     ChatCompletions,
     Embeddings,
+    /// OpenAI's Responses API, passed through to OpenAI providers.
+    Responses,
 }
 
 impl Operation {
@@ -42,6 +44,7 @@ impl Operation {
         match self {
             Self::ChatCompletions => "/v1/chat/completions",
             Self::Embeddings => "/v1/embeddings",
+            Self::Responses => "/v1/responses",
         }
     }
 
@@ -49,6 +52,21 @@ impl Operation {
         match self {
             Self::ChatCompletions => &deployment.chat_completions_uri,
             Self::Embeddings => &deployment.embeddings_uri,
+            Self::Responses => &deployment.responses_uri,
+        }
+    }
+
+    /// Whether a provider of this type serves the operation.
+    fn served_by(self, provider_type: ProviderType) -> bool {
+        match self {
+            Self::ChatCompletions | Self::Embeddings => matches!(
+                provider_type,
+                ProviderType::OpenAi
+                    | ProviderType::AzureOpenAi
+                    | ProviderType::Vllm
+                    | ProviderType::Custom
+            ),
+            Self::Responses => provider_type == ProviderType::OpenAi,
         }
     }
 }
@@ -67,6 +85,14 @@ pub async fn embeddings(
     request_id: &str,
 ) -> Result<Response<Body>, GatewayError> {
     serve(gateway, request, request_id, Operation::Embeddings).await
+}
+
+pub async fn responses(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    serve(gateway, request, request_id, Operation::Responses).await
 }
 
 async fn serve(
@@ -88,6 +114,7 @@ async fn serve(
     let chat = match operation {
         Operation::ChatCompletions => ChatRequest::parse(&body)?,
         Operation::Embeddings => ChatRequest::parse_embeddings(&body)?,
+        Operation::Responses => ChatRequest::parse_responses(&body)?,
     };
     let model = resolve_model(&tables, &caller, &chat.model)?;
     let draft = UsageDraft::new(
@@ -143,7 +170,7 @@ async fn admit(
         // Embeddings answer with vectors, not tokens.
         output_tokens: match operation {
             Operation::Embeddings => 0,
-            Operation::ChatCompletions => chat
+            Operation::ChatCompletions | Operation::Responses => chat
                 .max_output_tokens()
                 .unwrap_or(gateway.default_max_output_tokens),
         },
@@ -247,6 +274,20 @@ fn mock(
                 mock_posture::embeddings(&chat.inputs(), &model.name, dimensions),
                 "application/json",
             )
+        }
+        Operation::Responses => {
+            let input = chat.input_value();
+            if chat.stream {
+                (
+                    mock_posture::response_stream(&input, &model.name, request_id, created),
+                    "text/event-stream",
+                )
+            } else {
+                (
+                    mock_posture::response(&input, &model.name, request_id, created),
+                    "application/json",
+                )
+            }
         }
         Operation::ChatCompletions if chat.stream => (
             mock_posture::chat_completion_stream(
@@ -361,10 +402,7 @@ async fn forward(
             continue;
         };
         match provider.provider_type {
-            ProviderType::OpenAi
-            | ProviderType::AzureOpenAi
-            | ProviderType::Vllm
-            | ProviderType::Custom => {}
+            kind if operation.served_by(kind) => {}
             other => {
                 last_error = Some(GatewayError::new(
                     ErrorCode::ProviderNotReady,
@@ -384,7 +422,10 @@ async fn forward(
             None if provider.keyless => None,
             None => continue,
         };
-        let payload = chat.upstream_body(&deployment.upstream_model)?;
+        let payload = chat.upstream_body(
+            &deployment.upstream_model,
+            operation == Operation::ChatCompletions,
+        )?;
         draft.record.provider_id = provider.id.clone();
         gateway
             .metrics

@@ -89,6 +89,28 @@ impl<'a> ChatRequest<'a> {
         Ok(request)
     }
 
+    /// A Responses API request: `model`, `input` (a string or a non-empty array), and an
+    /// optional boolean `stream`.
+    pub fn parse_responses(body: &'a Bytes) -> Result<Self, GatewayError> {
+        let mut request = Self::parse_fields(body)?;
+        let input_ok = request.field("input").is_some_and(|raw| {
+            let text = raw.get().trim();
+            non_empty_array(raw) || (text.starts_with('"') && text != "\"\"")
+        });
+        if !input_ok {
+            return Err(invalid(
+                "`input` must be a non-empty string or array",
+                "input",
+            ));
+        }
+        request.stream = match request.field("stream").map(|raw| raw.get().trim()) {
+            None | Some("null") | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(invalid("`stream` must be a boolean", "stream")),
+        };
+        Ok(request)
+    }
+
     /// Any top-level JSON object with a string `model`.
     fn parse_fields(body: &'a Bytes) -> Result<Self, GatewayError> {
         let TopLevel(fields) = match serde_json::from_slice(body) {
@@ -120,6 +142,13 @@ impl<'a> ChatRequest<'a> {
         })
     }
 
+    /// `input` as a JSON tree (the Responses API's MOCK answer reads it).
+    pub fn input_value(&self) -> Value {
+        self.field("input")
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or(Value::Null)
+    }
+
     /// The request's text inputs (for MOCK embeddings and estimates): `input` as a list of
     /// strings; token arrays count as their JSON text.
     pub fn inputs(&self) -> Vec<String> {
@@ -148,10 +177,10 @@ impl<'a> ChatRequest<'a> {
         self.field(name)?.get().trim().parse().ok()
     }
 
-    /// The output tokens the request allows: `max_completion_tokens`, else `max_tokens`; `None`
-    /// when neither is a non-negative integer.
+    /// The output tokens the request allows: `max_completion_tokens`, `max_tokens` or (Responses
+    /// API) `max_output_tokens`; `None` when none is a non-negative integer.
     pub fn max_output_tokens(&self) -> Option<u64> {
-        ["max_completion_tokens", "max_tokens"]
+        ["max_completion_tokens", "max_tokens", "max_output_tokens"]
             .into_iter()
             .find_map(|name| self.number(name))
     }
@@ -172,7 +201,14 @@ impl<'a> ChatRequest<'a> {
 
     /// The body to send upstream: `model` replaced by the upstream's name, control fields
     /// dropped, and for streams `stream_options.include_usage` set so usage can be metered.
-    pub fn upstream_body(&self, upstream_model: &str) -> Result<Bytes, GatewayError> {
+    /// `ask_stream_usage`: chat completions report a stream's usage only when asked; the
+    /// Responses API always does (and refuses the option).
+    pub fn upstream_body(
+        &self,
+        upstream_model: &str,
+        ask_stream_usage: bool,
+    ) -> Result<Bytes, GatewayError> {
+        let ask = self.stream && ask_stream_usage;
         let encode_error = |_| GatewayError::new(ErrorCode::Internal, "cannot encode the request");
         let size: usize = self
             .fields
@@ -186,7 +222,7 @@ impl<'a> ChatRequest<'a> {
         for (key, raw) in &self.fields {
             let key: &str = key;
             if key == "model"
-                || (self.stream && key == "stream_options")
+                || (ask && key == "stream_options")
                 || GATEWAY_CONTROL_FIELDS.contains(&key)
             {
                 continue;
@@ -196,7 +232,7 @@ impl<'a> ChatRequest<'a> {
             out.push(b':');
             out.extend_from_slice(raw.get().as_bytes());
         }
-        if self.stream {
+        if ask {
             let mut options: Map<String, Value> = self
                 .field("stream_options")
                 .and_then(|raw| serde_json::from_str(raw.get()).ok())
@@ -291,7 +327,7 @@ mod tests {
         let request = parse(r#"{"model":"public","messages":[{"role":"user","content":"hi \u00e9"}],"temperature":0.25,"metadata":{"k":"v"}}"#).unwrap();
         assert_eq!(request.model, "public");
         let upstream: Value =
-            serde_json::from_slice(&request.upstream_body("gpt-4o-2024").unwrap()).unwrap();
+            serde_json::from_slice(&request.upstream_body("gpt-4o-2024", true).unwrap()).unwrap();
         assert_eq!(upstream["model"], "gpt-4o-2024");
         assert_eq!(upstream["temperature"], 0.25);
         assert_eq!(upstream["metadata"]["k"], "v");
@@ -308,12 +344,12 @@ mod tests {
         assert_eq!(request.model, "café");
         assert!(!request.stream);
         let upstream: Value =
-            serde_json::from_slice(&request.upstream_body("up").unwrap()).unwrap();
+            serde_json::from_slice(&request.upstream_body("up", true).unwrap()).unwrap();
         assert_eq!(upstream["model"], "up");
         assert_eq!(upstream["stream"], false);
         let escaped =
             parse(r#"{"model":"m","messages":[1],"api_\u0062ase":"http://evil"}"#).unwrap();
-        let body = String::from_utf8(escaped.upstream_body("m").unwrap().to_vec()).unwrap();
+        let body = String::from_utf8(escaped.upstream_body("m", true).unwrap().to_vec()).unwrap();
         assert!(!body.contains("evil"), "{body}");
     }
 
@@ -331,7 +367,8 @@ mod tests {
     #[test]
     fn control_fields_never_go_upstream() {
         let request = parse(r#"{"model":"m","messages":[1],"api_base":"http://evil","base_url":"x","extra_body":{"api_base":"y"},"custom_host":"z"}"#).unwrap();
-        let upstream = String::from_utf8(request.upstream_body("m").unwrap().to_vec()).unwrap();
+        let upstream =
+            String::from_utf8(request.upstream_body("m", true).unwrap().to_vec()).unwrap();
         for field in ["api_base", "base_url", "extra_body", "custom_host", "evil"] {
             assert!(!upstream.contains(field), "{upstream}");
         }
@@ -341,7 +378,8 @@ mod tests {
     fn streams_ask_for_usage_and_keep_other_options() {
         let request = parse(r#"{"model":"m","messages":[1],"stream":true,"stream_options":{"include_obfuscation":false}}"#).unwrap();
         assert!(request.stream);
-        let upstream: Value = serde_json::from_slice(&request.upstream_body("m").unwrap()).unwrap();
+        let upstream: Value =
+            serde_json::from_slice(&request.upstream_body("m", true).unwrap()).unwrap();
         assert_eq!(
             upstream["stream_options"],
             serde_json::json!({"include_usage": true, "include_obfuscation": false})

@@ -120,6 +120,98 @@ fn usage(prompt: u64, completion: u64) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
+/// A Responses API object (`"object": "response"`) in OpenAI's shape; `status` and `usage`
+/// vary between the stream's first event and its last.
+fn response_object(
+    id: &str,
+    message_id: &str,
+    model: &str,
+    created: i64,
+    text: Option<&str>,
+    tokens: Option<(u64, u64)>,
+) -> Value {
+    let output = match text {
+        Some(text) => json!([{
+            "type": "message", "id": message_id, "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]
+        }]),
+        None => json!([]),
+    };
+    let usage = tokens.map_or(Value::Null, |(input, output)| {
+        json!({
+            "input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input + output
+        })
+    });
+    json!({
+        "id": id, "object": "response", "created_at": created,
+        "status": if text.is_some() { "completed" } else { "in_progress" },
+        "error": null, "incomplete_details": null, "model": model,
+        "output": output, "usage": usage
+    })
+}
+
+/// The MOCK answer on `/v1/responses`.
+pub fn response(input: &Value, model: &str, request_id: &str, created: i64) -> MockAnswer {
+    let (text, prompt_tokens, completion_tokens) = reply_and_counts(input);
+    let body = response_object(
+        &format!("resp_{request_id}"),
+        &format!("msg_{request_id}"),
+        model,
+        created,
+        Some(&text),
+        Some((prompt_tokens, completion_tokens)),
+    );
+    MockAnswer {
+        body: body.to_string(),
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
+/// The MOCK answer on `/v1/responses` with `stream: true`: the Responses API's event
+/// sequence, from `response.created` to `response.completed` (which carries the usage).
+pub fn response_stream(input: &Value, model: &str, request_id: &str, created: i64) -> MockAnswer {
+    let (text, prompt_tokens, completion_tokens) = reply_and_counts(input);
+    let id = format!("resp_{request_id}");
+    let item = format!("msg_{request_id}");
+    let pending = response_object(&id, &item, model, created, None, None);
+    let done = response_object(
+        &id,
+        &item,
+        model,
+        created,
+        Some(&text),
+        Some((prompt_tokens, completion_tokens)),
+    );
+    let part = json!({"type": "output_text", "text": text, "annotations": []});
+    let events = [
+        json!({"type": "response.created", "response": pending}),
+        json!({"type": "response.in_progress", "response": pending}),
+        json!({"type": "response.output_item.added", "output_index": 0,
+               "item": {"type": "message", "id": item, "status": "in_progress", "role": "assistant", "content": []}}),
+        json!({"type": "response.content_part.added", "item_id": item, "output_index": 0, "content_index": 0,
+               "part": {"type": "output_text", "text": "", "annotations": []}}),
+        json!({"type": "response.output_text.delta", "item_id": item, "output_index": 0, "content_index": 0, "delta": text}),
+        json!({"type": "response.output_text.done", "item_id": item, "output_index": 0, "content_index": 0, "text": text}),
+        json!({"type": "response.content_part.done", "item_id": item, "output_index": 0, "content_index": 0, "part": part}),
+        json!({"type": "response.output_item.done", "output_index": 0, "item": done["output"][0]}),
+        json!({"type": "response.completed", "response": done}),
+    ];
+    let mut body = String::new();
+    for (sequence, mut event) in events.into_iter().enumerate() {
+        let kind = event["type"].as_str().unwrap_or_default().to_owned();
+        event["sequence_number"] = json!(sequence);
+        body.push_str(&format!("event: {kind}\ndata: {event}\n\n"));
+    }
+    MockAnswer {
+        body,
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
 /// Width of a MOCK embedding unless the request asks for `dimensions` (OpenAI's
 /// text-embedding-3-small default).
 pub const DEFAULT_EMBEDDING_DIMENSIONS: usize = 1536;

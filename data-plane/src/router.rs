@@ -9,7 +9,7 @@ use serde_json::json;
 use sluice_shared::error_code::ErrorCode;
 
 use crate::auth::authenticate;
-use crate::chat::{chat_completions, embeddings};
+use crate::chat::{chat_completions, embeddings, responses};
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
@@ -42,6 +42,13 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
                 .fetch_add(1, Ordering::Relaxed);
             embeddings(&gateway, request, &request_id).await
         }
+        (&Method::POST, "/v1/responses") => {
+            gateway
+                .metrics
+                .requests_total
+                .fetch_add(1, Ordering::Relaxed);
+            responses(&gateway, request, &request_id).await
+        }
         (&Method::GET, "/v1/models") => {
             gateway
                 .metrics
@@ -49,14 +56,16 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
                 .fetch_add(1, Ordering::Relaxed);
             models(&gateway, &request)
         }
-        (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => Err(GatewayError::new(
-            ErrorCode::MethodNotAllowed,
-            format!("{} is not allowed on {path}", request.method()),
-        )),
+        (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/responses" | "/v1/models") => {
+            Err(GatewayError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{} is not allowed on {path}", request.method()),
+            ))
+        }
         _ => Err(GatewayError::new(
             ErrorCode::NotFound,
             format!(
-                "no route for {path}: see GET /v1/models, POST /v1/chat/completions and POST /v1/embeddings"
+                "no route for {path}: see GET /v1/models, POST /v1/chat/completions, /v1/embeddings and /v1/responses"
             ),
         )),
     };

@@ -70,6 +70,8 @@ pub struct DeploymentEntry {
     pub chat_completions_uri: http::Uri,
     /// The same for embeddings.
     pub embeddings_uri: http::Uri,
+    /// The Responses API (OpenAI providers only).
+    pub responses_uri: http::Uri,
 }
 
 /// How a provider key travels to the upstream.
@@ -113,6 +115,8 @@ pub struct ProviderEntry {
     pub chat_completions_uri: http::Uri,
     /// `base_url` + `/embeddings`.
     pub embeddings_uri: http::Uri,
+    /// `base_url` + `/responses`.
+    pub responses_uri: http::Uri,
     pub credential_header: CredentialHeader,
     /// vLLM and custom upstreams may need no key at all.
     pub keyless: bool,
@@ -242,6 +246,7 @@ impl RoutingTables {
                             &on.embeddings_uri,
                             "embeddings",
                         )?,
+                        responses_uri: on.responses_uri.clone(),
                     });
                 }
             }
@@ -505,6 +510,7 @@ fn provider(
     };
     let chat_completions_uri = operation_uri("chat/completions")?;
     let embeddings_uri = operation_uri("embeddings")?;
+    let responses_uri = operation_uri("responses")?;
     let host_header = chat_completions_uri
         .authority()
         .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
@@ -521,6 +527,7 @@ fn provider(
         provider_type,
         chat_completions_uri,
         embeddings_uri,
+        responses_uri,
         credential_header: match provider_type {
             ProviderType::AzureOpenAi => {
                 CredentialHeader::Named(HeaderName::from_static("api-key"))

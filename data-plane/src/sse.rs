@@ -20,12 +20,14 @@ pub struct Usage {
 /// OpenAI's `usage` object, read straight into numbers (no JSON tree on the hot path).
 #[derive(Deserialize)]
 struct OpenAiUsage {
+    // The Responses API names the same counts input/output.
+    #[serde(alias = "input_tokens")]
     prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens_details")]
     prompt_tokens_details: Option<PromptTokensDetails>,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens_details")]
     completion_tokens_details: Option<CompletionTokensDetails>,
 }
 
@@ -100,13 +102,27 @@ fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
     Some(value.into())
 }
 
-/// One chunk of an OpenAI stream, as far as metering reads it.
+/// One event of an OpenAI stream, as far as metering reads it: a chat completion chunk, or a
+/// Responses API event (its text in `response.output_text.delta`, its usage in the
+/// `response.completed` event's response).
 #[derive(Deserialize)]
 struct StreamEvent<'a> {
     #[serde(borrow, default)]
     usage: Option<&'a RawValue>,
     #[serde(borrow, default)]
     choices: Option<Vec<StreamChoice<'a>>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response: Option<ResponseUsage<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseUsage<'a> {
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -169,11 +185,18 @@ impl SseUsageScanner {
         let Ok(event) = serde_json::from_slice::<StreamEvent>(data) else {
             return;
         };
-        if let Some(usage) = event
+        let usage = event
             .usage
-            .and_then(|raw| Usage::from_openai_json(raw.get().as_bytes()))
-        {
+            .or_else(|| event.response.and_then(|response| response.usage));
+        if let Some(usage) = usage.and_then(|raw| Usage::from_openai_json(raw.get().as_bytes())) {
             self.usage = Some(usage);
+        }
+        if event.kind.as_deref() == Some("response.output_text.delta")
+            && let Some(Ok(text)) = event
+                .delta
+                .map(|raw| serde_json::from_str::<Cow<str>>(raw.get()))
+        {
+            self.content_chars += text.chars().count();
         }
         for choice in event.choices.unwrap_or_default() {
             if let Some(text) = choice.delta.and_then(|delta| delta.content) {
@@ -192,6 +215,29 @@ mod tests {
         data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\
         \"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":{\"reasoning_tokens\":1}}}\n\n\
         data: [DONE]\n\n";
+
+    #[test]
+    fn responses_api_streams_are_metered_too() {
+        let stream = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"usage\":null}}\n\n\
+            event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi there\"}\n\n\
+            event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\
+            \"usage\":{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":2},\
+            \"output_tokens\":4,\"output_tokens_details\":{\"reasoning_tokens\":1},\"total_tokens\":13}}}\n\n";
+        let mut scanner = SseUsageScanner::default();
+        scanner.feed(stream.as_bytes());
+        assert_eq!(scanner.content_chars, 8);
+        assert_eq!(
+            scanner.usage,
+            Some(Usage {
+                input_tokens: 9,
+                output_tokens: 4,
+                cached_input_tokens: 2,
+                reasoning_tokens: 1
+            })
+        );
+        let whole = br#"{"id":"resp_1","object":"response","usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7},"user":null}"#;
+        assert_eq!(usage_from_answer(whole).map(|u| u.output_tokens), Some(2));
+    }
 
     #[test]
     fn usage_is_found_at_every_chunk_boundary() {

@@ -1,6 +1,7 @@
 //! A mock OpenAI upstream on 127.0.0.1:0 speaking the real wire format: chat completions as
 //! JSON or as SSE `chat.completion.chunk` events with a final usage chunk and `[DONE]`, and
-//! OpenAI's error bodies; embeddings (`/v1/embeddings`, four-number vectors). Azure OpenAI's
+//! OpenAI's error bodies; embeddings (`/v1/embeddings`, four-number vectors); the Responses
+//! API (`/v1/responses`, JSON or its event stream). Azure OpenAI's
 //! deployment paths
 //! (`/openai/deployments/{name}/chat/completions` and `/embeddings`) answer the same way, the deployment standing
 //! for the model. The upstream model name picks a behaviour, so one server covers every
@@ -182,6 +183,58 @@ fn openai_error(
     )
 }
 
+/// OpenAI's Responses API: a `response` object, or with `stream: true` its event sequence
+/// ending in `response.completed`, which carries the usage.
+fn responses_answer(
+    body: &Value,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    let model = body["model"].as_str().unwrap_or_default();
+    let usage = json!({"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+                       "output_tokens": COMPLETION_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
+                       "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS});
+    let response = |status: &str, usage: Value, text: Option<&str>| {
+        let output = text.map_or(json!([]), |text| {
+            json!([{
+            "type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}])
+        });
+        json!({"id": "resp_mock", "object": "response", "created_at": 1_700_000_000,
+               "status": status, "model": model, "output": output, "usage": usage})
+    };
+    if body["stream"] != json!(true) {
+        return json_response(
+            StatusCode::OK,
+            response("completed", usage, Some("Hello from the mock upstream")),
+        );
+    }
+    let events = [
+        (
+            "response.created",
+            json!({"type": "response.created", "sequence_number": 0,
+            "response": response("in_progress", Value::Null, None)}),
+        ),
+        (
+            "response.output_text.delta",
+            json!({"type": "response.output_text.delta",
+            "sequence_number": 1, "item_id": "msg_mock", "output_index": 0, "content_index": 0,
+            "delta": "Hello from the mock upstream"}),
+        ),
+        (
+            "response.completed",
+            json!({"type": "response.completed", "sequence_number": 2,
+            "response": response("completed", usage, Some("Hello from the mock upstream"))}),
+        ),
+    ];
+    let text: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    Response::builder()
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .unwrap()
+}
+
 /// The usage block to report: [`PROMPT_TOKENS`] / [`COMPLETION_TOKENS`] / no cached tokens,
 /// unless the last message says `usage:PROMPT/COMPLETION[/CACHED]`, so a test can choose.
 fn reported_usage(body: &Value) -> (u64, u64, u64) {
@@ -247,6 +300,9 @@ async fn handle(
             json!({"object": "list", "data": data, "model": model,
                    "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}}),
         ));
+    }
+    if path == "/v1/responses" {
+        return Ok(responses_answer(&body));
     }
     let azure_deployment = azure
         .and_then(|rest| rest.strip_suffix("/chat/completions"))

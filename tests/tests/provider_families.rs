@@ -222,3 +222,96 @@ async fn mock_embeddings_are_deterministic_and_call_nobody() {
         "MOCK posture called the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_responses_api_passes_through_to_openai_and_is_metered() {
+    let upstream = MockOpenAi::start();
+    let cp_dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
+    let acme = cp.seed_acme(&upstream.base_url(), Some("sk-responses"), &[]);
+    cp.go_live("acme/web");
+    let http = Http::new();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let url = proxy.url("/v1/responses");
+
+    let answer = http
+        .post(
+            &url,
+            Some(&acme.key),
+            &json!({"model": "gpt-4o-mini", "input": "hi", "api_base": "http://evil"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["object"], "response");
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(seen.path, "/v1/responses");
+    assert_eq!(seen.body["model"], "gpt-4o-mini");
+    assert!(seen.body.get("api_base").is_none());
+    assert!(seen.body.get("stream_options").is_none());
+
+    let streamed = http
+        .post(&url, Some(&acme.key), &json!({"model": "gpt-4o-mini", "input": [{"role": "user", "content": "hi"}], "stream": true}))
+        .await
+        .unwrap();
+    assert_eq!(streamed.status, 200);
+    assert!(streamed.text().contains("event: response.completed"));
+    let seen = upstream.requests().pop().unwrap();
+    assert!(
+        seen.body.get("stream_options").is_none(),
+        "the Responses API refuses stream_options"
+    );
+
+    // Both were metered from the upstream's usage.
+    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let rows: Vec<(i64, i64, String)> =
+            sqlx::query_as("SELECT input_tokens, output_tokens, source FROM usage_records")
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+        if rows.len() == 2 {
+            for row in rows {
+                assert_eq!(
+                    row,
+                    (
+                        PROMPT_TOKENS as i64,
+                        COMPLETION_TOKENS as i64,
+                        "PROVIDER_REPORTED".to_owned()
+                    )
+                );
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usage never arrived: {rows:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // MOCK posture answers in the Responses format too, streaming included.
+    cp.ctl(&["project", "set-posture", "acme/web", "mock"]).ok();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let mocked = http
+        .post(
+            &url,
+            Some(&acme.key),
+            &json!({"model": "default", "input": "hi", "stream": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mocked.status, 200);
+    let text = mocked.text();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"response.created"));
+    assert_eq!(kinds.last(), Some(&"response.completed"));
+    assert!(kinds.contains(&"response.output_text.delta"));
+}
