@@ -3,6 +3,7 @@
 
 pub mod admin_api;
 pub mod config_stream;
+pub mod key_check;
 pub mod lease_service;
 pub mod metrics;
 pub mod pricing_catalog;

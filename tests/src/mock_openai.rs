@@ -183,6 +183,55 @@ fn openai_error(
     )
 }
 
+/// `GET /v1/models[/{id}]` as a key check sees it: a key containing `invalid` is refused
+/// (401, echoing the key as OpenAI's message does), one containing `noaccess` is forbidden
+/// (403), model `gpt-nope` does not exist (404); anything else is listed.
+fn models_answer(
+    headers: &HeaderMap,
+    model: Option<&str>,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if key.is_empty() || key.contains("invalid") {
+        return openai_error(
+            StatusCode::UNAUTHORIZED,
+            &format!(
+                "Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys."
+            ),
+            "invalid_request_error",
+            json!("invalid_api_key"),
+        );
+    }
+    if key.contains("noaccess") {
+        return openai_error(
+            StatusCode::FORBIDDEN,
+            "You are not allowed to sample from this model",
+            "invalid_request_error",
+            Value::Null,
+        );
+    }
+    match model {
+        Some("gpt-nope") => openai_error(
+            StatusCode::NOT_FOUND,
+            "The model `gpt-nope` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            json!("model_not_found"),
+        ),
+        Some(id) => json_response(
+            StatusCode::OK,
+            json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "system"}),
+        ),
+        None => json_response(
+            StatusCode::OK,
+            json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model",
+                   "created": 1_700_000_000, "owned_by": "system"}]}),
+        ),
+    }
+}
+
 /// OpenAI's Responses API: a `response` object, or with `stream: true` its event sequence
 /// ending in `response.completed`, which carries the usage.
 fn responses_answer(
@@ -278,6 +327,9 @@ async fn handle(
         body: body.clone(),
     });
 
+    if let Some(rest) = path.strip_prefix("/v1/models") {
+        return Ok(models_answer(&headers, rest.strip_prefix('/')));
+    }
     // Azure OpenAI names the model by its deployment, in the path.
     let azure = path.strip_prefix("/openai/deployments/");
     if path == "/v1/embeddings" || azure.is_some_and(|rest| rest.ends_with("/embeddings")) {

@@ -71,6 +71,7 @@ impl From<store::ProviderKey> for pb::ProviderKey {
                 KeyHealth::InvalidCredentials => pb::ProviderKeyHealth::InvalidCredentials,
                 KeyHealth::NoModelAccess => pb::ProviderKeyHealth::NoModelAccess,
                 KeyHealth::Unreachable => pb::ProviderKeyHealth::Unreachable,
+                KeyHealth::Unexpected => pb::ProviderKeyHealth::Unexpected,
             } as i32,
             master_key_version: k.master_key_version,
             created_at_us: k.created_at_us,

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use self::auth::Principal;
 use self::convert::{kind_from_proto, posture_from_proto, scope_from_proto};
+use crate::key_check::KeyChecker;
 use crate::store::{self, Audit, Posture, Store, StoreError, TokenScope};
 use crate::validation::{self, InvalidField};
 use crate::vault::{Vault, VaultError};
@@ -33,11 +34,16 @@ const MAX_ALLOWED_MODELS: usize = 256;
 pub struct AdminApi<S> {
     store: Arc<S>,
     vault: Arc<Vault>,
+    key_checker: KeyChecker,
 }
 
 impl<S> AdminApi<S> {
     pub fn new(store: Arc<S>, vault: Arc<Vault>) -> Self {
-        Self { store, vault }
+        Self {
+            store,
+            vault,
+            key_checker: KeyChecker::new(),
+        }
     }
 }
 
@@ -770,6 +776,63 @@ impl<S: Store> AdminService for AdminApi<S> {
             .await
             .map_err(store_status)?;
         reply(pb::DeleteProviderKeyResponse {})
+    }
+
+    async fn test_provider_key(
+        &self,
+        request: Request<pb::TestProviderKeyRequest>,
+    ) -> Reply<pb::TestProviderKeyResponse> {
+        let actor = actor(&request)?;
+        let req = request.into_inner();
+        names(&[
+            ("organization", &req.organization),
+            ("provider", &req.provider),
+            ("name", &req.name),
+        ])?;
+        if req.model.len() > 200 {
+            return Err(Status::invalid_argument("model: at most 200 characters"));
+        }
+        let provider = self
+            .store
+            .get_provider(&req.organization, &req.provider)
+            .await
+            .map_err(store_status)?;
+        let sealed = self
+            .store
+            .sealed_provider_key(&req.organization, &req.provider, &req.name)
+            .await
+            .map_err(store_status)?;
+        let secret = self
+            .vault
+            .open_provider_key(&sealed.id, &sealed.org_id, &sealed.sealed_secret)
+            .map_err(vault_status)?;
+        let model = (!req.model.is_empty()).then_some(req.model.as_str());
+        let check = self.key_checker.check(&provider, &secret, model).await;
+        drop(secret);
+        let target = format!("{}/{}/{}", req.organization, req.provider, req.name);
+        let audit = Audit::new(&actor, "provider_key.test", target).with_detail(format!(
+            "{} (upstream status {})",
+            check.health.as_str(),
+            check.upstream_status
+        ));
+        let key = self
+            .store
+            .set_provider_key_health(
+                &req.organization,
+                &req.provider,
+                &req.name,
+                check.health,
+                audit,
+            )
+            .await
+            .map_err(store_status)?;
+        let key: pb::ProviderKey = key.into();
+        reply(pb::TestProviderKeyResponse {
+            health: key.health,
+            upstream_status: u32::from(check.upstream_status),
+            message: check.message,
+            key: Some(key),
+        })
     }
 
     // === models ===

@@ -202,6 +202,22 @@ pub trait Store: Send + Sync + 'static {
         provider: &str,
         name: &str,
     ) -> impl Future<Output = StoreResult<ProviderKey>> + Send;
+    /// A key's sealed secret, for a check against its upstream.
+    fn sealed_provider_key(
+        &self,
+        org: &str,
+        provider: &str,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<SealedKey>> + Send;
+    /// Records what a check (or live traffic) learned of a key.
+    fn set_provider_key_health(
+        &self,
+        org: &str,
+        provider: &str,
+        name: &str,
+        health: KeyHealth,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<ProviderKey>> + Send;
     /// `provider` empty: every provider of the organization.
     fn list_provider_keys(
         &self,

@@ -43,6 +43,7 @@ stored_enum!(KeyHealth {
     InvalidCredentials => "INVALID_CREDENTIALS",
     NoModelAccess => "NO_MODEL_ACCESS",
     Unreachable => "UNREACHABLE",
+    Unexpected => "UNEXPECTED",
 });
 stored_enum!(TokenScope { Admin => "ADMIN", ReadOnly => "READ_ONLY", DataPlane => "DATA_PLANE" });
 

@@ -1022,6 +1022,68 @@ macro_rules! sql_store {
                     fetch_provider_key(&mut tx, org, provider, name).await
                 }
 
+                async fn sealed_provider_key(
+                    &self,
+                    org: &str,
+                    provider: &str,
+                    name: &str,
+                ) -> StoreResult<SealedKey> {
+                    let row: Option<(String, String, Vec<u8>)> = sqlx::query_as(
+                        "SELECT k.id, p.org_id, k.sealed_secret FROM provider_keys k \
+                         JOIN providers p ON p.id = k.provider_id \
+                         JOIN organizations o ON o.id = p.org_id \
+                         WHERE o.name = $1 AND p.name = $2 AND k.name = $3",
+                    )
+                    .bind(org)
+                    .bind(provider)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let (id, org_id, sealed_secret) = row.ok_or_else(|| {
+                        StoreError::not_found(format!("provider key '{org}/{provider}/{name}'"))
+                    })?;
+                    Ok(SealedKey {
+                        id,
+                        org_id,
+                        sealed_secret,
+                    })
+                }
+
+                async fn set_provider_key_health(
+                    &self,
+                    org: &str,
+                    provider: &str,
+                    name: &str,
+                    health: KeyHealth,
+                    audit: Audit,
+                ) -> StoreResult<ProviderKey> {
+                    let mut tx = self.writer().begin_with($begin_write).await?;
+                    let key = fetch_provider_key(&mut tx, org, provider, name).await?;
+                    sqlx::query("UPDATE provider_keys SET health = $1, updated_at_us = $2 WHERE id = $3")
+                        .bind(health.as_str())
+                        .bind(now_us())
+                        .bind(&key.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    // Health is for operators; it changes nothing proxies see, so the audit
+                    // event is written without a new config version.
+                    sqlx::query(
+                        "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(new_id())
+                    .bind(now_us())
+                    .bind(&audit.actor)
+                    .bind(audit.action)
+                    .bind(&audit.target)
+                    .bind(&audit.detail)
+                    .execute(&mut *tx)
+                    .await?;
+                    let updated = fetch_provider_key(&mut tx, org, provider, name).await?;
+                    tx.commit().await?;
+                    Ok(updated)
+                }
+
                 async fn list_provider_keys(
                     &self,
                     org: &str,
@@ -1509,7 +1571,7 @@ macro_rules! sql_store {
                         "SELECT id, at_us, actor, action, target, detail FROM audit_events \
                          WHERE ($1 = '' OR actor = $1) AND ($2 = '' OR action = $2) \
                          AND substr(target, 1, length($3)) = $3 \
-                         ORDER BY id DESC LIMIT $4",
+                         ORDER BY at_us DESC, id DESC LIMIT $4",
                     )
                     .bind(&filter.actor)
                     .bind(&filter.action)

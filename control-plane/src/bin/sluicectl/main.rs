@@ -233,6 +233,15 @@ enum ProviderKeyCommand {
     Delete {
         path: String,
     },
+    /// Ask the upstream whether the key works (its cheapest authenticated call) and record
+    /// the answer as the key's health: valid, invalid_credentials, no_model_access,
+    /// unreachable or unexpected.
+    Test {
+        path: String,
+        /// Also check access to this upstream model.
+        #[arg(long)]
+        model: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -1049,6 +1058,31 @@ async fn provider_key(client: &mut Client, command: ProviderKeyCommand) -> anyho
                 vec![
                     provider_key_row(required(response.retiring)?),
                     provider_key_row(required(response.active)?),
+                ],
+            )
+        }
+        ProviderKeyCommand::Test { path: p, model } => {
+            let [organization, provider, name] = path::<3>(&p, SHAPE)?;
+            let response = client
+                .test_provider_key(pb::TestProviderKeyRequest {
+                    organization,
+                    provider,
+                    name,
+                    model: model.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let health = pb::ProviderKeyHealth::try_from(response.health)
+                .map_or("unknown", |h| h.as_str_name())
+                .trim_start_matches("PROVIDER_KEY_HEALTH_")
+                .to_lowercase();
+            Listing::one(
+                &["key", "result", "upstream_status", "message"],
+                vec![
+                    json!(p),
+                    json!(health),
+                    json!(response.upstream_status),
+                    json!(response.message),
                 ],
             )
         }

@@ -1,0 +1,102 @@
+//! `sluicectl provider-key test` asks the upstream whether a key works and records the answer
+//! as the key's health: 200 → valid, 401 → invalid_credentials (the upstream's message shown,
+//! the key never), 403 or an unknown model → no_model_access, a refused connection →
+//! unreachable. `provider-key list` then shows it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use sluice_e2e::ControlPlaneBuilder;
+use sluice_e2e::mock_openai::MockOpenAi;
+
+const INVALID: &str = "sk-invalid-canary-91ab77";
+
+#[test]
+fn keys_are_classified_by_what_the_upstream_says() {
+    let upstream = MockOpenAi::start();
+    let cp_dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
+    cp.ctl(&["org", "create", "acme"]).ok();
+    for (name, base) in [
+        ("openai", upstream.base_url()),
+        // Nothing listens on port 1.
+        ("gone", "http://127.0.0.1:1/v1".to_owned()),
+    ] {
+        cp.ctl(&[
+            "provider",
+            "create",
+            &format!("acme/{name}"),
+            "--type",
+            "openai",
+            "--base-url",
+            &base,
+            "--allow-private-network",
+            "--timeout-ms",
+            "3000",
+        ])
+        .ok();
+    }
+    for (key, secret) in [
+        ("acme/openai/good", "sk-good-key-1234"),
+        ("acme/openai/bad", INVALID),
+        ("acme/openai/limited", "sk-noaccess-5678"),
+        ("acme/gone/any", "sk-any-key-0000"),
+    ] {
+        cp.ctl_stdin(&["provider-key", "add", key], secret).ok();
+    }
+    let test = |key: &str, model: Option<&str>| {
+        let mut args = vec!["-o", "json", "provider-key", "test", key];
+        if let Some(model) = model {
+            args.extend(["--model", model]);
+        }
+        cp.ctl(&args).json()
+    };
+
+    let good = test("acme/openai/good", None);
+    assert_eq!(
+        (good["result"].as_str(), good["upstream_status"].as_u64()),
+        (Some("valid"), Some(200))
+    );
+    let bad = test("acme/openai/bad", None);
+    assert_eq!(bad["result"], "invalid_credentials");
+    assert_eq!(bad["upstream_status"], 401);
+    let message = bad["message"].as_str().unwrap();
+    assert!(message.contains("Incorrect API key provided"), "{message}");
+    assert!(!message.contains(INVALID), "the key leaked: {message}");
+    assert_eq!(
+        test("acme/openai/limited", None)["result"],
+        "no_model_access"
+    );
+    assert_eq!(
+        test("acme/openai/good", Some("gpt-nope"))["result"],
+        "no_model_access"
+    );
+    assert_eq!(
+        test("acme/openai/good", Some("gpt-4o-mini"))["result"],
+        "valid"
+    );
+    let gone = test("acme/gone/any", None);
+    assert_eq!(
+        (gone["result"].as_str(), gone["upstream_status"].as_u64()),
+        (Some("unreachable"), Some(0))
+    );
+
+    // The health is stored and shown with the keys.
+    let listed = cp
+        .ctl(&["-o", "json", "provider-key", "list", "acme"])
+        .json();
+    let health = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .map(|k| k["health"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_eq!(health("good"), "VALID");
+    assert_eq!(health("bad"), "INVALID_CREDENTIALS");
+    assert_eq!(health("limited"), "NO_MODEL_ACCESS");
+    assert_eq!(health("any"), "UNREACHABLE");
+    // Nothing the control plane printed holds the key either.
+    assert!(!cp.output.text().contains(INVALID));
+}
