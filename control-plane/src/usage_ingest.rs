@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Metrics;
-use crate::store::{BatchOutcome, Store, UsageRecord, UsageSource};
+use crate::store::{Audit, BatchOutcome, KeyHealth, Store, UsageRecord, UsageSource};
 
 const MAX_RECORDS_PER_BATCH: usize = 10_000;
 const MAX_ID: usize = 128;
@@ -77,6 +77,13 @@ async fn ingest<S: Store>(
     }
     // Encoding is deterministic for equal messages, so equal payloads hash equal.
     let payload_hash = hex::encode(Sha256::digest(batch.encode_to_vec()));
+    // Keys the upstream refused in live traffic, to be marked once the batch is stored.
+    let rejected: Vec<(String, u32)> = batch
+        .records
+        .iter()
+        .filter(|r| !r.rejected_key_id.is_empty() && r.rejected_key_id.len() <= MAX_ID)
+        .map(|r| (r.rejected_key_id.clone(), r.upstream_status))
+        .collect();
     // The hash is taken, so the records can be moved out rather than copied.
     let records = std::mem::take(&mut batch.records)
         .into_iter()
@@ -91,6 +98,26 @@ async fn ingest<S: Store>(
                 "cannot store usage right now; the proxy keeps the batch and retries",
             )
         })?;
+    if commit.outcome == BatchOutcome::Committed {
+        for (key_id, status) in rejected {
+            let health = if status == 403 {
+                KeyHealth::NoModelAccess
+            } else {
+                KeyHealth::InvalidCredentials
+            };
+            let audit = Audit::new(
+                &format!("proxy:{}", request.proxy_id),
+                "provider_key.rejected",
+                key_id.clone(),
+            )
+            .with_detail(format!("the upstream answered {status} to live traffic"));
+            if let Err(error) = store.mark_provider_key_health(&key_id, health, audit).await {
+                tracing::warn!(%error, %key_id, "cannot record a rejected provider key");
+            } else {
+                tracing::warn!(%key_id, status, "live traffic found a provider key rejected; marked it");
+            }
+        }
+    }
     for alert in &commit.alerts {
         metrics.count_alert(alert);
         tracing::warn!(

@@ -415,7 +415,8 @@ async fn forward(
                 continue;
             }
         }
-        let credential = match provider.keys.first() {
+        let key = provider.keys.first();
+        let credential = match key {
             Some(key) => Some(tables.open_key(key).map_err(|_| {
                 GatewayError::new(ErrorCode::Internal, "a provider key could not be opened")
             })?),
@@ -486,6 +487,17 @@ async fn forward(
             continue;
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            // Reported through the usage stream, so the control plane marks the key.
+            if let Some(key) = key {
+                draft.record.rejected_key_id = key.id.clone();
+                draft.record.upstream_status = u32::from(status.as_u16());
+                draft.finish(
+                    gateway,
+                    ErrorCode::ProviderKeyInvalid.http_status(),
+                    Usage::default(),
+                    pb::UsageSource::ProviderReported,
+                );
+            }
             return Err(GatewayError::new(
                 ErrorCode::ProviderKeyInvalid,
                 format!(

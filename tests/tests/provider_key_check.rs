@@ -100,3 +100,55 @@ fn keys_are_classified_by_what_the_upstream_says() {
     // Nothing the control plane printed holds the key either.
     assert!(!cp.output.text().contains(INVALID));
 }
+
+/// A live request whose upstream refuses the key answers `provider_key_invalid` (502, fix) and
+/// the proxy reports it, so the control plane marks the key for the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_traffic_marks_a_refused_key() {
+    let (_upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-refused-in-traffic");
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/refused",
+        "--deployment",
+        "openai:fail-401",
+    ])
+    .ok();
+    let http = sluice_e2e::proxy::Http::new();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy =
+        sluice_e2e::proxy::ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let body =
+        serde_json::json!({"model": "refused", "messages": [{"role": "user", "content": "hi"}]});
+    let response = http
+        .post(&proxy.url("/v1/chat/completions"), Some(&acme.key), &body)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 502, "{}", response.text());
+    let error = &response.json()["error"];
+    assert_eq!(error["code"], "provider_key_invalid");
+    assert_eq!(error["next_action"], "fix");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let keys = cp
+            .ctl(&["-o", "json", "provider-key", "list", "acme"])
+            .json();
+        if keys[0]["health"] == "INVALID_CREDENTIALS" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never marked: {keys}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let audit = cp
+        .ctl(&[
+            "-o",
+            "json",
+            "audit",
+            "list",
+            "--action",
+            "provider_key.rejected",
+        ])
+        .json();
+    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+}

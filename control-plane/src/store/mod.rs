@@ -218,6 +218,13 @@ pub trait Store: Send + Sync + 'static {
         health: KeyHealth,
         audit: Audit,
     ) -> impl Future<Output = StoreResult<ProviderKey>> + Send;
+    /// Marks a key by id, as live traffic found it (the audit actor names the proxy).
+    fn mark_provider_key_health(
+        &self,
+        key_id: &str,
+        health: KeyHealth,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// `provider` empty: every provider of the organization.
     fn list_provider_keys(
         &self,

@@ -1049,6 +1049,42 @@ macro_rules! sql_store {
                     })
                 }
 
+                async fn mark_provider_key_health(
+                    &self,
+                    key_id: &str,
+                    health: KeyHealth,
+                    audit: Audit,
+                ) -> StoreResult<()> {
+                    let mut tx = self.writer().begin_with($begin_write).await?;
+                    let changed = sqlx::query(
+                        "UPDATE provider_keys SET health = $1, updated_at_us = $2 \
+                         WHERE id = $3 AND health <> $1",
+                    )
+                    .bind(health.as_str())
+                    .bind(now_us())
+                    .bind(key_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    // Only a change is worth an audit event; a burst of rejections is one.
+                    if changed > 0 {
+                        sqlx::query(
+                            "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                        )
+                        .bind(new_id())
+                        .bind(now_us())
+                        .bind(&audit.actor)
+                        .bind(audit.action)
+                        .bind(&audit.target)
+                        .bind(&audit.detail)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
                 async fn set_provider_key_health(
                     &self,
                     org: &str,
