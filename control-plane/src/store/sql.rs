@@ -365,6 +365,11 @@ macro_rules! sql_store {
                 sqlx::query("UPDATE config_state SET version = version + 1 WHERE id = 1")
                     .execute(&mut **tx)
                     .await?;
+                record_audit(tx, audit).await
+            }
+
+            /// An audit event for something proxies need not hear about (no new version).
+            async fn record_audit(tx: &mut Tx, audit: &Audit) -> StoreResult<()> {
                 sqlx::query(
                     "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -1068,18 +1073,7 @@ macro_rules! sql_store {
                     .rows_affected();
                     // Only a change is worth an audit event; a burst of rejections is one.
                     if changed > 0 {
-                        sqlx::query(
-                            "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
-                             VALUES ($1, $2, $3, $4, $5, $6)",
-                        )
-                        .bind(new_id())
-                        .bind(now_us())
-                        .bind(&audit.actor)
-                        .bind(audit.action)
-                        .bind(&audit.target)
-                        .bind(&audit.detail)
-                        .execute(&mut *tx)
-                        .await?;
+                        record_audit(&mut tx, &audit).await?;
                     }
                     tx.commit().await?;
                     Ok(())
@@ -1103,18 +1097,7 @@ macro_rules! sql_store {
                         .await?;
                     // Health is for operators; it changes nothing proxies see, so the audit
                     // event is written without a new config version.
-                    sqlx::query(
-                        "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(new_id())
-                    .bind(now_us())
-                    .bind(&audit.actor)
-                    .bind(audit.action)
-                    .bind(&audit.target)
-                    .bind(&audit.detail)
-                    .execute(&mut *tx)
-                    .await?;
+                    record_audit(&mut tx, &audit).await?;
                     let updated = fetch_provider_key(&mut tx, org, provider, name).await?;
                     tx.commit().await?;
                     Ok(updated)
