@@ -18,7 +18,31 @@ pub fn authenticate<'t>(
     headers: &HeaderMap,
     now_us: i64,
 ) -> Result<Caller<'t>, GatewayError> {
-    let key = bearer(headers).ok_or_else(|| {
+    authenticate_key(tables, bearer(headers), now_us)
+}
+
+/// For Anthropic's native endpoint: its SDKs send the key as `x-api-key`; `Authorization:
+/// Bearer` works too.
+pub fn authenticate_anthropic<'t>(
+    tables: &'t RoutingTables,
+    headers: &HeaderMap,
+    now_us: i64,
+) -> Result<Caller<'t>, GatewayError> {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .or_else(|| bearer(headers));
+    authenticate_key(tables, key, now_us)
+}
+
+fn authenticate_key<'t>(
+    tables: &'t RoutingTables,
+    key: Option<&str>,
+    now_us: i64,
+) -> Result<Caller<'t>, GatewayError> {
+    let key = key.ok_or_else(|| {
         GatewayError::new(
             ErrorCode::InvalidApiKey,
             "missing virtual key: send `Authorization: Bearer sk-sluice-...`",

@@ -12,9 +12,9 @@ use rand::Rng;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
 
-use crate::auth::{Caller, authenticate};
+use crate::auth::{Caller, authenticate, authenticate_anthropic};
 use crate::chat_request::ChatRequest;
-use crate::error_response::GatewayError;
+use crate::error_response::{ErrorShape, GatewayError};
 use crate::gateway::Gateway;
 use crate::http_body::{Body, BoxError, full};
 use crate::metered_body::MeteredBody;
@@ -37,6 +37,8 @@ pub enum Operation {
     Embeddings,
     /// OpenAI's Responses API, passed through to OpenAI providers.
     Responses,
+    /// Anthropic's native Messages API, passed through to Anthropic providers.
+    Messages,
 }
 
 impl Operation {
@@ -45,6 +47,7 @@ impl Operation {
             Self::ChatCompletions => "/v1/chat/completions",
             Self::Embeddings => "/v1/embeddings",
             Self::Responses => "/v1/responses",
+            Self::Messages => "/v1/messages",
         }
     }
 
@@ -53,6 +56,7 @@ impl Operation {
             Self::ChatCompletions => &deployment.chat_completions_uri,
             Self::Embeddings => &deployment.embeddings_uri,
             Self::Responses => &deployment.responses_uri,
+            Self::Messages => &deployment.messages_uri,
         }
     }
 
@@ -67,6 +71,16 @@ impl Operation {
                     | ProviderType::Custom
             ),
             Self::Responses => provider_type == ProviderType::OpenAi,
+            Self::Messages => provider_type == ProviderType::Anthropic,
+        }
+    }
+
+    /// A native endpoint speaks one family's wire format, so its models must be of that
+    /// family (the OpenAI-shaped endpoints translate, or will).
+    fn native_family(self) -> Option<ProviderType> {
+        match self {
+            Self::Messages => Some(ProviderType::Anthropic),
+            _ => None,
         }
     }
 }
@@ -95,6 +109,17 @@ pub async fn responses(
     serve(gateway, request, request_id, Operation::Responses).await
 }
 
+/// `POST /v1/messages`: Anthropic's Messages API; errors in Anthropic's shape.
+pub async fn messages(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    serve(gateway, request, request_id, Operation::Messages)
+        .await
+        .map_err(|error| error.in_shape(ErrorShape::Anthropic))
+}
+
 async fn serve(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
@@ -108,15 +133,35 @@ async fn serve(
         )
     })?;
     let now_us = sluice_shared::time::now_us();
-    let caller = authenticate(&tables, request.headers(), now_us)?;
+    let caller = match operation {
+        Operation::Messages => authenticate_anthropic(&tables, request.headers(), now_us)?,
+        _ => authenticate(&tables, request.headers(), now_us)?,
+    };
     let metadata = crate::metadata_headers::read(request.headers())?;
     let body = read_body(gateway, request).await?;
     let chat = match operation {
         Operation::ChatCompletions => ChatRequest::parse(&body)?,
         Operation::Embeddings => ChatRequest::parse_embeddings(&body)?,
         Operation::Responses => ChatRequest::parse_responses(&body)?,
+        Operation::Messages => ChatRequest::parse_messages(&body)?,
     };
     let model = resolve_model(&tables, &caller, &chat.model)?;
+    if let Some(family) = operation.native_family() {
+        let primary = model
+            .deployments
+            .first()
+            .and_then(|d| tables.providers.get(d.provider));
+        if let Some(provider) = primary.filter(|p| p.provider_type != family) {
+            return Err(GatewayError::new(
+                ErrorCode::ProviderMismatch,
+                format!(
+                    "model '{}' is served by provider '{}' ({:?}), not by a {family:?} provider: call {} with an {family:?} model, or use /v1/chat/completions",
+                    model.name, provider.name, provider.provider_type, operation.path()
+                ),
+            )
+            .with_param("model"));
+        }
+    }
     let draft = UsageDraft::new(
         request_id,
         &caller.project.id,
@@ -170,7 +215,7 @@ async fn admit(
         // Embeddings answer with vectors, not tokens.
         output_tokens: match operation {
             Operation::Embeddings => 0,
-            Operation::ChatCompletions | Operation::Responses => chat
+            Operation::ChatCompletions | Operation::Responses | Operation::Messages => chat
                 .max_output_tokens()
                 .unwrap_or(gateway.default_max_output_tokens),
         },
@@ -274,6 +319,20 @@ fn mock(
                 mock_posture::embeddings(&chat.inputs(), &model.name, dimensions),
                 "application/json",
             )
+        }
+        Operation::Messages => {
+            let messages = chat.messages();
+            if chat.stream {
+                (
+                    mock_posture::anthropic_message_stream(&messages, &model.name, request_id),
+                    "text/event-stream",
+                )
+            } else {
+                (
+                    mock_posture::anthropic_message(&messages, &model.name, request_id),
+                    "application/json",
+                )
+            }
         }
         Operation::Responses => {
             let input = chat.input_value();
@@ -592,7 +651,10 @@ fn copy_response_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
         }
     }
     for (name, value) in from {
-        if name.as_str().starts_with("x-ratelimit-") || name.as_str() == "openai-processing-ms" {
+        if name.as_str().starts_with("x-ratelimit-")
+            || name.as_str().starts_with("anthropic-ratelimit-")
+            || name.as_str() == "openai-processing-ms"
+        {
             to.insert(name.clone(), value.clone());
         }
     }

@@ -111,6 +111,19 @@ impl<'a> ChatRequest<'a> {
         Ok(request)
     }
 
+    /// An Anthropic Messages request: `model`, `messages` (non-empty), `max_tokens` (which
+    /// Anthropic requires), and an optional boolean `stream`.
+    pub fn parse_messages(body: &'a Bytes) -> Result<Self, GatewayError> {
+        let request = Self::parse(body)?;
+        if request.number("max_tokens").is_none() {
+            return Err(invalid(
+                "`max_tokens` is required and must be a whole number",
+                "max_tokens",
+            ));
+        }
+        Ok(request)
+    }
+
     /// Any top-level JSON object with a string `model`.
     fn parse_fields(body: &'a Bytes) -> Result<Self, GatewayError> {
         let TopLevel(fields) = match serde_json::from_slice(body) {

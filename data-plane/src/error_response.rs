@@ -14,6 +14,31 @@ pub struct GatewayError {
     pub message: String,
     /// The offending request field, when there is one.
     pub param: Option<&'static str>,
+    pub shape: ErrorShape,
+}
+
+/// Whose error body the client expects: the endpoint's family decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorShape {
+    /// `{"error": {"message", "type", "param", "code", ...}}`
+    #[default]
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message", ...}}`
+    Anthropic,
+}
+
+/// Anthropic's error `type` for a status.
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        400 | 409 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
 }
 
 impl GatewayError {
@@ -22,7 +47,13 @@ impl GatewayError {
             code,
             message: message.into(),
             param: None,
+            shape: ErrorShape::OpenAi,
         }
+    }
+
+    pub fn in_shape(mut self, shape: ErrorShape) -> Self {
+        self.shape = shape;
+        self
     }
 
     pub fn with_param(mut self, param: &'static str) -> Self {
@@ -42,16 +73,28 @@ impl GatewayError {
                 tracing::debug!(request_id, code = self.code.as_str(), message = %self.message, "request refused")
             }
         }
-        let body = json!({
-            "error": {
-                "message": self.message,
-                "type": self.code.error_type(),
-                "param": self.param,
-                "code": self.code.as_str(),
-                "next_action": self.code.next_action().as_str(),
+        let body = match self.shape {
+            ErrorShape::OpenAi => json!({
+                "error": {
+                    "message": self.message,
+                    "type": self.code.error_type(),
+                    "param": self.param,
+                    "code": self.code.as_str(),
+                    "next_action": self.code.next_action().as_str(),
+                    "request_id": request_id,
+                }
+            }),
+            ErrorShape::Anthropic => json!({
+                "type": "error",
+                "error": {
+                    "type": anthropic_type(self.code.http_status()),
+                    "message": self.message,
+                    "code": self.code.as_str(),
+                    "next_action": self.code.next_action().as_str(),
+                },
                 "request_id": request_id,
-            }
-        });
+            }),
+        };
         let mut response = Response::new(full(body.to_string()));
         *response.status_mut() = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

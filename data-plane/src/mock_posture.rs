@@ -212,6 +212,68 @@ pub fn response_stream(input: &Value, model: &str, request_id: &str, created: i6
     }
 }
 
+/// The MOCK answer on Anthropic's `/v1/messages`, in its Messages format.
+pub fn anthropic_message(messages: &Value, model: &str, request_id: &str) -> MockAnswer {
+    let (text, prompt_tokens, completion_tokens) = reply_and_counts(messages);
+    let body = json!({
+        "id": format!("msg_{request_id}"), "type": "message", "role": "assistant",
+        "model": model, "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens}
+    });
+    MockAnswer {
+        body: body.to_string(),
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
+/// The same as Anthropic's event stream: `message_start`, one text block, `message_delta`
+/// with the output usage, `message_stop`.
+pub fn anthropic_message_stream(messages: &Value, model: &str, request_id: &str) -> MockAnswer {
+    let (text, prompt_tokens, completion_tokens) = reply_and_counts(messages);
+    let events = [
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {
+            "id": format!("msg_{request_id}"), "type": "message", "role": "assistant",
+            "content": [], "model": model, "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+        ("ping", json!({"type": "ping"})),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": text}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": completion_tokens}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let body = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    MockAnswer {
+        body,
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
 /// Width of a MOCK embedding unless the request asks for `dimensions` (OpenAI's
 /// text-embedding-3-small default).
 pub const DEFAULT_EMBEDDING_DIMENSIONS: usize = 1536;

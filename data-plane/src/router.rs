@@ -9,7 +9,7 @@ use serde_json::json;
 use sluice_shared::error_code::ErrorCode;
 
 use crate::auth::authenticate;
-use crate::chat::{chat_completions, embeddings, responses};
+use crate::chat::{chat_completions, embeddings, messages, responses};
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
@@ -41,6 +41,13 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
                 .requests_total
                 .fetch_add(1, Ordering::Relaxed);
             embeddings(&gateway, request, &request_id).await
+        }
+        (&Method::POST, "/v1/messages") => {
+            gateway
+                .metrics
+                .requests_total
+                .fetch_add(1, Ordering::Relaxed);
+            messages(&gateway, request, &request_id).await
         }
         (&Method::POST, "/v1/responses") => {
             gateway

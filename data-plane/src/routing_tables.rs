@@ -19,6 +19,9 @@ use sluice_shared::secret::SecretString;
 #[error("{0}")]
 pub struct InvalidSnapshot(pub String);
 
+/// The Messages API version sent to Anthropic unless a provider names another.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
 fn invalid(message: impl Into<String>) -> InvalidSnapshot {
     InvalidSnapshot(message.into())
 }
@@ -72,6 +75,8 @@ pub struct DeploymentEntry {
     pub embeddings_uri: http::Uri,
     /// The Responses API (OpenAI providers only).
     pub responses_uri: http::Uri,
+    /// Anthropic's Messages API (Anthropic providers only).
+    pub messages_uri: http::Uri,
 }
 
 /// How a provider key travels to the upstream.
@@ -117,6 +122,8 @@ pub struct ProviderEntry {
     pub embeddings_uri: http::Uri,
     /// `base_url` + `/responses`.
     pub responses_uri: http::Uri,
+    /// `base_url` + `/v1/messages` (Anthropic's Messages API).
+    pub messages_uri: http::Uri,
     pub credential_header: CredentialHeader,
     /// vLLM and custom upstreams may need no key at all.
     pub keyless: bool,
@@ -247,6 +254,7 @@ impl RoutingTables {
                             "embeddings",
                         )?,
                         responses_uri: on.responses_uri.clone(),
+                        messages_uri: on.messages_uri.clone(),
                     });
                 }
             }
@@ -511,6 +519,21 @@ fn provider(
     let chat_completions_uri = operation_uri("chat/completions")?;
     let embeddings_uri = operation_uri("embeddings")?;
     let responses_uri = operation_uri("responses")?;
+    let messages_uri = operation_uri("v1/messages")?;
+    if provider_type == ProviderType::Anthropic
+        && !extra_headers
+            .iter()
+            .any(|(name, _)| name.as_str() == "anthropic-version")
+    {
+        let version = if p.api_version.is_empty() {
+            ANTHROPIC_VERSION
+        } else {
+            p.api_version.as_str()
+        };
+        let value = HeaderValue::from_str(version)
+            .map_err(|_| invalid(format!("provider {}: bad api_version", p.name)))?;
+        extra_headers.push((HeaderName::from_static("anthropic-version"), value));
+    }
     let host_header = chat_completions_uri
         .authority()
         .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
@@ -528,9 +551,13 @@ fn provider(
         chat_completions_uri,
         embeddings_uri,
         responses_uri,
+        messages_uri,
         credential_header: match provider_type {
             ProviderType::AzureOpenAi => {
                 CredentialHeader::Named(HeaderName::from_static("api-key"))
+            }
+            ProviderType::Anthropic => {
+                CredentialHeader::Named(HeaderName::from_static("x-api-key"))
             }
             _ => CredentialHeader::Bearer,
         },

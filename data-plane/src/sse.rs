@@ -29,6 +29,11 @@ struct OpenAiUsage {
     prompt_tokens_details: Option<PromptTokensDetails>,
     #[serde(default, alias = "output_tokens_details")]
     completion_tokens_details: Option<CompletionTokensDetails>,
+    // Anthropic counts cache reads and writes apart from input_tokens.
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -45,13 +50,18 @@ struct CompletionTokensDetails {
 
 impl From<OpenAiUsage> for Usage {
     fn from(usage: OpenAiUsage) -> Self {
+        // Normalised to OpenAI's convention: input includes the cached part.
+        let cache_read = usage.cache_read_input_tokens.unwrap_or(0);
         Self {
-            input_tokens: usage.prompt_tokens,
+            input_tokens: usage.prompt_tokens
+                + cache_read
+                + usage.cache_creation_input_tokens.unwrap_or(0),
             output_tokens: usage.completion_tokens.unwrap_or(0),
             cached_input_tokens: usage
                 .prompt_tokens_details
                 .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
+                .unwrap_or(0)
+                .max(cache_read),
             reasoning_tokens: usage
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
@@ -117,6 +127,20 @@ struct StreamEvent<'a> {
     delta: Option<&'a RawValue>,
     #[serde(borrow, default)]
     response: Option<ResponseUsage<'a>>,
+    /// Anthropic's `message_start` carries the input usage in its message.
+    #[serde(borrow, default)]
+    message: Option<ResponseUsage<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicOutput {
+    output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct AnthropicDelta<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -185,11 +209,46 @@ impl SseUsageScanner {
         let Ok(event) = serde_json::from_slice::<StreamEvent>(data) else {
             return;
         };
-        let usage = event
-            .usage
-            .or_else(|| event.response.and_then(|response| response.usage));
-        if let Some(usage) = usage.and_then(|raw| Usage::from_openai_json(raw.get().as_bytes())) {
-            self.usage = Some(usage);
+        match event.kind.as_deref() {
+            // Anthropic: input usage first, output usage (cumulative) in message_delta.
+            Some("message_start") => {
+                if let Some(usage) = event
+                    .message
+                    .and_then(|m| m.usage)
+                    .and_then(|raw| Usage::from_openai_json(raw.get().as_bytes()))
+                {
+                    self.usage = Some(usage);
+                }
+            }
+            Some("message_delta") => {
+                if let Some(output) = event.usage.and_then(|raw| {
+                    serde_json::from_str::<AnthropicOutput>(raw.get())
+                        .ok()
+                        .map(|u| u.output_tokens)
+                }) {
+                    let usage = self.usage.get_or_insert_with(Usage::default);
+                    usage.output_tokens = output;
+                }
+            }
+            Some("content_block_delta") => {
+                if let Some(Ok(delta)) = event
+                    .delta
+                    .map(|raw| serde_json::from_str::<AnthropicDelta>(raw.get()))
+                    && let Some(text) = delta.text
+                {
+                    self.content_chars += text.chars().count();
+                }
+            }
+            _ => {
+                let usage = event
+                    .usage
+                    .or_else(|| event.response.and_then(|response| response.usage));
+                if let Some(usage) =
+                    usage.and_then(|raw| Usage::from_openai_json(raw.get().as_bytes()))
+                {
+                    self.usage = Some(usage);
+                }
+            }
         }
         if event.kind.as_deref() == Some("response.output_text.delta")
             && let Some(Ok(text)) = event
@@ -215,6 +274,36 @@ mod tests {
         data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\
         \"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":{\"reasoning_tokens\":1}}}\n\n\
         data: [DONE]\n\n";
+
+    #[test]
+    fn anthropic_streams_and_answers_are_metered_with_cache_reads_in_input() {
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let mut scanner = SseUsageScanner::default();
+        scanner.feed(stream.as_bytes());
+        assert_eq!(scanner.content_chars, 5);
+        assert_eq!(
+            scanner.usage,
+            Some(Usage {
+                input_tokens: 15,
+                output_tokens: 7,
+                cached_input_tokens: 5,
+                reasoning_tokens: 0
+            })
+        );
+        let whole = br#"{"id":"msg_1","type":"message","usage":{"input_tokens":3,"cache_read_input_tokens":2,"output_tokens":4}}"#;
+        let usage = usage_from_answer(whole).unwrap();
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.cached_input_tokens,
+                usage.output_tokens
+            ),
+            (5, 2, 4)
+        );
+    }
 
     #[test]
     fn responses_api_streams_are_metered_too() {

@@ -1,7 +1,7 @@
 //! A mock OpenAI upstream on 127.0.0.1:0 speaking the real wire format: chat completions as
 //! JSON or as SSE `chat.completion.chunk` events with a final usage chunk and `[DONE]`, and
 //! OpenAI's error bodies; embeddings (`/v1/embeddings`, four-number vectors); the Responses
-//! API (`/v1/responses`, JSON or its event stream). Azure OpenAI's
+//! API (`/v1/responses`, JSON or its event stream); Anthropic's Messages API (`/v1/messages`). Azure OpenAI's
 //! deployment paths
 //! (`/openai/deployments/{name}/chat/completions` and `/embeddings`) answer the same way, the deployment standing
 //! for the model. The upstream model name picks a behaviour, so one server covers every
@@ -29,6 +29,8 @@ use serde_json::{Value, json};
 
 pub const PROMPT_TOKENS: u64 = 11;
 pub const COMPLETION_TOKENS: u64 = 7;
+/// Input tokens the Anthropic mock reports as read from its cache, beside [`PROMPT_TOKENS`].
+pub const ANTHROPIC_CACHE_READ: u64 = 2;
 pub const STREAM_CHUNKS: usize = 5;
 pub const STREAM_GAP: Duration = Duration::from_millis(150);
 /// How long the `pause` model waits before it answers normally.
@@ -232,6 +234,71 @@ fn models_answer(
     }
 }
 
+/// Anthropic's Messages API: a `message`, or with `stream: true` its event stream; model
+/// `fail-401` gets Anthropic's authentication error. Usage reports [`PROMPT_TOKENS`] input
+/// tokens plus [`ANTHROPIC_CACHE_READ`] read from the cache, and [`COMPLETION_TOKENS`].
+fn anthropic_answer(
+    headers: &HeaderMap,
+    body: &Value,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    let model = body["model"].as_str().unwrap_or_default();
+    if model == "fail-401" || headers.get("x-api-key").is_none() {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
+        );
+    }
+    let usage = json!({"input_tokens": PROMPT_TOKENS, "cache_read_input_tokens": ANTHROPIC_CACHE_READ,
+                       "cache_creation_input_tokens": 0, "output_tokens": COMPLETION_TOKENS});
+    if body["stream"] != json!(true) {
+        return json_response(
+            StatusCode::OK,
+            json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                   "content": [{"type": "text", "text": "Hello from the mock upstream"}],
+                   "stop_reason": "end_turn", "stop_sequence": null, "usage": usage}),
+        );
+    }
+    let events = [
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock",
+            "type": "message", "role": "assistant", "content": [], "model": model,
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": PROMPT_TOKENS, "cache_read_input_tokens": ANTHROPIC_CACHE_READ,
+                      "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Hello from the mock upstream"}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": COMPLETION_TOKENS}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let text: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    Response::builder()
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .unwrap()
+}
+
 /// OpenAI's Responses API: a `response` object, or with `stream: true` its event sequence
 /// ending in `response.completed`, which carries the usage.
 fn responses_answer(
@@ -355,6 +422,9 @@ async fn handle(
     }
     if path == "/v1/responses" {
         return Ok(responses_answer(&body));
+    }
+    if path == "/v1/messages" {
+        return Ok(anthropic_answer(&headers, &body));
     }
     let azure_deployment = azure
         .and_then(|rest| rest.strip_suffix("/chat/completions"))

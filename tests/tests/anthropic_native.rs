@@ -1,0 +1,181 @@
+//! Anthropic's native `POST /v1/messages`: the virtual key as `x-api-key`, passed through to
+//! an Anthropic provider (its key as `x-api-key`, `anthropic-version` set, the upstream model
+//! name), JSON and event streams metered from Anthropic's usage (cache reads counted as
+//! cached input); MOCK answers in Anthropic's format; an OpenAI-family model is refused with
+//! `provider_mismatch` in Anthropic's error shape.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use sluice_e2e::live_stack;
+use sluice_e2e::mock_openai::{ANTHROPIC_CACHE_READ, COMPLETION_TOKENS, MockOpenAi, PROMPT_TOKENS};
+use sluice_e2e::proxy::{Http, HttpResponse, ProxyBuilder};
+
+const ANTHROPIC_KEY: &str = "sk-ant-canary-4411";
+
+async fn messages(http: &Http, url: &str, key: &str, body: &Value) -> HttpResponse {
+    http.send(
+        "POST",
+        url,
+        None,
+        &[("x-api-key", key), ("anthropic-version", "2023-06-01")],
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_pass_through_are_metered_and_stay_in_their_family() {
+    let (upstream, cp_dir, cp, acme): (MockOpenAi, _, _, _) = live_stack("sk-openai-side");
+    let base = format!("http://{}", upstream.addr);
+    cp.ctl(&[
+        "provider",
+        "create",
+        "acme/anthropic",
+        "--type",
+        "anthropic",
+        "--base-url",
+        &base,
+        "--allow-private-network",
+    ])
+    .ok();
+    cp.ctl_stdin(
+        &["provider-key", "add", "acme/anthropic/main"],
+        ANTHROPIC_KEY,
+    )
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/claude",
+        "--deployment",
+        "anthropic:claude-sonnet-4-5",
+    ])
+    .ok();
+    let http = Http::new();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let url = proxy.url("/v1/messages");
+    let ask = |model: &str, stream: bool| {
+        json!({"model": model, "max_tokens": 256, "stream": stream,
+               "system": "Be brief.", "messages": [{"role": "user", "content": "hi"}]})
+    };
+
+    let answer = messages(&http, &url, &acme.key, &ask("claude", false)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["type"], "message");
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(seen.path, "/v1/messages");
+    assert_eq!(seen.headers["x-api-key"], ANTHROPIC_KEY);
+    assert_eq!(seen.headers["anthropic-version"], "2023-06-01");
+    assert!(seen.headers.get("authorization").is_none());
+    assert_eq!(seen.body["model"], "claude-sonnet-4-5");
+    let first_id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+
+    let streamed = messages(&http, &url, &acme.key, &ask("claude", true)).await;
+    assert_eq!(streamed.status, 200);
+    let text = streamed.text();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"message_start"));
+    assert_eq!(kinds.last(), Some(&"message_stop"));
+    let stream_id = streamed.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    // Both metered: Anthropic's input excludes cache reads; Sluice counts them in, as cached.
+    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    for id in [first_id, stream_id] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let row: (i64, i64, i64, String) = loop {
+            let row = sqlx::query_as(
+                "SELECT input_tokens, cached_input_tokens, output_tokens, source \
+                 FROM usage_records WHERE request_id = $1",
+            )
+            .bind(&id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            if let Some(row) = row {
+                break row;
+            }
+            assert!(Instant::now() < deadline, "usage of {id} never arrived");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            row,
+            (
+                (PROMPT_TOKENS + ANTHROPIC_CACHE_READ) as i64,
+                ANTHROPIC_CACHE_READ as i64,
+                COMPLETION_TOKENS as i64,
+                "PROVIDER_REPORTED".to_owned()
+            )
+        );
+    }
+
+    // An OpenAI-family model on Anthropic's endpoint: refused, in Anthropic's shape.
+    let mismatch = messages(&http, &url, &acme.key, &ask("gpt-4o-mini", false)).await;
+    assert_eq!(mismatch.status, 400, "{}", mismatch.text());
+    let error = mismatch.json();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert_eq!(error["error"]["code"], "provider_mismatch");
+    assert_eq!(error["error"]["next_action"], "fix");
+    // Anthropic requires max_tokens; so does Sluice's native endpoint.
+    let no_max = messages(
+        &http,
+        &url,
+        &acme.key,
+        &json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(no_max.status, 400);
+    assert_eq!(no_max.json()["error"]["type"], "invalid_request_error");
+    // A bad key is refused in Anthropic's shape too.
+    let bad = messages(&http, &url, "sk-sluice-nope", &ask("claude", false)).await;
+    assert_eq!(bad.status, 401);
+    assert_eq!(bad.json()["error"]["type"], "authentication_error");
+
+    // MOCK posture answers in Anthropic's format, streams included, with no upstream call.
+    cp.ctl(&["project", "set-posture", "acme/web", "mock"]).ok();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let calls = upstream.requests().len();
+    let mocked = messages(&http, &url, &acme.key, &ask("claude", false)).await;
+    assert_eq!(mocked.status, 200);
+    let mocked = mocked.json();
+    assert_eq!(mocked["type"], "message");
+    assert_eq!(mocked["content"][0]["type"], "text");
+    assert!(mocked["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    let mocked_stream = messages(&http, &url, &acme.key, &ask("claude", true)).await;
+    let kinds: Vec<String> = mocked_stream
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: ").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        calls,
+        "MOCK posture called the upstream"
+    );
+}
