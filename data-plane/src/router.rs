@@ -17,6 +17,12 @@ use crate::http_body::{Body, full};
 pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     let request_id = sluice_shared::ids::new_id();
     let path = request.uri().path();
+    if path.starts_with("/v1/") {
+        gateway
+            .metrics
+            .requests_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let result = match (request.method(), path) {
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".to_owned())),
         (&Method::GET, "/readyz") => Ok(readiness(&gateway)),
@@ -29,50 +35,27 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
             ),
         )),
         (&Method::POST, "/v1/chat/completions") => {
-            gateway
-                .metrics
-                .requests_total
-                .fetch_add(1, Ordering::Relaxed);
             chat_completions(&gateway, request, &request_id).await
         }
-        (&Method::POST, "/v1/embeddings") => {
-            gateway
-                .metrics
-                .requests_total
-                .fetch_add(1, Ordering::Relaxed);
-            embeddings(&gateway, request, &request_id).await
-        }
-        (&Method::POST, "/v1/messages") => {
-            gateway
-                .metrics
-                .requests_total
-                .fetch_add(1, Ordering::Relaxed);
-            messages(&gateway, request, &request_id).await
-        }
-        (&Method::POST, "/v1/responses") => {
-            gateway
-                .metrics
-                .requests_total
-                .fetch_add(1, Ordering::Relaxed);
-            responses(&gateway, request, &request_id).await
-        }
-        (&Method::GET, "/v1/models") => {
-            gateway
-                .metrics
-                .requests_total
-                .fetch_add(1, Ordering::Relaxed);
-            models(&gateway, &request)
-        }
-        (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/responses" | "/v1/models") => {
-            Err(GatewayError::new(
-                ErrorCode::MethodNotAllowed,
-                format!("{} is not allowed on {path}", request.method()),
-            ))
-        }
+        (&Method::POST, "/v1/embeddings") => embeddings(&gateway, request, &request_id).await,
+        (&Method::POST, "/v1/messages") => messages(&gateway, request, &request_id).await,
+        (&Method::POST, "/v1/responses") => responses(&gateway, request, &request_id).await,
+        (&Method::GET, "/v1/models") => models(&gateway, &request),
+        (
+            _,
+            "/v1/chat/completions"
+            | "/v1/embeddings"
+            | "/v1/responses"
+            | "/v1/messages"
+            | "/v1/models",
+        ) => Err(GatewayError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{} is not allowed on {path}", request.method()),
+        )),
         _ => Err(GatewayError::new(
             ErrorCode::NotFound,
             format!(
-                "no route for {path}: see GET /v1/models, POST /v1/chat/completions, /v1/embeddings and /v1/responses"
+                "no route for {path}: see GET /v1/models, POST /v1/chat/completions, /v1/embeddings, /v1/responses and /v1/messages"
             ),
         )),
     };

@@ -234,6 +234,20 @@ fn models_answer(
     }
 }
 
+/// Named server-sent events, all at once.
+fn sse_response(
+    events: &[(&str, Value)],
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    let text: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    Response::builder()
+        .header("content-type", "text/event-stream; charset=utf-8")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .unwrap()
+}
+
 /// Anthropic's Messages API: a `message`, or with `stream: true` its event stream; model
 /// `fail-401` gets Anthropic's authentication error. Usage reports [`PROMPT_TOKENS`] input
 /// tokens plus [`ANTHROPIC_CACHE_READ`] read from the cache, and [`COMPLETION_TOKENS`].
@@ -289,14 +303,7 @@ fn anthropic_answer(
         ),
         ("message_stop", json!({"type": "message_stop"})),
     ];
-    let text: String = events
-        .iter()
-        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
-        .collect();
-    Response::builder()
-        .header("content-type", "text/event-stream; charset=utf-8")
-        .body(Full::new(Bytes::from(text)).boxed())
-        .unwrap()
+    sse_response(&events)
 }
 
 /// OpenAI's Responses API: a `response` object, or with `stream: true` its event sequence
@@ -341,14 +348,7 @@ fn responses_answer(
             "response": response("completed", usage, Some("Hello from the mock upstream"))}),
         ),
     ];
-    let text: String = events
-        .iter()
-        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
-        .collect();
-    Response::builder()
-        .header("content-type", "text/event-stream; charset=utf-8")
-        .body(Full::new(Bytes::from(text)).boxed())
-        .unwrap()
+    sse_response(&events)
 }
 
 /// The usage block to report: [`PROMPT_TOKENS`] / [`COMPLETION_TOKENS`] / no cached tokens,
