@@ -37,6 +37,31 @@ pub fn authenticate_anthropic<'t>(
     authenticate_key(tables, key, now_us)
 }
 
+/// For Gemini's native endpoints: its SDKs send the key as `x-goog-api-key` or `?key=`;
+/// `Authorization: Bearer` works too. The key never travels further (the upstream URL is the
+/// provider's, without this query).
+pub fn authenticate_gemini<'t, B>(
+    tables: &'t RoutingTables,
+    request: &http::Request<B>,
+    now_us: i64,
+) -> Result<Caller<'t>, GatewayError> {
+    let headers = request.headers();
+    let from_query = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("key="))
+            .filter(|k| !k.is_empty())
+    });
+    let key = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .or(from_query)
+        .or_else(|| bearer(headers));
+    authenticate_key(tables, key, now_us)
+}
+
 fn authenticate_key<'t>(
     tables: &'t RoutingTables,
     key: Option<&str>,

@@ -12,7 +12,7 @@ use rand::Rng;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
 
-use crate::auth::{Caller, authenticate, authenticate_anthropic};
+use crate::auth::{Caller, authenticate, authenticate_anthropic, authenticate_gemini};
 use crate::chat_request::ChatRequest;
 use crate::error_response::{ErrorShape, GatewayError};
 use crate::gateway::Gateway;
@@ -39,6 +39,9 @@ pub enum Operation {
     Responses,
     /// Anthropic's native Messages API, passed through to Anthropic providers.
     Messages,
+    /// Gemini's native `generateContent` and `streamGenerateContent`.
+    GenerateContent,
+    StreamGenerateContent,
 }
 
 impl Operation {
@@ -48,6 +51,8 @@ impl Operation {
             Self::Embeddings => "/v1/embeddings",
             Self::Responses => "/v1/responses",
             Self::Messages => "/v1/messages",
+            Self::GenerateContent => "models/{model}:generateContent",
+            Self::StreamGenerateContent => "models/{model}:streamGenerateContent",
         }
     }
 
@@ -57,7 +62,13 @@ impl Operation {
             Self::Embeddings => &deployment.embeddings_uri,
             Self::Responses => &deployment.responses_uri,
             Self::Messages => &deployment.messages_uri,
+            Self::GenerateContent => &deployment.generate_uri,
+            Self::StreamGenerateContent => &deployment.stream_generate_uri,
         }
+    }
+
+    fn is_gemini(self) -> bool {
+        matches!(self, Self::GenerateContent | Self::StreamGenerateContent)
     }
 
     /// Whether a provider of this type serves the operation.
@@ -72,6 +83,9 @@ impl Operation {
             ),
             Self::Responses => provider_type == ProviderType::OpenAi,
             Self::Messages => provider_type == ProviderType::Anthropic,
+            Self::GenerateContent | Self::StreamGenerateContent => {
+                provider_type == ProviderType::Google
+            }
         }
     }
 
@@ -80,6 +94,7 @@ impl Operation {
     fn native_family(self) -> Option<ProviderType> {
         match self {
             Self::Messages => Some(ProviderType::Anthropic),
+            Self::GenerateContent | Self::StreamGenerateContent => Some(ProviderType::Google),
             _ => None,
         }
     }
@@ -109,6 +124,34 @@ pub async fn responses(
     serve(gateway, request, request_id, Operation::Responses).await
 }
 
+/// Gemini's `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent`,
+/// and the same under `/v1/`); errors in Google's shape.
+pub async fn generate_content(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    request_id: &str,
+    stream: bool,
+) -> Result<Response<Body>, GatewayError> {
+    let operation = if stream {
+        Operation::StreamGenerateContent
+    } else {
+        Operation::GenerateContent
+    };
+    serve(gateway, request, request_id, operation)
+        .await
+        .map_err(|error| error.in_shape(ErrorShape::Gemini))
+}
+
+/// The model named in a Gemini path: `/v1beta/models/{model}:{method}` or `/v1/models/...`;
+/// the method is returned too.
+pub fn gemini_route(path: &str) -> Option<(&str, &str)> {
+    let rest = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (model, method) = rest.rsplit_once(':')?;
+    (!model.is_empty() && !model.contains('/')).then_some((model, method))
+}
+
 /// `POST /v1/messages`: Anthropic's Messages API; errors in Anthropic's shape.
 pub async fn messages(
     gateway: &Arc<Gateway>,
@@ -135,7 +178,17 @@ async fn serve(
     let now_us = sluice_shared::time::now_us();
     let caller = match operation {
         Operation::Messages => authenticate_anthropic(&tables, request.headers(), now_us)?,
+        Operation::GenerateContent | Operation::StreamGenerateContent => {
+            authenticate_gemini(&tables, &request, now_us)?
+        }
         _ => authenticate(&tables, request.headers(), now_us)?,
+    };
+    let path_model = if operation.is_gemini() {
+        gemini_route(request.uri().path())
+            .map(|(model, _)| model.to_owned())
+            .unwrap_or_default()
+    } else {
+        String::new()
     };
     let metadata = crate::metadata_headers::read(request.headers())?;
     let body = read_body(gateway, request).await?;
@@ -144,6 +197,8 @@ async fn serve(
         Operation::Embeddings => ChatRequest::parse_embeddings(&body)?,
         Operation::Responses => ChatRequest::parse_responses(&body)?,
         Operation::Messages => ChatRequest::parse_messages(&body)?,
+        Operation::GenerateContent => ChatRequest::parse_gemini(&body, &path_model, false)?,
+        Operation::StreamGenerateContent => ChatRequest::parse_gemini(&body, &path_model, true)?,
     };
     let model = resolve_model(&tables, &caller, &chat.model)?;
     if let Some(family) = operation.native_family() {
@@ -215,6 +270,9 @@ async fn admit(
         // Embeddings answer with vectors, not tokens.
         output_tokens: match operation {
             Operation::Embeddings => 0,
+            Operation::GenerateContent | Operation::StreamGenerateContent => chat
+                .gemini_max_output_tokens()
+                .unwrap_or(gateway.default_max_output_tokens),
             Operation::ChatCompletions | Operation::Responses | Operation::Messages => chat
                 .max_output_tokens()
                 .unwrap_or(gateway.default_max_output_tokens),
@@ -319,6 +377,20 @@ fn mock(
                 mock_posture::embeddings(&chat.inputs(), &model.name, dimensions),
                 "application/json",
             )
+        }
+        Operation::GenerateContent | Operation::StreamGenerateContent => {
+            let contents = chat.contents();
+            if chat.stream {
+                (
+                    mock_posture::gemini_stream(&contents, &model.name),
+                    "text/event-stream",
+                )
+            } else {
+                (
+                    mock_posture::gemini(&contents, &model.name),
+                    "application/json",
+                )
+            }
         }
         Operation::Messages => {
             let messages = chat.messages();
@@ -483,7 +555,7 @@ async fn forward(
             None => continue,
         };
         let payload = chat.upstream_body(
-            &deployment.upstream_model,
+            (!operation.is_gemini()).then_some(deployment.upstream_model.as_str()),
             operation == Operation::ChatCompletions,
         )?;
         draft.record.provider_id = provider.id.clone();
@@ -577,7 +649,7 @@ async fn forward(
         return Ok(if stream && status.is_success() {
             stream_back(gateway, response, draft, provider.timeout)
         } else {
-            whole_back(gateway, response, draft).await?
+            whole_back(gateway, response, draft, operation).await?
         });
     }
     Err(last_error.unwrap_or_else(|| {
@@ -604,6 +676,7 @@ async fn whole_back(
     gateway: &Arc<Gateway>,
     response: Response<Incoming>,
     mut draft: UsageDraft,
+    operation: Operation,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = response.into_parts();
     let bytes = Limited::new(incoming, MAX_UPSTREAM_BODY)
@@ -616,7 +689,11 @@ async fn whole_back(
             )
         })?
         .to_bytes();
-    let reported = crate::sse::usage_from_answer(&bytes);
+    let reported = if operation.is_gemini() {
+        crate::sse::usage_from_gemini_answer(&bytes)
+    } else {
+        crate::sse::usage_from_answer(&bytes)
+    };
     let status = parts.status.as_u16();
     match reported {
         Some(usage) => draft.finish(gateway, status, usage, pb::UsageSource::ProviderReported),

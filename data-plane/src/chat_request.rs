@@ -124,25 +124,40 @@ impl<'a> ChatRequest<'a> {
         Ok(request)
     }
 
+    /// A Gemini `generateContent` request: the model comes from the URL path; `contents`
+    /// must be a non-empty array.
+    pub fn parse_gemini(body: &'a Bytes, model: &str, stream: bool) -> Result<Self, GatewayError> {
+        let fields = Self::top_level(body)?;
+        if !find(&fields, "contents").is_some_and(non_empty_array) {
+            return Err(invalid("`contents` must be a non-empty array", "contents"));
+        }
+        Ok(Self {
+            body,
+            fields,
+            model: Cow::Owned(model.to_owned()),
+            stream,
+        })
+    }
+
+    fn top_level(body: &'a Bytes) -> Result<Vec<(Cow<'a, str>, &'a RawValue)>, GatewayError> {
+        match serde_json::from_slice(body) {
+            Ok(TopLevel(fields)) => Ok(fields),
+            Err(error) if error.is_data() => Err(GatewayError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "the request body must be a JSON object of at most {MAX_FIELDS} top-level fields ({error})"
+                ),
+            )),
+            Err(error) => Err(GatewayError::new(
+                ErrorCode::InvalidRequest,
+                format!("the request body is not valid JSON: {error}"),
+            )),
+        }
+    }
+
     /// Any top-level JSON object with a string `model`.
     fn parse_fields(body: &'a Bytes) -> Result<Self, GatewayError> {
-        let TopLevel(fields) = match serde_json::from_slice(body) {
-            Ok(fields) => fields,
-            Err(error) if error.is_data() => {
-                return Err(GatewayError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "the request body must be a JSON object of at most {MAX_FIELDS} top-level fields ({error})"
-                    ),
-                ));
-            }
-            Err(error) => {
-                return Err(GatewayError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("the request body is not valid JSON: {error}"),
-                ));
-            }
-        };
+        let fields = Self::top_level(body)?;
         let model = find(&fields, "model")
             .and_then(|raw| serde_json::from_str::<JsonStr<'a>>(raw.get()).ok())
             .map(|JsonStr(text)| text)
@@ -153,6 +168,25 @@ impl<'a> ChatRequest<'a> {
             model,
             stream: false,
         })
+    }
+
+    /// `contents` as a JSON tree (Gemini's MOCK answer reads it).
+    pub fn contents(&self) -> Value {
+        self.field("contents")
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Gemini's `generationConfig.maxOutputTokens`.
+    pub fn gemini_max_output_tokens(&self) -> Option<u64> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Config {
+            max_output_tokens: Option<u64>,
+        }
+        self.field("generationConfig")
+            .and_then(|raw| serde_json::from_str::<Config>(raw.get()).ok())?
+            .max_output_tokens
     }
 
     /// `input` as a JSON tree (the Responses API's MOCK answer reads it).
@@ -209,6 +243,8 @@ impl<'a> ChatRequest<'a> {
     /// upstream reports no usage.
     pub fn messages_bytes(&self) -> Option<Bytes> {
         self.field("messages")
+            .or_else(|| self.field("contents"))
+            .or_else(|| self.field("input"))
             .map(|raw| self.body.slice_ref(raw.get().as_bytes()))
     }
 
@@ -216,9 +252,11 @@ impl<'a> ChatRequest<'a> {
     /// dropped, and for streams `stream_options.include_usage` set so usage can be metered.
     /// `ask_stream_usage`: chat completions report a stream's usage only when asked; the
     /// Responses API always does (and refuses the option).
+    /// `upstream_model` `None`: the upstream names the model in its URL (Gemini), so the body
+    /// carries none.
     pub fn upstream_body(
         &self,
-        upstream_model: &str,
+        upstream_model: Option<&str>,
         ask_stream_usage: bool,
     ) -> Result<Bytes, GatewayError> {
         let ask = self.stream && ask_stream_usage;
@@ -228,10 +266,14 @@ impl<'a> ChatRequest<'a> {
             .iter()
             .map(|(k, v)| k.len() + v.get().len() + 4)
             .sum();
-        let mut out = Vec::with_capacity(size + upstream_model.len() + 64);
+        let mut out = Vec::with_capacity(size + upstream_model.map_or(0, str::len) + 64);
         out.push(b'{');
-        out.extend_from_slice(b"\"model\":");
-        serde_json::to_writer(&mut out, upstream_model).map_err(encode_error)?;
+        let mut first = true;
+        if let Some(upstream_model) = upstream_model {
+            out.extend_from_slice(b"\"model\":");
+            serde_json::to_writer(&mut out, upstream_model).map_err(encode_error)?;
+            first = false;
+        }
         for (key, raw) in &self.fields {
             let key: &str = key;
             if key == "model"
@@ -240,7 +282,10 @@ impl<'a> ChatRequest<'a> {
             {
                 continue;
             }
-            out.push(b',');
+            if !first {
+                out.push(b',');
+            }
+            first = false;
             serde_json::to_writer(&mut out, key).map_err(encode_error)?;
             out.push(b':');
             out.extend_from_slice(raw.get().as_bytes());
@@ -251,7 +296,10 @@ impl<'a> ChatRequest<'a> {
                 .and_then(|raw| serde_json::from_str(raw.get()).ok())
                 .unwrap_or_default();
             options.insert("include_usage".to_owned(), Value::Bool(true));
-            out.extend_from_slice(b",\"stream_options\":");
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"stream_options\":");
             serde_json::to_writer(&mut out, &options).map_err(encode_error)?;
         }
         out.push(b'}');
@@ -340,7 +388,8 @@ mod tests {
         let request = parse(r#"{"model":"public","messages":[{"role":"user","content":"hi \u00e9"}],"temperature":0.25,"metadata":{"k":"v"}}"#).unwrap();
         assert_eq!(request.model, "public");
         let upstream: Value =
-            serde_json::from_slice(&request.upstream_body("gpt-4o-2024", true).unwrap()).unwrap();
+            serde_json::from_slice(&request.upstream_body(Some("gpt-4o-2024"), true).unwrap())
+                .unwrap();
         assert_eq!(upstream["model"], "gpt-4o-2024");
         assert_eq!(upstream["temperature"], 0.25);
         assert_eq!(upstream["metadata"]["k"], "v");
@@ -357,12 +406,13 @@ mod tests {
         assert_eq!(request.model, "café");
         assert!(!request.stream);
         let upstream: Value =
-            serde_json::from_slice(&request.upstream_body("up", true).unwrap()).unwrap();
+            serde_json::from_slice(&request.upstream_body(Some("up"), true).unwrap()).unwrap();
         assert_eq!(upstream["model"], "up");
         assert_eq!(upstream["stream"], false);
         let escaped =
             parse(r#"{"model":"m","messages":[1],"api_\u0062ase":"http://evil"}"#).unwrap();
-        let body = String::from_utf8(escaped.upstream_body("m", true).unwrap().to_vec()).unwrap();
+        let body =
+            String::from_utf8(escaped.upstream_body(Some("m"), true).unwrap().to_vec()).unwrap();
         assert!(!body.contains("evil"), "{body}");
     }
 
@@ -381,7 +431,7 @@ mod tests {
     fn control_fields_never_go_upstream() {
         let request = parse(r#"{"model":"m","messages":[1],"api_base":"http://evil","base_url":"x","extra_body":{"api_base":"y"},"custom_host":"z"}"#).unwrap();
         let upstream =
-            String::from_utf8(request.upstream_body("m", true).unwrap().to_vec()).unwrap();
+            String::from_utf8(request.upstream_body(Some("m"), true).unwrap().to_vec()).unwrap();
         for field in ["api_base", "base_url", "extra_body", "custom_host", "evil"] {
             assert!(!upstream.contains(field), "{upstream}");
         }
@@ -392,7 +442,7 @@ mod tests {
         let request = parse(r#"{"model":"m","messages":[1],"stream":true,"stream_options":{"include_obfuscation":false}}"#).unwrap();
         assert!(request.stream);
         let upstream: Value =
-            serde_json::from_slice(&request.upstream_body("m", true).unwrap()).unwrap();
+            serde_json::from_slice(&request.upstream_body(Some("m"), true).unwrap()).unwrap();
         assert_eq!(
             upstream["stream_options"],
             serde_json::json!({"include_usage": true, "include_obfuscation": false})

@@ -25,6 +25,23 @@ pub enum ErrorShape {
     OpenAi,
     /// `{"type": "error", "error": {"type", "message", ...}}`
     Anthropic,
+    /// `{"error": {"code": <status>, "message", "status": "INVALID_ARGUMENT", ...}}`
+    Gemini,
+}
+
+/// Google's canonical status name for an HTTP status.
+fn google_status(status: u16) -> &'static str {
+    match status {
+        400 | 409 | 413 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        405 => "UNIMPLEMENTED",
+        429 => "RESOURCE_EXHAUSTED",
+        502 | 503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
 }
 
 /// Anthropic's error `type` for a status.
@@ -80,6 +97,16 @@ impl GatewayError {
                     "type": self.code.error_type(),
                     "param": self.param,
                     "code": self.code.as_str(),
+                    "next_action": self.code.next_action().as_str(),
+                    "request_id": request_id,
+                }
+            }),
+            ErrorShape::Gemini => json!({
+                "error": {
+                    "code": self.code.http_status(),
+                    "message": self.message,
+                    "status": google_status(self.code.http_status()),
+                    "sluice_code": self.code.as_str(),
                     "next_action": self.code.next_action().as_str(),
                     "request_id": request_id,
                 }

@@ -274,6 +274,69 @@ pub fn anthropic_message_stream(messages: &Value, model: &str, request_id: &str)
     }
 }
 
+/// A Gemini `GenerateContentResponse`.
+fn gemini_response(text: &str, model: &str, usage: Value, finished: bool) -> Value {
+    let mut candidate =
+        json!({"content": {"parts": [{"text": text}], "role": "model"}, "index": 0});
+    if finished {
+        candidate["finishReason"] = json!("STOP");
+    }
+    json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": model})
+}
+
+fn gemini_usage(prompt: u64, candidates: Option<u64>) -> Value {
+    match candidates {
+        Some(candidates) => json!({"promptTokenCount": prompt,
+            "candidatesTokenCount": candidates, "totalTokenCount": prompt + candidates}),
+        None => json!({"promptTokenCount": prompt, "totalTokenCount": prompt}),
+    }
+}
+
+/// The MOCK answer on Gemini's `generateContent`.
+pub fn gemini(contents: &Value, model: &str) -> MockAnswer {
+    let (text, prompt_tokens, completion_tokens) = reply_and_counts(contents);
+    let body = gemini_response(
+        &text,
+        model,
+        gemini_usage(prompt_tokens, Some(completion_tokens)),
+        true,
+    );
+    MockAnswer {
+        body: body.to_string(),
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
+/// The same on `streamGenerateContent?alt=sse`: the text in two chunks, the last with the
+/// finish reason and the full usage.
+pub fn gemini_stream(contents: &Value, model: &str) -> MockAnswer {
+    let (text, prompt_tokens, completion_tokens) = reply_and_counts(contents);
+    let split = text
+        .char_indices()
+        .nth(text.chars().count() / 2)
+        .map_or(text.len(), |(at, _)| at);
+    let (first, second) = text.split_at(split);
+    let chunks = [
+        gemini_response(first, model, gemini_usage(prompt_tokens, None), false),
+        gemini_response(
+            second,
+            model,
+            gemini_usage(prompt_tokens, Some(completion_tokens)),
+            true,
+        ),
+    ];
+    let body = chunks
+        .iter()
+        .map(|chunk| format!("data: {chunk}\r\n\r\n"))
+        .collect();
+    MockAnswer {
+        body,
+        prompt_tokens,
+        completion_tokens,
+    }
+}
+
 /// Width of a MOCK embedding unless the request asks for `dimensions` (OpenAI's
 /// text-embedding-3-small default).
 pub const DEFAULT_EMBEDDING_DIMENSIONS: usize = 1536;

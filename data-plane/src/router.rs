@@ -9,7 +9,9 @@ use serde_json::json;
 use sluice_shared::error_code::ErrorCode;
 
 use crate::auth::authenticate;
-use crate::chat::{chat_completions, embeddings, messages, responses};
+use crate::chat::{
+    chat_completions, embeddings, gemini_route, generate_content, messages, responses,
+};
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
@@ -17,7 +19,7 @@ use crate::http_body::{Body, full};
 pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     let request_id = sluice_shared::ids::new_id();
     let path = request.uri().path();
-    if path.starts_with("/v1/") {
+    if path.starts_with("/v1/") || path.starts_with("/v1beta/") {
         gateway
             .metrics
             .requests_total
@@ -41,6 +43,21 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
         (&Method::POST, "/v1/messages") => messages(&gateway, request, &request_id).await,
         (&Method::POST, "/v1/responses") => responses(&gateway, request, &request_id).await,
         (&Method::GET, "/v1/models") => models(&gateway, &request),
+        (&Method::POST, _) if gemini_route(path).is_some() => {
+            match gemini_route(path).map(|(_, method)| method) {
+                Some("generateContent") => {
+                    generate_content(&gateway, request, &request_id, false).await
+                }
+                Some("streamGenerateContent") => {
+                    generate_content(&gateway, request, &request_id, true).await
+                }
+                _ => Err(GatewayError::new(
+                    ErrorCode::NotFound,
+                    format!("no route for {path}: Gemini's generateContent and streamGenerateContent are served"),
+                )
+                .in_shape(crate::error_response::ErrorShape::Gemini)),
+            }
+        }
         (
             _,
             "/v1/chat/completions"

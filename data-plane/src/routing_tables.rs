@@ -77,6 +77,10 @@ pub struct DeploymentEntry {
     pub responses_uri: http::Uri,
     /// Anthropic's Messages API (Anthropic providers only).
     pub messages_uri: http::Uri,
+    /// Gemini's `models/{model}:generateContent` and `:streamGenerateContent?alt=sse` for this
+    /// deployment's model (Google providers only).
+    pub generate_uri: http::Uri,
+    pub stream_generate_uri: http::Uri,
 }
 
 /// How a provider key travels to the upstream.
@@ -255,6 +259,12 @@ impl RoutingTables {
                         )?,
                         responses_uri: on.responses_uri.clone(),
                         messages_uri: on.messages_uri.clone(),
+                        generate_uri: gemini_uri(on, &d.upstream_model, "generateContent")?,
+                        stream_generate_uri: gemini_uri(
+                            on,
+                            &d.upstream_model,
+                            "streamGenerateContent",
+                        )?,
                     });
                 }
             }
@@ -425,6 +435,30 @@ fn deployment_uri(
     url.as_str().parse().map_err(|_| bad())
 }
 
+/// `{base}/v1beta/models/{model}:{method}` (streams with `alt=sse`, so the answer is
+/// server-sent events).
+fn gemini_uri(
+    provider: &ProviderEntry,
+    upstream_model: &str,
+    method: &str,
+) -> Result<http::Uri, InvalidSnapshot> {
+    let bad = || {
+        invalid(format!(
+            "provider {}: cannot make a URL for model {upstream_model}",
+            provider.name
+        ))
+    };
+    let mut url = url::Url::parse(&provider.base_url).map_err(|_| bad())?;
+    url.path_segments_mut()
+        .map_err(|_| bad())?
+        .pop_if_empty()
+        .extend(["v1beta", "models", &format!("{upstream_model}:{method}")]);
+    if method == "streamGenerateContent" {
+        url.query_pairs_mut().append_pair("alt", "sse");
+    }
+    url.as_str().parse().map_err(|_| bad())
+}
+
 fn provider(
     p: &pb::ProviderConfig,
     opener: &SecretOpener,
@@ -558,6 +592,9 @@ fn provider(
             }
             ProviderType::Anthropic => {
                 CredentialHeader::Named(HeaderName::from_static("x-api-key"))
+            }
+            ProviderType::Google => {
+                CredentialHeader::Named(HeaderName::from_static("x-goog-api-key"))
             }
             _ => CredentialHeader::Bearer,
         },

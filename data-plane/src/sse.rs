@@ -95,6 +95,46 @@ pub fn usage_from_answer(body: &[u8]) -> Option<Usage> {
     })
 }
 
+/// Gemini's `usageMetadata`. Thinking tokens are billed as output but counted apart from
+/// the candidates; cached content is part of the prompt count.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiUsage {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+}
+
+impl From<GeminiUsage> for Usage {
+    fn from(usage: GeminiUsage) -> Self {
+        Self {
+            input_tokens: usage.prompt_token_count,
+            output_tokens: usage.candidates_token_count + usage.thoughts_token_count,
+            cached_input_tokens: usage.cached_content_token_count,
+            reasoning_tokens: usage.thoughts_token_count,
+        }
+    }
+}
+
+/// The `usageMetadata` of a whole Gemini answer.
+pub fn usage_from_gemini_answer(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        #[serde(default)]
+        usage_metadata: Option<GeminiUsage>,
+    }
+    serde_json::from_slice::<Answer>(body)
+        .ok()?
+        .usage_metadata
+        .map(Usage::from)
+}
+
 fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     let at = body.windows(KEY.len()).rposition(|window| window == KEY)?;
@@ -130,6 +170,9 @@ struct StreamEvent<'a> {
     /// Anthropic's `message_start` carries the input usage in its message.
     #[serde(borrow, default)]
     message: Option<ResponseUsage<'a>>,
+    /// Gemini's chunks carry `usageMetadata` (complete in the last one).
+    #[serde(borrow, default, rename = "usageMetadata")]
+    usage_metadata: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +282,14 @@ impl SseUsageScanner {
                     self.content_chars += text.chars().count();
                 }
             }
+            _ if event.usage_metadata.is_some() => {
+                if let Some(Ok(usage)) = event
+                    .usage_metadata
+                    .map(|raw| serde_json::from_str::<GeminiUsage>(raw.get()))
+                {
+                    self.usage = Some(usage.into());
+                }
+            }
             _ => {
                 let usage = event
                     .usage
@@ -302,6 +353,29 @@ mod tests {
                 usage.output_tokens
             ),
             (5, 2, 4)
+        );
+    }
+
+    #[test]
+    fn gemini_usage_metadata_is_metered_with_thoughts_as_output() {
+        let stream = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}],\"role\":\"model\"}}],\"usageMetadata\":{\"promptTokenCount\":9,\"totalTokenCount\":9}}\r\n\r\n\
+            data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\" there\"}],\"role\":\"model\"},\"finishReason\":\"STOP\"}],\
+            \"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":4,\"thoughtsTokenCount\":2,\"cachedContentTokenCount\":3,\"totalTokenCount\":15}}\r\n\r\n";
+        let mut scanner = SseUsageScanner::default();
+        scanner.feed(stream.as_bytes());
+        assert_eq!(
+            scanner.usage,
+            Some(Usage {
+                input_tokens: 9,
+                output_tokens: 6,
+                cached_input_tokens: 3,
+                reasoning_tokens: 2
+            })
+        );
+        let whole = br#"{"candidates":[],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":2,"totalTokenCount":7},"modelVersion":"gemini-2.5-flash"}"#;
+        assert_eq!(
+            usage_from_gemini_answer(whole).map(|u| u.output_tokens),
+            Some(2)
         );
     }
 

@@ -1,7 +1,8 @@
 //! A mock OpenAI upstream on 127.0.0.1:0 speaking the real wire format: chat completions as
 //! JSON or as SSE `chat.completion.chunk` events with a final usage chunk and `[DONE]`, and
 //! OpenAI's error bodies; embeddings (`/v1/embeddings`, four-number vectors); the Responses
-//! API (`/v1/responses`, JSON or its event stream); Anthropic's Messages API (`/v1/messages`). Azure OpenAI's
+//! API (`/v1/responses`, JSON or its event stream); Anthropic's Messages API (`/v1/messages`);
+//! Gemini's `generateContent` / `streamGenerateContent` (`/v1beta/models/...`). Azure OpenAI's
 //! deployment paths
 //! (`/openai/deployments/{name}/chat/completions` and `/embeddings`) answer the same way, the deployment standing
 //! for the model. The upstream model name picks a behaviour, so one server covers every
@@ -31,6 +32,8 @@ pub const PROMPT_TOKENS: u64 = 11;
 pub const COMPLETION_TOKENS: u64 = 7;
 /// Input tokens the Anthropic mock reports as read from its cache, beside [`PROMPT_TOKENS`].
 pub const ANTHROPIC_CACHE_READ: u64 = 2;
+/// Thinking tokens the Gemini mock reports beside [`COMPLETION_TOKENS`].
+pub const GEMINI_THOUGHTS: u64 = 2;
 pub const STREAM_CHUNKS: usize = 5;
 pub const STREAM_GAP: Duration = Duration::from_millis(150);
 /// How long the `pause` model waits before it answers normally.
@@ -248,6 +251,58 @@ fn sse_response(
         .unwrap()
 }
 
+/// Gemini's `models/{model}:generateContent` and `:streamGenerateContent` (server-sent
+/// events, as `alt=sse` asks): usage reports [`PROMPT_TOKENS`], [`COMPLETION_TOKENS`] and
+/// [`GEMINI_THOUGHTS`] thinking tokens.
+fn gemini_answer(
+    headers: &HeaderMap,
+    rest: &str,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    if headers.get("x-goog-api-key").is_none() {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": {"code": 403, "message": "Method doesn't allow unregistered callers.", "status": "PERMISSION_DENIED"}}),
+        );
+    }
+    let (model, method) = rest.rsplit_once(':').unwrap_or((rest, ""));
+    let usage = json!({"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": COMPLETION_TOKENS,
+                       "thoughtsTokenCount": GEMINI_THOUGHTS,
+                       "totalTokenCount": PROMPT_TOKENS + COMPLETION_TOKENS + GEMINI_THOUGHTS});
+    let chunk = |text: &str, usage: Value, done: bool| {
+        let mut candidate =
+            json!({"content": {"parts": [{"text": text}], "role": "model"}, "index": 0});
+        if done {
+            candidate["finishReason"] = json!("STOP");
+        }
+        json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": model})
+    };
+    match method {
+        "generateContent" => json_response(
+            StatusCode::OK,
+            chunk("Hello from the mock upstream", usage, true),
+        ),
+        "streamGenerateContent" => {
+            let text = format!(
+                "data: {}\r\n\r\ndata: {}\r\n\r\n",
+                chunk(
+                    "Hello from",
+                    json!({"promptTokenCount": PROMPT_TOKENS}),
+                    false
+                ),
+                chunk(" the mock upstream", usage, true)
+            );
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Full::new(Bytes::from(text)).boxed())
+                .unwrap()
+        }
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}),
+        ),
+    }
+}
+
 /// Anthropic's Messages API: a `message`, or with `stream: true` its event stream; model
 /// `fail-401` gets Anthropic's authentication error. Usage reports [`PROMPT_TOKENS`] input
 /// tokens plus [`ANTHROPIC_CACHE_READ`] read from the cache, and [`COMPLETION_TOKENS`].
@@ -425,6 +480,9 @@ async fn handle(
     }
     if path == "/v1/messages" {
         return Ok(anthropic_answer(&headers, &body));
+    }
+    if let Some(rest) = path.strip_prefix("/v1beta/models/") {
+        return Ok(gemini_answer(&headers, rest));
     }
     let azure_deployment = azure
         .and_then(|rest| rest.strip_suffix("/chat/completions"))
