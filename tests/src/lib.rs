@@ -331,6 +331,32 @@ pub fn live_stack_with(
     (upstream, cp_dir, cp, acme)
 }
 
+/// Waits (bounded) for the usage record of `request_id` to reach the control plane's SQLite
+/// store and returns `columns` of it.
+pub async fn await_usage<T>(pool: &sqlx::SqlitePool, columns: &str, request_id: &str) -> T
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
+    let sql = format!("SELECT {columns} FROM usage_records WHERE request_id = $1");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let row = sqlx::query_as::<_, T>(&sql)
+            .bind(request_id)
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
+        if let Some(row) = row {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usage of {request_id} never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What [`ControlPlane::seed_acme`] made: the virtual key and the data-plane token.
 pub struct Acme {
     pub key: String,

@@ -6,13 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use serde_json::{Value, json};
-use sluice_e2e::live_stack;
 use sluice_e2e::mock_openai::{ANTHROPIC_CACHE_READ, COMPLETION_TOKENS, MockOpenAi, PROMPT_TOKENS};
 use sluice_e2e::proxy::{Http, HttpResponse, ProxyBuilder};
+use sluice_e2e::{await_usage, live_stack};
 
 const ANTHROPIC_KEY: &str = "sk-ant-canary-4411";
 
@@ -95,22 +93,12 @@ async fn messages_pass_through_are_metered_and_stay_in_their_family() {
     let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
     let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
     for id in [first_id, stream_id] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let row: (i64, i64, i64, String) = loop {
-            let row = sqlx::query_as(
-                "SELECT input_tokens, cached_input_tokens, output_tokens, source \
-                 FROM usage_records WHERE request_id = $1",
-            )
-            .bind(&id)
-            .fetch_optional(&pool)
-            .await
-            .unwrap();
-            if let Some(row) = row {
-                break row;
-            }
-            assert!(Instant::now() < deadline, "usage of {id} never arrived");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let row: (i64, i64, i64, String) = await_usage(
+            &pool,
+            "input_tokens, cached_input_tokens, output_tokens, source",
+            &id,
+        )
+        .await;
         assert_eq!(
             row,
             (

@@ -7,13 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use serde_json::json;
-use sluice_e2e::live_stack;
 use sluice_e2e::mock_openai::{COMPLETION_TOKENS, GEMINI_THOUGHTS, PROMPT_TOKENS};
 use sluice_e2e::proxy::{Http, ProxyBuilder};
+use sluice_e2e::{await_usage, live_stack};
 
 const GOOGLE_KEY: &str = "AIza-canary-google-7788";
 
@@ -102,22 +100,8 @@ async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
     let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
     let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
     for id in [first_id, stream_id] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let row: (i64, i64, i64) = loop {
-            let row = sqlx::query_as(
-                "SELECT input_tokens, output_tokens, reasoning_tokens FROM usage_records \
-                 WHERE request_id = $1",
-            )
-            .bind(&id)
-            .fetch_optional(&pool)
-            .await
-            .unwrap();
-            if let Some(row) = row {
-                break row;
-            }
-            assert!(Instant::now() < deadline, "usage of {id} never arrived");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let row: (i64, i64, i64) =
+            await_usage(&pool, "input_tokens, output_tokens, reasoning_tokens", &id).await;
         assert_eq!(
             row,
             (

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
-use sluice_e2e::live_stack;
 use sluice_e2e::proxy::{Http, Proxy, ProxyBuilder};
+use sluice_e2e::{await_usage, live_stack};
 
 #[derive(Debug, PartialEq, Eq)]
 struct Stored {
@@ -21,34 +19,18 @@ struct Stored {
 }
 
 async fn stored(pool: &sqlx::SqlitePool, request_id: &str) -> Stored {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let row = sqlx::query_as::<_, (String, i64, i64, i64, i64)>(
-            "SELECT source, input_tokens, cached_input_tokens, output_tokens, cost_micros \
-             FROM usage_records WHERE request_id = $1",
-        )
-        .bind(request_id)
-        .fetch_optional(pool)
-        .await
-        .ok()
-        .flatten()
-        .map(
-            |(source, input_tokens, cached_input_tokens, output_tokens, cost_micros)| Stored {
-                source,
-                input_tokens,
-                cached_input_tokens,
-                output_tokens,
-                cost_micros,
-            },
-        );
-        if let Some(row) = row {
-            return row;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "usage of {request_id} never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let (source, input_tokens, cached_input_tokens, output_tokens, cost_micros) = await_usage(
+        pool,
+        "source, input_tokens, cached_input_tokens, output_tokens, cost_micros",
+        request_id,
+    )
+    .await;
+    Stored {
+        source,
+        input_tokens,
+        cached_input_tokens,
+        output_tokens,
+        cost_micros,
     }
 }
 
