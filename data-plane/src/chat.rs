@@ -9,6 +9,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use rand::Rng;
+use serde_json::Value;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
 
@@ -74,7 +75,16 @@ impl Operation {
     /// Whether a provider of this type serves the operation.
     fn served_by(self, provider_type: ProviderType) -> bool {
         match self {
-            Self::ChatCompletions | Self::Embeddings => matches!(
+            // Chat completions reach Anthropic too, translated.
+            Self::ChatCompletions => matches!(
+                provider_type,
+                ProviderType::OpenAi
+                    | ProviderType::AzureOpenAi
+                    | ProviderType::Vllm
+                    | ProviderType::Custom
+                    | ProviderType::Anthropic
+            ),
+            Self::Embeddings => matches!(
                 provider_type,
                 ProviderType::OpenAi
                     | ProviderType::AzureOpenAi
@@ -554,10 +564,36 @@ async fn forward(
             None if provider.keyless => None,
             None => continue,
         };
-        let payload = chat.upstream_body(
-            (!operation.is_gemini()).then_some(deployment.upstream_model.as_str()),
-            operation == Operation::ChatCompletions,
-        )?;
+        let to_anthropic = operation == Operation::ChatCompletions
+            && provider.provider_type == ProviderType::Anthropic;
+        let payload = if to_anthropic {
+            if stream {
+                return Err(GatewayError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "model '{}' is served by Anthropic, and streamed chat completions are not translated to it yet: drop `stream`, or call /v1/messages",
+                        model.name
+                    ),
+                )
+                .with_param("stream"));
+            }
+            let translated = crate::translate_anthropic::request(
+                &chat.json(),
+                &deployment.upstream_model,
+                gateway.default_max_output_tokens,
+            )?;
+            Bytes::from(translated.to_string())
+        } else {
+            chat.upstream_body(
+                (!operation.is_gemini()).then_some(deployment.upstream_model.as_str()),
+                operation == Operation::ChatCompletions,
+            )?
+        };
+        let uri = if to_anthropic {
+            &deployment.messages_uri
+        } else {
+            operation.uri(deployment)
+        };
         draft.record.provider_id = provider.id.clone();
         gateway
             .metrics
@@ -570,13 +606,7 @@ async fn forward(
         };
         let response = match gateway
             .upstream
-            .post_json(
-                provider,
-                operation.uri(deployment),
-                credential.as_ref(),
-                accept,
-                payload,
-            )
+            .post_json(provider, uri, credential.as_ref(), accept, payload)
             .await
         {
             Ok(response) => response,
@@ -646,7 +676,9 @@ async fn forward(
         }
         draft.record.http_status = u32::from(status.as_u16());
         draft.prompt = chat.messages_bytes();
-        return Ok(if stream && status.is_success() {
+        return Ok(if to_anthropic {
+            anthropic_back(gateway, response, draft, &model.name).await?
+        } else if stream && status.is_success() {
             stream_back(gateway, response, draft, provider.timeout)
         } else {
             whole_back(gateway, response, draft, operation).await?
@@ -670,6 +702,53 @@ fn stream_back(
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     out
+}
+
+/// An Anthropic answer to a translated chat request: metered from Anthropic's usage and
+/// returned as a `chat.completion`; an Anthropic refusal becomes an OpenAI-shaped error.
+async fn anthropic_back(
+    gateway: &Arc<Gateway>,
+    response: Response<Incoming>,
+    draft: UsageDraft,
+    model_name: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, incoming) = response.into_parts();
+    let bytes = Limited::new(incoming, MAX_UPSTREAM_BODY)
+        .collect()
+        .await
+        .map_err(|error: BoxError| {
+            GatewayError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("the provider's answer broke off: {error}"),
+            )
+        })?
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !parts.status.is_success() {
+        let message = answer["error"]["message"]
+            .as_str()
+            .unwrap_or("no message")
+            .to_owned();
+        return Err(GatewayError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "Anthropic refused the request ({}): {message}",
+                parts.status
+            ),
+        ));
+    }
+    let usage = crate::sse::usage_from_answer(&bytes).unwrap_or_default();
+    let request_id = draft.record.request_id.clone();
+    draft.finish(gateway, 200, usage, pb::UsageSource::ProviderReported);
+    let created = sluice_shared::time::now_us() / 1_000_000;
+    let chat = crate::translate_anthropic::response(&answer, model_name, &request_id, created);
+    let mut out = Response::new(full(chat.to_string()));
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    copy_response_headers(&parts.headers, out.headers_mut());
+    Ok(out)
 }
 
 async fn whole_back(

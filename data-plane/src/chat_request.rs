@@ -170,6 +170,12 @@ impl<'a> ChatRequest<'a> {
         })
     }
 
+    /// The whole request as a JSON tree, for the paths that rewrite it (translation to
+    /// another family).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(self.body).unwrap_or(Value::Null)
+    }
+
     /// `contents` as a JSON tree (Gemini's MOCK answer reads it).
     pub fn contents(&self) -> Value {
         self.field("contents")

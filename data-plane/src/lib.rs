@@ -24,6 +24,7 @@ pub mod settings;
 pub mod snapshot_file;
 pub mod spool_format;
 pub mod sse;
+pub mod translate_anthropic;
 pub mod upstream;
 pub mod usage;
 pub mod usage_reporter;

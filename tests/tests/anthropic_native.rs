@@ -167,3 +167,104 @@ async fn messages_pass_through_are_metered_and_stay_in_their_family() {
         "MOCK posture called the upstream"
     );
 }
+
+/// `/v1/chat/completions` on an Anthropic model: the request is translated to the Messages
+/// API (system prompt apart, turns in order), the answer comes back as a `chat.completion`
+/// with OpenAI-style usage, and a field with no Anthropic equivalent is refused, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_are_translated_to_anthropic_and_back() {
+    let (upstream, _cp_dir, cp, acme) = live_stack("sk-openai-side");
+    let base = format!("http://{}", upstream.addr);
+    cp.ctl(&[
+        "provider",
+        "create",
+        "acme/anthropic",
+        "--type",
+        "anthropic",
+        "--base-url",
+        &base,
+        "--allow-private-network",
+    ])
+    .ok();
+    cp.ctl_stdin(
+        &["provider-key", "add", "acme/anthropic/main"],
+        ANTHROPIC_KEY,
+    )
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/claude",
+        "--deployment",
+        "anthropic:claude-sonnet-4-5",
+    ])
+    .ok();
+    let http = Http::new();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let url = proxy.url("/v1/chat/completions");
+    let body = json!({"model": "claude", "max_tokens": 50, "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "And again?"}]});
+    let answer = http.post(&url, Some(&acme.key), &body).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let chat = answer.json();
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["model"], "claude");
+    assert_eq!(
+        chat["choices"][0]["message"]["content"],
+        "Hello from the mock upstream"
+    );
+    assert_eq!(chat["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        chat["usage"]["prompt_tokens"],
+        PROMPT_TOKENS + ANTHROPIC_CACHE_READ
+    );
+    assert_eq!(
+        chat["usage"]["prompt_tokens_details"]["cached_tokens"],
+        ANTHROPIC_CACHE_READ
+    );
+    assert_eq!(chat["usage"]["completion_tokens"], COMPLETION_TOKENS);
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(seen.path, "/v1/messages");
+    assert_eq!(seen.headers["x-api-key"], ANTHROPIC_KEY);
+    assert_eq!(seen.body["model"], "claude-sonnet-4-5");
+    assert_eq!(seen.body["system"], "Be brief.");
+    assert_eq!(seen.body["max_tokens"], 50);
+    let roles: Vec<&str> = seen.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user"]);
+
+    let refused = http
+        .post(
+            &url,
+            Some(&acme.key),
+            &json!({"model": "claude", "n": 2, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 400);
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`n` cannot be translated")
+    );
+    let streamed = http
+        .post(
+            &url,
+            Some(&acme.key),
+            &json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(streamed.status, 400);
+    assert_eq!(streamed.json()["error"]["param"], "stream");
+}
