@@ -704,6 +704,20 @@ fn stream_back(
     out
 }
 
+/// A whole upstream answer, bounded.
+async fn read_answer(incoming: Incoming) -> Result<Bytes, GatewayError> {
+    Ok(Limited::new(incoming, MAX_UPSTREAM_BODY)
+        .collect()
+        .await
+        .map_err(|error: BoxError| {
+            GatewayError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("the provider's answer broke off: {error}"),
+            )
+        })?
+        .to_bytes())
+}
+
 /// An Anthropic answer to a translated chat request: metered from Anthropic's usage and
 /// returned as a `chat.completion`; an Anthropic refusal becomes an OpenAI-shaped error.
 async fn anthropic_back(
@@ -713,16 +727,7 @@ async fn anthropic_back(
     model_name: &str,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = response.into_parts();
-    let bytes = Limited::new(incoming, MAX_UPSTREAM_BODY)
-        .collect()
-        .await
-        .map_err(|error: BoxError| {
-            GatewayError::new(
-                ErrorCode::UpstreamUnavailable,
-                format!("the provider's answer broke off: {error}"),
-            )
-        })?
-        .to_bytes();
+    let bytes = read_answer(incoming).await?;
     let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !parts.status.is_success() {
         let message = answer["error"]["message"]
@@ -758,16 +763,7 @@ async fn whole_back(
     operation: Operation,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = response.into_parts();
-    let bytes = Limited::new(incoming, MAX_UPSTREAM_BODY)
-        .collect()
-        .await
-        .map_err(|error: BoxError| {
-            GatewayError::new(
-                ErrorCode::UpstreamUnavailable,
-                format!("the provider's answer broke off: {error}"),
-            )
-        })?
-        .to_bytes();
+    let bytes = read_answer(incoming).await?;
     let reported = if operation.is_gemini() {
         crate::sse::usage_from_gemini_answer(&bytes)
     } else {

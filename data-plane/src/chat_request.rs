@@ -16,7 +16,7 @@ use crate::error_response::GatewayError;
 
 /// Request fields that steer a gateway or an SDK, never the model: dropped before forwarding,
 /// so nothing in a request can choose where a provider key goes.
-const GATEWAY_CONTROL_FIELDS: &[&str] = &[
+pub(crate) const GATEWAY_CONTROL_FIELDS: &[&str] = &[
     "api_base",
     "base_url",
     "baseURL",

@@ -6,6 +6,7 @@
 use serde_json::{Map, Value, json};
 use sluice_shared::error_code::ErrorCode;
 
+use crate::chat_request::GATEWAY_CONTROL_FIELDS;
 use crate::error_response::GatewayError;
 
 /// Request fields that carry over (the rest are refused).
@@ -24,20 +25,6 @@ const TRANSLATED: &[&str] = &[
     "parallel_tool_calls",
     "user",
 ];
-/// Fields the gateway itself drops before any upstream (see `chat_request`).
-const GATEWAY_FIELDS: &[&str] = &[
-    "api_base",
-    "base_url",
-    "baseURL",
-    "api_key",
-    "api_version",
-    "custom_llm_provider",
-    "custom_host",
-    "extra_body",
-    "extra_headers",
-    "extra_query",
-];
-
 fn refuse(message: String) -> GatewayError {
     GatewayError::new(ErrorCode::InvalidRequest, message)
 }
@@ -52,7 +39,7 @@ pub fn request(
         .as_object()
         .ok_or_else(|| refuse("the request body must be a JSON object".into()))?;
     for key in object.keys() {
-        if !TRANSLATED.contains(&key.as_str()) && !GATEWAY_FIELDS.contains(&key.as_str()) {
+        if !TRANSLATED.contains(&key.as_str()) && !GATEWAY_CONTROL_FIELDS.contains(&key.as_str()) {
             return Err(refuse(format!(
                 "`{key}` cannot be translated for an Anthropic model: remove it, or call /v1/messages"
             )));

@@ -8,27 +8,15 @@
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use sluice_e2e::mock_openai::{ANTHROPIC_CACHE_READ, COMPLETION_TOKENS, MockOpenAi, PROMPT_TOKENS};
-use sluice_e2e::proxy::{Http, HttpResponse, ProxyBuilder};
-use sluice_e2e::{await_usage, live_stack};
+use sluice_e2e::mock_openai::{ANTHROPIC_CACHE_READ, COMPLETION_TOKENS, PROMPT_TOKENS};
+use sluice_e2e::proxy::{Http, HttpResponse, Proxy, ProxyBuilder};
+use sluice_e2e::{LiveStack, await_usage, live_stack};
 
 const ANTHROPIC_KEY: &str = "sk-ant-canary-4411";
 
-async fn messages(http: &Http, url: &str, key: &str, body: &Value) -> HttpResponse {
-    http.send(
-        "POST",
-        url,
-        None,
-        &[("x-api-key", key), ("anthropic-version", "2023-06-01")],
-        Bytes::from(body.to_string()),
-    )
-    .await
-    .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_pass_through_are_metered_and_stay_in_their_family() {
-    let (upstream, cp_dir, cp, acme): (MockOpenAi, _, _, _) = live_stack("sk-openai-side");
+/// A LIVE stack whose model `claude` is served by an Anthropic provider, and a proxy on it.
+async fn anthropic_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
+    let (upstream, cp_dir, cp, acme) = live_stack("sk-openai-side");
     let base = format!("http://{}", upstream.addr);
     cp.ctl(&[
         "provider",
@@ -58,6 +46,24 @@ async fn messages_pass_through_are_metered_and_stay_in_their_family() {
     let proxy_dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
     proxy.wait_for_version(&http, cp.config_version()).await;
+    ((upstream, cp_dir, cp, acme), proxy_dir, proxy, http)
+}
+
+async fn messages(http: &Http, url: &str, key: &str, body: &Value) -> HttpResponse {
+    http.send(
+        "POST",
+        url,
+        None,
+        &[("x-api-key", key), ("anthropic-version", "2023-06-01")],
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_pass_through_are_metered_and_stay_in_their_family() {
+    let ((upstream, cp_dir, cp, acme), _proxy_dir, proxy, http) = anthropic_stack().await;
     let url = proxy.url("/v1/messages");
     let ask = |model: &str, stream: bool| {
         json!({"model": model, "max_tokens": 256, "stream": stream,
@@ -173,36 +179,7 @@ async fn messages_pass_through_are_metered_and_stay_in_their_family() {
 /// with OpenAI-style usage, and a field with no Anthropic equivalent is refused, not dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_completions_are_translated_to_anthropic_and_back() {
-    let (upstream, _cp_dir, cp, acme) = live_stack("sk-openai-side");
-    let base = format!("http://{}", upstream.addr);
-    cp.ctl(&[
-        "provider",
-        "create",
-        "acme/anthropic",
-        "--type",
-        "anthropic",
-        "--base-url",
-        &base,
-        "--allow-private-network",
-    ])
-    .ok();
-    cp.ctl_stdin(
-        &["provider-key", "add", "acme/anthropic/main"],
-        ANTHROPIC_KEY,
-    )
-    .ok();
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/claude",
-        "--deployment",
-        "anthropic:claude-sonnet-4-5",
-    ])
-    .ok();
-    let http = Http::new();
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
-    proxy.wait_for_version(&http, cp.config_version()).await;
+    let ((upstream, _cp_dir, _cp, acme), _proxy_dir, proxy, http) = anthropic_stack().await;
     let url = proxy.url("/v1/chat/completions");
     let body = json!({"model": "claude", "max_tokens": 50, "messages": [
         {"role": "system", "content": "Be brief."},
