@@ -567,16 +567,6 @@ async fn forward(
         let to_anthropic = operation == Operation::ChatCompletions
             && provider.provider_type == ProviderType::Anthropic;
         let payload = if to_anthropic {
-            if stream {
-                return Err(GatewayError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "model '{}' is served by Anthropic, and streamed chat completions are not translated to it yet: drop `stream`, or call /v1/messages",
-                        model.name
-                    ),
-                )
-                .with_param("stream"));
-            }
             let translated = crate::translate_anthropic::request(
                 &chat.json(),
                 &deployment.upstream_model,
@@ -676,7 +666,17 @@ async fn forward(
         }
         draft.record.http_status = u32::from(status.as_u16());
         draft.prompt = chat.messages_bytes();
-        return Ok(if to_anthropic {
+        return Ok(if to_anthropic && stream && status.is_success() {
+            let include_usage = chat.json()["stream_options"]["include_usage"] == Value::Bool(true);
+            anthropic_stream_back(
+                gateway,
+                response,
+                draft,
+                provider.timeout,
+                &model.name,
+                include_usage,
+            )
+        } else if to_anthropic {
             anthropic_back(gateway, response, draft, &model.name).await?
         } else if stream && status.is_success() {
             stream_back(gateway, response, draft, provider.timeout)
@@ -701,6 +701,41 @@ fn stream_back(
     let mut out = Response::new(Body::new(body));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
+    out
+}
+
+/// A streamed Anthropic answer to a translated chat request, relayed as OpenAI chunks as it
+/// arrives (metered underneath like any stream).
+fn anthropic_stream_back(
+    gateway: &Arc<Gateway>,
+    response: Response<Incoming>,
+    mut draft: UsageDraft,
+    idle: std::time::Duration,
+    model_name: &str,
+    include_usage: bool,
+) -> Response<Body> {
+    draft.spool_start(gateway);
+    let request_id = draft.record.request_id.clone();
+    let (parts, incoming) = response.into_parts();
+    let metered = MeteredBody::new(incoming, draft, gateway.clone(), idle);
+    let created = sluice_shared::time::now_us() / 1_000_000;
+    let body = crate::anthropic_stream::AnthropicToChat::new(
+        metered,
+        &request_id,
+        model_name,
+        created,
+        include_usage,
+    );
+    let mut out = Response::new(Body::new(body));
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    copy_response_headers(&parts.headers, out.headers_mut());
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     out
 }
 

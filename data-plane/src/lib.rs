@@ -2,6 +2,7 @@
 //! tables that a background task keeps current from the control plane. The request path reads
 //! one `ArcSwap` and counts with atomics: no database, no control-plane call, no lock.
 
+pub mod anthropic_stream;
 pub mod auth;
 pub mod budget_leases;
 pub mod chat;

@@ -234,14 +234,45 @@ async fn chat_completions_are_translated_to_anthropic_and_back() {
             .unwrap()
             .contains("`n` cannot be translated")
     );
+    // Streams translate chunk by chunk, usage last when asked for.
     let streamed = http
         .post(
             &url,
             Some(&acme.key),
-            &json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+            &json!({"model": "claude", "stream": true, "stream_options": {"include_usage": true},
+                    "messages": [{"role": "user", "content": "hi"}]}),
         )
         .await
         .unwrap();
-    assert_eq!(streamed.status, 400);
-    assert_eq!(streamed.json()["error"]["param"], "stream");
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    let text = streamed.text();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Hello from the mock upstream");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "stop")
+    );
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["prompt_tokens"], PROMPT_TOKENS + ANTHROPIC_CACHE_READ);
+    assert_eq!(usage["completion_tokens"], COMPLETION_TOKENS);
+    assert_eq!(upstream.requests().pop().unwrap().body["stream"], true);
 }
