@@ -727,11 +727,8 @@ fn anthropic_stream_back(
         include_usage,
     );
     let mut out = Response::new(Body::new(body));
-    out.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
     copy_response_headers(&parts.headers, out.headers_mut());
+    // The body is OpenAI's event stream now, whatever the upstream labelled its own.
     out.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
