@@ -667,7 +667,7 @@ async fn forward(
         draft.record.http_status = u32::from(status.as_u16());
         draft.prompt = chat.messages_bytes();
         return Ok(if to_anthropic && stream && status.is_success() {
-            let include_usage = chat.json()["stream_options"]["include_usage"] == Value::Bool(true);
+            let include_usage = chat.asks_stream_usage();
             anthropic_stream_back(
                 gateway,
                 response,

@@ -176,6 +176,18 @@ impl<'a> ChatRequest<'a> {
         serde_json::from_slice(self.body).unwrap_or(Value::Null)
     }
 
+    /// Whether the client asked for a stream's usage (`stream_options.include_usage`).
+    pub fn asks_stream_usage(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct StreamOptions {
+            #[serde(default)]
+            include_usage: bool,
+        }
+        self.field("stream_options")
+            .and_then(|raw| serde_json::from_str::<StreamOptions>(raw.get()).ok())
+            .is_some_and(|options| options.include_usage)
+    }
+
     /// `contents` as a JSON tree (Gemini's MOCK answer reads it).
     pub fn contents(&self) -> Value {
         self.field("contents")

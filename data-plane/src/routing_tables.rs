@@ -407,8 +407,8 @@ impl RoutingTables {
 }
 
 /// An Azure OpenAI deployment's URL for an operation: `{base}/openai/deployments/{deployment}/
-/// {operation}?api-version={version}`, the deployment name and version percent-encoded; every
-/// other provider serves the operation at its own `provider_uri`.
+/// {operation}?api-version={version}`; every other provider serves the operation at its own
+/// `provider_uri`.
 fn deployment_uri(
     provider: &ProviderEntry,
     upstream_model: &str,
@@ -418,21 +418,14 @@ fn deployment_uri(
     if provider.provider_type != ProviderType::AzureOpenAi {
         return Ok(provider_uri.clone());
     }
-    let bad = || {
-        invalid(format!(
-            "provider {}: cannot make a URL for deployment {upstream_model}",
-            provider.name
-        ))
-    };
-    let mut url = url::Url::parse(&provider.base_url).map_err(|_| bad())?;
-    url.path_segments_mut()
-        .map_err(|_| bad())?
-        .pop_if_empty()
-        .extend(["openai", "deployments", upstream_model])
-        .extend(operation.split('/'));
-    url.query_pairs_mut()
-        .append_pair("api-version", &provider.api_version);
-    url.as_str().parse().map_err(|_| bad())
+    let mut segments = vec!["openai", "deployments", upstream_model];
+    segments.extend(operation.split('/'));
+    provider_url(
+        provider,
+        upstream_model,
+        &segments,
+        Some(("api-version", &provider.api_version)),
+    )
 }
 
 /// `{base}/v1beta/models/{model}:{method}` (streams with `alt=sse`, so the answer is
@@ -441,6 +434,24 @@ fn gemini_uri(
     provider: &ProviderEntry,
     upstream_model: &str,
     method: &str,
+) -> Result<http::Uri, InvalidSnapshot> {
+    let last = format!("{upstream_model}:{method}");
+    let query = (method == "streamGenerateContent").then_some(("alt", "sse"));
+    provider_url(
+        provider,
+        upstream_model,
+        &["v1beta", "models", &last],
+        query,
+    )
+}
+
+/// The provider's base URL with `segments` appended (each percent-encoded) and an optional
+/// query pair.
+fn provider_url(
+    provider: &ProviderEntry,
+    upstream_model: &str,
+    segments: &[&str],
+    query: Option<(&str, &str)>,
 ) -> Result<http::Uri, InvalidSnapshot> {
     let bad = || {
         invalid(format!(
@@ -452,9 +463,9 @@ fn gemini_uri(
     url.path_segments_mut()
         .map_err(|_| bad())?
         .pop_if_empty()
-        .extend(["v1beta", "models", &format!("{upstream_model}:{method}")]);
-    if method == "streamGenerateContent" {
-        url.query_pairs_mut().append_pair("alt", "sse");
+        .extend(segments);
+    if let Some((name, value)) = query {
+        url.query_pairs_mut().append_pair(name, value);
     }
     url.as_str().parse().map_err(|_| bad())
 }

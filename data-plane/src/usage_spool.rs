@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use memmap2::MmapRaw;
 use prost::Message;
 use sluice_proto::usage::v1 as pb;
@@ -349,14 +349,14 @@ impl UsageSpool {
         record: &pb::UsageRecord,
         started: Option<StartedMark>,
     ) -> Result<(), SpoolError> {
-        self.append(EntryKind::Completed, record).map(drop)?;
+        self.append(EntryKind::Completed, record)?;
         drop(started);
         Ok(())
     }
 
     /// Appends a stream's record as an estimate, before its headers go to the client.
     pub fn start(&self, estimate: &pb::UsageRecord) -> Result<StartedMark, SpoolError> {
-        let segment = self.append(EntryKind::Started, estimate)?;
+        let segment = Guard::into_inner(self.append(EntryKind::Started, estimate)?);
         segment.open_streams.fetch_add(1, Ordering::AcqRel);
         Ok(StartedMark(segment))
     }
@@ -365,13 +365,14 @@ impl UsageSpool {
         &self,
         kind: EntryKind,
         record: &pb::UsageRecord,
-    ) -> Result<Arc<Segment>, SpoolError> {
+    ) -> Result<Guard<Arc<Segment>>, SpoolError> {
         let len = entry_len(record.encoded_len());
         if len > self.settings.segment_bytes {
             return Err(SpoolError::TooLarge(len));
         }
         loop {
-            let segment = self.current.load_full();
+            // A guard, not a clone of the Arc: most appends need no reference afterwards.
+            let segment = self.current.load();
             match segment.reserve(len) {
                 Reservation::Fits(offset) => {
                     segment.write(offset, len, kind, record);

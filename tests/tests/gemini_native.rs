@@ -10,8 +10,15 @@
 use bytes::Bytes;
 use serde_json::json;
 use sluice_e2e::mock_openai::{COMPLETION_TOKENS, GEMINI_THOUGHTS, PROMPT_TOKENS};
-use sluice_e2e::proxy::{Http, ProxyBuilder};
+use sluice_e2e::proxy::{Http, HttpResponse, ProxyBuilder};
 use sluice_e2e::{await_usage, live_stack};
+
+/// POSTs to a Gemini endpoint with the key as `x-goog-api-key`, as Google's SDKs send it.
+async fn gemini_post(http: &Http, url: &str, key: &str, body: &Bytes) -> HttpResponse {
+    http.send("POST", url, None, &[("x-goog-api-key", key)], body.clone())
+        .await
+        .unwrap()
+}
 
 const GOOGLE_KEY: &str = "AIza-canary-google-7788";
 
@@ -74,16 +81,7 @@ async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
 
     // Under /v1/ too, streaming, the key as a header.
     let url = proxy.url("/v1/models/gemini:streamGenerateContent?alt=sse");
-    let streamed = http
-        .send(
-            "POST",
-            &url,
-            None,
-            &[("x-goog-api-key", &acme.key)],
-            body.clone(),
-        )
-        .await
-        .unwrap();
+    let streamed = gemini_post(&http, &url, &acme.key, &body).await;
     assert_eq!(streamed.status, 200, "{}", streamed.text());
     assert_eq!(streamed.text().matches("data: ").count(), 2);
     let seen = upstream.requests().pop().unwrap();
@@ -114,16 +112,7 @@ async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
 
     // An OpenAI-family model on Gemini's endpoint: refused in Google's shape.
     let url = proxy.url("/v1beta/models/gpt-4o-mini:generateContent");
-    let mismatch = http
-        .send(
-            "POST",
-            &url,
-            None,
-            &[("x-goog-api-key", &acme.key)],
-            body.clone(),
-        )
-        .await
-        .unwrap();
+    let mismatch = gemini_post(&http, &url, &acme.key, &body).await;
     assert_eq!(mismatch.status, 400, "{}", mismatch.text());
     let error = mismatch.json();
     assert_eq!(error["error"]["code"], 400);
@@ -136,16 +125,7 @@ async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
     proxy.wait_for_version(&http, cp.config_version()).await;
     let calls = upstream.requests().len();
     let url = proxy.url("/v1beta/models/gemini:generateContent");
-    let mocked = http
-        .send(
-            "POST",
-            &url,
-            None,
-            &[("x-goog-api-key", &acme.key)],
-            body.clone(),
-        )
-        .await
-        .unwrap();
+    let mocked = gemini_post(&http, &url, &acme.key, &body).await;
     assert_eq!(mocked.status, 200);
     let mocked = mocked.json();
     assert_eq!(mocked["candidates"][0]["finishReason"], "STOP");
@@ -156,10 +136,7 @@ async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
             > 0
     );
     let url = proxy.url("/v1beta/models/gemini:streamGenerateContent?alt=sse");
-    let mocked = http
-        .send("POST", &url, None, &[("x-goog-api-key", &acme.key)], body)
-        .await
-        .unwrap();
+    let mocked = gemini_post(&http, &url, &acme.key, &body).await;
     assert_eq!(mocked.text().matches("data: ").count(), 2);
     assert_eq!(
         upstream.requests().len(),

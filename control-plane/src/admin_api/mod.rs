@@ -1057,16 +1057,13 @@ impl<S: Store> AdminService for AdminApi<S> {
             })?,
             alert_percents: budgets::alert_percents(req.alert_percents)?,
         };
-        let audit = Audit::new(
-            &actor,
-            "budget.create",
-            format!("{} ({})", new.target, new.period.as_str().to_lowercase()),
-        )
-        .with_detail(format!(
-            "{} micro-dollars, {}",
-            new.limit_micros,
-            new.posture.as_str().to_lowercase()
-        ));
+        let audit = Audit::new(&actor, "budget.create", new.period.label(&new.target)).with_detail(
+            format!(
+                "{} micro-dollars, {}",
+                new.limit_micros,
+                new.posture.as_str().to_lowercase()
+            ),
+        );
         let budget = self
             .store
             .create_budget(new, sluice_shared::time::now_us(), audit)
@@ -1110,11 +1107,7 @@ impl<S: Store> AdminService for AdminApi<S> {
                 None
             },
         };
-        let audit = Audit::new(
-            &actor,
-            "budget.update",
-            format!("{target} ({})", period.as_str().to_lowercase()),
-        );
+        let audit = Audit::new(&actor, "budget.update", period.label(&target));
         let budget = self
             .store
             .update_budget(&target, period, patch, sluice_shared::time::now_us(), audit)
@@ -1133,11 +1126,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         let req = request.into_inner();
         let target = budgets::target(req.target)?;
         let period = budgets::period(req.period)?;
-        let audit = Audit::new(
-            &actor,
-            "budget.delete",
-            format!("{target} ({})", period.as_str().to_lowercase()),
-        );
+        let audit = Audit::new(&actor, "budget.delete", period.label(&target));
         self.store
             .delete_budget(&target, period, audit)
             .await

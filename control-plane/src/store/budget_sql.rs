@@ -130,11 +130,7 @@ macro_rules! budget_sql_fns {
                 .map(|row| {
                     let budget = budget_row(row)?;
                     Ok(ConfigBudget {
-                        name: format!(
-                            "{} ({})",
-                            budget.target,
-                            budget.period.as_str().to_lowercase()
-                        ),
+                        name: budget.period.label(&budget.target),
                         id: budget.id,
                         scope_id: budget.scope_id,
                         period: budget.period,
@@ -361,12 +357,6 @@ macro_rules! budget_sql_fns {
                     .await?
                     .into_iter()
                     .collect();
-            let budget_orgs: std::collections::HashMap<String, String> =
-                sqlx::query_as::<_, (String, String)>("SELECT id, org_id FROM budgets")
-                    .fetch_all(&mut **tx)
-                    .await?
-                    .into_iter()
-                    .collect();
             // (budget index, window start) → (spent, estimated, requests)
             let mut deltas: std::collections::BTreeMap<(usize, i64), (i64, i64, i64)> =
                 std::collections::BTreeMap::new();
@@ -377,9 +367,8 @@ macro_rules! budget_sql_fns {
                 let org_id = project_orgs.get(&spend.project_id);
                 for (index, budget) in budgets.iter().enumerate() {
                     let covers = match budget.target.scope() {
-                        BudgetScope::Organization => {
-                            org_id.is_some_and(|org| budget_orgs.get(&budget.id) == Some(org))
-                        }
+                        // An organisation budget's scope id is the organisation's id.
+                        BudgetScope::Organization => org_id == Some(&budget.scope_id),
                         BudgetScope::Project => budget.scope_id == spend.project_id,
                         BudgetScope::VirtualKey => budget.scope_id == spend.virtual_key_id,
                     };
@@ -457,22 +446,19 @@ macro_rules! budget_sql_fns {
                     limit_micros: budget.limit_micros,
                     window_start_us: window_start,
                 };
-                sqlx::query(
-                    "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
-                     VALUES ($1, $2, 'sluice', 'budget.alert', $3, $4)",
+                let audit = Audit::new(
+                    "sluice",
+                    "budget.alert",
+                    alert.period.label(&alert.target),
                 )
-                .bind(new_id())
-                .bind(now_us())
-                .bind(format!("{} ({})", alert.target, alert.period.as_str().to_lowercase()))
-                .bind(format!(
+                .with_detail(format!(
                     "{}% reached: {} of {} micro-dollars ({} budget)",
                     alert.percent,
                     alert.spent_micros,
                     alert.limit_micros,
                     alert.posture.as_str().to_lowercase()
-                ))
-                .execute(&mut **tx)
-                .await?;
+                ));
+                record_audit(tx, &audit).await?;
                 alerts.push(alert);
             }
             Ok(alerts)

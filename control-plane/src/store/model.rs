@@ -381,6 +381,11 @@ stored_enum!(BudgetPeriod { Day => "DAY", Month => "MONTH", Total => "TOTAL" });
 stored_enum!(BudgetPosture { Hard => "HARD", Soft => "SOFT" });
 
 impl BudgetPeriod {
+    /// How an operator names a budget: `acme/web (month)`.
+    pub fn label(self, target: &impl std::fmt::Display) -> String {
+        format!("{target} ({})", self.as_str().to_lowercase())
+    }
+
     pub fn window(self) -> sluice_shared::budget_window::Window {
         use sluice_shared::budget_window::Window;
         match self {
