@@ -24,6 +24,7 @@ use crate::routing_tables::{
     BudgetEntry, DeploymentEntry, ModelEntry, Posture, ProviderType, RoutingTables,
 };
 use crate::sse::Usage;
+use crate::translation::{self, ChatChunks, ChatTranslation, ChunkIdentity, TranslatedStream};
 use crate::upstream::UpstreamError;
 use crate::usage::UsageDraft;
 
@@ -75,15 +76,8 @@ impl Operation {
     /// Whether a provider of this type serves the operation.
     fn served_by(self, provider_type: ProviderType) -> bool {
         match self {
-            // Chat completions reach Anthropic too, translated.
-            Self::ChatCompletions => matches!(
-                provider_type,
-                ProviderType::OpenAi
-                    | ProviderType::AzureOpenAi
-                    | ProviderType::Vllm
-                    | ProviderType::Custom
-                    | ProviderType::Anthropic
-            ),
+            // Chat completions reach every family: the others by translation.
+            Self::ChatCompletions => true,
             Self::Embeddings => matches!(
                 provider_type,
                 ProviderType::OpenAi
@@ -548,9 +542,10 @@ async fn forward(
                 last_error = Some(GatewayError::new(
                     ErrorCode::ProviderNotReady,
                     format!(
-                        "provider '{}' is {other:?}, which this proxy cannot call on {} yet",
+                        "provider '{}' is {other:?}, which offers no {}: serve model '{}' from a provider that does",
                         provider.name,
-                        operation.path()
+                        operation.path(),
+                        model.name
                     ),
                 ));
                 continue;
@@ -564,25 +559,29 @@ async fn forward(
             None if provider.keyless => None,
             None => continue,
         };
-        let to_anthropic = operation == Operation::ChatCompletions
-            && provider.provider_type == ProviderType::Anthropic;
-        let payload = if to_anthropic {
-            let translated = crate::translate_anthropic::request(
-                &chat.json(),
-                &deployment.upstream_model,
-                gateway.default_max_output_tokens,
-            )?;
-            Bytes::from(translated.to_string())
-        } else {
-            chat.upstream_body(
-                (!operation.is_gemini()).then_some(deployment.upstream_model.as_str()),
-                operation == Operation::ChatCompletions,
-            )?
+        let translation = match operation {
+            Operation::ChatCompletions => translation::for_family(provider.provider_type),
+            _ => None,
         };
-        let uri = if to_anthropic {
-            &deployment.messages_uri
-        } else {
-            operation.uri(deployment)
+        let (payload, uri) = match translation {
+            Some(translation) => {
+                let translated = translation.request(
+                    &chat.json(),
+                    &deployment.upstream_model,
+                    gateway.default_max_output_tokens,
+                )?;
+                (
+                    Bytes::from(translated.to_string()),
+                    translation.uri(deployment, stream),
+                )
+            }
+            None => (
+                chat.upstream_body(
+                    (!operation.is_gemini()).then_some(deployment.upstream_model.as_str()),
+                    operation == Operation::ChatCompletions,
+                )?,
+                operation.uri(deployment),
+            ),
         };
         draft.record.provider_id = provider.id.clone();
         gateway
@@ -666,18 +665,21 @@ async fn forward(
         }
         draft.record.http_status = u32::from(status.as_u16());
         draft.prompt = chat.messages_bytes();
-        return Ok(if to_anthropic && stream && status.is_success() {
-            let include_usage = chat.asks_stream_usage();
-            anthropic_stream_back(
-                gateway,
-                response,
-                draft,
-                provider.timeout,
-                &model.name,
-                include_usage,
-            )
-        } else if to_anthropic {
-            anthropic_back(gateway, response, draft, &model.name).await?
+        return Ok(if let Some(translation) = translation {
+            if stream && status.is_success() {
+                let include_usage = chat.asks_stream_usage();
+                translated_stream_back(
+                    gateway,
+                    response,
+                    draft,
+                    provider.timeout,
+                    translation,
+                    &model.name,
+                    include_usage,
+                )
+            } else {
+                translated_back(gateway, response, draft, translation, &model.name).await?
+            }
         } else if stream && status.is_success() {
             stream_back(gateway, response, draft, provider.timeout)
         } else {
@@ -704,27 +706,29 @@ fn stream_back(
     out
 }
 
-/// A streamed Anthropic answer to a translated chat request, relayed as OpenAI chunks as it
-/// arrives (metered underneath like any stream).
-fn anthropic_stream_back(
+/// A streamed answer to a translated chat request, relayed as OpenAI chunks as it arrives
+/// (metered underneath like any stream).
+fn translated_stream_back(
     gateway: &Arc<Gateway>,
     response: Response<Incoming>,
     mut draft: UsageDraft,
     idle: std::time::Duration,
+    translation: &dyn ChatTranslation,
     model_name: &str,
     include_usage: bool,
 ) -> Response<Body> {
     draft.spool_start(gateway);
-    let request_id = draft.record.request_id.clone();
+    let identity = ChunkIdentity::new(
+        &draft.record.request_id,
+        model_name,
+        sluice_shared::time::now_us() / 1_000_000,
+    );
     let (parts, incoming) = response.into_parts();
     let metered = MeteredBody::new(incoming, draft, gateway.clone(), idle);
-    let created = sluice_shared::time::now_us() / 1_000_000;
-    let body = crate::anthropic_stream::AnthropicToChat::new(
+    let body = TranslatedStream::new(
         metered,
-        &request_id,
-        model_name,
-        created,
-        include_usage,
+        translation.stream_events(),
+        ChatChunks::new(identity, include_usage),
     );
     let mut out = Response::new(Body::new(body));
     copy_response_headers(&parts.headers, out.headers_mut());
@@ -750,35 +754,38 @@ async fn read_answer(incoming: Incoming) -> Result<Bytes, GatewayError> {
         .to_bytes())
 }
 
-/// An Anthropic answer to a translated chat request: metered from Anthropic's usage and
-/// returned as a `chat.completion`; an Anthropic refusal becomes an OpenAI-shaped error.
-async fn anthropic_back(
+/// A whole answer to a translated chat request: metered from the family's usage and
+/// returned as a `chat.completion`; the upstream's refusal becomes an OpenAI-shaped error.
+async fn translated_back(
     gateway: &Arc<Gateway>,
     response: Response<Incoming>,
     draft: UsageDraft,
+    translation: &dyn ChatTranslation,
     model_name: &str,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = response.into_parts();
     let bytes = read_answer(incoming).await?;
     let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !parts.status.is_success() {
-        let message = answer["error"]["message"]
-            .as_str()
-            .unwrap_or("no message")
-            .to_owned();
+        // Both families put the message at error.message.
+        let message = answer["error"]["message"].as_str().unwrap_or("no message");
         return Err(GatewayError::new(
             ErrorCode::InvalidRequest,
             format!(
-                "Anthropic refused the request ({}): {message}",
+                "{} refused the request ({}): {message}",
+                translation.family(),
                 parts.status
             ),
         ));
     }
-    let usage = crate::sse::usage_from_answer(&bytes).unwrap_or_default();
-    let request_id = draft.record.request_id.clone();
+    let usage = translation.usage(&bytes).unwrap_or_default();
+    let identity = ChunkIdentity::new(
+        &draft.record.request_id,
+        model_name,
+        sluice_shared::time::now_us() / 1_000_000,
+    );
     draft.finish(gateway, 200, usage, pb::UsageSource::ProviderReported);
-    let created = sluice_shared::time::now_us() / 1_000_000;
-    let chat = crate::translate_anthropic::response(&answer, model_name, &request_id, created);
+    let chat = translation.response(&answer, &usage, &identity);
     let mut out = Response::new(full(chat.to_string()));
     out.headers_mut().insert(
         header::CONTENT_TYPE,

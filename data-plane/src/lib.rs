@@ -26,6 +26,8 @@ pub mod snapshot_file;
 pub mod spool_format;
 pub mod sse;
 pub mod translate_anthropic;
+pub mod translate_gemini;
+pub mod translation;
 pub mod upstream;
 pub mod usage;
 pub mod usage_reporter;

@@ -135,6 +135,11 @@ pub fn usage_from_gemini_answer(body: &[u8]) -> Option<Usage> {
         .map(Usage::from)
 }
 
+/// A Gemini `usageMetadata` object already parsed (a translated stream reads its events).
+pub fn usage_from_gemini_metadata(metadata: &serde_json::Value) -> Option<Usage> {
+    GeminiUsage::deserialize(metadata).ok().map(Usage::from)
+}
+
 fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     let at = body.windows(KEY.len()).rposition(|window| window == KEY)?;

@@ -4,10 +4,15 @@
 //! over; a field with no Anthropic equivalent is refused (400) rather than silently dropped.
 
 use serde_json::{Map, Value, json};
-use sluice_shared::error_code::ErrorCode;
 
-use crate::chat_request::GATEWAY_CONTROL_FIELDS;
 use crate::error_response::GatewayError;
+use crate::routing_tables::DeploymentEntry;
+use crate::sse::Usage;
+use crate::translation::{
+    ChatTranslation, ChunkIdentity, Image, StreamEvents, ToolChoice, arguments_of, choice,
+    content_parts, function_tools, image_of, push_turn, refuse, refuse_untranslated,
+    stop_sequences, text_of, tool_choice,
+};
 
 /// Request fields that carry over (the rest are refused).
 const TRANSLATED: &[&str] = &[
@@ -25,8 +30,38 @@ const TRANSLATED: &[&str] = &[
     "parallel_tool_calls",
     "user",
 ];
-fn refuse(message: String) -> GatewayError {
-    GatewayError::new(ErrorCode::InvalidRequest, message)
+
+pub struct Anthropic;
+
+impl ChatTranslation for Anthropic {
+    fn family(&self) -> &'static str {
+        "Anthropic"
+    }
+
+    fn request(
+        &self,
+        chat: &Value,
+        upstream_model: &str,
+        default_max_tokens: u64,
+    ) -> Result<Value, GatewayError> {
+        request(chat, upstream_model, default_max_tokens)
+    }
+
+    fn uri<'d>(&self, deployment: &'d DeploymentEntry, _stream: bool) -> &'d http::Uri {
+        &deployment.messages_uri
+    }
+
+    fn usage(&self, answer: &[u8]) -> Option<Usage> {
+        crate::sse::usage_from_answer(answer)
+    }
+
+    fn response(&self, answer: &Value, usage: &Usage, chunk: &ChunkIdentity) -> Value {
+        response(answer, usage, chunk)
+    }
+
+    fn stream_events(&self) -> Box<dyn StreamEvents> {
+        Box::new(crate::anthropic_stream::AnthropicEvents::default())
+    }
 }
 
 /// The Messages API request for an OpenAI chat request.
@@ -37,14 +72,8 @@ pub fn request(
 ) -> Result<Value, GatewayError> {
     let object = chat
         .as_object()
-        .ok_or_else(|| refuse("the request body must be a JSON object".into()))?;
-    for key in object.keys() {
-        if !TRANSLATED.contains(&key.as_str()) && !GATEWAY_CONTROL_FIELDS.contains(&key.as_str()) {
-            return Err(refuse(format!(
-                "`{key}` cannot be translated for an Anthropic model: remove it, or call /v1/messages"
-            )));
-        }
-    }
+        .ok_or_else(|| refuse("the request body must be a JSON object"))?;
+    refuse_untranslated(object, TRANSLATED, "an Anthropic", "/v1/messages")?;
     let mut system: Vec<String> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     for message in object["messages"].as_array().into_iter().flatten() {
@@ -62,10 +91,7 @@ pub fn request(
                     content_blocks(&message["content"])?
                 };
                 for call in message["tool_calls"].as_array().into_iter().flatten() {
-                    let arguments = call["function"]["arguments"].as_str().unwrap_or("{}");
-                    let input: Value = serde_json::from_str(arguments).map_err(|_| {
-                        refuse("a tool call's `arguments` is not a JSON object".into())
-                    })?;
+                    let input = arguments_of(call)?;
                     blocks.push(json!({"type": "tool_use", "id": call["id"],
                         "name": call["function"]["name"], "input": input}));
                 }
@@ -84,19 +110,11 @@ pub fn request(
                 )));
             }
         };
-        // Anthropic wants roles to alternate: consecutive turns of one role become one.
-        match messages.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(content) = last["content"].as_array_mut() {
-                    content.extend(blocks);
-                }
-            }
-            _ => messages.push(json!({"role": role, "content": blocks})),
-        }
+        push_turn(&mut messages, role, "content", blocks);
     }
     if messages.is_empty() {
         return Err(refuse(
-            "`messages` needs at least one user or assistant turn".into(),
+            "`messages` needs at least one user or assistant turn",
         ));
     }
     let max_tokens = ["max_completion_tokens", "max_tokens"]
@@ -115,54 +133,25 @@ pub fn request(
             out.insert(key.into(), value.clone());
         }
     }
-    match object.get("stop") {
-        Some(Value::String(stop)) => {
-            out.insert("stop_sequences".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            out.insert("stop_sequences".into(), json!(stops));
-        }
-        _ => {}
+    if let Some(stops) = stop_sequences(object.get("stop")) {
+        out.insert("stop_sequences".into(), stops);
     }
     if let Some(user) = object.get("user").and_then(Value::as_str) {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
     if let Some(tools) = object.get("tools").and_then(Value::as_array) {
-        let tools = tools
-            .iter()
-            .map(|tool| {
-                if tool["type"] != "function" {
-                    return Err(refuse("only function tools translate to Anthropic".into()));
-                }
-                let function = &tool["function"];
-                let mut translated = json!({"name": function["name"],
-                "input_schema": if function["parameters"].is_object() {
-                    function["parameters"].clone()
-                } else {
-                    json!({"type": "object"})
-                }});
-                if let Some(description) = function["description"].as_str() {
-                    translated["description"] = json!(description);
-                }
-                Ok(translated)
-            })
-            .collect::<Result<Vec<_>, GatewayError>>()?;
+        let tools = function_tools(tools, "Anthropic", |name, parameters| {
+            json!({"name": name,
+                   "input_schema": parameters.cloned().unwrap_or_else(|| json!({"type": "object"}))})
+        })?;
         out.insert("tools".into(), Value::Array(tools));
     }
-    let mut choice = match object.get("tool_choice") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(mode)) => Some(match mode.as_str() {
-            "auto" => json!({"type": "auto"}),
-            "none" => json!({"type": "none"}),
-            "required" => json!({"type": "any"}),
-            other => {
-                return Err(refuse(format!(
-                    "tool_choice `{other}` has no Anthropic equivalent"
-                )));
-            }
-        }),
-        Some(named) => Some(json!({"type": "tool", "name": named["function"]["name"]})),
-    };
+    let mut choice = tool_choice(object.get("tool_choice"))?.map(|choice| match choice {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Named(name) => json!({"type": "tool", "name": name}),
+    });
     if object.get("parallel_tool_calls") == Some(&json!(false)) {
         let choice = choice.get_or_insert_with(|| json!({"type": "auto"}));
         choice["disable_parallel_tool_use"] = json!(true);
@@ -173,57 +162,19 @@ pub fn request(
     Ok(Value::Object(out))
 }
 
-/// A message's text: a string, or its text parts joined.
-fn text_of(content: &Value) -> Result<String, GatewayError> {
-    match content {
-        Value::String(text) => Ok(text.clone()),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|part| match part["type"].as_str() {
-                Some("text") => Ok(part["text"].as_str().unwrap_or_default().to_owned()),
-                _ => Err(refuse(
-                    "only text can go in a system prompt or tool result".into(),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|texts| texts.join("\n")),
-        Value::Null => Ok(String::new()),
-        _ => Err(refuse(
-            "`content` must be a string or a list of parts".into(),
-        )),
-    }
-}
-
 /// A user or assistant turn's content blocks: text and images.
 fn content_blocks(content: &Value) -> Result<Vec<Value>, GatewayError> {
-    match content {
-        Value::String(text) => Ok(vec![json!({"type": "text", "text": text})]),
-        Value::Array(parts) => parts.iter().map(part).collect(),
-        _ => Err(refuse(
-            "`content` must be a string or a list of parts".into(),
-        )),
-    }
+    content_parts(content)?.iter().map(part).collect()
 }
 
 fn part(part: &Value) -> Result<Value, GatewayError> {
     match part["type"].as_str() {
         Some("text") => Ok(json!({"type": "text", "text": part["text"]})),
-        Some("image_url") => {
-            let url = part["image_url"]["url"].as_str().unwrap_or_default();
-            if let Some(data) = url.strip_prefix("data:") {
-                let (media_type, encoded) = data
-                    .split_once(";base64,")
-                    .ok_or_else(|| refuse("an image data URL must be base64".into()))?;
-                Ok(json!({"type": "image", "source":
-                    {"type": "base64", "media_type": media_type, "data": encoded}}))
-            } else if url.starts_with("https://") || url.starts_with("http://") {
-                Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
-            } else {
-                Err(refuse(
-                    "an image must be a data URL or an http(s) URL".into(),
-                ))
-            }
-        }
+        Some("image_url") => Ok(match image_of(part)? {
+            Image::Inline { media_type, data } => json!({"type": "image", "source":
+                {"type": "base64", "media_type": media_type, "data": data}}),
+            Image::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+        }),
         other => Err(refuse(format!(
             "content part `{}` has no Anthropic equivalent",
             other.unwrap_or("?")
@@ -232,7 +183,7 @@ fn part(part: &Value) -> Result<Value, GatewayError> {
 }
 
 /// The `chat.completion` for Anthropic's message.
-pub fn response(message: &Value, model: &str, id: &str, created: i64) -> Value {
+pub fn response(message: &Value, usage: &Usage, chunk: &ChunkIdentity) -> Value {
     let mut text = String::new();
     let mut tool_calls = Vec::new();
     for block in message["content"].as_array().into_iter().flatten() {
@@ -243,36 +194,24 @@ pub fn response(message: &Value, model: &str, id: &str, created: i64) -> Value {
             _ => {}
         }
     }
-    let finish_reason = match message["stop_reason"].as_str() {
+    let finish_reason = finish_reason(message["stop_reason"].as_str());
+    chunk.completion(vec![choice(0, text, tool_calls, finish_reason)], usage)
+}
+
+/// OpenAI's finish reason for Anthropic's stop reason.
+pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
         Some("max_tokens") => "length",
         Some("tool_use") => "tool_calls",
         Some("refusal") => "content_filter",
         _ => "stop",
-    };
-    let usage = &message["usage"];
-    let count = |key: &str| usage[key].as_u64().unwrap_or(0);
-    let cached = count("cache_read_input_tokens");
-    let prompt = count("input_tokens") + cached + count("cache_creation_input_tokens");
-    let completion = count("output_tokens");
-    let mut assistant = json!({"role": "assistant",
-        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) },
-        "refusal": null});
-    if !tool_calls.is_empty() {
-        assistant["tool_calls"] = Value::Array(tool_calls);
     }
-    json!({
-        "id": format!("chatcmpl-{id}"), "object": "chat.completion", "created": created,
-        "model": model,
-        "choices": [{"index": 0, "message": assistant, "logprobs": null, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                  "total_tokens": prompt + completion,
-                  "prompt_tokens_details": {"cached_tokens": cached}}
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_shared::error_code::ErrorCode;
 
     #[test]
     fn system_turns_images_and_tools_translate() {
@@ -352,7 +291,8 @@ mod tests {
                         {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}],
             "stop_reason": "tool_use",
             "usage": {"input_tokens": 10, "cache_read_input_tokens": 4, "output_tokens": 6}});
-        let chat = response(&message, "claude", "req1", 7);
+        let usage = crate::sse::usage_from_answer(message.to_string().as_bytes()).unwrap();
+        let chat = response(&message, &usage, &ChunkIdentity::new("req1", "claude", 7));
         assert_eq!(chat["object"], "chat.completion");
         assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(chat["choices"][0]["message"]["content"], "Looking");
@@ -365,7 +305,8 @@ mod tests {
         assert_eq!(
             chat["usage"],
             json!({"prompt_tokens": 14, "completion_tokens": 6, "total_tokens": 20,
-            "prompt_tokens_details": {"cached_tokens": 4}})
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 0}})
         );
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod mock_openai;
 pub mod proxy;
+pub mod translated;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

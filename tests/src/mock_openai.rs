@@ -57,6 +57,8 @@ struct State {
     last_chunk_sent: Mutex<Option<Instant>>,
 }
 
+type MockResponse = Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>;
+
 pub struct MockOpenAi {
     pub addr: SocketAddr,
     state: Arc<State>,
@@ -165,10 +167,7 @@ impl MockOpenAi {
     }
 }
 
-fn json_response(
-    status: StatusCode,
-    body: Value,
-) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+fn json_response(status: StatusCode, body: Value) -> MockResponse {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -176,12 +175,7 @@ fn json_response(
         .unwrap()
 }
 
-fn openai_error(
-    status: StatusCode,
-    message: &str,
-    kind: &str,
-    code: Value,
-) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+fn openai_error(status: StatusCode, message: &str, kind: &str, code: Value) -> MockResponse {
     json_response(
         status,
         json!({"error": {"message": message, "type": kind, "param": null, "code": code}}),
@@ -191,10 +185,7 @@ fn openai_error(
 /// `GET /v1/models[/{id}]` as a key check sees it: a key containing `invalid` is refused
 /// (401, echoing the key as OpenAI's message does), one containing `noaccess` is forbidden
 /// (403), model `gpt-nope` does not exist (404); anything else is listed.
-fn models_answer(
-    headers: &HeaderMap,
-    model: Option<&str>,
-) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+fn models_answer(headers: &HeaderMap, model: Option<&str>) -> MockResponse {
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -238,9 +229,7 @@ fn models_answer(
 }
 
 /// Named server-sent events, all at once.
-fn sse_response(
-    events: &[(&str, Value)],
-) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+fn sse_response(events: &[(&str, Value)]) -> MockResponse {
     let text: String = events
         .iter()
         .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
@@ -251,65 +240,145 @@ fn sse_response(
         .unwrap()
 }
 
+/// The argument every mock tool call carries.
+pub const TOOL_ARGUMENTS: &str = r#"{"city":"Paris"}"#;
+/// The signature the Gemini mock puts on its function calls and demands back, as Gemini 3
+/// models do.
+pub const GEMINI_SIGNATURE: &str = "c2lnbmVkLWJ5LW1vY2s=";
+
+/// Top-level fields `generateContent` accepts; Google refuses any other with a 400.
+const GEMINI_FIELDS: &[&str] = &[
+    "contents",
+    "systemInstruction",
+    "tools",
+    "toolConfig",
+    "generationConfig",
+    "safetySettings",
+    "cachedContent",
+];
+
+fn gemini_error(status: StatusCode, message: &str, kind: &str) -> MockResponse {
+    json_response(
+        status,
+        json!({"error": {"code": status.as_u16(), "message": message, "status": kind}}),
+    )
+}
+
 /// Gemini's `models/{model}:generateContent` and `:streamGenerateContent` (server-sent
 /// events, as `alt=sse` asks): usage reports [`PROMPT_TOKENS`], [`COMPLETION_TOKENS`] and
-/// [`GEMINI_THOUGHTS`] thinking tokens.
-fn gemini_answer(
-    headers: &HeaderMap,
-    rest: &str,
-) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+/// [`GEMINI_THOUGHTS`] thinking tokens. With function declarations it calls the first one
+/// (signed with [`GEMINI_SIGNATURE`]); given the function's response, it answers with it,
+/// refusing a replayed call that lost its signature. Unknown fields get Google's 400.
+fn gemini_answer(headers: &HeaderMap, rest: &str, body: &Value) -> MockResponse {
     if headers.get("x-goog-api-key").is_none() {
-        return json_response(
+        return gemini_error(
             StatusCode::FORBIDDEN,
-            json!({"error": {"code": 403, "message": "Method doesn't allow unregistered callers.", "status": "PERMISSION_DENIED"}}),
+            "Method doesn't allow unregistered callers.",
+            "PERMISSION_DENIED",
         );
     }
     let (model, method) = rest.rsplit_once(':').unwrap_or((rest, ""));
+    if model == "missing" {
+        return gemini_error(
+            StatusCode::NOT_FOUND,
+            "models/missing is not found for API version v1beta, or is not supported for generateContent.",
+            "NOT_FOUND",
+        );
+    }
+    if let Some(unknown) = body
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !GEMINI_FIELDS.contains(&k.as_str())))
+    {
+        return gemini_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "Invalid JSON payload received. Unknown name \"{unknown}\": Cannot find field."
+            ),
+            "INVALID_ARGUMENT",
+        );
+    }
+    let contents = body["contents"].as_array().cloned().unwrap_or_default();
+    if contents.is_empty() {
+        return gemini_error(
+            StatusCode::BAD_REQUEST,
+            "* GenerateContentRequest.contents: contents is not specified",
+            "INVALID_ARGUMENT",
+        );
+    }
+    let parts_of = |content: &Value| content["parts"].as_array().cloned().unwrap_or_default();
+    let answered = contents
+        .last()
+        .map(|last| {
+            parts_of(last)
+                .into_iter()
+                .filter_map(|p| p.get("functionResponse").cloned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let replayed_unsigned = contents.iter().flat_map(parts_of).any(|part| {
+        part.get("functionCall").is_some() && part["thoughtSignature"] != GEMINI_SIGNATURE
+    });
+    if replayed_unsigned {
+        return gemini_error(
+            StatusCode::BAD_REQUEST,
+            "Function call is missing a thought_signature in functionCall parts.",
+            "INVALID_ARGUMENT",
+        );
+    }
+    let tool = body["tools"][0]["functionDeclarations"][0]["name"].as_str();
+    let answer_parts = if let Some(response) = answered.first() {
+        vec![json!({"text": format!("The tool said: {}", response["response"])})]
+    } else if let Some(tool) = tool {
+        let args: Value = serde_json::from_str(TOOL_ARGUMENTS).unwrap();
+        vec![
+            json!({"functionCall": {"name": tool, "args": args}, "thoughtSignature": GEMINI_SIGNATURE}),
+        ]
+    } else {
+        vec![json!({"text": "Hello from the mock upstream"})]
+    };
     let usage = json!({"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": COMPLETION_TOKENS,
                        "thoughtsTokenCount": GEMINI_THOUGHTS,
                        "totalTokenCount": PROMPT_TOKENS + COMPLETION_TOKENS + GEMINI_THOUGHTS});
-    let chunk = |text: &str, usage: Value, done: bool| {
-        let mut candidate =
-            json!({"content": {"parts": [{"text": text}], "role": "model"}, "index": 0});
+    let chunk = |parts: Value, usage: Value, done: bool| {
+        let mut candidate = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
         if done {
             candidate["finishReason"] = json!("STOP");
         }
         json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": model})
     };
     match method {
-        "generateContent" => json_response(
-            StatusCode::OK,
-            chunk("Hello from the mock upstream", usage, true),
-        ),
+        "generateContent" => json_response(StatusCode::OK, chunk(json!(answer_parts), usage, true)),
         "streamGenerateContent" => {
+            // Text arrives in two pieces; a function call whole, then an empty closing part.
+            let (first, last) = match answer_parts[0]["text"].as_str() {
+                Some(text) => {
+                    let half = text.char_indices().nth(10).map_or(text.len(), |(i, _)| i);
+                    (
+                        json!([{"text": &text[..half]}]),
+                        json!([{"text": &text[half..]}]),
+                    )
+                }
+                None => (json!(answer_parts), json!([{"text": ""}])),
+            };
             let text = format!(
                 "data: {}\r\n\r\ndata: {}\r\n\r\n",
-                chunk(
-                    "Hello from",
-                    json!({"promptTokenCount": PROMPT_TOKENS}),
-                    false
-                ),
-                chunk(" the mock upstream", usage, true)
+                chunk(first, json!({"promptTokenCount": PROMPT_TOKENS}), false),
+                chunk(last, usage, true)
             );
             Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(Full::new(Bytes::from(text)).boxed())
                 .unwrap()
         }
-        _ => json_response(
-            StatusCode::NOT_FOUND,
-            json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}),
-        ),
+        _ => gemini_error(StatusCode::NOT_FOUND, "not found", "NOT_FOUND"),
     }
 }
 
 /// Anthropic's Messages API: a `message`, or with `stream: true` its event stream; model
 /// `fail-401` gets Anthropic's authentication error. Usage reports [`PROMPT_TOKENS`] input
-/// tokens plus [`ANTHROPIC_CACHE_READ`] read from the cache, and [`COMPLETION_TOKENS`].
-fn anthropic_answer(
-    headers: &HeaderMap,
-    body: &Value,
-) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+/// tokens plus [`ANTHROPIC_CACHE_READ`] read from the cache, and [`COMPLETION_TOKENS`]. With
+/// tools it calls the first one; given a tool result, it answers with it.
+fn anthropic_answer(headers: &HeaderMap, body: &Value) -> MockResponse {
     let model = body["model"].as_str().unwrap_or_default();
     if model == "fail-401" || headers.get("x-api-key").is_none() {
         return json_response(
@@ -317,16 +386,52 @@ fn anthropic_answer(
             json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
         );
     }
+    let last_blocks = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let result = last_blocks.iter().find(|b| b["type"] == "tool_result");
+    let tool = body["tools"][0]["name"].as_str();
+    let (block, stop_reason) = if let Some(result) = result {
+        (
+            json!({"type": "text", "text": format!("The tool said: {}", result["content"])}),
+            "end_turn",
+        )
+    } else if let Some(tool) = tool {
+        (
+            json!({"type": "tool_use", "id": "toolu_mock", "name": tool,
+                   "input": serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap()}),
+            "tool_use",
+        )
+    } else {
+        (
+            json!({"type": "text", "text": "Hello from the mock upstream"}),
+            "end_turn",
+        )
+    };
     let usage = json!({"input_tokens": PROMPT_TOKENS, "cache_read_input_tokens": ANTHROPIC_CACHE_READ,
                        "cache_creation_input_tokens": 0, "output_tokens": COMPLETION_TOKENS});
     if body["stream"] != json!(true) {
         return json_response(
             StatusCode::OK,
             json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-                   "content": [{"type": "text", "text": "Hello from the mock upstream"}],
-                   "stop_reason": "end_turn", "stop_sequence": null, "usage": usage}),
+                   "content": [block], "stop_reason": stop_reason, "stop_sequence": null,
+                   "usage": usage}),
         );
     }
+    let (start, delta) = if block["type"] == "tool_use" {
+        (
+            json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+            json!({"type": "input_json_delta", "partial_json": TOOL_ARGUMENTS}),
+        )
+    } else {
+        (
+            json!({"type": "text", "text": ""}),
+            json!({"type": "text_delta", "text": block["text"]}),
+        )
+    };
     let events = [
         (
             "message_start",
@@ -338,13 +443,11 @@ fn anthropic_answer(
         ),
         (
             "content_block_start",
-            json!({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": start}),
         ),
         (
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0,
-            "delta": {"type": "text_delta", "text": "Hello from the mock upstream"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": delta}),
         ),
         (
             "content_block_stop",
@@ -353,7 +456,7 @@ fn anthropic_answer(
         (
             "message_delta",
             json!({"type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "delta": {"stop_reason": stop_reason, "stop_sequence": null},
             "usage": {"output_tokens": COMPLETION_TOKENS}}),
         ),
         ("message_stop", json!({"type": "message_stop"})),
@@ -363,9 +466,7 @@ fn anthropic_answer(
 
 /// OpenAI's Responses API: a `response` object, or with `stream: true` its event sequence
 /// ending in `response.completed`, which carries the usage.
-fn responses_answer(
-    body: &Value,
-) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+fn responses_answer(body: &Value) -> MockResponse {
     let model = body["model"].as_str().unwrap_or_default();
     let usage = json!({"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
                        "output_tokens": COMPLETION_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
@@ -428,10 +529,7 @@ fn reported_usage(body: &Value) -> (u64, u64, u64) {
     }
 }
 
-async fn handle(
-    state: Arc<State>,
-    request: Request<Incoming>,
-) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<MockResponse, Infallible> {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
     let headers = request.headers().clone();
@@ -482,7 +580,7 @@ async fn handle(
         return Ok(anthropic_answer(&headers, &body));
     }
     if let Some(rest) = path.strip_prefix("/v1beta/models/") {
-        return Ok(gemini_answer(&headers, rest));
+        return Ok(gemini_answer(&headers, rest, &body));
     }
     let azure_deployment = azure
         .and_then(|rest| rest.strip_suffix("/chat/completions"))

@@ -8,8 +8,11 @@
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use sluice_e2e::mock_openai::{ANTHROPIC_CACHE_READ, COMPLETION_TOKENS, PROMPT_TOKENS};
+use sluice_e2e::mock_openai::{
+    ANTHROPIC_CACHE_READ, COMPLETION_TOKENS, PROMPT_TOKENS, TOOL_ARGUMENTS,
+};
 use sluice_e2e::proxy::{Http, HttpResponse, Proxy, ProxyBuilder};
+use sluice_e2e::translated::{chunks_of, streamed_tool_call, tool_round_trip};
 use sluice_e2e::{LiveStack, await_usage, live_stack};
 
 const ANTHROPIC_KEY: &str = "sk-ant-canary-4411";
@@ -234,6 +237,30 @@ async fn chat_completions_are_translated_to_anthropic_and_back() {
             .unwrap()
             .contains("`n` cannot be translated")
     );
+    // A tool call round trip: Anthropic's tool_use comes back as an OpenAI tool call, and
+    // the tool's result goes back as a tool_result for that call.
+    let (call, answer) = tool_round_trip(&http, &url, &acme.key, "claude").await;
+    assert_eq!(call["id"], "toolu_mock");
+    assert_eq!(answer, r#"The tool said: "18C, sunny""#);
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(seen.body["messages"][1]["content"][0]["type"], "tool_use");
+    assert_eq!(
+        seen.body["messages"][2]["content"][0],
+        json!({"type": "tool_result", "tool_use_id": "toolu_mock", "content": "18C, sunny"})
+    );
+    // Streamed, the call's arguments arrive as deltas of one tool call.
+    let chunks = streamed_tool_call(&http, &url, &acme.key, "claude").await;
+    let arguments: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(arguments, TOOL_ARGUMENTS);
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "tool_calls")
+    );
+
     // Streams translate chunk by chunk, usage last when asked for.
     let streamed = http
         .post(
@@ -245,16 +272,7 @@ async fn chat_completions_are_translated_to_anthropic_and_back() {
         .await
         .unwrap();
     assert_eq!(streamed.status, 200, "{}", streamed.text());
-    let text = streamed.text();
-    let events: Vec<&str> = text
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .collect();
-    assert_eq!(events.last(), Some(&"[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = chunks_of(&streamed.text());
     assert!(
         chunks
             .iter()

@@ -9,9 +9,12 @@
 
 use bytes::Bytes;
 use serde_json::json;
-use sluice_e2e::mock_openai::{COMPLETION_TOKENS, GEMINI_THOUGHTS, PROMPT_TOKENS};
-use sluice_e2e::proxy::{Http, HttpResponse, ProxyBuilder};
-use sluice_e2e::{await_usage, live_stack};
+use sluice_e2e::mock_openai::{
+    COMPLETION_TOKENS, GEMINI_SIGNATURE, GEMINI_THOUGHTS, PROMPT_TOKENS, TOOL_ARGUMENTS,
+};
+use sluice_e2e::proxy::{Http, HttpResponse, Proxy, ProxyBuilder};
+use sluice_e2e::translated::{chunks_of, streamed_tool_call, tool_round_trip};
+use sluice_e2e::{LiveStack, await_usage, live_stack};
 
 /// POSTs to a Gemini endpoint with the key as `x-goog-api-key`, as Google's SDKs send it.
 async fn gemini_post(http: &Http, url: &str, key: &str, body: &Bytes) -> HttpResponse {
@@ -22,8 +25,8 @@ async fn gemini_post(http: &Http, url: &str, key: &str, body: &Bytes) -> HttpRes
 
 const GOOGLE_KEY: &str = "AIza-canary-google-7788";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
+/// A LIVE stack whose model `gemini` is served by a Google provider, and a proxy on it.
+async fn gemini_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
     let (upstream, cp_dir, cp, acme) = live_stack("sk-openai-side");
     let base = format!("http://{}", upstream.addr);
     cp.ctl(&[
@@ -49,8 +52,22 @@ async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
     .ok();
     let http = Http::new();
     let proxy_dir = tempfile::tempdir().unwrap();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/gemini-missing",
+        "--deployment",
+        "google:missing",
+    ])
+    .ok();
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
     proxy.wait_for_version(&http, cp.config_version()).await;
+    ((upstream, cp_dir, cp, acme), proxy_dir, proxy, http)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
+    let ((upstream, cp_dir, cp, acme), _proxy_dir, proxy, http) = gemini_stack().await;
     let body = Bytes::from(
         json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
                "generationConfig": {"maxOutputTokens": 64}})
@@ -142,5 +159,185 @@ async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
         upstream.requests().len(),
         calls,
         "MOCK posture called the upstream"
+    );
+}
+
+/// `/v1/chat/completions` on a Gemini model: the request becomes a `generateContent` request
+/// (system instruction apart, `model` role for the assistant, the model in the URL), the
+/// answer a `chat.completion` with OpenAI usage; a tool call makes the round trip with its
+/// signature; streams translate chunk by chunk; Google's errors and untranslatable fields
+/// come back as OpenAI-shaped 400s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_are_translated_to_gemini_and_back() {
+    let ((upstream, cp_dir, _cp, acme), _proxy_dir, proxy, http) = gemini_stack().await;
+    let url = proxy.url("/v1/chat/completions");
+
+    // Plain text, multi-turn with a system prompt.
+    let body = json!({"model": "gemini", "max_tokens": 50, "temperature": 0.5, "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "And again?"}]});
+    let answer = http.post(&url, Some(&acme.key), &body).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let chat = answer.json();
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["model"], "gemini");
+    assert_eq!(
+        chat["choices"][0]["message"]["content"],
+        "Hello from the mock upstream"
+    );
+    assert_eq!(chat["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chat["usage"]["prompt_tokens"], PROMPT_TOKENS);
+    assert_eq!(
+        chat["usage"]["completion_tokens"],
+        COMPLETION_TOKENS + GEMINI_THOUGHTS
+    );
+    assert_eq!(
+        chat["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        GEMINI_THOUGHTS
+    );
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(seen.path, "/v1beta/models/gemini-2.5-flash:generateContent");
+    assert_eq!(seen.headers["x-goog-api-key"], GOOGLE_KEY);
+    assert_eq!(
+        seen.body["systemInstruction"],
+        json!({"parts": [{"text": "Be brief."}]})
+    );
+    assert_eq!(seen.body["generationConfig"]["maxOutputTokens"], 50);
+    assert_eq!(seen.body["generationConfig"]["temperature"], 0.5);
+    let roles: Vec<&str> = seen.body["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "model", "user"]);
+    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+    let row: (i64, i64) = await_usage(&pool, "input_tokens, output_tokens", &id).await;
+    assert_eq!(
+        row,
+        (
+            PROMPT_TOKENS as i64,
+            (COMPLETION_TOKENS + GEMINI_THOUGHTS) as i64
+        )
+    );
+
+    // A tool call round trip: the call comes back as an OpenAI tool call, its result goes
+    // to Gemini as a functionResponse with the call's signature restored.
+    let (_, answer) = tool_round_trip(&http, &url, &acme.key, "gemini").await;
+    assert_eq!(answer, r#"The tool said: {"content":"18C, sunny"}"#);
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(
+        seen.body["contents"][1]["parts"][0]["thoughtSignature"],
+        GEMINI_SIGNATURE
+    );
+    assert_eq!(
+        seen.body["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "weather"
+    );
+
+    // Streams: text deltas in order, then the finish reason, then usage when asked.
+    let streamed = http
+        .post(
+            &url,
+            Some(&acme.key),
+            &json!({"model": "gemini", "stream": true, "stream_options": {"include_usage": true},
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    assert_eq!(streamed.headers["content-type"], "text/event-stream");
+    let chunks = chunks_of(&streamed.text());
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert_eq!(content, ["Hello from", " the mock upstream"]);
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["prompt_tokens"], PROMPT_TOKENS);
+    assert_eq!(
+        usage["completion_tokens"],
+        COMPLETION_TOKENS + GEMINI_THOUGHTS
+    );
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(
+        seen.path,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    );
+    assert_eq!(seen.query, "alt=sse");
+    let id = streamed.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let row: (i64, i64) = await_usage(&pool, "input_tokens, output_tokens", &id).await;
+    assert_eq!(
+        row,
+        (
+            PROMPT_TOKENS as i64,
+            (COMPLETION_TOKENS + GEMINI_THOUGHTS) as i64
+        )
+    );
+
+    // A streamed tool call arrives whole, then finishes as tool_calls.
+    let chunks = streamed_tool_call(&http, &url, &acme.key, "gemini").await;
+    let call = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .unwrap();
+    assert_eq!(call["function"]["name"], "weather");
+    assert_eq!(call["function"]["arguments"], TOOL_ARGUMENTS);
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "tool_calls")
+    );
+
+    // What cannot be translated, and Google's own refusal, are OpenAI-shaped 400s.
+    let refused = http
+        .post(
+            &url,
+            Some(&acme.key),
+            &json!({"model": "gemini", "logprobs": true,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 400);
+    let error = refused.json();
+    assert_eq!(error["error"]["code"], "invalid_request");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`logprobs` cannot be translated"),
+        "{error}"
+    );
+    let missing = http
+        .post(
+            &url,
+            Some(&acme.key),
+            &json!({"model": "gemini-missing", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 400, "{}", missing.text());
+    assert!(
+        missing.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("models/missing is not found"),
+        "{}",
+        missing.text()
     );
 }

@@ -1,0 +1,456 @@
+//! `/v1/chat/completions` on a provider family that does not speak OpenAI's chat format.
+//! Each such family implements [`ChatTranslation`] in its own module; the hot path only asks
+//! [`for_family`] and never names a family. Whole answers come back as one `chat.completion`;
+//! streams go through [`TranslatedStream`], which splits the upstream's event stream into
+//! events, lets the family's [`StreamEvents`] turn each into `chat.completion.chunk`s, and
+//! ends with the usage chunk (when asked for) and `[DONE]`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame};
+use serde_json::{Value, json};
+use sluice_shared::error_code::ErrorCode;
+
+use crate::error_response::GatewayError;
+use crate::http_body::BoxError;
+use crate::metered_body::MeteredBody;
+use crate::routing_tables::{DeploymentEntry, ProviderType};
+use crate::sse::Usage;
+
+/// One SSE line longer than this is not an event we can translate; it is dropped.
+const MAX_LINE: usize = 1024 * 1024;
+
+/// A provider family reached from OpenAI's chat format.
+pub trait ChatTranslation: Sync {
+    /// The family's name, for messages.
+    fn family(&self) -> &'static str;
+
+    /// The family's request for an OpenAI chat request, or a 400 naming what cannot be
+    /// translated.
+    fn request(
+        &self,
+        chat: &Value,
+        upstream_model: &str,
+        default_max_tokens: u64,
+    ) -> Result<Value, GatewayError>;
+
+    /// Where the translated request goes on this deployment.
+    fn uri<'d>(&self, deployment: &'d DeploymentEntry, stream: bool) -> &'d http::Uri;
+
+    /// The usage a whole answer reports.
+    fn usage(&self, answer: &[u8]) -> Option<Usage>;
+
+    /// The `chat.completion` for a whole answer (its usage already read).
+    fn response(&self, answer: &Value, usage: &Usage, chunk: &ChunkIdentity) -> Value;
+
+    /// A fresh reader for one streamed answer's events.
+    fn stream_events(&self) -> Box<dyn StreamEvents>;
+}
+
+/// Turns a family's stream events, one JSON `data:` payload at a time, into chunks.
+pub trait StreamEvents: Send {
+    fn event(&mut self, event: &Value, out: &mut ChatChunks);
+}
+
+/// The family that `/v1/chat/completions` reaches by translation, if this provider needs it.
+pub fn for_family(provider_type: ProviderType) -> Option<&'static dyn ChatTranslation> {
+    match provider_type {
+        ProviderType::Anthropic => Some(&crate::translate_anthropic::Anthropic),
+        ProviderType::Google => Some(&crate::translate_gemini::Gemini),
+        _ => None,
+    }
+}
+
+/// What every chunk and completion of one answer repeats.
+#[derive(Debug, Clone)]
+pub struct ChunkIdentity {
+    pub id: String,
+    pub model: String,
+    pub created: i64,
+}
+
+impl ChunkIdentity {
+    pub fn new(request_id: &str, model: &str, created: i64) -> Self {
+        Self {
+            id: format!("chatcmpl-{request_id}"),
+            model: model.to_owned(),
+            created,
+        }
+    }
+
+    /// A `chat.completion` with these choices and usage.
+    pub fn completion(&self, choices: Vec<Value>, usage: &Usage) -> Value {
+        json!({"id": self.id, "object": "chat.completion", "created": self.created,
+               "model": self.model, "choices": choices, "usage": openai_usage(usage)})
+    }
+}
+
+/// OpenAI's `usage` object: prompt tokens include cached ones, completion tokens include
+/// reasoning ones.
+pub fn openai_usage(usage: &Usage) -> Value {
+    json!({"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+           "total_tokens": usage.input_tokens + usage.output_tokens,
+           "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+           "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}})
+}
+
+/// An assistant message with text and tool calls, as a choice of a `chat.completion`.
+pub fn choice(index: u64, text: String, tool_calls: Vec<Value>, finish_reason: &str) -> Value {
+    let mut message = json!({"role": "assistant",
+        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) },
+        "refusal": null});
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    json!({"index": index, "message": message, "logprobs": null, "finish_reason": finish_reason})
+}
+
+/// A 400 naming what cannot be translated.
+pub fn refuse(message: impl Into<String>) -> GatewayError {
+    GatewayError::new(ErrorCode::InvalidRequest, message)
+}
+
+/// Refuses any field outside `translated` (gateway-control fields are removed elsewhere).
+pub fn refuse_untranslated(
+    object: &serde_json::Map<String, Value>,
+    translated: &[&str],
+    family: &str,
+    native: &str,
+) -> Result<(), GatewayError> {
+    for key in object.keys() {
+        if !translated.contains(&key.as_str())
+            && !crate::chat_request::GATEWAY_CONTROL_FIELDS.contains(&key.as_str())
+        {
+            return Err(refuse(format!(
+                "`{key}` cannot be translated for {family} model: remove it, or call {native}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A system prompt's or tool result's text: a string, or its text parts joined.
+pub fn text_of(content: &Value) -> Result<String, GatewayError> {
+    match content {
+        Value::String(text) => Ok(text.clone()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part["type"].as_str() {
+                Some("text") => Ok(part["text"].as_str().unwrap_or_default().to_owned()),
+                _ => Err(refuse("only text can go in a system prompt or tool result")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| texts.join("\n")),
+        Value::Null => Ok(String::new()),
+        _ => Err(refuse("`content` must be a string or a list of parts")),
+    }
+}
+
+/// The parts of OpenAI content: a string is one text part.
+pub fn content_parts(content: &Value) -> Result<Vec<Value>, GatewayError> {
+    match content {
+        Value::String(text) => Ok(vec![json!({"type": "text", "text": text})]),
+        Value::Array(parts) => Ok(parts.clone()),
+        Value::Null => Ok(Vec::new()),
+        _ => Err(refuse("`content` must be a string or a list of parts")),
+    }
+}
+
+/// An image part's `data:` URL as (media type, base64 data), or its http(s) URL.
+pub enum Image<'a> {
+    Inline { media_type: &'a str, data: &'a str },
+    Url(&'a str),
+}
+
+pub fn image_of(part: &Value) -> Result<Image<'_>, GatewayError> {
+    let url = part["image_url"]["url"].as_str().unwrap_or_default();
+    if let Some(data) = url.strip_prefix("data:") {
+        let (media_type, data) = data
+            .split_once(";base64,")
+            .ok_or_else(|| refuse("an image data URL must be base64"))?;
+        Ok(Image::Inline { media_type, data })
+    } else if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(Image::Url(url))
+    } else {
+        Err(refuse("an image must be a data URL or an http(s) URL"))
+    }
+}
+
+/// A tool call's `arguments` string as the JSON object the other families want.
+pub fn arguments_of(call: &Value) -> Result<Value, GatewayError> {
+    let arguments = call["function"]["arguments"].as_str().unwrap_or("{}");
+    let arguments = if arguments.trim().is_empty() {
+        "{}"
+    } else {
+        arguments
+    };
+    serde_json::from_str(arguments)
+        .map_err(|_| refuse("a tool call's `arguments` is not a JSON object"))
+}
+
+/// Appends a turn, merging it into the previous one of the same role: both families want
+/// roles to alternate. `key` names the list the turn's items live in.
+pub fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value>) {
+    match turns.last_mut() {
+        Some(last) if last["role"] == role => {
+            if let Some(existing) = last[key].as_array_mut() {
+                existing.extend(items);
+            }
+        }
+        _ => turns.push(json!({"role": role, key: items})),
+    }
+}
+
+/// Each function tool as the family declares it: `declare` maps the function's name and
+/// parameters (JSON Schema, if given), its description is copied; other tool kinds are refused.
+pub fn function_tools(
+    tools: &[Value],
+    family: &str,
+    declare: impl Fn(&Value, Option<&Value>) -> Value,
+) -> Result<Vec<Value>, GatewayError> {
+    tools
+        .iter()
+        .map(|tool| {
+            if tool["type"] != "function" {
+                return Err(refuse(format!("only function tools translate to {family}")));
+            }
+            let function = &tool["function"];
+            let parameters = Some(&function["parameters"]).filter(|p| p.is_object());
+            let mut declaration = declare(&function["name"], parameters);
+            if let Some(description) = function["description"].as_str() {
+                declaration["description"] = json!(description);
+            }
+            Ok(declaration)
+        })
+        .collect()
+}
+
+/// OpenAI's `tool_choice`, for a family to express in its own terms.
+pub enum ToolChoice<'a> {
+    Auto,
+    None,
+    Required,
+    /// One named function.
+    Named(&'a Value),
+}
+
+pub fn tool_choice(choice: Option<&Value>) -> Result<Option<ToolChoice<'_>>, GatewayError> {
+    Ok(match choice {
+        None | Some(Value::Null) => None,
+        Some(Value::String(mode)) => Some(match mode.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(refuse(format!(
+                    "tool_choice `{other}` is not one OpenAI defines"
+                )));
+            }
+        }),
+        Some(named) => Some(ToolChoice::Named(&named["function"]["name"])),
+    })
+}
+
+/// `stop` as a list of sequences.
+pub fn stop_sequences(stop: Option<&Value>) -> Option<Value> {
+    match stop {
+        Some(Value::String(stop)) => Some(json!([stop])),
+        Some(Value::Array(stops)) => Some(json!(stops)),
+        _ => None,
+    }
+}
+
+/// The chunks of one translated stream, queued until the body sends them.
+pub struct ChatChunks {
+    identity: ChunkIdentity,
+    include_usage: bool,
+    out: VecDeque<Bytes>,
+    /// The usage so far; families overwrite it as their events report it.
+    pub usage: Usage,
+    finished: bool,
+}
+
+impl ChatChunks {
+    pub fn new(identity: ChunkIdentity, include_usage: bool) -> Self {
+        Self {
+            identity,
+            include_usage,
+            out: VecDeque::new(),
+            usage: Usage::default(),
+            finished: false,
+        }
+    }
+
+    fn push(&mut self, value: &Value) {
+        self.out
+            .push_back(Bytes::from(format!("data: {value}\n\n")));
+    }
+
+    /// A chunk of choice `index` with this delta and, at its end, a finish reason.
+    pub fn delta(&mut self, index: u64, delta: Value, finish_reason: Option<&str>) {
+        let chunk = json!({"id": self.identity.id, "object": "chat.completion.chunk",
+            "created": self.identity.created, "model": self.identity.model,
+            "choices": [{"index": index, "delta": delta, "logprobs": null,
+                         "finish_reason": finish_reason}]});
+        self.push(&chunk);
+    }
+
+    /// An error the upstream sent mid-stream, in OpenAI's error shape, ending the stream.
+    pub fn error(&mut self, message: &Value, code: &Value) {
+        let error = json!({"error": {"message": message, "type": "upstream_error", "code": code}});
+        self.push(&error);
+        self.finish();
+    }
+
+    /// The usage chunk (when asked for) and `[DONE]`, once.
+    pub fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if self.include_usage {
+            let chunk = json!({"id": self.identity.id, "object": "chat.completion.chunk",
+                "created": self.identity.created, "model": self.identity.model,
+                "choices": [], "usage": openai_usage(&self.usage)});
+            self.push(&chunk);
+        }
+        self.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+    }
+
+    pub fn identity(&self) -> &ChunkIdentity {
+        &self.identity
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub fn pop(&mut self) -> Option<Bytes> {
+        self.out.pop_front()
+    }
+}
+
+/// Splits an event stream into `data:` payloads, whatever the framing of its bytes.
+pub struct EventLines {
+    line: Vec<u8>,
+}
+
+impl EventLines {
+    pub fn new() -> Self {
+        Self { line: Vec::new() }
+    }
+
+    /// Every complete `data:` line's JSON in `data`, in order; a partial line waits.
+    pub fn feed(&mut self, mut data: &[u8], mut each: impl FnMut(&Value)) {
+        while let Some(end) = data.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&data[..end]);
+            let line = std::mem::take(&mut self.line);
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            if let Some(payload) = line.strip_prefix(b"data:")
+                && let Ok(event) = serde_json::from_slice::<Value>(payload.trim_ascii_start())
+            {
+                each(&event);
+            }
+            data = &data[end + 1..];
+        }
+        if self.line.len() + data.len() <= MAX_LINE {
+            self.line.extend_from_slice(data);
+        } else {
+            self.line.clear();
+        }
+    }
+}
+
+impl Default for EventLines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A translated stream: the metered upstream body in, OpenAI chunks out, as they arrive.
+pub struct TranslatedStream {
+    inner: MeteredBody,
+    lines: EventLines,
+    events: Box<dyn StreamEvents>,
+    chunks: ChatChunks,
+    upstream_done: bool,
+}
+
+impl TranslatedStream {
+    pub fn new(inner: MeteredBody, events: Box<dyn StreamEvents>, chunks: ChatChunks) -> Self {
+        Self {
+            inner,
+            lines: EventLines::new(),
+            events,
+            chunks,
+            upstream_done: false,
+        }
+    }
+}
+
+impl HttpBody for TranslatedStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(bytes) = this.chunks.pop() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            if this.upstream_done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // What follows the family's closing event is still read, so it is metered.
+                    if let Some(data) = frame.data_ref()
+                        && !this.chunks.is_finished()
+                    {
+                        let (events, chunks) = (&mut this.events, &mut this.chunks);
+                        this.lines.feed(data, |event| events.event(event, chunks));
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                // An upstream that ends without its closing event still ends the stream well.
+                Poll::Ready(None) => {
+                    this.upstream_done = true;
+                    this.chunks.finish();
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Feeds a whole upstream stream through a family's events, byte by byte (every split of
+/// the upstream's frames must translate the same), and returns the chunks before `[DONE]`.
+#[cfg(test)]
+pub fn translate_stream_for_test(
+    events: &mut dyn StreamEvents,
+    stream: &[u8],
+    include_usage: bool,
+) -> Vec<Value> {
+    let mut chunks = ChatChunks::new(ChunkIdentity::new("r1", "m", 1), include_usage);
+    let mut lines = EventLines::new();
+    for byte in stream {
+        lines.feed(std::slice::from_ref(byte), |event| {
+            events.event(event, &mut chunks);
+        });
+    }
+    chunks.finish();
+    let mut sent: Vec<String> = std::iter::from_fn(|| chunks.pop())
+        .map(|b| String::from_utf8(b.to_vec()).unwrap_or_default())
+        .collect();
+    assert_eq!(sent.pop().as_deref(), Some("data: [DONE]\n\n"));
+    sent.iter()
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect()
+}

@@ -1,0 +1,85 @@
+//! What the translation tests of every family share: reading an OpenAI event stream, and a
+//! tool call's round trip through `/v1/chat/completions`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::{Value, json};
+
+use crate::mock_openai::TOOL_ARGUMENTS;
+use crate::proxy::Http;
+
+/// The one tool the round trips offer; the mock upstreams call it with [`TOOL_ARGUMENTS`].
+pub fn weather_tool() -> Value {
+    json!([{"type": "function", "function": {"name": "weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+}
+
+/// The chunks of an OpenAI event stream, checking it ends with `[DONE]`.
+pub fn chunks_of(text: &str) -> Vec<Value> {
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+/// Asks `model` about the weather with [`weather_tool`]: the answer must be a call of it with
+/// the mock's arguments; its result `18C, sunny` is sent back. Returns the tool call as the
+/// client saw it and the final answer's text.
+pub async fn tool_round_trip(http: &Http, url: &str, key: &str, model: &str) -> (Value, String) {
+    let mut messages = vec![json!({"role": "user", "content": "Weather in Paris?"})];
+    let called = http
+        .post(
+            url,
+            Some(key),
+            &json!({"model": model, "tools": weather_tool(), "messages": messages}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(called.status, 200, "{}", called.text());
+    let called = called.json();
+    assert_eq!(called["choices"][0]["finish_reason"], "tool_calls");
+    let message = called["choices"][0]["message"].clone();
+    let call = message["tool_calls"][0].clone();
+    assert_eq!(call["function"]["name"], "weather");
+    assert_eq!(
+        serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap()).unwrap(),
+        serde_json::from_str::<Value>(TOOL_ARGUMENTS).unwrap()
+    );
+    messages.push(message);
+    messages.push(json!({"role": "tool", "tool_call_id": call["id"], "content": "18C, sunny"}));
+    let answered = http
+        .post(
+            url,
+            Some(key),
+            &json!({"model": model, "tools": weather_tool(), "messages": messages}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    let text = answered.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (call, text)
+}
+
+/// Streams the same question: returns the chunks.
+pub async fn streamed_tool_call(http: &Http, url: &str, key: &str, model: &str) -> Vec<Value> {
+    let streamed = http
+        .post(
+            url,
+            Some(key),
+            &json!({"model": model, "stream": true, "tools": weather_tool(),
+                    "messages": [{"role": "user", "content": "Weather in Paris?"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    chunks_of(&streamed.text())
+}
