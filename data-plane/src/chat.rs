@@ -92,16 +92,6 @@ impl Operation {
             }
         }
     }
-
-    /// A native endpoint speaks one family's wire format, so its models must be of that
-    /// family (the OpenAI-shaped endpoints translate, or will).
-    fn native_family(self) -> Option<ProviderType> {
-        match self {
-            Self::Messages => Some(ProviderType::Anthropic),
-            Self::GenerateContent | Self::StreamGenerateContent => Some(ProviderType::Google),
-            _ => None,
-        }
-    }
 }
 
 pub async fn chat_completions(
@@ -205,21 +195,21 @@ async fn serve(
         Operation::StreamGenerateContent => ChatRequest::parse_gemini(&body, &path_model, true)?,
     };
     let model = resolve_model(&tables, &caller, &chat.model)?;
-    if let Some(family) = operation.native_family() {
-        let primary = model
-            .deployments
-            .first()
-            .and_then(|d| tables.providers.get(d.provider));
-        if let Some(provider) = primary.filter(|p| p.provider_type != family) {
-            return Err(GatewayError::new(
-                ErrorCode::ProviderMismatch,
-                format!(
-                    "model '{}' is served by provider '{}' ({:?}), not by a {family:?} provider: call {} with an {family:?} model, or use /v1/chat/completions",
-                    model.name, provider.name, provider.provider_type, operation.path()
-                ),
-            )
-            .with_param("model"));
-        }
+    // A native endpoint speaks one family's wire format, so its model must be of a family
+    // that serves it (chat completions reach every family).
+    let primary = model
+        .deployments
+        .first()
+        .and_then(|d| tables.providers.get(d.provider));
+    if let Some(provider) = primary.filter(|p| !operation.served_by(p.provider_type)) {
+        return Err(GatewayError::new(
+            ErrorCode::ProviderMismatch,
+            format!(
+                "model '{}' is served by provider '{}' ({:?}), which offers no {}: call it with a model of a family that does, or use /v1/chat/completions",
+                model.name, provider.name, provider.provider_type, operation.path()
+            ),
+        )
+        .with_param("model"));
     }
     let draft = UsageDraft::new(
         request_id,

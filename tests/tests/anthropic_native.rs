@@ -2,7 +2,8 @@
 //! an Anthropic provider (its key as `x-api-key`, `anthropic-version` set, the upstream model
 //! name), JSON and event streams metered from Anthropic's usage (cache reads counted as
 //! cached input); MOCK answers in Anthropic's format; an OpenAI-family model is refused with
-//! `provider_mismatch` in Anthropic's error shape.
+//! `provider_mismatch` in Anthropic's error shape, and an Anthropic model on OpenAI's native
+//! endpoints in OpenAI's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -127,6 +128,21 @@ async fn messages_pass_through_are_metered_and_stay_in_their_family() {
     assert_eq!(error["error"]["type"], "invalid_request_error");
     assert_eq!(error["error"]["code"], "provider_mismatch");
     assert_eq!(error["error"]["next_action"], "fix");
+    // And the other way: OpenAI's native endpoints refuse an Anthropic model, in their shape.
+    for (path, body) in [
+        ("/v1/embeddings", json!({"model": "claude", "input": "hi"})),
+        ("/v1/responses", json!({"model": "claude", "input": "hi"})),
+    ] {
+        let refused = http
+            .post(&proxy.url(path), Some(&acme.key), &body)
+            .await
+            .unwrap();
+        assert_eq!(refused.status, 400, "{path}: {}", refused.text());
+        let error = refused.json();
+        assert_eq!(error["error"]["code"], "provider_mismatch", "{path}");
+        assert_eq!(error["error"]["next_action"], "fix");
+        assert_eq!(error["error"]["param"], "model");
+    }
     // Anthropic requires max_tokens; so does Sluice's native endpoint.
     let no_max = messages(
         &http,

@@ -50,6 +50,8 @@ fn seed(cp: &ControlPlane, upstream: &MockOpenAi) -> (String, String) {
         "vllm",
         "--base-url",
         &vllm_base,
+        "--header",
+        "x-team=research",
         "--allow-private-network",
     ])
     .ok();
@@ -169,6 +171,10 @@ async fn azure_and_keyless_vllm_are_called_their_own_way() {
     let seen = upstream.requests().pop().unwrap();
     assert_eq!(seen.path, "/v1/chat/completions");
     assert_eq!(seen.body["model"], "meta-llama/Llama-3.1-8B-Instruct");
+    assert_eq!(
+        seen.headers["x-team"], "research",
+        "the provider's extra header"
+    );
     assert!(
         seen.headers.get("authorization").is_none(),
         "{:?}",
