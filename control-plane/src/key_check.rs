@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_shared::secret::SecretString;
+use sluice_shared::upstream_answer::rejects_key;
 
 use crate::store::{KeyHealth, Provider, ProviderKind};
 
@@ -105,6 +106,8 @@ impl KeyChecker {
             401 => KeyHealth::InvalidCredentials,
             403 => KeyHealth::NoModelAccess,
             404 if model.is_some() => KeyHealth::NoModelAccess,
+            // Google answers an unknown key 400 and names the reason in its details.
+            code if rejects_key(code, &body) => KeyHealth::InvalidCredentials,
             _ => KeyHealth::Unexpected,
         };
         KeyCheck {

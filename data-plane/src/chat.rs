@@ -12,6 +12,7 @@ use rand::Rng;
 use serde_json::Value;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
+use sluice_shared::upstream_answer::rejects_key;
 
 use crate::auth::{Caller, authenticate, authenticate_anthropic, authenticate_gemini};
 use crate::chat_request::ChatRequest;
@@ -21,7 +22,8 @@ use crate::http_body::{Body, BoxError, full};
 use crate::metered_body::MeteredBody;
 use crate::mock_posture;
 use crate::routing_tables::{
-    BudgetEntry, DeploymentEntry, ModelEntry, Posture, ProviderType, RoutingTables,
+    BudgetEntry, DeploymentEntry, ModelEntry, Posture, ProviderEntry, ProviderKeyEntry,
+    ProviderType, RoutingTables,
 };
 use crate::sse::Usage;
 use crate::translation::{self, ChatChunks, ChatTranslation, ChunkIdentity, TranslatedStream};
@@ -626,25 +628,8 @@ async fn forward(
             ));
             continue;
         }
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            // Reported through the usage stream, so the control plane marks the key.
-            if let Some(key) = key {
-                draft.record.rejected_key_id = key.id.clone();
-                draft.record.upstream_status = u32::from(status.as_u16());
-                draft.finish(
-                    gateway,
-                    ErrorCode::ProviderKeyInvalid.http_status(),
-                    Usage::default(),
-                    pb::UsageSource::ProviderReported,
-                );
-            }
-            return Err(GatewayError::new(
-                ErrorCode::ProviderKeyInvalid,
-                format!(
-                    "provider '{}' rejected its key ({status}): replace it with `sluicectl provider-key rotate`",
-                    provider.name
-                ),
-            ));
+        if rejects_key(status.as_u16(), b"") {
+            return Err(key_rejected(gateway, draft, key, provider, status));
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             last_error = Some(GatewayError::new(
@@ -655,26 +640,32 @@ async fn forward(
         }
         draft.record.http_status = u32::from(status.as_u16());
         draft.prompt = chat.messages_bytes();
-        return Ok(if let Some(translation) = translation {
-            if stream && status.is_success() {
-                let include_usage = chat.asks_stream_usage();
-                translated_stream_back(
+        if stream && status.is_success() {
+            return Ok(match translation {
+                Some(translation) => translated_stream_back(
                     gateway,
                     response,
                     draft,
                     provider.timeout,
                     translation,
                     &model.name,
-                    include_usage,
-                )
-            } else {
-                translated_back(gateway, response, draft, translation, &model.name).await?
+                    chat.asks_stream_usage(),
+                ),
+                None => stream_back(gateway, response, draft, provider.timeout),
+            });
+        }
+        let (parts, incoming) = response.into_parts();
+        let answer = read_answer(incoming).await?;
+        // Some families refuse a key with a status that also means other things (Google: 400).
+        if rejects_key(status.as_u16(), &answer) {
+            return Err(key_rejected(gateway, draft, key, provider, status));
+        }
+        return match translation {
+            Some(translation) => {
+                translated_back(gateway, &parts, &answer, draft, translation, &model.name)
             }
-        } else if stream && status.is_success() {
-            stream_back(gateway, response, draft, provider.timeout)
-        } else {
-            whole_back(gateway, response, draft, operation).await?
-        });
+            None => Ok(whole_back(gateway, parts, answer, draft, operation)),
+        };
     }
     Err(last_error.unwrap_or_else(|| {
         GatewayError::new(ErrorCode::ProviderNotReady, "no deployment could be tried")
@@ -694,6 +685,34 @@ fn stream_back(
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
     out
+}
+
+/// The upstream refused the provider key: reported with the usage record so that the control
+/// plane marks the key, and answered `provider_key_invalid`.
+fn key_rejected(
+    gateway: &Arc<Gateway>,
+    mut draft: UsageDraft,
+    key: Option<&ProviderKeyEntry>,
+    provider: &ProviderEntry,
+    status: StatusCode,
+) -> GatewayError {
+    if let Some(key) = key {
+        draft.record.rejected_key_id = key.id.clone();
+        draft.record.upstream_status = u32::from(status.as_u16());
+        draft.finish(
+            gateway,
+            ErrorCode::ProviderKeyInvalid.http_status(),
+            Usage::default(),
+            pb::UsageSource::ProviderReported,
+        );
+    }
+    GatewayError::new(
+        ErrorCode::ProviderKeyInvalid,
+        format!(
+            "provider '{}' rejected its key ({status}): replace it with `sluicectl provider-key rotate`",
+            provider.name
+        ),
+    )
 }
 
 /// A streamed answer to a translated chat request, relayed as OpenAI chunks as it arrives
@@ -746,16 +765,15 @@ async fn read_answer(incoming: Incoming) -> Result<Bytes, GatewayError> {
 
 /// A whole answer to a translated chat request: metered from the family's usage and
 /// returned as a `chat.completion`; the upstream's refusal becomes an OpenAI-shaped error.
-async fn translated_back(
+fn translated_back(
     gateway: &Arc<Gateway>,
-    response: Response<Incoming>,
+    parts: &http::response::Parts,
+    bytes: &Bytes,
     draft: UsageDraft,
     translation: &dyn ChatTranslation,
     model_name: &str,
 ) -> Result<Response<Body>, GatewayError> {
-    let (parts, incoming) = response.into_parts();
-    let bytes = read_answer(incoming).await?;
-    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let answer: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
     if !parts.status.is_success() {
         // Both families put the message at error.message.
         let message = answer["error"]["message"].as_str().unwrap_or("no message");
@@ -768,7 +786,7 @@ async fn translated_back(
             ),
         ));
     }
-    let usage = translation.usage(&bytes).unwrap_or_default();
+    let usage = translation.usage(bytes).unwrap_or_default();
     let identity = ChunkIdentity::new(
         &draft.record.request_id,
         model_name,
@@ -785,14 +803,13 @@ async fn translated_back(
     Ok(out)
 }
 
-async fn whole_back(
+fn whole_back(
     gateway: &Arc<Gateway>,
-    response: Response<Incoming>,
+    parts: http::response::Parts,
+    bytes: Bytes,
     mut draft: UsageDraft,
     operation: Operation,
-) -> Result<Response<Body>, GatewayError> {
-    let (parts, incoming) = response.into_parts();
-    let bytes = read_answer(incoming).await?;
+) -> Response<Body> {
     let reported = if operation.is_gemini() {
         crate::sse::usage_from_gemini_answer(&bytes)
     } else {
@@ -816,7 +833,7 @@ async fn whole_back(
     let mut out = Response::new(full(bytes));
     *out.status_mut() = parts.status;
     copy_response_headers(&parts.headers, out.headers_mut());
-    Ok(out)
+    out
 }
 
 /// Only headers that describe the answer travel back; hop-by-hop and upstream infrastructure

@@ -10,3 +10,4 @@ pub mod secret;
 pub mod settings_source;
 pub mod time;
 pub mod token;
+pub mod upstream_answer;

@@ -8,7 +8,10 @@
 //! for the model. The upstream model name picks a behaviour, so one server covers every
 //! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `pause` (answers
 //! after [`PAUSE`]), `redirect`, `no-usage` (a stream without a usage block), `stall` (a stream
-//! that sends one chunk, then nothing); anything else answers normally. A last message
+//! that sends one chunk, then nothing); anything else answers normally. Model listings answer
+//! key checks in each family's format (OpenAI's Bearer key, Anthropic's `x-api-key`, Gemini's
+//! `/v1beta/models` with `x-goog-api-key`): a key containing `invalid` is refused the family's
+//! way (Google: 400 `API_KEY_INVALID`), one containing `noaccess` is forbidden. A last message
 //! `usage:P/C[/K]` sets the usage reported (prompt, completion, cached prompt tokens). It
 //! records every request and counts TCP connections, so a test can prove "zero upstream calls".
 
@@ -186,6 +189,9 @@ fn openai_error(status: StatusCode, message: &str, kind: &str, code: Value) -> M
 /// (401, echoing the key as OpenAI's message does), one containing `noaccess` is forbidden
 /// (403), model `gpt-nope` does not exist (404); anything else is listed.
 fn models_answer(headers: &HeaderMap, model: Option<&str>) -> MockResponse {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return anthropic_models_answer(key, model);
+    }
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -224,6 +230,99 @@ fn models_answer(headers: &HeaderMap, model: Option<&str>) -> MockResponse {
             StatusCode::OK,
             json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model",
                    "created": 1_700_000_000, "owned_by": "system"}]}),
+        ),
+    }
+}
+
+/// Anthropic's `GET /v1/models[/{id}]`: a key containing `invalid` gets its authentication
+/// error (401), `noaccess` its permission error (403), model `claude-nope` not found (404).
+fn anthropic_models_answer(key: &str, model: Option<&str>) -> MockResponse {
+    let error = |status: StatusCode, kind: &str, message: &str| {
+        json_response(
+            status,
+            json!({"type": "error", "error": {"type": kind, "message": message}}),
+        )
+    };
+    if key.contains("invalid") {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid x-api-key",
+        );
+    }
+    if key.contains("noaccess") {
+        return error(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "Your API key does not have permission to use the specified resource.",
+        );
+    }
+    let info = |id: &str| json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-09-29T00:00:00Z"});
+    match model {
+        Some("claude-nope") => error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "model: claude-nope",
+        ),
+        Some(id) => json_response(StatusCode::OK, info(id)),
+        None => json_response(
+            StatusCode::OK,
+            json!({"data": [info("claude-sonnet-4-5")], "has_more": false,
+                   "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"}),
+        ),
+    }
+}
+
+/// Google's answer to a key it does not know: 400, with the reason in the details.
+fn gemini_key_invalid() -> MockResponse {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        json!({"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
+               "status": "INVALID_ARGUMENT", "details": [{
+                   "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                   "domain": "googleapis.com",
+                   "metadata": {"service": "generativelanguage.googleapis.com"}}]}}),
+    )
+}
+
+/// Gemini's `GET /v1beta/models[/{model}]`: a key containing `invalid` is unknown (400
+/// `API_KEY_INVALID`), `noaccess` is denied (403), model `gemini-nope` is not found (404).
+fn gemini_models_answer(headers: &HeaderMap, model: Option<&str>) -> MockResponse {
+    let key = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if key.is_empty() {
+        return gemini_error(
+            StatusCode::FORBIDDEN,
+            "Method doesn't allow unregistered callers.",
+            "PERMISSION_DENIED",
+        );
+    }
+    if key.contains("invalid") {
+        return gemini_key_invalid();
+    }
+    if key.contains("noaccess") {
+        return gemini_error(
+            StatusCode::FORBIDDEN,
+            "Permission denied: Consumer has been suspended.",
+            "PERMISSION_DENIED",
+        );
+    }
+    let info = |id: &str| {
+        json!({"name": format!("models/{id}"), "displayName": id,
+               "supportedGenerationMethods": ["generateContent", "countTokens"]})
+    };
+    match model {
+        Some("gemini-nope") => gemini_error(
+            StatusCode::NOT_FOUND,
+            "models/gemini-nope is not found for API version v1beta",
+            "NOT_FOUND",
+        ),
+        Some(id) => json_response(StatusCode::OK, info(id)),
+        None => json_response(
+            StatusCode::OK,
+            json!({"models": [info("gemini-2.5-flash")]}),
         ),
     }
 }
@@ -270,12 +369,19 @@ fn gemini_error(status: StatusCode, message: &str, kind: &str) -> MockResponse {
 /// (signed with [`GEMINI_SIGNATURE`]); given the function's response, it answers with it,
 /// refusing a replayed call that lost its signature. Unknown fields get Google's 400.
 fn gemini_answer(headers: &HeaderMap, rest: &str, body: &Value) -> MockResponse {
-    if headers.get("x-goog-api-key").is_none() {
+    let key = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if key.is_empty() {
         return gemini_error(
             StatusCode::FORBIDDEN,
             "Method doesn't allow unregistered callers.",
             "PERMISSION_DENIED",
         );
+    }
+    if key.contains("invalid") {
+        return gemini_key_invalid();
     }
     let (model, method) = rest.rsplit_once(':').unwrap_or((rest, ""));
     if model == "missing" {
@@ -579,7 +685,13 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<MockRes
     if path == "/v1/messages" {
         return Ok(anthropic_answer(&headers, &body));
     }
+    if path == "/v1beta/models" {
+        return Ok(gemini_models_answer(&headers, None));
+    }
     if let Some(rest) = path.strip_prefix("/v1beta/models/") {
+        if !rest.contains(':') {
+            return Ok(gemini_models_answer(&headers, Some(rest)));
+        }
         return Ok(gemini_answer(&headers, rest, &body));
     }
     let azure_deployment = azure

@@ -1,7 +1,8 @@
 //! `sluicectl provider-key test` asks the upstream whether a key works and records the answer
 //! as the key's health: 200 → valid, 401 → invalid_credentials (the upstream's message shown,
 //! the key never), 403 or an unknown model → no_model_access, a refused connection →
-//! unreachable. `provider-key list` then shows it.
+//! unreachable — for OpenAI, Anthropic and Google (which answers an unknown key 400,
+//! `API_KEY_INVALID`), each in its own wire format. `provider-key list` then shows it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,17 +17,20 @@ fn keys_are_classified_by_what_the_upstream_says() {
     let cp_dir = tempfile::tempdir().unwrap();
     let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
     cp.ctl(&["org", "create", "acme"]).ok();
-    for (name, base) in [
-        ("openai", upstream.base_url()),
+    let root = format!("http://{}", upstream.addr);
+    for (name, kind, base) in [
+        ("openai", "openai", upstream.base_url()),
+        ("anthropic", "anthropic", root.clone()),
+        ("google", "google", root.clone()),
         // Nothing listens on port 1.
-        ("gone", "http://127.0.0.1:1/v1".to_owned()),
+        ("gone", "openai", "http://127.0.0.1:1/v1".to_owned()),
     ] {
         cp.ctl(&[
             "provider",
             "create",
             &format!("acme/{name}"),
             "--type",
-            "openai",
+            kind,
             "--base-url",
             &base,
             "--allow-private-network",
@@ -40,6 +44,12 @@ fn keys_are_classified_by_what_the_upstream_says() {
         ("acme/openai/bad", INVALID),
         ("acme/openai/limited", "sk-noaccess-5678"),
         ("acme/gone/any", "sk-any-key-0000"),
+        ("acme/anthropic/a-good", "sk-ant-good-1"),
+        ("acme/anthropic/a-bad", "sk-ant-invalid-2"),
+        ("acme/anthropic/a-limited", "sk-ant-noaccess-3"),
+        ("acme/google/g-good", "AIza-good-1"),
+        ("acme/google/g-bad", "AIza-invalid-2"),
+        ("acme/google/g-limited", "AIza-noaccess-3"),
     ] {
         cp.ctl_stdin(&["provider-key", "add", key], secret).ok();
     }
@@ -80,6 +90,29 @@ fn keys_are_classified_by_what_the_upstream_says() {
         (Some("unreachable"), Some(0))
     );
 
+    // Anthropic and Google, each in its own wire format: Google answers an unknown key 400.
+    for (family, nope) in [("anthropic", "claude-nope"), ("google", "gemini-nope")] {
+        let prefix = &family[..1];
+        let good = test(&format!("acme/{family}/{prefix}-good"), None);
+        assert_eq!(good["result"], "valid", "{family}: {good}");
+        let bad = test(&format!("acme/{family}/{prefix}-bad"), None);
+        assert_eq!(bad["result"], "invalid_credentials", "{family}: {bad}");
+        assert!(
+            bad["message"].as_str().unwrap().contains("valid"),
+            "{family}: {bad}"
+        );
+        let limited = test(&format!("acme/{family}/{prefix}-limited"), None);
+        assert_eq!(limited["result"], "no_model_access", "{family}: {limited}");
+        assert_eq!(limited["upstream_status"], 403);
+        let unknown = test(&format!("acme/{family}/{prefix}-good"), Some(nope));
+        assert_eq!(unknown["result"], "no_model_access", "{family}: {unknown}");
+    }
+    assert_eq!(
+        test("acme/google/g-bad", None)["upstream_status"],
+        400,
+        "Google's own status is shown"
+    );
+
     // The health is stored and shown with the keys.
     let listed = cp
         .ctl(&["-o", "json", "provider-key", "list", "acme"])
@@ -97,6 +130,7 @@ fn keys_are_classified_by_what_the_upstream_says() {
     assert_eq!(health("bad"), "INVALID_CREDENTIALS");
     assert_eq!(health("limited"), "NO_MODEL_ACCESS");
     assert_eq!(health("any"), "UNREACHABLE");
+    assert_eq!(health("g-bad"), "INVALID_CREDENTIALS");
     // Nothing the control plane printed holds the key either.
     assert!(!cp.output.text().contains(INVALID));
 }
@@ -105,7 +139,7 @@ fn keys_are_classified_by_what_the_upstream_says() {
 /// the proxy reports it, so the control plane marks the key for the operator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_traffic_marks_a_refused_key() {
-    let (_upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-refused-in-traffic");
+    let (upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-refused-in-traffic");
     cp.ctl(&[
         "model",
         "create",
@@ -140,6 +174,77 @@ async fn live_traffic_marks_a_refused_key() {
         assert!(std::time::Instant::now() < deadline, "never marked: {keys}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Google refuses an unknown key with a 400 that names the reason: a rejected key too,
+    // through the translated chat path and Gemini's own endpoint alike.
+    let base = format!("http://{}", upstream.addr);
+    cp.ctl(&[
+        "provider",
+        "create",
+        "acme/google",
+        "--type",
+        "google",
+        "--base-url",
+        &base,
+        "--allow-private-network",
+    ])
+    .ok();
+    cp.ctl_stdin(
+        &["provider-key", "add", "acme/google/stale"],
+        "AIza-invalid-77",
+    )
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/gemini",
+        "--deployment",
+        "google:gemini-2.5-flash",
+    ])
+    .ok();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let body =
+        serde_json::json!({"model": "gemini", "messages": [{"role": "user", "content": "hi"}]});
+    let response = http
+        .post(&proxy.url("/v1/chat/completions"), Some(&acme.key), &body)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 502, "{}", response.text());
+    assert_eq!(response.json()["error"]["code"], "provider_key_invalid");
+    let native = http
+        .send(
+            "POST",
+            &proxy.url("/v1beta/models/gemini:generateContent"),
+            None,
+            &[("x-goog-api-key", &acme.key)],
+            bytes::Bytes::from(
+                serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+                    .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(native.status, 502, "{}", native.text());
+    assert_eq!(
+        native.json()["error"]["sluice_code"],
+        "provider_key_invalid"
+    );
+    loop {
+        let keys = cp
+            .ctl(&["-o", "json", "provider-key", "list", "acme"])
+            .json();
+        let stale = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "stale")
+            .cloned()
+            .unwrap();
+        if stale["health"] == "INVALID_CREDENTIALS" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never marked: {keys}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let audit = cp
         .ctl(&[
             "-o",
@@ -150,5 +255,5 @@ async fn live_traffic_marks_a_refused_key() {
             "provider_key.rejected",
         ])
         .json();
-    assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
+    assert!(audit.as_array().unwrap().len() >= 2, "{audit}");
 }
