@@ -21,12 +21,13 @@ use crate::gateway::Gateway;
 use crate::http_body::{Body, BoxError, full};
 use crate::metered_body::MeteredBody;
 use crate::mock_posture;
+use crate::operation::Operation;
 use crate::routing_tables::{
     BudgetEntry, DeploymentEntry, ModelEntry, Posture, ProviderEntry, ProviderKeyEntry,
-    ProviderType, RoutingTables,
+    RoutingTables,
 };
 use crate::sse::Usage;
-use crate::translation::{self, ChatChunks, ChatTranslation, ChunkIdentity, TranslatedStream};
+use crate::translation::{ChatChunks, ChatTranslation, ChunkIdentity, TranslatedStream};
 use crate::upstream::UpstreamError;
 use crate::usage::UsageDraft;
 
@@ -34,66 +35,11 @@ use crate::usage::UsageDraft;
 const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
 const MAX_ATTEMPTS: usize = 3;
 
-/// The OpenAI-shaped operations this path serves; each has its own URL per deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    ChatCompletions,
-    Embeddings,
-    /// OpenAI's Responses API, passed through to OpenAI providers.
-    Responses,
-    /// Anthropic's native Messages API, passed through to Anthropic providers.
-    Messages,
-    /// Gemini's native `generateContent` and `streamGenerateContent`.
-    GenerateContent,
-    StreamGenerateContent,
-}
-
-impl Operation {
-    fn path(self) -> &'static str {
-        match self {
-            Self::ChatCompletions => "/v1/chat/completions",
-            Self::Embeddings => "/v1/embeddings",
-            Self::Responses => "/v1/responses",
-            Self::Messages => "/v1/messages",
-            Self::GenerateContent => "models/{model}:generateContent",
-            Self::StreamGenerateContent => "models/{model}:streamGenerateContent",
-        }
-    }
-
-    fn uri(self, deployment: &DeploymentEntry) -> &http::Uri {
-        match self {
-            Self::ChatCompletions => &deployment.chat_completions_uri,
-            Self::Embeddings => &deployment.embeddings_uri,
-            Self::Responses => &deployment.responses_uri,
-            Self::Messages => &deployment.messages_uri,
-            Self::GenerateContent => &deployment.generate_uri,
-            Self::StreamGenerateContent => &deployment.stream_generate_uri,
-        }
-    }
-
-    fn is_gemini(self) -> bool {
-        matches!(self, Self::GenerateContent | Self::StreamGenerateContent)
-    }
-
-    /// Whether a provider of this type serves the operation.
-    fn served_by(self, provider_type: ProviderType) -> bool {
-        match self {
-            // Chat completions reach every family: the others by translation.
-            Self::ChatCompletions => true,
-            Self::Embeddings => matches!(
-                provider_type,
-                ProviderType::OpenAi
-                    | ProviderType::AzureOpenAi
-                    | ProviderType::Vllm
-                    | ProviderType::Custom
-            ),
-            Self::Responses => provider_type == ProviderType::OpenAi,
-            Self::Messages => provider_type == ProviderType::Anthropic,
-            Self::GenerateContent | Self::StreamGenerateContent => {
-                provider_type == ProviderType::Google
-            }
-        }
-    }
+/// Whether a deployment serves `operation`: in its family's own format, or — chat
+/// completions — through the family's translation.
+fn serves(provider: &ProviderEntry, deployment: &DeploymentEntry, operation: Operation) -> bool {
+    deployment.uri(operation).is_some()
+        || (operation == Operation::ChatCompletions && provider.family.chat_translation().is_some())
 }
 
 pub async fn chat_completions(
@@ -202,8 +148,8 @@ async fn serve(
     let primary = model
         .deployments
         .first()
-        .and_then(|d| tables.providers.get(d.provider));
-    if let Some(provider) = primary.filter(|p| !operation.served_by(p.provider_type)) {
+        .and_then(|d| Some((tables.providers.get(d.provider)?, d)));
+    if let Some((provider, _)) = primary.filter(|(provider, d)| !serves(provider, d, operation)) {
         return Err(GatewayError::new(
             ErrorCode::ProviderMismatch,
             format!(
@@ -528,21 +474,30 @@ async fn forward(
         let Some(provider) = tables.providers.get(deployment.provider) else {
             continue;
         };
-        match provider.provider_type {
-            kind if operation.served_by(kind) => {}
-            other => {
-                last_error = Some(GatewayError::new(
-                    ErrorCode::ProviderNotReady,
-                    format!(
-                        "provider '{}' is {other:?}, which offers no {}: serve model '{}' from a provider that does",
-                        provider.name,
-                        operation.path(),
-                        model.name
-                    ),
-                ));
-                continue;
+        // A deployment whose family offers no such operation is passed over.
+        let translation = match operation {
+            Operation::ChatCompletions if deployment.uri(operation).is_none() => {
+                provider.family.chat_translation()
             }
-        }
+            _ => None,
+        };
+        let uri = match translation {
+            Some(translation) => deployment.uri(translation.operation(stream)),
+            None => deployment.uri(operation),
+        };
+        let Some(uri) = uri else {
+            last_error = Some(GatewayError::new(
+                ErrorCode::ProviderNotReady,
+                format!(
+                    "provider '{}' is {:?}, which offers no {}: serve model '{}' from a provider that does",
+                    provider.name,
+                    provider.provider_type,
+                    operation.path(),
+                    model.name
+                ),
+            ));
+            continue;
+        };
         let key = provider.keys.first();
         let credential = match key {
             Some(key) => Some(tables.open_key(key).map_err(|_| {
@@ -551,29 +506,19 @@ async fn forward(
             None if provider.keyless => None,
             None => continue,
         };
-        let translation = match operation {
-            Operation::ChatCompletions => translation::for_family(provider.provider_type),
-            _ => None,
-        };
-        let (payload, uri) = match translation {
+        let payload = match translation {
             Some(translation) => {
                 let translated = translation.request(
                     &chat.json(),
                     &deployment.upstream_model,
                     gateway.default_max_output_tokens,
                 )?;
-                (
-                    Bytes::from(translated.to_string()),
-                    translation.uri(deployment, stream),
-                )
+                Bytes::from(translated.to_string())
             }
-            None => (
-                chat.upstream_body(
-                    (!operation.is_gemini()).then_some(deployment.upstream_model.as_str()),
-                    operation == Operation::ChatCompletions,
-                )?,
-                operation.uri(deployment),
-            ),
+            None => chat.upstream_body(
+                (!operation.is_gemini()).then_some(deployment.upstream_model.as_str()),
+                operation == Operation::ChatCompletions,
+            )?,
         };
         draft.record.provider_id = provider.id.clone();
         gateway

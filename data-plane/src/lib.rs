@@ -2,7 +2,6 @@
 //! tables that a background task keeps current from the control plane. The request path reads
 //! one `ArcSwap` and counts with atomics: no database, no control-plane call, no lock.
 
-pub mod anthropic_stream;
 pub mod auth;
 pub mod budget_leases;
 pub mod chat;
@@ -10,6 +9,7 @@ pub mod chat_request;
 pub mod config_client;
 pub mod control_plane_auth;
 pub mod error_response;
+pub mod families;
 pub mod gateway;
 pub mod http_body;
 pub mod identity;
@@ -18,6 +18,7 @@ pub mod metadata_headers;
 pub mod metered_body;
 pub mod metrics;
 pub mod mock_posture;
+pub mod operation;
 pub mod router;
 pub mod routing_tables;
 pub mod server;
@@ -25,8 +26,6 @@ pub mod settings;
 pub mod snapshot_file;
 pub mod spool_format;
 pub mod sse;
-pub mod translate_anthropic;
-pub mod translate_gemini;
 pub mod translation;
 pub mod upstream;
 pub mod usage;

@@ -14,13 +14,13 @@ use sluice_shared::budget_window::Window;
 use sluice_shared::sealing::{SealingKeyPair, SecretOpener};
 use sluice_shared::secret::SecretString;
 
+use crate::families::{self, Family, ProviderRecord};
+use crate::operation::Operation;
+
 /// Why a snapshot was refused; the text goes back to the control plane in the NACK.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
 pub struct InvalidSnapshot(pub String);
-
-/// The Messages API version sent to Anthropic unless a provider names another.
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 fn invalid(message: impl Into<String>) -> InvalidSnapshot {
     InvalidSnapshot(message.into())
@@ -68,19 +68,15 @@ pub struct DeploymentEntry {
     pub upstream_model: String,
     pub weight: u32,
     pub priority: u32,
-    /// Where this deployment's chat completions go, made once per snapshot: the provider's
-    /// `/chat/completions`, or for Azure OpenAI the deployment's own URL with `api-version`.
-    pub chat_completions_uri: http::Uri,
-    /// The same for embeddings.
-    pub embeddings_uri: http::Uri,
-    /// The Responses API (OpenAI providers only).
-    pub responses_uri: http::Uri,
-    /// Anthropic's Messages API (Anthropic providers only).
-    pub messages_uri: http::Uri,
-    /// Gemini's `models/{model}:generateContent` and `:streamGenerateContent?alt=sse` for this
-    /// deployment's model (Google providers only).
-    pub generate_uri: http::Uri,
-    pub stream_generate_uri: http::Uri,
+    /// Where each operation goes on this deployment, made once per snapshot by its family;
+    /// `None` where the family does not serve the operation in its own format.
+    uris: [Option<http::Uri>; Operation::ALL.len()],
+}
+
+impl DeploymentEntry {
+    pub fn uri(&self, operation: Operation) -> Option<&http::Uri> {
+        self.uris[operation.index()].as_ref()
+    }
 }
 
 /// How a provider key travels to the upstream.
@@ -120,14 +116,8 @@ pub struct ProviderEntry {
     pub provider_type: ProviderType,
     /// The base URL without a trailing slash; paths are appended to it.
     pub base_url: String,
-    /// `base_url` + `/chat/completions`, parsed once per snapshot rather than per request.
-    pub chat_completions_uri: http::Uri,
-    /// `base_url` + `/embeddings`.
-    pub embeddings_uri: http::Uri,
-    /// `base_url` + `/responses`.
-    pub responses_uri: http::Uri,
-    /// `base_url` + `/v1/messages` (Anthropic's Messages API).
-    pub messages_uri: http::Uri,
+    /// How this provider's upstream is reached.
+    pub family: &'static dyn Family,
     pub credential_header: CredentialHeader,
     /// vLLM and custom upstreams may need no key at all.
     pub keyless: bool,
@@ -245,26 +235,7 @@ impl RoutingTables {
                         upstream_model: d.upstream_model.clone(),
                         weight: d.weight.max(1),
                         priority: d.priority,
-                        chat_completions_uri: deployment_uri(
-                            on,
-                            &d.upstream_model,
-                            &on.chat_completions_uri,
-                            "chat/completions",
-                        )?,
-                        embeddings_uri: deployment_uri(
-                            on,
-                            &d.upstream_model,
-                            &on.embeddings_uri,
-                            "embeddings",
-                        )?,
-                        responses_uri: on.responses_uri.clone(),
-                        messages_uri: on.messages_uri.clone(),
-                        generate_uri: gemini_uri(on, &d.upstream_model, "generateContent")?,
-                        stream_generate_uri: gemini_uri(
-                            on,
-                            &d.upstream_model,
-                            "streamGenerateContent",
-                        )?,
+                        uris: deployment_uris(on, &d.upstream_model)?,
                     });
                 }
             }
@@ -406,68 +377,24 @@ impl RoutingTables {
     }
 }
 
-/// An Azure OpenAI deployment's URL for an operation: `{base}/openai/deployments/{deployment}/
-/// {operation}?api-version={version}`; every other provider serves the operation at its own
-/// `provider_uri`.
-fn deployment_uri(
+/// Each operation's URL for a deployment of `upstream_model`, as the provider's family makes it.
+fn deployment_uris(
     provider: &ProviderEntry,
     upstream_model: &str,
-    provider_uri: &http::Uri,
-    operation: &str,
-) -> Result<http::Uri, InvalidSnapshot> {
-    if provider.provider_type != ProviderType::AzureOpenAi {
-        return Ok(provider_uri.clone());
-    }
-    let mut segments = vec!["openai", "deployments", upstream_model];
-    segments.extend(operation.split('/'));
-    provider_url(
-        provider,
-        upstream_model,
-        &segments,
-        Some(("api-version", &provider.api_version)),
-    )
-}
-
-/// `{base}/v1beta/models/{model}:{method}` (streams with `alt=sse`, so the answer is
-/// server-sent events).
-fn gemini_uri(
-    provider: &ProviderEntry,
-    upstream_model: &str,
-    method: &str,
-) -> Result<http::Uri, InvalidSnapshot> {
-    let last = format!("{upstream_model}:{method}");
-    let query = (method == "streamGenerateContent").then_some(("alt", "sse"));
-    provider_url(
-        provider,
-        upstream_model,
-        &["v1beta", "models", &last],
-        query,
-    )
-}
-
-/// The provider's base URL with `segments` appended (each percent-encoded) and an optional
-/// query pair.
-fn provider_url(
-    provider: &ProviderEntry,
-    upstream_model: &str,
-    segments: &[&str],
-    query: Option<(&str, &str)>,
-) -> Result<http::Uri, InvalidSnapshot> {
-    let bad = || {
-        invalid(format!(
-            "provider {}: cannot make a URL for model {upstream_model}",
-            provider.name
-        ))
+) -> Result<[Option<http::Uri>; Operation::ALL.len()], InvalidSnapshot> {
+    let record = ProviderRecord {
+        base_url: &provider.base_url,
+        api_version: &provider.api_version,
     };
-    let mut url = url::Url::parse(&provider.base_url).map_err(|_| bad())?;
-    url.path_segments_mut()
-        .map_err(|_| bad())?
-        .pop_if_empty()
-        .extend(segments);
-    if let Some((name, value)) = query {
-        url.query_pairs_mut().append_pair(name, value);
+    let mut uris: [Option<http::Uri>; Operation::ALL.len()] = Default::default();
+    for operation in Operation::ALL {
+        uris[operation.index()] = provider
+            .family
+            .url(&record, upstream_model, operation)
+            .transpose()
+            .map_err(|message| invalid(format!("provider {}: {message}", provider.name)))?;
     }
-    url.as_str().parse().map_err(|_| bad())
+    Ok(uris)
 }
 
 fn provider(
@@ -551,67 +478,34 @@ fn provider(
         });
     }
     keys.sort_by_key(|k| k.retiring);
-    let operation_uri = |operation: &str| -> Result<http::Uri, InvalidSnapshot> {
-        format!("{}/{operation}", p.base_url.trim_end_matches('/'))
-            .parse()
-            .map_err(|_| {
-                invalid(format!(
-                    "provider {}: base_url does not make a valid URI",
-                    p.name
-                ))
-            })
-    };
-    let chat_completions_uri = operation_uri("chat/completions")?;
-    let embeddings_uri = operation_uri("embeddings")?;
-    let responses_uri = operation_uri("responses")?;
-    let messages_uri = operation_uri("v1/messages")?;
-    if provider_type == ProviderType::Anthropic
-        && !extra_headers
-            .iter()
-            .any(|(name, _)| name.as_str() == "anthropic-version")
-    {
-        let version = if p.api_version.is_empty() {
-            ANTHROPIC_VERSION
-        } else {
-            p.api_version.as_str()
-        };
-        let value = HeaderValue::from_str(version)
-            .map_err(|_| invalid(format!("provider {}: bad api_version", p.name)))?;
-        extra_headers.push((HeaderName::from_static("anthropic-version"), value));
-    }
-    let host_header = chat_completions_uri
-        .authority()
-        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    let family = families::of(provider_type);
+    let base_url = p.base_url.trim_end_matches('/').to_owned();
+    family
+        .prepare(
+            &ProviderRecord {
+                base_url: &base_url,
+                api_version: &p.api_version,
+            },
+            &mut extra_headers,
+        )
+        .map_err(|message| invalid(format!("provider {}: {message}", p.name)))?;
+    let host_header = base_url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| {
+            uri.authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+        })
         .ok_or_else(|| invalid(format!("provider {}: base_url has no host", p.name)))?;
-    if provider_type == ProviderType::AzureOpenAi && p.api_version.is_empty() {
-        return Err(invalid(format!(
-            "provider {}: Azure OpenAI needs an api_version",
-            p.name
-        )));
-    }
     Ok(ProviderEntry {
         id: p.id.clone(),
         name: p.name.clone(),
         provider_type,
-        chat_completions_uri,
-        embeddings_uri,
-        responses_uri,
-        messages_uri,
-        credential_header: match provider_type {
-            ProviderType::AzureOpenAi => {
-                CredentialHeader::Named(HeaderName::from_static("api-key"))
-            }
-            ProviderType::Anthropic => {
-                CredentialHeader::Named(HeaderName::from_static("x-api-key"))
-            }
-            ProviderType::Google => {
-                CredentialHeader::Named(HeaderName::from_static("x-goog-api-key"))
-            }
-            _ => CredentialHeader::Bearer,
-        },
-        keyless: matches!(provider_type, ProviderType::Vllm | ProviderType::Custom),
+        family,
+        credential_header: family.credential(),
+        keyless: family.keyless(),
         host_header,
-        base_url: p.base_url.trim_end_matches('/').to_owned(),
+        base_url,
         host,
         api_version: p.api_version.clone(),
         timeout: Duration::from_millis(u64::from(p.timeout_ms.clamp(1, 600_000))),

@@ -1,6 +1,6 @@
 //! `/v1/chat/completions` on a provider family that does not speak OpenAI's chat format.
-//! Each such family implements [`ChatTranslation`] in its own module; the hot path only asks
-//! [`for_family`] and never names a family. Whole answers come back as one `chat.completion`;
+//! Each such family implements [`ChatTranslation`] in its own module (`families::*`) and
+//! hands it out through `Family::chat_translation`; the hot path never names a family. Whole answers come back as one `chat.completion`;
 //! streams go through [`TranslatedStream`], which splits the upstream's event stream into
 //! events, lets the family's [`StreamEvents`] turn each into `chat.completion.chunk`s, and
 //! ends with the usage chunk (when asked for) and `[DONE]`.
@@ -17,7 +17,7 @@ use sluice_shared::error_code::ErrorCode;
 use crate::error_response::GatewayError;
 use crate::http_body::BoxError;
 use crate::metered_body::MeteredBody;
-use crate::routing_tables::{DeploymentEntry, ProviderType};
+use crate::operation::Operation;
 use crate::sse::Usage;
 
 /// One SSE line longer than this is not an event we can translate; it is dropped.
@@ -37,8 +37,8 @@ pub trait ChatTranslation: Sync {
         default_max_tokens: u64,
     ) -> Result<Value, GatewayError>;
 
-    /// Where the translated request goes on this deployment.
-    fn uri<'d>(&self, deployment: &'d DeploymentEntry, stream: bool) -> &'d http::Uri;
+    /// The family's own operation the translated request goes to.
+    fn operation(&self, stream: bool) -> Operation;
 
     /// The usage a whole answer reports.
     fn usage(&self, answer: &[u8]) -> Option<Usage>;
@@ -53,15 +53,6 @@ pub trait ChatTranslation: Sync {
 /// Turns a family's stream events, one JSON `data:` payload at a time, into chunks.
 pub trait StreamEvents: Send {
     fn event(&mut self, event: &Value, out: &mut ChatChunks);
-}
-
-/// The family that `/v1/chat/completions` reaches by translation, if this provider needs it.
-pub fn for_family(provider_type: ProviderType) -> Option<&'static dyn ChatTranslation> {
-    match provider_type {
-        ProviderType::Anthropic => Some(&crate::translate_anthropic::Anthropic),
-        ProviderType::Google => Some(&crate::translate_gemini::Gemini),
-        _ => None,
-    }
 }
 
 /// What every chunk and completion of one answer repeats.

@@ -60,7 +60,7 @@ impl StreamEvents for AnthropicEvents {
                     out.usage.output_tokens = output;
                 }
                 if let Some(reason) = event["delta"]["stop_reason"].as_str() {
-                    let finish = crate::translate_anthropic::finish_reason(Some(reason));
+                    let finish = super::translate::finish_reason(Some(reason));
                     out.delta(0, json!({}), Some(finish));
                 }
             }

@@ -11,7 +11,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::error_response::GatewayError;
-use crate::routing_tables::DeploymentEntry;
+use crate::operation::Operation;
 use crate::sse::Usage;
 use crate::translation::{
     ChatChunks, ChatTranslation, ChunkIdentity, Image, StreamEvents, ToolChoice, arguments_of,
@@ -43,7 +43,7 @@ const TRANSLATED: &[&str] = &[
 /// Joins a tool call's own id and the signature Gemini gave the call.
 const SIGNATURE_MARK: &str = ".sig.";
 
-pub struct Gemini;
+use super::Gemini;
 
 impl ChatTranslation for Gemini {
     fn family(&self) -> &'static str {
@@ -59,11 +59,11 @@ impl ChatTranslation for Gemini {
         request(chat)
     }
 
-    fn uri<'d>(&self, deployment: &'d DeploymentEntry, stream: bool) -> &'d http::Uri {
+    fn operation(&self, stream: bool) -> Operation {
         if stream {
-            &deployment.stream_generate_uri
+            Operation::StreamGenerateContent
         } else {
-            &deployment.generate_uri
+            Operation::GenerateContent
         }
     }
 

@@ -6,7 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::error_response::GatewayError;
-use crate::routing_tables::DeploymentEntry;
+use crate::operation::Operation;
 use crate::sse::Usage;
 use crate::translation::{
     ChatTranslation, ChunkIdentity, Image, StreamEvents, ToolChoice, arguments_of, choice,
@@ -31,7 +31,7 @@ const TRANSLATED: &[&str] = &[
     "user",
 ];
 
-pub struct Anthropic;
+use super::Anthropic;
 
 impl ChatTranslation for Anthropic {
     fn family(&self) -> &'static str {
@@ -47,8 +47,8 @@ impl ChatTranslation for Anthropic {
         request(chat, upstream_model, default_max_tokens)
     }
 
-    fn uri<'d>(&self, deployment: &'d DeploymentEntry, _stream: bool) -> &'d http::Uri {
-        &deployment.messages_uri
+    fn operation(&self, _stream: bool) -> Operation {
+        Operation::Messages
     }
 
     fn usage(&self, answer: &[u8]) -> Option<Usage> {
@@ -60,7 +60,7 @@ impl ChatTranslation for Anthropic {
     }
 
     fn stream_events(&self) -> Box<dyn StreamEvents> {
-        Box::new(crate::anthropic_stream::AnthropicEvents::default())
+        Box::new(super::stream::AnthropicEvents::default())
     }
 }
 

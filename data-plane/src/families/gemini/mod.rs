@@ -1,0 +1,45 @@
+//! Google Gemini: `{base}/v1beta/models/{model}:generateContent` and
+//! `:streamGenerateContent?alt=sse` (the model in the URL, never the body), the key in
+//! `x-goog-api-key`. `/v1/chat/completions` reaches it translated ([`translate`]).
+
+pub mod translate;
+
+use http::HeaderName;
+
+use super::{Family, ProviderRecord, url_under};
+use crate::operation::Operation;
+use crate::routing_tables::CredentialHeader;
+use crate::translation::ChatTranslation;
+
+#[derive(Debug)]
+pub struct Gemini;
+
+impl Family for Gemini {
+    fn credential(&self) -> CredentialHeader {
+        CredentialHeader::Named(HeaderName::from_static("x-goog-api-key"))
+    }
+
+    fn url(
+        &self,
+        record: &ProviderRecord<'_>,
+        upstream_model: &str,
+        operation: Operation,
+    ) -> Option<Result<http::Uri, String>> {
+        let (method, query) = match operation {
+            Operation::GenerateContent => ("generateContent", None),
+            // Server-sent events rather than Gemini's default JSON array.
+            Operation::StreamGenerateContent => ("streamGenerateContent", Some(("alt", "sse"))),
+            _ => return None,
+        };
+        let last = format!("{upstream_model}:{method}");
+        Some(url_under(
+            record.base_url,
+            &["v1beta", "models", &last],
+            query,
+        ))
+    }
+
+    fn chat_translation(&self) -> Option<&'static dyn ChatTranslation> {
+        Some(&Gemini)
+    }
+}

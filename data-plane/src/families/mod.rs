@@ -1,0 +1,92 @@
+//! Provider families, one module each behind [`Family`]: how a family is reached (its URLs,
+//! how the key travels, headers it requires) and what it serves. Snapshots are turned into
+//! tables through this trait, and the request path asks a deployment for an operation's URL or
+//! a provider for its chat translation; nothing outside these modules matches on a family.
+
+pub mod anthropic;
+pub mod azure;
+pub mod gemini;
+pub mod openai;
+
+use std::fmt;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::operation::Operation;
+use crate::routing_tables::{CredentialHeader, ProviderType};
+use crate::translation::ChatTranslation;
+
+/// What a provider record says about reaching its upstream.
+pub struct ProviderRecord<'a> {
+    /// The base URL, without a trailing slash.
+    pub base_url: &'a str,
+    pub api_version: &'a str,
+}
+
+pub trait Family: Sync + fmt::Debug {
+    /// How the provider key travels upstream.
+    fn credential(&self) -> CredentialHeader;
+
+    /// Whether a provider of this family may run without a key (self-hosted servers).
+    fn keyless(&self) -> bool {
+        false
+    }
+
+    /// Checks the record and adds the headers the family requires unless the operator set
+    /// them; the error says what is wrong.
+    fn prepare(
+        &self,
+        _record: &ProviderRecord<'_>,
+        _extra_headers: &mut Vec<(HeaderName, HeaderValue)>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Where `operation` goes for a deployment of `upstream_model`, if the family serves it in
+    /// its own format.
+    fn url(
+        &self,
+        record: &ProviderRecord<'_>,
+        upstream_model: &str,
+        operation: Operation,
+    ) -> Option<Result<http::Uri, String>>;
+
+    /// How `/v1/chat/completions` reaches a family that speaks another format.
+    fn chat_translation(&self) -> Option<&'static dyn ChatTranslation> {
+        None
+    }
+}
+
+/// The family of a provider type.
+pub fn of(provider_type: ProviderType) -> &'static dyn Family {
+    match provider_type {
+        ProviderType::OpenAi => &openai::OPENAI,
+        ProviderType::Vllm | ProviderType::Custom => &openai::SELF_HOSTED,
+        ProviderType::AzureOpenAi => &azure::AzureOpenAi,
+        ProviderType::Anthropic => &anthropic::Anthropic,
+        ProviderType::Google => &gemini::Gemini,
+    }
+}
+
+/// The base URL with `segments` appended (each percent-encoded) and an optional query pair.
+pub fn url_under(
+    base_url: &str,
+    segments: &[&str],
+    query: Option<(&str, &str)>,
+) -> Result<http::Uri, String> {
+    let bad = || {
+        format!(
+            "cannot make a URL under {base_url} for {}",
+            segments.join("/")
+        )
+    };
+    let mut url = url::Url::parse(base_url).map_err(|_| bad())?;
+    url.path_segments_mut()
+        .map_err(|_| bad())?
+        .pop_if_empty()
+        .extend(segments);
+    if let Some((name, value)) = query {
+        url.query_pairs_mut().append_pair(name, value);
+    }
+    url.as_str().parse().map_err(|_| bad())
+}

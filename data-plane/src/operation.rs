@@ -1,0 +1,47 @@
+//! The endpoints a proxy serves; each family decides which it can reach and where.
+
+/// An upstream operation; each deployment has its own URL for each one its family serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    ChatCompletions,
+    Embeddings,
+    /// OpenAI's Responses API.
+    Responses,
+    /// Anthropic's Messages API.
+    Messages,
+    /// Gemini's `generateContent` and `streamGenerateContent`.
+    GenerateContent,
+    StreamGenerateContent,
+}
+
+impl Operation {
+    pub const ALL: [Self; 6] = [
+        Self::ChatCompletions,
+        Self::Embeddings,
+        Self::Responses,
+        Self::Messages,
+        Self::GenerateContent,
+        Self::StreamGenerateContent,
+    ];
+
+    /// The endpoint's path as a client calls it, for messages.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/v1/chat/completions",
+            Self::Embeddings => "/v1/embeddings",
+            Self::Responses => "/v1/responses",
+            Self::Messages => "/v1/messages",
+            Self::GenerateContent => "models/{model}:generateContent",
+            Self::StreamGenerateContent => "models/{model}:streamGenerateContent",
+        }
+    }
+
+    pub fn is_gemini(self) -> bool {
+        matches!(self, Self::GenerateContent | Self::StreamGenerateContent)
+    }
+
+    /// Its slot in a deployment's URL table.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
