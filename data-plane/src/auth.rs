@@ -40,13 +40,13 @@ pub fn authenticate_anthropic<'t>(
 /// For Gemini's native endpoints: its SDKs send the key as `x-goog-api-key` or `?key=`;
 /// `Authorization: Bearer` works too. The key never travels further (the upstream URL is the
 /// provider's, without this query).
-pub fn authenticate_gemini<'t, B>(
+pub fn authenticate_gemini<'t>(
     tables: &'t RoutingTables,
-    request: &http::Request<B>,
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
     now_us: i64,
 ) -> Result<Caller<'t>, GatewayError> {
-    let headers = request.headers();
-    let from_query = request.uri().query().and_then(|query| {
+    let from_query = uri.query().and_then(|query| {
         query
             .split('&')
             .find_map(|pair| pair.strip_prefix("key="))

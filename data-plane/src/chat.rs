@@ -19,6 +19,7 @@ use crate::chat_request::ChatRequest;
 use crate::error_response::{ErrorShape, GatewayError};
 use crate::gateway::Gateway;
 use crate::http_body::{Body, BoxError, full};
+use crate::metadata_headers::RequestMetadata;
 use crate::metered_body::MeteredBody;
 use crate::mock_posture;
 use crate::operation::Operation;
@@ -111,29 +112,29 @@ async fn serve(
     request_id: &str,
     operation: Operation,
 ) -> Result<Response<Body>, GatewayError> {
-    let tables = gateway.tables.load_full().ok_or_else(|| {
-        GatewayError::new(
+    let (parts, body) = request.into_parts();
+    let Some(tables) = gateway.tables.load_full() else {
+        drain_refused(body).await;
+        return Err(GatewayError::new(
             ErrorCode::NotReady,
             "this proxy has no config yet; retry shortly",
-        )
-    })?;
-    let now_us = sluice_shared::time::now_us();
-    let caller = match operation {
-        Operation::Messages => authenticate_anthropic(&tables, request.headers(), now_us)?,
-        Operation::GenerateContent | Operation::StreamGenerateContent => {
-            authenticate_gemini(&tables, &request, now_us)?
+        ));
+    };
+    let (caller, metadata) = match identify(&tables, &parts, operation) {
+        Ok(identified) => identified,
+        Err(error) => {
+            drain_refused(body).await;
+            return Err(error);
         }
-        _ => authenticate(&tables, request.headers(), now_us)?,
     };
     let path_model = if operation.is_gemini() {
-        gemini_route(request.uri().path())
+        gemini_route(parts.uri.path())
             .map(|(model, _)| model.to_owned())
             .unwrap_or_default()
     } else {
         String::new()
     };
-    let metadata = crate::metadata_headers::read(request.headers())?;
-    let body = read_body(gateway, request).await?;
+    let body = read_body(gateway, &parts.headers, body).await?;
     let chat = match operation {
         Operation::ChatCompletions => ChatRequest::parse(&body)?,
         Operation::Embeddings => ChatRequest::parse_embeddings(&body)?,
@@ -225,7 +226,28 @@ async fn admit(
     gateway.leases.reserve(&budgets, most).await.map(Some)
 }
 
-async fn read_body(gateway: &Gateway, request: Request<Incoming>) -> Result<Bytes, GatewayError> {
+/// Who is calling (by the family's way of carrying the key) and the request's metadata headers.
+fn identify<'t>(
+    tables: &'t RoutingTables,
+    parts: &http::request::Parts,
+    operation: Operation,
+) -> Result<(Caller<'t>, RequestMetadata), GatewayError> {
+    let now_us = sluice_shared::time::now_us();
+    let caller = match operation {
+        Operation::Messages => authenticate_anthropic(tables, &parts.headers, now_us)?,
+        Operation::GenerateContent | Operation::StreamGenerateContent => {
+            authenticate_gemini(tables, &parts.headers, &parts.uri, now_us)?
+        }
+        _ => authenticate(tables, &parts.headers, now_us)?,
+    };
+    Ok((caller, crate::metadata_headers::read(&parts.headers)?))
+}
+
+async fn read_body(
+    gateway: &Gateway,
+    headers: &http::HeaderMap,
+    mut body: Incoming,
+) -> Result<Bytes, GatewayError> {
     let limit = gateway.max_body_bytes;
     let too_large = || {
         GatewayError::new(
@@ -233,32 +255,58 @@ async fn read_body(gateway: &Gateway, request: Request<Incoming>) -> Result<Byte
             format!("request body over {limit} bytes"),
         )
     };
-    let declared = request
-        .headers()
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
+        drain_refused(body).await;
         return Err(too_large());
     }
-    let bytes = Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|error| {
-            if error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                GatewayError::new(
-                    ErrorCode::InvalidRequest,
-                    "the request body could not be read",
-                )
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            GatewayError::new(
+                ErrorCode::InvalidRequest,
+                "the request body could not be read",
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total > limit {
+                drain_refused(body).await;
+                return Err(too_large());
             }
-        })?
-        .to_bytes();
-    Ok(bytes)
+            chunks.push(data);
+        }
+    }
+    Ok(match chunks.len() {
+        // The common case: the whole body arrived as one chunk, kept without a copy.
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    })
+}
+
+/// Most of a refused body that a client may still be sending is read and discarded.
+const MAX_DRAIN_BYTES: usize = 64 * 1024 * 1024;
+const MAX_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads what is left of a refused request body (bounded in bytes and time) before the error
+/// is answered: a socket closed with the client's data unread is reset, and the client would
+/// see a broken connection instead of the 413.
+async fn drain_refused(mut body: Incoming) {
+    let drained = async {
+        let mut left = MAX_DRAIN_BYTES;
+        while let Some(Ok(frame)) = body.frame().await {
+            let read = frame.data_ref().map_or(0, Bytes::len);
+            if read >= left {
+                break;
+            }
+            left -= read;
+        }
+    };
+    let _ = tokio::time::timeout(MAX_DRAIN_TIME, drained).await;
 }
 
 fn resolve_model<'t>(

@@ -403,13 +403,27 @@ async fn every_error_is_typed() {
         "invalid_request",
         "fix",
     );
+    // Refused by its declared length, again and again: the client must always read the 413,
+    // never a connection reset from a socket closed with its body unread.
     let huge = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(100_000)}]});
-    assert_error(
-        &http.post(&url, Some(&stack.key), &huge).await.unwrap(),
-        413,
-        "request_too_large",
-        "fix",
-    );
+    for _ in 0..25 {
+        assert_error(
+            &http.post(&url, Some(&stack.key), &huge).await.unwrap(),
+            413,
+            "request_too_large",
+            "fix",
+        );
+        // Refused before the body is read at all: the same.
+        assert_error(
+            &http
+                .post(&url, Some("sk-sluice-not-a-key"), &huge)
+                .await
+                .unwrap(),
+            401,
+            "invalid_api_key",
+            "fix",
+        );
+    }
     let wrong_method = http.get(&url, Some(&stack.key)).await.unwrap();
     assert_eq!(wrong_method.status, 405);
     assert_error(
