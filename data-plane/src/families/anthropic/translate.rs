@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::Anthropic;
 use crate::error_response::GatewayError;
 use crate::operation::Operation;
 use crate::sse::Usage;
@@ -30,8 +31,6 @@ const TRANSLATED: &[&str] = &[
     "parallel_tool_calls",
     "user",
 ];
-
-use super::Anthropic;
 
 impl ChatTranslation for Anthropic {
     fn family(&self) -> &'static str {

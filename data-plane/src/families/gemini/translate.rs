@@ -8,8 +8,11 @@
 //! replays a call without its signature. OpenAI's tool call has no place for it, so it rides
 //! in the tool call's id, which clients send back verbatim, and is restored from there.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value, json};
 
+use super::Gemini;
 use crate::error_response::GatewayError;
 use crate::operation::Operation;
 use crate::sse::Usage;
@@ -42,8 +45,6 @@ const TRANSLATED: &[&str] = &[
 
 /// Joins a tool call's own id and the signature Gemini gave the call.
 const SIGNATURE_MARK: &str = ".sig.";
-
-use super::Gemini;
 
 impl ChatTranslation for Gemini {
     fn family(&self) -> &'static str {
@@ -99,7 +100,7 @@ pub fn request(chat: &Value) -> Result<Value, GatewayError> {
     let mut system: Vec<String> = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
     // Gemini answers a call by the function's name, so each call id's name is remembered.
-    let mut call_names: Vec<(String, Value)> = Vec::new();
+    let mut call_names: HashMap<String, Value> = HashMap::new();
     for message in object["messages"].as_array().into_iter().flatten() {
         let (role, parts) = match message["role"].as_str().unwrap_or_default() {
             "system" | "developer" => {
@@ -112,7 +113,7 @@ pub fn request(chat: &Value) -> Result<Value, GatewayError> {
                 for call in message["tool_calls"].as_array().into_iter().flatten() {
                     let id = call["id"].as_str().unwrap_or_default();
                     let name = call["function"]["name"].clone();
-                    call_names.push((id.to_owned(), name.clone()));
+                    call_names.insert(id.to_owned(), name.clone());
                     let mut part =
                         json!({"functionCall": {"name": name, "args": arguments_of(call)?}});
                     if let Some((_, signature)) = id.split_once(SIGNATURE_MARK) {
@@ -124,11 +125,7 @@ pub fn request(chat: &Value) -> Result<Value, GatewayError> {
             }
             "tool" => {
                 let id = message["tool_call_id"].as_str().unwrap_or_default();
-                let name = call_names
-                    .iter()
-                    .find(|(call, _)| call == id)
-                    .map(|(_, name)| name.clone())
-                    .ok_or_else(|| {
+                let name = call_names.get(id).cloned().ok_or_else(|| {
                         refuse(format!(
                             "the tool message for `{id}` answers no tool call of an earlier assistant turn; Gemini needs the call to name the function"
                         ))
