@@ -135,6 +135,25 @@ impl Segment {
         })
     }
 
+    /// Creates the segment and has its pages made writable in the background: a shared file
+    /// mapping takes a page fault (with the filesystem's block bookkeeping, which may sleep) on
+    /// the first write to each page, and those faults would otherwise land on requests.
+    fn create_prefaulted(dir: &Path, seq: u64, capacity: usize) -> Result<Arc<Self>, SpoolError> {
+        let segment = Arc::new(Self::create(dir, seq, capacity)?);
+        let prefaulting = segment.clone();
+        let spawned = std::thread::Builder::new()
+            .name("usage-spool-prefault".into())
+            .spawn(move || {
+                // Writes nothing; on kernels without MADV_POPULATE_WRITE it fails and writers
+                // fault pages in themselves, as before.
+                let _ = prefaulting.map.advise(memmap2::Advice::PopulateWrite);
+            });
+        if let Err(error) = spawned {
+            tracing::debug!(%error, "cannot prefault a usage spool segment");
+        }
+        Ok(segment)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -313,7 +332,7 @@ impl UsageSpool {
             usize::try_from(settings.max_bytes / settings.segment_bytes.max(1) as u64)
                 .unwrap_or(usize::MAX)
                 .max(2);
-        let first = Arc::new(Segment::create(&dir, next_seq, settings.segment_bytes)?);
+        let first = Segment::create_prefaulted(&dir, next_seq, settings.segment_bytes)?;
         let spool = Arc::new(Self {
             settings,
             max_segments,
@@ -400,11 +419,8 @@ impl UsageSpool {
             return Err(SpoolError::Full);
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let next = Arc::new(Segment::create(
-            &self.settings.dir,
-            seq,
-            self.settings.segment_bytes,
-        )?);
+        let next =
+            Segment::create_prefaulted(&self.settings.dir, seq, self.settings.segment_bytes)?;
         segments.push(next.clone());
         self.current.store(next);
         self.update_refusing(segments.len());
