@@ -518,7 +518,18 @@ async fn forward(
         ));
     }
     let mut last_error = None;
-    for deployment in order.into_iter().take(MAX_ATTEMPTS) {
+    // Each attempt is a deployment and which of its provider's keys to use: a key the
+    // upstream refuses is followed by the provider's next one before the next deployment.
+    let mut attempts: std::collections::VecDeque<(&DeploymentEntry, usize)> = order
+        .into_iter()
+        .map(|deployment| (deployment, 0))
+        .collect();
+    let mut tried = 0;
+    while let Some((deployment, key_index)) = attempts.pop_front() {
+        if tried == MAX_ATTEMPTS {
+            break;
+        }
+        tried += 1;
         let Some(provider) = tables.providers.get(deployment.provider) else {
             continue;
         };
@@ -546,7 +557,7 @@ async fn forward(
             ));
             continue;
         };
-        let key = provider.keys.first();
+        let key = provider.keys.get(key_index);
         let credential = match key {
             Some(key) => Some(tables.open_key(key).map_err(|_| {
                 GatewayError::new(ErrorCode::Internal, "a provider key could not be opened")
@@ -622,6 +633,11 @@ async fn forward(
             continue;
         }
         if rejects_key(status.as_u16(), b"") {
+            if let Some(next) = next_key(provider, key_index) {
+                last_error = Some(note_rejected(&mut draft, key, provider, status));
+                attempts.push_front((deployment, next));
+                continue;
+            }
             return Err(key_rejected(gateway, draft, key, provider, status));
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -651,6 +667,11 @@ async fn forward(
         let answer = read_answer(incoming).await?;
         // Some families refuse a key with a status that also means other things (Google: 400).
         if rejects_key(status.as_u16(), &answer) {
+            if let Some(next) = next_key(provider, key_index) {
+                last_error = Some(note_rejected(&mut draft, key, provider, status));
+                attempts.push_front((deployment, next));
+                continue;
+            }
             return Err(key_rejected(gateway, draft, key, provider, status));
         }
         return match translation {
@@ -660,9 +681,19 @@ async fn forward(
             None => Ok(whole_back(gateway, parts, answer, draft, operation)),
         };
     }
-    Err(last_error.unwrap_or_else(|| {
+    let error = last_error.unwrap_or_else(|| {
         GatewayError::new(ErrorCode::ProviderNotReady, "no deployment could be tried")
-    }))
+    });
+    // A key refused on the way still reaches the control plane, with the request's outcome.
+    if !draft.record.rejected_key_id.is_empty() {
+        draft.finish(
+            gateway,
+            error.code.http_status(),
+            Usage::default(),
+            pb::UsageSource::ProviderReported,
+        );
+    }
+    Err(error)
 }
 
 fn stream_back(
@@ -680,11 +711,16 @@ fn stream_back(
     out
 }
 
-/// The upstream refused the provider key: reported with the usage record so that the control
-/// plane marks the key, and answered `provider_key_invalid`.
-fn key_rejected(
-    gateway: &Arc<Gateway>,
-    mut draft: UsageDraft,
+/// The provider's key after `key_index`, if it has one.
+fn next_key(provider: &ProviderEntry, key_index: usize) -> Option<usize> {
+    (key_index + 1 < provider.keys.len()).then_some(key_index + 1)
+}
+
+/// Notes on the usage record that the upstream refused this key, so that the control plane
+/// marks it (whatever the request's outcome), and returns the error to answer if nothing
+/// else works.
+fn note_rejected(
+    draft: &mut UsageDraft,
     key: Option<&ProviderKeyEntry>,
     provider: &ProviderEntry,
     status: StatusCode,
@@ -692,12 +728,6 @@ fn key_rejected(
     if let Some(key) = key {
         draft.record.rejected_key_id = key.id.clone();
         draft.record.upstream_status = u32::from(status.as_u16());
-        draft.finish(
-            gateway,
-            ErrorCode::ProviderKeyInvalid.http_status(),
-            Usage::default(),
-            pb::UsageSource::ProviderReported,
-        );
     }
     GatewayError::new(
         ErrorCode::ProviderKeyInvalid,
@@ -706,6 +736,27 @@ fn key_rejected(
             provider.name
         ),
     )
+}
+
+/// The upstream refused the provider key and no other is left to try: reported with the
+/// usage record, and answered `provider_key_invalid`.
+fn key_rejected(
+    gateway: &Arc<Gateway>,
+    mut draft: UsageDraft,
+    key: Option<&ProviderKeyEntry>,
+    provider: &ProviderEntry,
+    status: StatusCode,
+) -> GatewayError {
+    let error = note_rejected(&mut draft, key, provider, status);
+    if key.is_some() {
+        draft.finish(
+            gateway,
+            ErrorCode::ProviderKeyInvalid.http_status(),
+            Usage::default(),
+            pb::UsageSource::ProviderReported,
+        );
+    }
+    error
 }
 
 /// A streamed answer to a translated chat request, relayed as OpenAI chunks as it arrives

@@ -279,6 +279,68 @@ impl ControlPlane {
     }
 
     /// Runs `sluicectl ARGS` against this control plane with the bootstrap token.
+    /// Adds provider `org/name` of `kind` on a loopback `base_url`, with `keys` (name, secret)
+    /// in that order, and a model `org/model` served by it as `upstream_model`.
+    pub fn add_provider_model(
+        &self,
+        provider: &str,
+        kind: &str,
+        base_url: &str,
+        keys: &[(&str, &str)],
+        model: &str,
+        upstream_model: &str,
+    ) {
+        self.ctl(&[
+            "provider",
+            "create",
+            provider,
+            "--type",
+            kind,
+            "--base-url",
+            base_url,
+            "--allow-private-network",
+        ])
+        .ok();
+        for (name, secret) in keys {
+            self.ctl_stdin(
+                &["provider-key", "add", &format!("{provider}/{name}")],
+                secret,
+            )
+            .ok();
+        }
+        let provider_name = provider.rsplit('/').next().unwrap_or(provider);
+        self.ctl(&[
+            "model",
+            "create",
+            model,
+            "--deployment",
+            &format!("{provider_name}:{upstream_model}"),
+        ])
+        .ok();
+    }
+
+    /// Waits (up to 15 s) until provider key `name` of `org` shows `health`.
+    pub async fn await_key_health(&self, org: &str, name: &str, health: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let keys = self
+                .ctl(&["-o", "json", "provider-key", "list", org])
+                .json();
+            let found = keys
+                .as_array()
+                .and_then(|keys| keys.iter().find(|k| k["name"] == name))
+                .map(|k| k["health"] == health);
+            if found == Some(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never became {health}: {keys}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         self.ctl_as(&self.admin_token, args, None)
     }

@@ -21,31 +21,14 @@ const ANTHROPIC_KEY: &str = "sk-ant-canary-4411";
 /// A LIVE stack whose model `claude` is served by an Anthropic provider, and a proxy on it.
 async fn anthropic_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
     let (upstream, cp_dir, cp, acme) = live_stack("sk-openai-side");
-    let base = format!("http://{}", upstream.addr);
-    cp.ctl(&[
-        "provider",
-        "create",
+    cp.add_provider_model(
         "acme/anthropic",
-        "--type",
         "anthropic",
-        "--base-url",
-        &base,
-        "--allow-private-network",
-    ])
-    .ok();
-    cp.ctl_stdin(
-        &["provider-key", "add", "acme/anthropic/main"],
-        ANTHROPIC_KEY,
-    )
-    .ok();
-    cp.ctl(&[
-        "model",
-        "create",
+        &format!("http://{}", upstream.addr),
+        &[("main", ANTHROPIC_KEY)],
         "acme/claude",
-        "--deployment",
-        "anthropic:claude-sonnet-4-5",
-    ])
-    .ok();
+        "claude-sonnet-4-5",
+    );
     let http = Http::new();
     let proxy_dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();

@@ -28,28 +28,14 @@ const GOOGLE_KEY: &str = "AIza-canary-google-7788";
 /// A LIVE stack whose model `gemini` is served by a Google provider, and a proxy on it.
 async fn gemini_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
     let (upstream, cp_dir, cp, acme) = live_stack("sk-openai-side");
-    let base = format!("http://{}", upstream.addr);
-    cp.ctl(&[
-        "provider",
-        "create",
+    cp.add_provider_model(
         "acme/google",
-        "--type",
         "google",
-        "--base-url",
-        &base,
-        "--allow-private-network",
-    ])
-    .ok();
-    cp.ctl_stdin(&["provider-key", "add", "acme/google/main"], GOOGLE_KEY)
-        .ok();
-    cp.ctl(&[
-        "model",
-        "create",
+        &format!("http://{}", upstream.addr),
+        &[("main", GOOGLE_KEY)],
         "acme/gemini",
-        "--deployment",
-        "google:gemini-2.5-flash",
-    ])
-    .ok();
+        "gemini-2.5-flash",
+    );
     let http = Http::new();
     let proxy_dir = tempfile::tempdir().unwrap();
     cp.ctl(&[

@@ -163,44 +163,18 @@ async fn live_traffic_marks_a_refused_key() {
     let error = &response.json()["error"];
     assert_eq!(error["code"], "provider_key_invalid");
     assert_eq!(error["next_action"], "fix");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let keys = cp
-            .ctl(&["-o", "json", "provider-key", "list", "acme"])
-            .json();
-        if keys[0]["health"] == "INVALID_CREDENTIALS" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never marked: {keys}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    cp.await_key_health("acme", "main", "INVALID_CREDENTIALS")
+        .await;
     // Google refuses an unknown key with a 400 that names the reason: a rejected key too,
     // through the translated chat path and Gemini's own endpoint alike.
-    let base = format!("http://{}", upstream.addr);
-    cp.ctl(&[
-        "provider",
-        "create",
+    cp.add_provider_model(
         "acme/google",
-        "--type",
         "google",
-        "--base-url",
-        &base,
-        "--allow-private-network",
-    ])
-    .ok();
-    cp.ctl_stdin(
-        &["provider-key", "add", "acme/google/stale"],
-        "AIza-invalid-77",
-    )
-    .ok();
-    cp.ctl(&[
-        "model",
-        "create",
+        &format!("http://{}", upstream.addr),
+        &[("stale", "AIza-invalid-77")],
         "acme/gemini",
-        "--deployment",
-        "google:gemini-2.5-flash",
-    ])
-    .ok();
+        "gemini-2.5-flash",
+    );
     proxy.wait_for_version(&http, cp.config_version()).await;
     let body =
         serde_json::json!({"model": "gemini", "messages": [{"role": "user", "content": "hi"}]});
@@ -228,23 +202,8 @@ async fn live_traffic_marks_a_refused_key() {
         native.json()["error"]["sluice_code"],
         "provider_key_invalid"
     );
-    loop {
-        let keys = cp
-            .ctl(&["-o", "json", "provider-key", "list", "acme"])
-            .json();
-        let stale = keys
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["name"] == "stale")
-            .cloned()
-            .unwrap();
-        if stale["health"] == "INVALID_CREDENTIALS" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never marked: {keys}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    cp.await_key_health("acme", "stale", "INVALID_CREDENTIALS")
+        .await;
     let audit = cp
         .ctl(&[
             "-o",
@@ -256,4 +215,48 @@ async fn live_traffic_marks_a_refused_key() {
         ])
         .json();
     assert!(audit.as_array().unwrap().len() >= 2, "{audit}");
+}
+
+/// A provider with two keys, the first of which the upstream refuses: the request succeeds
+/// with the second, the first is marked, and once the proxies hear of it they try the good
+/// key first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_gives_way_to_the_next() {
+    let (upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-openai-side");
+    // Keys are tried in the order they were added.
+    cp.add_provider_model(
+        "acme/google",
+        "google",
+        &format!("http://{}", upstream.addr),
+        &[("stale", "AIza-invalid-1"), ("fresh", "AIza-good-2")],
+        "acme/gemini",
+        "gemini-2.5-flash",
+    );
+    let http = sluice_e2e::proxy::Http::new();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy =
+        sluice_e2e::proxy::ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let body =
+        serde_json::json!({"model": "gemini", "messages": [{"role": "user", "content": "hi"}]});
+    let url = proxy.url("/v1/chat/completions");
+    let answer = http.post(&url, Some(&acme.key), &body).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let keys_sent: Vec<String> = upstream
+        .requests()
+        .iter()
+        .map(|r| r.headers["x-goog-api-key"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys_sent, ["AIza-invalid-1", "AIza-good-2"]);
+
+    // The refusal reaches the control plane, which marks the key and publishes the change.
+    cp.await_key_health("acme", "stale", "INVALID_CREDENTIALS")
+        .await;
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let before = upstream.requests().len();
+    let answer = http.post(&url, Some(&acme.key), &body).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), before + 1, "the refused key was tried again");
+    assert_eq!(seen[before].headers["x-goog-api-key"], "AIza-good-2");
 }

@@ -1071,9 +1071,10 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                    // Only a change is worth an audit event; a burst of rejections is one.
+                    // Only a change is worth an audit event (a burst of rejections is one) and
+                    // a new config version: proxies put keys known to fail behind the others.
                     if changed > 0 {
-                        record_audit(&mut tx, &audit).await?;
+                        record_change(&mut tx, &audit).await?;
                     }
                     tx.commit().await?;
                     Ok(())
@@ -1095,9 +1096,13 @@ macro_rules! sql_store {
                         .bind(&key.id)
                         .execute(&mut *tx)
                         .await?;
-                    // Health is for operators; it changes nothing proxies see, so the audit
-                    // event is written without a new config version.
-                    record_audit(&mut tx, &audit).await?;
+                    // Proxies try keys known to fail last, so a change of health is a change
+                    // of config.
+                    if key.health == health {
+                        record_audit(&mut tx, &audit).await?;
+                    } else {
+                        record_change(&mut tx, &audit).await?;
+                    }
                     let updated = fetch_provider_key(&mut tx, org, provider, name).await?;
                     tx.commit().await?;
                     Ok(updated)
@@ -1645,7 +1650,9 @@ macro_rules! sql_store {
                     let rows = sqlx::query(
                         "SELECT k.id, k.provider_id, p.org_id, k.state, k.sealed_secret \
                          FROM provider_keys k JOIN providers p ON p.id = k.provider_id \
-                         WHERE k.state <> 'REVOKED' AND p.active = TRUE ORDER BY k.id",
+                         WHERE k.state <> 'REVOKED' AND p.active = TRUE \
+                         ORDER BY CASE WHEN k.health IN ('INVALID_CREDENTIALS', 'NO_MODEL_ACCESS') \
+                         THEN 1 ELSE 0 END, k.id",
                     )
                     .fetch_all(&mut *tx)
                     .await?;
