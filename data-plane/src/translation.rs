@@ -445,3 +445,58 @@ pub fn translate_stream_for_test(
         .filter_map(|e| serde_json::from_str(e).ok())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::families;
+    use crate::routing_tables::ProviderType;
+
+    /// Whatever a client or an upstream sends, translation answers or refuses; it never panics.
+    #[test]
+    fn hostile_shapes_never_panic() {
+        let odd = [
+            json!(null),
+            json!([]),
+            json!("text"),
+            json!({"messages": "nope"}),
+            json!({"messages": [null, 1, "x", [], {"role": 5}]}),
+            json!({"messages": [{"role": "user", "content": 7}]}),
+            json!({"messages": [{"role": "user", "content": [null, {"type": "image_url"}]}]}),
+            json!({"messages": [{"role": "assistant", "tool_calls": [null, {"function": 1}]}]}),
+            json!({"messages": [{"role": "assistant", "tool_calls": [{"id": 3, "function": {"arguments": "[1]"}}]}]}),
+            json!({"messages": [{"role": "tool", "tool_call_id": null, "content": []}]}),
+            json!({"messages": [{"role": "user", "content": "hi"}], "tools": [null, {"type": "function"}]}),
+            json!({"messages": [{"role": "user", "content": "hi"}], "tool_choice": 5, "stop": 3}),
+            json!({"messages": [{"role": "user", "content": "hi"}], "response_format": [], "n": "two"}),
+        ];
+        for family in [ProviderType::Anthropic, ProviderType::Google] {
+            let Some(translation) = families::of(family).chat_translation() else {
+                panic!("{family:?} translates chat completions");
+            };
+            for request in &odd {
+                let _ = translation.request(request, "m", 16);
+            }
+            let identity = super::ChunkIdentity::new("r", "m", 0);
+            for answer in &odd {
+                let usage = translation
+                    .usage(answer.to_string().as_bytes())
+                    .unwrap_or_default();
+                let _ = translation.response(answer, &usage, &identity);
+                let mut events = translation.stream_events();
+                let mut chunks = super::ChatChunks::new(identity.clone(), true);
+                events.event(answer, &mut chunks);
+                for event in [
+                    json!({"candidates": [{"content": {"parts": [{"functionCall": 1}, {"text": 5}]}, "index": "x"}]}),
+                    json!({"type": "content_block_start", "content_block": {"type": "tool_use"}}),
+                    json!({"type": "content_block_delta", "delta": {"type": "input_json_delta"}}),
+                    json!({"error": "flat"}),
+                ] {
+                    events.event(&event, &mut chunks);
+                }
+                chunks.finish();
+            }
+        }
+    }
+}
