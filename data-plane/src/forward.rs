@@ -1,0 +1,495 @@
+//! Forwarding to a deployment: deployments in priority order (weighted within a priority),
+//! each provider's keys in turn when one is refused, falling back on failures that happen
+//! before the answer starts; the answer streamed back as it arrives, or read whole, metered,
+//! and translated back where the family speaks another format.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use rand::Rng;
+use serde_json::Value;
+use sluice_proto::usage::v1 as pb;
+use sluice_shared::error_code::ErrorCode;
+use sluice_shared::upstream_answer::rejects_key;
+
+use crate::chat_request::ChatRequest;
+use crate::error_response::GatewayError;
+use crate::gateway::Gateway;
+use crate::http_body::{Body, BoxError, full};
+use crate::metered_body::MeteredBody;
+use crate::operation::Operation;
+use crate::routing_tables::{
+    DeploymentEntry, ModelEntry, ProviderEntry, ProviderKeyEntry, RoutingTables,
+};
+use crate::sse::Usage;
+use crate::translation::{ChatChunks, ChatTranslation, ChunkIdentity, TranslatedStream};
+use crate::upstream::UpstreamError;
+use crate::usage::UsageDraft;
+
+/// Largest non-streamed upstream answer read into memory.
+const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
+const MAX_ATTEMPTS: usize = 3;
+
+/// Deployments in the order to try them: by priority, weighted-random within a priority,
+/// skipping those whose provider has no usable key.
+fn attempt_order<'t>(tables: &'t RoutingTables, model: &'t ModelEntry) -> Vec<&'t DeploymentEntry> {
+    // The common case: one deployment, nothing to order.
+    if let [only] = model.deployments.as_slice() {
+        let usable = tables
+            .providers
+            .get(only.provider)
+            .is_some_and(|p| p.keyless || !p.keys.is_empty());
+        return if usable { vec![only] } else { Vec::new() };
+    }
+    let mut usable: Vec<&DeploymentEntry> = model
+        .deployments
+        .iter()
+        .filter(|d| {
+            tables
+                .providers
+                .get(d.provider)
+                .is_some_and(|p| p.keyless || !p.keys.is_empty())
+        })
+        .collect();
+    let mut rng = rand::rng();
+    let mut ordered = Vec::with_capacity(usable.len());
+    while !usable.is_empty() {
+        let priority = usable[0].priority;
+        let group_end = usable
+            .iter()
+            .position(|d| d.priority != priority)
+            .unwrap_or(usable.len());
+        let mut group: Vec<&DeploymentEntry> = usable.drain(..group_end).collect();
+        while !group.is_empty() {
+            let total: u64 = group.iter().map(|d| u64::from(d.weight)).sum();
+            let mut pick = rng.random_range(0..total.max(1));
+            let index = group
+                .iter()
+                .position(|d| {
+                    let weight = u64::from(d.weight);
+                    if pick < weight {
+                        true
+                    } else {
+                        pick -= weight;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            ordered.push(group.remove(index));
+        }
+    }
+    ordered
+}
+
+pub async fn forward(
+    gateway: &Arc<Gateway>,
+    tables: &Arc<RoutingTables>,
+    model: &ModelEntry,
+    chat: &ChatRequest<'_>,
+    mut draft: UsageDraft,
+    operation: Operation,
+) -> Result<Response<Body>, GatewayError> {
+    if gateway.spool.refusing() {
+        return Err(GatewayError::new(
+            ErrorCode::UsageSpoolFull,
+            "the usage spool is full because the control plane has not acknowledged usage for a while; live requests are refused until it drains, so that no cost goes unmetered",
+        ));
+    }
+    let stream = chat.stream;
+    let order = attempt_order(tables, model);
+    if order.is_empty() {
+        return Err(GatewayError::new(
+            ErrorCode::ProviderNotReady,
+            format!(
+                "model '{}' has no deployment with a usable provider key: add a key with `sluicectl provider-key add`",
+                model.name
+            ),
+        ));
+    }
+    let mut last_error = None;
+    // Each attempt is a deployment and which of its provider's keys to use: a key the
+    // upstream refuses is followed by the provider's next one before the next deployment.
+    let mut attempts: std::collections::VecDeque<(&DeploymentEntry, usize)> = order
+        .into_iter()
+        .map(|deployment| (deployment, 0))
+        .collect();
+    let mut tried = 0;
+    while let Some((deployment, key_index)) = attempts.pop_front() {
+        if tried == MAX_ATTEMPTS {
+            break;
+        }
+        tried += 1;
+        let Some(provider) = tables.providers.get(deployment.provider) else {
+            continue;
+        };
+        // A deployment whose family offers no such operation is passed over.
+        let translation = match operation {
+            Operation::ChatCompletions if deployment.uri(operation).is_none() => {
+                provider.family.chat_translation()
+            }
+            _ => None,
+        };
+        let uri = match translation {
+            Some(translation) => deployment.uri(translation.operation(stream)),
+            None => deployment.uri(operation),
+        };
+        let Some(uri) = uri else {
+            last_error = Some(GatewayError::new(
+                ErrorCode::ProviderNotReady,
+                format!(
+                    "provider '{}' is {:?}, which offers no {}: serve model '{}' from a provider that does",
+                    provider.name,
+                    provider.provider_type,
+                    operation.path(),
+                    model.name
+                ),
+            ));
+            continue;
+        };
+        let key = provider.keys.get(key_index);
+        let credential = match key {
+            Some(key) => Some(tables.open_key(key).map_err(|_| {
+                GatewayError::new(ErrorCode::Internal, "a provider key could not be opened")
+            })?),
+            None if provider.keyless => None,
+            None => continue,
+        };
+        let payload = match translation {
+            Some(translation) => {
+                let translated = translation.request(
+                    &chat.json(),
+                    &deployment.upstream_model,
+                    gateway.default_max_output_tokens,
+                )?;
+                Bytes::from(translated.to_string())
+            }
+            None => chat.upstream_body(
+                (!operation.is_gemini()).then_some(deployment.upstream_model.as_str()),
+                operation == Operation::ChatCompletions,
+            )?,
+        };
+        draft.record.provider_id = provider.id.clone();
+        gateway
+            .metrics
+            .upstream_requests_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let response = match gateway
+            .upstream
+            .post_json(provider, uri, credential.as_ref(), accept, payload)
+            .await
+        {
+            Ok(response) => response,
+            Err(UpstreamError::Timeout(after)) => {
+                last_error = Some(GatewayError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!(
+                        "provider '{}' sent no answer within {after:?}",
+                        provider.name
+                    ),
+                ));
+                continue;
+            }
+            Err(error) => {
+                last_error = Some(GatewayError::new(
+                    ErrorCode::UpstreamUnavailable,
+                    format!("provider '{}': {error}", provider.name),
+                ));
+                continue;
+            }
+        };
+        drop(credential);
+        let status = response.status();
+        if status.is_server_error() {
+            last_error = Some(GatewayError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("provider '{}' answered {status}", provider.name),
+            ));
+            continue;
+        }
+        if status.is_redirection() {
+            last_error = Some(GatewayError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!(
+                    "provider '{}' answered a redirect, which is never followed",
+                    provider.name
+                ),
+            ));
+            continue;
+        }
+        if rejects_key(status.as_u16(), b"") {
+            if let Some(next) = next_key(provider, key_index) {
+                last_error = Some(note_rejected(&mut draft, key, provider, status));
+                attempts.push_front((deployment, next));
+                continue;
+            }
+            return Err(key_rejected(gateway, draft, key, provider, status));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            last_error = Some(GatewayError::new(
+                ErrorCode::UpstreamRateLimited,
+                format!("provider '{}' is rate limiting (429)", provider.name),
+            ));
+            continue;
+        }
+        draft.record.http_status = u32::from(status.as_u16());
+        draft.prompt = chat.messages_bytes();
+        if stream && status.is_success() {
+            return Ok(match translation {
+                Some(translation) => translated_stream_back(
+                    gateway,
+                    response,
+                    draft,
+                    provider.timeout,
+                    translation,
+                    &model.name,
+                    chat.asks_stream_usage(),
+                ),
+                None => stream_back(gateway, response, draft, provider.timeout),
+            });
+        }
+        let (parts, incoming) = response.into_parts();
+        let answer = read_answer(incoming).await?;
+        // Some families refuse a key with a status that also means other things (Google: 400).
+        if rejects_key(status.as_u16(), &answer) {
+            if let Some(next) = next_key(provider, key_index) {
+                last_error = Some(note_rejected(&mut draft, key, provider, status));
+                attempts.push_front((deployment, next));
+                continue;
+            }
+            return Err(key_rejected(gateway, draft, key, provider, status));
+        }
+        return match translation {
+            Some(translation) => {
+                translated_back(gateway, &parts, &answer, draft, translation, &model.name)
+            }
+            None => Ok(whole_back(gateway, parts, answer, draft, operation)),
+        };
+    }
+    let error = last_error.unwrap_or_else(|| {
+        GatewayError::new(ErrorCode::ProviderNotReady, "no deployment could be tried")
+    });
+    // A key refused on the way still reaches the control plane, with the request's outcome.
+    if !draft.record.rejected_key_id.is_empty() {
+        draft.finish(
+            gateway,
+            error.code.http_status(),
+            Usage::default(),
+            pb::UsageSource::ProviderReported,
+        );
+    }
+    Err(error)
+}
+
+fn stream_back(
+    gateway: &Arc<Gateway>,
+    response: Response<Incoming>,
+    mut draft: UsageDraft,
+    idle: std::time::Duration,
+) -> Response<Body> {
+    draft.spool_start(gateway);
+    let (parts, incoming) = response.into_parts();
+    let body = MeteredBody::new(incoming, draft, gateway.clone(), idle);
+    let mut out = Response::new(Body::new(body));
+    *out.status_mut() = parts.status;
+    copy_response_headers(&parts.headers, out.headers_mut());
+    out
+}
+
+/// The provider's key after `key_index`, if it has one.
+fn next_key(provider: &ProviderEntry, key_index: usize) -> Option<usize> {
+    (key_index + 1 < provider.keys.len()).then_some(key_index + 1)
+}
+
+/// Notes on the usage record that the upstream refused this key, so that the control plane
+/// marks it (whatever the request's outcome), and returns the error to answer if nothing
+/// else works.
+fn note_rejected(
+    draft: &mut UsageDraft,
+    key: Option<&ProviderKeyEntry>,
+    provider: &ProviderEntry,
+    status: StatusCode,
+) -> GatewayError {
+    if let Some(key) = key {
+        draft.record.rejected_key_id = key.id.clone();
+        draft.record.upstream_status = u32::from(status.as_u16());
+    }
+    GatewayError::new(
+        ErrorCode::ProviderKeyInvalid,
+        format!(
+            "provider '{}' rejected its key ({status}): replace it with `sluicectl provider-key rotate`",
+            provider.name
+        ),
+    )
+}
+
+/// The upstream refused the provider key and no other is left to try: reported with the
+/// usage record, and answered `provider_key_invalid`.
+fn key_rejected(
+    gateway: &Arc<Gateway>,
+    mut draft: UsageDraft,
+    key: Option<&ProviderKeyEntry>,
+    provider: &ProviderEntry,
+    status: StatusCode,
+) -> GatewayError {
+    let error = note_rejected(&mut draft, key, provider, status);
+    if key.is_some() {
+        draft.finish(
+            gateway,
+            ErrorCode::ProviderKeyInvalid.http_status(),
+            Usage::default(),
+            pb::UsageSource::ProviderReported,
+        );
+    }
+    error
+}
+
+/// A streamed answer to a translated chat request, relayed as OpenAI chunks as it arrives
+/// (metered underneath like any stream).
+fn translated_stream_back(
+    gateway: &Arc<Gateway>,
+    response: Response<Incoming>,
+    mut draft: UsageDraft,
+    idle: std::time::Duration,
+    translation: &dyn ChatTranslation,
+    model_name: &str,
+    include_usage: bool,
+) -> Response<Body> {
+    draft.spool_start(gateway);
+    let identity = ChunkIdentity::new(
+        &draft.record.request_id,
+        model_name,
+        sluice_shared::time::now_us() / 1_000_000,
+    );
+    let (parts, incoming) = response.into_parts();
+    let metered = MeteredBody::new(incoming, draft, gateway.clone(), idle);
+    let body = TranslatedStream::new(
+        metered,
+        translation.stream_events(),
+        ChatChunks::new(identity, include_usage),
+    );
+    let mut out = Response::new(Body::new(body));
+    copy_response_headers(&parts.headers, out.headers_mut());
+    // The body is OpenAI's event stream now, whatever the upstream labelled its own.
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    out
+}
+
+/// A whole upstream answer, bounded.
+async fn read_answer(incoming: Incoming) -> Result<Bytes, GatewayError> {
+    Ok(Limited::new(incoming, MAX_UPSTREAM_BODY)
+        .collect()
+        .await
+        .map_err(|error: BoxError| {
+            GatewayError::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("the provider's answer broke off: {error}"),
+            )
+        })?
+        .to_bytes())
+}
+
+/// A whole answer to a translated chat request: metered from the family's usage and
+/// returned as a `chat.completion`; the upstream's refusal becomes an OpenAI-shaped error.
+fn translated_back(
+    gateway: &Arc<Gateway>,
+    parts: &http::response::Parts,
+    bytes: &Bytes,
+    draft: UsageDraft,
+    translation: &dyn ChatTranslation,
+    model_name: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let answer: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
+    if !parts.status.is_success() {
+        // Both families put the message at error.message.
+        let message = answer["error"]["message"].as_str().unwrap_or("no message");
+        return Err(GatewayError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{} refused the request ({}): {message}",
+                translation.family(),
+                parts.status
+            ),
+        ));
+    }
+    let usage = translation.usage(bytes).unwrap_or_default();
+    let identity = ChunkIdentity::new(
+        &draft.record.request_id,
+        model_name,
+        sluice_shared::time::now_us() / 1_000_000,
+    );
+    draft.finish(gateway, 200, usage, pb::UsageSource::ProviderReported);
+    let chat = translation.response(&answer, &usage, &identity);
+    let mut out = Response::new(full(chat.to_string()));
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    copy_response_headers(&parts.headers, out.headers_mut());
+    Ok(out)
+}
+
+fn whole_back(
+    gateway: &Arc<Gateway>,
+    parts: http::response::Parts,
+    bytes: Bytes,
+    mut draft: UsageDraft,
+    operation: Operation,
+) -> Response<Body> {
+    let reported = if operation.is_gemini() {
+        crate::sse::usage_from_gemini_answer(&bytes)
+    } else {
+        crate::sse::usage_from_answer(&bytes)
+    };
+    let status = parts.status.as_u16();
+    match reported {
+        Some(usage) => draft.finish(gateway, status, usage, pb::UsageSource::ProviderReported),
+        None => {
+            let usage = Usage {
+                input_tokens: if parts.status.is_success() {
+                    draft.prompt_estimate()
+                } else {
+                    0
+                },
+                ..Usage::default()
+            };
+            draft.finish(gateway, status, usage, pb::UsageSource::Estimated)
+        }
+    }
+    let mut out = Response::new(full(bytes));
+    *out.status_mut() = parts.status;
+    copy_response_headers(&parts.headers, out.headers_mut());
+    out
+}
+
+/// Only headers that describe the answer travel back; hop-by-hop and upstream infrastructure
+/// headers stay behind.
+fn copy_response_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
+    for name in [
+        header::CONTENT_TYPE,
+        header::CACHE_CONTROL,
+        header::RETRY_AFTER,
+    ] {
+        if let Some(value) = from.get(&name) {
+            to.insert(name, value.clone());
+        }
+    }
+    for (name, value) in from {
+        if name.as_str().starts_with("x-ratelimit-")
+            || name.as_str().starts_with("anthropic-ratelimit-")
+            || name.as_str() == "openai-processing-ms"
+        {
+            to.insert(name.clone(), value.clone());
+        }
+    }
+}
