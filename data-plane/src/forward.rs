@@ -224,14 +224,6 @@ pub async fn forward(
             ));
             continue;
         }
-        if rejects_key(status.as_u16(), b"") {
-            if let Some(next) = next_key(provider, key_index) {
-                last_error = Some(note_rejected(&mut draft, key, provider, status));
-                attempts.push_front((deployment, next));
-                continue;
-            }
-            return Err(key_rejected(gateway, draft, key, provider, status));
-        }
         if status == StatusCode::TOO_MANY_REQUESTS {
             last_error = Some(GatewayError::new(
                 ErrorCode::UpstreamRateLimited,
@@ -257,7 +249,8 @@ pub async fn forward(
         }
         let (parts, incoming) = response.into_parts();
         let answer = read_answer(incoming).await?;
-        // Some families refuse a key with a status that also means other things (Google: 400).
+        // Read first: some families refuse a key with a status that also means other things
+        // (Google: 400, named in the body).
         if rejects_key(status.as_u16(), &answer) {
             if let Some(next) = next_key(provider, key_index) {
                 last_error = Some(note_rejected(&mut draft, key, provider, status));

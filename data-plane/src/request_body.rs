@@ -29,7 +29,9 @@ pub async fn read(
         drain_refused(body).await;
         return Err(too_large());
     }
-    let mut chunks: Vec<Bytes> = Vec::new();
+    // The common case, a body that arrives as one chunk, is kept as it is: no copy.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
@@ -44,14 +46,17 @@ pub async fn read(
                 drain_refused(body).await;
                 return Err(too_large());
             }
-            chunks.push(data);
+            match first.take() {
+                None if joined.is_empty() => first = Some(data),
+                None => joined.extend_from_slice(&data),
+                Some(earlier) => {
+                    joined.extend_from_slice(&earlier);
+                    joined.extend_from_slice(&data);
+                }
+            }
         }
     }
-    Ok(match chunks.len() {
-        // The common case: the whole body arrived as one chunk, kept without a copy.
-        1 => chunks.pop().unwrap_or_default(),
-        _ => chunks.concat().into(),
-    })
+    Ok(first.unwrap_or_else(|| joined.into()))
 }
 
 /// Most of a refused body that a client may still be sending is read and discarded.

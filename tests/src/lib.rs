@@ -375,6 +375,30 @@ pub fn live_stack(provider_key: &str) -> LiveStack {
     live_stack_with(provider_key, &[], &[])
 }
 
+/// A [`live_stack`] whose model `acme/{model}` is served by provider `acme/{kind}` of that
+/// family (key `main` = `secret`) as `upstream_model`, and one proxy on it, caught up.
+pub async fn family_stack(
+    kind: &str,
+    secret: &str,
+    model: &str,
+    upstream_model: &str,
+) -> (LiveStack, tempfile::TempDir, proxy::Proxy, proxy::Http) {
+    let (upstream, cp_dir, cp, acme) = live_stack("sk-openai-side");
+    cp.add_provider_model(
+        &format!("acme/{kind}"),
+        kind,
+        &format!("http://{}", upstream.addr),
+        &[("main", secret)],
+        &format!("acme/{model}"),
+        upstream_model,
+    );
+    let http = proxy::Http::new();
+    let proxy_dir = tempfile::tempdir().expect("a temp dir");
+    let proxy = proxy::ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    ((upstream, cp_dir, cp, acme), proxy_dir, proxy, http)
+}
+
 /// [`live_stack`] with extra provider flags (e.g. `--timeout-ms`) and control-plane
 /// environment.
 pub fn live_stack_with(

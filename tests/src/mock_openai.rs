@@ -285,22 +285,33 @@ fn gemini_key_invalid() -> MockResponse {
     )
 }
 
-/// Gemini's `GET /v1beta/models[/{model}]`: a key containing `invalid` is unknown (400
-/// `API_KEY_INVALID`), `noaccess` is denied (403), model `gemini-nope` is not found (404).
-fn gemini_models_answer(headers: &HeaderMap, model: Option<&str>) -> MockResponse {
+/// The `x-goog-api-key` sent, and Google's refusal of it if it refuses: none at all is an
+/// unregistered caller (403), one containing `invalid` an unknown key (400 `API_KEY_INVALID`).
+fn gemini_key(headers: &HeaderMap) -> (&str, Option<MockResponse>) {
     let key = headers
         .get("x-goog-api-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if key.is_empty() {
-        return gemini_error(
+    let refusal = if key.is_empty() {
+        Some(gemini_error(
             StatusCode::FORBIDDEN,
             "Method doesn't allow unregistered callers.",
             "PERMISSION_DENIED",
-        );
-    }
-    if key.contains("invalid") {
-        return gemini_key_invalid();
+        ))
+    } else if key.contains("invalid") {
+        Some(gemini_key_invalid())
+    } else {
+        None
+    };
+    (key, refusal)
+}
+
+/// Gemini's `GET /v1beta/models[/{model}]`: a key containing `invalid` is unknown (400
+/// `API_KEY_INVALID`), `noaccess` is denied (403), model `gemini-nope` is not found (404).
+fn gemini_models_answer(headers: &HeaderMap, model: Option<&str>) -> MockResponse {
+    let (key, refusal) = gemini_key(headers);
+    if let Some(refused) = refusal {
+        return refused;
     }
     if key.contains("noaccess") {
         return gemini_error(
@@ -369,19 +380,8 @@ fn gemini_error(status: StatusCode, message: &str, kind: &str) -> MockResponse {
 /// (signed with [`GEMINI_SIGNATURE`]); given the function's response, it answers with it,
 /// refusing a replayed call that lost its signature. Unknown fields get Google's 400.
 fn gemini_answer(headers: &HeaderMap, rest: &str, body: &Value) -> MockResponse {
-    let key = headers
-        .get("x-goog-api-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if key.is_empty() {
-        return gemini_error(
-            StatusCode::FORBIDDEN,
-            "Method doesn't allow unregistered callers.",
-            "PERMISSION_DENIED",
-        );
-    }
-    if key.contains("invalid") {
-        return gemini_key_invalid();
+    if let (_, Some(refused)) = gemini_key(headers) {
+        return refused;
     }
     let (model, method) = rest.rsplit_once(':').unwrap_or((rest, ""));
     if model == "missing" {

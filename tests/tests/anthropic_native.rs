@@ -12,28 +12,15 @@ use serde_json::{Value, json};
 use sluice_e2e::mock_openai::{
     ANTHROPIC_CACHE_READ, COMPLETION_TOKENS, PROMPT_TOKENS, TOOL_ARGUMENTS,
 };
-use sluice_e2e::proxy::{Http, HttpResponse, Proxy, ProxyBuilder};
+use sluice_e2e::proxy::{Http, HttpResponse, Proxy};
 use sluice_e2e::translated::{chunks_of, streamed_tool_call, tool_round_trip};
-use sluice_e2e::{LiveStack, await_usage, live_stack};
+use sluice_e2e::{LiveStack, await_usage, family_stack};
 
 const ANTHROPIC_KEY: &str = "sk-ant-canary-4411";
 
 /// A LIVE stack whose model `claude` is served by an Anthropic provider, and a proxy on it.
 async fn anthropic_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
-    let (upstream, cp_dir, cp, acme) = live_stack("sk-openai-side");
-    cp.add_provider_model(
-        "acme/anthropic",
-        "anthropic",
-        &format!("http://{}", upstream.addr),
-        &[("main", ANTHROPIC_KEY)],
-        "acme/claude",
-        "claude-sonnet-4-5",
-    );
-    let http = Http::new();
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
-    proxy.wait_for_version(&http, cp.config_version()).await;
-    ((upstream, cp_dir, cp, acme), proxy_dir, proxy, http)
+    family_stack("anthropic", ANTHROPIC_KEY, "claude", "claude-sonnet-4-5").await
 }
 
 async fn messages(http: &Http, url: &str, key: &str, body: &Value) -> HttpResponse {

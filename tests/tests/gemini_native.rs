@@ -12,9 +12,9 @@ use serde_json::json;
 use sluice_e2e::mock_openai::{
     COMPLETION_TOKENS, GEMINI_SIGNATURE, GEMINI_THOUGHTS, PROMPT_TOKENS, TOOL_ARGUMENTS,
 };
-use sluice_e2e::proxy::{Http, HttpResponse, Proxy, ProxyBuilder};
+use sluice_e2e::proxy::{Http, HttpResponse, Proxy};
 use sluice_e2e::translated::{chunks_of, streamed_tool_call, tool_round_trip};
-use sluice_e2e::{LiveStack, await_usage, live_stack};
+use sluice_e2e::{LiveStack, await_usage, family_stack};
 
 /// POSTs to a Gemini endpoint with the key as `x-goog-api-key`, as Google's SDKs send it.
 async fn gemini_post(http: &Http, url: &str, key: &str, body: &Bytes) -> HttpResponse {
@@ -27,17 +27,10 @@ const GOOGLE_KEY: &str = "AIza-canary-google-7788";
 
 /// A LIVE stack whose model `gemini` is served by a Google provider, and a proxy on it.
 async fn gemini_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
-    let (upstream, cp_dir, cp, acme) = live_stack("sk-openai-side");
-    cp.add_provider_model(
-        "acme/google",
-        "google",
-        &format!("http://{}", upstream.addr),
-        &[("main", GOOGLE_KEY)],
-        "acme/gemini",
-        "gemini-2.5-flash",
-    );
-    let http = Http::new();
-    let proxy_dir = tempfile::tempdir().unwrap();
+    let (stack, proxy_dir, proxy, http) =
+        family_stack("google", GOOGLE_KEY, "gemini", "gemini-2.5-flash").await;
+    // A model Google does not know, for its 404.
+    let cp = &stack.2;
     cp.ctl(&[
         "model",
         "create",
@@ -46,9 +39,8 @@ async fn gemini_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
         "google:missing",
     ])
     .ok();
-    let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
     proxy.wait_for_version(&http, cp.config_version()).await;
-    ((upstream, cp_dir, cp, acme), proxy_dir, proxy, http)
+    (stack, proxy_dir, proxy, http)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
