@@ -226,6 +226,9 @@ struct Run {
     p99: Duration,
     throughput: f64,
     cpu_per_request: Duration,
+    /// The load generator's and the upstream's CPU per request (full-speed runs only): the
+    /// same work on both sides, so it shows how far the proxies' own CPU moves throughput.
+    shared_cpu_per_request: Duration,
 }
 
 async fn one(
@@ -269,11 +272,21 @@ async fn fixed_rate(url: &str, key: &str, pid: u32, rate: u64, duration: Duratio
     collect(tasks, started, cpu_before, pid).await
 }
 
-/// Closed loop: `connections` workers send back to back for `duration`.
-async fn full_speed(url: &str, key: &str, pid: u32, connections: usize, duration: Duration) -> Run {
+/// Closed loop: `connections` workers send back to back for `duration`. `shared` are the
+/// processes both sides use (this one and the upstream), whose CPU is reported apart.
+async fn full_speed(
+    url: &str,
+    key: &str,
+    pid: u32,
+    shared: &[u32],
+    connections: usize,
+    duration: Duration,
+) -> Run {
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(2048)
         .build_http();
+    let shared_cpu = || shared.iter().map(|&pid| cpu_time(pid)).sum::<Duration>();
+    let shared_before = shared_cpu();
     let cpu_before = cpu_time(pid);
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -300,12 +313,14 @@ async fn full_speed(url: &str, key: &str, pid: u32, connections: usize, duration
             }
         }
     }
-    summarize(
+    let mut run = summarize(
         latencies,
         failed,
         started.elapsed(),
         cpu_time(pid) - cpu_before,
-    )
+    );
+    run.shared_cpu_per_request = (shared_cpu() - shared_before) / run.served.max(1) as u32;
+    run
 }
 
 async fn collect(
@@ -346,6 +361,7 @@ fn median(runs: &[Run]) -> Run {
         p99: seconds(|r| r.p99),
         throughput: pick(runs.iter().map(|r| r.throughput).collect()),
         cpu_per_request: seconds(|r| r.cpu_per_request),
+        shared_cpu_per_request: seconds(|r| r.shared_cpu_per_request),
     }
 }
 
@@ -359,6 +375,7 @@ fn summarize(mut latencies: Vec<Duration>, failed: usize, elapsed: Duration, cpu
         p99: percentile(&latencies, 0.99),
         throughput: served as f64 / elapsed.as_secs_f64(),
         cpu_per_request: cpu / served.max(1) as u32,
+        shared_cpu_per_request: Duration::ZERO,
     }
 }
 
@@ -388,6 +405,34 @@ async fn first_chunk(url: &str, key: &str, samples: usize) -> Duration {
     }
     times.sort();
     percentile(&times, 0.5)
+}
+
+/// On a CPU-bound box, full-speed throughput goes as one over the CPU that all processes spend
+/// per request, so the ratio of the two sides' totals bounds the throughput ratio from above
+/// (contention between more processes and threads takes a little more).
+fn cpu_budget(floor: &Run, sluice: &Run, control_plane: Duration) {
+    let floor_total = floor.shared_cpu_per_request + floor.cpu_per_request;
+    let sluice_total = sluice.shared_cpu_per_request + sluice.cpu_per_request + control_plane;
+    println!();
+    println!("CPU per request at full speed, every process on the two cores (medians):");
+    println!(
+        "  floor side:  load generator + upstream {} + floor proxy {} = {}",
+        us(floor.shared_cpu_per_request),
+        us(floor.cpu_per_request),
+        us(floor_total)
+    );
+    println!(
+        "  Sluice side: load generator + upstream {} + sluice-proxy {} + control plane {} = {}",
+        us(sluice.shared_cpu_per_request),
+        us(sluice.cpu_per_request),
+        us(control_plane),
+        us(sluice_total)
+    );
+    println!(
+        "  throughput ratio these totals allow: {:.2}; without the control plane's share: {:.2}",
+        floor_total.as_secs_f64() / sluice_total.as_secs_f64(),
+        floor_total.as_secs_f64() / (sluice_total - control_plane).as_secs_f64()
+    );
 }
 
 fn ms(d: Duration) -> String {
@@ -492,8 +537,25 @@ async fn bench() {
     let sluice_pid = sluice.pid();
 
     // Warm both up.
-    full_speed(&floor_url, &key, floor_pid, 8, Duration::from_secs(1)).await;
-    full_speed(&sluice_url, &key, sluice_pid, 8, Duration::from_secs(1)).await;
+    let shared = [std::process::id(), upstream.child.id()];
+    full_speed(
+        &floor_url,
+        &key,
+        floor_pid,
+        &shared,
+        8,
+        Duration::from_secs(1),
+    )
+    .await;
+    full_speed(
+        &sluice_url,
+        &key,
+        sluice_pid,
+        &shared,
+        8,
+        Duration::from_secs(1),
+    )
+    .await;
 
     println!(
         "Sluice benchmark — {} cores, loopback, {duration:?} per run",
@@ -511,16 +573,28 @@ async fn bench() {
     let (mut floor_fixed, mut sluice_fixed, mut floor_full, mut sluice_full) =
         (vec![], vec![], vec![], vec![]);
     let mut cp_cpu = Duration::ZERO;
+    let mut cp_full_speed = Vec::new();
     let mut throughput_ratios = Vec::new();
     for _ in 0..rounds {
         floor_fixed.push(fixed_rate(&floor_url, &key, floor_pid, rate, duration).await);
         let before = cpu_time(cp.pid());
         sluice_fixed.push(fixed_rate(&sluice_url, &key, sluice_pid, rate, duration).await);
         cp_cpu += cpu_time(cp.pid()) - before;
-        let floor_run = full_speed(&floor_url, &key, floor_pid, connections, duration).await;
+        let floor_run =
+            full_speed(&floor_url, &key, floor_pid, &shared, connections, duration).await;
         let before = cpu_time(cp.pid());
-        let sluice_run = full_speed(&sluice_url, &key, sluice_pid, connections, duration).await;
-        cp_cpu += cpu_time(cp.pid()) - before;
+        let sluice_run = full_speed(
+            &sluice_url,
+            &key,
+            sluice_pid,
+            &shared,
+            connections,
+            duration,
+        )
+        .await;
+        let cp_spent = cpu_time(cp.pid()) - before;
+        cp_cpu += cp_spent;
+        cp_full_speed.push(cp_spent / sluice_run.served.max(1) as u32);
         throughput_ratios.push(sluice_run.throughput / floor_run.throughput);
         floor_full.push(floor_run);
         sluice_full.push(sluice_run);
@@ -608,6 +682,12 @@ async fn bench() {
         "control plane on the same 2 cores, committing the Sluice runs' usage: {} of CPU ({} per request)",
         ms(cp_cpu),
         us(cp_cpu / (sluice_fixed.served + sluice_full.served).max(1) as u32)
+    );
+    cp_full_speed.sort();
+    cpu_budget(
+        &floor_full,
+        &sluice_full,
+        cp_full_speed[cp_full_speed.len() / 2],
     );
 
     // Config propagation with many virtual keys in the snapshot.

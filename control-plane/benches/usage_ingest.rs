@@ -1,0 +1,188 @@
+//! How much CPU one usage record costs the control plane to store, per backend.
+//!
+//!   cargo bench -p sluice-control-plane --bench usage_ingest
+//!   BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench ...
+//!
+//! Commits batches shaped like a proxy's (UUIDv7 request ids, start times rising, one project
+//! and key) into a fresh store and prints CPU time per record — this process's (the store's
+//! worker threads included) and, for PostgreSQL, the server's — and wall time per record. The
+//! proxy benchmark (`sluice-bench`) runs the control plane beside the proxy on the same cores,
+//! so this cost comes straight out of the proxy's throughput there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use sluice_control_plane::store::postgres::PostgresStore;
+use sluice_control_plane::store::sqlite::SqliteStore;
+use sluice_control_plane::store::{Store, UsageRecord, UsageSource};
+use sluice_shared::ids::new_id;
+use sqlx::Connection;
+
+/// Records per run, and per batch unless `BENCH_BATCH_SIZE` says otherwise (the proxy's default
+/// batch is 5000 records).
+const RECORDS: usize = 150_000;
+const DEFAULT_BATCH_SIZE: usize = 5_000;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        report("sqlite", measure(&store).await);
+        store.close().await;
+        if let Ok(admin_url) = std::env::var("BENCH_POSTGRES_URL") {
+            postgres(&admin_url).await;
+        }
+    });
+}
+
+/// In a database of its own, dropped afterwards.
+async fn postgres(admin_url: &str) {
+    let name = format!("sluice_bench_{}", new_id().replace('-', ""));
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("a URL ending in /database");
+    let store = PostgresStore::open(&format!("{base}/{name}"))
+        .await
+        .unwrap();
+    let server_before = postgres_server_cpu();
+    let mut measured = measure(&store).await;
+    measured.cpu += postgres_server_cpu() - server_before;
+    report("postgres (this process + server)", measured);
+    store.close().await;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+struct Measured {
+    records: usize,
+    cpu: Duration,
+    wall: Duration,
+}
+
+async fn measure<S: Store>(store: &S) -> Measured {
+    let project_id = new_id();
+    let virtual_key_id = new_id();
+    let provider_id = new_id();
+    let batch_size = batch_size();
+    // Start times rise across batches, as they do in traffic.
+    let mut started_at_us = 1_790_000_000_000_000_i64;
+    let batches: Vec<Vec<UsageRecord>> = (0..RECORDS / batch_size)
+        .map(|_| {
+            (0..batch_size)
+                .map(|_| UsageRecord {
+                    request_id: new_id(),
+                    started_at_us: {
+                        started_at_us += 25;
+                        started_at_us
+                    },
+                    project_id: project_id.clone(),
+                    virtual_key_id: virtual_key_id.clone(),
+                    model: "bench".to_owned(),
+                    provider_id: provider_id.clone(),
+                    input_tokens: 12,
+                    output_tokens: 8,
+                    cached_input_tokens: 0,
+                    reasoning_tokens: 0,
+                    cost_micros: 42,
+                    latency_ms: 1,
+                    http_status: 200,
+                    source: UsageSource::ProviderReported,
+                    run_id: String::new(),
+                    task_id: String::new(),
+                    tags: Vec::new(),
+                    lease_epoch: 0,
+                })
+                .collect()
+        })
+        .collect();
+    let cpu_before = process_cpu();
+    let started = Instant::now();
+    for records in batches {
+        store
+            .commit_usage_batch(&new_id(), "bench-proxy", "hash", records)
+            .await
+            .unwrap();
+    }
+    Measured {
+        records: RECORDS / batch_size * batch_size,
+        cpu: process_cpu() - cpu_before,
+        wall: started.elapsed(),
+    }
+}
+
+fn report(backend: &str, measured: Measured) {
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / measured.records as f64;
+    println!(
+        "{backend}: {} records in batches of {}: {:.2} µs CPU and {:.2} µs wall per record",
+        measured.records,
+        batch_size(),
+        per(measured.cpu),
+        per(measured.wall)
+    );
+}
+
+fn batch_size() -> usize {
+    std::env::var("BENCH_BATCH_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(DEFAULT_BATCH_SIZE)
+}
+
+fn process_cpu() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF cannot fail.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// User + system time of every `postgres` process on this machine (the backends, the WAL
+/// writer, the checkpointer): nothing else uses the server while the benchmark runs.
+fn postgres_server_cpu() -> Duration {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut ticks = 0_u64;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = entry.path();
+        let is_postgres =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == "postgres");
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        if !is_postgres {
+            continue;
+        }
+        // Fields after the parenthesised command: state is the 3rd, utime the 14th, stime the 15th.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        ticks += fields
+            .get(11)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+    }
+    Duration::from_secs_f64(ticks as f64 / ticks_per_second)
+}
