@@ -1,6 +1,11 @@
 //! `sluice-proxy`: parse settings, load identity and any saved snapshot, then serve while the
 //! config and usage streams run in the background.
 
+// glibc malloc's arena locks made up most of the proxy's futex calls under load: requests
+// free on one worker what another allocated. jemalloc's thread caches take those frees.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
