@@ -70,7 +70,9 @@ fn run(
     settings: Settings,
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This thread runs the accept loop and the control-plane streams; requests run on the
+    // serving threads (`server`), each with a runtime of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
@@ -86,7 +88,7 @@ fn run(
         let epoch = u64::try_from(sluice_shared::time::now_us()).unwrap_or(1).max(1);
         let gateway = Gateway::new(
             spool.clone(),
-            UpstreamClient::with_extra_roots(extra_roots),
+            UpstreamClient::with_extra_roots(extra_roots, settings.workers),
             settings.max_body_bytes,
             LeaseBook::new(epoch, settings.lease_wait),
             settings.default_max_output_tokens,
@@ -143,6 +145,7 @@ fn run(
             max_connections: settings.max_connections,
             header_read_timeout: settings.header_read_timeout,
             drain_timeout: DRAIN_TIMEOUT,
+            workers: settings.workers,
         };
         serve(listener, gateway, limits, shutdown_signal()).await;
         // Requests are done; hand their usage to the control plane before exiting.

@@ -28,6 +28,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// Serving threads, each with its own runtime, connections and upstream pool (default:
+    /// one per CPU the process may use).
+    pub workers: usize,
     /// If not empty, the only upstream hosts this proxy will call; a snapshot naming another
     /// is rejected (NACK). Defence in depth behind the control plane's URL rules.
     pub upstream_hosts: Vec<String>,
@@ -61,6 +64,7 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     header_read_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    workers: Option<usize>,
     upstream_hosts: Option<Vec<String>>,
     upstream_ca_file: Option<PathBuf>,
     usage_batch_size: Option<usize>,
@@ -80,6 +84,7 @@ const PREFIX: &str = "SLUICE_PROXY_";
 const DEFAULT_USAGE_BATCH_SIZE: usize = 5_000;
 /// The control plane refuses larger batches.
 const MAX_USAGE_BATCH_SIZE: usize = 10_000;
+const MAX_WORKERS: usize = 1024;
 const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_LISTEN_ADDR",
     "SLUICE_PROXY_CONTROL_PLANE",
@@ -90,6 +95,7 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_MAX_BODY_BYTES",
     "SLUICE_PROXY_HEADER_READ_TIMEOUT_MS",
     "SLUICE_PROXY_MAX_CONNECTIONS",
+    "SLUICE_PROXY_WORKERS",
     "SLUICE_PROXY_UPSTREAM_HOSTS",
     "SLUICE_PROXY_UPSTREAM_CA_FILE",
     "SLUICE_PROXY_USAGE_BATCH_SIZE",
@@ -190,6 +196,13 @@ impl Settings {
                 take("SLUICE_PROXY_MAX_CONNECTIONS"),
                 file_settings.max_connections.map(|v| v as u64),
                 10_000,
+            )?)
+            .unwrap_or(usize::MAX),
+            workers: usize::try_from(number(
+                "SLUICE_PROXY_WORKERS",
+                take("SLUICE_PROXY_WORKERS"),
+                file_settings.workers.map(|v| v as u64),
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
             )?)
             .unwrap_or(usize::MAX),
             upstream_hosts: match take("SLUICE_PROXY_UPSTREAM_HOSTS") {
@@ -296,6 +309,12 @@ impl Settings {
                 "must be above 0",
             ));
         }
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return Err(invalid(
+                "workers",
+                format!("must be between 1 and {MAX_WORKERS}"),
+            ));
+        }
         if self.usage_batch_size > MAX_USAGE_BATCH_SIZE {
             return Err(invalid(
                 "usage_batch_size",
@@ -354,7 +373,17 @@ mod tests {
         assert_eq!(settings.listen_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(settings.max_body_bytes, 8 * 1024 * 1024);
         assert_eq!(settings.upstream_hosts, vec!["api.openai.com", "127.0.0.1"]);
+        assert_eq!(
+            settings.workers,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
         assert!(!format!("{settings:?}").contains("sluice-dp-x"));
+        let settings = Settings::load(
+            None,
+            env(&[("SLUICE_PROXY_TOKEN", "t"), ("SLUICE_PROXY_WORKERS", "3")]),
+        )
+        .unwrap();
+        assert_eq!(settings.workers, 3);
     }
 
     #[test]
@@ -368,6 +397,17 @@ mod tests {
             let error = Settings::load(None, env(&[("SLUICE_PROXY_TOKEN", "t"), (key, value)]))
                 .unwrap_err();
             assert!(error.to_string().contains(key), "{error}");
+        }
+        for workers in ["0", "1025"] {
+            let error = Settings::load(
+                None,
+                env(&[
+                    ("SLUICE_PROXY_TOKEN", "t"),
+                    ("SLUICE_PROXY_WORKERS", workers),
+                ]),
+            )
+            .unwrap_err();
+            assert!(error.to_string().contains("workers"), "{error}");
         }
     }
 }

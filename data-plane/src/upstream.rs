@@ -2,6 +2,7 @@
 //! ALPN, webpki roots). Redirects are never followed. The URL comes only from the provider
 //! record; headers are an allowlist; the credential header is marked sensitive.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,18 +42,22 @@ pub enum UpstreamError {
     BadUrl(String),
 }
 
+/// One connection pool per serving thread (`server::current_worker`) and one for every other
+/// thread: a pooled connection is driven by a task on the runtime that opened it, so a pool
+/// shared between serving threads would wake another thread for every request.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<Connector, Body>,
+    pools: Arc<[Client<Connector, Body>]>,
 }
 
 impl UpstreamClient {
     pub fn new() -> Self {
-        Self::with_extra_roots(Vec::new())
+        Self::with_extra_roots(Vec::new(), 1)
     }
 
-    /// A client that also trusts `extra_roots` (beside the bundled web PKI roots).
-    pub fn with_extra_roots(extra_roots: Vec<CertificateDer<'static>>) -> Self {
+    /// A client for `workers` serving threads that also trusts `extra_roots` (beside the
+    /// bundled web PKI roots).
+    pub fn with_extra_roots(extra_roots: Vec<CertificateDer<'static>>, workers: usize) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -88,11 +93,21 @@ impl UpstreamClient {
                 .enable_http2()
                 .wrap_connector(http),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(https);
-        Self { client }
+        let pools = (0..=workers)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(1024)
+                    .build(https.clone())
+            })
+            .collect();
+        Self { pools }
+    }
+
+    fn client(&self) -> &Client<Connector, Body> {
+        let last = self.pools.len() - 1;
+        let index = crate::server::current_worker().map_or(last, |worker| worker.min(last));
+        &self.pools[index]
     }
 
     /// POSTs `body` to `uri` (one of the provider's precomputed URIs) and returns once response
@@ -130,7 +145,7 @@ impl UpstreamClient {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        match tokio::time::timeout(provider.timeout, self.client.request(request)).await {
+        match tokio::time::timeout(provider.timeout, self.client().request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(UpstreamError::Connect(describe(&error))),
             Err(_) => Err(UpstreamError::Timeout(provider.timeout)),

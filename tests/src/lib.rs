@@ -249,6 +249,23 @@ impl ControlPlane {
         self.ctl(&["project", "set-posture", project, "live"]).ok();
     }
 
+    /// [`seed_acme`](Self::seed_acme) on the mock upstream at `base_url`, plus a model `paused`
+    /// whose answers take [`mock_openai::PAUSE`], with `acme/web` LIVE: requests that are
+    /// still under way when a test acts.
+    pub fn seed_live_acme_with_paused_model(&self, base_url: &str, provider_key: &str) -> Acme {
+        let acme = self.seed_acme(base_url, Some(provider_key), &[]);
+        self.ctl(&[
+            "model",
+            "create",
+            "acme/paused",
+            "--deployment",
+            "openai:pause",
+        ])
+        .ok();
+        self.go_live("acme/web");
+        acme
+    }
+
     /// Creates a data-plane token named `name` and returns it.
     pub fn data_plane_token(&self, name: &str) -> String {
         let created = self

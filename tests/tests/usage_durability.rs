@@ -87,16 +87,7 @@ async fn no_answered_request_is_lost_or_counted_twice() {
     let upstream = MockOpenAi::start();
     let cp_dir = tempfile::tempdir().unwrap();
     let cp = ControlPlaneBuilder::new(cp_dir.path()).start();
-    let acme = cp.seed_acme(&upstream.base_url(), Some("sk-durability-test"), &[]);
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/paused",
-        "--deployment",
-        "openai:pause",
-    ])
-    .ok();
-    cp.go_live("acme/web");
+    let acme = cp.seed_live_acme_with_paused_model(&upstream.base_url(), "sk-durability-test");
     let version = cp.config_version();
     let cp_addr = cp.addr.clone();
     let cp_url = cp.url();
