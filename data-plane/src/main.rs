@@ -147,7 +147,7 @@ fn run(
             drain_timeout: DRAIN_TIMEOUT,
             workers: settings.workers,
         };
-        serve(listener, gateway, limits, shutdown_signal()).await;
+        serve(listener, gateway, limits, shutdown_signal()).await?;
         // Requests are done; hand their usage to the control plane before exiting.
         let _ = stop_usage.send(true);
         if tokio::time::timeout(USAGE_FLUSH_TIMEOUT, reporter)

@@ -46,46 +46,33 @@ type Handoff = (std::net::TcpStream, OwnedSemaphorePermit);
 
 /// Accepts connections until `shutdown` resolves, then lets every serving thread drain its
 /// connections (within `limits.drain_timeout`) and returns once all of them have stopped.
+/// Fails before serving anything if a serving thread cannot start.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
-) {
+) -> std::io::Result<()> {
     let builder = Arc::new(connection_builder(&limits));
-    let mut handoffs = Vec::with_capacity(limits.workers.max(1));
-    let mut threads = Vec::with_capacity(limits.workers.max(1));
-    for index in 0..limits.workers.max(1) {
+    let workers = limits.workers.max(1);
+    let mut handoffs = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (sender, receiver) = mpsc::unbounded_channel::<Handoff>();
         let (gateway, builder) = (gateway.clone(), builder.clone());
         let drain_timeout = limits.drain_timeout;
-        let spawned = std::thread::Builder::new()
-            .name(format!("sluice-serve-{index}"))
-            .spawn(move || {
-                WORKER.with(|worker| worker.set(Some(index)));
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => {
-                        runtime.block_on(serve_handed(receiver, gateway, builder, drain_timeout))
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, index, "cannot start a serving thread")
-                    }
-                }
-            });
-        match spawned {
-            Ok(thread) => {
-                handoffs.push(sender);
-                threads.push(thread);
-            }
-            Err(error) => tracing::error!(%error, index, "cannot start a serving thread"),
-        }
-    }
-    if handoffs.is_empty() {
-        tracing::error!("no serving thread could start; not serving");
-        return;
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("sluice-serve-{index}"))
+                .spawn(move || {
+                    WORKER.with(|worker| worker.set(Some(index)));
+                    runtime.block_on(serve_handed(receiver, gateway, builder, drain_timeout));
+                })?,
+        );
+        handoffs.push(sender);
     }
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut next = 0_usize;
@@ -131,6 +118,7 @@ pub async fn serve(
         }
     });
     let _ = joined.await;
+    Ok(())
 }
 
 fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
