@@ -407,9 +407,9 @@ async fn first_chunk(url: &str, key: &str, samples: usize) -> Duration {
     percentile(&times, 0.5)
 }
 
-/// On a CPU-bound box, full-speed throughput goes as one over the CPU that all processes spend
-/// per request, so the ratio of the two sides' totals bounds the throughput ratio from above
-/// (contention between more processes and threads takes a little more).
+/// On a CPU-bound box, full-speed throughput goes roughly as one over the CPU that all
+/// processes spend per request, so the ratio of the two sides' totals predicts the throughput
+/// ratio (to a few hundredths: idle moments and 10 ms CPU ticks blur it).
 fn cpu_budget(floor: &Run, sluice: &Run, control_plane: Duration) {
     let floor_total = floor.shared_cpu_per_request + floor.cpu_per_request;
     let sluice_total = sluice.shared_cpu_per_request + sluice.cpu_per_request + control_plane;
@@ -429,7 +429,7 @@ fn cpu_budget(floor: &Run, sluice: &Run, control_plane: Duration) {
         us(sluice_total)
     );
     println!(
-        "  throughput ratio these totals allow: {:.2}; without the control plane's share: {:.2}",
+        "  throughput ratio these totals predict: {:.2}; without the control plane's share: {:.2}",
         floor_total.as_secs_f64() / sluice_total.as_secs_f64(),
         floor_total.as_secs_f64() / (sluice_total - control_plane).as_secs_f64()
     );
