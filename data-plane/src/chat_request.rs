@@ -75,34 +75,32 @@ impl<'a> ChatRequest<'a> {
     /// are never streamed.
     pub fn parse_embeddings(body: &'a Bytes) -> Result<Self, GatewayError> {
         let mut request = Self::parse_fields(body)?;
-        let input_ok = request.field("input").is_some_and(|raw| {
+        request.require_input()?;
+        request.stream = false;
+        Ok(request)
+    }
+
+    /// Embeddings and the Responses API both take `input`: a non-empty string or array.
+    fn require_input(&self) -> Result<(), GatewayError> {
+        let input_ok = self.field("input").is_some_and(|raw| {
             let text = raw.get().trim();
             non_empty_array(raw) || (text.starts_with('"') && text != "\"\"")
         });
-        if !input_ok {
-            return Err(invalid(
+        if input_ok {
+            Ok(())
+        } else {
+            Err(invalid(
                 "`input` must be a non-empty string or array",
                 "input",
-            ));
+            ))
         }
-        request.stream = false;
-        Ok(request)
     }
 
     /// A Responses API request: `model`, `input` (a string or a non-empty array), and an
     /// optional boolean `stream`.
     pub fn parse_responses(body: &'a Bytes) -> Result<Self, GatewayError> {
         let mut request = Self::parse_fields(body)?;
-        let input_ok = request.field("input").is_some_and(|raw| {
-            let text = raw.get().trim();
-            non_empty_array(raw) || (text.starts_with('"') && text != "\"\"")
-        });
-        if !input_ok {
-            return Err(invalid(
-                "`input` must be a non-empty string or array",
-                "input",
-            ));
-        }
+        request.require_input()?;
         request.stream = match request.field("stream").map(|raw| raw.get().trim()) {
             None | Some("null") | Some("false") => false,
             Some("true") => true,

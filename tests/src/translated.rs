@@ -1,12 +1,13 @@
-//! What the translation tests of every family share: reading an OpenAI event stream, and a
-//! tool call's round trip through `/v1/chat/completions`.
+//! What the translation tests of every family share: a multi-turn chat, a text stream, a
+//! refused field, reading an OpenAI event stream, and a tool call's round trip through
+//! `/v1/chat/completions`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::{Value, json};
 
 use crate::mock_openai::TOOL_ARGUMENTS;
-use crate::proxy::Http;
+use crate::proxy::{Http, HttpResponse};
 
 /// The one tool the round trips offer; the mock upstreams call it with [`TOOL_ARGUMENTS`].
 pub fn weather_tool() -> Value {
@@ -82,4 +83,68 @@ pub async fn streamed_tool_call(http: &Http, url: &str, key: &str, model: &str) 
         .unwrap();
     assert_eq!(streamed.status, 200, "{}", streamed.text());
     chunks_of(&streamed.text())
+}
+
+/// A system prompt and three turns (`max_tokens` 50, `temperature` 0.5) to `model`: the
+/// answer must be the mock's text as a whole OpenAI chat completion.
+pub async fn multi_turn(http: &Http, url: &str, key: &str, model: &str) -> HttpResponse {
+    let body = json!({"model": model, "max_tokens": 50, "temperature": 0.5, "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "And again?"}]});
+    let answer = http.post(url, Some(key), &body).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let chat = answer.json();
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["model"], model);
+    assert_eq!(
+        chat["choices"][0]["message"]["content"],
+        "Hello from the mock upstream"
+    );
+    assert_eq!(chat["choices"][0]["finish_reason"], "stop");
+    answer
+}
+
+/// A streamed "hi" to `model` asking for usage: every event must be a chunk, the first
+/// naming the assistant. Returns the answer and its chunks.
+pub async fn streamed_text(
+    http: &Http,
+    url: &str,
+    key: &str,
+    model: &str,
+) -> (HttpResponse, Vec<Value>) {
+    let streamed = http
+        .post(
+            url,
+            Some(key),
+            &json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    let chunks = chunks_of(&streamed.text());
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    (streamed, chunks)
+}
+
+/// `body` must be refused with an OpenAI-shaped 400 naming `field` as untranslatable.
+pub async fn refused_untranslatable(http: &Http, url: &str, key: &str, body: &Value, field: &str) {
+    let refused = http.post(url, Some(key), body).await.unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let error = refused.json();
+    assert_eq!(error["error"]["code"], "invalid_request");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("`{field}` cannot be translated")),
+        "{error}"
+    );
 }

@@ -13,7 +13,9 @@ use sluice_e2e::mock_openai::{
     ANTHROPIC_CACHE_READ, COMPLETION_TOKENS, PROMPT_TOKENS, TOOL_ARGUMENTS,
 };
 use sluice_e2e::proxy::{Http, HttpResponse, Proxy};
-use sluice_e2e::translated::{chunks_of, streamed_tool_call, tool_round_trip};
+use sluice_e2e::translated::{
+    multi_turn, refused_untranslatable, streamed_text, streamed_tool_call, tool_round_trip,
+};
 use sluice_e2e::{LiveStack, await_usage, family_stack};
 
 const ANTHROPIC_KEY: &str = "sk-ant-canary-4411";
@@ -170,21 +172,7 @@ async fn messages_pass_through_are_metered_and_stay_in_their_family() {
 async fn chat_completions_are_translated_to_anthropic_and_back() {
     let ((upstream, _cp_dir, _cp, acme), _proxy_dir, proxy, http) = anthropic_stack().await;
     let url = proxy.url("/v1/chat/completions");
-    let body = json!({"model": "claude", "max_tokens": 50, "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "Hello."},
-        {"role": "user", "content": "And again?"}]});
-    let answer = http.post(&url, Some(&acme.key), &body).await.unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    let chat = answer.json();
-    assert_eq!(chat["object"], "chat.completion");
-    assert_eq!(chat["model"], "claude");
-    assert_eq!(
-        chat["choices"][0]["message"]["content"],
-        "Hello from the mock upstream"
-    );
-    assert_eq!(chat["choices"][0]["finish_reason"], "stop");
+    let chat = multi_turn(&http, &url, &acme.key, "claude").await.json();
     assert_eq!(
         chat["usage"]["prompt_tokens"],
         PROMPT_TOKENS + ANTHROPIC_CACHE_READ
@@ -208,21 +196,9 @@ async fn chat_completions_are_translated_to_anthropic_and_back() {
         .collect();
     assert_eq!(roles, ["user", "assistant", "user"]);
 
-    let refused = http
-        .post(
-            &url,
-            Some(&acme.key),
-            &json!({"model": "claude", "n": 2, "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(refused.status, 400);
-    assert!(
-        refused.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`n` cannot be translated")
-    );
+    let untranslatable =
+        json!({"model": "claude", "n": 2, "messages": [{"role": "user", "content": "hi"}]});
+    refused_untranslatable(&http, &url, &acme.key, &untranslatable, "n").await;
     // A tool call round trip: Anthropic's tool_use comes back as an OpenAI tool call, and
     // the tool's result goes back as a tool_result for that call.
     let (call, answer) = tool_round_trip(&http, &url, &acme.key, "claude").await;
@@ -248,23 +224,7 @@ async fn chat_completions_are_translated_to_anthropic_and_back() {
     );
 
     // Streams translate chunk by chunk, usage last when asked for.
-    let streamed = http
-        .post(
-            &url,
-            Some(&acme.key),
-            &json!({"model": "claude", "stream": true, "stream_options": {"include_usage": true},
-                    "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(streamed.status, 200, "{}", streamed.text());
-    let chunks = chunks_of(&streamed.text());
-    assert!(
-        chunks
-            .iter()
-            .all(|c| c["object"] == "chat.completion.chunk")
-    );
-    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let (_, chunks) = streamed_text(&http, &url, &acme.key, "claude").await;
     let content: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())

@@ -13,7 +13,9 @@ use sluice_e2e::mock_openai::{
     COMPLETION_TOKENS, GEMINI_SIGNATURE, GEMINI_THOUGHTS, PROMPT_TOKENS, TOOL_ARGUMENTS,
 };
 use sluice_e2e::proxy::{Http, HttpResponse, Proxy};
-use sluice_e2e::translated::{chunks_of, streamed_tool_call, tool_round_trip};
+use sluice_e2e::translated::{
+    multi_turn, refused_untranslatable, streamed_text, streamed_tool_call, tool_round_trip,
+};
 use sluice_e2e::{LiveStack, await_usage, family_stack};
 
 /// POSTs to a Gemini endpoint with the key as `x-goog-api-key`, as Google's SDKs send it.
@@ -151,21 +153,8 @@ async fn chat_completions_are_translated_to_gemini_and_back() {
     let url = proxy.url("/v1/chat/completions");
 
     // Plain text, multi-turn with a system prompt.
-    let body = json!({"model": "gemini", "max_tokens": 50, "temperature": 0.5, "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "Hello."},
-        {"role": "user", "content": "And again?"}]});
-    let answer = http.post(&url, Some(&acme.key), &body).await.unwrap();
-    assert_eq!(answer.status, 200, "{}", answer.text());
+    let answer = multi_turn(&http, &url, &acme.key, "gemini").await;
     let chat = answer.json();
-    assert_eq!(chat["object"], "chat.completion");
-    assert_eq!(chat["model"], "gemini");
-    assert_eq!(
-        chat["choices"][0]["message"]["content"],
-        "Hello from the mock upstream"
-    );
-    assert_eq!(chat["choices"][0]["finish_reason"], "stop");
     assert_eq!(chat["usage"]["prompt_tokens"], PROMPT_TOKENS);
     assert_eq!(
         chat["usage"]["completion_tokens"],
@@ -218,24 +207,8 @@ async fn chat_completions_are_translated_to_gemini_and_back() {
     );
 
     // Streams: text deltas in order, then the finish reason, then usage when asked.
-    let streamed = http
-        .post(
-            &url,
-            Some(&acme.key),
-            &json!({"model": "gemini", "stream": true, "stream_options": {"include_usage": true},
-                    "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    let (streamed, chunks) = streamed_text(&http, &url, &acme.key, "gemini").await;
     assert_eq!(streamed.headers["content-type"], "text/event-stream");
-    let chunks = chunks_of(&streamed.text());
-    assert!(
-        chunks
-            .iter()
-            .all(|c| c["object"] == "chat.completion.chunk")
-    );
-    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let content: Vec<&str> = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
@@ -282,25 +255,9 @@ async fn chat_completions_are_translated_to_gemini_and_back() {
     );
 
     // What cannot be translated, and Google's own refusal, are OpenAI-shaped 400s.
-    let refused = http
-        .post(
-            &url,
-            Some(&acme.key),
-            &json!({"model": "gemini", "logprobs": true,
-                    "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(refused.status, 400);
-    let error = refused.json();
-    assert_eq!(error["error"]["code"], "invalid_request");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`logprobs` cannot be translated"),
-        "{error}"
-    );
+    let untranslatable = json!({"model": "gemini", "logprobs": true,
+                                "messages": [{"role": "user", "content": "hi"}]});
+    refused_untranslatable(&http, &url, &acme.key, &untranslatable, "logprobs").await;
     let missing = http
         .post(
             &url,
