@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use sluice_shared::credential_scrub::CredentialScrubber;
 use sluice_shared::secret::SecretString;
 use sluice_shared::upstream_answer::rejects_key;
 
@@ -204,13 +205,12 @@ fn upstream_message(body: &[u8], status: http::StatusCode) -> String {
     }
 }
 
-/// The message without the key in it, and not too long to show.
+/// The message without the key in it (in any form the upstream echoed it), and not too
+/// long to show.
 fn scrub(message: &str, secret: &SecretString) -> String {
-    let mut text = if secret.expose().len() >= 4 {
-        message.replace(secret.expose(), "[key]")
-    } else {
-        message.to_owned()
-    };
+    let mut text = CredentialScrubber::new(secret.expose())
+        .scrub_str(message)
+        .into_owned();
     if text.len() > MAX_MESSAGE {
         let mut end = MAX_MESSAGE;
         while !text.is_char_boundary(end) {
@@ -234,7 +234,7 @@ mod tests {
             &upstream_message(body, http::StatusCode::UNAUTHORIZED),
             &secret,
         );
-        assert_eq!(message, "Incorrect API key provided: [key].");
+        assert_eq!(message, "Incorrect API key provided: [redacted].");
         assert_eq!(
             upstream_message(b"<html>", http::StatusCode::BAD_GATEWAY),
             "the upstream answered 502 Bad Gateway"

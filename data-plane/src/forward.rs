@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use rand::Rng;
 use serde_json::Value;
 use sluice_proto::usage::v1 as pb;
+use sluice_shared::credential_scrub::CredentialScrubber;
 use sluice_shared::error_code::ErrorCode;
 use sluice_shared::upstream_answer::rejects_key;
 
@@ -31,6 +32,8 @@ use crate::usage::UsageDraft;
 
 /// Largest non-streamed upstream answer read into memory.
 const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
+/// Longest upstream message Sluice quotes in an error of its own.
+const MAX_QUOTED_MESSAGE: usize = 1024;
 const MAX_ATTEMPTS: usize = 3;
 
 /// Deployments in the order to try them: by priority, weighted-random within a priority,
@@ -181,11 +184,18 @@ pub async fn forward(
         } else {
             "application/json"
         };
-        let response = match gateway
+        let sent = gateway
             .upstream
             .post_json(provider, uri, credential.as_ref(), accept, payload)
-            .await
-        {
+            .await;
+        // Everything the upstream sends back may echo the key: it is looked for in every byte
+        // that leaves the proxy (headers always; bodies and messages of errors).
+        let scrubber = credential
+            .as_ref()
+            .map(|credential| CredentialScrubber::new(credential.expose()))
+            .unwrap_or_default();
+        drop(credential);
+        let response = match sent {
             Ok(response) => response,
             Err(UpstreamError::Timeout(after)) => {
                 last_error = Some(GatewayError::new(
@@ -198,14 +208,14 @@ pub async fn forward(
                 continue;
             }
             Err(error) => {
+                let message = format!("provider '{}': {error}", provider.name);
                 last_error = Some(GatewayError::new(
                     ErrorCode::UpstreamUnavailable,
-                    format!("provider '{}': {error}", provider.name),
+                    scrubber.scrub_str(&message),
                 ));
                 continue;
             }
         };
-        drop(credential);
         let status = response.status();
         if status.is_server_error() {
             last_error = Some(GatewayError::new(
@@ -243,12 +253,17 @@ pub async fn forward(
                     translation,
                     &model.name,
                     chat.asks_stream_usage(),
+                    scrubber,
                 ),
-                None => stream_back(gateway, response, draft, provider.timeout),
+                None => stream_back(gateway, response, draft, provider.timeout, scrubber),
             });
         }
         let (parts, incoming) = response.into_parts();
         let answer = read_answer(incoming).await?;
+        let answer = match scrubber.scrub(&answer) {
+            std::borrow::Cow::Borrowed(_) => answer,
+            std::borrow::Cow::Owned(clean) => Bytes::from(clean),
+        };
         // Read first: some families refuse a key with a status that also means other things
         // (Google: 400, named in the body).
         if rejects_key(status.as_u16(), &answer) {
@@ -260,10 +275,18 @@ pub async fn forward(
             return Err(key_rejected(gateway, draft, key, provider, status));
         }
         return match translation {
-            Some(translation) => {
-                translated_back(gateway, &parts, &answer, draft, translation, &model.name)
-            }
-            None => Ok(whole_back(gateway, parts, answer, draft, operation)),
+            Some(translation) => translated_back(
+                gateway,
+                &parts,
+                &answer,
+                draft,
+                translation,
+                &model.name,
+                &scrubber,
+            ),
+            None => Ok(whole_back(
+                gateway, parts, answer, draft, operation, &scrubber,
+            )),
         };
     }
     let error = last_error.unwrap_or_else(|| {
@@ -286,13 +309,16 @@ fn stream_back(
     response: Response<Incoming>,
     mut draft: UsageDraft,
     idle: std::time::Duration,
+    scrubber: CredentialScrubber,
 ) -> Response<Body> {
     draft.spool_start(gateway);
     let (parts, incoming) = response.into_parts();
-    let body = MeteredBody::new(incoming, draft, gateway.clone(), idle);
+    let mut headers = http::HeaderMap::new();
+    copy_response_headers(&parts.headers, &mut headers, &scrubber);
+    let body = MeteredBody::new(incoming, draft, gateway.clone(), idle, scrubber);
     let mut out = Response::new(Body::new(body));
     *out.status_mut() = parts.status;
-    copy_response_headers(&parts.headers, out.headers_mut());
+    *out.headers_mut() = headers;
     out
 }
 
@@ -346,6 +372,7 @@ fn key_rejected(
 
 /// A streamed answer to a translated chat request, relayed as OpenAI chunks as it arrives
 /// (metered underneath like any stream).
+#[allow(clippy::too_many_arguments)]
 fn translated_stream_back(
     gateway: &Arc<Gateway>,
     response: Response<Incoming>,
@@ -354,6 +381,7 @@ fn translated_stream_back(
     translation: &dyn ChatTranslation,
     model_name: &str,
     include_usage: bool,
+    scrubber: CredentialScrubber,
 ) -> Response<Body> {
     draft.spool_start(gateway);
     let identity = ChunkIdentity::new(
@@ -362,14 +390,16 @@ fn translated_stream_back(
         sluice_shared::time::now_us() / 1_000_000,
     );
     let (parts, incoming) = response.into_parts();
-    let metered = MeteredBody::new(incoming, draft, gateway.clone(), idle);
+    let mut headers = http::HeaderMap::new();
+    copy_response_headers(&parts.headers, &mut headers, &scrubber);
+    let metered = MeteredBody::new(incoming, draft, gateway.clone(), idle, scrubber);
     let body = TranslatedStream::new(
         metered,
         translation.stream_events(),
         ChatChunks::new(identity, include_usage),
     );
     let mut out = Response::new(Body::new(body));
-    copy_response_headers(&parts.headers, out.headers_mut());
+    *out.headers_mut() = headers;
     // The body is OpenAI's event stream now, whatever the upstream labelled its own.
     out.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -401,19 +431,19 @@ fn translated_back(
     draft: UsageDraft,
     translation: &dyn ChatTranslation,
     model_name: &str,
+    scrubber: &CredentialScrubber,
 ) -> Result<Response<Body>, GatewayError> {
     let answer: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
     if !parts.status.is_success() {
         // Both families put the message at error.message.
         let message = answer["error"]["message"].as_str().unwrap_or("no message");
-        return Err(GatewayError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "{} refused the request ({}): {message}",
-                translation.family(),
-                parts.status
-            ),
-        ));
+        let quoted = format!(
+            "{} refused the request ({}): {}",
+            translation.family(),
+            parts.status,
+            truncated(message, MAX_QUOTED_MESSAGE)
+        );
+        return Err(GatewayError::new(ErrorCode::InvalidRequest, quoted));
     }
     let usage = translation.usage(bytes).unwrap_or_default();
     let identity = ChunkIdentity::new(
@@ -428,8 +458,17 @@ fn translated_back(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    copy_response_headers(&parts.headers, out.headers_mut());
+    copy_response_headers(&parts.headers, out.headers_mut(), scrubber);
     Ok(out)
+}
+
+/// At most `limit` bytes of `text`, cut on a character boundary.
+fn truncated(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn whole_back(
@@ -438,6 +477,7 @@ fn whole_back(
     bytes: Bytes,
     mut draft: UsageDraft,
     operation: Operation,
+    scrubber: &CredentialScrubber,
 ) -> Response<Body> {
     let reported = if operation.is_gemini() {
         crate::sse::usage_from_gemini_answer(&bytes)
@@ -461,26 +501,32 @@ fn whole_back(
     }
     let mut out = Response::new(full(bytes));
     *out.status_mut() = parts.status;
-    copy_response_headers(&parts.headers, out.headers_mut());
+    copy_response_headers(&parts.headers, out.headers_mut(), scrubber);
     out
 }
 
 /// Only headers that describe the answer travel back; hop-by-hop and upstream infrastructure
-/// headers stay behind.
-fn copy_response_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
+/// headers stay behind, and so does any header whose value echoes the credential.
+fn copy_response_headers(
+    from: &http::HeaderMap,
+    to: &mut http::HeaderMap,
+    scrubber: &CredentialScrubber,
+) {
+    let clean = |value: &HeaderValue| !scrubber.found_in(value.as_bytes());
     for name in [
         header::CONTENT_TYPE,
         header::CACHE_CONTROL,
         header::RETRY_AFTER,
     ] {
-        if let Some(value) = from.get(&name) {
+        if let Some(value) = from.get(&name).filter(|value| clean(value)) {
             to.insert(name, value.clone());
         }
     }
     for (name, value) in from {
-        if name.as_str().starts_with("x-ratelimit-")
+        if (name.as_str().starts_with("x-ratelimit-")
             || name.as_str().starts_with("anthropic-ratelimit-")
-            || name.as_str() == "openai-processing-ms"
+            || name.as_str() == "openai-processing-ms")
+            && clean(value)
         {
             to.insert(name.clone(), value.clone());
         }

@@ -1,7 +1,9 @@
 //! A streamed upstream body passed to the client frame by frame as it arrives, metered on the
-//! way: usage is read from the SSE events, and recorded exactly once — at the end, on an
-//! upstream error, on an idle timeout, or when the client goes away (drop).
+//! way: the credential sent upstream is scrubbed from it, usage is read from the SSE events,
+//! and recorded exactly once — at the end, on an upstream error, on an idle timeout, or when
+//! the client goes away (drop).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
 use hyper::body::Incoming;
+use sluice_shared::credential_scrub::{CredentialScrubber, StreamScrubber};
 use tokio::time::{Instant, Sleep};
 
 use crate::gateway::Gateway;
@@ -19,6 +22,7 @@ use crate::usage::UsageDraft;
 
 pub struct MeteredBody {
     inner: Incoming,
+    scrubber: StreamScrubber,
     scanner: SseUsageScanner,
     draft: Option<(UsageDraft, Arc<Gateway>)>,
     idle: Duration,
@@ -27,9 +31,16 @@ pub struct MeteredBody {
 }
 
 impl MeteredBody {
-    pub fn new(inner: Incoming, draft: UsageDraft, gateway: Arc<Gateway>, idle: Duration) -> Self {
+    pub fn new(
+        inner: Incoming,
+        draft: UsageDraft,
+        gateway: Arc<Gateway>,
+        idle: Duration,
+        scrubber: CredentialScrubber,
+    ) -> Self {
         Self {
             inner,
+            scrubber: StreamScrubber::new(scrubber),
             scanner: SseUsageScanner::default(),
             draft: Some((draft, gateway)),
             idle,
@@ -56,34 +67,56 @@ impl HttpBody for MeteredBody {
         if self.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.scanner.feed(data);
-                }
-                let next = Instant::now() + self.idle;
-                self.deadline.as_mut().reset(next);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => {
-                self.done = true;
-                self.finish();
-                Poll::Ready(Some(Err(Box::new(error))))
-            }
-            Poll::Ready(None) => {
-                self.done = true;
-                self.finish();
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if self.deadline.as_mut().poll(cx).is_ready() {
+        loop {
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(error))) => {
                     self.done = true;
                     self.finish();
-                    return Poll::Ready(Some(Err("upstream stream idle timeout".into())));
+                    return Poll::Ready(Some(Err(Box::new(error))));
                 }
-                Poll::Pending
+                Poll::Ready(None) => return Poll::Ready(self.ended()),
+                Poll::Pending => {
+                    if self.deadline.as_mut().poll(cx).is_ready() {
+                        self.done = true;
+                        self.finish();
+                        return Poll::Ready(Some(Err("upstream stream idle timeout".into())));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            let next = Instant::now() + self.idle;
+            self.deadline.as_mut().reset(next);
+            let Ok(data) = frame.into_data() else {
+                // Trailers carry nothing a client needs from an upstream.
+                continue;
+            };
+            let clean = match self.scrubber.next(&data) {
+                Cow::Borrowed(same) if same.len() == data.len() => data,
+                Cow::Borrowed(prefix) => data.slice(..prefix.len()),
+                Cow::Owned(clean) => Bytes::from(clean),
+            };
+            if clean.is_empty() {
+                continue;
             }
+            self.scanner.feed(&clean);
+            return Poll::Ready(Some(Ok(Frame::data(clean))));
         }
+    }
+}
+
+impl MeteredBody {
+    /// The upstream body ended: what was held back in case it began a credential goes out
+    /// after all, then the stream ends and its usage is recorded.
+    fn ended(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let held = self.scrubber.finish();
+        if !held.is_empty() {
+            self.scanner.feed(&held);
+            return Some(Ok(Frame::data(Bytes::from(held))));
+        }
+        self.done = true;
+        self.finish();
+        None
     }
 }
 

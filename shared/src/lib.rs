@@ -1,6 +1,7 @@
 //! Types used by both halves of Sluice. Nothing here does I/O.
 
 pub mod budget_window;
+pub mod credential_scrub;
 pub mod envelope;
 pub mod error_code;
 pub mod ids;

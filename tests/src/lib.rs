@@ -580,6 +580,59 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
     }
 }
 
+/// Everything a stack left behind once stopped: both processes' logs and every file of their
+/// data directories, for proving a secret reached none of them.
+pub struct Leftovers {
+    pub proxy_logs: String,
+    pub cp_logs: String,
+    pub files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl Leftovers {
+    /// Waits for usage to reach the control plane's database, stops both processes (the proxy
+    /// must have logged at trace level) and reads what they left.
+    pub async fn of(
+        proxy: proxy::Proxy,
+        cp: ControlPlane,
+        proxy_dir: &Path,
+        cp_dir: &Path,
+    ) -> Self {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let proxy_logs = proxy.kill().text();
+        let cp_logs = cp.stop().text();
+        assert!(
+            proxy_logs.contains("TRACE"),
+            "the proxy did not log at trace level"
+        );
+        let mut files = files_under(cp_dir);
+        files.extend(files_under(proxy_dir));
+        Self {
+            proxy_logs,
+            cp_logs,
+            files,
+        }
+    }
+
+    /// Asserts that `form` (of the secret `what`) is in no log and no file.
+    pub fn assert_nowhere(&self, form: &str, what: &str) {
+        assert!(
+            !self.proxy_logs.contains(form),
+            "proxy logs leak the {what}"
+        );
+        assert!(
+            !self.cp_logs.contains(form),
+            "control-plane logs leak the {what}"
+        );
+        for (path, bytes) in &self.files {
+            assert!(
+                !contains_bytes(bytes, form.as_bytes()),
+                "{} holds the {what}",
+                path.display()
+            );
+        }
+    }
+}
+
 /// Every file under `dir`, recursively, as bytes (database, WAL, key files …).
 pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut found = Vec::new();

@@ -8,7 +8,8 @@
 //! for the model. The upstream model name picks a behaviour, so one server covers every
 //! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `pause` (answers
 //! after [`PAUSE`]), `redirect`, `no-usage` (a stream without a usage block), `stall` (a stream
-//! that sends one chunk, then nothing); anything else answers normally. Model listings answer
+//! that sends one chunk, then nothing), `echo-<status>` and `echo-midstream` (the credential
+//! echoed back in headers and error bodies, see [`echo_answer`]); anything else answers normally. Model listings answer
 //! key checks in each family's format (OpenAI's Bearer key, Anthropic's `x-api-key`, Gemini's
 //! `/v1beta/models` with `x-goog-api-key`): a key containing `invalid` is refused the family's
 //! way (Google: 400 `API_KEY_INVALID`), one containing `noaccess` is forbidden. A last message
@@ -635,7 +636,127 @@ fn reported_usage(body: &Value) -> (u64, u64, u64) {
     }
 }
 
+/// The upstream model a request names: in the path (model reads, Gemini, Azure deployments)
+/// or in the body.
+fn upstream_model<'a>(path: &'a str, body: &'a Value) -> &'a str {
+    let in_path = path
+        .strip_prefix("/v1/models/")
+        .or_else(|| path.strip_prefix("/v1beta/models/"))
+        .map(|rest| rest.split(':').next().unwrap_or(rest))
+        .or_else(|| {
+            path.strip_prefix("/openai/deployments/")
+                .and_then(|rest| rest.split('/').next())
+        });
+    in_path.unwrap_or_else(|| body["model"].as_str().unwrap_or_default())
+}
+
+/// The credential a request carried, however its family sends it.
+fn sent_credential(headers: &HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    header("authorization")
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v))
+        .or_else(|| header("x-api-key"))
+        .or_else(|| header("api-key"))
+        .or_else(|| header("x-goog-api-key"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The forms of a key an echoing upstream repeats: as sent, base64 and hex.
+pub fn echoed_forms(key: &str) -> [String; 5] {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    [
+        key.to_owned(),
+        STANDARD.encode(key),
+        URL_SAFE.encode(key),
+        hex.to_uppercase(),
+        hex,
+    ]
+}
+
+/// What upstream models `echo-<status>` answer: the credential they were sent, echoed as a
+/// misconfigured or hostile upstream might — in every header a gateway could pass on and, for
+/// an error status, in the family's own error body (as sent, base64 and hex). `echo-200`
+/// answers `normal` with those headers; `echo-midstream` streams a first event, then the
+/// family's mid-stream error quoting the key.
+fn echo_answer(model: &str, path: &str, headers: &HeaderMap, normal: MockResponse) -> MockResponse {
+    let key = sent_credential(headers);
+    let [raw, base64, base64_url, hex_upper, hex] = echoed_forms(&key);
+    let message = format!(
+        "Incorrect API key provided: {raw}. Encoded: {base64} {base64_url} {hex} {hex_upper}"
+    );
+    let anthropic = path == "/v1/messages" || headers.contains_key("x-api-key");
+    let gemini = path.starts_with("/v1beta/");
+    let mut response = if model == "echo-midstream" {
+        let events = if gemini {
+            format!(
+                "data: {}\r\n\r\ndata: {}\r\n\r\n",
+                json!({"candidates": [{"content": {"parts": [{"text": "Hel"}], "role": "model"}, "index": 0}]}),
+                json!({"error": {"code": 500, "message": message, "status": "INTERNAL"}})
+            )
+        } else {
+            format!(
+                "event: message_start\ndata: {}\n\nevent: error\ndata: {}\n\n",
+                json!({"type": "message_start", "message": {"id": "msg_echo", "type": "message",
+                       "role": "assistant", "content": [], "model": model, "stop_reason": null,
+                       "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": message}})
+            )
+        };
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Full::new(Bytes::from(events)).boxed())
+            .unwrap()
+    } else {
+        let status = model
+            .strip_prefix("echo-")
+            .and_then(|status| status.parse::<u16>().ok())
+            .and_then(|status| StatusCode::from_u16(status).ok())
+            .unwrap_or(StatusCode::OK);
+        if status.is_success() {
+            normal
+        } else if anthropic {
+            json_response(
+                status,
+                json!({"type": "error", "error": {"type": "authentication_error", "message": message}}),
+            )
+        } else if gemini {
+            gemini_error(status, &message, "INVALID_ARGUMENT")
+        } else {
+            openai_error(status, &message, "invalid_request_error", json!(raw))
+        }
+    };
+    let echoed = response.headers_mut();
+    for (name, value) in [
+        ("x-ratelimit-remaining-tokens", raw.clone()),
+        ("x-ratelimit-limit-requests", base64),
+        ("anthropic-ratelimit-requests-remaining", base64_url),
+        ("openai-processing-ms", hex),
+        ("cache-control", format!("private, key={raw}")),
+        ("retry-after", hex_upper),
+        ("x-echoed-credential", raw),
+    ] {
+        echoed.insert(name, value.parse().unwrap());
+    }
+    response
+}
+
 async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<MockResponse, Infallible> {
+    let path = request.uri().path().to_owned();
+    let headers = request.headers().clone();
+    let (normal, body) = answer(state, request).await;
+    let model = upstream_model(&path, &body);
+    Ok(if model.starts_with("echo-") {
+        echo_answer(model, &path, &headers, normal)
+    } else {
+        normal
+    })
+}
+
+/// The answer to `request`, and its body as JSON.
+async fn answer(state: Arc<State>, request: Request<Incoming>) -> (MockResponse, Value) {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
     let headers = request.headers().clone();
@@ -652,9 +773,13 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<MockRes
         headers: headers.clone(),
         body: body.clone(),
     });
+    (respond(state, &path, &headers, &body).await, body)
+}
 
+/// The mock's answer, by path and upstream model.
+async fn respond(state: Arc<State>, path: &str, headers: &HeaderMap, body: &Value) -> MockResponse {
     if let Some(rest) = path.strip_prefix("/v1/models") {
-        return Ok(models_answer(&headers, rest.strip_prefix('/')));
+        return models_answer(headers, rest.strip_prefix('/'));
     }
     // Azure OpenAI names the model by its deployment, in the path.
     let azure = path.strip_prefix("/openai/deployments/");
@@ -673,48 +798,48 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<MockRes
                                 "embedding": [0.25, -0.5, 0.125, 0.0625]})
             })
             .collect();
-        return Ok(json_response(
+        return json_response(
             StatusCode::OK,
             json!({"object": "list", "data": data, "model": model,
                    "usage": {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}}),
-        ));
+        );
     }
     if path == "/v1/responses" {
-        return Ok(responses_answer(&body));
+        return responses_answer(body);
     }
     if path == "/v1/messages" {
-        return Ok(anthropic_answer(&headers, &body));
+        return anthropic_answer(headers, body);
     }
     if path == "/v1beta/models" {
-        return Ok(gemini_models_answer(&headers, None));
+        return gemini_models_answer(headers, None);
     }
     if let Some(rest) = path.strip_prefix("/v1beta/models/") {
         if !rest.contains(':') {
-            return Ok(gemini_models_answer(&headers, Some(rest)));
+            return gemini_models_answer(headers, Some(rest));
         }
-        return Ok(gemini_answer(&headers, rest, &body));
+        return gemini_answer(headers, rest, body);
     }
     let azure_deployment = azure
         .and_then(|rest| rest.strip_suffix("/chat/completions"))
         .map(str::to_owned);
     if path != "/v1/chat/completions" && azure_deployment.is_none() {
-        return Ok(openai_error(
+        return openai_error(
             StatusCode::NOT_FOUND,
             "Unknown request URL",
             "invalid_request_error",
             json!("unknown_url"),
-        ));
+        );
     }
     let model =
         azure_deployment.unwrap_or_else(|| body["model"].as_str().unwrap_or_default().to_owned());
     match model.as_str() {
         "fail-401" => {
-            return Ok(openai_error(
+            return openai_error(
                 StatusCode::UNAUTHORIZED,
                 "Incorrect API key provided: sk-...xxxx. You can find your API key at https://platform.openai.com/account/api-keys.",
                 "invalid_request_error",
                 json!("invalid_api_key"),
-            ));
+            );
         }
         "fail-429" => {
             let mut response = openai_error(
@@ -726,29 +851,29 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<MockRes
             response
                 .headers_mut()
                 .insert("retry-after", "2".parse().unwrap());
-            return Ok(response);
+            return response;
         }
         "fail-500" => {
-            return Ok(openai_error(
+            return openai_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "The server had an error while processing your request.",
                 "server_error",
                 Value::Null,
-            ));
+            );
         }
         "redirect" => {
-            return Ok(Response::builder()
+            return Response::builder()
                 .status(StatusCode::FOUND)
                 .header("location", "http://127.0.0.1:1/steal")
                 .body(Full::new(Bytes::new()).boxed())
-                .unwrap());
+                .unwrap();
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
         "pause" => tokio::time::sleep(PAUSE).await,
         _ => {}
     }
     let id = "chatcmpl-mock0001";
-    let (prompt_tokens, completion_tokens, cached_tokens) = reported_usage(&body);
+    let (prompt_tokens, completion_tokens, cached_tokens) = reported_usage(body);
     if body["stream"] == json!(true) {
         let include_usage =
             body["stream_options"]["include_usage"] == json!(true) && model != "no-usage";
@@ -799,13 +924,13 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<MockRes
                 .await;
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
-        return Ok(Response::builder()
+        return Response::builder()
             .header("content-type", "text/event-stream; charset=utf-8")
             .header("x-ratelimit-remaining-requests", "99")
             .body(StreamBody::new(stream).boxed())
-            .unwrap());
+            .unwrap();
     }
-    Ok(json_response(
+    json_response(
         StatusCode::OK,
         json!({
             "id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
@@ -817,5 +942,5 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<MockRes
                       "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}},
             "system_fingerprint": "fp_mock"
         }),
-    ))
+    )
 }
