@@ -1,7 +1,7 @@
 //! HARD budgets on the request path: each budget has a lease cell holding the allowance the
 //! control plane granted this process for the current window and what it has used. A request
 //! reserves its largest possible cost in every budget that covers it before it is forwarded —
-//! one `fetch_add` per budget, no lock — and settles to its actual cost when its usage record
+//! one compare-and-swap per budget, no lock — and settles to its actual cost when its usage record
 //! is written. The reservation is a guard: dropped on any other exit path (error, timeout,
 //! client gone, panic unwinding) it gives the amount back, so nothing leaks into a phantom
 //! `budget_exceeded`.
@@ -65,7 +65,7 @@ impl LeaseCell {
             );
         }
         let used = self.used.load(Ordering::Relaxed);
-        let left = self.allowance.load(Ordering::Relaxed) - used;
+        let left = self.allowance.load(Ordering::Relaxed).saturating_sub(used);
         let low = left < self.last_grant.load(Ordering::Relaxed) / 2;
         let wanted = self.wanted.load(Ordering::Relaxed);
         let wanted = if wanted > 0 || low { wanted.max(1) } else { 0 };
@@ -196,13 +196,20 @@ impl LeaseBook {
                     if !current {
                         Some(Shortfall::Waiting)
                     } else {
-                        let before = cell.used.fetch_add(amount, Ordering::AcqRel);
-                        if before + amount <= cell.allowance.load(Ordering::Acquire) {
+                        let allowance = cell.allowance.load(Ordering::Acquire);
+                        // Arithmetic that cannot fit is a refusal, never a wrap into "fits".
+                        let fits = amount >= 0
+                            && cell
+                                .used
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                                    used.checked_add(amount).filter(|after| *after <= allowance)
+                                })
+                                .is_ok();
+                        if fits {
                             cell.reserved.fetch_add(amount, Ordering::Relaxed);
                             taken.push(cell.clone());
                             None
                         } else {
-                            cell.used.fetch_sub(amount, Ordering::AcqRel);
                             cell.wanted.fetch_max(amount, Ordering::Relaxed);
                             Some(if cell.exhausted.load(Ordering::Relaxed) {
                                 Shortfall::Spent
@@ -284,9 +291,15 @@ pub struct Reservation {
 
 impl Reservation {
     pub fn settle(mut self, actual_micros: i64) {
+        // An upstream may report absurd usage: spend saturates rather than wrapping to
+        // negative, which would read as budget left.
+        let delta = actual_micros.saturating_sub(self.amount);
         for cell in &self.cells {
-            cell.used
-                .fetch_add(actual_micros - self.amount, Ordering::AcqRel);
+            let _ = cell
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    Some(used.saturating_add(delta))
+                });
             cell.reserved.fetch_sub(self.amount, Ordering::Relaxed);
         }
         self.settled = true;
@@ -354,6 +367,65 @@ mod tests {
         drop(second);
         assert_eq!(book.cell("web").unwrap().used.load(Ordering::Relaxed), 250);
         assert_eq!(book.reserved_micros(), 0);
+    }
+
+    proptest::proptest! {
+        /// Whatever amounts arrive (a reservation's cost saturates at i64::MAX, and a broken
+        /// price could make it negative), what is held never exceeds the allowance, nothing
+        /// negative is taken, and everything comes back.
+        #[test]
+        fn reservations_never_wrap_into_fitting(
+            allowance in 0..=i64::MAX,
+            amounts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<i64>(),
+                    proptest::prelude::Just(i64::MAX),
+                    proptest::prelude::Just(i64::MAX - 1),
+                    0..1_000_i64,
+                ],
+                1..40,
+            ),
+        ) {
+            let budgets = [budget("web")];
+            let book = book(&budgets);
+            book.apply(vec![grant("web", allowance, false)]);
+            let mut held = Vec::new();
+            let mut total: i128 = 0;
+            for amount in amounts {
+                if let Ok(reservation) = book.try_reserve(&[&budgets[0]], amount, 0) {
+                    proptest::prop_assert!(amount >= 0);
+                    total += i128::from(amount);
+                    held.push(reservation);
+                }
+                proptest::prop_assert!(total <= i128::from(allowance));
+                let used = book.cell("web").unwrap().used.load(Ordering::Relaxed);
+                proptest::prop_assert_eq!(i128::from(used), total);
+            }
+            drop(held);
+            proptest::prop_assert_eq!(book.cell("web").unwrap().used.load(Ordering::Relaxed), 0);
+            proptest::prop_assert_eq!(book.reserved_micros(), 0);
+        }
+
+        /// An actual cost past anything reserved (an upstream reporting absurd usage) saturates
+        /// the spend: it never wraps to a negative that would read as budget left.
+        #[test]
+        fn settling_an_absurd_cost_spends_the_budget(
+            allowance in 1..=i64::MAX,
+            reserved in 0..1_000_i64,
+            actual in 0..=i64::MAX,
+        ) {
+            let budgets = [budget("web")];
+            let book = book(&budgets);
+            book.apply(vec![grant("web", allowance, false)]);
+            let Ok(reservation) = book.try_reserve(&[&budgets[0]], reserved, 0) else {
+                return Ok(());
+            };
+            reservation.settle(actual);
+            let used = book.cell("web").unwrap().used.load(Ordering::Relaxed);
+            proptest::prop_assert_eq!(used, actual);
+            let next = book.try_reserve(&[&budgets[0]], 1, 0);
+            proptest::prop_assert_eq!(next.is_ok(), actual < allowance);
+        }
     }
 
     #[tokio::test]

@@ -131,6 +131,7 @@ async fn serve(
         Operation::StreamGenerateContent => ChatRequest::parse_gemini(&body, &path_model, true)?,
     };
     let model = resolve_model(&tables, &caller, &chat.model)?;
+    check_output_limit(&chat, model)?;
     // A native endpoint speaks one family's wire format, so its model must be of a family
     // that serves it (chat completions reach every family).
     let primary = model
@@ -200,17 +201,34 @@ async fn admit(
         // Embeddings answer with vectors, not tokens.
         output_tokens: match operation {
             Operation::Embeddings => 0,
-            Operation::GenerateContent | Operation::StreamGenerateContent => chat
-                .gemini_max_output_tokens()
-                .unwrap_or(gateway.default_max_output_tokens),
-            Operation::ChatCompletions | Operation::Responses | Operation::Messages => chat
-                .max_output_tokens()
-                .unwrap_or(gateway.default_max_output_tokens),
+            _ => chat
+                .output_limit
+                .map_or(gateway.default_max_output_tokens, |limit| limit.tokens),
         },
         ..Usage::default()
     };
     let most = crate::usage::cost_micros(usage, crate::usage::Prices::of(model));
     gateway.leases.reserve(&budgets, most).await.map(Some)
+}
+
+/// A request may not ask for more output than its model can give: past that, a limit is no
+/// limit, and its reservation would be no bound.
+fn check_output_limit(chat: &ChatRequest<'_>, model: &ModelEntry) -> Result<(), GatewayError> {
+    let Some(limit) = chat.output_limit else {
+        return Ok(());
+    };
+    let most = model.output_token_limit();
+    if limit.tokens > most {
+        return Err(GatewayError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "`{}` is {}, more than model '{}' can produce ({most} tokens)",
+                limit.field, limit.tokens, model.name
+            ),
+        )
+        .with_param(limit.field));
+    }
+    Ok(())
 }
 
 /// Who is calling (by the family's way of carrying the key) and the request's metadata headers.

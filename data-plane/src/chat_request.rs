@@ -40,6 +40,41 @@ pub struct ChatRequest<'a> {
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
     pub model: Cow<'a, str>,
     pub stream: bool,
+    /// The most output tokens the request allows, and the field that says so; `None` when it
+    /// sets no limit.
+    pub output_limit: Option<OutputLimit>,
+}
+
+/// An output-token limit a request set, checked to be a whole number from 1 up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimit {
+    pub tokens: u64,
+    pub field: &'static str,
+}
+
+/// The fields OpenAI's and Anthropic's APIs take as an output limit. Where a request sets more
+/// than one, the largest is what the upstream might produce, so that is what is reserved.
+const OUTPUT_LIMIT_FIELDS: &[&str] = &["max_completion_tokens", "max_tokens", "max_output_tokens"];
+
+/// An output limit's raw JSON: absent or `null` is no limit; anything but a whole number from 1
+/// up (0, negative, fractional, exponent, a string, past 2^64) is refused naming the field, so
+/// no value can slip past a budget's reservation as "unknown".
+fn output_limit(
+    raw: Option<&RawValue>,
+    field: &'static str,
+) -> Result<Option<OutputLimit>, GatewayError> {
+    let text = match raw.map(|raw| raw.get().trim()) {
+        None | Some("null") => return Ok(None),
+        Some(text) => text,
+    };
+    match text.parse::<u64>() {
+        Ok(tokens) if tokens >= 1 => Ok(Some(OutputLimit { tokens, field })),
+        _ => Err(GatewayError::new(
+            ErrorCode::InvalidRequest,
+            format!("`{field}` must be a whole number of tokens, at least 1"),
+        )
+        .with_param(field)),
+    }
 }
 
 fn invalid(message: &str, param: &'static str) -> GatewayError {
@@ -63,11 +98,13 @@ impl<'a> ChatRequest<'a> {
         if !field("messages").is_some_and(non_empty_array) {
             return Err(invalid("`messages` must be a non-empty array", "messages"));
         }
+        let output_limit = top_level_output_limit(&fields)?;
         Ok(Self {
             body,
             fields,
             model,
             stream,
+            output_limit,
         })
     }
 
@@ -101,6 +138,7 @@ impl<'a> ChatRequest<'a> {
     pub fn parse_responses(body: &'a Bytes) -> Result<Self, GatewayError> {
         let mut request = Self::parse_fields(body)?;
         request.require_input()?;
+        request.output_limit = top_level_output_limit(&request.fields)?;
         request.stream = match request.field("stream").map(|raw| raw.get().trim()) {
             None | Some("null") | Some("false") => false,
             Some("true") => true,
@@ -113,7 +151,7 @@ impl<'a> ChatRequest<'a> {
     /// Anthropic requires), and an optional boolean `stream`.
     pub fn parse_messages(body: &'a Bytes) -> Result<Self, GatewayError> {
         let request = Self::parse(body)?;
-        if request.number("max_tokens").is_none() {
+        if output_limit(request.field("max_tokens"), "max_tokens")?.is_none() {
             return Err(invalid(
                 "`max_tokens` is required and must be a whole number",
                 "max_tokens",
@@ -129,11 +167,13 @@ impl<'a> ChatRequest<'a> {
         if !find(&fields, "contents").is_some_and(non_empty_array) {
             return Err(invalid("`contents` must be a non-empty array", "contents"));
         }
+        let output_limit = gemini_output_limit(find(&fields, "generationConfig"))?;
         Ok(Self {
             body,
             fields,
             model: Cow::Owned(model.to_owned()),
             stream,
+            output_limit,
         })
     }
 
@@ -165,6 +205,7 @@ impl<'a> ChatRequest<'a> {
             fields,
             model,
             stream: false,
+            output_limit: None,
         })
     }
 
@@ -191,18 +232,6 @@ impl<'a> ChatRequest<'a> {
         self.field("contents")
             .and_then(|raw| serde_json::from_str(raw.get()).ok())
             .unwrap_or(Value::Null)
-    }
-
-    /// Gemini's `generationConfig.maxOutputTokens`.
-    pub fn gemini_max_output_tokens(&self) -> Option<u64> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Config {
-            max_output_tokens: Option<u64>,
-        }
-        self.field("generationConfig")
-            .and_then(|raw| serde_json::from_str::<Config>(raw.get()).ok())?
-            .max_output_tokens
     }
 
     /// `input` as a JSON tree (the Responses API's MOCK answer reads it).
@@ -238,14 +267,6 @@ impl<'a> ChatRequest<'a> {
     /// A top-level field that is a non-negative integer.
     pub fn number(&self, name: &str) -> Option<u64> {
         self.field(name)?.get().trim().parse().ok()
-    }
-
-    /// The output tokens the request allows: `max_completion_tokens`, `max_tokens` or (Responses
-    /// API) `max_output_tokens`; `None` when none is a non-negative integer.
-    pub fn max_output_tokens(&self) -> Option<u64> {
-        ["max_completion_tokens", "max_tokens", "max_output_tokens"]
-            .into_iter()
-            .find_map(|name| self.number(name))
     }
 
     /// The messages as a JSON tree, for the few paths that read them (MOCK answers, estimates).
@@ -328,6 +349,41 @@ fn non_empty_array(raw: &RawValue) -> bool {
     text.starts_with('[') && !text[1..].trim_start().starts_with(']')
 }
 
+/// The largest output limit among the top-level fields that set one.
+fn top_level_output_limit(
+    fields: &[(Cow<'_, str>, &RawValue)],
+) -> Result<Option<OutputLimit>, GatewayError> {
+    let mut largest: Option<OutputLimit> = None;
+    for &field in OUTPUT_LIMIT_FIELDS {
+        if let Some(limit) = output_limit(find(fields, field), field)?
+            && largest.is_none_or(|largest| limit.tokens > largest.tokens)
+        {
+            largest = Some(limit);
+        }
+    }
+    Ok(largest)
+}
+
+/// Gemini's `generationConfig.maxOutputTokens`. A `generationConfig` that cannot be read (not
+/// an object, a field twice) is refused: its limit could not be known.
+fn gemini_output_limit(config: Option<&RawValue>) -> Result<Option<OutputLimit>, GatewayError> {
+    #[derive(Deserialize)]
+    struct Config<'a> {
+        #[serde(rename = "maxOutputTokens", borrow, default)]
+        max_output_tokens: Option<&'a RawValue>,
+    }
+    let config = match config.map(|raw| raw.get().trim()) {
+        None | Some("null") => return Ok(None),
+        Some(text) => serde_json::from_str::<Config>(text).map_err(|_| {
+            invalid(
+                "`generationConfig` must be an object, each field once",
+                "generationConfig",
+            )
+        })?,
+    };
+    output_limit(config.max_output_tokens, "generationConfig.maxOutputTokens")
+}
+
 fn find<'a>(fields: &[(Cow<'a, str>, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
     fields
         .iter()
@@ -393,6 +449,94 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_limits_are_whole_numbers_from_one_or_refused_naming_the_field() {
+        let chat = |limit: &str| {
+            parse(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"max_tokens":{limit}}}"#
+            ))
+        };
+        for whole in [
+            "1",
+            "2147483648",
+            "9007199254740992",
+            "9223372036854775807",
+            "18446744073709551615",
+        ] {
+            let limit = chat(whole).unwrap().output_limit.unwrap();
+            assert_eq!(limit.tokens.to_string(), whole);
+            assert_eq!(limit.field, "max_tokens");
+        }
+        assert_eq!(chat("null").unwrap().output_limit, None);
+        for hostile in [
+            "0",
+            "-1",
+            "1.5",
+            "100.0",
+            "1e3",
+            "\"100\"",
+            "18446744073709551616",
+            "true",
+            "[1]",
+            "{}",
+        ] {
+            let error = chat(hostile).err().unwrap();
+            assert_eq!(error.code, ErrorCode::InvalidRequest, "{hostile}");
+            assert_eq!(error.param, Some("max_tokens"), "{hostile}");
+        }
+        // Several fields: the largest is what the upstream might produce.
+        let both = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":10,"max_completion_tokens":900}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            both.output_limit.map(|l| (l.tokens, l.field)),
+            Some((900, "max_completion_tokens"))
+        );
+        // Anthropic's Messages API requires one.
+        let messages = |extra: &str| {
+            let text =
+                format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+            let body: &'static Bytes = Box::leak(Box::new(Bytes::from(text)));
+            ChatRequest::parse_messages(body).map(|r| r.output_limit)
+        };
+        assert!(messages("").is_err());
+        assert!(messages(r#","max_tokens":null"#).is_err());
+        assert!(messages(r#","max_tokens":-5"#).is_err());
+        assert_eq!(
+            messages(r#","max_tokens":64"#).unwrap().map(|l| l.tokens),
+            Some(64)
+        );
+    }
+
+    #[test]
+    fn gemini_output_limits_are_read_from_generation_config() {
+        let gemini = |config: &str| {
+            let text = format!(
+                r#"{{"contents":[{{"parts":[{{"text":"hi"}}]}}],"generationConfig":{config}}}"#
+            );
+            let body: &'static Bytes = Box::leak(Box::new(Bytes::from(text)));
+            ChatRequest::parse_gemini(body, "g", false).map(|r| r.output_limit)
+        };
+        assert_eq!(
+            gemini(r#"{"maxOutputTokens":256}"#)
+                .unwrap()
+                .map(|l| l.tokens),
+            Some(256)
+        );
+        assert_eq!(gemini(r#"{"temperature":0.5}"#).unwrap(), None);
+        assert_eq!(gemini("null").unwrap(), None);
+        for hostile in [
+            r#"{"maxOutputTokens":-1}"#,
+            r#"{"maxOutputTokens":1e30}"#,
+            r#"{"maxOutputTokens":"64"}"#,
+            r#"{"maxOutputTokens":1,"maxOutputTokens":99999999999}"#,
+            r#""fast""#,
+        ] {
+            assert!(gemini(hostile).is_err(), "{hostile}");
+        }
+    }
 
     fn parse(text: &str) -> Result<ChatRequest<'static>, GatewayError> {
         let body: &'static Bytes = Box::leak(Box::new(Bytes::copy_from_slice(text.as_bytes())));

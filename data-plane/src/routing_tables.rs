@@ -102,6 +102,21 @@ pub struct ModelEntry {
     pub created_at_s: i64,
 }
 
+/// The output limit assumed for a model whose context window is not known: above any model's
+/// today, and small enough that its cost at any price fits a reservation many times over.
+pub const UNKNOWN_MODEL_OUTPUT_LIMIT: u64 = 1 << 21;
+
+impl ModelEntry {
+    /// The most output tokens a request to this model may ask for: no model produces more
+    /// than its context window holds.
+    pub fn output_token_limit(&self) -> u64 {
+        match self.context_window {
+            0 => UNKNOWN_MODEL_OUTPUT_LIMIT,
+            window => u64::from(window),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ProviderKeyEntry {
     pub id: String,

@@ -216,4 +216,37 @@ mod tests {
         // More cached than input (a confused upstream) never goes negative.
         assert_eq!(cost_micros(usage(10, 50, 0), mini), 1);
     }
+
+    proptest::proptest! {
+        /// Any token counts at any catalog price: the cost is the exact product rounded up,
+        /// saturated at i64::MAX (so a reservation of it fits no budget), never negative, and
+        /// never smaller for more tokens.
+        #[test]
+        fn cost_is_exact_or_saturates_never_wraps(
+            input in proptest::prelude::any::<u64>(),
+            cached in proptest::prelude::any::<u64>(),
+            output in proptest::prelude::any::<u64>(),
+            more in proptest::prelude::any::<u64>(),
+            prices in (0..=1_000_000_000_i64, 0..=1_000_000_000_i64, 0..=1_000_000_000_i64),
+        ) {
+            let prices = Prices { input: prices.0, cached_input: prices.1, output: prices.2 };
+            let usage = |output_tokens| Usage {
+                input_tokens: input,
+                cached_input_tokens: cached,
+                output_tokens,
+                ..Usage::default()
+            };
+            let cost = cost_micros(usage(output), prices);
+            let cached = cached.min(input);
+            let exact = (i128::from(input - cached) * i128::from(prices.input)
+                + i128::from(cached) * i128::from(prices.cached_input)
+                + i128::from(output) * i128::from(prices.output)
+                + 999_999)
+                / 1_000_000;
+            proptest::prop_assert_eq!(i128::from(cost), exact.min(i128::from(i64::MAX)));
+            proptest::prop_assert!(cost >= 0);
+            let larger = cost_micros(usage(output.saturating_add(more)), prices);
+            proptest::prop_assert!(larger >= cost);
+        }
+    }
 }

@@ -353,3 +353,127 @@ async fn leases_return_after_their_ttl_and_fail_closed_without_the_control_plane
     );
     let _ = cp_dir;
 }
+
+/// Output limits an attacker picks to break the reservation arithmetic (2^31 … 2^64−1, past
+/// u64, negative, fractional, exponent, a string, zero) or to hide from it (`null`), on every
+/// field that sets one: under a spent HARD budget each is refused — `invalid_request` naming
+/// the field, or `budget_exceeded` — and none reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_output_limit_slips_a_request_past_a_spent_budget() {
+    let (upstream, _cp_dir, cp, acme) = live_stack_with("sk-hostile-limits", &[], &[]);
+    cp.add_provider_model(
+        "acme/google",
+        "google",
+        &format!("http://{}", upstream.addr),
+        &[("main", "AIza-hostile-limits")],
+        "acme/gemini",
+        "gemini-2.5-flash",
+    );
+    cp.ctl(&[
+        "budget",
+        "create",
+        "acme/web",
+        "--period",
+        "total",
+        "--limit-usd",
+        "0.0001",
+        "--posture",
+        "hard",
+    ])
+    .ok();
+    let http = Http::new();
+    let (_dir, proxy) = start_proxy(&cp, &acme.token);
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let chat = proxy.url("/v1/chat/completions");
+    // Reserved as 100 output tokens (fits $0.0001), reported as 500: the budget is spent.
+    let spend = json!({"model": "gpt-4o-mini", "max_tokens": 100,
+                       "messages": [{"role": "user", "content": "usage:30/500"}]});
+    let spent = http.post(&chat, Some(&acme.key), &spend).await.unwrap();
+    assert_eq!(spent.status, 200, "{}", spent.text());
+    let upstream_calls = upstream.requests().len();
+
+    let hostile = [
+        json!(2_147_483_648_u64),
+        json!(9_007_199_254_740_992_u64),
+        json!(4_611_686_018_427_387_904_u64),
+        json!(i64::MAX),
+        json!(u64::MAX),
+        serde_json::from_str::<Value>("18446744073709551616").unwrap(),
+        json!(-1),
+        json!(-9_223_372_036_854_775_807_i64),
+        json!(1.5),
+        json!(100.0),
+        serde_json::from_str::<Value>("1e3").unwrap(),
+        json!("100"),
+        json!(0),
+        Value::Null,
+        json!(1),
+    ];
+    let chat_body = |field: &str, value: &Value| {
+        let mut body =
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+        body[field] = value.clone();
+        body
+    };
+    for value in &hostile {
+        let mut cases = vec![
+            ("max_tokens", chat.clone(), chat_body("max_tokens", value)),
+            (
+                "max_completion_tokens",
+                chat.clone(),
+                chat_body("max_completion_tokens", value),
+            ),
+            (
+                "max_output_tokens",
+                proxy.url("/v1/responses"),
+                json!({"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": value}),
+            ),
+            (
+                "generationConfig.maxOutputTokens",
+                proxy.url("/v1beta/models/gemini:generateContent"),
+                json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                       "generationConfig": {"maxOutputTokens": value}}),
+            ),
+        ];
+        for (field, url, body) in cases.drain(..) {
+            let response = http.post(&url, Some(&acme.key), &body).await.unwrap();
+            let answer = response.json();
+            let error = answer["error"].clone();
+            match response.status.as_u16() {
+                400 => {
+                    // OpenAI's shape says it in `code`, Google's in `sluice_code`.
+                    let code = error["sluice_code"].as_str().or(error["code"].as_str());
+                    assert_eq!(code, Some("invalid_request"), "{field}={value}: {answer}");
+                    let named = error["param"] == field
+                        || error["message"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .contains(field);
+                    assert!(
+                        named,
+                        "{field}={value}: the refusal names no field: {answer}"
+                    );
+                }
+                429 => assert!(
+                    answer.to_string().contains("budget"),
+                    "{field}={value}: {answer}"
+                ),
+                other => panic!("{field}={value} was answered {other}: {answer}"),
+            }
+            // A fair limit, or none, meets the spent budget itself.
+            if value.is_null() || value == &json!(1) {
+                assert_eq!(response.status, 429, "{field}={value}: {answer}");
+            }
+            // Numbers no model can produce are refused as requests, not left to the budget.
+            if value.as_u64().is_some_and(|v| v > 1 << 30) || value.as_i64().is_some_and(|v| v < 1)
+            {
+                assert_eq!(response.status, 400, "{field}={value}: {answer}");
+            }
+        }
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        upstream_calls,
+        "a hostile output limit reached the upstream"
+    );
+}
