@@ -8,12 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Empty, Limited};
+use std::sync::Arc;
+
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_shared::credential_scrub::CredentialScrubber;
 use sluice_shared::secret::SecretString;
 use sluice_shared::upstream_answer::rejects_key;
+use sluice_shared::upstream_connect::{GuardedConnector, Resolve, error_chain};
 
 use crate::store::{KeyHealth, Provider, ProviderKind};
 
@@ -31,31 +33,34 @@ pub struct KeyCheck {
     pub message: String,
 }
 
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+type Https = hyper_rustls::HttpsConnector<GuardedConnector>;
 
+/// The key travels only where its provider may reach, judged on each resolved address, like
+/// the proxy's: one client for providers with the private-network permission, one without.
 pub struct KeyChecker {
-    client: Client<Https, Empty<Bytes>>,
-}
-
-impl Default for KeyChecker {
-    fn default() -> Self {
-        Self::new()
-    }
+    public_only: Client<Https, Empty<Bytes>>,
+    private_allowed: Client<Https, Empty<Bytes>>,
 }
 
 impl KeyChecker {
-    pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+    pub fn new(resolver: Arc<dyn Resolve>) -> Self {
+        let client = |allow_private_network| {
+            let tcp = GuardedConnector::new(
+                resolver.clone(),
+                allow_private_network,
+                Duration::from_secs(5),
+            );
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_webpki_roots()
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(tcp);
+            Client::builder(TokioExecutor::new()).build(https)
+        };
         Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            public_only: client(false),
+            private_allowed: client(true),
         }
     }
 
@@ -76,14 +81,23 @@ impl KeyChecker {
             }
         };
         let limit = Duration::from_millis(u64::from(provider.timeout_ms)).min(LONGEST_CHECK);
-        let response = match tokio::time::timeout(limit, self.client.request(request)).await {
+        let client = if provider.allow_private_network {
+            &self.private_allowed
+        } else {
+            &self.public_only
+        };
+        let response = match tokio::time::timeout(limit, client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 return KeyCheck {
                     health: KeyHealth::Unreachable,
                     upstream_status: 0,
                     message: scrub(
-                        &format!("cannot reach {}: {error}", provider.base_url),
+                        &format!(
+                            "cannot reach {}: {}",
+                            provider.base_url,
+                            error_chain(&error)
+                        ),
                         secret,
                     ),
                 };

@@ -124,6 +124,7 @@ pub fn seal_snapshot(
             timeout_ms: p.timeout_ms,
             extra_headers: p.extra_headers.clone().into_iter().collect(),
             keys: Vec::new(),
+            allow_private_network: p.allow_private_network,
         })
         .collect();
     for key in &state.provider_keys {

@@ -2,8 +2,10 @@
 //! `INVALID_ARGUMENT` with something an operator can act on.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
+use sluice_shared::network_reach::{self, Reach};
+use sluice_shared::upstream_connect::Resolve;
 use url::{Host, Url};
 
 /// A field and what is wrong with it.
@@ -93,10 +95,13 @@ pub fn secret(field: &str, value: &str) -> Result<(), InvalidField> {
     Ok(())
 }
 
-/// Where a provider lives. The URL fixes where provider keys are sent, so it is the place
-/// SSRF is stopped: https only; loopback, private and unique-local addresses (and plain
-/// http) only with `allow_private_network`; link-local and metadata endpoints, userinfo,
-/// queries, fragments and other schemes never.
+/// Where a provider lives. The URL fixes where provider keys are sent, so it is the first
+/// place SSRF is stopped (the connector, which judges every resolved address at connect time,
+/// is the last): https only; loopback, private and unique-local addresses (and plain http)
+/// only with `allow_private_network`; link-local, metadata, unspecified and reserved
+/// addresses, userinfo, queries, fragments and other schemes never. Every address form is
+/// judged by what it reaches: `url` reads decimal, octal, hex and short IPv4 forms as the
+/// address they spell, and IPv6 forms that carry an IPv4 address by that address.
 pub fn base_url(field: &str, value: &str, allow_private_network: bool) -> Result<(), InvalidField> {
     let url = Url::parse(value).map_err(|e| invalid(field, format!("is not a URL: {e}")))?;
     match url.scheme() {
@@ -120,71 +125,73 @@ pub fn base_url(field: &str, value: &str, allow_private_network: bool) -> Result
         return Err(invalid(field, "must not carry a query string"));
     }
     let reach = match url.host() {
-        Some(Host::Ipv4(ip)) => ipv4_reach(ip),
-        Some(Host::Ipv6(ip)) => ipv6_reach(ip),
-        Some(Host::Domain(domain)) => domain_reach(domain),
+        Some(Host::Ipv4(ip)) => network_reach::of_ipv4(ip),
+        Some(Host::Ipv6(ip)) => network_reach::of_ipv6(ip),
+        Some(Host::Domain(domain)) => network_reach::of_name(domain).unwrap_or(Reach::Public),
         None => return Err(invalid(field, "must name a host")),
     };
+    permitted(field, reach, allow_private_network)
+}
+
+fn permitted(field: &str, reach: Reach, allow_private_network: bool) -> Result<(), InvalidField> {
     match reach {
-        Reach::Public => Ok(()),
-        Reach::Private if allow_private_network => Ok(()),
+        _ if reach.permitted(allow_private_network) => Ok(()),
         Reach::Private => Err(invalid(
             field,
             "points to a loopback or private address: set allow_private_network to permit it",
         )),
-        Reach::Forbidden => Err(invalid(
+        _ => Err(invalid(
             field,
-            "points to a link-local, metadata, unspecified or multicast address",
+            "points to a link-local, metadata, unspecified, reserved or multicast address",
         )),
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Reach {
-    Public,
-    Private,
-    Forbidden,
+/// How long a provider's host name may take to resolve before it is accepted unresolved.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// [`base_url`]'s check of the addresses a host *name* resolves to, from here: a name that
+/// resolves to loopback or private addresses needs `allow_private_network`, one that resolves
+/// to a link-local or metadata address is refused. A name that does not resolve from the
+/// control plane is accepted — proxies may see another DNS — since every proxy judges each
+/// address again when it connects.
+pub async fn base_url_resolution(
+    field: &str,
+    value: &str,
+    allow_private_network: bool,
+    resolver: &dyn Resolve,
+) -> Result<(), InvalidField> {
+    let Ok(url) = Url::parse(value) else {
+        return Ok(());
+    };
+    let (Some(Host::Domain(name)), Some(port)) = (url.host(), url.port_or_known_default()) else {
+        return Ok(());
+    };
+    let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, resolver.resolve(name.to_owned(), port));
+    let Ok(Ok(addresses)) = resolved.await else {
+        return Ok(());
+    };
+    let worst = addresses
+        .iter()
+        .map(|address| network_reach::of_ip(address.ip()))
+        .max()
+        .unwrap_or(Reach::Public);
+    permitted(field, worst, allow_private_network).map_err(|error| InvalidField {
+        message: format!(
+            "{name} resolves to {}: {}",
+            describe(&addresses),
+            error.message
+        ),
+        ..error
+    })
 }
 
-fn ipv4_reach(ip: Ipv4Addr) -> Reach {
-    let [a, b, ..] = ip.octets();
-    if ip.is_link_local() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || a == 0
-    {
-        Reach::Forbidden
-    } else if ip.is_loopback() || ip.is_private() || (a == 100 && (64..128).contains(&b)) {
-        Reach::Private
-    } else {
-        Reach::Public
-    }
-}
-
-fn ipv6_reach(ip: Ipv6Addr) -> Reach {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return ipv4_reach(v4);
-    }
-    let first = ip.segments()[0];
-    if ip.is_unspecified() || ip.is_multicast() || (first & 0xffc0) == 0xfe80 {
-        Reach::Forbidden
-    } else if ip.is_loopback() || (first & 0xfe00) == 0xfc00 {
-        Reach::Private
-    } else {
-        Reach::Public
-    }
-}
-
-fn domain_reach(domain: &str) -> Reach {
-    let domain = domain.trim_end_matches('.');
-    if matches!(
-        domain,
-        "metadata" | "metadata.google.internal" | "instance-data"
-    ) || domain.ends_with(".metadata.google.internal")
-    {
-        Reach::Forbidden
-    } else if domain == "localhost" || domain.ends_with(".localhost") {
-        Reach::Private
-    } else {
-        Reach::Public
-    }
+fn describe(addresses: &[std::net::SocketAddr]) -> String {
+    addresses
+        .iter()
+        .map(|a| a.ip().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Headers Sluice sets itself or that carry credentials: those go through provider keys.
@@ -268,15 +275,28 @@ mod tests {
 
         for private in [
             "https://127.0.0.1:8000",
+            "https://127.1",
+            "https://2130706433",
+            "https://0x7f000001",
+            "https://0x7f.1",
+            "https://0177.0.0.1",
             "https://10.0.0.5",
             "https://172.16.3.4",
             "https://192.168.1.1",
             "https://100.64.0.1",
             "https://localhost:8000",
+            "https://LOCALHOST.",
             "https://vllm.localhost",
+            "https://localhost.localdomain/",
+            "https://ip6-localhost/",
             "https://[::1]:8000",
             "https://[fd00::1]",
             "https://[::ffff:10.0.0.1]",
+            "https://[::ffff:127.0.0.1]",
+            "https://[::127.0.0.1]",
+            "https://[::7f00:1]",
+            "https://[64:ff9b::7f00:1]",
+            "https://[2002:7f00:1::]",
             "http://vllm.internal:8000",
         ] {
             assert!(ok(private, false).is_err(), "{private} needs the flag");
@@ -285,10 +305,21 @@ mod tests {
         for forbidden in [
             "https://169.254.169.254/latest/meta-data",
             "http://169.254.169.254",
+            "https://2852039166",
+            "https://0xa9fea9fe",
             "https://[fe80::1]",
             "https://[::ffff:169.254.169.254]",
+            "https://[::a9fe:a9fe]",
+            "https://[64:ff9b::a9fe:a9fe]",
+            "https://[2002:a9fe:a9fe::]",
+            "https://192.0.0.192",
+            "https://100.100.100.200",
+            "https://168.63.129.16",
+            "https://[fd00:ec2::254]",
             "https://metadata.google.internal",
             "https://0.0.0.0",
+            "https://0",
+            "https://[::]",
             "https://224.0.0.1",
             "https://user:pass@api.openai.com",
             "https://api.openai.com#frag",
@@ -303,6 +334,89 @@ mod tests {
                 "{forbidden} is always refused"
             );
         }
+    }
+
+    /// Answers names from a table, as a hostile DNS (or `/etc/hosts`) might.
+    struct Table(&'static [(&'static str, &'static str)]);
+
+    impl Resolve for Table {
+        fn resolve(
+            &self,
+            host: String,
+            port: u16,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = std::io::Result<Vec<std::net::SocketAddr>>> + Send,
+            >,
+        > {
+            let found: Vec<std::net::SocketAddr> = self
+                .0
+                .iter()
+                .filter(|(name, _)| *name == host)
+                .map(|(_, ip)| std::net::SocketAddr::new(ip.parse().unwrap(), port))
+                .collect();
+            Box::pin(async move {
+                if found.is_empty() {
+                    Err(std::io::ErrorKind::NotFound.into())
+                } else {
+                    Ok(found)
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn names_are_judged_by_what_they_resolve_to() {
+        let dns = Table(&[
+            ("vm", "127.0.0.1"),
+            ("127.0.0.1.nip.io", "127.0.0.1"),
+            ("169.254.169.254.nip.io", "169.254.169.254"),
+            ("oracle.example", "192.0.0.192"),
+            ("alibaba.example", "100.100.100.200"),
+            ("aws6.example", "fd00:ec2::254"),
+            ("mixed.example", "8.8.8.8"),
+            ("mixed.example", "10.1.2.3"),
+            ("api.example.com", "8.8.4.4"),
+        ]);
+        let check = |url: &'static str, allow: bool| {
+            let dns = &dns;
+            async move {
+                base_url("base_url", url, allow)?;
+                base_url_resolution("base_url", url, allow, dns).await
+            }
+        };
+        for private in [
+            "https://vm:8443/v1",
+            "https://127.0.0.1.nip.io/v1",
+            "https://mixed.example",
+        ] {
+            let error = check(private, false).await.unwrap_err();
+            assert!(
+                error.message.contains("allow_private_network"),
+                "{private}: {error}"
+            );
+            assert!(error.message.contains("resolves to"), "{private}: {error}");
+            assert!(check(private, true).await.is_ok(), "{private}");
+        }
+        for forbidden in [
+            "https://169.254.169.254.nip.io/latest",
+            "https://oracle.example",
+            "https://alibaba.example",
+            "https://aws6.example",
+        ] {
+            assert!(check(forbidden, false).await.is_err(), "{forbidden}");
+            assert!(
+                check(forbidden, true).await.is_err(),
+                "{forbidden} even with the flag"
+            );
+        }
+        assert!(check("https://api.example.com/v1", false).await.is_ok());
+        // Not resolvable from here: accepted, the proxies judge every connection.
+        assert!(
+            check("https://only-proxies-see-this.example", false)
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

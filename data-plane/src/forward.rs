@@ -207,6 +207,17 @@ pub async fn forward(
                 ));
                 continue;
             }
+            Err(UpstreamError::Refused(why)) => {
+                // Configuration, not trouble upstream: the operator must fix where it points.
+                last_error = Some(GatewayError::new(
+                    ErrorCode::ProviderNotReady,
+                    format!(
+                        "provider '{}' points where it may not connect: {why}; fix its base_url (or its allow_private_network) with `sluicectl provider update`",
+                        provider.name
+                    ),
+                ));
+                continue;
+            }
             Err(error) => {
                 let message = format!("provider '{}': {error}", provider.name);
                 last_error = Some(GatewayError::new(

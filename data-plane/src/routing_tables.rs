@@ -141,6 +141,8 @@ pub struct ProviderEntry {
     pub host: String,
     pub api_version: String,
     pub timeout: Duration,
+    /// Whether loopback and private addresses may be connected to (checked at connect time).
+    pub allow_private_network: bool,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Active keys first, then retiring ones.
     pub keys: Vec<ProviderKeyEntry>,
@@ -524,6 +526,7 @@ fn provider(
         host,
         api_version: p.api_version.clone(),
         timeout: Duration::from_millis(u64::from(p.timeout_ms.clamp(1, 600_000))),
+        allow_private_network: p.allow_private_network,
         extra_headers,
         keys,
     })

@@ -1,6 +1,8 @@
-//! Calls upstream providers: one pooled hyper client over rustls (HTTP/1.1 and HTTP/2 by
-//! ALPN, webpki roots). Redirects are never followed. The URL comes only from the provider
-//! record; headers are an allowlist; the credential header is marked sensitive.
+//! Calls upstream providers: pooled hyper clients over rustls (HTTP/1.1 and HTTP/2 by ALPN,
+//! webpki roots). Redirects are never followed. The URL comes only from the provider record,
+//! and every connection goes only where that provider may reach, judged on the address it
+//! resolves to (`sluice_shared::upstream_connect`); headers are an allowlist; the credential
+//! header is marked sensitive.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,16 +11,20 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sluice_shared::secret::SecretString;
+use sluice_shared::upstream_connect::{
+    ConnectError, GuardedConnector, Resolve, SystemResolver, error_chain,
+};
 
 use crate::http_body::{Body, full};
 use crate::routing_tables::{CredentialHeader, ProviderEntry};
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = hyper_rustls::HttpsConnector<GuardedConnector>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads a PEM bundle of extra trusted roots.
 pub fn load_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -38,16 +44,26 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("cannot reach the provider: {0}")]
     Connect(String),
+    /// The provider's host resolved only to addresses it may not reach.
+    #[error("{0}")]
+    Refused(String),
     #[error("bad upstream URL: {0}")]
     BadUrl(String),
 }
 
 /// One connection pool per serving thread (`server::current_worker`) and one for every other
 /// thread: a pooled connection is driven by a task on the runtime that opened it, so a pool
-/// shared between serving threads would wake another thread for every request.
+/// shared between serving threads would wake another thread for every request. Each comes
+/// twice, for providers with and without the private-network permission: a pool is keyed by
+/// host, so a connection one provider may make must never be reused by another that may not.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    pools: Arc<[Client<Connector, Body>]>,
+    pools: Arc<[Pools]>,
+}
+
+struct Pools {
+    public_only: Client<Connector, Body>,
+    private_allowed: Client<Connector, Body>,
 }
 
 impl UpstreamClient {
@@ -58,10 +74,15 @@ impl UpstreamClient {
     /// A client for `workers` serving threads that also trusts `extra_roots` (beside the
     /// bundled web PKI roots).
     pub fn with_extra_roots(extra_roots: Vec<CertificateDer<'static>>, workers: usize) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        Self::with_resolver(extra_roots, workers, Arc::new(SystemResolver))
+    }
+
+    /// [`Self::with_extra_roots`], names resolved by `resolver`.
+    pub fn with_resolver(
+        extra_roots: Vec<CertificateDer<'static>>,
+        workers: usize,
+        resolver: Arc<dyn Resolve>,
+    ) -> Self {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -78,36 +99,49 @@ impl UpstreamClient {
         ))
         .with_safe_default_protocol_versions()
         .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
-        let https = match tls {
-            Ok(config) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(config)
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http),
-            // The ring provider always supports the safe defaults; fall back to plain roots.
-            Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_webpki_roots()
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http),
+        let https = |allow_private_network| {
+            let tcp =
+                GuardedConnector::new(resolver.clone(), allow_private_network, CONNECT_TIMEOUT);
+            match &tls {
+                Ok(config) => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config.clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(tcp),
+                // The ring provider always supports the safe defaults; fall back to plain roots.
+                Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_webpki_roots()
+                    .https_or_http()
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(tcp),
+            }
+        };
+        let pool = |allow_private_network| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(1024)
+                .build(https(allow_private_network))
         };
         let pools = (0..=workers)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(1024)
-                    .build(https.clone())
+            .map(|_| Pools {
+                public_only: pool(false),
+                private_allowed: pool(true),
             })
             .collect();
         Self { pools }
     }
 
-    fn client(&self) -> &Client<Connector, Body> {
+    fn client(&self, provider: &ProviderEntry) -> &Client<Connector, Body> {
         let last = self.pools.len() - 1;
         let index = crate::server::current_worker().map_or(last, |worker| worker.min(last));
-        &self.pools[index]
+        let pools = &self.pools[index];
+        if provider.allow_private_network {
+            &pools.private_allowed
+        } else {
+            &pools.public_only
+        }
     }
 
     /// POSTs `body` to `uri` (one of the provider's precomputed URIs) and returns once response
@@ -145,9 +179,12 @@ impl UpstreamClient {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        match tokio::time::timeout(provider.timeout, self.client().request(request)).await {
+        match tokio::time::timeout(provider.timeout, self.client(provider).request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(UpstreamError::Connect(describe(&error))),
+            Ok(Err(error)) => Err(match refusal(&error) {
+                Some(refused) => UpstreamError::Refused(refused.to_string()),
+                None => UpstreamError::Connect(error_chain(&error)),
+            }),
             Err(_) => Err(UpstreamError::Timeout(provider.timeout)),
         }
     }
@@ -171,14 +208,128 @@ fn set_fixed_headers(headers: &mut HeaderMap, accept: &'static str) {
     );
 }
 
-/// The error chain without URLs' query strings or credentials (hyper's errors hold neither).
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
-    let mut text = error.to_string();
+/// The connector's refusal to go where the provider may not, if that is why the call failed.
+fn refusal(error: &hyper_util::client::legacy::Error) -> Option<&ConnectError> {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        if let Some(refused) = cause.downcast_ref::<ConnectError>() {
+            return matches!(refused, ConnectError::Refused { .. }).then_some(refused);
+        }
         source = cause.source();
     }
-    text
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::{IpAddr, SocketAddr};
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use sluice_proto::config::v1 as pb;
+    use sluice_shared::sealing::{SealingKeyPair, SecretSealer};
+
+    use super::*;
+    use crate::routing_tables::RoutingTables;
+
+    /// A DNS answer that turned hostile after the provider was accepted (rebinding).
+    struct Rebound(HashMap<String, IpAddr>);
+
+    impl Resolve for Rebound {
+        fn resolve(
+            &self,
+            host: String,
+            port: u16,
+        ) -> Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
+        {
+            let found = self.0.get(&host).map(|ip| vec![SocketAddr::new(*ip, port)]);
+            Box::pin(async move { found.ok_or_else(|| std::io::ErrorKind::NotFound.into()) })
+        }
+    }
+
+    fn tables(base_url: &str, allow_private_network: bool) -> RoutingTables {
+        let sealing = SealingKeyPair::generate();
+        let sealer = SecretSealer::for_recipient(&sealing.public_bytes()).unwrap();
+        let snapshot = pb::Snapshot {
+            version: 1,
+            generated_at_us: 1,
+            sealing_public_key: sealer.sender_public().to_vec(),
+            providers: vec![pb::ProviderConfig {
+                id: "p1".into(),
+                organization_id: "o1".into(),
+                name: "local".into(),
+                r#type: 5,
+                base_url: base_url.into(),
+                timeout_ms: 2_000,
+                allow_private_network,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        RoutingTables::build(&snapshot, &sealing, &[]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_resolves_to() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counting = accepted.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                counting.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let resolver = Arc::new(Rebound(HashMap::from([
+            ("api.example.com".to_owned(), "127.0.0.1".parse().unwrap()),
+            (
+                "meta.example.com".to_owned(),
+                "169.254.169.254".parse().unwrap(),
+            ),
+        ])));
+        let client = UpstreamClient::with_resolver(Vec::new(), 1, resolver);
+        let call = |base: String, allow: bool| {
+            let client = client.clone();
+            async move {
+                let tables = tables(&base, allow);
+                let uri: http::Uri = format!("{base}/chat/completions").parse().unwrap();
+                client
+                    .post_json(
+                        &tables.providers[0],
+                        &uri,
+                        None,
+                        "application/json",
+                        Bytes::new(),
+                    )
+                    .await
+            }
+        };
+        for base in [
+            format!("http://api.example.com:{port}/v1"),
+            format!("http://2130706433:{port}/v1"),
+            format!("http://[::ffff:127.0.0.1]:{port}/v1"),
+            format!("http://0.0.0.0:{port}/v1"),
+        ] {
+            let refused = call(base.clone(), false).await;
+            assert!(
+                matches!(refused, Err(UpstreamError::Refused(_))),
+                "{base}: {refused:?}"
+            );
+        }
+        let metadata = call(format!("http://meta.example.com:{port}/v1"), true).await;
+        assert!(
+            matches!(metadata, Err(UpstreamError::Refused(_))),
+            "{metadata:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+        // The same name, with leave: the connection is made (the listener hangs up at once, so
+        // the call fails after connecting).
+        let allowed = call(format!("http://api.example.com:{port}/v1"), true).await;
+        assert!(
+            matches!(allowed, Err(UpstreamError::Connect(_))),
+            "{allowed:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
 }

@@ -1,10 +1,12 @@
-//! Types used by both halves of Sluice. Nothing here does I/O.
+//! Types used by both halves of Sluice, and the facts both need. Nothing here does I/O but
+//! [`upstream_connect`], the one way either half connects to an upstream.
 
 pub mod budget_window;
 pub mod credential_scrub;
 pub mod envelope;
 pub mod error_code;
 pub mod ids;
+pub mod network_reach;
 pub mod request_metadata;
 pub mod sealing;
 pub mod secret;
@@ -12,3 +14,4 @@ pub mod settings_source;
 pub mod time;
 pub mod token;
 pub mod upstream_answer;
+pub mod upstream_connect;

@@ -15,6 +15,7 @@ use sluice_proto::admin::v1::admin_service_server::AdminService;
 use sluice_shared::ids::new_id;
 use sluice_shared::secret::SecretString;
 use sluice_shared::token;
+use sluice_shared::upstream_connect::{Resolve, SystemResolver};
 use tonic::{Request, Response, Status};
 
 use self::auth::Principal;
@@ -35,15 +36,37 @@ pub struct AdminApi<S> {
     store: Arc<S>,
     vault: Arc<Vault>,
     key_checker: KeyChecker,
+    /// Resolves provider host names, to refuse those that point inward.
+    resolver: Arc<dyn Resolve>,
 }
 
 impl<S> AdminApi<S> {
     pub fn new(store: Arc<S>, vault: Arc<Vault>) -> Self {
+        Self::with_resolver(store, vault, Arc::new(SystemResolver))
+    }
+
+    /// An admin API whose provider checks and key checks resolve names with `resolver`.
+    pub fn with_resolver(store: Arc<S>, vault: Arc<Vault>, resolver: Arc<dyn Resolve>) -> Self {
         Self {
             store,
             vault,
-            key_checker: KeyChecker::new(),
+            key_checker: KeyChecker::new(resolver.clone()),
+            resolver,
         }
+    }
+
+    /// Where a provider's URL may point, by its form and by what its host resolves to.
+    async fn check_base_url(&self, url: &str, allow_private_network: bool) -> Result<(), Status> {
+        check(validation::base_url("base_url", url, allow_private_network))?;
+        check(
+            validation::base_url_resolution(
+                "base_url",
+                url,
+                allow_private_network,
+                &*self.resolver,
+            )
+            .await,
+        )
     }
 }
 
@@ -485,11 +508,8 @@ impl<S: Store> AdminService for AdminApi<S> {
         let req = request.into_inner();
         names(&[("organization", &req.organization), ("name", &req.name)])?;
         let kind = kind_from_proto("type", req.r#type)?;
-        check(validation::base_url(
-            "base_url",
-            &req.base_url,
-            req.allow_private_network,
-        ))?;
+        self.check_base_url(&req.base_url, req.allow_private_network)
+            .await?;
         check(validation::display_name("api_version", &req.api_version))?;
         if kind == store::ProviderKind::AzureOpenAi && req.api_version.is_empty() {
             return Err(Status::invalid_argument(
@@ -578,7 +598,7 @@ impl<S: Store> AdminService for AdminApi<S> {
             .base_url
             .clone()
             .unwrap_or_else(|| current.base_url.clone());
-        check(validation::base_url("base_url", &url, allow_private))?;
+        self.check_base_url(&url, allow_private).await?;
         if let Some(version) = &req.api_version {
             check(validation::display_name("api_version", version))?;
         }
