@@ -32,7 +32,7 @@ pub enum ErrorShape {
 /// Google's canonical status name for an HTTP status.
 fn google_status(status: u16) -> &'static str {
     match status {
-        400 | 409 | 413 => "INVALID_ARGUMENT",
+        400 | 409 | 413 | 431 => "INVALID_ARGUMENT",
         401 => "UNAUTHENTICATED",
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
@@ -51,7 +51,7 @@ fn anthropic_type(status: u16) -> &'static str {
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",
-        413 => "request_too_large",
+        413 | 431 => "request_too_large",
         429 => "rate_limit_error",
         503 | 529 => "overloaded_error",
         _ => "api_error",

@@ -12,6 +12,7 @@ pub mod error_response;
 pub mod families;
 pub mod forward;
 pub mod gateway;
+pub mod head_guard;
 pub mod http_body;
 pub mod identity;
 pub mod lease_client;

@@ -26,6 +26,7 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
             .fetch_add(1, Ordering::Relaxed);
     }
     let result = match (request.method(), path) {
+        (&Method::GET, _) if path.starts_with("/.sluice/refused/") => Err(refused(path)),
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".to_owned())),
         (&Method::GET, "/readyz") => Ok(readiness(&gateway)),
         (&Method::GET, "/metrics") => Ok(text(
@@ -84,6 +85,23 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// The answer to a request head the connection's guard refused (`head_guard`), in the shape of
+/// the endpoint it was for; a path this process did not make is just not found.
+fn refused(path: &str) -> GatewayError {
+    match crate::head_guard::read_refused(path) {
+        Some((refusal, shape)) => {
+            let code = if refusal.is_size() {
+                ErrorCode::HeadersTooLarge
+            } else {
+                ErrorCode::InvalidRequest
+            };
+            GatewayError::new(code, format!("malformed request: {}", refusal.message()))
+                .in_shape(shape)
+        }
+        None => GatewayError::new(ErrorCode::NotFound, format!("no route for {path}")),
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::gateway::Gateway;
+use crate::head_guard::HeadGuard;
 use crate::router::route;
 
 pub struct ServerLimits {
@@ -64,12 +65,19 @@ pub async fn serve(
         let (sender, receiver) = mpsc::unbounded_channel::<Handoff>();
         let (gateway, builder) = (gateway.clone(), builder.clone());
         let drain_timeout = limits.drain_timeout;
+        let head_timeout = limits.header_read_timeout;
         threads.push(
             std::thread::Builder::new()
                 .name(format!("sluice-serve-{index}"))
                 .spawn(move || {
                     WORKER.with(|worker| worker.set(Some(index)));
-                    runtime.block_on(serve_handed(receiver, gateway, builder, drain_timeout));
+                    runtime.block_on(serve_handed(
+                        receiver,
+                        gateway,
+                        builder,
+                        drain_timeout,
+                        head_timeout,
+                    ));
                 })?,
         );
         handoffs.push(sender);
@@ -145,6 +153,7 @@ async fn serve_handed(
     gateway: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     drain_timeout: Duration,
+    head_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
     while let Some((stream, permit)) = handed.recv().await {
@@ -163,7 +172,9 @@ async fn serve_handed(
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(route(gateway, request).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            // Heads hyper would refuse with a bare 400 are refused by the router instead.
+            let connection = builder
+                .serve_connection(TokioIo::new(HeadGuard::new(stream, head_timeout)), service);
             if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }

@@ -32,6 +32,8 @@ pub enum ErrorCode {
     InvalidApiKey,
     InvalidRequest,
     RequestTooLarge,
+    /// The request line and headers are larger than the proxy reads.
+    HeadersTooLarge,
     NotFound,
     MethodNotAllowed,
     UnsupportedModel,
@@ -56,7 +58,7 @@ impl ErrorCode {
         match self {
             Self::InvalidApiKey => "invalid_api_key",
             Self::InvalidRequest => "invalid_request",
-            Self::RequestTooLarge => "request_too_large",
+            Self::RequestTooLarge | Self::HeadersTooLarge => "request_too_large",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnsupportedModel | Self::ModelNotAllowed => "unsupported_model",
@@ -78,6 +80,7 @@ impl ErrorCode {
             Self::InvalidApiKey => 401,
             Self::InvalidRequest | Self::ProviderMismatch => 400,
             Self::RequestTooLarge => 413,
+            Self::HeadersTooLarge => 431,
             Self::NotFound | Self::UnsupportedModel => 404,
             Self::MethodNotAllowed => 405,
             Self::ModelNotAllowed => 403,
@@ -97,6 +100,7 @@ impl ErrorCode {
             Self::ModelNotAllowed => "permission_error",
             Self::InvalidRequest
             | Self::RequestTooLarge
+            | Self::HeadersTooLarge
             | Self::NotFound
             | Self::MethodNotAllowed
             | Self::UnsupportedModel
