@@ -15,6 +15,7 @@ use sluice_shared::sealing::{SealingKeyPair, SecretOpener};
 use sluice_shared::secret::SecretString;
 
 use crate::families::{self, Family, ProviderRecord};
+pub use crate::families::{CredentialHeader, ProviderType};
 use crate::operation::Operation;
 
 /// Why a snapshot was refused; the text goes back to the control plane in the NACK.
@@ -30,17 +31,6 @@ fn invalid(message: impl Into<String>) -> InvalidSnapshot {
 pub enum Posture {
     Mock,
     Live,
-}
-
-/// How a provider is spoken to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderType {
-    OpenAi,
-    Anthropic,
-    Google,
-    AzureOpenAi,
-    Vllm,
-    Custom,
 }
 
 #[derive(Debug)]
@@ -77,15 +67,6 @@ impl DeploymentEntry {
     pub fn uri(&self, operation: Operation) -> Option<&http::Uri> {
         self.uris[operation.index()].as_ref()
     }
-}
-
-/// How a provider key travels to the upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CredentialHeader {
-    /// `Authorization: Bearer <key>` (OpenAI, vLLM, custom).
-    Bearer,
-    /// The key as the whole value of a named header (`api-key` for Azure OpenAI).
-    Named(HeaderName),
 }
 
 #[derive(Debug)]

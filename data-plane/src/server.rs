@@ -8,7 +8,6 @@
 //! on one thread: no work stealing, no wake-ups across threads, no frees on another thread
 //! than the allocation — which the benchmark showed costing more than the request itself.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -32,15 +31,6 @@ pub struct ServerLimits {
     pub drain_timeout: Duration,
     /// Serving threads (at least one).
     pub workers: usize,
-}
-
-thread_local! {
-    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// Which serving thread this is, if it is one (upstream pools are kept per serving thread).
-pub fn current_worker() -> Option<usize> {
-    WORKER.with(Cell::get)
 }
 
 type Handoff = (std::net::TcpStream, OwnedSemaphorePermit);
@@ -70,7 +60,7 @@ pub async fn serve(
             std::thread::Builder::new()
                 .name(format!("sluice-serve-{index}"))
                 .spawn(move || {
-                    WORKER.with(|worker| worker.set(Some(index)));
+                    crate::upstream::serve_on_this_thread(index);
                     runtime.block_on(serve_handed(
                         receiver,
                         gateway,

@@ -16,7 +16,6 @@ use sluice_shared::error_code::ErrorCode;
 
 use crate::error_response::GatewayError;
 use crate::http_body::BoxError;
-use crate::metered_body::MeteredBody;
 use crate::operation::Operation;
 use crate::sse::Usage;
 
@@ -361,17 +360,17 @@ impl Default for EventLines {
     }
 }
 
-/// A translated stream: the metered upstream body in, OpenAI chunks out, as they arrive.
-pub struct TranslatedStream {
-    inner: MeteredBody,
+/// A translated stream: the (metered) upstream body in, OpenAI chunks out, as they arrive.
+pub struct TranslatedStream<B> {
+    inner: B,
     lines: EventLines,
     events: Box<dyn StreamEvents>,
     chunks: ChatChunks,
     upstream_done: bool,
 }
 
-impl TranslatedStream {
-    pub fn new(inner: MeteredBody, events: Box<dyn StreamEvents>, chunks: ChatChunks) -> Self {
+impl<B> TranslatedStream<B> {
+    pub fn new(inner: B, events: Box<dyn StreamEvents>, chunks: ChatChunks) -> Self {
         Self {
             inner,
             lines: EventLines::new(),
@@ -382,7 +381,10 @@ impl TranslatedStream {
     }
 }
 
-impl HttpBody for TranslatedStream {
+impl<B> HttpBody for TranslatedStream<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 

@@ -4,6 +4,7 @@
 //! resolves to (`sluice_shared::upstream_connect`); headers are an allowlist; the credential
 //! header is marked sensitive.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +52,16 @@ pub enum UpstreamError {
     BadUrl(String),
 }
 
-/// One connection pool per serving thread (`server::current_worker`) and one for every other
+thread_local! {
+    static SERVING_THREAD: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as serving thread `index`: the requests it runs use that thread's pools.
+pub fn serve_on_this_thread(index: usize) {
+    SERVING_THREAD.with(|thread| thread.set(Some(index)));
+}
+
+/// One connection pool per serving thread ([`serve_on_this_thread`]) and one for every other
 /// thread: a pooled connection is driven by a task on the runtime that opened it, so a pool
 /// shared between serving threads would wake another thread for every request. Each comes
 /// twice, for providers with and without the private-network permission: a pool is keyed by
@@ -135,7 +145,9 @@ impl UpstreamClient {
 
     fn client(&self, provider: &ProviderEntry) -> &Client<Connector, Body> {
         let last = self.pools.len() - 1;
-        let index = crate::server::current_worker().map_or(last, |worker| worker.min(last));
+        let index = SERVING_THREAD
+            .with(Cell::get)
+            .map_or(last, |thread| thread.min(last));
         let pools = &self.pools[index];
         if provider.allow_private_network {
             &pools.private_allowed

@@ -10,7 +10,6 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-use memchr::memmem;
 use zeroize::Zeroize;
 
 /// What an echoed credential is replaced with.
@@ -20,70 +19,144 @@ pub const SCRUBBED: &str = "[redacted]";
 const MIN_RAW: usize = 4;
 /// Encoded forms shorter than this are not searched for, for the same reason.
 const MIN_ENCODED: usize = 8;
+/// As sent, two JSON escapings, percent-encoded, hex twice, base64 twice at three alignments.
+const MOST_FORMS: usize = 12;
 
 /// The forms of one credential to look for. Built per request from the opened key, dropped
 /// (and wiped) with it; `Debug` shows nothing of it. The default looks for nothing (a keyless
 /// upstream was sent no credential).
+///
+/// It runs on every answer, so it is built with one allocation and searches in one pass: a
+/// table of the bytes that begin a form picks the few places worth comparing.
 #[derive(Default)]
 pub struct CredentialScrubber {
-    needles: Vec<Vec<u8>>,
+    /// Every form, back to back.
+    bytes: Vec<u8>,
+    /// Where each form lies in `bytes`, longest first (a form that contains another is
+    /// replaced whole).
+    forms: [(u32, u32); MOST_FORMS],
+    count: usize,
+    /// Bit `b` set: some form begins with byte `b`.
+    first: [u64; 4],
 }
 
 impl CredentialScrubber {
     pub fn new(secret: &str) -> Self {
         let raw = secret.as_bytes();
-        let mut needles: Vec<Vec<u8>> = Vec::with_capacity(12);
-        if raw.len() >= MIN_RAW {
-            needles.push(raw.to_vec());
-        }
-        let mut add = |needle: Vec<u8>| {
-            if needle.len() >= MIN_ENCODED && !needles.contains(&needle) {
-                needles.push(needle);
-            } else {
-                let mut needle = needle;
-                needle.zeroize();
-            }
+        let mut scrubber = Self {
+            bytes: Vec::with_capacity(raw.len() * 16 + 8),
+            ..Self::default()
         };
-        add(json_escaped(secret, false).into_bytes());
-        add(json_escaped(secret, true).into_bytes());
-        add(percent_encoded(raw).into_bytes());
-        add(hex::encode(raw).into_bytes());
-        add(hex::encode_upper(raw).into_bytes());
-        for alignment in 0..3 {
-            add(base64_core(&STANDARD_NO_PAD, raw, alignment));
-            add(base64_core(&URL_SAFE_NO_PAD, raw, alignment));
+        if raw.len() < MIN_RAW {
+            return scrubber;
         }
-        // Longest first: a form that contains another is replaced whole.
-        needles.sort_by_key(|needle| std::cmp::Reverse(needle.len()));
-        Self { needles }
+        scrubber.bytes.extend_from_slice(raw);
+        scrubber.keep(0, raw.len());
+        for solidus in [false, true] {
+            let start = scrubber.bytes.len();
+            json_escaped(secret, solidus, &mut scrubber.bytes);
+            scrubber.keep(start, MIN_ENCODED);
+        }
+        let start = scrubber.bytes.len();
+        percent_encoded(raw, &mut scrubber.bytes);
+        scrubber.keep(start, MIN_ENCODED);
+        for digits in [b"0123456789abcdef", b"0123456789ABCDEF"] {
+            let start = scrubber.bytes.len();
+            for byte in raw {
+                scrubber.bytes.push(digits[usize::from(byte >> 4)]);
+                scrubber.bytes.push(digits[usize::from(byte & 0xf)]);
+            }
+            scrubber.keep(start, MIN_ENCODED);
+        }
+        let mut padded = vec![0_u8; 2 + raw.len()];
+        padded[2..].copy_from_slice(raw);
+        for alignment in 0..3 {
+            for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                let start = scrubber.bytes.len();
+                base64_core(
+                    engine,
+                    &padded[2 - alignment..],
+                    alignment,
+                    &mut scrubber.bytes,
+                );
+                scrubber.keep(start, MIN_ENCODED);
+            }
+        }
+        padded.zeroize();
+        let count = scrubber.count;
+        scrubber.forms[..count].sort_by_key(|&(_, len)| std::cmp::Reverse(len));
+        scrubber
+    }
+
+    /// Keeps the form that was just appended from `start` if it is long enough and new;
+    /// otherwise takes it back off.
+    fn keep(&mut self, start: usize, shortest: usize) {
+        let len = self.bytes.len() - start;
+        let form = &self.bytes[start..];
+        let known = (0..self.count).any(|i| self.form(i) == form);
+        if len < shortest.max(1) || known || self.count == MOST_FORMS {
+            self.bytes[start..].zeroize();
+            self.bytes.truncate(start);
+            return;
+        }
+        let first = form[0];
+        self.first[usize::from(first >> 6)] |= 1 << (first & 63);
+        // Offsets fit: a key is at most 8 KiB, its forms a few times that.
+        self.forms[self.count] = (start as u32, len as u32);
+        self.count += 1;
+    }
+
+    fn form(&self, index: usize) -> &[u8] {
+        let (start, len) = self.forms[index];
+        &self.bytes[start as usize..(start + len) as usize]
+    }
+
+    /// The first form of the credential in `haystack` at or after `from`: where, and how long.
+    fn find(&self, haystack: &[u8], from: usize) -> Option<(usize, usize)> {
+        if self.count == 0 {
+            return None;
+        }
+        for at in from..haystack.len() {
+            let byte = haystack[at];
+            if self.first[usize::from(byte >> 6)] & (1 << (byte & 63)) == 0 {
+                continue;
+            }
+            let rest = &haystack[at..];
+            if let Some(len) = (0..self.count)
+                .map(|i| self.form(i))
+                .find(|form| rest.starts_with(form))
+                .map(<[u8]>::len)
+            {
+                return Some((at, len));
+            }
+        }
+        None
     }
 
     /// Whether `haystack` holds the credential in any form.
     pub fn found_in(&self, haystack: &[u8]) -> bool {
-        self.needles
-            .iter()
-            .any(|needle| memmem::find(haystack, needle).is_some())
+        self.find(haystack, 0).is_some()
     }
 
     /// `haystack` with every form of the credential replaced by [`SCRUBBED`]; borrowed when
     /// there was none.
     pub fn scrub<'a>(&self, haystack: &'a [u8]) -> Cow<'a, [u8]> {
-        let mut text = Cow::Borrowed(haystack);
-        for needle in &self.needles {
-            if memmem::find(&text, needle).is_none() {
-                continue;
+        let Some((mut at, mut len)) = self.find(haystack, 0) else {
+            return Cow::Borrowed(haystack);
+        };
+        let mut out = Vec::with_capacity(haystack.len());
+        let mut copied = 0;
+        loop {
+            out.extend_from_slice(&haystack[copied..at]);
+            out.extend_from_slice(SCRUBBED.as_bytes());
+            copied = at + len;
+            match self.find(haystack, copied) {
+                Some(next) => (at, len) = next,
+                None => break,
             }
-            let mut out = Vec::with_capacity(text.len());
-            let mut rest: &[u8] = &text;
-            while let Some(at) = memmem::find(rest, needle) {
-                out.extend_from_slice(&rest[..at]);
-                out.extend_from_slice(SCRUBBED.as_bytes());
-                rest = &rest[at + needle.len()..];
-            }
-            out.extend_from_slice(rest);
-            text = Cow::Owned(out);
         }
-        text
+        out.extend_from_slice(&haystack[copied..]);
+        Cow::Owned(out)
     }
 
     /// [`Self::scrub`] for text. Replacing ASCII needles in UTF-8 keeps it UTF-8; a needle that
@@ -102,14 +175,12 @@ impl CredentialScrubber {
     /// credential (so the rest of it may come in the next chunk of a stream).
     fn partial_tail(&self, text: &[u8]) -> usize {
         let mut longest = 0;
-        for needle in &self.needles {
-            let Some(&first) = needle.first() else {
-                continue;
-            };
-            let most = (needle.len() - 1).min(text.len());
+        for index in 0..self.count {
+            let form = self.form(index);
+            let most = (form.len() - 1).min(text.len());
             for k in (longest + 1..=most).rev() {
                 let tail = &text[text.len() - k..];
-                if tail[0] == first && tail == &needle[..k] {
+                if tail[0] == form[0] && tail == &form[..k] {
                     longest = k;
                     break;
                 }
@@ -177,9 +248,7 @@ impl Drop for StreamScrubber {
 
 impl Drop for CredentialScrubber {
     fn drop(&mut self) {
-        for needle in &mut self.needles {
-            needle.zeroize();
-        }
+        self.bytes.zeroize();
     }
 }
 
@@ -191,48 +260,49 @@ impl fmt::Debug for CredentialScrubber {
 
 /// The key as it reads inside a JSON string: `"` and `\\` escaped, and `/` too when
 /// `solidus` (JSON allows both).
-fn json_escaped(secret: &str, solidus: bool) -> String {
-    let mut out = String::with_capacity(secret.len() + 8);
-    for c in secret.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '/' if solidus => out.push_str("\\/"),
-            c => out.push(c),
+fn json_escaped(secret: &str, solidus: bool, out: &mut Vec<u8>) {
+    for &byte in secret.as_bytes() {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'/' if solidus => out.extend_from_slice(b"\\/"),
+            byte => out.push(byte),
         }
     }
-    out
 }
 
 /// The key percent-encoded (everything but RFC 3986's unreserved characters).
-fn percent_encoded(raw: &[u8]) -> String {
-    let mut out = String::with_capacity(raw.len() * 3);
+fn percent_encoded(raw: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &byte in raw {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
+            out.push(byte);
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            out.extend_from_slice(&[
+                b'%',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]);
         }
     }
-    out
 }
 
 /// The base64 characters that depend on the key's bytes alone when the key starts
-/// `alignment` bytes into a longer encoded blob: the characters that also cover a neighbour's
-/// bits are cut from both ends, so the core is found whatever surrounds the key.
-fn base64_core(engine: &impl Engine, raw: &[u8], alignment: usize) -> Vec<u8> {
-    let mut padded = vec![0_u8; alignment];
-    padded.extend_from_slice(raw);
-    let mut encoded = engine.encode(&padded).into_bytes();
-    padded.zeroize();
+/// `alignment` bytes into a longer encoded blob (`padded` is the key behind that many zero
+/// bytes): the characters that also cover a neighbour's bits are cut from both ends, so the
+/// core is found whatever surrounds the key.
+fn base64_core(engine: &impl Engine, padded: &[u8], alignment: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + padded.len().div_ceil(3) * 4, 0);
+    let written = engine.encode_slice(padded, &mut out[start..]).unwrap_or(0);
     let first = (alignment * 8).div_ceil(6);
-    let last = (alignment + raw.len()) * 8 / 6;
-    let core = encoded
-        .get(first..last.max(first))
-        .unwrap_or_default()
-        .to_vec();
-    encoded.zeroize();
-    core
+    let end = (padded.len() * 8 / 6).min(written);
+    let kept = end.saturating_sub(first);
+    if kept > 0 {
+        out.copy_within(start + first..start + end, start);
+    }
+    out[start + kept..].zeroize();
+    out.truncate(start + kept);
 }
 
 #[cfg(test)]

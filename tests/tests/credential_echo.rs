@@ -233,6 +233,12 @@ async fn an_echoed_provider_key_never_leaves_the_gateway() {
 
     seen.push_str(&http.get(&proxy.url("/metrics"), None).await.unwrap().text());
     seen.push_str(&http.get(&proxy.url("/readyz"), None).await.unwrap().text());
+    let cp_metrics = http
+        .get(&format!("{}/metrics", cp.url()), None)
+        .await
+        .unwrap();
+    assert_eq!(cp_metrics.status, 200, "{}", cp_metrics.text());
+    seen.push_str(&cp_metrics.text());
     for args in [
         vec!["provider-key", "list", "acme"],
         vec!["-o", "json", "provider-key", "list", "acme"],

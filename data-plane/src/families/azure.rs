@@ -5,8 +5,8 @@
 use http::HeaderName;
 
 use super::{Family, ProviderRecord, url_under};
+use crate::families::CredentialHeader;
 use crate::operation::Operation;
-use crate::routing_tables::CredentialHeader;
 
 #[derive(Debug)]
 pub struct AzureOpenAi;

@@ -13,8 +13,27 @@ use std::fmt;
 use http::{HeaderName, HeaderValue};
 
 use crate::operation::Operation;
-use crate::routing_tables::{CredentialHeader, ProviderType};
 use crate::translation::ChatTranslation;
+
+/// How a provider is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderType {
+    OpenAi,
+    Anthropic,
+    Google,
+    AzureOpenAi,
+    Vllm,
+    Custom,
+}
+
+/// How a provider key travels to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialHeader {
+    /// `Authorization: Bearer <key>` (OpenAI, vLLM, custom).
+    Bearer,
+    /// The key as the whole value of a named header (`api-key` for Azure OpenAI).
+    Named(HeaderName),
+}
 
 /// What a provider record says about reaching its upstream.
 pub struct ProviderRecord<'a> {

@@ -2,8 +2,8 @@
 //! embeddings under the base URL (which carries any path prefix), the key as a Bearer token.
 
 use super::{Family, ProviderRecord, url_under};
+use crate::families::CredentialHeader;
 use crate::operation::Operation;
-use crate::routing_tables::CredentialHeader;
 
 #[derive(Debug)]
 pub struct OpenAiCompatible {

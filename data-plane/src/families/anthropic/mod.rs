@@ -8,8 +8,8 @@ pub mod translate;
 use http::{HeaderName, HeaderValue};
 
 use super::{Family, ProviderRecord, url_under};
+use crate::families::CredentialHeader;
 use crate::operation::Operation;
-use crate::routing_tables::CredentialHeader;
 use crate::translation::ChatTranslation;
 
 /// The Messages API version sent unless the provider names another (its `api_version`) or

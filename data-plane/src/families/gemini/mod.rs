@@ -7,8 +7,8 @@ pub mod translate;
 use http::HeaderName;
 
 use super::{Family, ProviderRecord, url_under};
+use crate::families::CredentialHeader;
 use crate::operation::Operation;
-use crate::routing_tables::CredentialHeader;
 use crate::translation::ChatTranslation;
 
 #[derive(Debug)]
