@@ -120,6 +120,10 @@ pub async fn forward(
         .map(|deployment| (deployment, 0))
         .collect();
     let mut tried = 0;
+    // Whether any attempt reached an upstream (so the request must leave a usage record),
+    // and whether one went unanswered in time.
+    let (mut reached, mut timed_out) = (false, false);
+    draft.prompt = chat.messages_bytes();
     while let Some((deployment, key_index)) = attempts.pop_front() {
         if tried == MAX_ATTEMPTS {
             break;
@@ -196,8 +200,14 @@ pub async fn forward(
             .unwrap_or_default();
         drop(credential);
         let response = match sent {
-            Ok(response) => response,
+            Ok(response) => {
+                reached = true;
+                response
+            }
             Err(UpstreamError::Timeout(after)) => {
+                // Sent, unanswered: the upstream may be working on (and billing) the prompt.
+                reached = true;
+                timed_out = true;
                 last_error = Some(GatewayError::new(
                     ErrorCode::UpstreamTimeout,
                     format!(
@@ -253,7 +263,6 @@ pub async fn forward(
             continue;
         }
         draft.record.http_status = u32::from(status.as_u16());
-        draft.prompt = chat.messages_bytes();
         if stream && status.is_success() {
             return Ok(match translation {
                 Some(translation) => translated_stream_back(
@@ -270,7 +279,24 @@ pub async fn forward(
             });
         }
         let (parts, incoming) = response.into_parts();
-        let answer = read_answer(incoming).await?;
+        let answer = match read_answer(incoming, provider.timeout).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                // The upstream was reached and may have billed the prompt: the request still
+                // leaves its one usage record, an estimate.
+                let usage = Usage {
+                    input_tokens: draft.prompt_estimate(),
+                    ..Usage::default()
+                };
+                draft.finish(
+                    gateway,
+                    error.code.http_status(),
+                    usage,
+                    pb::UsageSource::Estimated,
+                );
+                return Err(error);
+            }
+        };
         let answer = match scrubber.scrub(&answer) {
             std::borrow::Cow::Borrowed(_) => answer,
             std::borrow::Cow::Owned(clean) => Bytes::from(clean),
@@ -303,14 +329,23 @@ pub async fn forward(
     let error = last_error.unwrap_or_else(|| {
         GatewayError::new(ErrorCode::ProviderNotReady, "no deployment could be tried")
     });
-    // A key refused on the way still reaches the control plane, with the request's outcome.
-    if !draft.record.rejected_key_id.is_empty() {
-        draft.finish(
-            gateway,
-            error.code.http_status(),
-            Usage::default(),
-            pb::UsageSource::ProviderReported,
-        );
+    // A request that reached an upstream leaves its one record whatever the outcome — and a
+    // key refused on the way reaches the control plane with it.
+    let rejected = !draft.record.rejected_key_id.is_empty();
+    if reached || rejected {
+        let (usage, source) = if timed_out {
+            let usage = Usage {
+                input_tokens: draft.prompt_estimate(),
+                ..Usage::default()
+            };
+            (usage, pb::UsageSource::Estimated)
+        } else if rejected {
+            (Usage::default(), pb::UsageSource::ProviderReported)
+        } else {
+            // 5xx and 429 answers generate nothing.
+            (Usage::default(), pb::UsageSource::Estimated)
+        };
+        draft.finish(gateway, error.code.http_status(), usage, source);
     }
     Err(error)
 }
@@ -419,18 +454,24 @@ fn translated_stream_back(
     out
 }
 
-/// A whole upstream answer, bounded.
-async fn read_answer(incoming: Incoming) -> Result<Bytes, GatewayError> {
-    Ok(Limited::new(incoming, MAX_UPSTREAM_BODY)
-        .collect()
-        .await
-        .map_err(|error: BoxError| {
-            GatewayError::new(
-                ErrorCode::UpstreamUnavailable,
-                format!("the provider's answer broke off: {error}"),
-            )
-        })?
-        .to_bytes())
+/// A whole upstream answer, bounded in size and in time: an upstream that sends its headers
+/// and then stalls is given up on after the provider's timeout, like one that sends nothing.
+async fn read_answer(
+    incoming: Incoming,
+    within: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
+    let read = Limited::new(incoming, MAX_UPSTREAM_BODY).collect();
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => Err(GatewayError::new(
+            ErrorCode::UpstreamUnavailable,
+            format!("the provider's answer broke off: {}", BoxError::from(error)),
+        )),
+        Err(_) => Err(GatewayError::new(
+            ErrorCode::UpstreamTimeout,
+            format!("the provider's answer did not finish within {within:?}"),
+        )),
+    }
 }
 
 /// A whole answer to a translated chat request: metered from the family's usage and
@@ -439,7 +480,7 @@ fn translated_back(
     gateway: &Arc<Gateway>,
     parts: &http::response::Parts,
     bytes: &Bytes,
-    draft: UsageDraft,
+    mut draft: UsageDraft,
     translation: &dyn ChatTranslation,
     model_name: &str,
     scrubber: &CredentialScrubber,
@@ -454,16 +495,35 @@ fn translated_back(
             parts.status,
             truncated(message, MAX_QUOTED_MESSAGE)
         );
-        return Err(GatewayError::new(ErrorCode::InvalidRequest, quoted));
+        let error = GatewayError::new(ErrorCode::InvalidRequest, quoted);
+        // Refused upstream: nothing was generated, and the refusal is still recorded.
+        draft.finish(
+            gateway,
+            error.code.http_status(),
+            Usage::default(),
+            pb::UsageSource::Estimated,
+        );
+        return Err(error);
     }
-    let usage = translation.usage(bytes).unwrap_or_default();
+    let reported = translation.usage(bytes);
     let identity = ChunkIdentity::new(
         &draft.record.request_id,
         model_name,
         sluice_shared::time::now_us() / 1_000_000,
     );
-    draft.finish(gateway, 200, usage, pb::UsageSource::ProviderReported);
-    let chat = translation.response(&answer, &usage, &identity);
+    let chat = translation.response(&answer, &reported.unwrap_or_default(), &identity);
+    match reported {
+        Some(usage) => draft.finish(gateway, 200, usage, pb::UsageSource::ProviderReported),
+        // No usage block: counted by Sluice and labelled so, never a zero "reported".
+        None => {
+            let usage = Usage {
+                input_tokens: draft.prompt_estimate(),
+                output_tokens: crate::mock_posture::estimate_tokens(answered_chars(&chat)),
+                ..Usage::default()
+            };
+            draft.finish(gateway, 200, usage, pb::UsageSource::Estimated);
+        }
+    }
     let mut out = Response::new(full(chat.to_string()));
     out.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -471,6 +531,31 @@ fn translated_back(
     );
     copy_response_headers(&parts.headers, out.headers_mut(), scrubber);
     Ok(out)
+}
+
+/// Characters a `chat.completion` answered with (text and tool-call arguments), for an
+/// estimate when the upstream reported no usage.
+fn answered_chars(chat: &Value) -> usize {
+    let choices = chat["choices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    choices
+        .iter()
+        .map(|choice| {
+            let message = &choice["message"];
+            let text = message["content"].as_str().map_or(0, |t| t.chars().count());
+            let calls: usize = message["tool_calls"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|call| call["function"]["arguments"].as_str())
+                .map(|arguments| arguments.chars().count())
+                .sum();
+            text + calls
+        })
+        .sum()
 }
 
 /// At most `limit` bytes of `text`, cut on a character boundary.

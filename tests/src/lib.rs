@@ -435,6 +435,14 @@ pub fn live_stack_with(
     (upstream, cp_dir, cp, acme)
 }
 
+/// The control plane's SQLite store in `data_dir`, for reading what it recorded.
+pub async fn store_of(data_dir: &Path) -> sqlx::SqlitePool {
+    let url = format!("sqlite://{}", data_dir.join("sluice.db").display());
+    sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("the control plane's store")
+}
+
 /// Waits (bounded) for the usage record of `request_id` to reach the control plane's SQLite
 /// store and returns `columns` of it.
 pub async fn await_usage<T>(pool: &sqlx::SqlitePool, columns: &str, request_id: &str) -> T

@@ -7,9 +7,11 @@
 //! (`/openai/deployments/{name}/chat/completions` and `/embeddings`) answer the same way, the deployment standing
 //! for the model. The upstream model name picks a behaviour, so one server covers every
 //! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `pause` (answers
-//! after [`PAUSE`]), `redirect`, `no-usage` (a stream without a usage block), `stall` (a stream
-//! that sends one chunk, then nothing), `echo-<status>` and `echo-midstream` (the credential
-//! echoed back in headers and error bodies, see [`echo_answer`]); anything else answers normally. Model listings answer
+//! after [`PAUSE`]), `redirect`, `no-usage` (an answer or stream without a usage block, also
+//! from the Anthropic mock), `stall` (a stream that sends one chunk, then nothing),
+//! `stall-body`, `cut-body` and `cut-stream` (see [`broken_answer`]), `echo-<status>` and
+//! `echo-midstream` (the credential echoed back in headers and error bodies, see
+//! [`echo_answer`]); anything else answers normally. Model listings answer
 //! key checks in each family's format (OpenAI's Bearer key, Anthropic's `x-api-key`, Gemini's
 //! `/v1beta/models` with `x-goog-api-key`): a key containing `invalid` is refused the family's
 //! way (Google: 400 `API_KEY_INVALID`), one containing `noaccess` is forbidden. A last message
@@ -521,12 +523,13 @@ fn anthropic_answer(headers: &HeaderMap, body: &Value) -> MockResponse {
     let usage = json!({"input_tokens": PROMPT_TOKENS, "cache_read_input_tokens": ANTHROPIC_CACHE_READ,
                        "cache_creation_input_tokens": 0, "output_tokens": COMPLETION_TOKENS});
     if body["stream"] != json!(true) {
-        return json_response(
-            StatusCode::OK,
-            json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
-                   "content": [block], "stop_reason": stop_reason, "stop_sequence": null,
-                   "usage": usage}),
-        );
+        let mut message = json!({"id": "msg_mock", "type": "message", "role": "assistant",
+               "model": model, "content": [block], "stop_reason": stop_reason,
+               "stop_sequence": null, "usage": usage});
+        if model == "no-usage" {
+            message.as_object_mut().unwrap().remove("usage");
+        }
+        return json_response(StatusCode::OK, message);
     }
     let (start, delta) = if block["type"] == "tool_use" {
         (
@@ -612,6 +615,47 @@ fn responses_answer(body: &Value) -> MockResponse {
         ),
     ];
     sse_response(&events)
+}
+
+/// Answers that go wrong after their 200: `stall-body` sends half a chat completion and then
+/// nothing; `cut-body` and `cut-stream` promise more bytes than they send (a whole answer, or
+/// two stream events) and hang up — the connection breaks off mid-answer.
+fn broken_answer(model: &str, body: &Value) -> MockResponse {
+    let whole = json!({"id": "chatcmpl-broken", "object": "chat.completion", "model": model,
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+                                    "finish_reason": "stop"}]})
+    .to_string();
+    let (sent, content_type) = if model == "cut-stream" || body["stream"] == json!(true) {
+        let event = |text: &str| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-broken",
+            "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+            )
+        };
+        (
+            format!("{}{}", event("Hel"), event("lo")),
+            "text/event-stream",
+        )
+    } else {
+        (whole[..whole.len() / 2].to_owned(), "application/json")
+    };
+    let stall = model == "stall-body";
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    let promised = sent.len() + 1000;
+    tokio::spawn(async move {
+        let _ = sender.send(Ok(Frame::data(Bytes::from(sent)))).await;
+        if stall {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        // Dropping the sender ends the body short of its length: hyper breaks the connection.
+    });
+    Response::builder()
+        .header("content-type", content_type)
+        .header("content-length", promised)
+        .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver)).boxed())
+        .unwrap()
 }
 
 /// The usage block to report: [`PROMPT_TOKENS`] / [`COMPLETION_TOKENS`] / no cached tokens,
@@ -870,6 +914,7 @@ async fn respond(state: Arc<State>, path: &str, headers: &HeaderMap, body: &Valu
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
         "pause" => tokio::time::sleep(PAUSE).await,
+        "stall-body" | "cut-body" | "cut-stream" => return broken_answer(&model, body),
         _ => {}
     }
     let id = "chatcmpl-mock0001";
@@ -929,6 +974,14 @@ async fn respond(state: Arc<State>, path: &str, headers: &HeaderMap, body: &Valu
             .header("x-ratelimit-remaining-requests", "99")
             .body(StreamBody::new(stream).boxed())
             .unwrap();
+    }
+    if model == "no-usage" {
+        return json_response(
+            StatusCode::OK,
+            json!({"id": id, "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock upstream"},
+                                "finish_reason": "stop"}]}),
+        );
     }
     json_response(
         StatusCode::OK,

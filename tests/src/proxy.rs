@@ -241,11 +241,26 @@ impl Http {
         key: &str,
         body: &Value,
     ) -> Result<http::Response<hyper::body::Incoming>, String> {
-        let request = Request::builder()
+        self.post_head_with(url, key, &[], body).await
+    }
+
+    /// [`Self::post_head`] with extra request headers.
+    pub async fn post_head_with(
+        &self,
+        url: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let mut builder = Request::builder()
             .method("POST")
             .uri(url)
             .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {key}"))
+            .header("authorization", format!("Bearer {key}"));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
         tokio::time::timeout(Duration::from_secs(15), self.client.request(request))

@@ -72,8 +72,7 @@ async fn messages_pass_through_are_metered_and_stay_in_their_family() {
         .to_owned();
 
     // Both metered: Anthropic's input excludes cache reads; Sluice counts them in, as cached.
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
     for id in [first_id, stream_id] {
         let row: (i64, i64, i64, String) = await_usage(
             &pool,

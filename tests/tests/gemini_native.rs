@@ -92,8 +92,7 @@ async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
         .unwrap()
         .to_owned();
 
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
     for id in [first_id, stream_id] {
         let row: (i64, i64, i64) =
             await_usage(&pool, "input_tokens, output_tokens, reasoning_tokens", &id).await;
@@ -180,8 +179,7 @@ async fn chat_completions_are_translated_to_gemini_and_back() {
         .map(|m| m["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles, ["user", "model", "user"]);
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
     let id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
     let row: (i64, i64) = await_usage(&pool, "input_tokens, output_tokens", &id).await;
     assert_eq!(

@@ -129,8 +129,7 @@ async fn azure_and_keyless_vllm_are_called_their_own_way() {
     assert_eq!(seen.path, "/openai/deployments/prod%20gpt-4o/embeddings");
     assert_eq!(seen.query, "api-version=2024-10-21");
     assert_eq!(seen.body["model"], "prod gpt-4o");
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let tokens: (i64, i64, String) = loop {
         let row = sqlx::query_as(
@@ -271,8 +270,7 @@ async fn the_responses_api_passes_through_to_openai_and_is_metered() {
     );
 
     // Both were metered from the upstream's usage.
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let rows: Vec<(i64, i64, String)> =

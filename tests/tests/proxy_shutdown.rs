@@ -33,8 +33,7 @@ async fn sigterm_delivers_all_usage() {
             .unwrap();
         assert_eq!(response.status, 200);
     }
-    let db = format!("sqlite://{}", dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(dir.path()).await;
     let count = || async {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM usage_records")
             .fetch_one(&pool)
@@ -111,8 +110,7 @@ async fn sigterm_drains_every_serving_thread() {
         assert_eq!(response.status, 200, "{}", output.text());
     }
     assert!(status.success(), "exit {status}:\n{}", output.text());
-    let db = format!("sqlite://{}", dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(dir.path()).await;
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
         .fetch_one(&pool)
         .await

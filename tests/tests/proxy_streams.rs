@@ -79,8 +79,7 @@ async fn broken_streams_are_metered_and_garbage_is_refused() {
     );
 
     // Both are metered, as estimates.
-    let db = format!("sqlite://{}", dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(dir.path()).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let rows: Vec<(String, String, i64)> =

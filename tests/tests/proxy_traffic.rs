@@ -304,8 +304,7 @@ async fn mock_then_live_through_two_proxies() {
     assert_eq!(status, 200);
 
     // Usage reaches the control plane with the tokens the upstream reported.
-    let db = format!("sqlite://{}", stack.cp.data_dir.join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(&stack.cp.data_dir).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let rows: Vec<(String, String, i64, i64, i64)> = loop {
         let rows = sqlx::query_as("SELECT model, source, input_tokens, output_tokens, cost_micros FROM usage_records ORDER BY started_at_us")

@@ -88,8 +88,7 @@ async fn costs_follow_the_catalog_and_operator_prices() {
     let proxy_dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
     proxy.wait_for_version(&http, cp.config_version()).await;
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
 
     // 1 000 prompt tokens, 200 of them from the cache, 500 completion tokens:
     // 800 × 0.15 $/M + 200 × 0.075 $/M + 500 × 0.60 $/M = 120 + 15 + 300 = 435 µ$.

@@ -141,8 +141,7 @@ async fn no_answered_request_is_lost_or_counted_twice() {
         answered.len()
     );
 
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut stored = stored_ids(&pool).await;
     while stored.len() < answered.len() && Instant::now() < deadline {
@@ -238,8 +237,7 @@ async fn a_full_spool_refuses_live_traffic_until_it_drains() {
     let cp = ControlPlaneBuilder::new(cp_dir.path())
         .env("SLUICE_LISTEN_ADDR", &cp_addr)
         .start();
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
     assert_eq!(wait_for_records(&pool, served).await, served);
     let deadline = Instant::now() + Duration::from_secs(15);
     while live_request(&http, &proxy, &acme.key).await.status != 200 {
@@ -314,8 +312,7 @@ async fn a_torn_spool_file_is_delivered_up_to_the_tear() {
     std::fs::write(&file, &bytes[..entry * 14 + entry / 2]).unwrap();
 
     let proxy = ProxyBuilder::new(dir.path(), &cp.url(), &acme.token).start();
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
     assert_eq!(wait_for_records(&pool, 14).await, 14);
     assert_eq!(
         metric(&http, &proxy, "sluice_usage_spool_damaged_total").await,

@@ -79,8 +79,7 @@ async fn run_task_and_tags_are_stored_and_bounded() {
         );
     }
 
-    let db = format!("sqlite://{}", cp_dir.path().join("sluice.db").display());
-    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let pool = sluice_e2e::store_of(cp_dir.path()).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let rows: Vec<(String, String, String)> = loop {
         let rows = sqlx::query_as(
