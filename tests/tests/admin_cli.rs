@@ -353,3 +353,63 @@ fn user_mistakes_get_precise_codes() {
         unknown_model.stderr
     );
 }
+
+/// Upstream model names may hold colons (OpenAI fine-tunes, `llama3:8b`): `--deployment` takes
+/// everything after the provider's colon as the model, with weight and priority as options;
+/// the listing shows them the same way, and traffic reaches the upstream under that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_model_names_with_colons_reach_the_upstream() {
+    let (upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-colon-names");
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/tuned",
+        "--deployment",
+        "openai:ft:gpt-4o-mini:acme:7p1x,weight=2",
+        "--deployment",
+        "openai:llama3:8b,priority=1",
+    ])
+    .ok();
+    let listed = cp.ctl(&["-o", "json", "model", "list", "acme"]).json();
+    let tuned = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tuned")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        tuned["deployments"],
+        serde_json::json!([
+            "openai:ft:gpt-4o-mini:acme:7p1x,weight=2,priority=0",
+            "openai:llama3:8b,weight=1,priority=1"
+        ]),
+        "{tuned}"
+    );
+    for bad in [
+        "openai",
+        ":gpt",
+        "openai:",
+        "openai:m,weight=x",
+        "openai:m,colour=3",
+    ] {
+        let refused = cp.ctl(&["model", "create", "acme/bad", "--deployment", bad]);
+        assert!(!refused.success, "{bad} was accepted");
+    }
+    let http = sluice_e2e::proxy::Http::new();
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy =
+        sluice_e2e::proxy::ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let answer = http
+        .post(
+            &proxy.url("/v1/chat/completions"),
+            Some(&acme.key),
+            &serde_json::json!({"model": "tuned", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let sent = upstream.requests().last().cloned().unwrap();
+    assert_eq!(sent.body["model"], "ft:gpt-4o-mini:acme:7p1x");
+}

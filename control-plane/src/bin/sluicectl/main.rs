@@ -246,7 +246,9 @@ enum ProviderKeyCommand {
 
 #[derive(Args)]
 struct ModelFields {
-    /// PROVIDER:UPSTREAM_MODEL[:WEIGHT[:PRIORITY]] (repeatable).
+    /// PROVIDER:UPSTREAM_MODEL[,weight=N][,priority=N] (repeatable). The upstream model is
+    /// everything after the first colon, so it may hold colons itself (`ft:gpt-4o-mini:acme`,
+    /// `llama3:8b`); weight defaults to 1, priority to 0 (tried first).
     #[arg(long = "deployment", value_parser = parse_deployment)]
     deployments: Vec<pb::Deployment>,
     /// Micro-dollars per million input tokens.
@@ -393,30 +395,48 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 }
 
 fn parse_deployment(text: &str) -> Result<pb::Deployment, String> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let number = |index: usize, what: &str| -> Result<u32, String> {
-        parts
-            .get(index)
-            .map(|p| {
-                p.parse::<u32>()
-                    .map_err(|_| format!("{what} must be a whole number"))
-            })
-            .transpose()
-            .map(|value| value.unwrap_or(if what == "weight" { 1 } else { 0 }))
+    const SHAPE: &str = "PROVIDER:UPSTREAM_MODEL[,weight=N][,priority=N]";
+    let mut parts = text.split(',');
+    let target = parts.next().unwrap_or_default();
+    let Some((provider, model)) = target
+        .split_once(':')
+        .filter(|(provider, model)| !provider.is_empty() && !model.is_empty())
+    else {
+        return Err(format!("expected {SHAPE}, got '{text}'"));
     };
-    match parts.as_slice() {
-        [provider, model, ..] if parts.len() <= 4 && !provider.is_empty() && !model.is_empty() => {
-            Ok(pb::Deployment {
-                provider: provider.to_string(),
-                upstream_model: model.to_string(),
-                weight: number(2, "weight")?,
-                priority: number(3, "priority")?,
-            })
+    let mut deployment = pb::Deployment {
+        provider: provider.to_owned(),
+        upstream_model: model.to_owned(),
+        weight: 1,
+        priority: 0,
+    };
+    for option in parts {
+        let (name, value) = option
+            .split_once('=')
+            .ok_or_else(|| format!("expected {SHAPE}, got '{text}'"))?;
+        let number = value
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{name} must be a whole number, got '{value}'"))?;
+        match name.trim() {
+            "weight" => deployment.weight = number,
+            "priority" => deployment.priority = number,
+            other => {
+                return Err(format!(
+                    "unknown deployment option '{other}' (weight, priority)"
+                ));
+            }
         }
-        _ => Err(format!(
-            "expected PROVIDER:UPSTREAM_MODEL[:WEIGHT[:PRIORITY]], got '{text}'"
-        )),
     }
+    Ok(deployment)
+}
+
+/// A deployment as `--deployment` takes it.
+fn deployment_text(d: &pb::Deployment) -> String {
+    format!(
+        "{}:{},weight={},priority={}",
+        d.provider, d.upstream_model, d.weight, d.priority
+    )
 }
 
 /// Splits `A/B[/C]` into exactly `n` non-empty parts.
@@ -570,16 +590,7 @@ fn model_row(m: pb::Model) -> Vec<Value> {
         Ok(pb::PriceSource::Operator) => "operator".to_owned(),
         _ => "unknown".to_owned(),
     };
-    let deployments: Vec<String> = m
-        .deployments
-        .iter()
-        .map(|d| {
-            format!(
-                "{}:{}:{}:{}",
-                d.provider, d.upstream_model, d.weight, d.priority
-            )
-        })
-        .collect();
+    let deployments: Vec<String> = m.deployments.iter().map(deployment_text).collect();
     vec![
         json!(m.organization),
         json!(m.name),
