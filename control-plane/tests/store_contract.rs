@@ -316,7 +316,10 @@ async fn story<S: Store>(store: &S) {
             .await,
         Err(StoreError::NotFound { .. })
     ));
-    let readiness = store.project_model_readiness("acme", "web").await.unwrap();
+    let readiness = store
+        .project_model_readiness("acme", "web", None)
+        .await
+        .unwrap();
     assert_eq!(
         readiness,
         vec![ModelReadiness {

@@ -228,11 +228,67 @@ impl<S: Store> AdminApi<S> {
         })
     }
 
+    /// A LIVE project must not lose its last usable key for a model without anyone noticing:
+    /// revoking or deleting such a key is refused, naming what would stop, unless `force` —
+    /// and then the audit event says what it left behind.
+    async fn check_key_removal(
+        &self,
+        org: &str,
+        provider: &str,
+        name: &str,
+        force: bool,
+    ) -> Result<Option<String>, Status> {
+        let key = self
+            .store
+            .get_provider_key(org, provider, name)
+            .await
+            .map_err(store_status)?;
+        let projects = self.store.list_projects(org).await.map_err(store_status)?;
+        let mut stranded = Vec::new();
+        for project in projects.iter().filter(|p| p.posture == Posture::Live) {
+            let before = self
+                .store
+                .project_model_readiness(org, &project.name, None)
+                .await
+                .map_err(store_status)?;
+            let after = self
+                .store
+                .project_model_readiness(org, &project.name, Some(&key.id))
+                .await
+                .map_err(store_status)?;
+            let lost: Vec<&str> = after
+                .iter()
+                .filter(|model| model.usable_keys == 0)
+                .filter(|model| {
+                    before
+                        .iter()
+                        .any(|b| b.model == model.model && b.usable_keys > 0)
+                })
+                .map(|model| model.model.as_str())
+                .collect();
+            if !lost.is_empty() {
+                stranded.push(format!("{org}/{} ({})", project.name, lost.join(", ")));
+            }
+        }
+        if stranded.is_empty() {
+            return Ok(None);
+        }
+        let stranded = stranded.join("; ");
+        if force {
+            return Ok(Some(format!(
+                "forced: left LIVE project(s) without a usable key: {stranded}"
+            )));
+        }
+        Err(Status::failed_precondition(format!(
+            "{org}/{provider}/{name} is the last usable key of LIVE project(s) {stranded}: add              another key first (`sluicectl provider-key add`), set the project to MOCK, or pass              --force to remove it anyway"
+        )))
+    }
+
     /// LIVE costs money, so it needs every model the project may use to have a usable key.
     async fn check_ready_for_live(&self, org: &str, name: &str) -> Result<(), Status> {
         let readiness = self
             .store
-            .project_model_readiness(org, name)
+            .project_model_readiness(org, name, None)
             .await
             .map_err(store_status)?;
         if readiness.is_empty() {
@@ -766,8 +822,14 @@ impl<S: Store> AdminService for AdminApi<S> {
             ("provider", &req.provider),
             ("name", &req.name),
         ])?;
+        let stranded = self
+            .check_key_removal(&req.organization, &req.provider, &req.name, req.force)
+            .await?;
         let target = format!("{}/{}/{}", req.organization, req.provider, req.name);
-        let audit = Audit::new(&actor, "provider_key.revoke", target);
+        let mut audit = Audit::new(&actor, "provider_key.revoke", target);
+        if let Some(detail) = stranded {
+            audit = audit.with_detail(detail);
+        }
         let key = self
             .store
             .revoke_provider_key(&req.organization, &req.provider, &req.name, audit)
@@ -789,8 +851,14 @@ impl<S: Store> AdminService for AdminApi<S> {
             ("provider", &req.provider),
             ("name", &req.name),
         ])?;
+        let stranded = self
+            .check_key_removal(&req.organization, &req.provider, &req.name, req.force)
+            .await?;
         let target = format!("{}/{}/{}", req.organization, req.provider, req.name);
-        let audit = Audit::new(&actor, "provider_key.delete", target);
+        let mut audit = Audit::new(&actor, "provider_key.delete", target);
+        if let Some(detail) = stranded {
+            audit = audit.with_detail(detail);
+        }
         self.store
             .delete_provider_key(&req.organization, &req.provider, &req.name, audit)
             .await

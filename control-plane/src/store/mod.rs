@@ -154,11 +154,14 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         audit: Audit,
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    /// For each model the project may use, how many usable provider keys serve it.
+    /// For each model the project may use, how many usable provider keys serve it: active or
+    /// retiring, not known to be refused (invalid credentials, no model access) — leaving out
+    /// the key with id `without_key`, to ask what revoking it would leave.
     fn project_model_readiness(
         &self,
         org: &str,
         name: &str,
+        without_key: Option<&str>,
     ) -> impl Future<Output = StoreResult<Vec<ModelReadiness>>> + Send;
 
     // === providers ===

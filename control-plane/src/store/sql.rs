@@ -840,6 +840,7 @@ macro_rules! sql_store {
                     &self,
                     org: &str,
                     name: &str,
+                    without_key: Option<&str>,
                 ) -> StoreResult<Vec<ModelReadiness>> {
                     let mut tx = self.pool.begin().await?;
                     let project = fetch_project(&mut tx, org, name).await?;
@@ -860,9 +861,13 @@ macro_rules! sql_store {
                          LEFT JOIN providers p ON p.id = d.provider_id AND p.active = TRUE \
                          LEFT JOIN provider_keys k ON k.provider_id = p.id \
                              AND k.state IN ('ACTIVE', 'RETIRING') \
+                             AND k.health NOT IN ('INVALID_CREDENTIALS', 'NO_MODEL_ACCESS') \
+                             AND k.id <> $2 \
                          WHERE o.name = $1 GROUP BY m.name ORDER BY m.name",
                     )
                     .bind(org)
+                    // Ids are never empty, so "" leaves out no key.
+                    .bind(without_key.unwrap_or_default())
                     .fetch_all(&mut *tx)
                     .await?;
                     let mut usable = std::collections::BTreeMap::new();

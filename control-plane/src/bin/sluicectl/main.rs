@@ -229,9 +229,15 @@ enum ProviderKeyCommand {
     },
     Revoke {
         path: String,
+        /// Even if it is a LIVE project's last usable key for a model (audited).
+        #[arg(long)]
+        force: bool,
     },
     Delete {
         path: String,
+        /// Even if it is a LIVE project's last usable key for a model (audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Ask the upstream whether the key works (its cheapest authenticated call) and record
     /// the answer as the key's health: valid, invalid_credentials, no_model_access,
@@ -1097,13 +1103,14 @@ async fn provider_key(client: &mut Client, command: ProviderKeyCommand) -> anyho
                 ],
             )
         }
-        ProviderKeyCommand::Revoke { path: p } => {
+        ProviderKeyCommand::Revoke { path: p, force } => {
             let [organization, provider, name] = path::<3>(&p, SHAPE)?;
             let response = client
                 .revoke_provider_key(pb::RevokeProviderKeyRequest {
                     organization,
                     provider,
                     name,
+                    force,
                 })
                 .await?;
             Listing::one(
@@ -1111,13 +1118,14 @@ async fn provider_key(client: &mut Client, command: ProviderKeyCommand) -> anyho
                 provider_key_row(required(response.into_inner().provider_key)?),
             )
         }
-        ProviderKeyCommand::Delete { path: p } => {
+        ProviderKeyCommand::Delete { path: p, force } => {
             let [organization, provider, name] = path::<3>(&p, SHAPE)?;
             client
                 .delete_provider_key(pb::DeleteProviderKeyRequest {
                     organization,
                     provider,
                     name,
+                    force,
                 })
                 .await?;
             deleted("provider key", &p)
