@@ -13,6 +13,7 @@ use std::sync::Arc;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sluice_shared::credential_scrub::CredentialScrubber;
+use sluice_shared::families::{Credential, Family};
 use sluice_shared::secret::SecretString;
 use sluice_shared::upstream_answer::rejects_key;
 use sluice_shared::upstream_connect::{GuardedConnector, Resolve, error_chain};
@@ -22,8 +23,6 @@ use crate::store::{KeyHealth, Provider, ProviderKind};
 const MAX_ANSWER: usize = 64 * 1024;
 const MAX_MESSAGE: usize = 300;
 const LONGEST_CHECK: Duration = Duration::from_secs(15);
-/// The Messages API version Sluice speaks to Anthropic.
-const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyCheck {
@@ -133,31 +132,34 @@ impl KeyChecker {
     }
 }
 
-/// The family's cheapest authenticated call.
+/// The family of a provider kind, whose facts the proxy reaches it by too.
+fn family(kind: ProviderKind) -> Family {
+    match kind {
+        ProviderKind::OpenAi => Family::OpenAi,
+        ProviderKind::Vllm | ProviderKind::Custom => Family::SelfHosted,
+        ProviderKind::AzureOpenAi => Family::AzureOpenAi,
+        ProviderKind::Anthropic => Family::Anthropic,
+        ProviderKind::Google => Family::Gemini,
+    }
+}
+
+/// The family's cheapest authenticated call, with the credential, version and operator
+/// headers the proxy sends on traffic.
 fn request(
     provider: &Provider,
     secret: &SecretString,
     model: Option<&str>,
 ) -> Result<Request<Empty<Bytes>>, String> {
+    let family = family(provider.kind);
     let base = provider.base_url.trim_end_matches('/');
     let mut url = url::Url::parse(base).map_err(|e| format!("base_url: {e}"))?;
-    let segments: Vec<&str> = match (provider.kind, model) {
-        (ProviderKind::AzureOpenAi, Some(model)) => vec!["openai", "deployments", model],
-        (ProviderKind::AzureOpenAi, None) => vec!["openai", "models"],
-        (ProviderKind::Anthropic, Some(model)) => vec!["v1", "models", model],
-        (ProviderKind::Anthropic, None) => vec!["v1", "models"],
-        (ProviderKind::Google, Some(model)) => vec!["v1beta", "models", model],
-        (ProviderKind::Google, None) => vec!["v1beta", "models"],
-        (_, Some(model)) => vec!["models", model],
-        (_, None) => vec!["models"],
-    };
     url.path_segments_mut()
         .map_err(|_| "base_url cannot take a path".to_owned())?
         .pop_if_empty()
-        .extend(segments);
-    if provider.kind == ProviderKind::AzureOpenAi {
+        .extend(family.key_check_path(model));
+    if let Some(name) = family.version_query() {
         url.query_pairs_mut()
-            .append_pair("api-version", &provider.api_version);
+            .append_pair(name, &provider.api_version);
     }
     let mut request = Request::builder()
         .method(Method::GET)
@@ -178,26 +180,14 @@ fn request(
             headers.insert(name, value);
         }
     }
-    let (name, value) = match provider.kind {
-        ProviderKind::AzureOpenAi => (
-            HeaderName::from_static("api-key"),
-            secret.expose().to_owned(),
-        ),
-        ProviderKind::Anthropic => {
-            headers.insert(
-                HeaderName::from_static("anthropic-version"),
-                HeaderValue::from_static(ANTHROPIC_VERSION),
-            );
-            (
-                HeaderName::from_static("x-api-key"),
-                secret.expose().to_owned(),
-            )
-        }
-        ProviderKind::Google => (
-            HeaderName::from_static("x-goog-api-key"),
-            secret.expose().to_owned(),
-        ),
-        _ => (header::AUTHORIZATION, format!("Bearer {}", secret.expose())),
+    let names = provider.extra_headers.keys().map(String::as_str);
+    if let Some((name, value)) = family.version_header_value(&provider.api_version, names) {
+        let value = HeaderValue::from_str(value).map_err(|_| "bad api_version".to_owned())?;
+        headers.insert(HeaderName::from_static(name), value);
+    }
+    let (name, value) = match family.credential() {
+        Credential::Bearer => (header::AUTHORIZATION, format!("Bearer {}", secret.expose())),
+        Credential::Header(name) => (HeaderName::from_static(name), secret.expose().to_owned()),
     };
     let mut value = HeaderValue::from_str(&value)
         .map_err(|_| "the key cannot travel in a header".to_owned())?;

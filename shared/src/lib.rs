@@ -5,6 +5,7 @@ pub mod budget_window;
 pub mod credential_scrub;
 pub mod envelope;
 pub mod error_code;
+pub mod families;
 pub mod ids;
 pub mod network_reach;
 pub mod request_metadata;

@@ -416,6 +416,19 @@ pub async fn family_stack(
     ((upstream, cp_dir, cp, acme), proxy_dir, proxy, http)
 }
 
+/// A proxy on `cp` with `token`, caught up with its newest config: its data directory (kept
+/// for as long as the proxy runs), the proxy, and a client.
+pub async fn caught_up_proxy(
+    cp: &ControlPlane,
+    token: &str,
+) -> (tempfile::TempDir, proxy::Proxy, proxy::Http) {
+    let http = proxy::Http::new();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let proxy = proxy::ProxyBuilder::new(dir.path(), &cp.url(), token).start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    (dir, proxy, http)
+}
+
 /// [`live_stack`] with extra provider flags (e.g. `--timeout-ms`) and control-plane
 /// environment.
 pub fn live_stack_with(

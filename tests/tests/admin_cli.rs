@@ -396,11 +396,7 @@ async fn upstream_model_names_with_colons_reach_the_upstream() {
         let refused = cp.ctl(&["model", "create", "acme/bad", "--deployment", bad]);
         assert!(!refused.success, "{bad} was accepted");
     }
-    let http = sluice_e2e::proxy::Http::new();
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy =
-        sluice_e2e::proxy::ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
-    proxy.wait_for_version(&http, cp.config_version()).await;
+    let (_proxy_dir, proxy, http) = sluice_e2e::caught_up_proxy(&cp, &acme.token).await;
     let answer = http
         .post(
             &proxy.url("/v1/chat/completions"),

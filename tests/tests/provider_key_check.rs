@@ -148,11 +148,7 @@ async fn live_traffic_marks_a_refused_key() {
         "openai:fail-401",
     ])
     .ok();
-    let http = sluice_e2e::proxy::Http::new();
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy =
-        sluice_e2e::proxy::ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
-    proxy.wait_for_version(&http, cp.config_version()).await;
+    let (_proxy_dir, proxy, http) = sluice_e2e::caught_up_proxy(&cp, &acme.token).await;
     let body =
         serde_json::json!({"model": "refused", "messages": [{"role": "user", "content": "hi"}]});
     let response = http
@@ -232,11 +228,7 @@ async fn a_refused_key_gives_way_to_the_next() {
         "acme/gemini",
         "gemini-2.5-flash",
     );
-    let http = sluice_e2e::proxy::Http::new();
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy =
-        sluice_e2e::proxy::ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
-    proxy.wait_for_version(&http, cp.config_version()).await;
+    let (_proxy_dir, proxy, http) = sluice_e2e::caught_up_proxy(&cp, &acme.token).await;
     let body =
         serde_json::json!({"model": "gemini", "messages": [{"role": "user", "content": "hi"}]});
     let url = proxy.url("/v1/chat/completions");
@@ -259,4 +251,149 @@ async fn a_refused_key_gives_way_to_the_next() {
     let seen = upstream.requests();
     assert_eq!(seen.len(), before + 1, "the refused key was tried again");
     assert_eq!(seen[before].headers["x-goog-api-key"], "AIza-good-2");
+}
+
+/// The key check and live traffic reach an upstream the same way: per family, the same
+/// credential header, the same version (the provider's `api_version`, or the operator's own
+/// `anthropic-version`, which is never overwritten) and the operator's extra headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_check_sends_what_traffic_sends() {
+    let (upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-same-openai");
+    let base = format!("http://{}", upstream.addr);
+    let v1 = format!("{base}/v1");
+    // (provider, type, base URL, flags, key)
+    let providers: [(&str, &str, &str, &[&str], &str); 5] = [
+        (
+            "azure",
+            "azure-openai",
+            &base,
+            &["--api-version", "2024-10-21"],
+            "az-same-key",
+        ),
+        (
+            "claude",
+            "anthropic",
+            &base,
+            &["--api-version", "2024-10-22"],
+            "sk-ant-same",
+        ),
+        (
+            "claude-pinned",
+            "anthropic",
+            &base,
+            &["--header", "anthropic-version=2099-01-01"],
+            "sk-ant-pinned",
+        ),
+        ("gemini", "google", &base, &[], "AIza-same-key"),
+        ("vllm", "vllm", &v1, &[], "vllm-same-key"),
+    ];
+    for (name, kind, base, flags, key) in providers {
+        let path = format!("acme/{name}");
+        let mut create = vec![
+            "provider",
+            "create",
+            &path,
+            "--type",
+            kind,
+            "--base-url",
+            base,
+            "--allow-private-network",
+            "--header",
+            "x-team=research",
+        ];
+        create.extend_from_slice(flags);
+        cp.ctl(&create).ok();
+        cp.ctl_stdin(&["provider-key", "add", &format!("{path}/main")], key)
+            .ok();
+        cp.ctl(&[
+            "model",
+            "create",
+            &format!("acme/{name}-m"),
+            "--deployment",
+            &format!("{name}:up-{name}"),
+        ])
+        .ok();
+    }
+    cp.ctl(&[
+        "provider",
+        "update",
+        "acme/openai",
+        "--header",
+        "x-team=research",
+        "--replace-headers",
+    ])
+    .ok();
+    let (_proxy_dir, proxy, http) = sluice_e2e::caught_up_proxy(&cp, &acme.token).await;
+
+    let names = [
+        "openai",
+        "azure",
+        "claude",
+        "claude-pinned",
+        "gemini",
+        "vllm",
+    ];
+    for name in names {
+        let before = upstream.requests().len();
+        cp.ctl(&["provider-key", "test", &format!("acme/{name}/main")]);
+        let checked = upstream.requests()[before..].to_vec();
+        let model = if name == "openai" {
+            "gpt-4o-mini".to_owned()
+        } else {
+            format!("{name}-m")
+        };
+        let answer = http
+            .post(
+                &proxy.url("/v1/chat/completions"),
+                Some(&acme.key),
+                &serde_json::json!({"model": model, "max_tokens": 16,
+                                    "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{name}: {}", answer.text());
+        let traffic = upstream.requests().last().cloned().unwrap();
+        let [check] = checked.as_slice() else {
+            panic!("{name}: the key check made {} calls", checked.len());
+        };
+        for header in [
+            "authorization",
+            "api-key",
+            "x-api-key",
+            "x-goog-api-key",
+            "anthropic-version",
+            "x-team",
+        ] {
+            assert_eq!(
+                check.headers.get(header),
+                traffic.headers.get(header),
+                "{name}: {header} differs between the key check ({}) and traffic ({})",
+                check.path,
+                traffic.path
+            );
+        }
+        assert_eq!(check.headers["x-team"], "research", "{name}");
+        let api_version = |query: &str| {
+            query
+                .split('&')
+                .find(|p| p.starts_with("api-version="))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            api_version(&check.query),
+            api_version(&traffic.query),
+            "{name}"
+        );
+    }
+    // The provider's version where the operator set none; the operator's own where they did.
+    let versions = |key: &str| -> Vec<String> {
+        upstream
+            .requests()
+            .into_iter()
+            .filter(|r| r.headers.get("x-api-key").is_some_and(|k| k == key))
+            .map(|r| r.headers["anthropic-version"].to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(versions("sk-ant-same"), ["2024-10-22", "2024-10-22"]);
+    assert_eq!(versions("sk-ant-pinned"), ["2099-01-01", "2099-01-01"]);
 }

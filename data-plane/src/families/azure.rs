@@ -2,29 +2,17 @@
 //! (`{base}/openai/deployments/{deployment}/chat/completions?api-version=…`), the key in the
 //! `api-key` header. The upstream model names the deployment.
 
-use http::HeaderName;
+use sluice_shared::families as facts;
 
 use super::{Family, ProviderRecord, url_under};
-use crate::families::CredentialHeader;
 use crate::operation::Operation;
 
 #[derive(Debug)]
 pub struct AzureOpenAi;
 
 impl Family for AzureOpenAi {
-    fn credential(&self) -> CredentialHeader {
-        CredentialHeader::Named(HeaderName::from_static("api-key"))
-    }
-
-    fn prepare(
-        &self,
-        record: &ProviderRecord<'_>,
-        _extra_headers: &mut Vec<(HeaderName, http::HeaderValue)>,
-    ) -> Result<(), String> {
-        if record.api_version.is_empty() {
-            return Err("Azure OpenAI needs an api_version".into());
-        }
-        Ok(())
+    fn facts(&self) -> facts::Family {
+        facts::Family::AzureOpenAi
     }
 
     fn url(
@@ -43,7 +31,9 @@ impl Family for AzureOpenAi {
         Some(url_under(
             record.base_url,
             &segments,
-            Some(("api-version", record.api_version)),
+            facts::Family::AzureOpenAi
+                .version_query()
+                .map(|name| (name, record.api_version)),
         ))
     }
 }

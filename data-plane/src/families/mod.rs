@@ -12,6 +12,8 @@ use std::fmt;
 
 use http::{HeaderName, HeaderValue};
 
+use sluice_shared::families as facts;
+
 use crate::operation::Operation;
 use crate::translation::ChatTranslation;
 
@@ -43,21 +45,42 @@ pub struct ProviderRecord<'a> {
 }
 
 pub trait Family: Sync + fmt::Debug {
+    /// What both halves know about this family (`sluice_shared::families`): the control
+    /// plane's key check reaches the upstream by the same facts.
+    fn facts(&self) -> facts::Family;
+
     /// How the provider key travels upstream.
-    fn credential(&self) -> CredentialHeader;
+    fn credential(&self) -> CredentialHeader {
+        match self.facts().credential() {
+            facts::Credential::Bearer => CredentialHeader::Bearer,
+            facts::Credential::Header(name) => {
+                CredentialHeader::Named(HeaderName::from_static(name))
+            }
+        }
+    }
 
     /// Whether a provider of this family may run without a key (self-hosted servers).
     fn keyless(&self) -> bool {
-        false
+        self.facts().keyless()
     }
 
     /// Checks the record and adds the headers the family requires unless the operator set
-    /// them; the error says what is wrong.
+    /// them (its version header: the provider's `api_version`, else the family's default);
+    /// the error says what is wrong.
     fn prepare(
         &self,
-        _record: &ProviderRecord<'_>,
-        _extra_headers: &mut Vec<(HeaderName, HeaderValue)>,
+        record: &ProviderRecord<'_>,
+        extra_headers: &mut Vec<(HeaderName, HeaderValue)>,
     ) -> Result<(), String> {
+        let facts = self.facts();
+        if facts.version_query().is_some() && record.api_version.is_empty() {
+            return Err(format!("{facts:?} needs an api_version"));
+        }
+        let names = extra_headers.iter().map(|(name, _)| name.as_str());
+        if let Some((name, value)) = facts.version_header_value(record.api_version, names) {
+            let value = HeaderValue::from_str(value).map_err(|_| "bad api_version".to_owned())?;
+            extra_headers.push((HeaderName::from_static(name), value));
+        }
         Ok(())
     }
 

@@ -1,35 +1,29 @@
 //! OpenAI, and the servers that speak its API (vLLM, custom upstreams): chat completions and
 //! embeddings under the base URL (which carries any path prefix), the key as a Bearer token.
 
+use sluice_shared::families as facts;
+
 use super::{Family, ProviderRecord, url_under};
-use crate::families::CredentialHeader;
 use crate::operation::Operation;
 
 #[derive(Debug)]
 pub struct OpenAiCompatible {
-    /// OpenAI itself also serves the Responses API.
-    responses: bool,
-    /// Self-hosted servers may need no key.
-    keyless: bool,
+    /// OpenAI itself (which also serves the Responses API), or a self-hosted server (which may
+    /// need no key).
+    facts: facts::Family,
 }
 
 pub static OPENAI: OpenAiCompatible = OpenAiCompatible {
-    responses: true,
-    keyless: false,
+    facts: facts::Family::OpenAi,
 };
 
 pub static SELF_HOSTED: OpenAiCompatible = OpenAiCompatible {
-    responses: false,
-    keyless: true,
+    facts: facts::Family::SelfHosted,
 };
 
 impl Family for OpenAiCompatible {
-    fn credential(&self) -> CredentialHeader {
-        CredentialHeader::Bearer
-    }
-
-    fn keyless(&self) -> bool {
-        self.keyless
+    fn facts(&self) -> facts::Family {
+        self.facts
     }
 
     fn url(
@@ -41,7 +35,7 @@ impl Family for OpenAiCompatible {
         let segments: &[&str] = match operation {
             Operation::ChatCompletions => &["chat", "completions"],
             Operation::Embeddings => &["embeddings"],
-            Operation::Responses if self.responses => &["responses"],
+            Operation::Responses if self.facts == facts::Family::OpenAi => &["responses"],
             _ => return None,
         };
         Some(url_under(record.base_url, segments, None))

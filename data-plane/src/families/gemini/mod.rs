@@ -4,10 +4,9 @@
 
 pub mod translate;
 
-use http::HeaderName;
+use sluice_shared::families as facts;
 
 use super::{Family, ProviderRecord, url_under};
-use crate::families::CredentialHeader;
 use crate::operation::Operation;
 use crate::translation::ChatTranslation;
 
@@ -15,8 +14,8 @@ use crate::translation::ChatTranslation;
 pub struct Gemini;
 
 impl Family for Gemini {
-    fn credential(&self) -> CredentialHeader {
-        CredentialHeader::Named(HeaderName::from_static("x-goog-api-key"))
+    fn facts(&self) -> facts::Family {
+        facts::Family::Gemini
     }
 
     fn url(
