@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "sluice/common/v1/common.proto",
     "sluice/admin/v1/admin.proto",
     "sluice/config/v1/config.proto",
     "sluice/usage/v1/usage.proto",

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_proto::common::v1 as common;
 use sluice_proto::config::v1 as pb;
 use sluice_shared::sealing::{SealingError, SecretSealer};
 use tokio::sync::{Notify, watch};
@@ -141,10 +142,10 @@ pub fn seal_snapshot(
         provider.keys.push(pb::ProviderKeyConfig {
             id: key.id.clone(),
             state: match key.state {
-                KeyState::Active => 1,
-                KeyState::Retiring => 2,
-                KeyState::Revoked => 3,
-            },
+                KeyState::Active => common::ProviderKeyState::Active,
+                KeyState::Retiring => common::ProviderKeyState::Retiring,
+                KeyState::Revoked => common::ProviderKeyState::Revoked,
+            } as i32,
             sealed_secret: sealer.seal(&key.id, &secret)?,
         });
     }
@@ -159,9 +160,9 @@ pub fn seal_snapshot(
                 organization_id: p.org_id.clone(),
                 name: p.name.clone(),
                 posture: match p.posture {
-                    Posture::Mock => 1,
-                    Posture::Live => 2,
-                },
+                    Posture::Mock => common::Posture::Mock,
+                    Posture::Live => common::Posture::Live,
+                } as i32,
                 default_model: p.default_model.clone(),
             })
             .collect(),
@@ -208,10 +209,10 @@ pub fn seal_snapshot(
                 id: b.id.clone(),
                 scope_id: b.scope_id.clone(),
                 period: match b.period {
-                    BudgetPeriod::Day => 1,
-                    BudgetPeriod::Month => 2,
-                    BudgetPeriod::Total => 3,
-                },
+                    BudgetPeriod::Day => common::BudgetPeriod::Day,
+                    BudgetPeriod::Month => common::BudgetPeriod::Month,
+                    BudgetPeriod::Total => common::BudgetPeriod::Total,
+                } as i32,
                 name: b.name.clone(),
             })
             .collect(),
@@ -219,12 +220,13 @@ pub fn seal_snapshot(
 }
 
 fn provider_type(kind: ProviderKind) -> i32 {
-    match kind {
-        ProviderKind::OpenAi => 1,
-        ProviderKind::Anthropic => 2,
-        ProviderKind::Google => 3,
-        ProviderKind::AzureOpenAi => 4,
-        ProviderKind::Vllm => 5,
-        ProviderKind::Custom => 6,
-    }
+    let kind = match kind {
+        ProviderKind::OpenAi => common::ProviderType::Openai,
+        ProviderKind::Anthropic => common::ProviderType::Anthropic,
+        ProviderKind::Google => common::ProviderType::Google,
+        ProviderKind::AzureOpenAi => common::ProviderType::AzureOpenai,
+        ProviderKind::Vllm => common::ProviderType::Vllm,
+        ProviderKind::Custom => common::ProviderType::Custom,
+    };
+    kind as i32
 }

@@ -50,7 +50,7 @@ pub struct Applier {
 impl Applier {
     /// Validates, swaps in and saves `snapshot`. Refuses anything not newer than what is held.
     pub fn apply(&self, snapshot: &pb::Snapshot, save: bool) -> Result<(), InvalidSnapshot> {
-        let held = self.gateway.metrics.config_version.load(Ordering::Acquire);
+        let held = self.gateway.held_version();
         if snapshot.version <= held {
             return Err(InvalidSnapshot(format!(
                 "version {} is not newer than the held version {held}",
@@ -133,12 +133,7 @@ impl ConfigClient {
             .connect()
             .await?;
         let (outbound, receiver) = mpsc::channel(4);
-        let held = self
-            .applier
-            .gateway
-            .metrics
-            .config_version
-            .load(Ordering::Acquire);
+        let held = self.applier.gateway.held_version();
         let hello = pb::Hello {
             proxy_id: self.applier.identity.proxy_id.clone(),
             held_version: held,
@@ -185,12 +180,7 @@ impl ConfigClient {
                     tracing::error!(version, %reason, "rejected a snapshot; keeping the current one");
                     pb::stream_config_request::Message::Nack(pb::Nack {
                         nonce: response.nonce,
-                        version: self
-                            .applier
-                            .gateway
-                            .metrics
-                            .config_version
-                            .load(Ordering::Acquire),
+                        version: self.applier.gateway.held_version(),
                         reason: reason.0,
                     })
                 }

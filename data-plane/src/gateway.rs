@@ -25,6 +25,15 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The config version this proxy serves (0: none yet) — read from the tables themselves,
+    /// the one source, so it can never disagree with what requests see.
+    pub fn held_version(&self) -> u64 {
+        self.tables
+            .load()
+            .as_ref()
+            .map_or(0, |tables| tables.version)
+    }
+
     pub fn new(
         spool: Arc<UsageSpool>,
         upstream: UpstreamClient,

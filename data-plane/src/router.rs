@@ -116,7 +116,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 /// Ready once a validated snapshot is loaded, even while the control plane is away (static
 /// stability); the body says how current it is.
 fn readiness(gateway: &Gateway) -> Response<Body> {
-    let version = gateway.metrics.config_version.load(Ordering::Acquire);
+    let version = gateway.held_version();
     let connected = gateway
         .metrics
         .control_plane_connected

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
+use sluice_proto::common::v1 as common;
 use sluice_proto::config::v1 as pb;
 use sluice_shared::budget_window::Window;
 use sluice_shared::sealing::{SealingKeyPair, SecretOpener};
@@ -184,10 +185,11 @@ impl RoutingTables {
         let mut projects = Vec::with_capacity(snapshot.projects.len());
         let mut project_index = HashMap::new();
         for p in &snapshot.projects {
-            let posture = match p.posture {
-                1 => Posture::Mock,
-                2 => Posture::Live,
-                other => {
+            let posture = match common::Posture::try_from(p.posture) {
+                Ok(common::Posture::Mock) => Posture::Mock,
+                Ok(common::Posture::Live) => Posture::Live,
+                Ok(common::Posture::Unspecified) | Err(_) => {
+                    let other = p.posture;
                     return Err(invalid(format!(
                         "project {}: unknown posture {other}",
                         p.id
@@ -293,12 +295,15 @@ impl RoutingTables {
         let mut budgets = Vec::with_capacity(snapshot.budgets.len());
         let mut budgets_by_scope: HashMap<String, Vec<usize>> = HashMap::new();
         for b in &snapshot.budgets {
-            let window = match b.period {
-                1 => Window::Day,
-                2 => Window::Month,
-                3 => Window::Total,
-                other => {
-                    return Err(invalid(format!("budget {}: unknown period {other}", b.id)));
+            let window = match common::BudgetPeriod::try_from(b.period) {
+                Ok(common::BudgetPeriod::Day) => Window::Day,
+                Ok(common::BudgetPeriod::Month) => Window::Month,
+                Ok(common::BudgetPeriod::Total) => Window::Total,
+                Ok(common::BudgetPeriod::Unspecified) | Err(_) => {
+                    return Err(invalid(format!(
+                        "budget {}: unknown period {}",
+                        b.id, b.period
+                    )));
                 }
             };
             if b.id.is_empty() || b.scope_id.is_empty() {
@@ -400,17 +405,17 @@ fn provider(
     opener: &SecretOpener,
     upstream_hosts: &[String],
 ) -> Result<ProviderEntry, InvalidSnapshot> {
-    let provider_type = match p.r#type {
-        1 => ProviderType::OpenAi,
-        2 => ProviderType::Anthropic,
-        3 => ProviderType::Google,
-        4 => ProviderType::AzureOpenAi,
-        5 => ProviderType::Vllm,
-        6 => ProviderType::Custom,
-        other => {
+    let provider_type = match common::ProviderType::try_from(p.r#type) {
+        Ok(common::ProviderType::Openai) => ProviderType::OpenAi,
+        Ok(common::ProviderType::Anthropic) => ProviderType::Anthropic,
+        Ok(common::ProviderType::Google) => ProviderType::Google,
+        Ok(common::ProviderType::AzureOpenai) => ProviderType::AzureOpenAi,
+        Ok(common::ProviderType::Vllm) => ProviderType::Vllm,
+        Ok(common::ProviderType::Custom) => ProviderType::Custom,
+        Ok(common::ProviderType::Unspecified) | Err(_) => {
             return Err(invalid(format!(
-                "provider {}: unknown type {other}",
-                p.name
+                "provider {}: unknown type {}",
+                p.name, p.r#type
             )));
         }
     };
@@ -454,11 +459,12 @@ fn provider(
     }
     let mut keys = Vec::with_capacity(p.keys.len());
     for k in &p.keys {
-        let retiring = match k.state {
-            1 => false,
-            2 => true,
-            3 => continue,
-            other => {
+        let retiring = match common::ProviderKeyState::try_from(k.state) {
+            Ok(common::ProviderKeyState::Active) => false,
+            Ok(common::ProviderKeyState::Retiring) => true,
+            Ok(common::ProviderKeyState::Revoked) => continue,
+            Ok(common::ProviderKeyState::Unspecified) | Err(_) => {
+                let other = k.state;
                 return Err(invalid(format!(
                     "provider key {}: unknown state {other}",
                     k.id

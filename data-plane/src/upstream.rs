@@ -271,7 +271,7 @@ mod tests {
                 id: "p1".into(),
                 organization_id: "o1".into(),
                 name: "local".into(),
-                r#type: 5,
+                r#type: sluice_proto::common::v1::ProviderType::Vllm as i32,
                 base_url: base_url.into(),
                 timeout_ms: 2_000,
                 allow_private_network,

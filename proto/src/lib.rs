@@ -1,9 +1,19 @@
-//! Generated gRPC code for Sluice's three API packages, and the descriptor set that powers
+//! Generated gRPC code for Sluice's three API packages (and the enums they share), and the descriptor set that powers
 //! server reflection.
+
+pub mod common {
+    pub mod v1 {
+        tonic::include_proto!("sluice.common.v1");
+    }
+}
 
 pub mod admin {
     pub mod v1 {
         tonic::include_proto!("sluice.admin.v1");
+        // The enums the admin API shares with the config stream, where they are defined.
+        pub use crate::common::v1::{
+            BudgetPeriod, Posture, ProviderKeyHealth, ProviderKeyState, ProviderType,
+        };
     }
 }
 
