@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use crate::budget_leases::LeaseBook;
+use crate::budgets::leases::LeaseBook;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
-use crate::usage_spool::UsageSpool;
+use crate::usage::spool::UsageSpool;
 
 pub struct Gateway {
     /// `None` until the first snapshot (from the control plane or from disk) is validated.
-    pub tables: ArcSwapOption<crate::routing_tables::RoutingTables>,
+    pub tables: ArcSwapOption<crate::routing::tables::RoutingTables>,
     pub metrics: Metrics,
     /// Every usage record is written here before its answer leaves.
     pub spool: Arc<UsageSpool>,

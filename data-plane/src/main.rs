@@ -11,16 +11,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use sluice_data_plane::budget_leases::LeaseBook;
-use sluice_data_plane::config_client::{Applier, ConfigClient};
+use sluice_data_plane::budgets::leases::LeaseBook;
+use sluice_data_plane::control::config_client::{Applier, ConfigClient};
+use sluice_data_plane::control::identity::Identity;
+use sluice_data_plane::control::lease_client::LeaseClient;
+use sluice_data_plane::control::usage_reporter::UsageReporter;
 use sluice_data_plane::gateway::Gateway;
-use sluice_data_plane::identity::Identity;
-use sluice_data_plane::lease_client::LeaseClient;
-use sluice_data_plane::server::{ServerLimits, serve};
+use sluice_data_plane::serve::{ServerLimits, serve};
 use sluice_data_plane::settings::Settings;
 use sluice_data_plane::upstream::{UpstreamClient, load_roots};
-use sluice_data_plane::usage_reporter::UsageReporter;
-use sluice_data_plane::usage_spool::UsageSpool;
+use sluice_data_plane::usage::spool::UsageSpool;
 
 /// The Sluice proxy.
 #[derive(Parser)]

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sluice_shared::secret::SecretString;
 use sluice_shared::settings_source::{invalid, parse, prefixed_variables, read_toml};
 
-use crate::usage_spool::{SpoolSettings, WhenFull};
+use crate::usage::spool::{SpoolSettings, WhenFull};
 
 pub use sluice_shared::settings_source::SettingsError;
 

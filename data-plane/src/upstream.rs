@@ -21,7 +21,7 @@ use sluice_shared::upstream_connect::{
 };
 
 use crate::http_body::{Body, full};
-use crate::routing_tables::{CredentialHeader, ProviderEntry};
+use crate::routing::tables::{CredentialHeader, ProviderEntry};
 
 type Connector = hyper_rustls::HttpsConnector<GuardedConnector>;
 
@@ -243,7 +243,7 @@ mod tests {
     use sluice_shared::sealing::{SealingKeyPair, SecretSealer};
 
     use super::*;
-    use crate::routing_tables::RoutingTables;
+    use crate::routing::tables::RoutingTables;
 
     /// A DNS answer that turned hostile after the provider was accepted (rebinding).
     struct Rebound(HashMap<String, IpAddr>);

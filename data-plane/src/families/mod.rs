@@ -7,6 +7,7 @@ pub mod anthropic;
 pub mod azure;
 pub mod gemini;
 pub mod openai;
+pub mod translation;
 
 use std::fmt;
 
@@ -14,8 +15,8 @@ use http::{HeaderName, HeaderValue};
 
 use sluice_shared::families as facts;
 
+use crate::families::translation::ChatTranslation;
 use crate::operation::Operation;
-use crate::translation::ChatTranslation;
 
 /// How a provider is spoken to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,8 +8,8 @@ pub mod translate;
 use sluice_shared::families as facts;
 
 use super::{Family, ProviderRecord, url_under};
+use crate::families::translation::ChatTranslation;
 use crate::operation::Operation;
-use crate::translation::ChatTranslation;
 
 #[derive(Debug)]
 pub struct Anthropic;

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::translation::{ChatChunks, StreamEvents};
+use crate::families::translation::{ChatChunks, StreamEvents};
 
 #[derive(Default)]
 pub struct AnthropicEvents {
@@ -74,7 +74,7 @@ impl StreamEvents for AnthropicEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translation::translate_stream_for_test;
+    use crate::families::translation::translate_stream_for_test;
 
     #[test]
     fn tool_use_streams_become_tool_call_deltas() {

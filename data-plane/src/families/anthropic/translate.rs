@@ -7,13 +7,13 @@ use serde_json::{Map, Value, json};
 
 use super::Anthropic;
 use crate::error_response::GatewayError;
-use crate::operation::Operation;
-use crate::sse::Usage;
-use crate::translation::{
+use crate::families::translation::{
     ChatTranslation, ChunkIdentity, Image, StreamEvents, ToolChoice, arguments_of, choice,
     content_parts, function_tools, image_of, push_turn, refuse, refuse_untranslated,
     stop_sequences, text_of, tool_choice,
 };
+use crate::operation::Operation;
+use crate::sse::Usage;
 
 /// Request fields that carry over (the rest are refused).
 const TRANSLATED: &[&str] = &[

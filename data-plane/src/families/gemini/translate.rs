@@ -14,13 +14,13 @@ use serde_json::{Map, Value, json};
 
 use super::Gemini;
 use crate::error_response::GatewayError;
-use crate::operation::Operation;
-use crate::sse::Usage;
-use crate::translation::{
+use crate::families::translation::{
     ChatChunks, ChatTranslation, ChunkIdentity, Image, StreamEvents, ToolChoice, arguments_of,
     choice, content_parts, function_tools, image_of, push_turn, refuse, refuse_untranslated,
     stop_sequences, text_of, tool_choice,
 };
+use crate::operation::Operation;
+use crate::sse::Usage;
 
 /// Request fields that carry over (the rest are refused).
 const TRANSLATED: &[&str] = &[
@@ -418,7 +418,7 @@ impl StreamEvents for GeminiEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translation::translate_stream_for_test;
+    use crate::families::translation::translate_stream_for_test;
     use sluice_shared::error_code::ErrorCode;
 
     #[test]

@@ -23,9 +23,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::gateway::Gateway;
-use crate::spool_format::{EntryKind, scan};
-use crate::usage_spool::{Read, Segment, UsageSpool, WhenFull};
-use crate::usage_wire::{BatchBuilder, EncodedBatch, REPORT_USAGE_PATH, UsageCodec};
+use crate::usage::spool::{Read, Segment, UsageSpool, WhenFull};
+use crate::usage::spool_format::{EntryKind, scan};
+use crate::usage::wire::{BatchBuilder, EncodedBatch, REPORT_USAGE_PATH, UsageCodec};
 
 /// Batches held in memory at once; the rest waits in the spool.
 const MAX_BATCHES_IN_MEMORY: usize = 4;
@@ -483,7 +483,7 @@ impl UsageReporter {
         let channel = self.channel.clone();
         let (outbound, receiver) = mpsc::channel(16);
         let mut request = tonic::Request::new(ReceiverStream::new(receiver));
-        crate::control_plane_auth::authorize(&mut request, &self.token)?;
+        crate::control::token::authorize(&mut request, &self.token)?;
         let mut grpc = tonic::client::Grpc::new(channel);
         grpc.ready()
             .await
@@ -535,9 +535,9 @@ mod tests {
     use tonic::{Request, Response, Status, Streaming};
 
     use super::*;
-    use crate::budget_leases::LeaseBook;
+    use crate::budgets::leases::LeaseBook;
     use crate::upstream::UpstreamClient;
-    use crate::usage_spool::{SpoolSettings, UsageSpool};
+    use crate::usage::spool::{SpoolSettings, UsageSpool};
 
     /// A control plane that refuses every batch, as it would a reused id with another payload.
     struct Refusing;

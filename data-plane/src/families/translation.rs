@@ -112,7 +112,7 @@ pub fn refuse_untranslated(
 ) -> Result<(), GatewayError> {
     for key in object.keys() {
         if !translated.contains(&key.as_str())
-            && !crate::chat_request::GATEWAY_CONTROL_FIELDS.contains(&key.as_str())
+            && !crate::request::fields::GATEWAY_CONTROL_FIELDS.contains(&key.as_str())
         {
             return Err(refuse(format!(
                 "`{key}` cannot be translated for {family} model: remove it, or call {native}"
@@ -453,7 +453,7 @@ mod tests {
     use serde_json::json;
 
     use crate::families;
-    use crate::routing_tables::ProviderType;
+    use crate::routing::tables::ProviderType;
 
     /// Whatever a client or an upstream sends, translation answers or refuses; it never panics.
     #[test]

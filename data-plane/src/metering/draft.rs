@@ -7,13 +7,13 @@ use std::sync::atomic::Ordering;
 
 use sluice_proto::usage::v1 as pb;
 
-use crate::budget_leases::Reservation;
+use crate::budgets::leases::Reservation;
 use crate::gateway::Gateway;
-use crate::metadata_headers::RequestMetadata;
 use crate::mock_posture::estimate_tokens;
-use crate::routing_tables::ModelEntry;
+use crate::request::metadata::RequestMetadata;
+use crate::routing::tables::ModelEntry;
 use crate::sse::{SseUsageScanner, Usage};
-use crate::usage_spool::StartedMark;
+use crate::usage::spool::StartedMark;
 
 /// What is known before the answer: who, what, where, when.
 pub struct UsageDraft {
@@ -159,7 +159,7 @@ impl UsageDraft {
     }
 }
 
-fn lost(gateway: &Gateway, error: &crate::usage_spool::SpoolError) {
+fn lost(gateway: &Gateway, error: &crate::usage::spool::SpoolError) {
     gateway
         .metrics
         .usage_records_dropped_total

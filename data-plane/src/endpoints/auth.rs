@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use sluice_shared::error_code::ErrorCode;
 
 use crate::error_response::GatewayError;
-use crate::routing_tables::{ProjectEntry, RoutingTables, VirtualKeyEntry};
+use crate::routing::tables::{ProjectEntry, RoutingTables, VirtualKeyEntry};
 
 /// The caller, resolved against one version of the tables.
 pub struct Caller<'t> {

@@ -12,7 +12,7 @@ use sluice_proto::usage::v1::lease_service_client::LeaseServiceClient;
 use sluice_shared::secret::SecretString;
 use tonic::transport::Channel;
 
-use crate::budget_leases::Grant;
+use crate::budgets::leases::Grant;
 use crate::gateway::Gateway;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,7 +98,7 @@ impl LeaseClient {
             epoch: self.gateway.leases.epoch,
             uses,
         });
-        crate::control_plane_auth::authorize(&mut request, &self.token)?;
+        crate::control::token::authorize(&mut request, &self.token)?;
         request.set_timeout(CALL_TIMEOUT);
         let response = tokio::time::timeout(CALL_TIMEOUT, client.acquire(request))
             .await

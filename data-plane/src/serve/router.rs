@@ -8,8 +8,8 @@ use hyper::body::Incoming;
 use serde_json::json;
 use sluice_shared::error_code::ErrorCode;
 
-use crate::auth::authenticate;
-use crate::chat::{
+use crate::endpoints::auth::authenticate;
+use crate::endpoints::{
     chat_completions, embeddings, gemini_route, generate_content, messages, responses,
 };
 use crate::error_response::GatewayError;
@@ -90,7 +90,7 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
 /// The answer to a request head the connection's guard refused (`head_guard`), in the shape of
 /// the endpoint it was for; a path this process did not make is just not found.
 fn refused(path: &str) -> GatewayError {
-    match crate::head_guard::read_refused(path) {
+    match crate::serve::head_guard::read_refused(path) {
         Some((refusal, shape)) => {
             let code = if refusal.is_size() {
                 ErrorCode::HeadersTooLarge

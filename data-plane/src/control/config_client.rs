@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use crate::control::identity::Identity;
+use crate::control::snapshot_file;
 use crate::gateway::Gateway;
-use crate::identity::Identity;
-use crate::routing_tables::{InvalidSnapshot, RoutingTables};
-use crate::snapshot_file;
+use crate::routing::tables::{InvalidSnapshot, RoutingTables};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -141,7 +141,7 @@ impl ConfigClient {
         };
         send(&outbound, pb::stream_config_request::Message::Hello(hello)).await?;
         let mut request = tonic::Request::new(ReceiverStream::new(receiver));
-        crate::control_plane_auth::authorize(&mut request, &self.token)
+        crate::control::token::authorize(&mut request, &self.token)
             .map_err(|_| SessionError::BadToken)?;
         let mut inbound = ConfigServiceClient::new(channel)
             .stream_config(request)
@@ -209,7 +209,7 @@ mod tests {
 
     use super::*;
     use crate::upstream::UpstreamClient;
-    use crate::usage_spool::{SpoolSettings, UsageSpool, WhenFull};
+    use crate::usage::spool::{SpoolSettings, UsageSpool, WhenFull};
 
     fn snapshot(version: u64, identity: &Identity) -> pb::Snapshot {
         let sealer = SecretSealer::for_recipient(&identity.sealing.public_bytes()).unwrap();
@@ -236,7 +236,7 @@ mod tests {
             spool,
             UpstreamClient::new(),
             1024,
-            crate::budget_leases::LeaseBook::new(1, std::time::Duration::from_millis(10)),
+            crate::budgets::leases::LeaseBook::new(1, std::time::Duration::from_millis(10)),
             4096,
         );
         let applier = Applier {

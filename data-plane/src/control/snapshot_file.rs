@@ -9,7 +9,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use sluice_proto::config::v1 as pb;
 
-use crate::identity::{IdentityError, write_private};
+use crate::control::identity::{IdentityError, write_private};
 
 const MAGIC: &[u8] = b"SLSNAP1\n";
 const FILE: &str = "snapshot.bin";

@@ -7,6 +7,12 @@
 //! hands each new connection to the next thread in turn. A request then runs start to finish
 //! on one thread: no work stealing, no wake-ups across threads, no frees on another thread
 //! than the allocation — which the benchmark showed costing more than the request itself.
+//!
+//! Beside it: [`head_guard`] reads each request head before hyper does, and [`router`] parses
+//! the route once and answers health, metrics and every error.
+
+pub mod head_guard;
+pub mod router;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,8 +30,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::gateway::Gateway;
-use crate::head_guard::HeadGuard;
-use crate::router::route;
+use crate::serve::head_guard::HeadGuard;
+use crate::serve::router::route;
 
 pub struct ServerLimits {
     pub max_connections: usize,

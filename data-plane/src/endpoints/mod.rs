@@ -1,6 +1,12 @@
 //! The endpoints that answer model calls (chat completions, embeddings, the Responses API,
 //! Anthropic's Messages, Gemini's generateContent): authenticate, read and parse the body,
-//! resolve the model, then answer from the MOCK posture or hand over to [`crate::forward`].
+//! resolve the model, then answer from the MOCK posture or hand over to [`crate::pipeline::attempts`].
+//!
+//! Beside them: where each endpoint's key travels ([`auth`]) and its request body read within
+//! bounds ([`request_body`]), to be parsed by [`crate::request`].
+
+pub mod auth;
+pub mod request_body;
 
 use std::sync::Arc;
 
@@ -9,19 +15,19 @@ use hyper::body::Incoming;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
 
-use crate::auth::{Caller, authenticate, authenticate_anthropic, authenticate_gemini};
-use crate::chat_request::ChatRequest;
+use crate::endpoints::auth::{Caller, authenticate, authenticate_anthropic, authenticate_gemini};
 use crate::error_response::{ErrorShape, GatewayError};
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
-use crate::metadata_headers::RequestMetadata;
+use crate::metering::draft::UsageDraft;
 use crate::mock_posture;
 use crate::operation::Operation;
-use crate::routing_tables::{
+use crate::request::fields::ChatRequest;
+use crate::request::metadata::RequestMetadata;
+use crate::routing::tables::{
     BudgetEntry, DeploymentEntry, ModelEntry, Posture, ProviderEntry, RoutingTables,
 };
 use crate::sse::Usage;
-use crate::usage::UsageDraft;
 
 /// Whether a deployment serves `operation`: in its family's own format, or — chat
 /// completions — through the family's translation.
@@ -101,7 +107,7 @@ async fn serve(
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = request.into_parts();
     let Some(tables) = gateway.tables.load_full() else {
-        crate::request_body::drain_refused(body).await;
+        crate::endpoints::request_body::drain_refused(body).await;
         return Err(GatewayError::new(
             ErrorCode::NotReady,
             "this proxy has no config yet; retry shortly",
@@ -110,7 +116,7 @@ async fn serve(
     let (caller, metadata) = match identify(&tables, &parts, operation) {
         Ok(identified) => identified,
         Err(error) => {
-            crate::request_body::drain_refused(body).await;
+            crate::endpoints::request_body::drain_refused(body).await;
             return Err(error);
         }
     };
@@ -121,7 +127,8 @@ async fn serve(
     } else {
         String::new()
     };
-    let body = crate::request_body::read(gateway.max_body_bytes, &parts.headers, body).await?;
+    let body =
+        crate::endpoints::request_body::read(gateway.max_body_bytes, &parts.headers, body).await?;
     let chat = match operation {
         Operation::ChatCompletions => ChatRequest::parse(&body)?,
         Operation::Embeddings => ChatRequest::parse_embeddings(&body)?,
@@ -169,7 +176,8 @@ async fn serve(
                 operation,
             )
             .await?;
-            crate::forward::forward(gateway, &tables, model, &chat, draft, operation).await
+            crate::pipeline::attempts::forward(gateway, &tables, model, &chat, draft, operation)
+                .await
         }
     }
 }
@@ -186,7 +194,7 @@ async fn admit(
     chat: &ChatRequest<'_>,
     body_len: usize,
     operation: Operation,
-) -> Result<Option<crate::budget_leases::Reservation>, GatewayError> {
+) -> Result<Option<crate::budgets::leases::Reservation>, GatewayError> {
     if tables.budgets.is_empty() {
         return Ok(None);
     }
@@ -207,7 +215,8 @@ async fn admit(
         },
         ..Usage::default()
     };
-    let most = crate::usage::cost_micros(usage, crate::usage::Prices::of(model));
+    let most =
+        crate::metering::draft::cost_micros(usage, crate::metering::draft::Prices::of(model));
     gateway.leases.reserve(&budgets, most).await.map(Some)
 }
 
@@ -245,7 +254,7 @@ fn identify<'t>(
         }
         _ => authenticate(tables, &parts.headers, now_us)?,
     };
-    Ok((caller, crate::metadata_headers::read(&parts.headers)?))
+    Ok((caller, crate::request::metadata::read(&parts.headers)?))
 }
 
 fn resolve_model<'t>(

@@ -20,7 +20,7 @@ use memmap2::MmapRaw;
 use prost::Message;
 use sluice_proto::usage::v1 as pb;
 
-use crate::spool_format::{
+use crate::usage::spool_format::{
     COMMIT_LEN, COMMITTED, EntryKind, HEADER_LEN, PAYLOAD_IN_BODY, committed_header, entry_len,
     seal_body,
 };
@@ -480,7 +480,7 @@ impl UsageSpool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool_format::scan;
+    use crate::usage::spool_format::scan;
 
     fn settings(dir: &Path, segment_bytes: usize, max_bytes: u64) -> SpoolSettings {
         SpoolSettings {

@@ -17,8 +17,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::gateway::Gateway;
 use crate::http_body::BoxError;
+use crate::metering::draft::UsageDraft;
 use crate::sse::SseUsageScanner;
-use crate::usage::UsageDraft;
 
 pub struct MeteredBody {
     inner: Incoming,

@@ -16,7 +16,7 @@ use sluice_shared::error_code::ErrorCode;
 use tokio::sync::Notify;
 
 use crate::error_response::GatewayError;
-use crate::routing_tables::BudgetEntry;
+use crate::routing::tables::BudgetEntry;
 
 /// No lease yet for any window.
 const NO_WINDOW: i64 = i64::MIN;

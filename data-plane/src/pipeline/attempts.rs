@@ -16,19 +16,19 @@ use sluice_shared::credential_scrub::CredentialScrubber;
 use sluice_shared::error_code::ErrorCode;
 use sluice_shared::upstream_answer::rejects_key;
 
-use crate::chat_request::ChatRequest;
 use crate::error_response::GatewayError;
+use crate::families::translation::{ChatChunks, ChatTranslation, ChunkIdentity, TranslatedStream};
 use crate::gateway::Gateway;
 use crate::http_body::{Body, BoxError, full};
-use crate::metered_body::MeteredBody;
+use crate::metering::draft::UsageDraft;
+use crate::metering::metered_body::MeteredBody;
 use crate::operation::Operation;
-use crate::routing_tables::{
+use crate::request::fields::ChatRequest;
+use crate::routing::tables::{
     DeploymentEntry, ModelEntry, ProviderEntry, ProviderKeyEntry, RoutingTables,
 };
 use crate::sse::Usage;
-use crate::translation::{ChatChunks, ChatTranslation, ChunkIdentity, TranslatedStream};
 use crate::upstream::UpstreamError;
-use crate::usage::UsageDraft;
 
 /// Largest non-streamed upstream answer read into memory.
 const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;

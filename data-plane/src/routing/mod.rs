@@ -1,0 +1,3 @@
+//! Everything the request path reads about where a request may go, built once per config version: the routing tables from a validated snapshot.
+
+pub mod tables;
