@@ -132,3 +132,57 @@ impl GatewayError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+
+    use super::*;
+
+    async fn body_of(error: GatewayError) -> (u16, Value) {
+        let response = error.into_response("req-1");
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Each endpoint's clients parse errors in their provider's shape; every shape carries the
+    /// code, the next move and the request id.
+    #[tokio::test]
+    async fn errors_take_the_shape_of_the_endpoint() {
+        let error = || {
+            GatewayError::new(
+                ErrorCode::BudgetExceeded,
+                "budget acme/web (month) is spent",
+            )
+            .with_param("model")
+        };
+        let (status, openai) = body_of(error()).await;
+        assert_eq!(status, 429);
+        assert_eq!(openai["error"]["code"], "budget_exceeded");
+        assert_eq!(openai["error"]["type"], "rate_limit_error");
+        assert_eq!(openai["error"]["param"], "model");
+        assert_eq!(openai["error"]["next_action"], "fix");
+        assert_eq!(openai["error"]["request_id"], "req-1");
+
+        let (_, anthropic) = body_of(error().in_shape(ErrorShape::Anthropic)).await;
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "rate_limit_error");
+        assert_eq!(anthropic["error"]["code"], "budget_exceeded");
+        assert_eq!(anthropic["request_id"], "req-1");
+
+        let (_, gemini) = body_of(error().in_shape(ErrorShape::Gemini)).await;
+        assert_eq!(gemini["error"]["code"], 429);
+        assert_eq!(gemini["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(gemini["error"]["sluice_code"], "budget_exceeded");
+        assert_eq!(gemini["error"]["request_id"], "req-1");
+
+        let (status, too_large) = body_of(
+            GatewayError::new(ErrorCode::HeadersTooLarge, "x").in_shape(ErrorShape::Anthropic),
+        )
+        .await;
+        assert_eq!(status, 431);
+        assert_eq!(too_large["error"]["type"], "request_too_large");
+    }
+}

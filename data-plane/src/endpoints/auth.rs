@@ -101,3 +101,110 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue, Uri};
+
+    use super::*;
+    use crate::routing::tests::{VIRTUAL_KEY, fixture};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    http::HeaderName::from_static(name),
+                    HeaderValue::from_str(value).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Where each endpoint's SDK puts the virtual key: OpenAI's as a Bearer token; Anthropic's
+    /// as `x-api-key` (or Bearer); Gemini's as `x-goog-api-key`, `?key=` or Bearer.
+    #[test]
+    fn each_endpoint_finds_the_key_where_its_sdk_sends_it() {
+        let fixture = fixture();
+        let tables = RoutingTables::build(&fixture.snapshot, &fixture.sealing, &[]).unwrap();
+        let bearer = format!("Bearer {VIRTUAL_KEY}");
+        let plain = Uri::from_static("/v1beta/models/m:generateContent");
+        let query: Uri = format!("/v1beta/models/m:generateContent?key={VIRTUAL_KEY}")
+            .parse()
+            .unwrap();
+        let found =
+            |result: Result<Caller<'_>, GatewayError>| result.map(|c| c.key.id.clone()).ok();
+
+        assert_eq!(
+            found(authenticate(
+                &tables,
+                &headers(&[("authorization", &bearer)]),
+                0
+            )),
+            Some("v1".into())
+        );
+        assert_eq!(
+            found(authenticate(
+                &tables,
+                &headers(&[("x-api-key", VIRTUAL_KEY)]),
+                0
+            )),
+            None
+        );
+
+        assert_eq!(
+            found(authenticate_anthropic(
+                &tables,
+                &headers(&[("x-api-key", VIRTUAL_KEY)]),
+                0
+            )),
+            Some("v1".into())
+        );
+        assert_eq!(
+            found(authenticate_anthropic(
+                &tables,
+                &headers(&[("authorization", &bearer)]),
+                0
+            )),
+            Some("v1".into())
+        );
+
+        assert_eq!(
+            found(authenticate_gemini(
+                &tables,
+                &headers(&[("x-goog-api-key", VIRTUAL_KEY)]),
+                &plain,
+                0
+            )),
+            Some("v1".into())
+        );
+        assert_eq!(
+            found(authenticate_gemini(&tables, &HeaderMap::new(), &query, 0)),
+            Some("v1".into())
+        );
+        assert_eq!(
+            found(authenticate_gemini(
+                &tables,
+                &headers(&[("authorization", &bearer)]),
+                &plain,
+                0
+            )),
+            Some("v1".into())
+        );
+
+        for refused in [
+            authenticate(&tables, &HeaderMap::new(), 0),
+            authenticate(
+                &tables,
+                &headers(&[("authorization", "Bearer sk-sluice-wrong")]),
+                0,
+            ),
+            authenticate_gemini(&tables, &HeaderMap::new(), &plain, 0),
+        ] {
+            assert_eq!(
+                refused.err().map(|e| e.code),
+                Some(ErrorCode::InvalidApiKey)
+            );
+        }
+    }
+}

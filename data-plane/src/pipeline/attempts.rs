@@ -628,3 +628,62 @@ fn copy_response_headers(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_proto::config::v1 as pb;
+
+    use super::*;
+
+    /// Model `m` with deployments `a` (weight 1) and `b` (weight 3) at priority 0, and `c` at
+    /// priority 1, all on the fixture's provider.
+    fn tables() -> RoutingTables {
+        let mut fixture = crate::routing::tests::fixture();
+        let deployment = |upstream_model: &str, weight, priority| pb::DeploymentConfig {
+            provider_id: "pr1".into(),
+            upstream_model: upstream_model.into(),
+            weight,
+            priority,
+        };
+        fixture.snapshot.models[0].deployments = vec![
+            deployment("c", 1, 1),
+            deployment("a", 1, 0),
+            deployment("b", 3, 0),
+        ];
+        RoutingTables::build(&fixture.snapshot, &fixture.sealing, &[]).unwrap()
+    }
+
+    #[test]
+    fn priorities_come_in_order_and_weights_share_the_first_place() {
+        let tables = tables();
+        let model = &tables.models[0];
+        const DRAWS: usize = 4000;
+        let mut b_first = 0;
+        for _ in 0..DRAWS {
+            let order: Vec<&str> = attempt_order(&tables, model)
+                .iter()
+                .map(|d| d.upstream_model.as_str())
+                .collect();
+            assert_eq!(order.len(), 3, "{order:?}");
+            assert_eq!(order[2], "c", "the fallback priority comes last: {order:?}");
+            if order[0] == "b" {
+                b_first += 1;
+            }
+        }
+        // Weight 3 of 4: first three times in four. Four standard deviations of a binomial
+        // over 4000 draws is about 2.7 percentage points.
+        let share = b_first as f64 / DRAWS as f64;
+        assert!(
+            (0.72..=0.78).contains(&share),
+            "b first in {share:.3} of draws"
+        );
+    }
+
+    #[test]
+    fn a_provider_without_a_usable_key_is_passed_over() {
+        let mut fixture = crate::routing::tests::fixture();
+        fixture.snapshot.providers[0].keys.clear();
+        let tables = RoutingTables::build(&fixture.snapshot, &fixture.sealing, &[]).unwrap();
+        assert!(attempt_order(&tables, &tables.models[0]).is_empty());
+    }
+}

@@ -1,0 +1,239 @@
+//! Snapshot → tables, table-driven like go-control-plane's consistency checks: a valid
+//! snapshot builds, and each rule turns one mutation of it into a refusal that says what is
+//! wrong (the text the NACK carries back to the control plane).
+
+use sluice_proto::common::v1 as common;
+use sluice_proto::config::v1 as pb;
+use sluice_shared::sealing::{SealingKeyPair, SecretSealer};
+use sluice_shared::secret::SecretString;
+
+use super::tables::RoutingTables;
+
+/// The fixture's virtual key (its snapshot holds only the hash).
+pub(crate) const VIRTUAL_KEY: &str = "sk-sluice-fixture";
+
+/// A valid snapshot (one org, LIVE project, OpenAI provider with a key, model `m`, a virtual key
+/// and a budget), and the proxy key pair its secrets are sealed to; other tests start from it.
+pub(crate) struct Fixture {
+    pub sealing: SealingKeyPair,
+    pub snapshot: pb::Snapshot,
+}
+
+pub(crate) fn fixture() -> Fixture {
+    let sealing = SealingKeyPair::generate();
+    let sealer = SecretSealer::for_recipient(&sealing.public_bytes()).unwrap();
+    let sealed = sealer
+        .seal("k1", &SecretString::new("sk-test".into()))
+        .unwrap();
+    let snapshot = pb::Snapshot {
+        version: 3,
+        generated_at_us: 1,
+        sealing_public_key: sealer.sender_public().to_vec(),
+        projects: vec![pb::ProjectConfig {
+            id: "p1".into(),
+            organization_id: "o1".into(),
+            name: "web".into(),
+            posture: common::Posture::Live as i32,
+            default_model: "m".into(),
+        }],
+        providers: vec![pb::ProviderConfig {
+            id: "pr1".into(),
+            organization_id: "o1".into(),
+            name: "openai".into(),
+            r#type: common::ProviderType::Openai as i32,
+            base_url: "https://api.openai.com/v1".into(),
+            timeout_ms: 1000,
+            keys: vec![pb::ProviderKeyConfig {
+                id: "k1".into(),
+                state: common::ProviderKeyState::Active as i32,
+                sealed_secret: sealed,
+            }],
+            ..Default::default()
+        }],
+        models: vec![pb::ModelConfig {
+            id: "m1".into(),
+            organization_id: "o1".into(),
+            name: "m".into(),
+            deployments: vec![pb::DeploymentConfig {
+                provider_id: "pr1".into(),
+                upstream_model: "gpt-4o-mini".into(),
+                weight: 1,
+                priority: 0,
+            }],
+            ..Default::default()
+        }],
+        virtual_keys: vec![pb::VirtualKeyConfig {
+            id: "v1".into(),
+            project_id: "p1".into(),
+            key_hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(VIRTUAL_KEY)),
+            ..Default::default()
+        }],
+        budgets: vec![pb::BudgetConfig {
+            id: "b1".into(),
+            scope_id: "p1".into(),
+            period: common::BudgetPeriod::Month as i32,
+            name: "o1/web (month)".into(),
+        }],
+    };
+    Fixture { sealing, snapshot }
+}
+
+type Mutation = fn(&mut pb::Snapshot);
+
+#[test]
+fn every_rule_refuses_what_it_guards_and_says_so() {
+    let base = fixture();
+    RoutingTables::build(&base.snapshot, &base.sealing, &[]).expect("the base snapshot is valid");
+    let cases: &[(&str, Mutation, &str)] = &[
+        ("version 0", |s| s.version = 0, "version 0"),
+        (
+            "no sealing key",
+            |s| s.sealing_public_key.clear(),
+            "sealing key",
+        ),
+        (
+            "a provider twice",
+            |s| s.providers.push(s.providers[0].clone()),
+            "appears twice",
+        ),
+        (
+            "a project twice",
+            |s| s.projects.push(s.projects[0].clone()),
+            "appears twice",
+        ),
+        (
+            "unknown posture",
+            |s| s.projects[0].posture = 9,
+            "unknown posture",
+        ),
+        (
+            "unspecified posture",
+            |s| s.projects[0].posture = 0,
+            "unknown posture",
+        ),
+        (
+            "unknown provider type",
+            |s| s.providers[0].r#type = 42,
+            "unknown type",
+        ),
+        (
+            "base URL not http(s)",
+            |s| s.providers[0].base_url = "ftp://x.example".into(),
+            "plain http(s)",
+        ),
+        (
+            "base URL with a query",
+            |s| s.providers[0].base_url = "https://x.example/?k=1".into(),
+            "plain http(s)",
+        ),
+        (
+            "base URL unparsable",
+            |s| s.providers[0].base_url = "::".into(),
+            "base_url",
+        ),
+        (
+            "bad header name",
+            |s| {
+                s.providers[0]
+                    .extra_headers
+                    .insert("bad header".into(), "v".into());
+            },
+            "bad header name",
+        ),
+        (
+            "bad header value",
+            |s| {
+                s.providers[0]
+                    .extra_headers
+                    .insert("x-ok".into(), "line\nbreak".into());
+            },
+            "bad value for header",
+        ),
+        (
+            "unknown key state",
+            |s| s.providers[0].keys[0].state = 7,
+            "unknown state",
+        ),
+        (
+            "a sealed key that does not open",
+            |s| s.providers[0].keys[0].sealed_secret = vec![1, 2, 3],
+            "provider key k1",
+        ),
+        (
+            "a model name twice",
+            |s| s.models.push(s.models[0].clone()),
+            "appears twice",
+        ),
+        (
+            "a deployment without a model",
+            |s| s.models[0].deployments[0].upstream_model.clear(),
+            "no upstream model",
+        ),
+        (
+            "a negative price",
+            |s| s.models[0].input_price_micros_per_mtok = -1,
+            "negative price",
+        ),
+        (
+            "a key hash that is not hex",
+            |s| s.virtual_keys[0].key_hash = "xyz".into(),
+            "64 hex digits",
+        ),
+        (
+            "a key for a missing project",
+            |s| s.virtual_keys[0].project_id = "nope".into(),
+            "missing project",
+        ),
+        (
+            "a key hash twice",
+            |s| {
+                let mut twin = s.virtual_keys[0].clone();
+                twin.id = "v2".into();
+                s.virtual_keys.push(twin);
+            },
+            "appears twice",
+        ),
+        (
+            "unknown budget period",
+            |s| s.budgets[0].period = 0,
+            "unknown period",
+        ),
+        (
+            "a budget without a scope",
+            |s| s.budgets[0].scope_id.clear(),
+            "without an id or a scope",
+        ),
+    ];
+    for (rule, mutate, says) in cases {
+        let mut snapshot = base.snapshot.clone();
+        mutate(&mut snapshot);
+        let refused = RoutingTables::build(&snapshot, &base.sealing, &[])
+            .err()
+            .unwrap_or_else(|| panic!("{rule}: accepted"));
+        assert!(refused.0.contains(says), "{rule}: {refused}");
+    }
+    // A proxy's own allowlist of upstream hosts is a rule too.
+    let refused =
+        RoutingTables::build(&base.snapshot, &base.sealing, &["api.anthropic.com".into()])
+            .err()
+            .unwrap();
+    assert!(refused.0.contains("allowlist"), "{refused}");
+}
+
+#[test]
+fn what_is_not_an_error_is_left_out_not_refused() {
+    let base = fixture();
+    let mut snapshot = base.snapshot.clone();
+    // A deployment on a provider absent from the snapshot (inactive) is unusable, not wrong;
+    // a revoked key is not served.
+    snapshot.models[0].deployments.push(pb::DeploymentConfig {
+        provider_id: "gone".into(),
+        upstream_model: "x".into(),
+        weight: 1,
+        priority: 1,
+    });
+    snapshot.providers[0].keys[0].state = common::ProviderKeyState::Revoked as i32;
+    let tables = RoutingTables::build(&snapshot, &base.sealing, &[]).unwrap();
+    assert_eq!(tables.models[0].deployments.len(), 1);
+    assert!(tables.providers[0].keys.is_empty());
+}
