@@ -1,6 +1,7 @@
 //! The endpoints that answer model calls (chat completions, embeddings, the Responses API,
 //! Anthropic's Messages, Gemini's generateContent): authenticate, read and parse the body,
-//! resolve the model, then answer from the MOCK posture or hand over to [`crate::pipeline::attempts`].
+//! resolve the model, then answer from the MOCK posture or hand over to
+//! [`crate::pipeline::attempts`].
 //!
 //! Beside them: where each endpoint's key travels ([`auth`]) and its request body read within
 //! bounds ([`request_body`]), to be parsed by [`crate::request`].

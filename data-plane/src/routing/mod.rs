@@ -1,4 +1,5 @@
-//! Everything the request path reads about where a request may go, built once per config version: the routing tables from a validated snapshot.
+//! Everything the request path reads about where a request may go, built once per config version:
+//! the routing tables from a validated snapshot.
 
 pub mod tables;
 
