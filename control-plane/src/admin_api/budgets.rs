@@ -1,9 +1,7 @@
 //! Budget requests at the edge: validated and converted between the wire and the store.
 
-use sluice_proto::admin::v1 as pb;
-use tonic::Status;
+use super::*;
 
-use super::names;
 use crate::store::{self, BudgetPeriod, BudgetPosture, BudgetTarget};
 
 const MAX_ALERTS: usize = 10;
@@ -118,4 +116,116 @@ impl From<store::Budget> for pb::Budget {
             leases: b.leases,
         }
     }
+}
+
+// === the RPCs ===
+
+pub(super) async fn create_budget<S: Store>(
+    api: &AdminApi<S>,
+    request: Request<pb::CreateBudgetRequest>,
+) -> Reply<pb::CreateBudgetResponse> {
+    let actor = actor(&request)?;
+    let req = request.into_inner();
+    let new = store::NewBudget {
+        target: budgets::target(req.target)?,
+        period: budgets::period(req.period)?,
+        limit_micros: budgets::limit(req.limit_micros)?,
+        posture: budgets::posture(req.posture)?.ok_or_else(|| {
+            Status::invalid_argument("posture: hard (refuse once spent) or soft (alert only)")
+        })?,
+        alert_percents: budgets::alert_percents(req.alert_percents)?,
+    };
+    let audit =
+        Audit::new(&actor, "budget.create", new.period.label(&new.target)).with_detail(format!(
+            "{} micro-dollars, {}",
+            new.limit_micros,
+            new.posture.as_str().to_lowercase()
+        ));
+    let budget = api
+        .store
+        .create_budget(new, sluice_shared::time::now_us(), audit)
+        .await
+        .map_err(store_status)?;
+    reply(pb::CreateBudgetResponse {
+        budget: Some(budget.into()),
+    })
+}
+
+pub(super) async fn list_budgets<S: Store>(
+    api: &AdminApi<S>,
+    request: Request<pb::ListBudgetsRequest>,
+) -> Reply<pb::ListBudgetsResponse> {
+    let req = request.into_inner();
+    names(&[("organization", &req.organization)])?;
+    let budgets = api
+        .store
+        .list_budgets(&req.organization, sluice_shared::time::now_us())
+        .await
+        .map_err(store_status)?;
+    reply(pb::ListBudgetsResponse {
+        budgets: budgets.into_iter().map(Into::into).collect(),
+    })
+}
+
+pub(super) async fn update_budget<S: Store>(
+    api: &AdminApi<S>,
+    request: Request<pb::UpdateBudgetRequest>,
+) -> Reply<pb::UpdateBudgetResponse> {
+    let actor = actor(&request)?;
+    let req = request.into_inner();
+    let target = budgets::target(req.target)?;
+    let period = budgets::period(req.period)?;
+    let patch = store::BudgetPatch {
+        limit_micros: req.limit_micros.map(budgets::limit).transpose()?,
+        posture: budgets::posture(req.posture)?,
+        alert_percents: if req.replace_alert_percents {
+            Some(budgets::alert_percents(req.alert_percents)?)
+        } else {
+            None
+        },
+    };
+    let audit = Audit::new(&actor, "budget.update", period.label(&target));
+    let budget = api
+        .store
+        .update_budget(&target, period, patch, sluice_shared::time::now_us(), audit)
+        .await
+        .map_err(store_status)?;
+    reply(pb::UpdateBudgetResponse {
+        budget: Some(budget.into()),
+    })
+}
+
+pub(super) async fn delete_budget<S: Store>(
+    api: &AdminApi<S>,
+    request: Request<pb::DeleteBudgetRequest>,
+) -> Reply<pb::DeleteBudgetResponse> {
+    let actor = actor(&request)?;
+    let req = request.into_inner();
+    let target = budgets::target(req.target)?;
+    let period = budgets::period(req.period)?;
+    let audit = Audit::new(&actor, "budget.delete", period.label(&target));
+    api.store
+        .delete_budget(&target, period, audit)
+        .await
+        .map_err(store_status)?;
+    reply(pb::DeleteBudgetResponse {})
+}
+
+pub(super) async fn delete_model<S: Store>(
+    api: &AdminApi<S>,
+    request: Request<pb::DeleteModelRequest>,
+) -> Reply<pb::DeleteModelResponse> {
+    let actor = actor(&request)?;
+    let req = request.into_inner();
+    names(&[("organization", &req.organization), ("name", &req.name)])?;
+    let audit = Audit::new(
+        &actor,
+        "model.delete",
+        format!("{}/{}", req.organization, req.name),
+    );
+    api.store
+        .delete_model(&req.organization, &req.name, audit)
+        .await
+        .map_err(store_status)?;
+    reply(pb::DeleteModelResponse {})
 }

@@ -1,9 +1,7 @@
 //! Usage queries at the edge: filters validated, groups converted, totals sent back.
 
-use sluice_proto::admin::v1 as pb;
-use tonic::Status;
+use super::*;
 
-use super::names;
 use crate::store::{UsageGroup, UsageQuery, UsageTotals};
 
 const MAX_ROWS: u32 = 10_000;
@@ -78,4 +76,18 @@ impl From<UsageTotals> for pb::UsageTotals {
             failed_requests: count(t.failed_requests),
         }
     }
+}
+
+// === the RPCs ===
+
+pub(super) async fn query_usage<S: Store>(
+    api: &AdminApi<S>,
+    request: Request<pb::QueryUsageRequest>,
+) -> Reply<pb::QueryUsageResponse> {
+    let query = usage_query::query(request.into_inner(), sluice_shared::time::now_us())?;
+    let (rows, total) = api.store.query_usage(query).await.map_err(store_status)?;
+    reply(pb::QueryUsageResponse {
+        rows: rows.into_iter().map(Into::into).collect(),
+        total: Some(total.into()),
+    })
 }
