@@ -1,0 +1,160 @@
+//! `sluicectl project`: projects and their posture.
+
+use crate::*;
+
+#[derive(Subcommand)]
+pub(crate) enum ProjectCommand {
+    /// Create a project; it starts in MOCK posture.
+    Create {
+        /// ORG/NAME
+        path: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[arg(long, default_value = "")]
+        default_model: String,
+    },
+    Get {
+        path: String,
+    },
+    List {
+        org: String,
+    },
+    Update {
+        path: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        /// An empty value clears it.
+        #[arg(long)]
+        default_model: Option<String>,
+    },
+    Delete {
+        path: String,
+    },
+    /// MOCK (no upstream calls, no cost) or LIVE (real calls, real money).
+    SetPosture {
+        path: String,
+        posture: PostureArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum PostureArg {
+    Mock,
+    Live,
+}
+
+pub(crate) const PROJECT_COLUMNS: &[&str] = &[
+    "organization",
+    "name",
+    "posture",
+    "default_model",
+    "created_at",
+];
+
+pub(crate) fn project_row(p: pb::Project) -> Vec<Value> {
+    let posture = pb::Posture::try_from(p.posture)
+        .map(|p| p.as_str_name())
+        .unwrap_or("?");
+    vec![
+        json!(p.organization),
+        json!(p.name),
+        json!(posture.trim_start_matches("POSTURE_")),
+        json!(p.default_model),
+        time(p.created_at_us),
+    ]
+}
+
+pub(crate) async fn project(
+    client: &mut Client,
+    command: ProjectCommand,
+) -> anyhow::Result<Listing> {
+    Ok(match command {
+        ProjectCommand::Create {
+            path: p,
+            display_name,
+            default_model,
+        } => {
+            let [organization, name] = path::<2>(&p, "ORG/NAME")?;
+            let response = client
+                .create_project(pb::CreateProjectRequest {
+                    organization,
+                    name,
+                    display_name,
+                    default_model,
+                })
+                .await?;
+            Listing::one(
+                PROJECT_COLUMNS,
+                project_row(required(response.into_inner().project)?),
+            )
+        }
+        ProjectCommand::Get { path: p } => {
+            let [organization, name] = path::<2>(&p, "ORG/NAME")?;
+            let response = client
+                .get_project(pb::GetProjectRequest { organization, name })
+                .await?;
+            Listing::one(
+                PROJECT_COLUMNS,
+                project_row(required(response.into_inner().project)?),
+            )
+        }
+        ProjectCommand::List { org } => {
+            let response = client
+                .list_projects(pb::ListProjectsRequest { organization: org })
+                .await?;
+            Listing::many(
+                PROJECT_COLUMNS,
+                response
+                    .into_inner()
+                    .projects
+                    .into_iter()
+                    .map(project_row)
+                    .collect(),
+            )
+        }
+        ProjectCommand::Update {
+            path: p,
+            display_name,
+            default_model,
+        } => {
+            let [organization, name] = path::<2>(&p, "ORG/NAME")?;
+            let response = client
+                .update_project(pb::UpdateProjectRequest {
+                    organization,
+                    name,
+                    display_name,
+                    default_model,
+                })
+                .await?;
+            Listing::one(
+                PROJECT_COLUMNS,
+                project_row(required(response.into_inner().project)?),
+            )
+        }
+        ProjectCommand::Delete { path: p } => {
+            let [organization, name] = path::<2>(&p, "ORG/NAME")?;
+            client
+                .delete_project(pb::DeleteProjectRequest { organization, name })
+                .await?;
+            deleted("project", &p)
+        }
+        ProjectCommand::SetPosture { path: p, posture } => {
+            let [organization, name] = path::<2>(&p, "ORG/NAME")?;
+            let posture = match posture {
+                PostureArg::Mock => pb::Posture::Mock,
+                PostureArg::Live => pb::Posture::Live,
+            } as i32;
+            let response = client
+                .set_project_posture(pb::SetProjectPostureRequest {
+                    organization,
+                    name,
+                    posture,
+                })
+                .await?;
+            Listing::one(
+                PROJECT_COLUMNS,
+                project_row(required(response.into_inner().project)?),
+            )
+        }
+    })
+}
