@@ -9,14 +9,22 @@ use std::time::{Duration, Instant};
 use crate::control_plane::{Acme, ControlPlane, ControlPlaneBuilder};
 use crate::{mock_openai, proxy};
 
-/// A fresh mock OpenAI upstream, control plane (SQLite in the returned directory) and LIVE
-/// project `acme/web`, the provider holding `provider_key`.
-pub type LiveStack = (
-    mock_openai::MockOpenAi,
-    tempfile::TempDir,
-    ControlPlane,
-    Acme,
-);
+/// A fresh mock OpenAI upstream, control plane (SQLite in `cp_dir`) and LIVE project
+/// `acme/web`, the provider holding `provider_key`.
+pub struct LiveStack {
+    pub upstream: mock_openai::MockOpenAi,
+    pub cp_dir: tempfile::TempDir,
+    pub cp: ControlPlane,
+    pub acme: Acme,
+}
+
+/// A [`LiveStack`] with a proxy on it, caught up with the newest config.
+pub struct FamilyStack {
+    pub stack: LiveStack,
+    pub proxy_dir: tempfile::TempDir,
+    pub proxy: proxy::Proxy,
+    pub http: proxy::Http,
+}
 
 pub fn live_stack(provider_key: &str) -> LiveStack {
     live_stack_with(provider_key, &[], &[])
@@ -29,8 +37,11 @@ pub async fn family_stack(
     secret: &str,
     model: &str,
     upstream_model: &str,
-) -> (LiveStack, tempfile::TempDir, proxy::Proxy, proxy::Http) {
-    let (upstream, cp_dir, cp, acme) = live_stack("sk-openai-side");
+) -> FamilyStack {
+    let stack = live_stack("sk-openai-side");
+    let LiveStack {
+        upstream, cp, acme, ..
+    } = &stack;
     cp.add_provider_model(
         &format!("acme/{kind}"),
         kind,
@@ -39,11 +50,13 @@ pub async fn family_stack(
         &format!("acme/{model}"),
         upstream_model,
     );
-    let http = proxy::Http::new();
-    let proxy_dir = tempfile::tempdir().expect("a temp dir");
-    let proxy = proxy::ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
-    proxy.wait_for_version(&http, cp.config_version()).await;
-    ((upstream, cp_dir, cp, acme), proxy_dir, proxy, http)
+    let (proxy_dir, proxy, http) = caught_up_proxy(cp, &acme.token).await;
+    FamilyStack {
+        stack,
+        proxy_dir,
+        proxy,
+        http,
+    }
 }
 
 /// A proxy on `cp` with `token`, caught up with its newest config: its data directory (kept
@@ -75,7 +88,12 @@ pub fn live_stack_with(
     let cp = builder.start();
     let acme = cp.seed_acme(&upstream.base_url(), Some(provider_key), provider_flags);
     cp.go_live("acme/web");
-    (upstream, cp_dir, cp, acme)
+    LiveStack {
+        upstream,
+        cp_dir,
+        cp,
+        acme,
+    }
 }
 
 /// The control plane's SQLite store in `data_dir`, for reading what it recorded.

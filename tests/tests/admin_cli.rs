@@ -359,7 +359,12 @@ fn user_mistakes_get_precise_codes() {
 /// the listing shows them the same way, and traffic reaches the upstream under that name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_model_names_with_colons_reach_the_upstream() {
-    let (upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-colon-names");
+    let sluice_e2e::LiveStack {
+        upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = sluice_e2e::live_stack("sk-colon-names");
     cp.ctl(&[
         "model",
         "create",

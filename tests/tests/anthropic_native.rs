@@ -12,16 +12,16 @@ use serde_json::{Value, json};
 use sluice_e2e::mock_openai::{
     ANTHROPIC_CACHE_READ, COMPLETION_TOKENS, PROMPT_TOKENS, TOOL_ARGUMENTS,
 };
-use sluice_e2e::proxy::{Http, HttpResponse, Proxy};
+use sluice_e2e::proxy::{Http, HttpResponse};
 use sluice_e2e::translated::{
     multi_turn, refused_untranslatable, streamed_text, streamed_tool_call, tool_round_trip,
 };
-use sluice_e2e::{LiveStack, await_usage, family_stack};
+use sluice_e2e::{FamilyStack, await_usage, family_stack};
 
 const ANTHROPIC_KEY: &str = "sk-ant-canary-4411";
 
 /// A LIVE stack whose model `claude` is served by an Anthropic provider, and a proxy on it.
-async fn anthropic_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
+async fn anthropic_stack() -> FamilyStack {
     family_stack("anthropic", ANTHROPIC_KEY, "claude", "claude-sonnet-4-5").await
 }
 
@@ -39,7 +39,18 @@ async fn messages(http: &Http, url: &str, key: &str, body: &Value) -> HttpRespon
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_pass_through_are_metered_and_stay_in_their_family() {
-    let ((upstream, cp_dir, cp, acme), _proxy_dir, proxy, http) = anthropic_stack().await;
+    let sluice_e2e::FamilyStack {
+        stack:
+            sluice_e2e::LiveStack {
+                upstream,
+                cp_dir,
+                cp,
+                acme,
+            },
+        proxy_dir: _proxy_dir,
+        proxy,
+        http,
+    } = anthropic_stack().await;
     let url = proxy.url("/v1/messages");
     let ask = |model: &str, stream: bool| {
         json!({"model": model, "max_tokens": 256, "stream": stream,
@@ -169,7 +180,18 @@ async fn messages_pass_through_are_metered_and_stay_in_their_family() {
 /// with OpenAI-style usage, and a field with no Anthropic equivalent is refused, not dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_completions_are_translated_to_anthropic_and_back() {
-    let ((upstream, _cp_dir, _cp, acme), _proxy_dir, proxy, http) = anthropic_stack().await;
+    let sluice_e2e::FamilyStack {
+        stack:
+            sluice_e2e::LiveStack {
+                upstream,
+                cp_dir: _cp_dir,
+                cp: _cp,
+                acme,
+            },
+        proxy_dir: _proxy_dir,
+        proxy,
+        http,
+    } = anthropic_stack().await;
     let url = proxy.url("/v1/chat/completions");
     let chat = multi_turn(&http, &url, &acme.key, "claude").await.json();
     assert_eq!(

@@ -62,7 +62,12 @@ async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_stop_at_a_hard_budget_and_resume_when_it_is_raised() {
-    let (_upstream, _cp_dir, cp, acme) = live_stack_with("sk-hard-budget", &[], &[]);
+    let sluice_e2e::LiveStack {
+        upstream: _upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = live_stack_with("sk-hard-budget", &[], &[]);
     const LIMIT: i64 = 30_000;
     cp.ctl(&[
         "budget",
@@ -182,8 +187,12 @@ async fn proxies_stop_at_a_hard_budget_and_resume_when_it_is_raised() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_and_cancellations_never_cause_phantom_refusals() {
-    let (_upstream, _cp_dir, cp, acme) =
-        live_stack_with("sk-phantoms", &["--timeout-ms", "500"], &[]);
+    let sluice_e2e::LiveStack {
+        upstream: _upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = live_stack_with("sk-phantoms", &["--timeout-ms", "500"], &[]);
     for (name, slug) in [("slowpoke", "slow"), ("broken", "fail-500")] {
         let deployment = format!("openai:{slug}");
         cp.ctl(&[
@@ -273,8 +282,12 @@ async fn failures_and_cancellations_never_cause_phantom_refusals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_return_after_their_ttl_and_fail_closed_without_the_control_plane() {
-    let (_upstream, cp_dir, cp, acme) =
-        live_stack_with("sk-leases", &[], &[("SLUICE_LEASE_TTL_MS", "2000")]);
+    let sluice_e2e::LiveStack {
+        upstream: _upstream,
+        cp_dir,
+        cp,
+        acme,
+    } = live_stack_with("sk-leases", &[], &[("SLUICE_LEASE_TTL_MS", "2000")]);
     cp.ctl(&[
         "budget",
         "create",
@@ -360,7 +373,12 @@ async fn leases_return_after_their_ttl_and_fail_closed_without_the_control_plane
 /// the field, or `budget_exceeded` — and none reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_output_limit_slips_a_request_past_a_spent_budget() {
-    let (upstream, _cp_dir, cp, acme) = live_stack_with("sk-hostile-limits", &[], &[]);
+    let sluice_e2e::LiveStack {
+        upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = live_stack_with("sk-hostile-limits", &[], &[]);
     cp.add_provider_model(
         "acme/google",
         "google",

@@ -20,7 +20,12 @@ fn budget<'a>(list: &'a Value, target: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budgets_follow_delivered_spend_and_alert() {
-    let (_upstream, _cp_dir, cp, acme) = live_stack("sk-budgets");
+    let sluice_e2e::LiveStack {
+        upstream: _upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = live_stack("sk-budgets");
     // 2 × 435 µ$ will cross 80 % of a 0.001 $ project budget (SOFT: tracked and alerted;
     // HARD enforcement is budget_enforcement.rs).
     let created = cp

@@ -128,8 +128,12 @@ async fn an_echoed_provider_key_never_leaves_the_gateway() {
             key: format!("AIzaCanary{pid:x}d5e6f7a8b9"),
         },
     ];
-    let (upstream, cp_dir, cp, acme) =
-        live_stack_with(&families[0].key, &[], &[("SLUICE_LOG", "trace")]);
+    let sluice_e2e::LiveStack {
+        upstream,
+        cp_dir,
+        cp,
+        acme,
+    } = live_stack_with(&families[0].key, &[], &[("SLUICE_LOG", "trace")]);
     let base = format!("http://{}", upstream.addr);
     for family in &families[1..] {
         let provider = format!("acme/{}", family.provider);

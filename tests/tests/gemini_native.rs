@@ -12,11 +12,11 @@ use serde_json::json;
 use sluice_e2e::mock_openai::{
     COMPLETION_TOKENS, GEMINI_SIGNATURE, GEMINI_THOUGHTS, PROMPT_TOKENS, TOOL_ARGUMENTS,
 };
-use sluice_e2e::proxy::{Http, HttpResponse, Proxy};
+use sluice_e2e::proxy::{Http, HttpResponse};
 use sluice_e2e::translated::{
     multi_turn, refused_untranslatable, streamed_text, streamed_tool_call, tool_round_trip,
 };
-use sluice_e2e::{LiveStack, await_usage, family_stack};
+use sluice_e2e::{FamilyStack, await_usage, family_stack};
 
 /// POSTs to a Gemini endpoint with the key as `x-goog-api-key`, as Google's SDKs send it.
 async fn gemini_post(http: &Http, url: &str, key: &str, body: &Bytes) -> HttpResponse {
@@ -28,11 +28,10 @@ async fn gemini_post(http: &Http, url: &str, key: &str, body: &Bytes) -> HttpRes
 const GOOGLE_KEY: &str = "AIza-canary-google-7788";
 
 /// A LIVE stack whose model `gemini` is served by a Google provider, and a proxy on it.
-async fn gemini_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
-    let (stack, proxy_dir, proxy, http) =
-        family_stack("google", GOOGLE_KEY, "gemini", "gemini-2.5-flash").await;
+async fn gemini_stack() -> FamilyStack {
+    let family = family_stack("google", GOOGLE_KEY, "gemini", "gemini-2.5-flash").await;
     // A model Google does not know, for its 404.
-    let cp = &stack.2;
+    let cp = &family.stack.cp;
     cp.ctl(&[
         "model",
         "create",
@@ -41,13 +40,27 @@ async fn gemini_stack() -> (LiveStack, tempfile::TempDir, Proxy, Http) {
         "google:missing",
     ])
     .ok();
-    proxy.wait_for_version(&http, cp.config_version()).await;
-    (stack, proxy_dir, proxy, http)
+    family
+        .proxy
+        .wait_for_version(&family.http, cp.config_version())
+        .await;
+    family
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
-    let ((upstream, cp_dir, cp, acme), _proxy_dir, proxy, http) = gemini_stack().await;
+    let sluice_e2e::FamilyStack {
+        stack:
+            sluice_e2e::LiveStack {
+                upstream,
+                cp_dir,
+                cp,
+                acme,
+            },
+        proxy_dir: _proxy_dir,
+        proxy,
+        http,
+    } = gemini_stack().await;
     let body = Bytes::from(
         json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
                "generationConfig": {"maxOutputTokens": 64}})
@@ -148,7 +161,18 @@ async fn generate_content_passes_through_is_metered_and_stays_in_its_family() {
 /// come back as OpenAI-shaped 400s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_completions_are_translated_to_gemini_and_back() {
-    let ((upstream, cp_dir, _cp, acme), _proxy_dir, proxy, http) = gemini_stack().await;
+    let sluice_e2e::FamilyStack {
+        stack:
+            sluice_e2e::LiveStack {
+                upstream,
+                cp_dir,
+                cp: _cp,
+                acme,
+            },
+        proxy_dir: _proxy_dir,
+        proxy,
+        http,
+    } = gemini_stack().await;
     let url = proxy.url("/v1/chat/completions");
 
     // Plain text, multi-turn with a system prompt.

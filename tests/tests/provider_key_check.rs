@@ -139,7 +139,12 @@ fn keys_are_classified_by_what_the_upstream_says() {
 /// the proxy reports it, so the control plane marks the key for the operator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_traffic_marks_a_refused_key() {
-    let (upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-refused-in-traffic");
+    let sluice_e2e::LiveStack {
+        upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = sluice_e2e::live_stack("sk-refused-in-traffic");
     cp.ctl(&[
         "model",
         "create",
@@ -218,7 +223,12 @@ async fn live_traffic_marks_a_refused_key() {
 /// key first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_key_gives_way_to_the_next() {
-    let (upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-openai-side");
+    let sluice_e2e::LiveStack {
+        upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = sluice_e2e::live_stack("sk-openai-side");
     // Keys are tried in the order they were added.
     cp.add_provider_model(
         "acme/google",
@@ -258,7 +268,12 @@ async fn a_refused_key_gives_way_to_the_next() {
 /// `anthropic-version`, which is never overwritten) and the operator's extra headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_check_sends_what_traffic_sends() {
-    let (upstream, _cp_dir, cp, acme) = sluice_e2e::live_stack("sk-same-openai");
+    let sluice_e2e::LiveStack {
+        upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = sluice_e2e::live_stack("sk-same-openai");
     let base = format!("http://{}", upstream.addr);
     let v1 = format!("{base}/v1");
     // (provider, type, base URL, flags, key)

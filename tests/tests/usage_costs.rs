@@ -52,7 +52,12 @@ async fn ask(http: &Http, proxy: &Proxy, key: &str, body: Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn costs_follow_the_catalog_and_operator_prices() {
-    let (_upstream, cp_dir, cp, acme) = live_stack("sk-costs");
+    let sluice_e2e::LiveStack {
+        upstream: _upstream,
+        cp_dir,
+        cp,
+        acme,
+    } = live_stack("sk-costs");
     // Created without prices: the catalog's, and it says so.
     let model = cp
         .ctl(&["-o", "json", "model", "get", "acme/gpt-4o-mini"])

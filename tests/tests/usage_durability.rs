@@ -194,7 +194,12 @@ async fn wait_for_records(pool: &sqlx::SqlitePool, at_least: usize) -> usize {
 /// control plane is back and the spool drains, traffic is admitted again by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_refuses_live_traffic_until_it_drains() {
-    let (_upstream, cp_dir, cp, acme) = live_stack("sk-spool-full");
+    let sluice_e2e::LiveStack {
+        upstream: _upstream,
+        cp_dir,
+        cp,
+        acme,
+    } = live_stack("sk-spool-full");
     let cp_addr = cp.addr.clone();
     let http = Http::new();
     let dir = tempfile::tempdir().unwrap();
@@ -261,7 +266,12 @@ async fn a_full_spool_refuses_live_traffic_until_it_drains() {
 /// With `drop-oldest`, a full spool keeps serving and counts what it had to drop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_keeps_serving_and_counts_the_loss() {
-    let (_upstream, _cp_dir, cp, acme) = live_stack("sk-spool-drop");
+    let sluice_e2e::LiveStack {
+        upstream: _upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = live_stack("sk-spool-drop");
     let http = Http::new();
     let dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(dir.path(), &cp.url(), &acme.token)
@@ -285,7 +295,12 @@ async fn drop_oldest_keeps_serving_and_counts_the_loss() {
 /// proxy starts, reports the damage, and delivers every whole record before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_spool_file_is_delivered_up_to_the_tear() {
-    let (_upstream, cp_dir, cp, acme) = live_stack("sk-spool-torn");
+    let sluice_e2e::LiveStack {
+        upstream: _upstream,
+        cp_dir,
+        cp,
+        acme,
+    } = live_stack("sk-spool-torn");
     let http = Http::new();
     let dir = tempfile::tempdir().unwrap();
     // Nothing is delivered before the kill.

@@ -151,8 +151,12 @@ const ROWS: &[Row] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_exit_path_leaves_exactly_one_honest_usage_record() {
-    let (upstream, cp_dir, cp, acme) =
-        live_stack_with("sk-exit-paths", &["--timeout-ms", "1000"], &[]);
+    let sluice_e2e::LiveStack {
+        upstream,
+        cp_dir,
+        cp,
+        acme,
+    } = live_stack_with("sk-exit-paths", &["--timeout-ms", "1000"], &[]);
     for model in [
         "fail-500",
         "cut-body",

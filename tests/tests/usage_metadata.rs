@@ -13,7 +13,12 @@ use sluice_e2e::proxy::{Http, ProxyBuilder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_task_and_tags_are_stored_and_bounded() {
-    let (upstream, cp_dir, cp, acme) = live_stack("sk-metadata");
+    let sluice_e2e::LiveStack {
+        upstream,
+        cp_dir,
+        cp,
+        acme,
+    } = live_stack("sk-metadata");
     let http = Http::new();
     let proxy_dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &acme.token).start();
