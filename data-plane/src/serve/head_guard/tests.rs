@@ -161,8 +161,8 @@ fn a_chunked_body_it_cannot_follow_is_left_to_hyper() {
 fn refusals_round_trip_through_the_synthetic_path_and_cannot_be_forged() {
     for refusal in Refusal::ALL {
         let request = synthetic_request(refusal, "anthropic");
-        let text = String::from_utf8(request).unwrap();
-        let path = text.split(' ').nth(1).unwrap();
+        let text = String::from_utf8_lossy(&request);
+        let path = text.split(' ').nth(1).unwrap_or_default();
         assert_eq!(read_refused(path), Some((refusal, ErrorShape::Anthropic)));
     }
     assert_eq!(
