@@ -6,7 +6,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use super::StoreResult;
 use super::migrations::migrator;
-use super::sql::sql_store;
+use super::sql::{Placeholders, SqlBackend, sql_store};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -63,23 +63,30 @@ impl PostgresStore {
         Ok(Self { pool })
     }
 
-    /// Every PostgreSQL connection can write; row locks order the writers.
-    fn writer(&self) -> &sqlx::PgPool {
-        &self.pool
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }
 }
 
-// Without it each statement of a PostgreSQL transaction sees its own snapshot, and a config
-// load could mix two versions.
-sql_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    "BEGIN",
-    crate::store::sql::Placeholders::Numbered,
-    "SELECT pg_advisory_xact_lock(7340033)"
-);
+impl SqlBackend for PostgresStore {
+    type Db = sqlx::Postgres;
+    /// Without it each statement of a PostgreSQL transaction sees its own snapshot, and a
+    /// config load could mix two versions.
+    const SNAPSHOT_ISOLATION: &'static str =
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+    const BEGIN_WRITE: &'static str = "BEGIN";
+    /// Serialises across control-plane replicas, not only within this process.
+    const LOCK_BUDGETS: &'static str = "SELECT pg_advisory_xact_lock(7340033)";
+    const PLACEHOLDERS: Placeholders = Placeholders::Numbered;
+
+    fn readers(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+
+    /// Every PostgreSQL connection can write; row locks order the writers.
+    fn writer(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+}
+
+sql_store!(PostgresStore);

@@ -7,7 +7,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::StoreResult;
 use super::migrations::migrator;
-use super::sql::sql_store;
+use super::sql::{Placeholders, SqlBackend, sql_store};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -77,25 +77,31 @@ impl SqliteStore {
         Ok(Self { pool, writer })
     }
 
-    fn writer(&self) -> &sqlx::SqlitePool {
-        &self.writer
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;
     }
 }
 
-// A SQLite read transaction is already one consistent snapshot in WAL mode. Writers take the
-// write lock up front: a deferred transaction that reads and then writes fails at once with
-// SQLITE_BUSY when another writer got there first, whatever the busy timeout.
-sql_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    "SELECT 1",
-    "BEGIN IMMEDIATE",
-    crate::store::sql::Placeholders::Positional,
-    // One writer at a time already.
-    "SELECT 1"
-);
+impl SqlBackend for SqliteStore {
+    type Db = sqlx::Sqlite;
+    /// A SQLite read transaction is already one consistent snapshot in WAL mode.
+    const SNAPSHOT_ISOLATION: &'static str = "SELECT 1";
+    /// Writers take the write lock up front: a deferred transaction that reads and then writes
+    /// fails at once with SQLITE_BUSY when another writer got there first, whatever the busy
+    /// timeout.
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    /// One writer at a time already.
+    const LOCK_BUDGETS: &'static str = "SELECT 1";
+    const PLACEHOLDERS: Placeholders = Placeholders::Positional;
+
+    fn readers(&self) -> &sqlx::SqlitePool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &sqlx::SqlitePool {
+        &self.writer
+    }
+}
+
+sql_store!(SqliteStore);

@@ -1,6 +1,5 @@
-//! Budgets in SQL: the functions behind the `Store` budget methods and the spend roll-up that
-//! runs inside each usage batch's transaction. Expanded inside `sql_store!`'s module, so they
-//! share its transaction type and helpers and exist once per backend.
+//! Budgets and leases in SQL: the [`BudgetStore`](crate::store::BudgetStore) methods and the
+//! spend roll-up that runs inside each usage batch's transaction.
 
 /// Default alert thresholds, in percent of the limit.
 pub(crate) const DEFAULT_ALERT_PERCENTS: [u32; 3] = [50, 80, 100];
@@ -29,8 +28,8 @@ pub(crate) fn reached_percent(percents: &[u32], spent: i64, limit: i64) -> u32 {
         .unwrap_or(0)
 }
 
-macro_rules! budget_sql_fns {
-    () => {
+macro_rules! budgets_sql {
+    ($store:ty) => {
         const BUDGET_SELECT: &str = "SELECT b.id, b.scope, b.scope_id, b.period, b.limit_micros, \
              b.posture, b.alert_percents, b.created_at_us, b.updated_at_us, \
              o.name AS org_name, p.name AS project_name, v.name AS key_name, \
@@ -463,10 +462,130 @@ macro_rules! budget_sql_fns {
             }
             Ok(alerts)
         }
+
+        impl BudgetStore for $store {
+            async fn create_budget(
+                &self,
+                new: NewBudget,
+                now_us: i64,
+                audit: Audit,
+            ) -> StoreResult<Budget> {
+                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
+                create_budget_tx(&mut tx, &new, now_us).await?;
+                record_change(&mut tx, &audit).await?;
+                let created = fetch_budget(&mut tx, &new.target, new.period, now_us).await?;
+                tx.commit().await?;
+                Ok(created)
+            }
+
+            async fn list_budgets(&self, org: &str, now_us: i64) -> StoreResult<Vec<Budget>> {
+                let mut tx = self.readers().begin().await?;
+                org_id(&mut tx, org).await?;
+                let sql = format!(
+                    "{BUDGET_SELECT} WHERE o.name = $1 ORDER BY b.scope, b.created_at_us, b.id"
+                );
+                let rows = sqlx::query(&sql).bind(org).fetch_all(&mut *tx).await?;
+                let mut budgets = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    budgets.push(with_spend(&mut tx, budget_row(row)?, now_us).await?);
+                }
+                Ok(budgets)
+            }
+
+            async fn update_budget(
+                &self,
+                target: &BudgetTarget,
+                period: BudgetPeriod,
+                patch: BudgetPatch,
+                now_us: i64,
+                audit: Audit,
+            ) -> StoreResult<Budget> {
+                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                let current = fetch_budget(&mut tx, target, period, now_us).await?;
+                let percents = patch.alert_percents.unwrap_or(current.alert_percents);
+                let limit = patch.limit_micros.unwrap_or(current.limit_micros);
+                sqlx::query(
+                    "UPDATE budgets SET limit_micros = $1, posture = $2, alert_percents = $3, \
+                     updated_at_us = $4 WHERE id = $5",
+                )
+                .bind(limit)
+                .bind(patch.posture.unwrap_or(current.posture).as_str())
+                .bind(percents_text(&percents))
+                .bind(now_us)
+                .bind(&current.id)
+                .execute(&mut *tx)
+                .await?;
+                // Thresholds are measured against the new limit from here on: raised
+                // ones may alert again, lowered ones do not alert for the past.
+                sqlx::query(
+                    "UPDATE budget_spend SET alerted_percent = $1 \
+                     WHERE budget_id = $2 AND window_start_us = $3",
+                )
+                .bind(i64::from(reached_percent(&percents, current.spent_micros, limit)))
+                .bind(&current.id)
+                .bind(current.window_start_us)
+                .execute(&mut *tx)
+                .await?;
+                record_change(&mut tx, &audit).await?;
+                let updated = fetch_budget(&mut tx, target, period, now_us).await?;
+                tx.commit().await?;
+                Ok(updated)
+            }
+
+            async fn delete_budget(
+                &self,
+                target: &BudgetTarget,
+                period: BudgetPeriod,
+                audit: Audit,
+            ) -> StoreResult<()> {
+                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                let current = fetch_budget(&mut tx, target, period, now_us()).await?;
+                sqlx::query("DELETE FROM budget_spend WHERE budget_id = $1")
+                    .bind(&current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM budgets WHERE id = $1")
+                    .bind(&current.id)
+                    .execute(&mut *tx)
+                    .await?;
+                record_change(&mut tx, &audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn acquire_leases(
+                &self,
+                proxy_id: &str,
+                epoch: i64,
+                uses: Vec<LeaseUse>,
+                now_us: i64,
+                policy: LeasePolicy,
+            ) -> StoreResult<Vec<LeaseGrant>> {
+                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
+                let mut grants = Vec::with_capacity(uses.len());
+                for lease_use in &uses {
+                    if let Some(grant) =
+                        acquire_lease_tx(&mut tx, proxy_id, epoch, lease_use, now_us, policy)
+                            .await?
+                    {
+                        grants.push(grant);
+                    }
+                }
+                // Leases long expired only take room.
+                sqlx::query("DELETE FROM budget_leases WHERE expires_at_us < $1")
+                    .bind(now_us - 86_400_000_000)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(grants)
+            }
+        }
     };
 }
 
-pub(crate) use budget_sql_fns;
+pub(crate) use budgets_sql;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 //! time and grouped, built from fixed fragments (every value is a bound parameter). Expanded
 //! inside `sql_store!`'s module, once per backend.
 
-use super::UsageGroup;
+use crate::store::UsageGroup;
 
 /// The SQL expression a group is keyed by (as text, so every key has one type).
 pub(crate) fn group_expression(group: UsageGroup) -> &'static str {

@@ -1,0 +1,78 @@
+//! The steps every change shares: bump the config version, append the audit event, resolve a
+//! name to its id inside the change's transaction.
+
+macro_rules! common_sql {
+    () => {
+        /// Bumps the config version and appends the audit event: the last step of every
+        /// change, inside its transaction.
+        async fn record_change(tx: &mut Tx, audit: &Audit) -> StoreResult<()> {
+            sqlx::query("UPDATE config_state SET version = version + 1 WHERE id = 1")
+                .execute(&mut **tx)
+                .await?;
+            record_audit(tx, audit).await
+        }
+
+        /// An audit event for something proxies need not hear about (no new version).
+        async fn record_audit(tx: &mut Tx, audit: &Audit) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(new_id())
+            .bind(now_us())
+            .bind(&audit.actor)
+            .bind(audit.action)
+            .bind(&audit.target)
+            .bind(&audit.detail)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        async fn org_id(tx: &mut Tx, org: &str) -> StoreResult<String> {
+            sqlx::query_scalar("SELECT id FROM organizations WHERE name = $1")
+                .bind(org)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| StoreError::not_found(format!("organization '{org}'")))
+        }
+
+        async fn project_id(tx: &mut Tx, org: &str, name: &str) -> StoreResult<String> {
+            sqlx::query_scalar(
+                "SELECT p.id FROM projects p JOIN organizations o ON o.id = p.org_id \
+                 WHERE o.name = $1 AND p.name = $2",
+            )
+            .bind(org)
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found(format!("project '{org}/{name}'")))
+        }
+
+        async fn provider_id(tx: &mut Tx, org: &str, name: &str) -> StoreResult<String> {
+            sqlx::query_scalar(
+                "SELECT p.id FROM providers p JOIN organizations o ON o.id = p.org_id \
+                 WHERE o.name = $1 AND p.name = $2",
+            )
+            .bind(org)
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found(format!("provider '{org}/{name}'")))
+        }
+
+        async fn model_id(tx: &mut Tx, org: &str, name: &str) -> StoreResult<String> {
+            sqlx::query_scalar(
+                "SELECT m.id FROM models m JOIN organizations o ON o.id = m.org_id \
+                 WHERE o.name = $1 AND m.name = $2",
+            )
+            .bind(org)
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::not_found(format!("model '{org}/{name}'")))
+        }
+    };
+}
+
+pub(crate) use common_sql;
