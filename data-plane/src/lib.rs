@@ -2,6 +2,7 @@
 //! tables that a background task keeps current from the control plane. The request path reads
 //! one `ArcSwap` and counts with atomics: no database, no control-plane call, no lock.
 
+pub mod answers;
 pub mod budgets;
 pub mod control;
 pub mod endpoints;
@@ -18,6 +19,6 @@ pub mod request;
 pub mod routing;
 pub mod serve;
 pub mod settings;
-pub mod sse;
+
 pub mod upstream;
 pub mod usage;

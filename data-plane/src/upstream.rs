@@ -45,6 +45,9 @@ pub enum UpstreamError {
     Timeout(Duration),
     #[error("cannot reach the provider: {0}")]
     Connect(String),
+    /// The connection broke after the request may have gone out.
+    #[error("the connection to the provider broke: {0}")]
+    Reset(String),
     /// The provider's host resolved only to addresses it may not reach.
     #[error("{0}")]
     Refused(String),
@@ -195,7 +198,8 @@ impl UpstreamClient {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(match refusal(&error) {
                 Some(refused) => UpstreamError::Refused(refused.to_string()),
-                None => UpstreamError::Connect(error_chain(&error)),
+                None if error.is_connect() => UpstreamError::Connect(error_chain(&error)),
+                None => UpstreamError::Reset(error_chain(&error)),
             }),
             Err(_) => Err(UpstreamError::Timeout(provider.timeout)),
         }
@@ -336,10 +340,10 @@ mod tests {
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 0);
         // The same name, with leave: the connection is made (the listener hangs up at once, so
-        // the call fails after connecting).
+        // the call fails after connecting: a reset, not a connect error).
         let allowed = call(format!("http://api.example.com:{port}/v1"), true).await;
         assert!(
-            matches!(allowed, Err(UpstreamError::Connect(_))),
+            matches!(allowed, Err(UpstreamError::Reset(_))),
             "{allowed:?}"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 1);

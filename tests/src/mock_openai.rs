@@ -542,7 +542,7 @@ fn anthropic_answer(headers: &HeaderMap, body: &Value) -> MockResponse {
             json!({"type": "text_delta", "text": block["text"]}),
         )
     };
-    let events = [
+    let mut events = [
         (
             "message_start",
             json!({"type": "message_start", "message": {"id": "msg_mock",
@@ -571,6 +571,17 @@ fn anthropic_answer(headers: &HeaderMap, body: &Value) -> MockResponse {
         ),
         ("message_stop", json!({"type": "message_stop"})),
     ];
+    if model == "no-usage" {
+        // A compatible server that leaves the usage out.
+        for (_, event) in &mut events {
+            if let Some(object) = event.as_object_mut() {
+                object.remove("usage");
+            }
+            if let Some(message) = event["message"].as_object_mut() {
+                message.remove("usage");
+            }
+        }
+    }
     sse_response(&events)
 }
 

@@ -1,7 +1,8 @@
 //! Metering that cannot be forgotten: every request that reached an upstream leaves exactly
 //! one usage record, whatever way it ends — whole or streamed, translated or passed through;
 //! success, a 5xx, a body cut off after its 200, a body that stalls after its headers, a
-//! stream gone idle, a client that hangs up mid-stream, an answer without a usage block — and
+//! stream gone idle, a client that hangs up mid-stream or leaves before the answer, an answer
+//! without a usage block — and
 //! the record says honestly where its numbers came from: a missing usage block is
 //! `ESTIMATED`, never a zero `PROVIDER_REPORTED`.
 
@@ -21,6 +22,8 @@ enum Client {
     Reads,
     /// Hangs up after the first chunk of a stream.
     HangsUp,
+    /// Gives up before the answer's headers arrive.
+    LeavesEarly,
 }
 
 struct Row {
@@ -115,6 +118,17 @@ const ROWS: &[Row] = &[
             true,
         )
     },
+    Row {
+        client: Client::LeavesEarly,
+        ..row(
+            "whole, client gone before the answer",
+            "slow",
+            false,
+            499,
+            "ESTIMATED",
+            true,
+        )
+    },
     row(
         "whole, no usage block",
         "no-usage",
@@ -147,6 +161,22 @@ const ROWS: &[Row] = &[
         "ESTIMATED",
         true,
     ),
+    row(
+        "translated stream, success",
+        "claude",
+        true,
+        200,
+        "PROVIDER_REPORTED",
+        true,
+    ),
+    row(
+        "translated stream, no usage block",
+        "claude-quiet",
+        true,
+        200,
+        "ESTIMATED",
+        true,
+    ),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,6 +188,7 @@ async fn every_exit_path_leaves_exactly_one_honest_usage_record() {
         acme,
     } = live_stack_with("sk-exit-paths", &["--timeout-ms", "1000"], &[]);
     for model in [
+        "slow",
         "fail-500",
         "cut-body",
         "cut-stream",
@@ -214,9 +245,15 @@ async fn every_exit_path_leaves_exactly_one_honest_usage_record() {
                           "messages": [{"role": "user", "content": "count these words please"}]});
         let run = format!("row-{n}");
         // A connection of its own: some of these answers break theirs.
-        let sent = Http::new()
-            .post_head_with(&url, &acme.key, &[("x-sluice-run-id", &run)], &body)
-            .await;
+        let client = Http::new();
+        let run_header = [("x-sluice-run-id", run.as_str())];
+        let sending = client.post_head_with(&url, &acme.key, &run_header, &body);
+        if let Client::LeavesEarly = row.client {
+            // Dropping the call closes its connection while the proxy waits on the upstream.
+            let _ = tokio::time::timeout(Duration::from_millis(300), sending).await;
+            continue;
+        }
+        let sent = sending.await;
         let Ok(response) = sent else {
             continue;
         };
@@ -232,6 +269,7 @@ async fn every_exit_path_leaves_exactly_one_honest_usage_record() {
                 let _ = answer.frame().await;
                 drop(answer);
             }
+            Client::LeavesEarly => {}
         }
     }
 

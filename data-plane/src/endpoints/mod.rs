@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
 
+use crate::answers::Usage;
 use crate::endpoints::auth::{Caller, authenticate, authenticate_anthropic, authenticate_gemini};
 use crate::error_response::{ErrorShape, GatewayError};
 use crate::gateway::Gateway;
@@ -28,7 +29,6 @@ use crate::request::metadata::RequestMetadata;
 use crate::routing::tables::{
     BudgetEntry, DeploymentEntry, ModelEntry, Posture, ProviderEntry, RoutingTables,
 };
-use crate::sse::Usage;
 
 /// Whether a deployment serves `operation`: in its family's own format, or — chat
 /// completions — through the family's translation.
@@ -157,6 +157,7 @@ async fn serve(
         .with_param("model"));
     }
     let draft = UsageDraft::new(
+        gateway,
         request_id,
         &caller.project.id,
         &caller.key.id,
@@ -382,7 +383,7 @@ fn mock(
         output_tokens: answer.completion_tokens,
         ..Usage::default()
     };
-    draft.finish(gateway, 200, usage, pb::UsageSource::Mock);
+    draft.finish(200, usage, pb::UsageSource::Mock);
     let mut response = Response::new(full(answer.body));
     response
         .headers_mut()

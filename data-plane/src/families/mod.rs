@@ -15,6 +15,7 @@ use http::{HeaderName, HeaderValue};
 
 use sluice_shared::families as facts;
 
+use crate::answers::UsageReader;
 use crate::families::translation::ChatTranslation;
 use crate::operation::Operation;
 
@@ -108,6 +109,20 @@ pub fn of(provider_type: ProviderType) -> &'static dyn Family {
         ProviderType::AzureOpenAi => &azure::AzureOpenAi,
         ProviderType::Anthropic => &anthropic::Anthropic,
         ProviderType::Google => &gemini::Gemini,
+    }
+}
+
+/// Reads the usage of answers to `operation` as its native endpoint returns them: in the wire
+/// format of the family whose API the endpoint is.
+pub fn usage_reader(operation: Operation) -> &'static dyn UsageReader {
+    match operation {
+        Operation::ChatCompletions | Operation::Embeddings | Operation::Responses => {
+            &openai::usage::OpenAiUsage
+        }
+        Operation::Messages => &anthropic::usage::AnthropicUsage,
+        Operation::GenerateContent | Operation::StreamGenerateContent => {
+            &gemini::usage::GeminiUsage
+        }
     }
 }
 

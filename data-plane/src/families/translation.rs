@@ -1,26 +1,20 @@
 //! `/v1/chat/completions` on a provider family that does not speak OpenAI's chat format.
 //! Each such family implements [`ChatTranslation`] in its own module (`families::*`) and
-//! hands it out through `Family::chat_translation`; the hot path never names a family. Whole answers come back as one `chat.completion`;
-//! streams go through [`TranslatedStream`], which splits the upstream's event stream into
-//! events, lets the family's [`StreamEvents`] turn each into `chat.completion.chunk`s, and
-//! ends with the usage chunk (when asked for) and `[DONE]`.
+//! hands it out through `Family::chat_translation`; the hot path never names a family. Whole
+//! answers come back as one `chat.completion`, their usage read from the same parse; streams
+//! are read by [`TranslatedEvents`], which parses each upstream event once for the family's
+//! [`StreamEvents`] to turn into `chat.completion.chunk`s and usage, and ends with the usage
+//! chunk (when asked for) and `[DONE]`.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame};
 use serde_json::{Value, json};
 use sluice_shared::error_code::ErrorCode;
 
+use crate::answers::{StreamMeter, StreamReader, Usage};
 use crate::error_response::GatewayError;
-use crate::http_body::BoxError;
 use crate::operation::Operation;
-use crate::sse::Usage;
-
-/// One SSE line longer than this is not an event we can translate; it is dropped.
-const MAX_LINE: usize = 1024 * 1024;
 
 /// A provider family reached from OpenAI's chat format.
 pub trait ChatTranslation: Sync {
@@ -39,8 +33,8 @@ pub trait ChatTranslation: Sync {
     /// The family's own operation the translated request goes to.
     fn operation(&self, stream: bool) -> Operation;
 
-    /// The usage a whole answer reports.
-    fn usage(&self, answer: &[u8]) -> Option<Usage>;
+    /// The usage a whole answer reports (read from the same parse as its response).
+    fn usage(&self, answer: &Value) -> Option<Usage>;
 
     /// The `chat.completion` for a whole answer (its usage already read).
     fn response(&self, answer: &Value, usage: &Usage, chunk: &ChunkIdentity) -> Value;
@@ -258,8 +252,7 @@ pub struct ChatChunks {
     identity: ChunkIdentity,
     include_usage: bool,
     out: VecDeque<Bytes>,
-    /// The usage so far; families overwrite it as their events report it.
-    pub usage: Usage,
+    meter: StreamMeter,
     finished: bool,
 }
 
@@ -269,18 +262,26 @@ impl ChatChunks {
             identity,
             include_usage,
             out: VecDeque::new(),
-            usage: Usage::default(),
+            meter: StreamMeter::default(),
             finished: false,
         }
     }
 
     fn push(&mut self, value: &Value) {
-        self.out
-            .push_back(Bytes::from(format!("data: {value}\n\n")));
+        if !self.finished {
+            self.out
+                .push_back(Bytes::from(format!("data: {value}\n\n")));
+        }
+    }
+
+    /// The usage the upstream reported so far; families overwrite it as their events say.
+    pub fn usage_mut(&mut self) -> &mut Usage {
+        self.meter.usage_mut()
     }
 
     /// A chunk of choice `index` with this delta and, at its end, a finish reason.
     pub fn delta(&mut self, index: u64, delta: Value, finish_reason: Option<&str>) {
+        self.meter.content_chars += generated_chars(&delta);
         let chunk = json!({"id": self.identity.id, "object": "chat.completion.chunk",
             "created": self.identity.created, "model": self.identity.model,
             "choices": [{"index": index, "delta": delta, "logprobs": null,
@@ -295,18 +296,31 @@ impl ChatChunks {
         self.finish();
     }
 
+    /// The family's closing event: the usage chunk (when asked for) and `[DONE]`.
+    pub fn close(&mut self) {
+        self.ended_well();
+        self.finish();
+    }
+
+    /// The upstream said its answer is complete (for a family whose stream has no closing
+    /// event, the stream's end then finishes it).
+    pub fn ended_well(&mut self) {
+        self.meter.terminated = true;
+    }
+
     /// The usage chunk (when asked for) and `[DONE]`, once.
     pub fn finish(&mut self) {
         if self.finished {
             return;
         }
-        self.finished = true;
         if self.include_usage {
+            let usage = self.meter.usage.unwrap_or_default();
             let chunk = json!({"id": self.identity.id, "object": "chat.completion.chunk",
                 "created": self.identity.created, "model": self.identity.model,
-                "choices": [], "usage": openai_usage(&self.usage)});
+                "choices": [], "usage": openai_usage(&usage)});
             self.push(&chunk);
         }
+        self.finished = true;
         self.out.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
     }
 
@@ -323,102 +337,64 @@ impl ChatChunks {
     }
 }
 
-/// Splits an event stream into `data:` payloads, whatever the framing of its bytes.
-pub struct EventLines {
-    line: Vec<u8>,
+/// Characters a chunk's delta or a completion's message generated (text and tool-call
+/// arguments), for an estimate when the upstream reports no usage.
+pub fn generated_chars(delta: &Value) -> usize {
+    let text = delta["content"]
+        .as_str()
+        .map_or(0, crate::answers::chars_of);
+    let arguments: usize = delta["tool_calls"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|call| call["function"]["arguments"].as_str())
+        .map(crate::answers::chars_of)
+        .sum();
+    text + arguments
 }
 
-impl EventLines {
-    pub fn new() -> Self {
-        Self { line: Vec::new() }
-    }
-
-    /// Every complete `data:` line's JSON in `data`, in order; a partial line waits.
-    pub fn feed(&mut self, mut data: &[u8], mut each: impl FnMut(&Value)) {
-        while let Some(end) = data.iter().position(|&b| b == b'\n') {
-            self.line.extend_from_slice(&data[..end]);
-            let line = std::mem::take(&mut self.line);
-            let line = line.strip_suffix(b"\r").unwrap_or(&line);
-            if let Some(payload) = line.strip_prefix(b"data:")
-                && let Ok(event) = serde_json::from_slice::<Value>(payload.trim_ascii_start())
-            {
-                each(&event);
-            }
-            data = &data[end + 1..];
-        }
-        if self.line.len() + data.len() <= MAX_LINE {
-            self.line.extend_from_slice(data);
-        } else {
-            self.line.clear();
-        }
-    }
-}
-
-impl Default for EventLines {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// A translated stream: the (metered) upstream body in, OpenAI chunks out, as they arrive.
-pub struct TranslatedStream<B> {
-    inner: B,
-    lines: EventLines,
+/// A translated stream's reader: each upstream event parsed once, into the family's
+/// [`StreamEvents`], which make OpenAI chunks of it and note its usage; an upstream that ends
+/// without its closing event still ends the client's stream well.
+pub struct TranslatedEvents {
     events: Box<dyn StreamEvents>,
     chunks: ChatChunks,
-    upstream_done: bool,
 }
 
-impl<B> TranslatedStream<B> {
-    pub fn new(inner: B, events: Box<dyn StreamEvents>, chunks: ChatChunks) -> Self {
+impl TranslatedEvents {
+    pub fn new(translation: &dyn ChatTranslation, chunks: ChatChunks) -> Self {
         Self {
-            inner,
-            lines: EventLines::new(),
-            events,
+            events: translation.stream_events(),
             chunks,
-            upstream_done: false,
         }
     }
 }
 
-impl<B> HttpBody for TranslatedStream<B>
-where
-    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if let Some(bytes) = this.chunks.pop() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-            }
-            if this.upstream_done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    // What follows the family's closing event is still read, so it is metered.
-                    if let Some(data) = frame.data_ref()
-                        && !this.chunks.is_finished()
-                    {
-                        let (events, chunks) = (&mut this.events, &mut this.chunks);
-                        this.lines.feed(data, |event| events.event(event, chunks));
-                    }
-                }
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
-                // An upstream that ends without its closing event still ends the stream well.
-                Poll::Ready(None) => {
-                    this.upstream_done = true;
-                    this.chunks.finish();
-                }
-                Poll::Pending => return Poll::Pending,
-            }
+impl StreamReader for TranslatedEvents {
+    fn event(&mut self, data: &[u8]) {
+        if self.chunks.is_finished() {
+            return;
         }
+        if let Ok(event) = serde_json::from_slice::<Value>(data) {
+            self.events.event(&event, &mut self.chunks);
+        }
+    }
+
+    fn meter(&self) -> &StreamMeter {
+        &self.chunks.meter
+    }
+
+    fn translates(&self) -> bool {
+        true
+    }
+
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        self.chunks.pop()
+    }
+
+    fn end(&mut self) {
+        self.chunks.finish();
     }
 }
 
@@ -426,19 +402,18 @@ where
 /// the upstream's frames must translate the same), and returns the chunks before `[DONE]`.
 #[cfg(test)]
 pub fn translate_stream_for_test(
-    events: &mut dyn StreamEvents,
+    translation: &dyn ChatTranslation,
     stream: &[u8],
     include_usage: bool,
 ) -> Vec<Value> {
-    let mut chunks = ChatChunks::new(ChunkIdentity::new("r1", "m", 1), include_usage);
-    let mut lines = EventLines::new();
+    let chunks = ChatChunks::new(ChunkIdentity::new("r1", "m", 1), include_usage);
+    let mut reader = TranslatedEvents::new(translation, chunks);
+    let mut lines = crate::answers::SseLines::new();
     for byte in stream {
-        lines.feed(std::slice::from_ref(byte), |event| {
-            events.event(event, &mut chunks);
-        });
+        lines.feed(std::slice::from_ref(byte), |data| reader.event(data));
     }
-    chunks.finish();
-    let mut sent: Vec<String> = std::iter::from_fn(|| chunks.pop())
+    reader.end();
+    let mut sent: Vec<String> = std::iter::from_fn(|| reader.next_chunk())
         .map(|b| String::from_utf8(b.to_vec()).unwrap_or_default())
         .collect();
     assert_eq!(sent.pop().as_deref(), Some("data: [DONE]\n\n"));
@@ -482,9 +457,7 @@ mod tests {
             }
             let identity = super::ChunkIdentity::new("r", "m", 0);
             for answer in &odd {
-                let usage = translation
-                    .usage(answer.to_string().as_bytes())
-                    .unwrap_or_default();
+                let usage = translation.usage(answer).unwrap_or_default();
                 let _ = translation.response(answer, &usage, &identity);
                 let mut events = translation.stream_events();
                 let mut chunks = super::ChatChunks::new(identity.clone(), true);

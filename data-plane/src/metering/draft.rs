@@ -1,19 +1,27 @@
 //! One usage record per request, built as the request goes and spooled when it ends — before
 //! the answer leaves. A stream is spooled twice: an estimate before its headers go out, and
 //! the real record at its end; after a crash in between, the estimate is what gets billed.
+//!
+//! The draft is a must-finish guard, like the budget [`Reservation`]: once an attempt has
+//! reached an upstream, a draft dropped without being finished (the client went away while
+//! the proxy waited, or a path forgot) still writes its one record, an estimate.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sluice_proto::usage::v1 as pb;
 
+use crate::answers::{StreamMeter, Usage};
 use crate::budgets::leases::Reservation;
 use crate::gateway::Gateway;
 use crate::mock_posture::estimate_tokens;
 use crate::request::metadata::RequestMetadata;
 use crate::routing::tables::ModelEntry;
-use crate::sse::{SseUsageScanner, Usage};
 use crate::usage::spool::StartedMark;
+
+/// The status recorded for a request whose client went away before its answer (nginx's
+/// "client closed request").
+const CLIENT_CLOSED: u16 = 499;
 
 /// What is known before the answer: who, what, where, when.
 pub struct UsageDraft {
@@ -27,6 +35,10 @@ pub struct UsageDraft {
     /// The request's hold on its HARD budgets: settled to the actual cost when the record is
     /// written, released if the request ends any other way.
     pub reservation: Option<Reservation>,
+    gateway: Arc<Gateway>,
+    /// An attempt reached an upstream, so the request must leave a record.
+    reached: bool,
+    written: bool,
 }
 
 impl Prices {
@@ -41,6 +53,7 @@ impl Prices {
 
 impl UsageDraft {
     pub fn new(
+        gateway: &Arc<Gateway>,
         request_id: &str,
         project_id: &str,
         virtual_key_id: &str,
@@ -65,7 +78,21 @@ impl UsageDraft {
             prompt_estimate: None,
             stream_mark: None,
             reservation: None,
+            gateway: gateway.clone(),
+            reached: false,
+            written: false,
         }
+    }
+
+    /// Whether an attempt has gone out to an upstream: from then on the request leaves a
+    /// record whatever happens. Set before a call is awaited (the client may leave while it
+    /// is), and set back if the call turns out never to have left.
+    pub fn set_reached_upstream(&mut self, reached: bool) {
+        self.reached = reached;
+    }
+
+    pub fn has_reached_upstream(&self) -> bool {
+        self.reached
     }
 
     /// Sluice's own count of the prompt (see [`estimate_tokens`]).
@@ -83,35 +110,38 @@ impl UsageDraft {
         estimate
     }
 
-    /// Spools this stream's record as an estimate (the prompt counted, nothing answered yet);
-    /// call before the stream's headers leave.
-    pub fn spool_start(&mut self, gateway: &Gateway) {
-        let mut estimate = self.record.clone();
-        if self.reservation.is_some() {
-            estimate.lease_epoch = gateway.leases.epoch;
-        }
-        estimate.input_tokens = self.prompt_estimate();
-        estimate.source = pb::UsageSource::Estimated as i32;
-        estimate.cost_micros = cost_micros(
-            Usage {
-                input_tokens: estimate.input_tokens,
-                ..Usage::default()
-            },
-            self.prices,
-        );
-        match gateway.spool.start(&estimate) {
-            Ok(mark) => self.stream_mark = Some(mark),
-            Err(error) => lost(gateway, &error),
+    /// The prompt counted, nothing answered: what an upstream that may have started on the
+    /// request may bill.
+    pub fn prompt_only(&mut self) -> Usage {
+        Usage {
+            input_tokens: self.prompt_estimate(),
+            ..Usage::default()
         }
     }
 
-    pub fn finish(
-        mut self,
-        gateway: &Arc<Gateway>,
-        status: u16,
-        usage: Usage,
-        source: pb::UsageSource,
-    ) {
+    /// Spools this stream's record as an estimate (the prompt counted, nothing answered yet);
+    /// call before the stream's headers leave.
+    pub fn spool_start(&mut self) {
+        let mut estimate = self.record.clone();
+        if self.reservation.is_some() {
+            estimate.lease_epoch = self.gateway.leases.epoch;
+        }
+        let usage = self.prompt_only();
+        estimate.input_tokens = usage.input_tokens;
+        estimate.source = pb::UsageSource::Estimated as i32;
+        estimate.cost_micros = cost_micros(usage, self.prices);
+        match self.gateway.spool.start(&estimate) {
+            Ok(mark) => self.stream_mark = Some(mark),
+            Err(error) => lost(&self.gateway, &error),
+        }
+    }
+
+    pub fn finish(mut self, status: u16, usage: Usage, source: pb::UsageSource) {
+        self.write(status, usage, source);
+    }
+
+    fn write(&mut self, status: u16, usage: Usage, source: pb::UsageSource) {
+        self.written = true;
         let record = &mut self.record;
         record.http_status = u32::from(status);
         record.latency_ms = u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX);
@@ -126,35 +156,39 @@ impl UsageDraft {
             cost_micros(usage, self.prices)
         };
         if let Some(reservation) = self.reservation.take() {
-            record.lease_epoch = gateway.leases.epoch;
+            record.lease_epoch = self.gateway.leases.epoch;
             reservation.settle(record.cost_micros);
         }
-        if let Err(error) = gateway
+        if let Err(error) = self
+            .gateway
             .spool
             .complete(&self.record, self.stream_mark.take())
         {
-            lost(gateway, &error);
+            lost(&self.gateway, &error);
         }
     }
 
     /// At the end of a stream: the upstream's usage block if it sent one, else an estimate.
-    pub fn finish_stream(mut self, gateway: &Arc<Gateway>, scanner: &SseUsageScanner) {
+    pub fn finish_stream(mut self, meter: &StreamMeter) {
         let status = u16::try_from(self.record.http_status).unwrap_or(200);
-        match scanner.usage {
-            Some(usage) => self.finish(gateway, status, usage, pb::UsageSource::ProviderReported),
+        match meter.usage {
+            Some(usage) => self.finish(status, usage, pb::UsageSource::ProviderReported),
             None => {
-                let usage = Usage {
-                    input_tokens: self.prompt_estimate(),
-                    output_tokens: if scanner.content_chars == 0 {
-                        0
-                    } else {
-                        estimate_tokens(scanner.content_chars)
-                    },
-                    ..Usage::default()
-                };
-                self.record.http_status = u32::from(status);
-                self.finish(gateway, status, usage, pb::UsageSource::Estimated)
+                let mut usage = self.prompt_only();
+                if meter.content_chars > 0 {
+                    usage.output_tokens = estimate_tokens(meter.content_chars);
+                }
+                self.finish(status, usage, pb::UsageSource::Estimated)
             }
+        }
+    }
+}
+
+impl Drop for UsageDraft {
+    fn drop(&mut self) {
+        if self.reached && !self.written {
+            let usage = self.prompt_only();
+            self.write(CLIENT_CLOSED, usage, pb::UsageSource::Estimated);
         }
     }
 }

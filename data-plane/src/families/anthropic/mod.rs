@@ -1,9 +1,10 @@
 //! Anthropic: the Messages API at `{base}/v1/messages`, the key in `x-api-key`, every request
 //! with `anthropic-version`. `/v1/chat/completions` reaches it translated ([`translate`],
-//! streams in [`stream`]).
+//! streams in [`stream`]); its answers metered by [`usage`].
 
 pub mod stream;
 pub mod translate;
+pub mod usage;
 
 use sluice_shared::families as facts;
 

@@ -16,12 +16,9 @@ impl StreamEvents for AnthropicEvents {
     fn event(&mut self, event: &Value, out: &mut ChatChunks) {
         match event["type"].as_str() {
             Some("message_start") => {
-                let usage = &event["message"]["usage"];
-                let count = |key: &str| usage[key].as_u64().unwrap_or(0);
-                out.usage.cached_input_tokens = count("cache_read_input_tokens");
-                out.usage.input_tokens = count("input_tokens")
-                    + out.usage.cached_input_tokens
-                    + count("cache_creation_input_tokens");
+                if let Some(usage) = super::usage::usage_of(&event["message"]["usage"]) {
+                    *out.usage_mut() = usage;
+                }
                 out.delta(0, json!({"role": "assistant", "content": ""}), None);
             }
             Some("content_block_start") if event["content_block"]["type"] == "tool_use" => {
@@ -57,14 +54,14 @@ impl StreamEvents for AnthropicEvents {
             }
             Some("message_delta") => {
                 if let Some(output) = event["usage"]["output_tokens"].as_u64() {
-                    out.usage.output_tokens = output;
+                    out.usage_mut().output_tokens = output;
                 }
                 if let Some(reason) = event["delta"]["stop_reason"].as_str() {
                     let finish = super::translate::finish_reason(Some(reason));
                     out.delta(0, json!({}), Some(finish));
                 }
             }
-            Some("message_stop") => out.finish(),
+            Some("message_stop") => out.close(),
             Some("error") => out.error(&event["error"]["message"], &event["error"]["type"]),
             _ => {}
         }
@@ -88,8 +85,7 @@ mod tests {
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n",
             "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
         );
-        let chunks =
-            translate_stream_for_test(&mut AnthropicEvents::default(), stream.as_bytes(), true);
+        let chunks = translate_stream_for_test(&super::super::Anthropic, stream.as_bytes(), true);
         let delta = |i: usize| &chunks[i]["choices"][0]["delta"];
         assert_eq!(delta(0)["role"], "assistant");
         assert_eq!(delta(1)["content"], "Let me check.");

@@ -6,6 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use super::Anthropic;
+use crate::answers::Usage;
 use crate::error_response::GatewayError;
 use crate::families::translation::{
     ChatTranslation, ChunkIdentity, Image, StreamEvents, ToolChoice, arguments_of, choice,
@@ -13,7 +14,6 @@ use crate::families::translation::{
     stop_sequences, text_of, tool_choice,
 };
 use crate::operation::Operation;
-use crate::sse::Usage;
 
 /// Request fields that carry over (the rest are refused).
 const TRANSLATED: &[&str] = &[
@@ -50,8 +50,8 @@ impl ChatTranslation for Anthropic {
         Operation::Messages
     }
 
-    fn usage(&self, answer: &[u8]) -> Option<Usage> {
-        crate::sse::usage_from_answer(answer)
+    fn usage(&self, answer: &Value) -> Option<Usage> {
+        super::usage::usage_of(&answer["usage"])
     }
 
     fn response(&self, answer: &Value, usage: &Usage, chunk: &ChunkIdentity) -> Value {
@@ -290,7 +290,8 @@ mod tests {
                         {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}],
             "stop_reason": "tool_use",
             "usage": {"input_tokens": 10, "cache_read_input_tokens": 4, "output_tokens": 6}});
-        let usage = crate::sse::usage_from_answer(message.to_string().as_bytes()).unwrap();
+        let usage =
+            crate::families::anthropic::usage::usage_of(&message["usage"]).unwrap_or_default();
         let chat = response(&message, &usage, &ChunkIdentity::new("req1", "claude", 7));
         assert_eq!(chat["object"], "chat.completion");
         assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");

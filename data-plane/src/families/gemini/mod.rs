@@ -1,8 +1,10 @@
 //! Google Gemini: `{base}/v1beta/models/{model}:generateContent` and
 //! `:streamGenerateContent?alt=sse` (the model in the URL, never the body), the key in
-//! `x-goog-api-key`. `/v1/chat/completions` reaches it translated ([`translate`]).
+//! `x-goog-api-key`. `/v1/chat/completions` reaches it translated ([`translate`]); its answers
+//! metered by [`usage`].
 
 pub mod translate;
+pub mod usage;
 
 use sluice_shared::families as facts;
 

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use super::Gemini;
+use crate::answers::Usage;
 use crate::error_response::GatewayError;
 use crate::families::translation::{
     ChatChunks, ChatTranslation, ChunkIdentity, Image, StreamEvents, ToolChoice, arguments_of,
@@ -20,7 +21,6 @@ use crate::families::translation::{
     stop_sequences, text_of, tool_choice,
 };
 use crate::operation::Operation;
-use crate::sse::Usage;
 
 /// Request fields that carry over (the rest are refused).
 const TRANSLATED: &[&str] = &[
@@ -68,8 +68,8 @@ impl ChatTranslation for Gemini {
         }
     }
 
-    fn usage(&self, answer: &[u8]) -> Option<Usage> {
-        crate::sse::usage_from_gemini_answer(answer)
+    fn usage(&self, answer: &Value) -> Option<Usage> {
+        super::usage::usage_of(&answer["usageMetadata"])
     }
 
     fn response(&self, answer: &Value, usage: &Usage, chunk: &ChunkIdentity) -> Value {
@@ -377,8 +377,8 @@ impl StreamEvents for GeminiEvents {
             out.error(&event["error"]["message"], &event["error"]["status"]);
             return;
         }
-        if let Some(usage) = crate::sse::usage_from_gemini_metadata(&event["usageMetadata"]) {
-            out.usage = usage;
+        if let Some(usage) = super::usage::usage_of(&event["usageMetadata"]) {
+            *out.usage_mut() = usage;
         }
         let candidates = event["candidates"].as_array();
         for (position, candidate) in candidates.into_iter().flatten().enumerate() {
@@ -404,6 +404,7 @@ impl StreamEvents for GeminiEvents {
             if let Some(reason) = candidate["finishReason"].as_str() {
                 let finish = finish_reason(reason, self.started[slot].1 > 0);
                 out.delta(index, json!({}), Some(finish));
+                out.ended_well();
             }
         }
         if candidates.is_none_or(Vec::is_empty)
@@ -522,7 +523,8 @@ mod tests {
             "finishReason": "STOP", "index": 0}],
             "usageMetadata": {"promptTokenCount": 10, "cachedContentTokenCount": 4,
                 "candidatesTokenCount": 6, "thoughtsTokenCount": 3, "totalTokenCount": 19}});
-        let usage = crate::sse::usage_from_gemini_answer(answer.to_string().as_bytes()).unwrap();
+        let usage =
+            crate::families::gemini::usage::usage_of(&answer["usageMetadata"]).unwrap_or_default();
         let identity = ChunkIdentity::new("req1", "gemini", 7);
         let chat = response(&answer, &usage, &identity);
         let choice = &chat["choices"][0];
@@ -568,8 +570,7 @@ mod tests {
             "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"check.\"},{\"functionCall\":{\"name\":\"lookup\",\"args\":{\"q\":\"x\"}}}]},\"index\":0}]}\r\n\r\n",
             "data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"\"}]},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":8,\"thoughtsTokenCount\":2,\"totalTokenCount\":15}}\r\n\r\n",
         );
-        let chunks =
-            translate_stream_for_test(&mut GeminiEvents::default(), stream.as_bytes(), true);
+        let chunks = translate_stream_for_test(&super::Gemini, stream.as_bytes(), true);
         let delta = |i: usize| &chunks[i]["choices"][0]["delta"];
         assert_eq!(delta(0)["role"], "assistant");
         assert_eq!(delta(1)["content"], "Let me ");

@@ -1,5 +1,8 @@
 //! OpenAI, and the servers that speak its API (vLLM, custom upstreams): chat completions and
-//! embeddings under the base URL (which carries any path prefix), the key as a Bearer token.
+//! embeddings under the base URL (which carries any path prefix), the key as a Bearer token;
+//! its answers metered by [`usage`].
+
+pub mod usage;
 
 use sluice_shared::families as facts;
 

@@ -1,0 +1,273 @@
+//! OpenAI's usage, as its chat completions, Responses and embeddings answers report it:
+//! read straight into numbers (no JSON tree on the hot path). Streamed chat chunks carry the
+//! usage in their last chunk (when asked for), Responses events in `response.completed`.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::answers::{StreamMeter, StreamReader, Usage, UsageReader, chars_of};
+
+pub struct OpenAiUsage;
+
+impl UsageReader for OpenAiUsage {
+    fn whole(&self, answer: &[u8]) -> Option<Usage> {
+        usage_from_answer(answer)
+    }
+
+    fn stream(&self) -> Box<dyn StreamReader> {
+        Box::new(OpenAiEvents::default())
+    }
+}
+
+/// OpenAI's `usage` object.
+#[derive(Deserialize)]
+struct UsageObject {
+    // The Responses API names the same counts input/output.
+    #[serde(alias = "input_tokens")]
+    prompt_tokens: u64,
+    #[serde(default, alias = "output_tokens")]
+    completion_tokens: Option<u64>,
+    #[serde(default, alias = "input_tokens_details")]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+    #[serde(default, alias = "output_tokens_details")]
+    completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionTokensDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<UsageObject> for Usage {
+    fn from(usage: UsageObject) -> Self {
+        Self {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens.unwrap_or(0),
+            cached_input_tokens: usage
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            reasoning_tokens: usage
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+fn usage_of(raw: &RawValue) -> Option<Usage> {
+    serde_json::from_str::<Option<UsageObject>>(raw.get())
+        .ok()
+        .flatten()
+        .map(Usage::from)
+}
+
+/// The `usage` object of a whole answer. OpenAI writes it last, so the last unescaped
+/// `"usage":` key is tried first and only its value is parsed; anything unusual falls back to
+/// reading the whole answer.
+pub fn usage_from_answer(body: &[u8]) -> Option<Usage> {
+    usage_at_last_key(body).or_else(|| {
+        #[derive(Deserialize)]
+        struct UsageOnly<'a> {
+            #[serde(borrow, default)]
+            usage: Option<&'a RawValue>,
+        }
+        let answer: UsageOnly = serde_json::from_slice(body).ok()?;
+        usage_of(answer.usage?)
+    })
+}
+
+fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let at = body.windows(KEY.len()).rposition(|window| window == KEY)?;
+    // An escaped quote means the text sits inside a string, not a key.
+    if at > 0 && body[at - 1] == b'\\' {
+        return None;
+    }
+    let rest = body[at + KEY.len()..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?;
+    let value = serde_json::Deserializer::from_slice(rest)
+        .into_iter::<Option<UsageObject>>()
+        .next()?
+        .ok()??;
+    Some(value.into())
+}
+
+/// One event of an OpenAI stream, as far as metering reads it: a chat completion chunk, or a
+/// Responses API event (its text in `response.output_text.delta`, its usage in the
+/// `response.completed` event's response).
+#[derive(Deserialize)]
+struct StreamEvent<'a> {
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<StreamChoice<'a>>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    response: Option<ResponseUsage<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseUsage<'a> {
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<StreamDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StreamDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Default)]
+pub struct OpenAiEvents {
+    meter: StreamMeter,
+}
+
+impl StreamReader for OpenAiEvents {
+    fn event(&mut self, data: &[u8]) {
+        if data == b"[DONE]" {
+            self.meter.terminated = true;
+            return;
+        }
+        let Ok(event) = serde_json::from_slice::<StreamEvent>(data) else {
+            return;
+        };
+        let usage = event
+            .usage
+            .or_else(|| event.response.and_then(|response| response.usage));
+        if let Some(usage) = usage.and_then(usage_of) {
+            self.meter.usage = Some(usage);
+        }
+        match event.kind.as_deref() {
+            Some("response.output_text.delta") => {
+                if let Some(Ok(text)) = event
+                    .delta
+                    .map(|raw| serde_json::from_str::<Cow<str>>(raw.get()))
+                {
+                    self.meter.content_chars += chars_of(&text);
+                }
+            }
+            // The Responses API has no `[DONE]`: its last event says how the answer ended.
+            Some("response.completed" | "response.incomplete" | "response.failed") => {
+                self.meter.terminated = true;
+            }
+            _ => {}
+        }
+        for choice in event.choices.unwrap_or_default() {
+            if let Some(text) = choice.delta.and_then(|delta| delta.content) {
+                self.meter.content_chars += chars_of(&text);
+            }
+        }
+    }
+
+    fn meter(&self) -> &StreamMeter {
+        &self.meter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answers::read_stream_for_test as read_stream;
+
+    const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+        data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n\
+        data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\
+        \"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":{\"reasoning_tokens\":1}}}\n\n\
+        data: [DONE]\n\n";
+
+    #[test]
+    fn usage_is_found_at_every_chunk_boundary() {
+        let bytes = STREAM.as_bytes();
+        for size in 1..bytes.len() {
+            let meter = read_stream(&OpenAiUsage, bytes, size);
+            assert_eq!(
+                meter.usage,
+                Some(Usage {
+                    input_tokens: 12,
+                    output_tokens: 3,
+                    cached_input_tokens: 4,
+                    reasoning_tokens: 1
+                }),
+                "chunk size {size}"
+            );
+            assert_eq!(meter.content_chars, 5);
+            assert!(meter.terminated);
+        }
+    }
+
+    #[test]
+    fn responses_api_streams_are_metered_too() {
+        let stream = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"usage\":null}}\n\n\
+            event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi there\"}\n\n\
+            event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\
+            \"usage\":{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":2},\
+            \"output_tokens\":4,\"output_tokens_details\":{\"reasoning_tokens\":1},\"total_tokens\":13}}}\n\n";
+        let meter = read_stream(&OpenAiUsage, stream.as_bytes(), stream.len());
+        assert_eq!(meter.content_chars, 8);
+        assert!(meter.terminated);
+        assert_eq!(
+            meter.usage,
+            Some(Usage {
+                input_tokens: 9,
+                output_tokens: 4,
+                cached_input_tokens: 2,
+                reasoning_tokens: 1
+            })
+        );
+        let whole = br#"{"id":"resp_1","object":"response","usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7},"user":null}"#;
+        assert_eq!(usage_from_answer(whole).map(|u| u.output_tokens), Some(2));
+    }
+
+    #[test]
+    fn usage_from_whole_answers() {
+        let answer = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":12,"completion_tokens":3}}"#;
+        assert_eq!(
+            usage_from_answer(answer),
+            Some(Usage {
+                input_tokens: 12,
+                output_tokens: 3,
+                ..Usage::default()
+            })
+        );
+        // Usage first, then other fields: still found.
+        let early = br#"{"usage": {"prompt_tokens": 5, "completion_tokens": 1}, "choices": []}"#;
+        assert_eq!(usage_from_answer(early).map(|u| u.input_tokens), Some(5));
+        // Only a quoted mention inside content: falls back and finds none.
+        let mention = br#"{"choices":[{"message":{"content":"\"usage\": {}"}}]}"#;
+        assert_eq!(usage_from_answer(mention), None);
+        assert_eq!(usage_from_answer(b"not json"), None);
+        assert_eq!(usage_from_answer(br#"{"usage": null}"#), None);
+    }
+
+    #[test]
+    fn garbage_never_panics_and_reports_nothing() {
+        let meter = read_stream(
+            &OpenAiUsage,
+            b"data: {not json\n\ndata: \xff\xfe\n\ndata: [DONE]\n",
+            7,
+        );
+        assert!(meter.usage.is_none());
+        assert!(meter.terminated);
+    }
+}

@@ -1,0 +1,146 @@
+//! A streamed upstream answer relayed to the client frame by frame as it arrives, metered on
+//! the way: the credential sent upstream is scrubbed from it, each event is framed once and
+//! read once by the answer's [`StreamReader`] (which, translating, makes the client's chunks
+//! of it), and the usage is recorded exactly once — at the end, on an upstream error, on an
+//! idle timeout, or when the client goes away (drop).
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame};
+use hyper::body::Incoming;
+use sluice_shared::credential_scrub::{CredentialScrubber, StreamScrubber};
+use tokio::time::{Instant, Sleep};
+
+use crate::answers::{SseLines, StreamReader};
+use crate::http_body::BoxError;
+use crate::metering::draft::UsageDraft;
+
+pub struct AnswerStream {
+    inner: Incoming,
+    scrubber: StreamScrubber,
+    lines: SseLines,
+    reader: Box<dyn StreamReader>,
+    draft: Option<UsageDraft>,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    /// The upstream's body has ended (what it held back has gone out).
+    upstream_done: bool,
+    done: bool,
+}
+
+impl AnswerStream {
+    pub fn new(
+        inner: Incoming,
+        reader: Box<dyn StreamReader>,
+        draft: UsageDraft,
+        idle: Duration,
+        scrubber: CredentialScrubber,
+    ) -> Self {
+        Self {
+            inner,
+            scrubber: StreamScrubber::new(scrubber),
+            lines: SseLines::new(),
+            reader,
+            draft: Some(draft),
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            upstream_done: false,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(draft) = self.draft.take() {
+            draft.finish_stream(self.reader.meter());
+        }
+    }
+
+    /// Frames and reads `bytes` (already scrubbed).
+    fn read(&mut self, bytes: &[u8]) {
+        let reader = &mut self.reader;
+        self.lines.feed(bytes, |data| reader.event(data));
+    }
+
+    /// The upstream body ended: what was held back in case it began a credential is read and
+    /// (passing through) goes out after all.
+    fn upstream_ended(&mut self) -> Option<Bytes> {
+        self.upstream_done = true;
+        let held = self.scrubber.finish();
+        if !held.is_empty() {
+            self.read(&held);
+        }
+        self.reader.end();
+        (!held.is_empty() && !self.reader.translates()).then(|| Bytes::from(held))
+    }
+}
+
+impl HttpBody for AnswerStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(chunk) = this.reader.next_chunk() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if this.upstream_done {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(error))) => {
+                    this.finish();
+                    return Poll::Ready(Some(Err(Box::new(error))));
+                }
+                Poll::Ready(None) => match this.upstream_ended() {
+                    Some(held) => return Poll::Ready(Some(Ok(Frame::data(held)))),
+                    None => continue,
+                },
+                Poll::Pending => {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        this.finish();
+                        return Poll::Ready(Some(Err("upstream stream idle timeout".into())));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            let next = Instant::now() + this.idle;
+            this.deadline.as_mut().reset(next);
+            let Ok(data) = frame.into_data() else {
+                // Trailers carry nothing a client needs from an upstream.
+                continue;
+            };
+            let clean = match this.scrubber.next(&data) {
+                Cow::Borrowed(same) if same.len() == data.len() => data,
+                Cow::Borrowed(prefix) => data.slice(..prefix.len()),
+                Cow::Owned(clean) => Bytes::from(clean),
+            };
+            if clean.is_empty() {
+                continue;
+            }
+            this.read(&clean);
+            if !this.reader.translates() {
+                return Poll::Ready(Some(Ok(Frame::data(clean))));
+            }
+        }
+    }
+}
+
+impl Drop for AnswerStream {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

@@ -1,0 +1,257 @@
+//! The one way an upstream answer goes back to the client — whole or streamed, as the
+//! upstream sent it or translated — over its [`Translator`]: the body read (bounded in size
+//! and time) or relayed, the credential scrubbed from every byte, each answer parsed once for
+//! both the client's bytes and the usage, and the usage draft finished with the honest source.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use sluice_proto::usage::v1 as pb;
+use sluice_shared::credential_scrub::CredentialScrubber;
+use sluice_shared::error_code::ErrorCode;
+use sluice_shared::upstream_answer::rejects_key;
+
+use crate::answers::{StreamReader, Usage, UsageReader};
+use crate::error_response::GatewayError;
+use crate::families::translation::{
+    ChatChunks, ChatTranslation, ChunkIdentity, TranslatedEvents, generated_chars,
+};
+use crate::http_body::{Body, BoxError, full};
+use crate::metering::answer_stream::AnswerStream;
+use crate::metering::draft::UsageDraft;
+use crate::pipeline::failure::UpstreamFailure;
+
+/// Largest non-streamed upstream answer read into memory.
+const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
+/// Longest upstream message Sluice quotes in an error of its own.
+const MAX_QUOTED_MESSAGE: usize = 1024;
+
+/// How an answer reaches the client.
+#[derive(Clone, Copy)]
+pub enum Translator {
+    /// As the upstream sent it: the client called the family's own API. Only its usage is read.
+    Native(&'static dyn UsageReader),
+    /// Translated to OpenAI's chat format.
+    Chat(&'static dyn ChatTranslation),
+}
+
+/// What answering needs besides the answer itself.
+pub struct Answering<'a> {
+    /// The model as the client named it (translated answers carry it).
+    pub model_name: &'a str,
+    /// Whether a translated stream ends with a usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// Bounds reading a whole body, and the wait between a stream's chunks.
+    pub timeout: Duration,
+}
+
+pub struct Failed {
+    pub failure: UpstreamFailure,
+    pub draft: UsageDraft,
+    pub scrubber: CredentialScrubber,
+}
+
+/// Why an answer did not go back as a success.
+pub enum Unanswered {
+    /// The attempt failed; the draft and the scrubber are handed back for the attempt loop to
+    /// decide.
+    Failed(Box<Failed>),
+    /// The upstream refused the request and the refusal is the answer (recorded already).
+    Refused(GatewayError),
+}
+
+pub async fn answer(
+    response: Response<Incoming>,
+    mut draft: UsageDraft,
+    translator: Translator,
+    stream: bool,
+    scrubber: CredentialScrubber,
+    answering: &Answering<'_>,
+) -> Result<Response<Body>, Unanswered> {
+    let (parts, incoming) = response.into_parts();
+    let mut headers = http::HeaderMap::new();
+    copy_response_headers(&parts.headers, &mut headers, &scrubber);
+    draft.record.http_status = u32::from(parts.status.as_u16());
+    if stream && parts.status.is_success() {
+        let reader: Box<dyn StreamReader> = match translator {
+            Translator::Native(usage) => usage.stream(),
+            Translator::Chat(translation) => {
+                let chunks = ChatChunks::new(identity(&draft, answering), answering.include_usage);
+                Box::new(TranslatedEvents::new(translation, chunks))
+            }
+        };
+        if reader.translates() {
+            // The body is OpenAI's event stream now, whatever the upstream labelled its own.
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+        }
+        draft.spool_start();
+        let body = AnswerStream::new(incoming, reader, draft, answering.timeout, scrubber);
+        let mut out = Response::new(Body::new(body));
+        *out.status_mut() = parts.status;
+        *out.headers_mut() = headers;
+        return Ok(out);
+    }
+    let bytes = match read_whole(incoming, answering.timeout).await {
+        Ok(bytes) => bytes,
+        Err(failure) => {
+            return Err(Unanswered::Failed(Box::new(Failed {
+                failure,
+                draft,
+                scrubber,
+            })));
+        }
+    };
+    let bytes = match scrubber.scrub(&bytes) {
+        std::borrow::Cow::Borrowed(_) => bytes,
+        std::borrow::Cow::Owned(clean) => Bytes::from(clean),
+    };
+    // Read first: some families refuse a key with a status that also means other things
+    // (Google: 400, named in the body).
+    if rejects_key(parts.status.as_u16(), &bytes) {
+        return Err(Unanswered::Failed(Box::new(Failed {
+            failure: UpstreamFailure::KeyRejected(parts.status),
+            draft,
+            scrubber,
+        })));
+    }
+    // What the answer generated, by Sluice's count, for when it reports no usage: a native
+    // answer's format only its family reads, so only its prompt is counted.
+    let (body, usage, answered_tokens) = match translator {
+        Translator::Native(usage) => {
+            let reported = usage.whole(&bytes);
+            (bytes, reported, 0)
+        }
+        Translator::Chat(translation) => {
+            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if !parts.status.is_success() {
+                let error = refusal(translation, parts.status, &answer);
+                // Refused upstream: nothing was generated, and the refusal is still recorded.
+                draft.finish(
+                    error.code.http_status(),
+                    Usage::default(),
+                    pb::UsageSource::Estimated,
+                );
+                return Err(Unanswered::Refused(error));
+            }
+            let reported = translation.usage(&answer);
+            let chat = translation.response(
+                &answer,
+                &reported.unwrap_or_default(),
+                &identity(&draft, answering),
+            );
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            let answered = crate::mock_posture::estimate_tokens(answered_chars(&chat));
+            (Bytes::from(chat.to_string()), reported, answered)
+        }
+    };
+    let status = parts.status.as_u16();
+    match usage {
+        Some(usage) => draft.finish(status, usage, pb::UsageSource::ProviderReported),
+        // No usage block: counted by Sluice and labelled so, never a zero "reported".
+        None if parts.status.is_success() => {
+            let mut usage = draft.prompt_only();
+            usage.output_tokens = answered_tokens;
+            draft.finish(status, usage, pb::UsageSource::Estimated);
+        }
+        // An error answer generated nothing.
+        None => draft.finish(status, Usage::default(), pb::UsageSource::Estimated),
+    }
+    let mut out = Response::new(full(body));
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+fn identity(draft: &UsageDraft, answering: &Answering<'_>) -> ChunkIdentity {
+    ChunkIdentity::new(
+        &draft.record.request_id,
+        answering.model_name,
+        sluice_shared::time::now_us() / 1_000_000,
+    )
+}
+
+/// A whole upstream answer, bounded in size and in time: an upstream that sends its headers
+/// and then stalls is given up on after the provider's timeout, like one that sends nothing.
+async fn read_whole(incoming: Incoming, within: Duration) -> Result<Bytes, UpstreamFailure> {
+    let read = Limited::new(incoming, MAX_UPSTREAM_BODY).collect();
+    match tokio::time::timeout(within, read).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => Err(UpstreamFailure::InvalidAnswer(
+            BoxError::from(error).to_string(),
+        )),
+        Err(_) => Err(UpstreamFailure::BodyTimeout(within)),
+    }
+}
+
+/// The upstream's refusal of a translated request, as an OpenAI-shaped error quoting it.
+fn refusal(translation: &dyn ChatTranslation, status: StatusCode, answer: &Value) -> GatewayError {
+    // Both families put the message at error.message.
+    let message = answer["error"]["message"].as_str().unwrap_or("no message");
+    GatewayError::new(
+        ErrorCode::InvalidRequest,
+        format!(
+            "{} refused the request ({status}): {}",
+            translation.family(),
+            truncated(message, MAX_QUOTED_MESSAGE)
+        ),
+    )
+}
+
+/// Characters a `chat.completion` answered with (text and tool-call arguments).
+fn answered_chars(chat: &Value) -> usize {
+    let choices = chat["choices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    choices
+        .iter()
+        .map(|choice| generated_chars(&choice["message"]))
+        .sum()
+}
+
+/// At most `limit` bytes of `text`, cut on a character boundary.
+fn truncated(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Only headers that describe the answer travel back; hop-by-hop and upstream infrastructure
+/// headers stay behind, and so does any header whose value echoes the credential.
+fn copy_response_headers(
+    from: &http::HeaderMap,
+    to: &mut http::HeaderMap,
+    scrubber: &CredentialScrubber,
+) {
+    let clean = |value: &HeaderValue| !scrubber.found_in(value.as_bytes());
+    for name in [
+        header::CONTENT_TYPE,
+        header::CACHE_CONTROL,
+        header::RETRY_AFTER,
+    ] {
+        if let Some(value) = from.get(&name).filter(|value| clean(value)) {
+            to.insert(name, value.clone());
+        }
+    }
+    for (name, value) in from {
+        if (name.as_str().starts_with("x-ratelimit-")
+            || name.as_str().starts_with("anthropic-ratelimit-")
+            || name.as_str() == "openai-processing-ms")
+            && clean(value)
+        {
+            to.insert(name.clone(), value.clone());
+        }
+    }
+}
