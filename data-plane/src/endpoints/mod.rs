@@ -1,392 +1,146 @@
-//! The endpoints that answer model calls (chat completions, embeddings, the Responses API,
-//! Anthropic's Messages, Gemini's generateContent): authenticate, read and parse the body,
-//! resolve the model, then answer from the MOCK posture or hand over to
-//! [`crate::pipeline::attempts`].
-//!
-//! Beside them: where each endpoint's key travels ([`auth`]) and its request body read within
-//! bounds ([`request_body`]), to be parsed by [`crate::request`].
+//! The client APIs a proxy serves, one file each: what the endpoint calls, where its SDKs
+//! send the virtual key, how its body is parsed and the shape of its errors, as an
+//! [`Endpoint`](crate::pipeline::Endpoint) the request path runs
+//! ([`crate::pipeline::serve`]); and `GET /v1/models` ([`models`]).
 
-pub mod auth;
-pub mod request_body;
+pub mod chat_completions;
+pub mod embeddings;
+pub mod generate_content;
+pub mod messages;
+pub mod models;
+pub mod responses;
 
-use std::sync::Arc;
+use http::HeaderMap;
 
-use http::{HeaderValue, Request, Response, header};
-use hyper::body::Incoming;
-use sluice_proto::usage::v1 as pb;
-use sluice_shared::error_code::ErrorCode;
+use crate::pipeline::identify::bearer;
 
-use crate::answers::Usage;
-use crate::endpoints::auth::{Caller, authenticate, authenticate_anthropic, authenticate_gemini};
-use crate::error_response::{ErrorShape, GatewayError};
-use crate::gateway::Gateway;
-use crate::http_body::{Body, full};
-use crate::metering::draft::UsageDraft;
-use crate::mock_posture;
-use crate::operation::Operation;
-use crate::request::fields::ChatRequest;
-use crate::request::metadata::RequestMetadata;
-use crate::routing::tables::{
-    BudgetEntry, DeploymentEntry, ModelEntry, Posture, ProviderEntry, RoutingTables,
-};
-
-/// Whether a deployment serves `operation`: in its family's own format, or — chat
-/// completions — through the family's translation.
-fn serves(provider: &ProviderEntry, deployment: &DeploymentEntry, operation: Operation) -> bool {
-    deployment.uri(operation).is_some()
-        || (operation == Operation::ChatCompletions && provider.family.chat_translation().is_some())
+/// The key as OpenAI's SDKs send it.
+fn bearer_key(parts: &http::request::Parts) -> Option<&str> {
+    bearer(&parts.headers)
 }
 
-pub async fn chat_completions(
-    gateway: &Arc<Gateway>,
-    request: Request<Incoming>,
-    request_id: &str,
-) -> Result<Response<Body>, GatewayError> {
-    serve(gateway, request, request_id, Operation::ChatCompletions).await
+/// The key as the whole value of a header.
+fn header_key<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
 }
 
-pub async fn embeddings(
-    gateway: &Arc<Gateway>,
-    request: Request<Incoming>,
-    request_id: &str,
-) -> Result<Response<Body>, GatewayError> {
-    serve(gateway, request, request_id, Operation::Embeddings).await
-}
+#[cfg(test)]
+mod tests {
+    use crate::error_response::ErrorShape;
+    use crate::operation::Operation;
+    use crate::pipeline::Endpoint;
 
-pub async fn responses(
-    gateway: &Arc<Gateway>,
-    request: Request<Incoming>,
-    request_id: &str,
-) -> Result<Response<Body>, GatewayError> {
-    serve(gateway, request, request_id, Operation::Responses).await
-}
+    const KEY: &str = "sk-sluice-test";
 
-/// Gemini's `POST /v1beta/models/{model}:generateContent` (and `:streamGenerateContent`,
-/// and the same under `/v1/`); errors in Google's shape.
-pub async fn generate_content(
-    gateway: &Arc<Gateway>,
-    request: Request<Incoming>,
-    request_id: &str,
-    stream: bool,
-) -> Result<Response<Body>, GatewayError> {
-    let operation = if stream {
-        Operation::StreamGenerateContent
-    } else {
-        Operation::GenerateContent
-    };
-    serve(gateway, request, request_id, operation)
-        .await
-        .map_err(|error| error.in_shape(ErrorShape::Gemini))
-}
-
-/// The model named in a Gemini path: `/v1beta/models/{model}:{method}` or `/v1/models/...`;
-/// the method is returned too.
-pub fn gemini_route(path: &str) -> Option<(&str, &str)> {
-    let rest = path
-        .strip_prefix("/v1beta/models/")
-        .or_else(|| path.strip_prefix("/v1/models/"))?;
-    let (model, method) = rest.rsplit_once(':')?;
-    (!model.is_empty() && !model.contains('/')).then_some((model, method))
-}
-
-/// `POST /v1/messages`: Anthropic's Messages API; errors in Anthropic's shape.
-pub async fn messages(
-    gateway: &Arc<Gateway>,
-    request: Request<Incoming>,
-    request_id: &str,
-) -> Result<Response<Body>, GatewayError> {
-    serve(gateway, request, request_id, Operation::Messages)
-        .await
-        .map_err(|error| error.in_shape(ErrorShape::Anthropic))
-}
-
-async fn serve(
-    gateway: &Arc<Gateway>,
-    request: Request<Incoming>,
-    request_id: &str,
-    operation: Operation,
-) -> Result<Response<Body>, GatewayError> {
-    let (parts, body) = request.into_parts();
-    let Some(tables) = gateway.tables.load_full() else {
-        crate::endpoints::request_body::drain_refused(body).await;
-        return Err(GatewayError::new(
-            ErrorCode::NotReady,
-            "this proxy has no config yet; retry shortly",
-        ));
-    };
-    let (caller, metadata) = match identify(&tables, &parts, operation) {
-        Ok(identified) => identified,
-        Err(error) => {
-            crate::endpoints::request_body::drain_refused(body).await;
-            return Err(error);
+    fn parts(uri: &str, headers: &[(&'static str, String)]) -> http::request::Parts {
+        let mut request = http::Request::builder().uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
-    };
-    let path_model = if operation.is_gemini() {
-        gemini_route(parts.uri.path())
-            .map(|(model, _)| model.to_owned())
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let body =
-        crate::endpoints::request_body::read(gateway.max_body_bytes, &parts.headers, body).await?;
-    let chat = match operation {
-        Operation::ChatCompletions => ChatRequest::parse(&body)?,
-        Operation::Embeddings => ChatRequest::parse_embeddings(&body)?,
-        Operation::Responses => ChatRequest::parse_responses(&body)?,
-        Operation::Messages => ChatRequest::parse_messages(&body)?,
-        Operation::GenerateContent => ChatRequest::parse_gemini(&body, &path_model, false)?,
-        Operation::StreamGenerateContent => ChatRequest::parse_gemini(&body, &path_model, true)?,
-    };
-    let model = resolve_model(&tables, &caller, &chat.model)?;
-    check_output_limit(&chat, model)?;
-    // A native endpoint speaks one family's wire format, so its model must be of a family
-    // that serves it (chat completions reach every family).
-    let primary = model
-        .deployments
-        .first()
-        .and_then(|d| Some((tables.providers.get(d.provider)?, d)));
-    if let Some((provider, _)) = primary.filter(|(provider, d)| !serves(provider, d, operation)) {
-        return Err(GatewayError::new(
-            ErrorCode::ProviderMismatch,
-            format!(
-                "model '{}' is served by provider '{}' ({:?}), which offers no {}: call it with a model of a family that does, or use /v1/chat/completions",
-                model.name, provider.name, provider.provider_type, operation.path()
-            ),
-        )
-        .with_param("model"));
+        request.body(()).unwrap().into_parts().0
     }
-    let draft = UsageDraft::new(
-        gateway,
-        request_id,
-        &caller.project.id,
-        &caller.key.id,
-        model,
-        metadata,
-    );
-    match caller.project.posture {
-        Posture::Mock => Ok(mock(gateway, &chat, model, request_id, operation, draft)),
-        Posture::Live => {
-            let mut draft = draft;
-            draft.reservation = admit(
-                gateway,
-                &tables,
-                &caller,
-                model,
-                &chat,
-                body.len(),
-                operation,
-            )
-            .await?;
-            crate::pipeline::attempts::forward(gateway, &tables, model, &chat, draft, operation)
-                .await
+
+    fn endpoints() -> [(&'static str, &'static Endpoint); 6] {
+        [
+            ("chat completions", &super::chat_completions::ENDPOINT),
+            ("embeddings", &super::embeddings::ENDPOINT),
+            ("responses", &super::responses::ENDPOINT),
+            ("messages", &super::messages::ENDPOINT),
+            ("generate content", &super::generate_content::GENERATE),
+            ("stream generate content", &super::generate_content::STREAM),
+        ]
+    }
+
+    /// Where each endpoint's SDK puts the virtual key: OpenAI's as a Bearer token; Anthropic's
+    /// as `x-api-key` (or Bearer); Gemini's as `x-goog-api-key`, `?key=` or Bearer. Anywhere
+    /// else, the key is not found.
+    #[test]
+    fn each_endpoint_finds_the_key_where_its_sdk_sends_it() {
+        let bearer = ("authorization", format!("Bearer {KEY}"));
+        let x_api_key = ("x-api-key", KEY.to_owned());
+        let goog = ("x-goog-api-key", KEY.to_owned());
+        let path = "/v1beta/models/m:generateContent";
+        let query = format!("{path}?alt=sse&key={KEY}");
+        for (name, endpoint) in endpoints() {
+            let found = |uri: &str, header: &[(&'static str, String)]| {
+                (endpoint.key)(&parts(uri, header)).map(str::to_owned)
+            };
+            let expected = |finds: bool| finds.then(|| KEY.to_owned());
+            let family = endpoint.operation;
+            let gemini = family.is_gemini();
+            assert_eq!(
+                found(path, std::slice::from_ref(&bearer)),
+                expected(true),
+                "{name}: bearer"
+            );
+            assert_eq!(
+                found(path, std::slice::from_ref(&x_api_key)),
+                expected(family == Operation::Messages),
+                "{name}: x-api-key"
+            );
+            assert_eq!(
+                found(path, std::slice::from_ref(&goog)),
+                expected(gemini),
+                "{name}: x-goog-api-key"
+            );
+            assert_eq!(found(&query, &[]), expected(gemini), "{name}: ?key=");
+            assert_eq!(found(path, &[]), None, "{name}: nowhere");
+            assert_eq!(
+                found(path, &[("authorization", format!("Basic {KEY}"))]),
+                None,
+                "{name}: not a bearer token"
+            );
         }
     }
-}
 
-/// Reserves the request's largest possible cost in every HARD budget that covers it, before
-/// anything is forwarded: the prompt counted at one token per four bytes of the request body
-/// (an overcount, which is the safe side) plus its `max_tokens` (or the configured default),
-/// at the model's full prices.
-async fn admit(
-    gateway: &Gateway,
-    tables: &RoutingTables,
-    caller: &Caller<'_>,
-    model: &ModelEntry,
-    chat: &ChatRequest<'_>,
-    body_len: usize,
-    operation: Operation,
-) -> Result<Option<crate::budgets::leases::Reservation>, GatewayError> {
-    if tables.budgets.is_empty() {
-        return Ok(None);
-    }
-    let budgets: Vec<&BudgetEntry> = tables
-        .budgets_for([&caller.project.org_id, &caller.project.id, &caller.key.id])
-        .collect();
-    if budgets.is_empty() {
-        return Ok(None);
-    }
-    let usage = Usage {
-        input_tokens: (body_len as u64).div_ceil(4),
-        // Embeddings answer with vectors, not tokens.
-        output_tokens: match operation {
-            Operation::Embeddings => 0,
-            _ => chat
-                .output_limit
-                .map_or(gateway.default_max_output_tokens, |limit| limit.tokens),
-        },
-        ..Usage::default()
-    };
-    let most =
-        crate::metering::draft::cost_micros(usage, crate::metering::draft::Prices::of(model));
-    gateway.leases.reserve(&budgets, most).await.map(Some)
-}
+    /// Each endpoint answers errors the way its SDK reads them: OpenAI's `error.code`,
+    /// Anthropic's `type: "error"` with `error.type`, Google's `error.status`.
+    #[tokio::test]
+    async fn each_endpoint_answers_errors_in_its_family_shape() {
+        use http_body_util::BodyExt;
+        use sluice_shared::error_code::ErrorCode;
 
-/// A request may not ask for more output than its model can give: past that, a limit is no
-/// limit, and its reservation would be no bound.
-fn check_output_limit(chat: &ChatRequest<'_>, model: &ModelEntry) -> Result<(), GatewayError> {
-    let Some(limit) = chat.output_limit else {
-        return Ok(());
-    };
-    let most = model.output_token_limit();
-    if limit.tokens > most {
-        return Err(GatewayError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "`{}` is {}, more than model '{}' can produce ({most} tokens)",
-                limit.field, limit.tokens, model.name
-            ),
-        )
-        .with_param(limit.field));
-    }
-    Ok(())
-}
-
-/// Who is calling (by the family's way of carrying the key) and the request's metadata headers.
-fn identify<'t>(
-    tables: &'t RoutingTables,
-    parts: &http::request::Parts,
-    operation: Operation,
-) -> Result<(Caller<'t>, RequestMetadata), GatewayError> {
-    let now_us = sluice_shared::time::now_us();
-    let caller = match operation {
-        Operation::Messages => authenticate_anthropic(tables, &parts.headers, now_us)?,
-        Operation::GenerateContent | Operation::StreamGenerateContent => {
-            authenticate_gemini(tables, &parts.headers, &parts.uri, now_us)?
-        }
-        _ => authenticate(tables, &parts.headers, now_us)?,
-    };
-    Ok((caller, crate::request::metadata::read(&parts.headers)?))
-}
-
-fn resolve_model<'t>(
-    tables: &'t RoutingTables,
-    caller: &Caller<'t>,
-    requested: &str,
-) -> Result<&'t ModelEntry, GatewayError> {
-    let name = if requested == "default" {
-        if caller.project.default_model.is_empty() {
-            return Err(GatewayError::new(
-                ErrorCode::UnsupportedModel,
-                "this project has no default model: name a model, or set one with `sluicectl project update --default-model`",
-            )
-            .with_param("model"));
-        }
-        caller.project.default_model.as_str()
-    } else {
-        requested
-    };
-    if caller
-        .key
-        .allowed_models
-        .as_ref()
-        .is_some_and(|allowed| !allowed.contains(name))
-    {
-        return Err(GatewayError::new(
-            ErrorCode::ModelNotAllowed,
-            format!("this virtual key may not use model '{name}'"),
-        )
-        .with_param("model"));
-    }
-    tables.model(&caller.project.org_id, name).ok_or_else(|| {
-        GatewayError::new(
-            ErrorCode::UnsupportedModel,
-            format!("model '{name}' does not exist: list models with GET /v1/models"),
-        )
-        .with_param("model")
-    })
-}
-
-fn mock(
-    gateway: &Arc<Gateway>,
-    chat: &ChatRequest<'_>,
-    model: &ModelEntry,
-    request_id: &str,
-    operation: Operation,
-    draft: UsageDraft,
-) -> Response<Body> {
-    let created = sluice_shared::time::now_us() / 1_000_000;
-    let (answer, content_type) = match operation {
-        Operation::Embeddings => {
-            let dimensions = chat
-                .number("dimensions")
-                .and_then(|d| usize::try_from(d).ok())
-                .filter(|d| (1..=mock_posture::MAX_EMBEDDING_DIMENSIONS).contains(d))
-                .unwrap_or(mock_posture::DEFAULT_EMBEDDING_DIMENSIONS);
-            (
-                mock_posture::embeddings(&chat.inputs(), &model.name, dimensions),
-                "application/json",
-            )
-        }
-        Operation::GenerateContent | Operation::StreamGenerateContent => {
-            let contents = chat.contents();
-            if chat.stream {
-                (
-                    mock_posture::gemini_stream(&contents, &model.name),
-                    "text/event-stream",
-                )
-            } else {
-                (
-                    mock_posture::gemini(&contents, &model.name),
-                    "application/json",
-                )
+        for (name, endpoint) in endpoints() {
+            let response = crate::error_response::GatewayError::new(ErrorCode::InvalidApiKey, "no")
+                .in_shape(endpoint.shape)
+                .into_response("req-1");
+            assert_eq!(response.status(), 401, "{name}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            match endpoint.operation {
+                Operation::Messages => {
+                    assert_eq!(error["type"], "error", "{name}: {error}");
+                    assert_eq!(
+                        error["error"]["type"], "authentication_error",
+                        "{name}: {error}"
+                    );
+                }
+                Operation::GenerateContent | Operation::StreamGenerateContent => {
+                    assert_eq!(error["error"]["code"], 401, "{name}: {error}");
+                    assert_eq!(
+                        error["error"]["status"], "UNAUTHENTICATED",
+                        "{name}: {error}"
+                    );
+                }
+                Operation::ChatCompletions | Operation::Embeddings | Operation::Responses => {
+                    assert_eq!(error["error"]["code"], "invalid_api_key", "{name}: {error}");
+                    assert_eq!(error["error"]["message"], "no", "{name}: {error}");
+                }
             }
+            assert_eq!(
+                endpoint.shape == ErrorShape::OpenAi,
+                !matches!(
+                    endpoint.operation,
+                    Operation::Messages
+                        | Operation::GenerateContent
+                        | Operation::StreamGenerateContent
+                ),
+                "{name}"
+            );
         }
-        Operation::Messages => {
-            let messages = chat.messages();
-            if chat.stream {
-                (
-                    mock_posture::anthropic_message_stream(&messages, &model.name, request_id),
-                    "text/event-stream",
-                )
-            } else {
-                (
-                    mock_posture::anthropic_message(&messages, &model.name, request_id),
-                    "application/json",
-                )
-            }
-        }
-        Operation::Responses => {
-            let input = chat.input_value();
-            if chat.stream {
-                (
-                    mock_posture::response_stream(&input, &model.name, request_id, created),
-                    "text/event-stream",
-                )
-            } else {
-                (
-                    mock_posture::response(&input, &model.name, request_id, created),
-                    "application/json",
-                )
-            }
-        }
-        Operation::ChatCompletions if chat.stream => (
-            mock_posture::chat_completion_stream(
-                &chat.messages(),
-                &model.name,
-                request_id,
-                created,
-            ),
-            "text/event-stream",
-        ),
-        Operation::ChatCompletions => (
-            mock_posture::chat_completion(&chat.messages(), &model.name, request_id, created),
-            "application/json",
-        ),
-    };
-    gateway
-        .metrics
-        .mock_responses_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let usage = Usage {
-        input_tokens: answer.prompt_tokens,
-        output_tokens: answer.completion_tokens,
-        ..Usage::default()
-    };
-    draft.finish(200, usage, pb::UsageSource::Mock);
-    let mut response = Response::new(full(answer.body));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
+    }
 }

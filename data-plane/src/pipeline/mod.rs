@@ -1,7 +1,133 @@
-//! A LIVE request after admission, in order: the attempts (deployments by priority and weight, each
-//! provider's keys in turn), each call classified, and the answer — whole or streamed, passed
-//! through or translated — metered on its way back.
+//! One model call, in order: identify the caller ([`identify`]) → read and parse the body →
+//! resolve the model → the MOCK posture's answer ([`mock`]), or admission against budgets
+//! ([`admit`]) and the attempts ([`attempts`]: each call classified as a [`failure`], the
+//! answer — whole or streamed, passed through or translated — metered on its way back by
+//! [`answer`]). Each client API describes itself to it as an [`Endpoint`].
 
+pub mod admit;
 pub mod answer;
 pub mod attempts;
 pub mod failure;
+pub mod identify;
+pub mod mock;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use sluice_shared::error_code::ErrorCode;
+
+use crate::error_response::{ErrorShape, GatewayError};
+use crate::gateway::Gateway;
+use crate::http_body::Body;
+use crate::metering::draft::UsageDraft;
+use crate::operation::Operation;
+use crate::pipeline::identify::{KeyLocation, identify, resolve_model};
+use crate::request::fields::ChatRequest;
+use crate::routing::tables::{DeploymentEntry, Posture, ProviderEntry};
+
+/// What a client API is to the request path: the operation it calls, where its SDKs send
+/// the virtual key, how its body is parsed, and the shape of its errors.
+pub struct Endpoint {
+    pub operation: Operation,
+    /// The virtual key as the endpoint's SDKs send it.
+    pub key: KeyLocation,
+    /// Parses the body; the second argument is the model the path names (Gemini's paths).
+    pub parse: for<'b> fn(&'b Bytes, &str) -> Result<ChatRequest<'b>, GatewayError>,
+    pub shape: ErrorShape,
+}
+
+/// Whether a deployment serves `operation`: in its family's own format, or — chat
+/// completions — through the family's translation.
+fn serves(provider: &ProviderEntry, deployment: &DeploymentEntry, operation: Operation) -> bool {
+    deployment.uri(operation).is_some()
+        || (operation == Operation::ChatCompletions && provider.family.chat_translation().is_some())
+}
+
+/// One model call, start to end: identify the caller → read and parse the body → resolve the
+/// model → answer from the MOCK posture, or admit (budgets) and run the attempts; every
+/// error in the endpoint's own shape.
+pub async fn serve(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    request_id: &str,
+    endpoint: &Endpoint,
+    path_model: &str,
+) -> Result<Response<Body>, GatewayError> {
+    serve_call(gateway, request, request_id, endpoint, path_model)
+        .await
+        .map_err(|error| error.in_shape(endpoint.shape))
+}
+
+async fn serve_call(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    request_id: &str,
+    endpoint: &Endpoint,
+    path_model: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let operation = endpoint.operation;
+    let (parts, body) = request.into_parts();
+    let Some(tables) = gateway.tables.load_full() else {
+        crate::request::body::drain_refused(body).await;
+        return Err(GatewayError::new(
+            ErrorCode::NotReady,
+            "this proxy has no config yet; retry shortly",
+        ));
+    };
+    let (caller, metadata) = match identify(&tables, &parts, endpoint.key) {
+        Ok(identified) => identified,
+        Err(error) => {
+            crate::request::body::drain_refused(body).await;
+            return Err(error);
+        }
+    };
+    let body = crate::request::body::read(gateway.max_body_bytes, &parts.headers, body).await?;
+    let chat = (endpoint.parse)(&body, path_model)?;
+    let model = resolve_model(&tables, &caller, &chat.model)?;
+    admit::check_output_limit(&chat, model)?;
+    // A native endpoint speaks one family's wire format, so its model must be of a family
+    // that serves it (chat completions reach every family).
+    let primary = model
+        .deployments
+        .first()
+        .and_then(|d| Some((tables.providers.get(d.provider)?, d)));
+    if let Some((provider, _)) = primary.filter(|(provider, d)| !serves(provider, d, operation)) {
+        return Err(GatewayError::new(
+            ErrorCode::ProviderMismatch,
+            format!(
+                "model '{}' is served by provider '{}' ({:?}), which offers no {}: call it with a model of a family that does, or use /v1/chat/completions",
+                model.name, provider.name, provider.provider_type, operation.path()
+            ),
+        )
+        .with_param("model"));
+    }
+    let draft = UsageDraft::new(
+        gateway,
+        request_id,
+        &caller.project.id,
+        &caller.key.id,
+        model,
+        metadata,
+    );
+    match caller.project.posture {
+        Posture::Mock => Ok(mock::answer(
+            gateway, &chat, model, request_id, operation, draft,
+        )),
+        Posture::Live => {
+            let mut draft = draft;
+            draft.reservation = admit::reserve(
+                gateway,
+                &tables,
+                &caller,
+                model,
+                &chat,
+                body.len(),
+                operation,
+            )
+            .await?;
+            attempts::forward(gateway, &tables, model, &chat, draft, operation).await
+        }
+    }
+}

@@ -8,13 +8,13 @@ use hyper::body::Incoming;
 use serde_json::json;
 use sluice_shared::error_code::ErrorCode;
 
-use crate::endpoints::auth::authenticate;
 use crate::endpoints::{
-    chat_completions, embeddings, gemini_route, generate_content, messages, responses,
+    chat_completions, embeddings, generate_content, messages, models, responses,
 };
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
+use crate::pipeline::serve;
 
 pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     let request_id = sluice_shared::ids::new_id();
@@ -38,21 +38,26 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
             ),
         )),
         (&Method::POST, "/v1/chat/completions") => {
-            chat_completions(&gateway, request, &request_id).await
+            serve(&gateway, request, &request_id, &chat_completions::ENDPOINT, "").await
         }
-        (&Method::POST, "/v1/embeddings") => embeddings(&gateway, request, &request_id).await,
-        (&Method::POST, "/v1/messages") => messages(&gateway, request, &request_id).await,
-        (&Method::POST, "/v1/responses") => responses(&gateway, request, &request_id).await,
-        (&Method::GET, "/v1/models") => models(&gateway, &request),
-        (&Method::POST, _) if gemini_route(path).is_some() => {
-            match gemini_route(path).map(|(_, method)| method) {
-                Some("generateContent") => {
-                    generate_content(&gateway, request, &request_id, false).await
+        (&Method::POST, "/v1/embeddings") => {
+            serve(&gateway, request, &request_id, &embeddings::ENDPOINT, "").await
+        }
+        (&Method::POST, "/v1/messages") => {
+            serve(&gateway, request, &request_id, &messages::ENDPOINT, "").await
+        }
+        (&Method::POST, "/v1/responses") => {
+            serve(&gateway, request, &request_id, &responses::ENDPOINT, "").await
+        }
+        (&Method::GET, "/v1/models") => models::list(&gateway, &request),
+        // The model a Gemini path names is parsed here, once.
+        (&Method::POST, _) if let Some((model, method)) = generate_content::route(path) => {
+            match generate_content::endpoint(method) {
+                Some(endpoint) => {
+                    let model = model.to_owned();
+                    serve(&gateway, request, &request_id, endpoint, &model).await
                 }
-                Some("streamGenerateContent") => {
-                    generate_content(&gateway, request, &request_id, true).await
-                }
-                _ => Err(GatewayError::new(
+                None => Err(GatewayError::new(
                     ErrorCode::NotFound,
                     format!("no route for {path}: Gemini's generateContent and streamGenerateContent are served"),
                 )
@@ -149,26 +154,4 @@ fn readiness(gateway: &Gateway) -> Response<Body> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     text(status, "application/json", body.to_string())
-}
-
-/// The models this key may use, in OpenAI's list format.
-fn models(gateway: &Gateway, request: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
-    let tables = gateway.tables.load_full().ok_or_else(|| {
-        GatewayError::new(
-            ErrorCode::NotReady,
-            "this proxy has no config yet; retry shortly",
-        )
-    })?;
-    let caller = authenticate(&tables, request.headers(), sluice_shared::time::now_us())?;
-    let mut data: Vec<_> = tables
-        .org_models(&caller.project.org_id)
-        .filter(|m| caller.key.allowed_models.as_ref().is_none_or(|allowed| allowed.contains(&m.name)))
-        .map(|m| json!({"id": m.name, "object": "model", "created": m.created_at_s, "owned_by": "sluice"}))
-        .collect();
-    data.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    Ok(text(
-        StatusCode::OK,
-        "application/json",
-        json!({"object": "list", "data": data}).to_string(),
-    ))
 }

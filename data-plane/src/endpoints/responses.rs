@@ -1,0 +1,20 @@
+//! `POST /v1/responses`: OpenAI's Responses API (OpenAI providers only). OpenAI's SDKs send
+//! the key as a Bearer token; errors in OpenAI's shape.
+
+use bytes::Bytes;
+
+use crate::error_response::{ErrorShape, GatewayError};
+use crate::operation::Operation;
+use crate::pipeline::Endpoint;
+use crate::request::fields::ChatRequest;
+
+pub static ENDPOINT: Endpoint = Endpoint {
+    operation: Operation::Responses,
+    key: super::bearer_key,
+    parse,
+    shape: ErrorShape::OpenAi,
+};
+
+fn parse<'b>(body: &'b Bytes, _path_model: &str) -> Result<ChatRequest<'b>, GatewayError> {
+    ChatRequest::parse_responses(body)
+}

@@ -1,0 +1,70 @@
+//! Admission of a LIVE call: its output limit within what its model can give, and its
+//! largest possible cost reserved in every HARD budget that covers it.
+
+use sluice_shared::error_code::ErrorCode;
+
+use crate::answers::Usage;
+use crate::error_response::GatewayError;
+use crate::gateway::Gateway;
+use crate::operation::Operation;
+use crate::pipeline::identify::Caller;
+use crate::request::fields::ChatRequest;
+use crate::routing::tables::{BudgetEntry, ModelEntry, RoutingTables};
+
+/// Reserves the request's largest possible cost in every HARD budget that covers it, before
+/// anything is forwarded: the prompt counted at one token per four bytes of the request body
+/// (an overcount, which is the safe side) plus its `max_tokens` (or the configured default),
+/// at the model's full prices.
+pub async fn reserve(
+    gateway: &Gateway,
+    tables: &RoutingTables,
+    caller: &Caller<'_>,
+    model: &ModelEntry,
+    chat: &ChatRequest<'_>,
+    body_len: usize,
+    operation: Operation,
+) -> Result<Option<crate::budgets::leases::Reservation>, GatewayError> {
+    if tables.budgets.is_empty() {
+        return Ok(None);
+    }
+    let budgets: Vec<&BudgetEntry> = tables
+        .budgets_for([&caller.project.org_id, &caller.project.id, &caller.key.id])
+        .collect();
+    if budgets.is_empty() {
+        return Ok(None);
+    }
+    let usage = Usage {
+        input_tokens: (body_len as u64).div_ceil(4),
+        // Embeddings answer with vectors, not tokens.
+        output_tokens: match operation {
+            Operation::Embeddings => 0,
+            _ => chat
+                .output_limit
+                .map_or(gateway.default_max_output_tokens, |limit| limit.tokens),
+        },
+        ..Usage::default()
+    };
+    let most =
+        crate::metering::draft::cost_micros(usage, crate::metering::draft::Prices::of(model));
+    gateway.leases.reserve(&budgets, most).await.map(Some)
+}
+
+/// A request may not ask for more output than its model can give: past that, a limit is no
+/// limit, and its reservation would be no bound.
+pub fn check_output_limit(chat: &ChatRequest<'_>, model: &ModelEntry) -> Result<(), GatewayError> {
+    let Some(limit) = chat.output_limit else {
+        return Ok(());
+    };
+    let most = model.output_token_limit();
+    if limit.tokens > most {
+        return Err(GatewayError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "`{}` is {}, more than model '{}' can produce ({most} tokens)",
+                limit.field, limit.tokens, model.name
+            ),
+        )
+        .with_param(limit.field));
+    }
+    Ok(())
+}
