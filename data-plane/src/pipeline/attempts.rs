@@ -166,10 +166,10 @@ pub async fn forward(
         outcome.may_have_billed |= failure.may_have_billed();
         let mut error = failure.to_error(&provider.name);
         error.message = scrubber.scrub_str(&error.message).into_owned();
-        if let UpstreamFailure::KeyRejected(status) = failure {
+        if failure.rejects_key() {
             // The control plane hears of the refused key with the record, whatever the
             // request's outcome.
-            if let Some(key) = key {
+            if let (Some(key), UpstreamFailure::KeyRejected(status)) = (key, &failure) {
                 draft.record.rejected_key_id = key.id.clone();
                 draft.record.upstream_status = u32::from(status.as_u16());
             }

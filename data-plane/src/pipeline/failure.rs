@@ -84,10 +84,9 @@ impl UpstreamFailure {
     /// answer started, except a refused key (the provider's next key comes first, and when
     /// none is left the operator must act).
     pub fn falls_back(&self) -> bool {
-        !matches!(
-            self,
-            Self::KeyRejected(_) | Self::InvalidAnswer(_) | Self::BodyTimeout(_)
-        )
+        // What another deployment may not share: trouble at this one's upstream, or where
+        // this one's provider points.
+        self.retryable() || matches!(self, Self::Refused(_) | Self::Redirect(_))
     }
 
     /// Whether the provider key is the reason: the control plane hears of it, and the
