@@ -40,6 +40,11 @@ impl Operation {
         matches!(self, Self::GenerateContent | Self::StreamGenerateContent)
     }
 
+    /// Whether the request body names the model (Gemini's paths carry it instead).
+    pub fn model_in_body(self) -> bool {
+        !self.is_gemini()
+    }
+
     /// Its slot in a deployment's URL table.
     pub fn index(self) -> usize {
         self as usize

@@ -266,7 +266,9 @@ fn payload(
             Ok(Bytes::from(translated.to_string()))
         }
         Translator::Native(_) => chat.upstream_body(
-            (!operation.is_gemini()).then_some(deployment.upstream_model.as_str()),
+            operation
+                .model_in_body()
+                .then_some(deployment.upstream_model.as_str()),
             operation == Operation::ChatCompletions,
         ),
     }
