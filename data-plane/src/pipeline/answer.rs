@@ -24,6 +24,7 @@ use crate::http_body::{Body, BoxError, full};
 use crate::metering::answer_stream::AnswerStream;
 use crate::metering::draft::UsageDraft;
 use crate::pipeline::failure::UpstreamFailure;
+use crate::request::fields::ChatRequest;
 
 /// Largest non-streamed upstream answer read into memory.
 const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
@@ -43,8 +44,9 @@ pub enum Translator {
 pub struct Answering<'a> {
     /// The model as the client named it (translated answers carry it).
     pub model_name: &'a str,
-    /// Whether a translated stream ends with a usage chunk (`stream_options.include_usage`).
-    pub include_usage: bool,
+    /// The client's request (a translated stream ends with a usage chunk if it asked,
+    /// `stream_options.include_usage`).
+    pub chat: &'a ChatRequest<'a>,
     /// Bounds reading a whole body, and the wait between a stream's chunks.
     pub timeout: Duration,
 }
@@ -80,7 +82,10 @@ pub async fn answer(
         let reader: Box<dyn StreamReader> = match translator {
             Translator::Native(usage) => usage.stream(),
             Translator::Chat(translation) => {
-                let chunks = ChatChunks::new(identity(&draft, answering), answering.include_usage);
+                let chunks = ChatChunks::new(
+                    identity(&draft, answering),
+                    answering.chat.asks_stream_usage(),
+                );
                 Box::new(TranslatedEvents::new(translation, chunks))
             }
         };

@@ -66,7 +66,7 @@ pub async fn forward(
         .collect();
     let answering = Answering {
         model_name: &model.name,
-        include_usage: chat.asks_stream_usage(),
+        chat,
         timeout: std::time::Duration::ZERO,
     };
     let mut outcome = Outcome::default();

@@ -46,21 +46,9 @@ fn serves(provider: &ProviderEntry, deployment: &DeploymentEntry, operation: Ope
 }
 
 /// One model call, start to end: identify the caller → read and parse the body → resolve the
-/// model → answer from the MOCK posture, or admit (budgets) and run the attempts; every
-/// error in the endpoint's own shape.
+/// model → answer from the MOCK posture, or admit (budgets) and run the attempts. Errors are
+/// answered in the endpoint's shape (`endpoint.shape`) by the caller.
 pub async fn serve(
-    gateway: &Arc<Gateway>,
-    request: Request<Incoming>,
-    request_id: &str,
-    endpoint: &Endpoint,
-    path_model: &str,
-) -> Result<Response<Body>, GatewayError> {
-    serve_call(gateway, request, request_id, endpoint, path_model)
-        .await
-        .map_err(|error| error.in_shape(endpoint.shape))
-}
-
-async fn serve_call(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
     request_id: &str,

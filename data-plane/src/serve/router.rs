@@ -14,7 +14,7 @@ use crate::endpoints::{
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
-use crate::pipeline::serve;
+use crate::pipeline::{Endpoint, serve};
 
 pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     let request_id = sluice_shared::ids::new_id();
@@ -38,16 +38,24 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
             ),
         )),
         (&Method::POST, "/v1/chat/completions") => {
-            serve(&gateway, request, &request_id, &chat_completions::ENDPOINT, "").await
+            serve(&gateway, request, &request_id, &chat_completions::ENDPOINT, "")
+                .await
+                .map_err(in_shape_of(&chat_completions::ENDPOINT))
         }
         (&Method::POST, "/v1/embeddings") => {
-            serve(&gateway, request, &request_id, &embeddings::ENDPOINT, "").await
+            serve(&gateway, request, &request_id, &embeddings::ENDPOINT, "")
+                .await
+                .map_err(in_shape_of(&embeddings::ENDPOINT))
         }
         (&Method::POST, "/v1/messages") => {
-            serve(&gateway, request, &request_id, &messages::ENDPOINT, "").await
+            serve(&gateway, request, &request_id, &messages::ENDPOINT, "")
+                .await
+                .map_err(in_shape_of(&messages::ENDPOINT))
         }
         (&Method::POST, "/v1/responses") => {
-            serve(&gateway, request, &request_id, &responses::ENDPOINT, "").await
+            serve(&gateway, request, &request_id, &responses::ENDPOINT, "")
+                .await
+                .map_err(in_shape_of(&responses::ENDPOINT))
         }
         (&Method::GET, "/v1/models") => models::list(&gateway, &request),
         // The model a Gemini path names is parsed here, once.
@@ -55,7 +63,9 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
             match generate_content::endpoint(method) {
                 Some(endpoint) => {
                     let model = model.to_owned();
-                    serve(&gateway, request, &request_id, endpoint, &model).await
+                    serve(&gateway, request, &request_id, endpoint, &model)
+                .await
+                .map_err(in_shape_of(endpoint))
                 }
                 None => Err(GatewayError::new(
                     ErrorCode::NotFound,
@@ -90,6 +100,11 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
         response.headers_mut().insert("x-request-id", value);
     }
     response
+}
+
+/// An endpoint's errors are answered in its family's shape.
+fn in_shape_of(endpoint: &Endpoint) -> impl Fn(GatewayError) -> GatewayError + '_ {
+    |error| error.in_shape(endpoint.shape)
 }
 
 /// The answer to a request head the connection's guard refused (`head_guard`), in the shape of
