@@ -23,10 +23,51 @@ fn invalid(field: &str, message: impl Into<String>) -> InvalidField {
     }
 }
 
+/// What a provider's timeout is when none is given, and the most it may be.
+pub const DEFAULT_TIMEOUT_MS: u32 = 60_000;
+pub const MAX_TIMEOUT_MS: u32 = 600_000;
+/// Models a virtual key may be limited to.
+pub const MAX_ALLOWED_MODELS: usize = 256;
+
 const MAX_NAME: usize = 63;
 const MAX_DISPLAY_NAME: usize = 200;
 const MAX_SECRET: usize = 8 * 1024;
 const MAX_EXTRA_HEADERS: usize = 32;
+
+/// Money and instants are never negative (prices in micro-dollars, expiries in µs).
+pub fn non_negative(field: &str, value: i64) -> Result<i64, InvalidField> {
+    if value < 0 {
+        return Err(invalid(field, "must not be negative"));
+    }
+    Ok(value)
+}
+
+/// A provider's timeout in milliseconds: 0 takes the default.
+pub fn timeout_ms(field: &str, value: u32) -> Result<u32, InvalidField> {
+    match value {
+        0 => Ok(DEFAULT_TIMEOUT_MS),
+        v if v > MAX_TIMEOUT_MS => Err(invalid(
+            field,
+            format!("must be at most {MAX_TIMEOUT_MS} ms"),
+        )),
+        v => Ok(v),
+    }
+}
+
+/// The models a virtual key is limited to: each a resource name, at most
+/// [`MAX_ALLOWED_MODELS`].
+pub fn model_names(field: &str, models: &[String]) -> Result<(), InvalidField> {
+    if models.len() > MAX_ALLOWED_MODELS {
+        return Err(invalid(
+            field,
+            format!("at most {MAX_ALLOWED_MODELS} models"),
+        ));
+    }
+    models
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, model)| name(&format!("{field}[{i}]"), model))
+}
 
 /// Resource names: they appear in paths like `ORG/PROJECT/KEY`, so no `/`, no spaces.
 pub fn name(field: &str, value: &str) -> Result<(), InvalidField> {
@@ -447,5 +488,24 @@ mod tests {
         assert!(secret("secret", "").is_err());
         assert!(secret("secret", "with space").is_err());
         assert!(secret("secret", "line\n").is_err());
+    }
+
+    #[test]
+    fn amounts_timeouts_and_model_lists() {
+        assert_eq!(non_negative("price", 0), Ok(0));
+        assert_eq!(non_negative("price", 150_000), Ok(150_000));
+        let negative = non_negative("input_price_micros_per_mtok", -1).unwrap_err();
+        assert_eq!(
+            negative.to_string(),
+            "input_price_micros_per_mtok: must not be negative"
+        );
+        assert_eq!(timeout_ms("timeout_ms", 0), Ok(DEFAULT_TIMEOUT_MS));
+        assert_eq!(timeout_ms("timeout_ms", MAX_TIMEOUT_MS), Ok(MAX_TIMEOUT_MS));
+        assert!(timeout_ms("timeout_ms", MAX_TIMEOUT_MS + 1).is_err());
+        let models = |n: usize| (0..n).map(|i| format!("m{i}")).collect::<Vec<_>>();
+        assert!(model_names("allowed_models", &models(MAX_ALLOWED_MODELS)).is_ok());
+        assert!(model_names("allowed_models", &models(MAX_ALLOWED_MODELS + 1)).is_err());
+        let bad = model_names("allowed_models", &["ok".to_owned(), "no/slash".to_owned()]);
+        assert_eq!(bad.unwrap_err().field, "allowed_models[1]");
     }
 }

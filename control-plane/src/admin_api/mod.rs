@@ -39,12 +39,9 @@ use crate::store::{self, Audit, Posture, Store, StoreError, TokenScope};
 use crate::validation::{self, InvalidField};
 use crate::vault::{Vault, VaultError};
 
-const DEFAULT_TIMEOUT_MS: u32 = 60_000;
-const MAX_TIMEOUT_MS: u32 = 600_000;
 const DEFAULT_AUDIT_LIMIT: u32 = 100;
 const MAX_AUDIT_LIMIT: u32 = 1_000;
 const MAX_DEPLOYMENTS: usize = 64;
-const MAX_ALLOWED_MODELS: usize = 256;
 
 pub struct AdminApi<S> {
     store: Arc<S>,
@@ -101,6 +98,10 @@ fn actor<T>(request: &Request<T>) -> Result<String, Status> {
 }
 
 fn check(result: Result<(), InvalidField>) -> Result<(), Status> {
+    checked(result)
+}
+
+fn checked<T>(result: Result<T, InvalidField>) -> Result<T, Status> {
     result.map_err(|invalid| Status::invalid_argument(invalid.to_string()))
 }
 
@@ -169,44 +170,17 @@ fn deployments(list: Vec<pb::Deployment>) -> Result<Vec<store::Deployment>, Stat
         .collect()
 }
 
-fn price(field: &str, value: i64) -> Result<i64, Status> {
-    if value < 0 {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must not be negative"
-        )));
-    }
-    Ok(value)
+/// A price (micro-dollars) or an expiry (µs since the epoch).
+fn non_negative(field: &str, value: i64) -> Result<i64, Status> {
+    checked(validation::non_negative(field, value))
 }
 
 fn timeout(field: &str, value: u32) -> Result<u32, Status> {
-    match value {
-        0 => Ok(DEFAULT_TIMEOUT_MS),
-        v if v > MAX_TIMEOUT_MS => Err(Status::invalid_argument(format!(
-            "{field}: must be at most {MAX_TIMEOUT_MS} ms"
-        ))),
-        v => Ok(v),
-    }
+    checked(validation::timeout_ms(field, value))
 }
 
 fn model_names(field: &str, models: &[String]) -> Result<(), Status> {
-    if models.len() > MAX_ALLOWED_MODELS {
-        return Err(Status::invalid_argument(format!(
-            "{field}: at most {MAX_ALLOWED_MODELS} models"
-        )));
-    }
-    models
-        .iter()
-        .enumerate()
-        .try_for_each(|(i, model)| check(validation::name(&format!("{field}[{i}]"), model)))
-}
-
-fn expiry(field: &str, value: i64) -> Result<i64, Status> {
-    if value < 0 {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must not be negative"
-        )));
-    }
-    Ok(value)
+    check(validation::model_names(field, models))
 }
 
 impl<S: Store> AdminApi<S> {

@@ -5,7 +5,7 @@
 use sluice_proto::admin::v1 as pb;
 use tonic::Status;
 
-use super::price;
+use super::non_negative;
 use crate::pricing_catalog::{Catalog, CatalogEntry};
 use crate::store::{self, PriceSource};
 
@@ -54,17 +54,17 @@ pub(super) fn for_new_model(
     };
     if operator_priced {
         new.price_source = PriceSource::Operator;
-        new.input_price_micros_per_mtok = price(
+        new.input_price_micros_per_mtok = non_negative(
             "input_price_micros_per_mtok",
             req.input_price_micros_per_mtok.unwrap_or(0),
         )?;
-        new.output_price_micros_per_mtok = price(
+        new.output_price_micros_per_mtok = non_negative(
             "output_price_micros_per_mtok",
             req.output_price_micros_per_mtok.unwrap_or(0),
         )?;
         new.cached_input_price_micros_per_mtok = req
             .cached_input_price_micros_per_mtok
-            .map(|p| price("cached_input_price_micros_per_mtok", p))
+            .map(|p| non_negative("cached_input_price_micros_per_mtok", p))
             .transpose()?;
     } else if let Some(entry) = entry {
         new.input_price_micros_per_mtok = entry.input;

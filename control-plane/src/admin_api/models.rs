@@ -71,16 +71,16 @@ pub(super) async fn update_model<S: Store>(
         },
         input_price_micros_per_mtok: req
             .input_price_micros_per_mtok
-            .map(|p| price("input_price_micros_per_mtok", p))
+            .map(|p| non_negative("input_price_micros_per_mtok", p))
             .transpose()?,
         output_price_micros_per_mtok: req
             .output_price_micros_per_mtok
-            .map(|p| price("output_price_micros_per_mtok", p))
+            .map(|p| non_negative("output_price_micros_per_mtok", p))
             .transpose()?,
         context_window: req.context_window,
         cached_input_price_micros_per_mtok: req
             .cached_input_price_micros_per_mtok
-            .map(|p| price("cached_input_price_micros_per_mtok", p).map(Some))
+            .map(|p| non_negative("cached_input_price_micros_per_mtok", p).map(Some))
             .transpose()?,
         price_source: None,
         catalog_id: None,

@@ -21,7 +21,7 @@ pub(super) async fn create_virtual_key<S: Store>(
         prefix: minted.display_prefix.clone(),
         key_hash: minted.hash.clone(),
         allowed_models: req.allowed_models,
-        expires_at_us: expiry("expires_at_us", req.expires_at_us)?,
+        expires_at_us: non_negative("expires_at_us", req.expires_at_us)?,
     };
     let target = format!("{}/{}/{}", req.organization, req.project, req.name);
     let audit = Audit::new(&actor, "virtual_key.create", target)
@@ -98,7 +98,7 @@ pub(super) async fn update_virtual_key<S: Store>(
         allowed_models,
         expires_at_us: req
             .expires_at_us
-            .map(|e| expiry("expires_at_us", e))
+            .map(|e| non_negative("expires_at_us", e))
             .transpose()?,
     };
     let target = format!("{}/{}/{}", req.organization, req.project, req.name);
