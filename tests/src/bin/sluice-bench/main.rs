@@ -7,9 +7,12 @@
 //! floor — a minimal hyper pass-through proxy (`sluice-bench floor`) — and `sluice-proxy` on a
 //! LIVE route (with `sluice-control-plane` beside it). The load comes from this process over
 //! loopback. CPU per request is the proxy process's user+system time from /proc over the run,
-//! divided by the requests served.
+//! divided by the requests served. A second part measures the way users do ([`nginx`]): nginx
+//! as the floor, `oha` as the load at 64 connections, every process's CPU apart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod nginx;
 
 use std::convert::Infallible;
 use std::process::{Child, Command, Stdio};
@@ -690,6 +693,23 @@ async fn bench() {
         cp_full_speed[cp_full_speed.len() / 2],
     );
 
+    match nginx::Tools::find() {
+        Ok(tools) => {
+            against_nginx(
+                &tools,
+                &upstream.addr,
+                &sluice_url,
+                &[sluice_pid],
+                cp.pid(),
+                &key,
+                duration,
+                rate,
+            )
+            .await
+        }
+        Err(missing) => println!("\n(no comparison with nginx: {missing})"),
+    }
+
     // Config propagation with many virtual keys in the snapshot.
     let created_at = Instant::now();
     create_virtual_keys(&cp.url(), &cp.admin_token, keys).await;
@@ -745,6 +765,111 @@ async fn bench() {
     if failures > 0 {
         println!("WARNING: {failures} requests failed");
     }
+}
+
+/// CPU of several processes together.
+fn cpu_of(pids: &[u32]) -> Duration {
+    pids.iter().map(|pid| cpu_time(*pid)).sum()
+}
+
+/// Sluice against nginx with oha at 64 connections: throughput, CPU per request of each
+/// process, latency added at a fixed rate over calling the upstream directly, stream first
+/// chunk, RSS.
+#[allow(clippy::too_many_arguments)]
+async fn against_nginx(
+    tools: &nginx::Tools,
+    upstream: &str,
+    sluice_url: &str,
+    sluice_pids: &[u32],
+    cp_pid: u32,
+    key: &str,
+    duration: Duration,
+    rate: u64,
+) {
+    const CONNECTIONS: usize = 64;
+    let nginx = nginx::Nginx::start(tools, upstream);
+    let nginx_pids = nginx.pids();
+    let nginx_idle_rss: f64 = nginx_pids.iter().map(|pid| rss_mib(*pid)).sum();
+    let direct_url = format!("http://{upstream}/v1/chat/completions");
+    let nginx_url = format!("http://{}/v1/chat/completions", nginx.addr);
+    let run = |url: String, connections: usize, rate: Option<u64>| {
+        let key = key.to_owned();
+        let tools = nginx::Tools::find().unwrap();
+        tokio::task::spawn_blocking(move || {
+            nginx::oha(&tools, &url, &key, REQUEST, connections, duration, rate)
+        })
+    };
+    // Warm up, then full speed, then the fixed rate; each side measured while it runs.
+    run(nginx_url.clone(), 8, None).await.unwrap();
+    let before = cpu_of(&nginx_pids);
+    let nginx_full = run(nginx_url.clone(), CONNECTIONS, None).await.unwrap();
+    let nginx_cpu = cpu_of(&nginx_pids) - before;
+    let (before, cp_before) = (cpu_of(sluice_pids), cpu_time(cp_pid));
+    let sluice_full = run(sluice_url.to_owned(), CONNECTIONS, None).await.unwrap();
+    let (sluice_cpu, cp_cpu) = (cpu_of(sluice_pids) - before, cpu_time(cp_pid) - cp_before);
+    let direct_fixed = run(direct_url.clone(), CONNECTIONS, Some(rate))
+        .await
+        .unwrap();
+    let nginx_fixed = run(nginx_url.clone(), CONNECTIONS, Some(rate))
+        .await
+        .unwrap();
+    let sluice_fixed = run(sluice_url.to_owned(), CONNECTIONS, Some(rate))
+        .await
+        .unwrap();
+    let per = |cpu: Duration, load: &nginx::Load| cpu / load.served.max(1) as u32;
+    let (nginx_per, sluice_per, cp_per) = (
+        per(nginx_cpu, &nginx_full),
+        per(sluice_cpu, &sluice_full),
+        per(cp_cpu, &sluice_full),
+    );
+    let added = |side: &nginx::Load, at: fn(&nginx::Load) -> Duration| {
+        at(side).as_secs_f64() * 1e6 - at(&direct_fixed).as_secs_f64() * 1e6
+    };
+    let direct_ttfc = first_chunk(&direct_url, key, 200).await;
+    let nginx_ttfc = first_chunk(&nginx_url, key, 200).await;
+    let sluice_ttfc = first_chunk(sluice_url, key, 200).await;
+    let nginx_rss: f64 = nginx_pids.iter().map(|pid| rss_mib(*pid)).sum();
+
+    println!();
+    println!(
+        "Against nginx ({} workers, keep-alive, proxy_buffering off), loaded by oha at {CONNECTIONS} connections, {duration:?} per run:",
+        nginx_pids.len().saturating_sub(1)
+    );
+    println!();
+    println!("| measure | nginx | Sluice | Sluice / nginx |");
+    println!("|---|---|---|---|");
+    println!(
+        "| throughput, {CONNECTIONS} connections | {:.0} req/s | {:.0} req/s | {:.2} |",
+        nginx_full.requests_per_second,
+        sluice_full.requests_per_second,
+        sluice_full.requests_per_second / nginx_full.requests_per_second.max(1.0)
+    );
+    println!(
+        "| CPU per request at full speed | {} | {} proxy + {} control plane | {:.2} |",
+        us(nginx_per),
+        us(sluice_per),
+        us(cp_per),
+        (sluice_per + cp_per).as_secs_f64() / nginx_per.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "| p50 / p99 added at {rate} req/s (direct: {} / {}) | +{:.0} / +{:.0} µs | +{:.0} / +{:.0} µs | |",
+        ms(direct_fixed.p50),
+        ms(direct_fixed.p99),
+        added(&nginx_fixed, |l| l.p50),
+        added(&nginx_fixed, |l| l.p99),
+        added(&sluice_fixed, |l| l.p50),
+        added(&sluice_fixed, |l| l.p99),
+    );
+    println!(
+        "| stream first chunk, added to direct ({}) | {:+.0} µs | {:+.0} µs | |",
+        ms(direct_ttfc),
+        (nginx_ttfc.as_secs_f64() - direct_ttfc.as_secs_f64()) * 1e6,
+        (sluice_ttfc.as_secs_f64() - direct_ttfc.as_secs_f64()) * 1e6,
+    );
+    println!(
+        "| RSS idle → after load | {nginx_idle_rss:.1} → {nginx_rss:.1} MiB (all processes) | {:.1} MiB (proxy) | |",
+        sluice_pids.iter().map(|pid| rss_mib(*pid)).sum::<f64>()
+    );
 }
 
 async fn create_virtual_keys(url: &str, token: &str, count: usize) {
