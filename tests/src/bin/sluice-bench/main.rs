@@ -69,7 +69,12 @@ async fn upstream() {
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
                 let streaming = body.windows(14).any(|w| w == b"\"stream\":true");
-                Ok::<_, Infallible>(if streaming {
+                // `max_tokens: 20` asks for twenty content events back to back (22 with the
+                // usage event and `[DONE]`), as a fast model streams.
+                let burst = body.windows(15).any(|w| w == b"\"max_tokens\":20");
+                Ok::<_, Infallible>(if streaming && burst {
+                    sse_burst()
+                } else if streaming {
                     sse()
                 } else {
                     Response::builder()
@@ -113,6 +118,25 @@ fn sse() -> Response<BoxBody> {
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(receiver)).boxed())
+        .unwrap()
+}
+
+/// Twenty content events at once, then the usage event and `[DONE]`.
+fn sse_burst() -> Response<BoxBody> {
+    let mut text = String::new();
+    for n in 0..20 {
+        text.push_str(&format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{n} \"}},\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    text.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":20,\"total_tokens\":32}}\n\ndata: [DONE]\n\n");
+    let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = text
+        .split_inclusive("\n\n")
+        .map(|event| Ok(Frame::data(Bytes::from(event.to_owned()))))
+        .collect();
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(tokio_stream::iter(frames)).boxed())
         .unwrap()
 }
 
@@ -383,6 +407,35 @@ fn summarize(mut latencies: Vec<Duration>, failed: usize, elapsed: Duration, cpu
 }
 
 /// Median time from sending a streaming request to the first body bytes.
+/// The median time to a 22-event stream's first chunk and to its end, over `samples` streams
+/// one after another.
+async fn stream_times(url: &str, key: &str, samples: usize) -> (Duration, Duration) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let body = r#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Say hello."}],"max_tokens":20}"#;
+    let (mut firsts, mut ends) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for _ in 0..samples {
+        let started = Instant::now();
+        let request = Request::post(url)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let mut body = client.request(request).await.unwrap().into_body();
+        let mut first = None;
+        while let Some(frame) = body.frame().await {
+            if first.is_none() && frame.unwrap().is_data() {
+                first = Some(started.elapsed());
+            }
+        }
+        firsts.push(first.unwrap());
+        ends.push(started.elapsed());
+    }
+    firsts.sort();
+    ends.sort();
+    (percentile(&firsts, 0.5), percentile(&ends, 0.5))
+}
+
 async fn first_chunk(url: &str, key: &str, samples: usize) -> Duration {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
@@ -825,9 +878,18 @@ async fn against_nginx(
     let added = |side: &nginx::Load, at: fn(&nginx::Load) -> Duration| {
         at(side).as_secs_f64() * 1e6 - at(&direct_fixed).as_secs_f64() * 1e6
     };
-    let direct_ttfc = first_chunk(&direct_url, key, 200).await;
-    let nginx_ttfc = first_chunk(&nginx_url, key, 200).await;
-    let sluice_ttfc = first_chunk(sluice_url, key, 200).await;
+    // Enough streams that 10 ms CPU ticks resolve a few µs per stream.
+    const STREAMS: usize = 2000;
+    let direct_stream = stream_times(&direct_url, key, STREAMS).await;
+    let before = cpu_of(&nginx_pids);
+    let nginx_stream = stream_times(&nginx_url, key, STREAMS).await;
+    let nginx_stream_cpu = (cpu_of(&nginx_pids) - before) / STREAMS as u32;
+    let (before, cp_before) = (cpu_of(sluice_pids), cpu_time(cp_pid));
+    let sluice_stream = stream_times(sluice_url, key, STREAMS).await;
+    let sluice_stream_cpu = (cpu_of(sluice_pids) - before) / STREAMS as u32;
+    let cp_stream_cpu = (cpu_time(cp_pid) - cp_before) / STREAMS as u32;
+    let added_us =
+        |side: Duration, direct: Duration| (side.as_secs_f64() - direct.as_secs_f64()) * 1e6;
     let nginx_rss: f64 = nginx_pids.iter().map(|pid| rss_mib(*pid)).sum();
 
     println!();
@@ -861,10 +923,21 @@ async fn against_nginx(
         added(&sluice_fixed, |l| l.p99),
     );
     println!(
-        "| stream first chunk, added to direct ({}) | {:+.0} µs | {:+.0} µs | |",
-        ms(direct_ttfc),
-        (nginx_ttfc.as_secs_f64() - direct_ttfc.as_secs_f64()) * 1e6,
-        (sluice_ttfc.as_secs_f64() - direct_ttfc.as_secs_f64()) * 1e6,
+        "| stream (22 events) first chunk / complete, added to direct ({} / {}) | {:+.0} / {:+.0} µs | {:+.0} / {:+.0} µs | |",
+        ms(direct_stream.0),
+        ms(direct_stream.1),
+        added_us(nginx_stream.0, direct_stream.0),
+        added_us(nginx_stream.1, direct_stream.1),
+        added_us(sluice_stream.0, direct_stream.0),
+        added_us(sluice_stream.1, direct_stream.1),
+    );
+    println!(
+        "| CPU per stream (22 events) | {} | {} proxy + {} control plane | {:.2} |",
+        us(nginx_stream_cpu),
+        us(sluice_stream_cpu),
+        us(cp_stream_cpu),
+        (sluice_stream_cpu + cp_stream_cpu).as_secs_f64()
+            / nginx_stream_cpu.as_secs_f64().max(1e-9)
     );
     println!(
         "| RSS idle → after load | {nginx_idle_rss:.1} → {nginx_rss:.1} MiB (all processes) | {:.1} MiB (proxy) | |",
