@@ -64,11 +64,6 @@ pub async fn forward(
             key_index: 0,
         })
         .collect();
-    let answering = Answering {
-        model_name: &model.name,
-        chat,
-        timeout: std::time::Duration::ZERO,
-    };
     let mut outcome = Outcome::default();
     draft.prompt = chat.messages_bytes();
     let mut tried = 0;
@@ -138,8 +133,9 @@ pub async fn forward(
                 Some(failure) => failure,
                 None => {
                     let answering = Answering {
+                        model_name: &model.name,
+                        chat,
                         timeout: provider.timeout,
-                        ..answering
                     };
                     let translated = answer(
                         response,
@@ -206,8 +202,7 @@ impl Outcome {
     /// Ends the request with `error`, and its one usage record if an attempt reached an
     /// upstream: the prompt counted where an upstream may have billed it; otherwise nothing
     /// generated — reported as such when the upstream itself refused the key.
-    fn fail(&self, draft: UsageDraft, error: GatewayError) -> GatewayError {
-        let mut draft = draft;
+    fn fail(&self, mut draft: UsageDraft, error: GatewayError) -> GatewayError {
         if draft.has_reached_upstream() {
             let status = error.code.http_status();
             if self.may_have_billed {
@@ -226,8 +221,8 @@ impl Outcome {
 
 /// Where an attempt at `deployment` goes and how its answer comes back: the operation in the
 /// family's own format, else chat completions translated for a family that speaks another;
-/// `None` when the family offers neither.
-fn route<'t>(
+/// `None` when the family offers neither (the endpoint then refuses the model up front).
+pub(crate) fn route<'t>(
     deployment: &'t DeploymentEntry,
     provider: &ProviderEntry,
     operation: Operation,

@@ -25,7 +25,7 @@ use crate::metering::draft::UsageDraft;
 use crate::operation::Operation;
 use crate::pipeline::identify::{KeyLocation, identify, resolve_model};
 use crate::request::fields::ChatRequest;
-use crate::routing::tables::{DeploymentEntry, Posture, ProviderEntry};
+use crate::routing::tables::Posture;
 
 /// What a client API is to the request path: the operation it calls, where its SDKs send
 /// the virtual key, how its body is parsed, and the shape of its errors.
@@ -36,13 +36,6 @@ pub struct Endpoint {
     /// Parses the body; the second argument is the model the path names (Gemini's paths).
     pub parse: for<'b> fn(&'b Bytes, &str) -> Result<ChatRequest<'b>, GatewayError>,
     pub shape: ErrorShape,
-}
-
-/// Whether a deployment serves `operation`: in its family's own format, or — chat
-/// completions — through the family's translation.
-fn serves(provider: &ProviderEntry, deployment: &DeploymentEntry, operation: Operation) -> bool {
-    deployment.uri(operation).is_some()
-        || (operation == Operation::ChatCompletions && provider.family.chat_translation().is_some())
 }
 
 /// One model call, start to end: identify the caller → read and parse the body → resolve the
@@ -81,7 +74,9 @@ pub async fn serve(
         .deployments
         .first()
         .and_then(|d| Some((tables.providers.get(d.provider)?, d)));
-    if let Some((provider, _)) = primary.filter(|(provider, d)| !serves(provider, d, operation)) {
+    if let Some((provider, _)) = primary
+        .filter(|(provider, d)| attempts::route(d, provider, operation, chat.stream).is_none())
+    {
         return Err(GatewayError::new(
             ErrorCode::ProviderMismatch,
             format!(

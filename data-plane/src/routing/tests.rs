@@ -21,12 +21,10 @@ pub(crate) struct Fixture {
 
 pub(crate) fn fixture() -> Fixture {
     let sealing = SealingKeyPair::generate();
-    // infallible: a freshly generated key pair's public half is always a valid recipient.
-    let sealer = SecretSealer::for_recipient(&sealing.public_bytes()).unwrap();
+    let sealer = SecretSealer::for_recipient(&sealing.public_bytes()).unwrap(); // infallible: a freshly generated key pair's public half is always a valid recipient
     let sealed = sealer
         .seal("k1", &SecretString::new("sk-test".into()))
-        // infallible: sealing a short secret to a valid recipient cannot fail.
-        .unwrap();
+        .unwrap(); // infallible: sealing a short secret to a valid recipient cannot fail
     let snapshot = pb::Snapshot {
         version: 3,
         generated_at_us: 1,

@@ -124,10 +124,6 @@ pub(super) fn anthropic_answer(headers: &HeaderMap, body: &Value) -> MockRespons
             }
         }
     }
-    let events: Vec<(&str, Value)> = events
-        .iter()
-        .map(|(kind, event)| (kind.as_str(), event.clone()))
-        .collect();
     sse_response(&events)
 }
 

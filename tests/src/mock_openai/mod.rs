@@ -194,7 +194,7 @@ fn json_response(status: StatusCode, body: Value) -> MockResponse {
 }
 
 /// Named server-sent events, all at once.
-fn sse_response(events: &[(&str, Value)]) -> MockResponse {
+fn sse_response(events: &[(impl std::fmt::Display, Value)]) -> MockResponse {
     let text: String = events
         .iter()
         .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))

@@ -847,7 +847,7 @@ async fn against_nginx(
     let nginx_url = format!("http://{}/v1/chat/completions", nginx.addr);
     let run = |url: String, connections: usize, rate: Option<u64>| {
         let key = key.to_owned();
-        let tools = nginx::Tools::find().unwrap();
+        let tools = tools.clone();
         tokio::task::spawn_blocking(move || {
             nginx::oha(&tools, &url, &key, REQUEST, connections, duration, rate)
         })

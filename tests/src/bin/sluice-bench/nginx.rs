@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// The nginx to run, and the oha to load it with: on PATH, or oha in cargo's bin folder.
+#[derive(Clone)]
 pub struct Tools {
     nginx: PathBuf,
     oha: PathBuf,
