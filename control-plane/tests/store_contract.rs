@@ -1073,6 +1073,115 @@ async fn usage_queries<S: Store>(store: &S) {
     ));
 }
 
+/// Spend queries read the hourly roll-up for whole hours and raw records at the ends of their
+/// range: whatever the range, they answer exactly what the records stored once each add up to,
+/// also when a batch re-sends records another batch stored.
+async fn usage_rollup_matches_records<S: Store>(store: &S) {
+    use sluice_shared::time::{day_us, days_from_civil};
+    let hour = 3_600_000_000_i64;
+    let start = days_from_civil(2029, 6, 1) * day_us();
+    let project = store.get_project("spendco", "app").await.unwrap();
+    let key = store.get_virtual_key("spendco", "app", "ci").await.unwrap();
+    let records: Vec<UsageRecord> = (0..600_i64)
+        .map(|n| {
+            // Irregular steps across five hours, so hour edges fall between records.
+            let mut record = spend(
+                &format!("roll-{n:04}"),
+                &project.id,
+                &key.id,
+                start + n * 29_999_777,
+                n % 7 + 1,
+            );
+            record.model = if n % 3 == 0 { "model-a" } else { "model-b" }.into();
+            record.source = if n % 4 == 0 {
+                UsageSource::Estimated
+            } else {
+                UsageSource::ProviderReported
+            };
+            record.http_status = if n % 10 == 0 { 503 } else { 200 };
+            record.input_tokens = n;
+            record.output_tokens = 2 * n;
+            record.cached_input_tokens = n / 2;
+            record
+        })
+        .collect();
+    store
+        .commit_usage_batch("roll-1", "proxy-a", "r1", records[..400].to_vec())
+        .await
+        .unwrap();
+    // A second batch re-sends a hundred stored records, one of its own twice, and new ones.
+    let mut resent = records[300..600].to_vec();
+    resent.push(records[550].clone());
+    store
+        .commit_usage_batch("roll-2", "proxy-a", "r2", resent)
+        .await
+        .unwrap();
+    // requests, input, cached input, output, cost, estimated cost, failed + 1000 × estimated.
+    type Sums = (i64, i64, i64, i64, i64, i64, i64);
+    let expected = |from: i64, to: i64| -> BTreeMap<String, Sums> {
+        let mut sums = BTreeMap::new();
+        for r in records
+            .iter()
+            .filter(|r| r.started_at_us >= from && r.started_at_us < to)
+        {
+            let sum = sums.entry(r.model.clone()).or_insert((0, 0, 0, 0, 0, 0, 0));
+            let estimated = r.source == UsageSource::Estimated;
+            sum.0 += 1;
+            sum.1 += r.input_tokens;
+            sum.2 += r.cached_input_tokens;
+            sum.3 += r.output_tokens;
+            sum.4 += r.cost_micros;
+            sum.5 += if estimated { r.cost_micros } else { 0 };
+            sum.6 += i64::from(r.http_status >= 400) + if estimated { 1_000 } else { 0 };
+        }
+        sums
+    };
+    for (from, to) in [
+        (start, start + 5 * hour),
+        (start - hour, start + 6 * hour),
+        (start + 17 * 60_000_000, start + 3 * hour + 5 * 60_000_000),
+        (start + 10 * 60_000_000, start + 20 * 60_000_000),
+        (start + hour - 1, start + 2 * hour + 1),
+        (start + hour, start + hour + 1),
+    ] {
+        let (rows, total) = store
+            .query_usage(UsageQuery {
+                organization: "spendco".into(),
+                from_us: from,
+                to_us: to,
+                group_by: vec![UsageGroup::Model],
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let answered: BTreeMap<String, Sums> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.keys[0].clone(),
+                    (
+                        r.requests,
+                        r.input_tokens,
+                        r.cached_input_tokens,
+                        r.output_tokens,
+                        r.cost_micros,
+                        r.estimated_cost_micros,
+                        r.failed_requests + 1_000 * r.estimated_requests,
+                    ),
+                )
+            })
+            .collect();
+        let expected = expected(from, to);
+        assert_eq!(answered, expected, "range [{from}, {to})");
+        assert_eq!(
+            total.requests,
+            expected.values().map(|s| s.0).sum::<i64>(),
+            "range [{from}, {to})"
+        );
+    }
+}
+
 /// Leases: grants never exceed what is left after every live lease's unspent allowance,
 /// committed usage moves from a lease into spend, and an expired lease's room returns.
 async fn leases<S: Store>(store: &S) {
@@ -1218,6 +1327,7 @@ async fn sqlite_story() {
     budgets(&store).await;
     leases(&store).await;
     usage_queries(&store).await;
+    usage_rollup_matches_records(&store).await;
     fleet_versions(&store).await;
     concurrent_writers(std::sync::Arc::new(store)).await;
 }
@@ -1294,6 +1404,7 @@ async fn postgres_story() {
     budgets(store.as_ref()).await;
     leases(store.as_ref()).await;
     usage_queries(store.as_ref()).await;
+    usage_rollup_matches_records(store.as_ref()).await;
     fleet_versions(store.as_ref()).await;
     concurrent_writers(store.clone()).await;
     store.close().await;

@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "budget_leases",
         include_str!("../../migrations/postgres/0007_budget_leases.sql"),
     ),
+    (
+        8,
+        "usage_hourly",
+        include_str!("../../migrations/postgres/0008_usage_hourly.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "budget_leases",
         include_str!("../../migrations/sqlite/0007_budget_leases.sql"),
     ),
+    (
+        8,
+        "usage_hourly",
+        include_str!("../../migrations/sqlite/0008_usage_hourly.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

@@ -285,7 +285,8 @@ macro_rules! budgets_sql {
                     "",
                 )
             })?;
-            // A budget starts from what its target already spent in the current window.
+            // A budget starts from what its target already spent in the current window. Windows
+            // start and end on whole hours, so the hourly roll-up holds all of it.
             let window_start = new.period.window().start_us(now_us);
             let scope_filter = match new.target.scope() {
                 BudgetScope::Organization => {
@@ -297,8 +298,8 @@ macro_rules! budgets_sql {
             let sql = format!(
                 "SELECT CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT), \
                  CAST(COALESCE(SUM(CASE WHEN source = 'ESTIMATED' THEN cost_micros ELSE 0 END), 0) \
-                 AS BIGINT), COUNT(*) FROM usage_records WHERE {scope_filter} AND started_at_us >= $2 \
-                 AND started_at_us < $3"
+                 AS BIGINT), CAST(COALESCE(SUM(requests), 0) AS BIGINT) FROM usage_hourly \
+                 WHERE {scope_filter} AND hour_us >= $2 AND hour_us < $3"
             );
             let (spent, estimated, requests): (i64, i64, i64) = sqlx::query_as(&sql)
                 .bind(&scope_id)

@@ -125,9 +125,13 @@ macro_rules! sql_store {
             use super::*;
             use crate::store::sql::budgets::{percents_from_text, percents_text, reached_percent};
             use crate::store::sql::usage::{
-                USAGE_INSERT_SIZES, tags_from_json, tags_json, usage_insert_sql,
+                EMPTY_TAGS, USAGE_INSERT_SIZES, hourly_sums, tags_from_json, tags_json,
+                usage_insert_sql,
             };
-            use crate::store::sql::usage_query::{USAGE_FROM, USAGE_SUMS, group_expression};
+            use crate::store::sql::usage_query::{
+                FIRST_FILTER_PARAMETER, USAGE_SUMS, UsageFilter, filter_condition, group_columns,
+                group_join, rolled_up_hours, usage_sums_by,
+            };
             use crate::store::sql::*;
             use crate::store::*;
 

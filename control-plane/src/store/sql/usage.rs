@@ -1,9 +1,11 @@
 //! Usage records: a proxy's batch committed once (with the budgets' spend in the same transaction),
 //! and read back.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::Placeholders;
+use crate::store::UsageRecord;
 
 const USAGE_COLUMNS: usize = 19;
 /// Rows per multi-row insert, largest first. Batches are split into these sizes only, so at
@@ -12,28 +14,17 @@ const USAGE_COLUMNS: usize = 19;
 pub(crate) const USAGE_INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
 /// `INSERT INTO usage_records (...) VALUES (…), (…) ON CONFLICT DO NOTHING` for `rows` rows
-/// (one of [`USAGE_INSERT_SIZES`]), built once per process. With `returning`, the statement
-/// returns the request ids it inserted (the rows budgets must count).
-pub(crate) fn usage_insert_sql(
-    rows: usize,
-    placeholders: Placeholders,
-    returning: bool,
-) -> &'static str {
-    static CACHE: [OnceLock<Vec<String>>; 4] = [const { OnceLock::new() }; 4];
+/// (one of [`USAGE_INSERT_SIZES`]), built once per process.
+pub(crate) fn usage_insert_sql(rows: usize, placeholders: Placeholders) -> &'static str {
+    static CACHE: [OnceLock<Vec<String>>; 2] = [const { OnceLock::new() }; 2];
     let slot = match placeholders {
         Placeholders::Numbered => 0,
-        Placeholders::Positional => 2,
-    } + usize::from(returning);
+        Placeholders::Positional => 1,
+    };
     let statements = CACHE[slot].get_or_init(|| {
         USAGE_INSERT_SIZES
             .iter()
-            .map(|&rows| {
-                let mut sql = build_usage_insert_sql(rows, placeholders);
-                if returning {
-                    sql.push_str(" RETURNING request_id");
-                }
-                sql
-            })
+            .map(|&rows| build_usage_insert_sql(rows, placeholders))
             .collect()
     });
     let index = USAGE_INSERT_SIZES
@@ -72,6 +63,66 @@ fn build_usage_insert_sql(rows: usize, placeholders: Placeholders) -> String {
     }
     sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
     sql
+}
+
+/// The `tags` of a record without tags, bound without building a JSON object.
+pub(crate) const EMPTY_TAGS: &str = "{}";
+
+/// The roll-up's bucket: one UTC hour.
+pub(crate) const HOUR_US: i64 = 3_600_000_000;
+
+/// The start of the hour `at_us` falls in.
+pub(crate) fn hour_of(at_us: i64) -> i64 {
+    at_us.div_euclid(HOUR_US) * HOUR_US
+}
+
+/// What one `usage_hourly` row adds up.
+#[derive(Default)]
+pub(crate) struct HourSums {
+    pub requests: i64,
+    pub failed_requests: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_micros: i64,
+}
+
+/// A `usage_hourly` key: project, hour, key, model, provider, source, run.
+pub(crate) type HourKey<'r> = (
+    &'r str,
+    i64,
+    &'r str,
+    &'r str,
+    &'r str,
+    &'static str,
+    &'r str,
+);
+
+/// A batch's records summed per `usage_hourly` key.
+pub(crate) fn hourly_sums<'r>(records: &[&'r UsageRecord]) -> HashMap<HourKey<'r>, HourSums> {
+    let mut sums: HashMap<_, HourSums> = HashMap::new();
+    for record in records {
+        let sum = sums
+            .entry((
+                record.project_id.as_str(),
+                hour_of(record.started_at_us),
+                record.virtual_key_id.as_str(),
+                record.model.as_str(),
+                record.provider_id.as_str(),
+                record.source.as_str(),
+                record.run_id.as_str(),
+            ))
+            .or_default();
+        sum.requests += 1;
+        sum.failed_requests += i64::from(record.http_status >= 400);
+        sum.input_tokens = sum.input_tokens.saturating_add(record.input_tokens);
+        sum.cached_input_tokens = sum
+            .cached_input_tokens
+            .saturating_add(record.cached_input_tokens);
+        sum.output_tokens = sum.output_tokens.saturating_add(record.output_tokens);
+        sum.cost_micros = sum.cost_micros.saturating_add(record.cost_micros);
+    }
+    sums
 }
 
 /// Tags are stored as one JSON object, so a query can read them without a join.
@@ -118,6 +169,72 @@ macro_rules! usage_sql {
             })
         }
 
+        /// Of records some of which were already stored (sent before under another batch id),
+        /// the ones this batch stored: those whose row now carries this batch's id, each
+        /// request once (a repeat inside the batch was not stored).
+        async fn stored_by_batch<'r>(
+            tx: &mut Tx,
+            batch_id: &str,
+            records: &'r [UsageRecord],
+        ) -> StoreResult<Vec<&'r UsageRecord>> {
+            let mut seen = std::collections::HashSet::new();
+            let mut stored = Vec::new();
+            for record in records {
+                if !seen.insert(record.request_id.as_str()) {
+                    continue;
+                }
+                let owner: String =
+                    sqlx::query_scalar("SELECT batch_id FROM usage_records WHERE request_id = $1")
+                        .bind(record.request_id.as_str())
+                        .fetch_one(&mut **tx)
+                        .await?;
+                if owner == batch_id {
+                    stored.push(record);
+                }
+            }
+            Ok(stored)
+        }
+
+        /// Adds the records to the hourly roll-up, one upsert per (project, hour, key, model,
+        /// provider, source, run) they fall in.
+        async fn add_to_usage_hourly(tx: &mut Tx, records: &[&UsageRecord]) -> StoreResult<()> {
+            for ((project_id, hour_us, virtual_key_id, model, provider_id, source, run_id), sum) in
+                hourly_sums(records)
+            {
+                sqlx::query(
+                    "INSERT INTO usage_hourly (project_id, hour_us, virtual_key_id, model, \
+                     provider_id, source, run_id, requests, failed_requests, input_tokens, \
+                     cached_input_tokens, output_tokens, cost_micros) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (project_id, hour_us, virtual_key_id, model, provider_id, source, \
+                     run_id) \
+                     DO UPDATE SET requests = usage_hourly.requests + excluded.requests, \
+                     failed_requests = usage_hourly.failed_requests + excluded.failed_requests, \
+                     input_tokens = usage_hourly.input_tokens + excluded.input_tokens, \
+                     cached_input_tokens = \
+                     usage_hourly.cached_input_tokens + excluded.cached_input_tokens, \
+                     output_tokens = usage_hourly.output_tokens + excluded.output_tokens, \
+                     cost_micros = usage_hourly.cost_micros + excluded.cost_micros",
+                )
+                .bind(project_id)
+                .bind(hour_us)
+                .bind(virtual_key_id)
+                .bind(model)
+                .bind(provider_id)
+                .bind(source)
+                .bind(run_id)
+                .bind(sum.requests)
+                .bind(sum.failed_requests)
+                .bind(sum.input_tokens)
+                .bind(sum.cached_input_tokens)
+                .bind(sum.output_tokens)
+                .bind(sum.cost_micros)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
         impl UsageStore for $store {
             async fn commit_usage_batch(
                 &self,
@@ -156,52 +273,25 @@ macro_rules! usage_sql {
                         alerts: Vec::new(),
                     });
                 }
-                // Budgets count only records stored now (not ones a proxy re-sent), so
-                // when any budget exists the inserts report which rows they stored.
                 sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
-                let budgets_exist: bool =
-                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM budgets)")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let mut spends: Vec<(String, Spend)> = if budgets_exist {
-                    records
-                        .iter()
-                        .map(|r| {
-                            (
-                                r.request_id.clone(),
-                                Spend {
-                                    lease_epoch: r.lease_epoch,
-                                    project_id: r.project_id.clone(),
-                                    virtual_key_id: r.virtual_key_id.clone(),
-                                    started_at_us: r.started_at_us,
-                                    cost_micros: r.cost_micros,
-                                    estimated: r.source == UsageSource::Estimated,
-                                },
-                            )
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let mut inserted = std::collections::HashSet::new();
                 // Many rows per statement: one round trip per chunk instead of per record.
-                // Strings are moved into the statement, not copied.
-                let mut remaining = records.len();
-                let mut rows = records.into_iter();
+                // Values are borrowed from the records, not copied.
+                let mut stored = 0_u64;
+                let mut chunks = records.as_slice();
                 for size in USAGE_INSERT_SIZES {
-                    while remaining >= size {
-                        remaining -= size;
-                        let sql = usage_insert_sql(size, Self::PLACEHOLDERS, budgets_exist);
-                        let mut query = sqlx::query(sql);
-                        for record in rows.by_ref().take(size) {
+                    while chunks.len() >= size {
+                        let (chunk, rest) = chunks.split_at(size);
+                        chunks = rest;
+                        let mut query = sqlx::query(usage_insert_sql(size, Self::PLACEHOLDERS));
+                        for record in chunk {
                             query = query
-                                .bind(record.request_id)
+                                .bind(record.request_id.as_str())
                                 .bind(batch_id)
                                 .bind(record.started_at_us)
-                                .bind(record.project_id)
-                                .bind(record.virtual_key_id)
-                                .bind(record.model)
-                                .bind(record.provider_id)
+                                .bind(record.project_id.as_str())
+                                .bind(record.virtual_key_id.as_str())
+                                .bind(record.model.as_str())
+                                .bind(record.provider_id.as_str())
                                 .bind(record.input_tokens)
                                 .bind(record.output_tokens)
                                 .bind(record.cached_input_tokens)
@@ -210,22 +300,37 @@ macro_rules! usage_sql {
                                 .bind(record.latency_ms)
                                 .bind(record.http_status)
                                 .bind(record.source.as_str())
-                                .bind(record.run_id)
-                                .bind(record.task_id)
-                                .bind(tags_json(&record.tags))
-                                .bind(record.lease_epoch);
+                                .bind(record.run_id.as_str())
+                                .bind(record.task_id.as_str());
+                            query = if record.tags.is_empty() {
+                                query.bind(EMPTY_TAGS)
+                            } else {
+                                query.bind(tags_json(&record.tags))
+                            };
+                            query = query.bind(record.lease_epoch);
                         }
-                        if budgets_exist {
-                            for row in query.fetch_all(&mut *tx).await? {
-                                inserted.insert(row.try_get::<String, _>(0)?);
-                            }
-                        } else {
-                            query.execute(&mut *tx).await?;
-                        }
+                        stored += query.execute(&mut *tx).await?.rows_affected();
                     }
                 }
-                spends.retain(|(id, _)| inserted.contains(id));
-                let spends: Vec<Spend> = spends.into_iter().map(|(_, s)| s).collect();
+                // The roll-up and the budgets count only the records stored now, not ones a
+                // proxy sent before under another batch id.
+                let stored: Vec<&UsageRecord> = if stored == records.len() as u64 {
+                    records.iter().collect()
+                } else {
+                    stored_by_batch(&mut tx, batch_id, &records).await?
+                };
+                add_to_usage_hourly(&mut tx, &stored).await?;
+                let spends: Vec<Spend> = stored
+                    .iter()
+                    .map(|r| Spend {
+                        lease_epoch: r.lease_epoch,
+                        project_id: r.project_id.clone(),
+                        virtual_key_id: r.virtual_key_id.clone(),
+                        started_at_us: r.started_at_us,
+                        cost_micros: r.cost_micros,
+                        estimated: r.source == UsageSource::Estimated,
+                    })
+                    .collect();
                 let alerts = roll_up_budgets(&mut tx, proxy_id, &spends).await?;
                 tx.commit().await?;
                 Ok(BatchCommit {
