@@ -25,3 +25,5 @@ pub mod serve;
 pub mod settings;
 pub mod upstream;
 pub mod usage;
+
+pub use metrics::HeapStats;

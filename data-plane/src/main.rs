@@ -66,6 +66,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// jemalloc's own counters: requests for small and large allocations over every arena (thread
+/// caches fold theirs in as they flush), and the bytes allocated, as of a fresh epoch.
+fn heap_stats() -> Option<sluice_data_plane::HeapStats> {
+    use tikv_jemalloc_ctl::{epoch, raw};
+    epoch::advance().ok()?;
+    // SAFETY: each name is a jemalloc statistic of the type read (two u64 counters, one
+    // size_t), NUL-terminated as mallctl requires.
+    let (small, large, allocated) = unsafe {
+        (
+            raw::read::<u64>(b"stats.arenas.4096.small.nrequests\0").ok()?,
+            raw::read::<u64>(b"stats.arenas.4096.large.nrequests\0").ok()?,
+            raw::read::<usize>(b"stats.allocated\0").ok()?,
+        )
+    };
+    Some(sluice_data_plane::HeapStats {
+        allocations: small.saturating_add(large),
+        allocated_bytes: u64::try_from(allocated).unwrap_or(u64::MAX),
+    })
+}
+
 fn run(
     settings: Settings,
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -93,6 +113,7 @@ fn run(
             LeaseBook::new(epoch, settings.lease_wait),
             settings.default_max_output_tokens,
         );
+        gateway.metrics.heap.set(heap_stats).ok();
         let applier = Arc::new(Applier {
             gateway: gateway.clone(),
             identity: identity.clone(),

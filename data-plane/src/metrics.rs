@@ -1,5 +1,6 @@
 //! Counters and gauges, updated with atomics and rendered in the Prometheus text format.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use sluice_shared::error_code::ErrorCode;
@@ -43,6 +44,17 @@ pub struct Metrics {
     /// 1 while the usage spool is at its size bound.
     pub usage_spool_full: AtomicBool,
     errors: [AtomicU64; ERROR_CODES.len()],
+    /// Reads the allocator's counters; set by the binary, which chooses the allocator.
+    pub heap: OnceLock<fn() -> Option<HeapStats>>,
+}
+
+/// What the process's allocator reports of the heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Allocations made since the process started.
+    pub allocations: u64,
+    /// Bytes allocated and not yet freed.
+    pub allocated_bytes: u64,
 }
 
 impl Metrics {
@@ -156,6 +168,17 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             ));
         }
+        if let Some(heap) = self.heap.get().and_then(|read| read()) {
+            out.push_str(&format!(
+                "# HELP sluice_heap_allocations_total Heap allocations since the proxy started.\n\
+                 # TYPE sluice_heap_allocations_total counter\n\
+                 sluice_heap_allocations_total {}\n\
+                 # HELP sluice_heap_allocated_bytes Heap bytes allocated and not yet freed.\n\
+                 # TYPE sluice_heap_allocated_bytes gauge\n\
+                 sluice_heap_allocated_bytes {}\n",
+                heap.allocations, heap.allocated_bytes
+            ));
+        }
         out.push_str("# HELP sluice_errors_total Error responses by code.\n# TYPE sluice_errors_total counter\n");
         for (code, count) in ERROR_CODES.iter().zip(&self.errors) {
             out.push_str(&format!(
@@ -195,6 +218,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_errors_total{code=\"internal\"} 1\n"));
+        assert!(
+            !text.contains("sluice_heap_"),
+            "no allocator counters unless given"
+        );
+        metrics
+            .heap
+            .set(|| {
+                Some(HeapStats {
+                    allocations: 41,
+                    allocated_bytes: 4096,
+                })
+            })
+            .ok();
+        let text = metrics.render(3_500_000, 0);
+        assert!(
+            text.contains("sluice_heap_allocations_total 41\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_heap_allocated_bytes 4096\n"),
+            "{text}"
+        );
         let labels: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("sluice_errors_total{"))

@@ -67,6 +67,9 @@ async fn proxies_outlive_their_control_plane() {
             1.0
         );
         assert!(metric(&http, proxy, "sluice_config_age_seconds").await >= 0.0);
+        // The allocator's own counters, for allocations per request and heap in use.
+        assert!(metric(&http, proxy, "sluice_heap_allocations_total").await > 0.0);
+        assert!(metric(&http, proxy, "sluice_heap_allocated_bytes").await > 0.0);
     }
 
     // The control plane dies.

@@ -26,6 +26,9 @@ use crate::routing::tables::{InvalidSnapshot, RoutingTables};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The largest snapshot a proxy takes: about two million virtual keys. A snapshot carries every
+/// key of the fleet, so gRPC's 4 MiB default cut proxies off at about 30 000 keys.
+pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -144,6 +147,7 @@ impl ConfigClient {
         crate::control::token::authorize(&mut request, &self.token)
             .map_err(|_| SessionError::BadToken)?;
         let mut inbound = ConfigServiceClient::new(channel)
+            .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
             .stream_config(request)
             .await?
             .into_inner();
@@ -152,10 +156,12 @@ impl ConfigClient {
             .metrics
             .control_plane_connected
             .store(true, Ordering::Relaxed);
-        *backoff = MIN_BACKOFF;
         tracing::info!(held_version = held, "config stream connected");
 
         while let Some(response) = inbound.message().await? {
+            // Only a stream that delivers counts as healthy: one that connects and then fails
+            // on every message keeps backing off instead of reconnecting ten times a second.
+            *backoff = MIN_BACKOFF;
             let Some(snapshot) = response.snapshot else {
                 continue;
             };
@@ -221,12 +227,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn only_newer_versions_apply_and_the_newest_is_saved() {
-        let dir = tempfile::tempdir().unwrap();
-        let identity = Arc::new(Identity::load_or_create(dir.path(), Some("edge")).unwrap());
+    fn new_applier(dir: &std::path::Path) -> (Arc<Gateway>, Arc<Identity>, Applier) {
+        let identity = Arc::new(Identity::load_or_create(dir, Some("edge")).unwrap());
         let (spool, _) = UsageSpool::open(SpoolSettings {
-            dir: dir.path().join("spool"),
+            dir: dir.join("spool"),
             segment_bytes: 64 * 1024,
             max_bytes: 1 << 20,
             when_full: WhenFull::Refuse,
@@ -242,9 +246,100 @@ mod tests {
         let applier = Applier {
             gateway: gateway.clone(),
             identity: identity.clone(),
-            data_dir: dir.path().to_owned(),
+            data_dir: dir.to_owned(),
             upstream_hosts: Vec::new(),
         };
+        (gateway, identity, applier)
+    }
+
+    /// A control plane that answers every stream with one snapshot, then holds it open.
+    struct OneSnapshot(pb::Snapshot);
+
+    #[tonic::async_trait]
+    impl sluice_proto::config::v1::config_service_server::ConfigService for OneSnapshot {
+        type StreamConfigStream = ReceiverStream<Result<pb::StreamConfigResponse, tonic::Status>>;
+
+        async fn stream_config(
+            &self,
+            _request: tonic::Request<tonic::Streaming<pb::StreamConfigRequest>>,
+        ) -> Result<tonic::Response<Self::StreamConfigStream>, tonic::Status> {
+            let (sender, receiver) = mpsc::channel(1);
+            let snapshot = self.0.clone();
+            tokio::spawn(async move {
+                let _ = sender
+                    .send(Ok(pb::StreamConfigResponse {
+                        snapshot: Some(snapshot),
+                        nonce: "n".into(),
+                    }))
+                    .await;
+                // Held open as a live control plane holds it.
+                sender.closed().await;
+            });
+            Ok(tonic::Response::new(ReceiverStream::new(receiver)))
+        }
+    }
+
+    /// A fleet's snapshot carries every virtual key: one of 50 000 keys (7 MiB, past gRPC's
+    /// 4 MiB default) reaches the proxy over a real stream and serves.
+    #[tokio::test]
+    async fn a_snapshot_of_fifty_thousand_keys_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, identity, applier) = new_applier(dir.path());
+        let mut big = snapshot(3, &identity);
+        big.projects.push(pb::ProjectConfig {
+            id: "project-1".into(),
+            organization_id: "org-1".into(),
+            name: "web".into(),
+            posture: sluice_proto::common::v1::Posture::Mock as i32,
+            ..Default::default()
+        });
+        big.virtual_keys = (0..50_000_u32)
+            .map(|n| pb::VirtualKeyConfig {
+                id: format!("01a23773-eaca-7000-9fd3-{n:012}"),
+                project_id: "project-1".into(),
+                key_hash: format!("{n:064x}"),
+                ..Default::default()
+            })
+            .collect();
+        assert!(prost::Message::encoded_len(&big) > 5 * 1024 * 1024);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    sluice_proto::config::v1::config_service_server::ConfigServiceServer::new(
+                        OneSnapshot(big),
+                    )
+                    .max_encoding_message_size(MAX_SNAPSHOT_BYTES),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let client = tokio::spawn(
+            ConfigClient {
+                applier: Arc::new(applier),
+                control_plane: format!("http://{address}"),
+                token: Arc::new(SecretString::new("t".into())),
+            }
+            .run(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while gateway.held_version() != 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the snapshot never applied"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(gateway.tables.load().as_ref().unwrap().version, 3);
+        client.abort();
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn only_newer_versions_apply_and_the_newest_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, identity, applier) = new_applier(dir.path());
         applier.apply(&snapshot(5, &identity), true).unwrap();
         for stale in [5, 4, 1] {
             let error = applier

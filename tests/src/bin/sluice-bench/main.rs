@@ -8,7 +8,10 @@
 //! LIVE route (with `sluice-control-plane` beside it). The load comes from this process over
 //! loopback. CPU per request is the proxy process's user+system time from /proc over the run,
 //! divided by the requests served. A second part measures the way users do ([`nginx`]): nginx
-//! as the floor, `oha` as the load at 64 connections, every process's CPU apart.
+//! as the floor, `oha` as the load at 32 and 64 connections in alternating rounds, every
+//! process's CPU apart, and the proxy's heap allocations per request from its own metrics.
+//! A third part loads `BENCH_VIRTUAL_KEYS` keys (100 000) and times an admin change reaching
+//! all `BENCH_PROXIES` proxies (8).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -517,12 +520,18 @@ async fn bench() {
     let keys: usize = std::env::var("BENCH_VIRTUAL_KEYS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(100_000);
+    let proxy_count: usize = std::env::var("BENCH_PROXIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(8);
 
     let upstream = spawn_self(&["upstream"], "bench-upstream listening");
     let floor = spawn_self(&["floor", &upstream.addr], "bench-floor listening");
 
-    // Sluice: a control plane and two proxies on a LIVE route to the same upstream.
+    // Sluice: a control plane and its proxies (8 unless BENCH_PROXIES says otherwise) on a
+    // LIVE route to the same upstream; the first one takes the load.
     let cp_dir = tempfile::tempdir().unwrap();
     let cp = ControlPlaneBuilder::new(cp_dir.path())
         .env("SLUICE_LOG", "warn,sluice_control_plane::server=info")
@@ -561,7 +570,9 @@ async fn bench() {
     let key = cp.virtual_key("bench/p/load", &[]);
     cp.ctl(&["project", "set-posture", "bench/p", "live"]).ok();
     let token = cp.data_plane_token("bench-proxies");
-    let proxy_dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let proxy_dirs: Vec<tempfile::TempDir> = (0..proxy_count)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
     let proxies: Vec<sluice_e2e::proxy::Proxy> = proxy_dirs
         .iter()
         .map(|dir| {
@@ -591,6 +602,8 @@ async fn bench() {
     let sluice_url = sluice.url("/v1/chat/completions");
     let floor_pid = floor.child.id();
     let sluice_pid = sluice.pid();
+    // Serving its snapshot, before any request.
+    let sluice_idle_rss = rss_mib(sluice_pid);
 
     // Warm both up.
     let shared = [std::process::id(), upstream.child.id()];
@@ -752,11 +765,14 @@ async fn bench() {
                 &tools,
                 &upstream.addr,
                 &sluice_url,
+                &sluice.url("/metrics"),
                 &[sluice_pid],
                 cp.pid(),
                 &key,
                 duration,
                 rate,
+                rounds,
+                sluice_idle_rss,
             )
             .await
         }
@@ -806,14 +822,17 @@ async fn bench() {
     }
     samples.sort();
     println!(
-        "admin change → both proxies serving it, {keys} virtual keys loaded: median {} (max {}; includes one sluicectl process start and the 100 ms debounce)",
+        "admin change → all {proxy_count} proxies serving it, {keys} virtual keys loaded: median {} (max {}; includes one sluicectl process start and the 100 ms debounce)",
         ms(percentile(&samples, 0.5)),
         ms(*samples.last().unwrap())
     );
+    let rss: Vec<String> = proxies
+        .iter()
+        .map(|proxy| format!("{:.1}", rss_mib(proxy.pid())))
+        .collect();
     println!(
-        "proxy RSS with {keys} virtual keys: {:.1} MiB and {:.1} MiB",
-        rss_mib(proxies[0].pid()),
-        rss_mib(proxies[1].pid())
+        "proxy RSS with {keys} virtual keys (MiB; the first took the load): {}",
+        rss.join(", ")
     );
     if failures > 0 {
         println!("WARNING: {failures} requests failed");
@@ -825,59 +844,126 @@ fn cpu_of(pids: &[u32]) -> Duration {
     pids.iter().map(|pid| cpu_time(*pid)).sum()
 }
 
-/// Sluice against nginx with oha at 64 connections: throughput, CPU per request of each
-/// process, latency added at a fixed rate over calling the upstream directly, stream first
-/// chunk, RSS.
+/// What one side's full-speed oha run served and cost, per request.
+#[derive(Clone, Copy, Default)]
+struct Served {
+    requests_per_second: f64,
+    proxy_cpu: Duration,
+    control_plane_cpu: Duration,
+    allocations: f64,
+}
+
+fn median_of<T: Copy + PartialOrd>(values: &mut [T]) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
+}
+
+/// The proxy's heap allocations so far, from its own metrics (jemalloc's counters).
+async fn heap_allocations(http: &sluice_e2e::proxy::Http, metrics_url: &str) -> f64 {
+    let text = http
+        .get(metrics_url, None)
+        .await
+        .map(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix("sluice_heap_allocations_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Where a side listens and which processes are its own.
+struct Side<'a> {
+    url: &'a str,
+    pids: &'a [u32],
+    /// The control plane beside Sluice's proxy, and the proxy's metrics.
+    sluice: Option<(u32, &'a str)>,
+}
+
+/// Sluice against nginx with oha at 32 and 64 connections, in alternating rounds: throughput,
+/// CPU per request of each process, heap allocations per request, latency added at a fixed
+/// rate over calling the upstream directly, stream first chunk and completion, RSS.
 #[allow(clippy::too_many_arguments)]
 async fn against_nginx(
     tools: &nginx::Tools,
     upstream: &str,
     sluice_url: &str,
+    sluice_metrics: &str,
     sluice_pids: &[u32],
     cp_pid: u32,
     key: &str,
     duration: Duration,
     rate: u64,
+    rounds: usize,
+    sluice_idle_rss: f64,
 ) {
-    const CONNECTIONS: usize = 64;
+    const CONNECTIONS: [usize; 2] = [32, 64];
     let nginx = nginx::Nginx::start(tools, upstream);
     let nginx_pids = nginx.pids();
     let nginx_idle_rss: f64 = nginx_pids.iter().map(|pid| rss_mib(*pid)).sum();
     let direct_url = format!("http://{upstream}/v1/chat/completions");
     let nginx_url = format!("http://{}/v1/chat/completions", nginx.addr);
+    let http = sluice_e2e::proxy::Http::new();
     let run = |url: String, connections: usize, rate: Option<u64>| {
         let key = key.to_owned();
         let tools = tools.clone();
-        tokio::task::spawn_blocking(move || {
-            nginx::oha(&tools, &url, &key, REQUEST, connections, duration, rate)
-        })
+        async move {
+            tokio::task::spawn_blocking(move || {
+                nginx::oha(&tools, &url, &key, REQUEST, connections, duration, rate)
+            })
+            .await
+            .unwrap()
+        }
     };
-    // Warm up, then full speed, then the fixed rate; each side measured while it runs.
-    run(nginx_url.clone(), 8, None).await.unwrap();
-    let before = cpu_of(&nginx_pids);
-    let nginx_full = run(nginx_url.clone(), CONNECTIONS, None).await.unwrap();
-    let nginx_cpu = cpu_of(&nginx_pids) - before;
-    let (before, cp_before) = (cpu_of(sluice_pids), cpu_time(cp_pid));
-    let sluice_full = run(sluice_url.to_owned(), CONNECTIONS, None).await.unwrap();
-    let (sluice_cpu, cp_cpu) = (cpu_of(sluice_pids) - before, cpu_time(cp_pid) - cp_before);
-    let direct_fixed = run(direct_url.clone(), CONNECTIONS, Some(rate))
-        .await
-        .unwrap();
-    let nginx_fixed = run(nginx_url.clone(), CONNECTIONS, Some(rate))
-        .await
-        .unwrap();
-    let sluice_fixed = run(sluice_url.to_owned(), CONNECTIONS, Some(rate))
-        .await
-        .unwrap();
-    let per = |cpu: Duration, load: &nginx::Load| cpu / load.served.max(1) as u32;
-    let (nginx_per, sluice_per, cp_per) = (
-        per(nginx_cpu, &nginx_full),
-        per(sluice_cpu, &sluice_full),
-        per(cp_cpu, &sluice_full),
-    );
-    let added = |side: &nginx::Load, at: fn(&nginx::Load) -> Duration| {
-        at(side).as_secs_f64() * 1e6 - at(&direct_fixed).as_secs_f64() * 1e6
+    let full_speed = async |side: &Side<'_>, connections: usize| {
+        let before = cpu_of(side.pids);
+        let cp_before = side.sluice.map(|(cp, _)| cpu_time(cp));
+        let allocations_before = match side.sluice {
+            Some((_, metrics)) => heap_allocations(&http, metrics).await,
+            None => f64::NAN,
+        };
+        let load = run(side.url.to_owned(), connections, None).await;
+        let served = load.served.max(1);
+        let per = |cpu: Duration| cpu / served as u32;
+        Served {
+            requests_per_second: load.requests_per_second,
+            proxy_cpu: per(cpu_of(side.pids) - before),
+            control_plane_cpu: match (side.sluice, cp_before) {
+                (Some((cp, _)), Some(before)) => per(cpu_time(cp) - before),
+                _ => Duration::ZERO,
+            },
+            allocations: match side.sluice {
+                Some((_, metrics)) => {
+                    (heap_allocations(&http, metrics).await - allocations_before) / served as f64
+                }
+                None => f64::NAN,
+            },
+        }
     };
+    let nginx_side = Side {
+        url: &nginx_url,
+        pids: &nginx_pids,
+        sluice: None,
+    };
+    let sluice_side = Side {
+        url: sluice_url,
+        pids: sluice_pids,
+        sluice: Some((cp_pid, sluice_metrics)),
+    };
+    run(nginx_url.clone(), 8, None).await;
+    run(sluice_url.to_owned(), 8, None).await;
+    // [connections][round], each side alternating with the other inside a round.
+    let mut nginx_full = vec![Vec::new(); CONNECTIONS.len()];
+    let mut sluice_full = vec![Vec::new(); CONNECTIONS.len()];
+    let (mut direct_fixed, mut nginx_fixed, mut sluice_fixed) = (vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        for (index, connections) in CONNECTIONS.into_iter().enumerate() {
+            nginx_full[index].push(full_speed(&nginx_side, connections).await);
+            sluice_full[index].push(full_speed(&sluice_side, connections).await);
+        }
+        direct_fixed.push(run(direct_url.clone(), 64, Some(rate)).await);
+        nginx_fixed.push(run(nginx_url.clone(), 64, Some(rate)).await);
+        sluice_fixed.push(run(sluice_url.to_owned(), 64, Some(rate)).await);
+    }
     // Enough streams that 10 ms CPU ticks resolve a few µs per stream.
     const STREAMS: usize = 2000;
     let direct_stream = stream_times(&direct_url, key, STREAMS).await;
@@ -891,36 +977,65 @@ async fn against_nginx(
     let added_us =
         |side: Duration, direct: Duration| (side.as_secs_f64() - direct.as_secs_f64()) * 1e6;
     let nginx_rss: f64 = nginx_pids.iter().map(|pid| rss_mib(*pid)).sum();
+    // The median of each latency over the rounds, added to the median direct call's.
+    let latency = |runs: &[nginx::Load], at: fn(&nginx::Load) -> Duration| {
+        median_of(&mut runs.iter().map(at).collect::<Vec<_>>())
+    };
+    let added = |runs: &[nginx::Load], at: fn(&nginx::Load) -> Duration| {
+        added_us(latency(runs, at), latency(&direct_fixed, at))
+    };
 
     println!();
     println!(
-        "Against nginx ({} workers, keep-alive, proxy_buffering off), loaded by oha at {CONNECTIONS} connections, {duration:?} per run:",
+        "Against nginx ({} workers, keep-alive, proxy_buffering off), loaded by oha, {duration:?} per run, {rounds} alternating rounds, medians over the rounds:",
         nginx_pids.len().saturating_sub(1)
     );
     println!();
     println!("| measure | nginx | Sluice | Sluice / nginx |");
     println!("|---|---|---|---|");
+    for (index, connections) in CONNECTIONS.into_iter().enumerate() {
+        let (nginx_runs, sluice_runs) = (&nginx_full[index], &sluice_full[index]);
+        let nginx_rps = median_of(
+            &mut nginx_runs
+                .iter()
+                .map(|r| r.requests_per_second)
+                .collect::<Vec<_>>(),
+        );
+        let sluice_rps = median_of(
+            &mut sluice_runs
+                .iter()
+                .map(|r| r.requests_per_second)
+                .collect::<Vec<_>>(),
+        );
+        let nginx_cpu = median_of(&mut nginx_runs.iter().map(|r| r.proxy_cpu).collect::<Vec<_>>());
+        let proxy_cpu = median_of(&mut sluice_runs.iter().map(|r| r.proxy_cpu).collect::<Vec<_>>());
+        let cp_cpu = median_of(
+            &mut sluice_runs
+                .iter()
+                .map(|r| r.control_plane_cpu)
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "| throughput, {connections} connections | {nginx_rps:.0} req/s | {sluice_rps:.0} req/s | {:.2} |",
+            sluice_rps / nginx_rps.max(1.0)
+        );
+        println!(
+            "| CPU per request, {connections} connections | {} | {} proxy + {} control plane | {:.2} |",
+            us(nginx_cpu),
+            us(proxy_cpu),
+            us(cp_cpu),
+            (proxy_cpu + cp_cpu).as_secs_f64() / nginx_cpu.as_secs_f64().max(1e-9)
+        );
+    }
     println!(
-        "| throughput, {CONNECTIONS} connections | {:.0} req/s | {:.0} req/s | {:.2} |",
-        nginx_full.requests_per_second,
-        sluice_full.requests_per_second,
-        sluice_full.requests_per_second / nginx_full.requests_per_second.max(1.0)
-    );
-    println!(
-        "| CPU per request at full speed | {} | {} proxy + {} control plane | {:.2} |",
-        us(nginx_per),
-        us(sluice_per),
-        us(cp_per),
-        (sluice_per + cp_per).as_secs_f64() / nginx_per.as_secs_f64().max(1e-9)
-    );
-    println!(
-        "| p50 / p99 added at {rate} req/s (direct: {} / {}) | +{:.0} / +{:.0} µs | +{:.0} / +{:.0} µs | |",
-        ms(direct_fixed.p50),
-        ms(direct_fixed.p99),
+        "| p50 / p99 added at {rate} req/s, 64 connections (direct: {} / {}) | {:+.0} / {:+.0} µs | {:+.0} / {:+.0} µs | {:.2} (p50) |",
+        ms(latency(&direct_fixed, |l| l.p50)),
+        ms(latency(&direct_fixed, |l| l.p99)),
         added(&nginx_fixed, |l| l.p50),
         added(&nginx_fixed, |l| l.p99),
         added(&sluice_fixed, |l| l.p50),
         added(&sluice_fixed, |l| l.p99),
+        added(&sluice_fixed, |l| l.p50) / added(&nginx_fixed, |l| l.p50).max(1.0),
     );
     println!(
         "| stream (22 events) first chunk / complete, added to direct ({} / {}) | {:+.0} / {:+.0} µs | {:+.0} / {:+.0} µs | |",
@@ -939,10 +1054,36 @@ async fn against_nginx(
         (sluice_stream_cpu + cp_stream_cpu).as_secs_f64()
             / nginx_stream_cpu.as_secs_f64().max(1e-9)
     );
+    let allocations = median_of(
+        &mut sluice_full[CONNECTIONS.len() - 1]
+            .iter()
+            .map(|r| r.allocations)
+            .collect::<Vec<_>>(),
+    );
+    println!("| heap allocations per request, 64 connections | | {allocations:.1} | |");
     println!(
-        "| RSS idle → after load | {nginx_idle_rss:.1} → {nginx_rss:.1} MiB (all processes) | {:.1} MiB (proxy) | |",
+        "| RSS idle → after load | {nginx_idle_rss:.1} → {nginx_rss:.1} MiB (all processes) | {sluice_idle_rss:.1} → {:.1} MiB (proxy) | |",
         sluice_pids.iter().map(|pid| rss_mib(*pid)).sum::<f64>()
     );
+    println!();
+    for (index, connections) in CONNECTIONS.into_iter().enumerate() {
+        let ratios: Vec<String> = nginx_full[index]
+            .iter()
+            .zip(&sluice_full[index])
+            .map(|(n, s)| {
+                format!(
+                    "{:.2} / {:.2}",
+                    s.requests_per_second / n.requests_per_second.max(1.0),
+                    (s.proxy_cpu + s.control_plane_cpu).as_secs_f64()
+                        / n.proxy_cpu.as_secs_f64().max(1e-9)
+                )
+            })
+            .collect();
+        println!(
+            "per round at {connections} connections, throughput / CPU per request against nginx: {}",
+            ratios.join(", ")
+        );
+    }
 }
 
 async fn create_virtual_keys(url: &str, token: &str, count: usize) {

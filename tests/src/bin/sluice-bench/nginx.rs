@@ -1,7 +1,7 @@
 //! The floor users compare a gateway with: nginx (Debian's `nginx-light`) as a plain reverse
 //! proxy — `worker_processes auto`, upstream keep-alive, `proxy_buffering off` — loaded by
-//! `oha`, a well-known load generator, at 64 connections. Each side's processes are measured
-//! apart from /proc: nginx's master and workers; Sluice's proxy and its control plane.
+//! `oha`, a well-known load generator, at 32 and 64 connections. Each side's processes are
+//! measured apart from /proc: nginx's master and workers; Sluice's proxy and its control plane.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
