@@ -22,6 +22,8 @@ pub struct Gateway {
     pub leases: LeaseBook,
     /// Reserved for a request that does not say its `max_tokens`.
     pub default_max_output_tokens: u64,
+    /// Set by the binary, which chooses the allocator.
+    pub heap: std::sync::OnceLock<crate::metrics::HeapHooks>,
 }
 
 impl Gateway {
@@ -49,6 +51,7 @@ impl Gateway {
             max_body_bytes,
             leases,
             default_max_output_tokens,
+            heap: std::sync::OnceLock::new(),
         })
     }
 }

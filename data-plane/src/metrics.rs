@@ -1,6 +1,5 @@
 //! Counters and gauges, updated with atomics and rendered in the Prometheus text format.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use sluice_shared::error_code::ErrorCode;
@@ -44,8 +43,16 @@ pub struct Metrics {
     /// 1 while the usage spool is at its size bound.
     pub usage_spool_full: AtomicBool,
     errors: [AtomicU64; ERROR_CODES.len()],
-    /// Reads the allocator's counters; set by the binary, which chooses the allocator.
-    pub heap: OnceLock<fn() -> Option<HeapStats>>,
+}
+
+/// What the binary, which chooses the allocator, lets the library ask of it.
+#[derive(Clone, Copy)]
+pub struct HeapHooks {
+    /// The allocator's counters.
+    pub stats: fn() -> Option<HeapStats>,
+    /// Returns freed memory to the system now rather than after the allocator's decay time:
+    /// called once a replaced snapshot (tens of MiB with many keys) is dropped.
+    pub release_freed: fn(),
 }
 
 /// What the process's allocator reports of the heap.
@@ -71,8 +78,14 @@ impl Metrics {
         }
     }
 
-    /// `budget_reserved_micros`: reservations outstanding over every HARD budget lease.
-    pub fn render(&self, now_us: i64, budget_reserved_micros: i64) -> String {
+    /// `budget_reserved_micros`: reservations outstanding over every HARD budget lease; `heap`:
+    /// the allocator's counters, where the binary gives them.
+    pub fn render(
+        &self,
+        now_us: i64,
+        budget_reserved_micros: i64,
+        heap: Option<HeapStats>,
+    ) -> String {
         let generated = self.config_generated_at_us.load(Ordering::Relaxed);
         let age = if generated > 0 {
             (now_us - generated).max(0) as f64 / 1e6
@@ -168,7 +181,7 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             ));
         }
-        if let Some(heap) = self.heap.get().and_then(|read| read()) {
+        if let Some(heap) = heap {
             out.push_str(&format!(
                 "# HELP sluice_heap_allocations_total Heap allocations since the proxy started.\n\
                  # TYPE sluice_heap_allocations_total counter\n\
@@ -209,7 +222,7 @@ mod tests {
         metrics
             .config_generated_at_us
             .store(1_000_000, Ordering::Relaxed);
-        let text = metrics.render(3_500_000, 0);
+        let text = metrics.render(3_500_000, 0, None);
         assert!(text.contains("sluice_config_version 7\n"));
         assert!(text.contains("sluice_config_age_seconds 2.500\n"));
         assert!(text.contains("sluice_control_plane_connected 0\n"));
@@ -222,16 +235,11 @@ mod tests {
             !text.contains("sluice_heap_"),
             "no allocator counters unless given"
         );
-        metrics
-            .heap
-            .set(|| {
-                Some(HeapStats {
-                    allocations: 41,
-                    allocated_bytes: 4096,
-                })
-            })
-            .ok();
-        let text = metrics.render(3_500_000, 0);
+        let heap = HeapStats {
+            allocations: 41,
+            allocated_bytes: 4096,
+        };
+        let text = metrics.render(3_500_000, 0, Some(heap));
         assert!(
             text.contains("sluice_heap_allocations_total 41\n"),
             "{text}"

@@ -219,11 +219,13 @@ async fn a_damaged_saved_snapshot_is_refused_not_half_served() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(dir.path(), &cp.url(), &token).start();
     proxy.wait_for_version(&http, cp.config_version()).await;
+    // The copy on disk follows the ACK.
+    let saved = dir.path().join("snapshot.bin");
+    eventually("the snapshot is saved", async || saved.exists()).await;
     let cp_url = cp.url();
     drop(proxy.kill());
     drop(cp.stop());
 
-    let saved = dir.path().join("snapshot.bin");
     let good = std::fs::read(&saved).unwrap();
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;

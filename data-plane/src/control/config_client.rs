@@ -29,6 +29,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The largest snapshot a proxy takes: about two million virtual keys. A snapshot carries every
 /// key of the fleet, so gRPC's 4 MiB default cut proxies off at about 30 000 keys.
 pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
+/// How much of a snapshot the control plane may send ahead of the proxy's reading.
+const SNAPSHOT_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -51,8 +53,8 @@ pub struct Applier {
 }
 
 impl Applier {
-    /// Validates, swaps in and saves `snapshot`. Refuses anything not newer than what is held.
-    pub fn apply(&self, snapshot: &pb::Snapshot, save: bool) -> Result<(), InvalidSnapshot> {
+    /// Validates and swaps in `snapshot`. Refuses anything not newer than what is held.
+    pub fn apply(&self, snapshot: &pb::Snapshot) -> Result<(), InvalidSnapshot> {
         let held = self.gateway.held_version();
         if snapshot.version <= held {
             return Err(InvalidSnapshot(format!(
@@ -72,19 +74,27 @@ impl Applier {
             .config_generated_at_us
             .store(snapshot.generated_at_us, Ordering::Relaxed);
         tracing::info!(version = snapshot.version, virtual_keys, "serving config");
-        if let Some(error) = save
-            .then(|| snapshot_file::save(&self.data_dir, snapshot).err())
-            .flatten()
-        {
+        Ok(())
+    }
+
+    /// After a snapshot was answered: saves it if it serves (so a restart without the control
+    /// plane serves it too), then drops it and hands the memory it and the tables it replaced
+    /// held back to the system (tens of MiB with many keys, which the allocator would otherwise
+    /// keep for seconds).
+    pub fn keep_and_release(&self, snapshot: pb::Snapshot, serving: bool) {
+        if serving && let Err(error) = snapshot_file::save(&self.data_dir, &snapshot) {
             tracing::error!(%error, "cannot save the snapshot to disk; serving it anyway");
         }
-        Ok(())
+        drop(snapshot);
+        if let Some(heap) = self.gateway.heap.get() {
+            (heap.release_freed)();
+        }
     }
 
     /// Serves the snapshot saved by an earlier run, if there is a valid one.
     pub fn load_saved(&self) {
         match snapshot_file::load(&self.data_dir) {
-            Ok(Some(snapshot)) => match self.apply(&snapshot, false) {
+            Ok(Some(snapshot)) => match self.apply(&snapshot) {
                 Ok(()) => tracing::warn!(
                     version = snapshot.version,
                     "serving the saved snapshot until the control plane answers"
@@ -133,6 +143,10 @@ impl ConfigClient {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
+            // A snapshot with many keys is megabytes: with HTTP/2's 64 KiB default windows it
+            // crawls in window-sized steps, each waiting for a window update.
+            .initial_stream_window_size(SNAPSHOT_WINDOW_BYTES)
+            .initial_connection_window_size(SNAPSHOT_WINDOW_BYTES)
             .connect()
             .await?;
         let (outbound, receiver) = mpsc::channel(4);
@@ -169,9 +183,11 @@ impl ConfigClient {
             let applier = self.applier.clone();
             // Validation opens every sealed key and indexes every table: CPU work, off the
             // async threads.
-            let outcome = tokio::task::spawn_blocking(move || applier.apply(&snapshot, true))
-                .await
-                .unwrap_or_else(|_| Err(InvalidSnapshot("validation panicked".to_owned())));
+            let (outcome, snapshot) =
+                tokio::task::spawn_blocking(move || (applier.apply(&snapshot), snapshot))
+                    .await
+                    .map_err(|_| SessionError::Closed)?;
+            let serving = outcome.is_ok();
             let reply = match outcome {
                 Ok(()) => pb::stream_config_request::Message::Ack(pb::Ack {
                     nonce: response.nonce,
@@ -191,7 +207,14 @@ impl ConfigClient {
                     })
                 }
             };
-            send(&outbound, reply).await?;
+            // The ACK says "serving", which it is once the tables are swapped: the copy on
+            // disk (encoded, hashed and written: tens of ms with many keys) follows it.
+            let sent = send(&outbound, reply).await;
+            let applier = self.applier.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || applier.keep_and_release(snapshot, serving))
+                    .await;
+            sent?;
         }
         Ok(())
     }
@@ -340,15 +363,14 @@ mod tests {
     async fn only_newer_versions_apply_and_the_newest_is_saved() {
         let dir = tempfile::tempdir().unwrap();
         let (gateway, identity, applier) = new_applier(dir.path());
-        applier.apply(&snapshot(5, &identity), true).unwrap();
+        applier.apply(&snapshot(5, &identity)).unwrap();
         for stale in [5, 4, 1] {
-            let error = applier
-                .apply(&snapshot(stale, &identity), true)
-                .unwrap_err();
+            let error = applier.apply(&snapshot(stale, &identity)).unwrap_err();
             assert!(error.0.contains("not newer"), "{error}");
         }
         assert_eq!(gateway.tables.load().as_ref().unwrap().version, 5);
-        applier.apply(&snapshot(6, &identity), true).unwrap();
+        applier.apply(&snapshot(6, &identity)).unwrap();
+        applier.keep_and_release(snapshot(6, &identity), true);
         assert_eq!(gateway.metrics.config_version.load(Ordering::Relaxed), 6);
         assert_eq!(snapshot_file::load(dir.path()).unwrap().unwrap().version, 6);
     }

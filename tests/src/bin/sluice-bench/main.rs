@@ -826,10 +826,14 @@ async fn bench() {
         ms(percentile(&samples, 0.5)),
         ms(*samples.last().unwrap())
     );
-    let rss: Vec<String> = proxies
-        .iter()
-        .map(|proxy| format!("{:.1}", rss_mib(proxy.pid())))
-        .collect();
+    let mut rss = Vec::new();
+    for proxy in &proxies {
+        let heap = heap_allocated(&http, &proxy.url("/metrics")).await / (1024.0 * 1024.0);
+        rss.push(format!(
+            "{:.1} ({heap:.1} on the heap)",
+            rss_mib(proxy.pid())
+        ));
+    }
     println!(
         "proxy RSS with {keys} virtual keys (MiB; the first took the load): {}",
         rss.join(", ")
@@ -858,17 +862,27 @@ fn median_of<T: Copy + PartialOrd>(values: &mut [T]) -> T {
     values[values.len() / 2]
 }
 
-/// The proxy's heap allocations so far, from its own metrics (jemalloc's counters).
-async fn heap_allocations(http: &sluice_e2e::proxy::Http, metrics_url: &str) -> f64 {
+/// One of the proxy's metrics, read from its `/metrics`.
+async fn proxy_metric(http: &sluice_e2e::proxy::Http, metrics_url: &str, name: &str) -> f64 {
     let text = http
         .get(metrics_url, None)
         .await
         .map(|r| r.text())
         .unwrap_or_default();
     text.lines()
-        .find_map(|line| line.strip_prefix("sluice_heap_allocations_total "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+/// The proxy's heap allocations so far (jemalloc's counters).
+async fn heap_allocations(http: &sluice_e2e::proxy::Http, metrics_url: &str) -> f64 {
+    proxy_metric(http, metrics_url, "sluice_heap_allocations_total").await
+}
+
+/// The proxy's heap bytes in use.
+async fn heap_allocated(http: &sluice_e2e::proxy::Http, metrics_url: &str) -> f64 {
+    proxy_metric(http, metrics_url, "sluice_heap_allocated_bytes").await
 }
 
 /// Where a side listens and which processes are its own.
