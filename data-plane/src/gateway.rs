@@ -22,8 +22,8 @@ pub struct Gateway {
     pub leases: LeaseBook,
     /// Reserved for a request that does not say its `max_tokens`.
     pub default_max_output_tokens: u64,
-    /// Set by the binary, which chooses the allocator.
-    pub heap: std::sync::OnceLock<crate::metrics::HeapHooks>,
+    /// Reads the allocator's counters; set by the binary, which chooses the allocator.
+    pub heap_stats: std::sync::OnceLock<fn() -> Option<crate::metrics::HeapStats>>,
 }
 
 impl Gateway {
@@ -51,7 +51,7 @@ impl Gateway {
             max_body_bytes,
             leases,
             default_max_output_tokens,
-            heap: std::sync::OnceLock::new(),
+            heap_stats: std::sync::OnceLock::new(),
         })
     }
 }

@@ -26,4 +26,4 @@ pub mod settings;
 pub mod upstream;
 pub mod usage;
 
-pub use metrics::{HeapHooks, HeapStats};
+pub use metrics::HeapStats;

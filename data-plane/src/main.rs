@@ -86,21 +86,6 @@ fn heap_stats() -> Option<sluice_data_plane::HeapStats> {
     })
 }
 
-/// Purges every jemalloc arena's unused dirty pages back to the system.
-fn release_freed() {
-    // SAFETY: "arena.<MALLCTL_ARENAS_ALL>.purge" takes and returns nothing; the name is
-    // NUL-terminated as mallctl requires.
-    unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"arena.4096.purge".as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        );
-    }
-}
-
 fn run(
     settings: Settings,
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -128,13 +113,7 @@ fn run(
             LeaseBook::new(epoch, settings.lease_wait),
             settings.default_max_output_tokens,
         );
-        gateway
-            .heap
-            .set(sluice_data_plane::HeapHooks {
-                stats: heap_stats,
-                release_freed,
-            })
-            .ok();
+        gateway.heap_stats.set(heap_stats).ok();
         let applier = Arc::new(Applier {
             gateway: gateway.clone(),
             identity: identity.clone(),

@@ -45,16 +45,6 @@ pub struct Metrics {
     errors: [AtomicU64; ERROR_CODES.len()],
 }
 
-/// What the binary, which chooses the allocator, lets the library ask of it.
-#[derive(Clone, Copy)]
-pub struct HeapHooks {
-    /// The allocator's counters.
-    pub stats: fn() -> Option<HeapStats>,
-    /// Returns freed memory to the system now rather than after the allocator's decay time:
-    /// called once a replaced snapshot (tens of MiB with many keys) is dropped.
-    pub release_freed: fn(),
-}
-
 /// What the process's allocator reports of the heap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeapStats {

@@ -77,17 +77,10 @@ impl Applier {
         Ok(())
     }
 
-    /// After a snapshot was answered: saves it if it serves (so a restart without the control
-    /// plane serves it too), then drops it and hands the memory it and the tables it replaced
-    /// held back to the system (tens of MiB with many keys, which the allocator would otherwise
-    /// keep for seconds).
-    pub fn keep_and_release(&self, snapshot: pb::Snapshot, serving: bool) {
-        if serving && let Err(error) = snapshot_file::save(&self.data_dir, &snapshot) {
+    /// Saves a snapshot that serves, so a restart without the control plane serves it too.
+    pub fn save(&self, snapshot: &pb::Snapshot) {
+        if let Err(error) = snapshot_file::save(&self.data_dir, snapshot) {
             tracing::error!(%error, "cannot save the snapshot to disk; serving it anyway");
-        }
-        drop(snapshot);
-        if let Some(heap) = self.gateway.heap.get() {
-            (heap.release_freed)();
         }
     }
 
@@ -210,10 +203,10 @@ impl ConfigClient {
             // The ACK says "serving", which it is once the tables are swapped: the copy on
             // disk (encoded, hashed and written: tens of ms with many keys) follows it.
             let sent = send(&outbound, reply).await;
-            let applier = self.applier.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || applier.keep_and_release(snapshot, serving))
-                    .await;
+            if serving {
+                let applier = self.applier.clone();
+                let _ = tokio::task::spawn_blocking(move || applier.save(&snapshot)).await;
+            }
             sent?;
         }
         Ok(())
@@ -370,7 +363,7 @@ mod tests {
         }
         assert_eq!(gateway.tables.load().as_ref().unwrap().version, 5);
         applier.apply(&snapshot(6, &identity)).unwrap();
-        applier.keep_and_release(snapshot(6, &identity), true);
+        applier.save(&snapshot(6, &identity));
         assert_eq!(gateway.metrics.config_version.load(Ordering::Relaxed), 6);
         assert_eq!(snapshot_file::load(dir.path()).unwrap().unwrap().version, 6);
     }

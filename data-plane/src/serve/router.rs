@@ -35,7 +35,7 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
             gateway.metrics.render(
                 sluice_shared::time::now_us(),
                 gateway.leases.reserved_micros(),
-                gateway.heap.get().and_then(|heap| (heap.stats)()),
+                gateway.heap_stats.get().and_then(|read| read()),
             ),
         )),
         (&Method::POST, "/v1/chat/completions") => {
