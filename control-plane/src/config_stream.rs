@@ -1,11 +1,14 @@
 //! `sluice.config.v1.ConfigService`: one long-lived stream per proxy.
 //!
-//! Protocol (after Envoy's xDS, state of the world): the proxy says Hello with the version it
-//! holds and its sealing key; whenever the newest version differs from what the proxy holds,
-//! the stream sends a full snapshot with a fresh nonce; the proxy's next message is an Ack
-//! (it now serves that version) or a Nack (it keeps the previous one, with a reason). Replies
-//! with any nonce but the latest are stale and ignored. A NACKed version is not re-sent; the
-//! next change is. The version each proxy runs is recorded, and never lowered.
+//! Protocol (after Envoy's xDS): the proxy says Hello with the version it holds and its
+//! sealing key; whenever the newest version differs from what the proxy holds, the stream sends
+//! a snapshot with a fresh nonce, in parts; the proxy's next message is an Ack (it now serves
+//! that version) or a Nack (it keeps the previous one, with a reason). Replies with any nonce
+//! but the latest are stale and ignored. Once a proxy has ACKed a version on this stream, the
+//! next snapshots carry only the virtual keys changed since (incremental xDS's idea, for the
+//! one table that grows with the fleet). A NACKed version is not re-sent; the next change is,
+//! whole. The version each
+//! proxy runs is recorded, and never lowered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::snapshot_builder::{ConfigWatch, seal_snapshot};
-use crate::store::Store;
+use crate::store::{ConfigState, Store};
 use crate::vault::Vault;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,10 +103,21 @@ struct Session<S> {
     address: String,
 }
 
-/// The snapshot in flight: its nonce and version.
+/// The snapshot in flight: its nonce, the state it carries, and whether it was a difference.
 struct Pending {
     nonce: String,
-    version: u64,
+    state: Arc<ConfigState>,
+    delta: bool,
+}
+
+/// What the stream knows of its proxy's config.
+#[derive(Default)]
+struct Known {
+    pending: Option<Pending>,
+    /// The state the proxy ACKed on this stream: what a difference is taken from.
+    serving: Option<Arc<ConfigState>>,
+    /// A whole version the proxy refused: not sent again.
+    rejected: Option<u64>,
 }
 
 impl<S: Store> Session<S> {
@@ -114,19 +128,22 @@ impl<S: Store> Session<S> {
     ) {
         tracing::info!(proxy_id = %self.proxy_id, held_version = self.held_version, address = %self.address, "proxy connected");
         self.record_connection(true).await;
-        let mut pending: Option<Pending> = None;
-        let mut rejected: Option<u64> = None;
+        let mut known = Known::default();
         let mut seen = tokio::time::interval(SEEN_INTERVAL);
         seen.tick().await;
-        loop {
+        'stream: loop {
             let newest = self.config.borrow_and_update().clone();
             if let Some(state) = newest {
                 let wanted = state.version != self.held_version
-                    && rejected != Some(state.version)
-                    && pending.as_ref().map(|p| p.version) != Some(state.version);
+                    && known.rejected != Some(state.version)
+                    && known.pending.as_ref().map(|p| p.state.version) != Some(state.version);
                 if wanted {
-                    let snapshot = match seal_snapshot(&state, &self.vault, &self.proxy_key) {
-                        Ok(snapshot) => snapshot,
+                    let serving = known
+                        .serving
+                        .as_deref()
+                        .filter(|serving| serving.version == self.held_version);
+                    let parts = match seal_snapshot(&state, serving, &self.vault, &self.proxy_key) {
+                        Ok(parts) => parts,
                         Err(error) => {
                             tracing::error!(proxy_id = %self.proxy_id, %error, "cannot build a snapshot");
                             let _ = sender
@@ -138,16 +155,21 @@ impl<S: Store> Session<S> {
                         }
                     };
                     let nonce = new_id();
-                    let response = pb::StreamConfigResponse {
-                        nonce: nonce.clone(),
-                        snapshot: Some(snapshot),
-                    };
-                    if sender.send(Ok(response)).await.is_err() {
-                        break;
+                    let delta = parts.is_delta();
+                    for (snapshot, more) in parts {
+                        let response = pb::StreamConfigResponse {
+                            nonce: nonce.clone(),
+                            snapshot: Some(snapshot),
+                            more,
+                        };
+                        if sender.send(Ok(response)).await.is_err() {
+                            break 'stream;
+                        }
                     }
-                    pending = Some(Pending {
+                    known.pending = Some(Pending {
                         nonce,
-                        version: state.version,
+                        state,
+                        delta,
                     });
                 }
             }
@@ -158,7 +180,7 @@ impl<S: Store> Session<S> {
                     }
                 }
                 message = inbound.message() => match message {
-                    Ok(Some(request)) => self.handle(request, &mut pending, &mut rejected).await,
+                    Ok(Some(request)) => self.handle(request, &mut known).await,
                     Ok(None) | Err(_) => break,
                 },
                 _ = seen.tick() => self.record_connection(true).await,
@@ -169,12 +191,7 @@ impl<S: Store> Session<S> {
         tracing::info!(proxy_id = %self.proxy_id, "proxy disconnected");
     }
 
-    async fn handle(
-        &mut self,
-        request: pb::StreamConfigRequest,
-        pending: &mut Option<Pending>,
-        rejected: &mut Option<u64>,
-    ) {
+    async fn handle(&mut self, request: pb::StreamConfigRequest, known: &mut Known) {
         let (nonce, reply) = match request.message {
             Some(pb::stream_config_request::Message::Ack(ack)) => (ack.nonce, Reply::Ack),
             Some(pb::stream_config_request::Message::Nack(nack)) => {
@@ -182,23 +199,29 @@ impl<S: Store> Session<S> {
             }
             Some(pb::stream_config_request::Message::Hello(_)) | None => return,
         };
-        let Some(in_flight) = pending.as_ref().filter(|p| p.nonce == nonce) else {
+        if known.pending.as_ref().is_none_or(|p| p.nonce != nonce) {
             tracing::debug!(proxy_id = %self.proxy_id, "ignoring a reply with a stale nonce");
             return;
+        }
+        let Some(in_flight) = known.pending.take() else {
+            return;
         };
-        let version = in_flight.version;
-        *pending = None;
+        let version = in_flight.state.version;
         match reply {
             Reply::Ack => {
                 self.held_version = version;
+                known.serving = Some(in_flight.state);
                 if let Err(error) = self.store.record_proxy_ack(&self.proxy_id, version).await {
                     tracing::error!(proxy_id = %self.proxy_id, %error, "cannot record an ACK");
                 }
             }
             Reply::Nack(nack) => {
-                *rejected = Some(version);
+                // The version is not sent again; the next one goes whole, in case the refusal
+                // was the difference's (a proxy that no longer holds its base).
+                known.serving = None;
+                known.rejected = Some(version);
                 let reason: String = nack.reason.chars().take(MAX_NACK_REASON).collect();
-                tracing::warn!(proxy_id = %self.proxy_id, version, keeps = nack.version, %reason, "proxy rejected a snapshot");
+                tracing::warn!(proxy_id = %self.proxy_id, version, keeps = nack.version, delta = in_flight.delta, %reason, "proxy rejected a snapshot");
                 if let Err(error) = self
                     .store
                     .record_proxy_nack(&self.proxy_id, version, &reason)

@@ -585,6 +585,88 @@ async fn fleet_versions<S: Store>(store: &S) {
     assert!(!store.list_proxies().await.unwrap()[0].connected);
 }
 
+/// The publisher's incremental read: only the keys changed since a version, and the ids of
+/// those revoked or deleted since.
+async fn config_reads<S: Store>(store: &S) {
+    let create = |name: &'static str| {
+        store.create_virtual_key(
+            "acme",
+            "web",
+            NewVirtualKey {
+                id: new_id(),
+                name: name.into(),
+                prefix: "sk-sluice-cfg".into(),
+                key_hash: format!("hash-{name}"),
+                allowed_models: Vec::new(),
+                expires_at_us: 0,
+            },
+            audit("virtual_key.create", name),
+        )
+    };
+    let a = create("cfg-a").await.unwrap();
+    let b = create("cfg-b").await.unwrap();
+    let whole = store.load_config(VirtualKeysRead::All).await.unwrap();
+    let whole_ids: Vec<&str> = whole.virtual_keys.iter().map(|k| k.id.as_str()).collect();
+    assert!(whole_ids.contains(&a.id.as_str()) && whole_ids.contains(&b.id.as_str()));
+    assert!(whole_ids.is_sorted());
+    assert!(whole.removed_virtual_keys.is_empty());
+    let nothing = store
+        .load_config(VirtualKeysRead::ChangedSince(whole.version))
+        .await
+        .unwrap();
+    assert_eq!(nothing.version, whole.version);
+    assert!(nothing.virtual_keys.is_empty() && nothing.removed_virtual_keys.is_empty());
+    assert_eq!(
+        nothing.projects, whole.projects,
+        "the other tables come whole"
+    );
+
+    store
+        .update_virtual_key(
+            "acme",
+            "web",
+            "cfg-a",
+            VirtualKeyPatch {
+                allowed_models: Some(vec!["gpt-4o-mini".into()]),
+                expires_at_us: None,
+            },
+            audit("virtual_key.update", "cfg-a"),
+        )
+        .await
+        .unwrap();
+    let c = create("cfg-c").await.unwrap();
+    store
+        .revoke_virtual_key("acme", "web", "cfg-b", audit("virtual_key.revoke", "cfg-b"))
+        .await
+        .unwrap();
+    let changes = store
+        .load_config(VirtualKeysRead::ChangedSince(whole.version))
+        .await
+        .unwrap();
+    let mut expected = vec![a.id.clone(), c.id.clone()];
+    expected.sort();
+    let changed: Vec<&str> = changes.virtual_keys.iter().map(|k| k.id.as_str()).collect();
+    assert_eq!(changed, expected);
+    let updated = changes.virtual_keys.iter().find(|k| k.id == a.id).unwrap();
+    assert_eq!(updated.allowed_models, ["gpt-4o-mini"]);
+    assert_eq!(changes.removed_virtual_keys, std::slice::from_ref(&b.id));
+
+    store
+        .delete_virtual_key("acme", "web", "cfg-c", audit("virtual_key.delete", "cfg-c"))
+        .await
+        .unwrap();
+    let deleted = store
+        .load_config(VirtualKeysRead::ChangedSince(changes.version))
+        .await
+        .unwrap();
+    assert!(deleted.virtual_keys.is_empty());
+    assert_eq!(deleted.removed_virtual_keys, std::slice::from_ref(&c.id));
+    let after = store.load_config(VirtualKeysRead::All).await.unwrap();
+    let live: Vec<&str> = after.virtual_keys.iter().map(|k| k.id.as_str()).collect();
+    assert!(live.contains(&a.id.as_str()));
+    assert!(!live.contains(&b.id.as_str()) && !live.contains(&c.id.as_str()));
+}
+
 /// Many writers at once all succeed: none may fail because another holds the write lock.
 async fn concurrent_writers<S: Store>(store: std::sync::Arc<S>) {
     let before = store.config_version().await.unwrap();
@@ -1329,6 +1411,7 @@ async fn sqlite_story() {
     usage_queries(&store).await;
     usage_rollup_matches_records(&store).await;
     fleet_versions(&store).await;
+    config_reads(&store).await;
     concurrent_writers(std::sync::Arc::new(store)).await;
 }
 
@@ -1406,6 +1489,7 @@ async fn postgres_story() {
     usage_queries(store.as_ref()).await;
     usage_rollup_matches_records(store.as_ref()).await;
     fleet_versions(store.as_ref()).await;
+    config_reads(store.as_ref()).await;
     concurrent_writers(store.clone()).await;
     store.close().await;
     database.drop_database().await;

@@ -231,6 +231,14 @@ async fn snapshots_ack_nack_and_propagation() {
     stream.ack(&first.nonce, snapshot.version).await;
     let row = wait_for_fleet(&cp, "p1", |r| r["acked_version"] == snapshot.version);
     assert_eq!(row["connected"], true);
+    // The publisher's trailing edge may still carry a seeding write: serve it too, so that the
+    // change below is the only one in flight.
+    let mut serving_version = snapshot.version;
+    while let Some(late) = stream.next(Duration::from_millis(400)).await {
+        serving_version = late.snapshot.as_ref().unwrap().version;
+        stream.ack(&late.nonce, serving_version).await;
+        wait_for_fleet(&cp, "p1", |r| r["acked_version"] == serving_version);
+    }
 
     // An admin change reaches the stream within the debounce window.
     let changed_at = Instant::now();
@@ -253,6 +261,13 @@ async fn snapshots_ack_nack_and_propagation() {
     assert!(propagation < Duration::from_millis(1500), "{propagation:?}");
     let second_version = second.snapshot.as_ref().unwrap().version;
     assert!(second_version > snapshot.version);
+    // The proxy serves the first version: the second is the difference from it, and no key
+    // changed.
+    let difference = second.snapshot.as_ref().unwrap();
+    assert_eq!(difference.base_version, serving_version);
+    assert!(difference.virtual_keys.is_empty() && difference.removed_key_hashes.is_empty());
+    assert_eq!(difference.models.len(), 2, "every other table goes whole");
+    assert!(!second.more);
 
     // NACK: recorded with its reason; the acked version stays; the version is not re-sent.
     stream
@@ -264,7 +279,7 @@ async fn snapshots_ack_nack_and_propagation() {
         .await;
     let row = wait_for_fleet(&cp, "p1", |r| r["nacked_version"] == second_version);
     assert_eq!(row["nack_reason"], "route to a missing deployment");
-    assert_eq!(row["acked_version"], snapshot.version);
+    assert_eq!(row["acked_version"], serving_version);
     assert!(
         stream.next(Duration::from_millis(400)).await.is_none(),
         "a NACKed version is not re-sent"
@@ -280,6 +295,9 @@ async fn snapshots_ack_nack_and_propagation() {
         .await
         .expect("a snapshot after the next change");
     let third_version = third.snapshot.as_ref().unwrap().version;
+    // After a NACK the stream no longer assumes what the proxy holds: the next goes whole.
+    assert_eq!(third.snapshot.as_ref().unwrap().base_version, 0);
+    assert_eq!(third.snapshot.as_ref().unwrap().virtual_keys.len(), 1);
     stream.ack(&third.nonce, third_version).await;
     wait_for_fleet(&cp, "p1", |r| r["acked_version"] == third_version);
 
@@ -299,7 +317,46 @@ async fn snapshots_ack_nack_and_propagation() {
         .next(Duration::from_secs(3))
         .await
         .expect("the next change");
-    assert!(fourth.snapshot.unwrap().version > third_version);
+    let fourth_snapshot = fourth.snapshot.unwrap();
+    assert!(fourth_snapshot.version > third_version);
+    assert_eq!(
+        fourth_snapshot.base_version, 0,
+        "a new stream knows nothing yet"
+    );
+    again.ack(&fourth.nonce, fourth_snapshot.version).await;
+    wait_for_fleet(&cp, "p1", |r| r["acked_version"] == fourth_snapshot.version);
+
+    // Once ACKed, key changes travel alone: a new key, then its revocation.
+    cp.ctl(&["vkey", "create", "acme/web/second"]).ok();
+    let added = again
+        .next(Duration::from_secs(3))
+        .await
+        .expect("the new key");
+    let added_snapshot = added.snapshot.unwrap();
+    assert_eq!(added_snapshot.base_version, fourth_snapshot.version);
+    assert_eq!(added_snapshot.virtual_keys.len(), 1, "only the new key");
+    assert_ne!(
+        added_snapshot.virtual_keys[0].key_hash,
+        snapshot.virtual_keys[0].key_hash
+    );
+    again.ack(&added.nonce, added_snapshot.version).await;
+    wait_for_fleet(&cp, "p1", |r| r["acked_version"] == added_snapshot.version);
+    cp.ctl(&["vkey", "revoke", "acme/web/second"]).ok();
+    let revoked = again
+        .next(Duration::from_secs(3))
+        .await
+        .expect("the revocation");
+    let revoked_snapshot = revoked.snapshot.unwrap();
+    assert_eq!(revoked_snapshot.base_version, added_snapshot.version);
+    assert!(revoked_snapshot.virtual_keys.is_empty());
+    assert_eq!(
+        revoked_snapshot.removed_key_hashes,
+        [added_snapshot.virtual_keys[0].key_hash.clone()]
+    );
+    again.ack(&revoked.nonce, revoked_snapshot.version).await;
+    wait_for_fleet(&cp, "p1", |r| {
+        r["acked_version"] == revoked_snapshot.version
+    });
 
     // A burst of changes coalesces into few snapshots.
     for n in 0..20 {

@@ -313,8 +313,12 @@ pub trait AccessStore: Send + Sync + 'static {
 /// The versioned config and the proxies serving it.
 pub trait FleetStore: Send + Sync + 'static {
     fn config_version(&self) -> impl Future<Output = StoreResult<u64>> + Send;
-    /// The whole config at one version, read in one consistent transaction.
-    fn load_config(&self) -> impl Future<Output = StoreResult<ConfigState>> + Send;
+    /// The config at one version, read in one consistent transaction: every table whole, and
+    /// the virtual keys `keys` asks for.
+    fn load_config(
+        &self,
+        keys: VirtualKeysRead,
+    ) -> impl Future<Output = StoreResult<ConfigState>> + Send;
     /// A proxy opened (`connected`) or closed its config stream.
     fn record_proxy_connection(
         &self,

@@ -1,6 +1,7 @@
 //! The domain records the store reads and writes. Enums are stored as their upper-case names.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::StoreError;
 
@@ -297,9 +298,22 @@ pub struct ConfigState {
     pub providers: Vec<Provider>,
     pub provider_keys: Vec<ConfigProviderKey>,
     pub models: Vec<ConfigModel>,
-    pub virtual_keys: Vec<ConfigVirtualKey>,
+    /// Sorted by id. Every live key, or with [`VirtualKeysRead::ChangedSince`] those changed
+    /// since (shared, so the versions a publisher builds from one another share unchanged keys).
+    pub virtual_keys: Vec<Arc<ConfigVirtualKey>>,
+    /// With [`VirtualKeysRead::ChangedSince`]: the ids of keys revoked or deleted since.
+    pub removed_virtual_keys: Vec<String>,
     /// HARD budgets: proxies enforce them with leases.
     pub budgets: Vec<ConfigBudget>,
+}
+
+/// Which virtual keys a config read brings: with a hundred thousand keys, reading them all for
+/// every change is most of a change's cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtualKeysRead {
+    All,
+    /// Only keys created, changed, revoked or deleted by versions after this one.
+    ChangedSince(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_hourly",
         include_str!("../../migrations/postgres/0008_usage_hourly.sql"),
     ),
+    (
+        9,
+        "virtual_key_versions",
+        include_str!("../../migrations/postgres/0009_virtual_key_versions.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -98,6 +98,14 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), Identity
         source,
     };
     let temporary = path.with_extension("tmp");
+    let mut file = create_private(&temporary).map_err(io)?;
+    file.write_all(contents).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)
+}
+
+/// A new file (replacing any) that only this user may read.
+pub(crate) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -105,10 +113,7 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), Identity
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&temporary).map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&temporary, path).map_err(io)
+    options.open(path)
 }
 
 #[cfg(test)]

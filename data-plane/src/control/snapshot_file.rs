@@ -3,16 +3,19 @@
 //! payload (the encoded snapshot); a truncated or altered file fails the checksum and is
 //! refused, never half-loaded.
 
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 use sluice_proto::config::v1 as pb;
 
-use crate::control::identity::{IdentityError, write_private};
+use crate::control::identity::create_private;
 
 const MAGIC: &[u8] = b"SLSNAP1\n";
 const FILE: &str = "snapshot.bin";
+/// `Snapshot.virtual_keys`' field number.
+const VIRTUAL_KEYS_FIELD: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFileError {
@@ -23,22 +26,49 @@ pub enum SnapshotFileError {
     },
     #[error("{0}: not a Sluice snapshot, or truncated or altered (checksum mismatch)")]
     Corrupt(PathBuf),
-    #[error(transparent)]
-    Write(#[from] IdentityError),
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE)
 }
 
-pub fn save(data_dir: &Path, snapshot: &pb::Snapshot) -> Result<(), SnapshotFileError> {
-    let payload = snapshot.encode_to_vec();
-    let mut contents = Vec::with_capacity(MAGIC.len() + 32 + payload.len());
-    contents.extend_from_slice(MAGIC);
-    contents.extend_from_slice(&Sha256::digest(&payload));
-    contents.extend_from_slice(&payload);
-    write_private(&path(data_dir), &contents)?;
-    Ok(())
+/// Saves `head` (a snapshot without virtual keys) with `keys` as one snapshot, encoded as it is
+/// written: with a hundred thousand keys the whole encoding would be a transient 12 MiB.
+pub fn save(
+    data_dir: &Path,
+    head: &pb::Snapshot,
+    keys: impl Iterator<Item = pb::VirtualKeyConfig>,
+) -> Result<(), SnapshotFileError> {
+    let path = path(data_dir);
+    let temporary = path.with_extension("tmp");
+    let io = |source| SnapshotFileError::Io {
+        path: temporary.clone(),
+        source,
+    };
+    let mut file = std::io::BufWriter::new(create_private(&temporary).map_err(io)?);
+    // The checksum comes first in the file but is known last: a placeholder, filled in below.
+    file.write_all(MAGIC).map_err(io)?;
+    file.write_all(&[0; 32]).map_err(io)?;
+    let mut digest = Sha256::new();
+    let mut chunk = Vec::with_capacity(64 * 1024);
+    head.encode(&mut chunk)
+        .map_err(|e| io(std::io::Error::other(e)))?;
+    for key in keys {
+        // Repeated fields concatenate: the keys appended after the head decode as its own.
+        prost::encoding::message::encode(VIRTUAL_KEYS_FIELD, &key, &mut chunk);
+        if chunk.len() >= 60 * 1024 {
+            digest.update(&chunk);
+            file.write_all(&chunk).map_err(io)?;
+            chunk.clear();
+        }
+    }
+    digest.update(&chunk);
+    file.write_all(&chunk).map_err(io)?;
+    let mut file = file.into_inner().map_err(|e| io(e.into_error()))?;
+    file.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
+    file.write_all(&digest.finalize()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, &path).map_err(|source| SnapshotFileError::Io { path, source })
 }
 
 /// `Ok(None)` when there is no saved snapshot yet.
@@ -73,8 +103,19 @@ mod tests {
             generated_at_us: 1,
             ..Default::default()
         };
-        save(dir.path(), &snapshot).unwrap();
-        assert_eq!(load(dir.path()).unwrap().unwrap().version, 7);
+        let keys = (0..3).map(|n| pb::VirtualKeyConfig {
+            id: format!("key-{n}"),
+            ..Default::default()
+        });
+        save(dir.path(), &snapshot, keys).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.version, 7);
+        let ids: Vec<&str> = loaded.virtual_keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["key-0", "key-1", "key-2"],
+            "every key, in the order given"
+        );
 
         let good = std::fs::read(path(dir.path())).unwrap();
         for cut in [0, 3, MAGIC.len() + 10, good.len() - 1] {

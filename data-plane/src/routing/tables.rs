@@ -6,6 +6,7 @@
 //! keys stay sealed; a request opens the one it needs.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -34,12 +35,14 @@ pub enum Posture {
     Live,
 }
 
-#[derive(Debug)]
+/// One virtual key: small, and cheap to carry from one version's tables to the next (a
+/// hundred thousand of them make most of a proxy's memory).
+#[derive(Debug, Clone)]
 pub struct VirtualKeyEntry {
-    pub id: String,
+    pub id: Arc<str>,
     pub project: usize,
     /// `None`: every model of the organization.
-    pub allowed_models: Option<HashSet<String>>,
+    pub allowed_models: Option<Arc<HashSet<String>>>,
     /// 0: never.
     pub expires_at_us: i64,
 }
@@ -144,6 +147,8 @@ pub struct RoutingTables {
     /// Budgets by the organisation, project or virtual key id they cover.
     budgets_by_scope: HashMap<String, Vec<usize>>,
     opener: SecretOpener,
+    /// The snapshot's tables without its virtual keys, for the copy on disk.
+    source: pb::Snapshot,
 }
 
 #[derive(Debug, Clone)]
@@ -154,14 +159,35 @@ pub struct BudgetEntry {
     pub name: String,
 }
 
+/// Tables being built from a snapshot that arrives in parts: the first part's tables are
+/// indexed by [`RoutingTables::begin`], each part's virtual keys added as it arrives, and
+/// [`TablesBuilder::finish`] gives tables that serve only once every part has been checked.
+pub struct TablesBuilder {
+    tables: RoutingTables,
+    project_index: HashMap<String, usize>,
+    /// A difference may replace a key it keeps; a whole snapshot names each key once.
+    replaces: bool,
+}
+
 impl RoutingTables {
-    /// Validates `snapshot` completely and indexes it. `upstream_hosts`, when not empty, is the
-    /// proxy's own allowlist of hosts it will call.
+    /// Validates a whole `snapshot` (one message) and indexes it. `upstream_hosts`, when not
+    /// empty, is the proxy's own allowlist of hosts it will call.
     pub fn build(
         snapshot: &pb::Snapshot,
         sealing: &SealingKeyPair,
         upstream_hosts: &[String],
     ) -> Result<Self, InvalidSnapshot> {
+        Self::begin(snapshot, None, sealing, upstream_hosts).map(TablesBuilder::finish)
+    }
+
+    /// Validates and indexes the first part of a snapshot, its keys included. A difference
+    /// (`base_version` set) starts from the keys of `serving`, which must be that version.
+    pub fn begin(
+        snapshot: &pb::Snapshot,
+        serving: Option<&RoutingTables>,
+        sealing: &SealingKeyPair,
+        upstream_hosts: &[String],
+    ) -> Result<TablesBuilder, InvalidSnapshot> {
         if snapshot.version == 0 {
             return Err(invalid("snapshot version 0 is not a version"));
         }
@@ -261,37 +287,18 @@ impl RoutingTables {
             });
         }
 
-        let mut keys = HashMap::with_capacity(snapshot.virtual_keys.len());
-        for v in &snapshot.virtual_keys {
-            let mut hash = [0u8; 32];
-            hex::decode_to_slice(&v.key_hash, &mut hash).map_err(|_| {
-                invalid(format!(
-                    "virtual key {}: key_hash is not 64 hex digits",
-                    v.id
-                ))
-            })?;
-            let project = *project_index.get(&v.project_id).ok_or_else(|| {
-                invalid(format!(
-                    "virtual key {} names missing project {}",
-                    v.id, v.project_id
-                ))
-            })?;
-            let allowed_models = (!v.allowed_models.is_empty())
-                .then(|| v.allowed_models.iter().cloned().collect::<HashSet<_>>());
-            let entry = VirtualKeyEntry {
-                id: v.id.clone(),
-                project,
-                allowed_models,
-                expires_at_us: v.expires_at_us,
-            };
-            if keys.insert(hash, entry).is_some() {
+        let keys = match (snapshot.base_version, serving) {
+            (0, _) => HashMap::new(),
+            (base, Some(serving)) if serving.version == base => {
+                serving.keys_for(&projects, &snapshot.removed_key_hashes)?
+            }
+            (base, serving) => {
                 return Err(invalid(format!(
-                    "virtual key hash of {} appears twice",
-                    v.id
+                    "a difference from version {base}, but this proxy serves {}",
+                    serving.map_or(0, |t| t.version)
                 )));
             }
-        }
-
+        };
         let mut budgets = Vec::with_capacity(snapshot.budgets.len());
         let mut budgets_by_scope: HashMap<String, Vec<usize>> = HashMap::new();
         for b in &snapshot.budgets {
@@ -320,9 +327,22 @@ impl RoutingTables {
             });
         }
 
-        Ok(Self {
+        let replaces = snapshot.base_version != 0;
+        let source = pb::Snapshot {
             version: snapshot.version,
             generated_at_us: snapshot.generated_at_us,
+            projects: snapshot.projects.clone(),
+            providers: snapshot.providers.clone(),
+            models: snapshot.models.clone(),
+            virtual_keys: Vec::new(),
+            sealing_public_key: snapshot.sealing_public_key.clone(),
+            budgets: snapshot.budgets.clone(),
+            base_version: 0,
+            removed_key_hashes: Vec::new(),
+        };
+        let tables = Self {
+            version: source.version,
+            generated_at_us: source.generated_at_us,
             keys,
             projects,
             models,
@@ -331,7 +351,82 @@ impl RoutingTables {
             budgets,
             budgets_by_scope,
             opener,
+            source,
+        };
+        let mut builder = TablesBuilder {
+            tables,
+            project_index,
+            replaces,
+        };
+        builder.add_keys(&snapshot.virtual_keys)?;
+        Ok(builder)
+    }
+
+    /// This version's keys for tables of `projects`, without those whose hash is in
+    /// `removed` (hex): project positions follow the projects by id.
+    fn keys_for(
+        &self,
+        projects: &[ProjectEntry],
+        removed: &[String],
+    ) -> Result<HashMap<[u8; 32], VirtualKeyEntry>, InvalidSnapshot> {
+        let by_id: HashMap<&str, usize> = projects
+            .iter()
+            .enumerate()
+            .map(|(at, p)| (p.id.as_str(), at))
+            .collect();
+        let moved: Vec<Option<usize>> = self
+            .projects
+            .iter()
+            .map(|p| by_id.get(p.id.as_str()).copied())
+            .collect();
+        let mut keys = HashMap::with_capacity(self.keys.len());
+        for (hash, entry) in &self.keys {
+            let project = moved.get(entry.project).copied().flatten().ok_or_else(|| {
+                invalid(format!(
+                    "virtual key {} kept, but its project is gone",
+                    entry.id
+                ))
+            })?;
+            keys.insert(
+                *hash,
+                VirtualKeyEntry {
+                    project,
+                    ..entry.clone()
+                },
+            );
+        }
+        for hex_hash in removed {
+            keys.remove(&key_hash(hex_hash, "a removed key")?);
+        }
+        Ok(keys)
+    }
+
+    /// Every virtual key as the snapshot names it, for the copy on disk.
+    pub fn virtual_key_configs(&self) -> impl Iterator<Item = pb::VirtualKeyConfig> + '_ {
+        self.keys.iter().map(|(hash, entry)| {
+            let mut allowed_models: Vec<String> = entry
+                .allowed_models
+                .iter()
+                .flat_map(|models| models.iter().cloned())
+                .collect();
+            allowed_models.sort_unstable();
+            pb::VirtualKeyConfig {
+                id: entry.id.to_string(),
+                project_id: self
+                    .projects
+                    .get(entry.project)
+                    .map(|p| p.id.clone())
+                    .unwrap_or_default(),
+                key_hash: hex::encode(hash),
+                allowed_models,
+                expires_at_us: entry.expires_at_us,
+            }
         })
+    }
+
+    /// The snapshot's tables without virtual keys, as it arrived.
+    pub fn source(&self) -> &pb::Snapshot {
+        &self.source
     }
 
     /// The virtual key whose SHA-256 is `hash`.
@@ -378,6 +473,55 @@ impl RoutingTables {
     pub fn virtual_key_count(&self) -> usize {
         self.keys.len()
     }
+}
+
+impl TablesBuilder {
+    /// Checks and indexes one part's virtual keys.
+    pub fn add_keys(&mut self, keys: &[pb::VirtualKeyConfig]) -> Result<(), InvalidSnapshot> {
+        self.tables.keys.reserve(keys.len());
+        for v in keys {
+            let hash = key_hash(&v.key_hash, &v.id)?;
+            let project = *self.project_index.get(&v.project_id).ok_or_else(|| {
+                invalid(format!(
+                    "virtual key {} names missing project {}",
+                    v.id, v.project_id
+                ))
+            })?;
+            let allowed_models = (!v.allowed_models.is_empty())
+                .then(|| Arc::new(v.allowed_models.iter().cloned().collect::<HashSet<_>>()));
+            let entry = VirtualKeyEntry {
+                id: Arc::from(v.id.as_str()),
+                project,
+                allowed_models,
+                expires_at_us: v.expires_at_us,
+            };
+            if self.tables.keys.insert(hash, entry).is_some() && !self.replaces {
+                return Err(invalid(format!(
+                    "virtual key hash of {} appears twice",
+                    v.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The version this builder is building.
+    pub fn version(&self) -> u64 {
+        self.tables.version
+    }
+
+    pub fn finish(mut self) -> RoutingTables {
+        self.tables.keys.shrink_to_fit();
+        self.tables
+    }
+}
+
+/// A SHA-256 given as 64 hex digits.
+fn key_hash(hex_hash: &str, key: &str) -> Result<[u8; 32], InvalidSnapshot> {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(hex_hash, &mut hash)
+        .map_err(|_| invalid(format!("virtual key {key}: key_hash is not 64 hex digits")))?;
+    Ok(hash)
 }
 
 /// Each operation's URL for a deployment of `upstream_model`, as the provider's family makes it.

@@ -74,6 +74,8 @@ pub(crate) fn fixture() -> Fixture {
             period: common::BudgetPeriod::Month as i32,
             name: "o1/web (month)".into(),
         }],
+        base_version: 0,
+        removed_key_hashes: Vec::new(),
     };
     Fixture { sealing, snapshot }
 }
@@ -238,5 +240,110 @@ fn what_is_not_an_error_is_left_out_not_refused() -> Result<(), InvalidSnapshot>
     let tables = RoutingTables::build(&snapshot, &base.sealing, &[])?;
     assert_eq!(tables.models[0].deployments.len(), 1);
     assert!(tables.providers[0].keys.is_empty());
+    Ok(())
+}
+
+fn virtual_key(id: &str, project: &str, secret: &str) -> pb::VirtualKeyConfig {
+    pb::VirtualKeyConfig {
+        id: id.into(),
+        project_id: project.into(),
+        key_hash: hash_hex(secret),
+        ..Default::default()
+    }
+}
+
+fn hash_hex(secret: &str) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret))
+}
+
+fn hash(secret: &str) -> [u8; 32] {
+    <sha2::Sha256 as sha2::Digest>::digest(secret).into()
+}
+
+/// A snapshot in parts serves only whole; a difference keeps the served keys, drops the removed
+/// ones, replaces the changed ones, and follows projects that moved.
+#[test]
+fn parts_and_differences_build_the_same_tables_as_a_whole_snapshot() -> Result<(), InvalidSnapshot>
+{
+    let base = fixture();
+    let mut first = base.snapshot.clone();
+    first.virtual_keys.push(virtual_key("v2", "p1", "second"));
+    let mut builder = RoutingTables::begin(&first, None, &base.sealing, &[])?;
+    let later = pb::Snapshot {
+        version: first.version,
+        virtual_keys: vec![virtual_key("v3", "p1", "third")],
+        ..Default::default()
+    };
+    builder.add_keys(&later.virtual_keys)?;
+    let duplicate = builder.add_keys(&[virtual_key("v9", "p1", "third")]);
+    assert!(duplicate.unwrap_err().0.contains("appears twice"));
+    let serving = builder.finish();
+    assert_eq!(serving.virtual_key_count(), 3);
+
+    // The difference: a new project sorted before the old one, v2 revoked, v3 given a model
+    // list, v4 new in the new project.
+    let mut difference = base.snapshot.clone();
+    difference.version = 4;
+    difference.base_version = 3;
+    difference.projects.insert(
+        0,
+        pb::ProjectConfig {
+            id: "p0".into(),
+            organization_id: "o1".into(),
+            name: "batch".into(),
+            posture: common::Posture::Mock as i32,
+            default_model: String::new(),
+        },
+    );
+    difference.removed_key_hashes = vec![hash_hex("second")];
+    let mut v3 = virtual_key("v3", "p1", "third");
+    v3.allowed_models = vec!["m".into()];
+    difference.virtual_keys = vec![v3, virtual_key("v4", "p0", "fourth")];
+    let next = RoutingTables::begin(&difference, Some(&serving), &base.sealing, &[])?.finish();
+    assert_eq!(next.version, 4);
+    assert_eq!(next.virtual_key_count(), 3);
+    assert!(next.virtual_key(&hash("second")).is_none(), "revoked");
+    let kept = next.virtual_key(&hash(VIRTUAL_KEY)).unwrap();
+    assert_eq!(
+        next.projects[kept.project].id, "p1",
+        "moved with its project"
+    );
+    let changed = next.virtual_key(&hash("third")).unwrap();
+    assert!(changed.allowed_models.as_ref().unwrap().contains("m"));
+    let added = next.virtual_key(&hash("fourth")).unwrap();
+    assert_eq!(next.projects[added.project].id, "p0");
+
+    // What is saved is the whole version again.
+    let saved: Vec<pb::VirtualKeyConfig> = next.virtual_key_configs().collect();
+    let mut whole = next.source().clone();
+    assert_eq!(whole.base_version, 0);
+    assert!(whole.removed_key_hashes.is_empty());
+    whole.virtual_keys = saved;
+    let rebuilt = RoutingTables::build(&whole, &base.sealing, &[])?;
+    assert_eq!(rebuilt.virtual_key_count(), 3);
+    assert_eq!(
+        rebuilt.virtual_key(&hash("fourth")).map(|k| &*k.id),
+        Some("v4")
+    );
+
+    // A difference from a version this proxy does not serve is refused.
+    difference.base_version = 2;
+    let refused = RoutingTables::begin(&difference, Some(&serving), &base.sealing, &[]);
+    assert!(
+        refused
+            .err()
+            .unwrap()
+            .0
+            .contains("a difference from version 2")
+    );
+    difference.base_version = 3;
+    let refused = RoutingTables::begin(&difference, None, &base.sealing, &[]);
+    assert!(refused.err().unwrap().0.contains("serves 0"));
+    // A kept key whose project vanished is refused, not served without one.
+    let mut orphaning = difference.clone();
+    orphaning.projects.retain(|p| p.id != "p1");
+    orphaning.virtual_keys.clear();
+    let refused = RoutingTables::begin(&orphaning, Some(&serving), &base.sealing, &[]);
+    assert!(refused.err().unwrap().0.contains("its project is gone"));
     Ok(())
 }

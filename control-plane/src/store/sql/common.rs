@@ -4,12 +4,16 @@
 macro_rules! common_sql {
     () => {
         /// Bumps the config version and appends the audit event: the last step of every
-        /// change, inside its transaction.
-        async fn record_change(tx: &mut Tx, audit: &Audit) -> StoreResult<()> {
-            sqlx::query("UPDATE config_state SET version = version + 1 WHERE id = 1")
-                .execute(&mut **tx)
-                .await?;
-            record_audit(tx, audit).await
+        /// change, inside its transaction. Returns the change's version (writers take it in
+        /// commit order: the row lock on `config_state` orders them).
+        async fn record_change(tx: &mut Tx, audit: &Audit) -> StoreResult<u64> {
+            let version: i64 = sqlx::query_scalar(
+                "UPDATE config_state SET version = version + 1 WHERE id = 1 RETURNING version",
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            record_audit(tx, audit).await?;
+            to_u64(version, "config version")
         }
 
         /// An audit event for something proxies need not hear about (no new version).

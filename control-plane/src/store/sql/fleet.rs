@@ -30,6 +30,66 @@ macro_rules! fleet_sql {
             Ok(())
         }
 
+        /// The live keys `keys` asks for, and the ids of those revoked or deleted since.
+        async fn config_virtual_keys(
+            tx: &mut Tx,
+            keys: VirtualKeysRead,
+        ) -> StoreResult<(Vec<Arc<ConfigVirtualKey>>, Vec<String>)> {
+            let since = match keys {
+                VirtualKeysRead::All => None,
+                VirtualKeysRead::ChangedSince(version) => {
+                    Some(to_i64(version, "config version")?)
+                }
+            };
+            let rows = match since {
+                None => {
+                    sqlx::query(
+                        "SELECT id, project_id, key_hash, allowed_models, expires_at_us, \
+                         revoked_at_us FROM virtual_keys WHERE revoked_at_us = 0 ORDER BY id",
+                    )
+                    .fetch_all(&mut **tx)
+                    .await?
+                }
+                Some(since) => {
+                    sqlx::query(
+                        "SELECT id, project_id, key_hash, allowed_models, expires_at_us, \
+                         revoked_at_us FROM virtual_keys WHERE config_version > $1 ORDER BY id",
+                    )
+                    .bind(since)
+                    .fetch_all(&mut **tx)
+                    .await?
+                }
+            };
+            let mut live = Vec::with_capacity(rows.len());
+            let mut removed = Vec::new();
+            for row in &rows {
+                if row.try_get::<i64, _>("revoked_at_us")? != 0 {
+                    removed.push(row.try_get("id")?);
+                    continue;
+                }
+                live.push(Arc::new(ConfigVirtualKey {
+                    id: row.try_get("id")?,
+                    project_id: row.try_get("project_id")?,
+                    key_hash: row.try_get("key_hash")?,
+                    allowed_models: models_from_json(row.try_get("allowed_models")?)?,
+                    expires_at_us: row.try_get("expires_at_us")?,
+                }));
+            }
+            // In the byte order merges and differences rely on, whatever the database's
+            // collation (PostgreSQL's sorts by locale).
+            live.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            if let Some(since) = since {
+                let deleted: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM virtual_key_deletions WHERE config_version > $1",
+                )
+                .bind(since)
+                .fetch_all(&mut **tx)
+                .await?;
+                removed.extend(deleted);
+            }
+            Ok((live, removed))
+        }
+
         impl FleetStore for $store {
             async fn config_version(&self) -> StoreResult<u64> {
                 let version: i64 =
@@ -39,7 +99,7 @@ macro_rules! fleet_sql {
                 to_u64(version, "config version")
             }
 
-            async fn load_config(&self) -> StoreResult<ConfigState> {
+            async fn load_config(&self, keys: VirtualKeysRead) -> StoreResult<ConfigState> {
                 let mut tx = self.readers().begin().await?;
                 sqlx::query(Self::SNAPSHOT_ISOLATION).execute(&mut *tx).await?;
                 let version: i64 =
@@ -150,24 +210,8 @@ macro_rules! fleet_sql {
                     model.deployments = deployments.remove(&model.id).unwrap_or_default();
                 }
 
-                let rows = sqlx::query(
-                    "SELECT id, project_id, key_hash, allowed_models, expires_at_us \
-                     FROM virtual_keys WHERE revoked_at_us = 0 ORDER BY id",
-                )
-                .fetch_all(&mut *tx)
-                .await?;
-                let virtual_keys = rows
-                    .iter()
-                    .map(|row| {
-                        Ok(ConfigVirtualKey {
-                            id: row.try_get("id")?,
-                            project_id: row.try_get("project_id")?,
-                            key_hash: row.try_get("key_hash")?,
-                            allowed_models: models_from_json(row.try_get("allowed_models")?)?,
-                            expires_at_us: row.try_get("expires_at_us")?,
-                        })
-                    })
-                    .collect::<StoreResult<Vec<_>>>()?;
+                let (virtual_keys, removed_virtual_keys) =
+                    config_virtual_keys(&mut tx, keys).await?;
                 let budgets = config_budgets(&mut tx).await?;
                 tx.commit().await?;
                 Ok(ConfigState {
@@ -177,6 +221,7 @@ macro_rules! fleet_sql {
                     provider_keys,
                     models,
                     virtual_keys,
+                    removed_virtual_keys,
                     budgets,
                 })
             }

@@ -115,10 +115,16 @@ pub(super) fn to_u64(value: i64, column: &str) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} out of range: {value}")))
 }
 
+pub(super) fn to_i64(value: u64, column: &str) -> StoreResult<i64> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{column} out of range: {value}")))
+}
+
 /// Implements every `store` trait for `$store`, a [`SqlBackend`].
 macro_rules! sql_store {
     ($store:ty) => {
         mod sql_impl {
+            use std::sync::Arc;
+
             use sluice_shared::{ids::new_id, time::now_us};
             use sqlx::Row;
 

@@ -39,6 +39,20 @@ macro_rules! virtual_keys_sql {
             virtual_key(&row)
         }
 
+        /// How long a deleted key's id stays readable as a change (publishers read changes
+        /// every second, and reload everything after an hour without one).
+        const DELETIONS_KEPT_US: i64 = 24 * 3600 * 1_000_000;
+
+        /// Marks the key as changed at `version`, for the publishers' incremental read.
+        async fn stamp_version(tx: &mut Tx, id: &str, version: u64) -> StoreResult<()> {
+            sqlx::query("UPDATE virtual_keys SET config_version = $1 WHERE id = $2")
+                .bind(to_i64(version, "config version")?)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
         impl VirtualKeyStore for $store {
             async fn create_virtual_key(
                 &self,
@@ -72,7 +86,8 @@ macro_rules! virtual_keys_sql {
                         "",
                     )
                 })?;
-                record_change(&mut tx, &audit).await?;
+                let version = record_change(&mut tx, &audit).await?;
+                stamp_version(&mut tx, &new.id, version).await?;
                 let created = fetch_virtual_key(&mut tx, org, project, &new.name).await?;
                 tx.commit().await?;
                 Ok(created)
@@ -135,7 +150,8 @@ macro_rules! virtual_keys_sql {
                 .bind(&current.id)
                 .execute(&mut *tx)
                 .await?;
-                record_change(&mut tx, &audit).await?;
+                let version = record_change(&mut tx, &audit).await?;
+                stamp_version(&mut tx, &current.id, version).await?;
                 let updated = fetch_virtual_key(&mut tx, org, project, name).await?;
                 tx.commit().await?;
                 Ok(updated)
@@ -161,7 +177,8 @@ macro_rules! virtual_keys_sql {
                     .execute(&mut *tx)
                     .await?;
                 }
-                record_change(&mut tx, &audit).await?;
+                let version = record_change(&mut tx, &audit).await?;
+                stamp_version(&mut tx, &current.id, version).await?;
                 let revoked = fetch_virtual_key(&mut tx, org, project, name).await?;
                 tx.commit().await?;
                 Ok(revoked)
@@ -180,7 +197,23 @@ macro_rules! virtual_keys_sql {
                     .bind(&current.id)
                     .execute(&mut *tx)
                     .await?;
-                record_change(&mut tx, &audit).await?;
+                let version = record_change(&mut tx, &audit).await?;
+                let now = now_us();
+                sqlx::query("DELETE FROM virtual_key_deletions WHERE deleted_at_us < $1")
+                    .bind(now - DELETIONS_KEPT_US)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO virtual_key_deletions (id, config_version, deleted_at_us) \
+                     VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE \
+                     SET config_version = excluded.config_version, \
+                     deleted_at_us = excluded.deleted_at_us",
+                )
+                .bind(&current.id)
+                .bind(to_i64(version, "config version")?)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(())
             }
