@@ -6,12 +6,13 @@
 //! that version) or a Nack (it keeps the previous one, with a reason). Replies with any nonce
 //! but the latest are stale and ignored. Once a proxy has ACKed a version on this stream, the
 //! next snapshots carry only the virtual keys changed since (incremental xDS's idea, for the
-//! one table that grows with the fleet). A NACKed version is not re-sent; the next change is,
-//! whole. The version each
-//! proxy runs is recorded, and never lowered.
+//! one table that grows with the fleet). One snapshot is in flight per proxy: changes made while
+//! it is unanswered wait, and its answer releases the newest, so a difference is always taken
+//! from the version the proxy serves. A NACKed version is not re-sent; the next change is,
+//! whole. The version each proxy runs is recorded, and never lowered.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_proto::config::v1 as pb;
 use sluice_proto::config::v1::config_service_server::ConfigService;
@@ -28,6 +29,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a connected proxy's last-seen time is refreshed.
 const SEEN_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_NACK_REASON: usize = 2_000;
+/// How long a snapshot may go unanswered before a newer one is sent anyway, whole: a proxy
+/// that lost track of it would otherwise never get another.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct ConfigStreamService<S> {
     store: Arc<S>,
@@ -103,11 +107,19 @@ struct Session<S> {
     address: String,
 }
 
-/// The snapshot in flight: its nonce, the state it carries, and whether it was a difference.
+/// The snapshot in flight: its nonce, the state it carries, whether it was a difference, and
+/// when its last part went.
 struct Pending {
     nonce: String,
     state: Arc<ConfigState>,
     delta: bool,
+    sent_at: Instant,
+}
+
+impl Pending {
+    fn unanswered_too_long(&self) -> bool {
+        self.sent_at.elapsed() >= REPLY_TIMEOUT
+    }
 }
 
 /// What the stream knows of its proxy's config.
@@ -136,7 +148,13 @@ impl<S: Store> Session<S> {
             if let Some(state) = newest {
                 let wanted = state.version != self.held_version
                     && known.rejected != Some(state.version)
-                    && known.pending.as_ref().map(|p| p.state.version) != Some(state.version);
+                    && known.pending.as_ref().is_none_or(|p| {
+                        p.unanswered_too_long() && p.state.version != state.version
+                    });
+                if wanted && known.pending.take().is_some() {
+                    tracing::warn!(proxy_id = %self.proxy_id, "proxy has not answered a snapshot in 30 s; sending the newest whole");
+                    known.serving = None;
+                }
                 if wanted {
                     let serving = known
                         .serving
@@ -170,10 +188,18 @@ impl<S: Store> Session<S> {
                         nonce,
                         state,
                         delta,
+                        sent_at: Instant::now(),
                     });
                 }
             }
+            // Woken once when the snapshot in flight has waited too long, not again after.
+            let reply_deadline = known
+                .pending
+                .as_ref()
+                .filter(|p| !p.unanswered_too_long())
+                .map(|p| tokio::time::Instant::from_std(p.sent_at) + REPLY_TIMEOUT);
             tokio::select! {
+                () = sleep_until_some(reply_deadline) => {}
                 changed = self.config.changed() => {
                     if changed.is_err() {
                         break;
@@ -241,6 +267,13 @@ impl<S: Store> Session<S> {
         {
             tracing::error!(proxy_id = %self.proxy_id, %error, "cannot record the proxy's connection");
         }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

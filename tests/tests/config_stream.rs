@@ -358,7 +358,8 @@ async fn snapshots_ack_nack_and_propagation() {
         r["acked_version"] == revoked_snapshot.version
     });
 
-    // A burst of changes coalesces into few snapshots.
+    // One snapshot in flight: changes made while the proxy has not answered wait and
+    // coalesce; its ACK releases the newest, a difference over what it now serves.
     for n in 0..20 {
         cp.ctl(&[
             "org",
@@ -369,12 +370,31 @@ async fn snapshots_ack_nack_and_propagation() {
         ])
         .ok();
     }
-    let mut received = 0;
-    while again.next(Duration::from_millis(600)).await.is_some() {
+    let burst = again
+        .next(Duration::from_secs(3))
+        .await
+        .expect("a snapshot");
+    assert!(
+        again.next(Duration::from_millis(400)).await.is_none(),
+        "a second snapshot before the first was answered"
+    );
+    let mut serving = burst.snapshot.unwrap().version;
+    again.ack(&burst.nonce, serving).await;
+    let mut received = 1;
+    while let Some(next) = again.next(Duration::from_millis(600)).await {
+        let snapshot = next.snapshot.unwrap();
+        assert_eq!(
+            snapshot.base_version, serving,
+            "taken from the ACKed version"
+        );
+        serving = snapshot.version;
+        again.ack(&next.nonce, serving).await;
         received += 1;
     }
     println!("20 admin changes → {received} snapshots");
     assert!(received < 20, "changes were not coalesced: {received}");
+    let newest = cp.ctl(&["-o", "json", "fleet"]).json()["config_version"].clone();
+    wait_for_fleet(&cp, "p1", |r| r["acked_version"] == newest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

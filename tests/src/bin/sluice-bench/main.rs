@@ -822,7 +822,7 @@ async fn bench() {
     }
     samples.sort();
     println!(
-        "admin change → all {proxy_count} proxies serving it, {keys} virtual keys loaded: median {} (max {}; includes one sluicectl process start and the 100 ms debounce)",
+        "admin change → all {proxy_count} proxies serving it, {keys} virtual keys loaded: median {} (max {}; includes one sluicectl process start)",
         ms(percentile(&samples, 0.5)),
         ms(*samples.last().unwrap())
     );
