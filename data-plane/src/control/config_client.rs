@@ -326,6 +326,7 @@ mod tests {
     use super::*;
     use crate::upstream::UpstreamClient;
     use crate::usage::spool::{SpoolSettings, UsageSpool, WhenFull};
+    use sluice_proto::config::v1::config_service_server::{ConfigService, ConfigServiceServer};
 
     fn snapshot(version: u64, identity: &Identity) -> pb::Snapshot {
         let sealer = SecretSealer::for_recipient(&identity.sealing.public_bytes()).unwrap();
@@ -366,7 +367,7 @@ mod tests {
     struct OneSnapshot(pb::Snapshot);
 
     #[tonic::async_trait]
-    impl sluice_proto::config::v1::config_service_server::ConfigService for OneSnapshot {
+    impl ConfigService for OneSnapshot {
         type StreamConfigStream = ReceiverStream<Result<pb::StreamConfigResponse, tonic::Status>>;
 
         async fn stream_config(
@@ -406,26 +407,12 @@ mod tests {
             .collect();
         assert!(prost::Message::encoded_len(&big) > 5 * 1024 * 1024);
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(
-                    sluice_proto::config::v1::config_service_server::ConfigServiceServer::new(
-                        OneSnapshot(big),
-                    )
-                    .max_encoding_message_size(MAX_SNAPSHOT_BYTES),
-                )
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let client = tokio::spawn(
-            ConfigClient {
-                applier: Arc::new(applier),
-                control_plane: format!("http://{address}"),
-                token: Arc::new(SecretString::new("t".into())),
-            }
-            .run(),
-        );
+        let (server, client) = serve_and_follow(
+            ConfigServiceServer::new(OneSnapshot(big))
+                .max_encoding_message_size(MAX_SNAPSHOT_BYTES),
+            applier,
+        )
+        .await;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while gateway.held_version() != 3 {
             assert!(
@@ -447,7 +434,7 @@ mod tests {
     }
 
     #[tonic::async_trait]
-    impl sluice_proto::config::v1::config_service_server::ConfigService for Scripted {
+    impl ConfigService for Scripted {
         type StreamConfigStream = ReceiverStream<Result<pb::StreamConfigResponse, tonic::Status>>;
 
         async fn stream_config(
@@ -475,6 +462,31 @@ mod tests {
     }
 
     /// A snapshot with one mock project that virtual keys can belong to.
+    /// Serves `service` on a loopback port, and a config client following it.
+    async fn serve_and_follow<T: ConfigService>(
+        service: ConfigServiceServer<T>,
+        applier: Applier,
+    ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        let client = tokio::spawn(async move {
+            ConfigClient {
+                applier: Arc::new(applier),
+                control_plane: format!("http://{address}"),
+                token: Arc::new(SecretString::new("t".into())),
+            }
+            .run()
+            .await;
+        });
+        (server, client)
+    }
+
     fn snapshot_with_project(version: u64, identity: &Identity) -> pb::Snapshot {
         let mut snapshot = snapshot(version, identity);
         snapshot.projects.push(pb::ProjectConfig {
@@ -557,28 +569,14 @@ mod tests {
         assert_eq!(broken.len(), 2);
 
         let (replies, mut replied) = mpsc::unbounded_channel();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(
-                    sluice_proto::config::v1::config_service_server::ConfigServiceServer::new(
-                        Scripted {
-                            snapshots: vec![whole, difference, broken],
-                            replies,
-                        },
-                    ),
-                )
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let client = tokio::spawn(
-            ConfigClient {
-                applier: Arc::new(applier),
-                control_plane: format!("http://{address}"),
-                token: Arc::new(SecretString::new("t".into())),
-            }
-            .run(),
-        );
+        let (server, client) = serve_and_follow(
+            ConfigServiceServer::new(Scripted {
+                snapshots: vec![whole, difference, broken],
+                replies,
+            }),
+            applier,
+        )
+        .await;
         let mut next_reply = async || {
             tokio::time::timeout(Duration::from_secs(10), replied.recv())
                 .await

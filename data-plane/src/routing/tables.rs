@@ -379,6 +379,26 @@ impl RoutingTables {
             .iter()
             .map(|p| by_id.get(p.id.as_str()).copied())
             .collect();
+        // Most differences keep the projects where they were: the map is copied whole, not
+        // rebuilt key by key (the profile's top entry under key churn).
+        let unmoved = moved.len() == projects.len()
+            && moved.iter().enumerate().all(|(at, to)| *to == Some(at));
+        let mut keys = if unmoved {
+            self.keys.clone()
+        } else {
+            self.remapped_keys(&moved)?
+        };
+        for hex_hash in removed {
+            keys.remove(&key_hash(hex_hash, "a removed key")?);
+        }
+        Ok(keys)
+    }
+
+    /// The keys with each project position replaced by `moved[position]`.
+    fn remapped_keys(
+        &self,
+        moved: &[Option<usize>],
+    ) -> Result<HashMap<[u8; 32], VirtualKeyEntry>, InvalidSnapshot> {
         let mut keys = HashMap::with_capacity(self.keys.len());
         for (hash, entry) in &self.keys {
             let project = moved.get(entry.project).copied().flatten().ok_or_else(|| {
@@ -394,9 +414,6 @@ impl RoutingTables {
                     ..entry.clone()
                 },
             );
-        }
-        for hex_hash in removed {
-            keys.remove(&key_hash(hex_hash, "a removed key")?);
         }
         Ok(keys)
     }

@@ -303,14 +303,19 @@ fn parts_and_differences_build_the_same_tables_as_a_whole_snapshot() -> Result<(
     assert_eq!(next.version, 4);
     assert_eq!(next.virtual_key_count(), 3);
     assert!(next.virtual_key(&hash("second")).is_none(), "revoked");
-    let kept = next.virtual_key(&hash(VIRTUAL_KEY)).unwrap();
+    let kept = present(next.virtual_key(&hash(VIRTUAL_KEY)), "the kept key")?;
     assert_eq!(
         next.projects[kept.project].id, "p1",
         "moved with its project"
     );
-    let changed = next.virtual_key(&hash("third")).unwrap();
-    assert!(changed.allowed_models.as_ref().unwrap().contains("m"));
-    let added = next.virtual_key(&hash("fourth")).unwrap();
+    let changed = present(next.virtual_key(&hash("third")), "the changed key")?;
+    assert!(
+        changed
+            .allowed_models
+            .as_ref()
+            .is_some_and(|models| models.contains("m"))
+    );
+    let added = present(next.virtual_key(&hash("fourth")), "the added key")?;
     assert_eq!(next.projects[added.project].id, "p0");
 
     // What is saved is the whole version again.
@@ -329,21 +334,24 @@ fn parts_and_differences_build_the_same_tables_as_a_whole_snapshot() -> Result<(
     // A difference from a version this proxy does not serve is refused.
     difference.base_version = 2;
     let refused = RoutingTables::begin(&difference, Some(&serving), &base.sealing, &[]);
-    assert!(
-        refused
-            .err()
-            .unwrap()
-            .0
-            .contains("a difference from version 2")
-    );
+    assert!(refusal(refused).contains("a difference from version 2"));
     difference.base_version = 3;
     let refused = RoutingTables::begin(&difference, None, &base.sealing, &[]);
-    assert!(refused.err().unwrap().0.contains("serves 0"));
+    assert!(refusal(refused).contains("serves 0"));
     // A kept key whose project vanished is refused, not served without one.
     let mut orphaning = difference.clone();
     orphaning.projects.retain(|p| p.id != "p1");
     orphaning.virtual_keys.clear();
     let refused = RoutingTables::begin(&orphaning, Some(&serving), &base.sealing, &[]);
-    assert!(refused.err().unwrap().0.contains("its project is gone"));
+    assert!(refusal(refused).contains("its project is gone"));
     Ok(())
+}
+
+fn present<T>(found: Option<T>, what: &str) -> Result<T, InvalidSnapshot> {
+    found.ok_or_else(|| InvalidSnapshot(format!("{what} is missing")))
+}
+
+/// Why `begin` refused, or nothing when it did not.
+fn refusal<T>(begun: Result<T, InvalidSnapshot>) -> String {
+    begun.err().map(|refused| refused.0).unwrap_or_default()
 }
