@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use sluice_control_plane::store::postgres::PostgresStore;
 use sluice_control_plane::store::sqlite::SqliteStore;
 use sluice_control_plane::store::{
-    Audit, NewOrganization, NewProject, Store, UsageGroup, UsageQuery, UsageRecord, UsageSource,
+    Audit, Delivery, NewOrganization, NewProject, Store, UsageGroup, UsageQuery, UsageRecord,
+    UsageSource,
 };
 use sluice_shared::ids::new_id;
 use sqlx::Connection;
@@ -123,7 +124,7 @@ async fn measure<S: Store>(store: &S) -> Measured {
     let started = Instant::now();
     for records in batches {
         store
-            .commit_usage_batch(&new_id(), "bench-proxy", "hash", records)
+            .commit_usage_batch(&new_id(), "bench-proxy", "hash", Delivery::First, records)
             .await
             .unwrap();
     }
@@ -210,7 +211,13 @@ async fn queries<S: Store>(backend: &str, store: &S) {
         });
         if batch.len() == DEFAULT_BATCH_SIZE || n + 1 == records {
             store
-                .commit_usage_batch(&new_id(), "bench-proxy", "hash", std::mem::take(&mut batch))
+                .commit_usage_batch(
+                    &new_id(),
+                    "bench-proxy",
+                    "hash",
+                    Delivery::First,
+                    std::mem::take(&mut batch),
+                )
                 .await
                 .unwrap();
         }

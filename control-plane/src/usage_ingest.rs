@@ -9,13 +9,12 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use sluice_proto::usage::v1 as pb;
 use sluice_proto::usage::v1::usage_service_server::UsageService;
-use sluice_shared::request_metadata::{MetadataError, check_id, check_tags};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Metrics;
-use crate::store::{Audit, BatchOutcome, KeyHealth, Store, UsageRecord, UsageSource};
+use crate::store::{Audit, BatchOutcome, Delivery, KeyHealth, Store, usage_wire};
 
 const MAX_RECORDS_PER_BATCH: usize = 10_000;
 const MAX_ID: usize = 128;
@@ -87,10 +86,22 @@ async fn ingest<S: Store>(
     // The hash is taken, so the records can be moved out rather than copied.
     let records = std::mem::take(&mut batch.records)
         .into_iter()
-        .map(record)
-        .collect::<Result<Vec<_>, Status>>()?;
+        .map(usage_wire::from_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
+    let delivery = if batch.first_delivery {
+        Delivery::First
+    } else {
+        Delivery::MayRepeat
+    };
     let commit = store
-        .commit_usage_batch(&batch.batch_id, &request.proxy_id, &payload_hash, records)
+        .commit_usage_batch(
+            &batch.batch_id,
+            &request.proxy_id,
+            &payload_hash,
+            delivery,
+            records,
+        )
         .await
         .map_err(|error| {
             tracing::error!(batch_id = %batch.batch_id, %error, "cannot commit a usage batch");
@@ -152,48 +163,5 @@ async fn ingest<S: Store>(
                 error: "batch id already committed with a different payload".to_owned(),
             }
         }
-    })
-}
-
-fn record(r: pb::UsageRecord) -> Result<UsageRecord, Status> {
-    if r.request_id.is_empty() || r.request_id.len() > MAX_ID {
-        return Err(Status::invalid_argument(
-            "records[].request_id: is required, at most 128 bytes",
-        ));
-    }
-    let metadata_invalid =
-        |error: MetadataError| Status::invalid_argument(format!("records[]: {error}"));
-    check_id("run_id", &r.run_id).map_err(metadata_invalid)?;
-    check_id("task_id", &r.task_id).map_err(metadata_invalid)?;
-    check_tags(r.tags.iter().map(|t| (t.name.as_str(), t.value.as_str())))
-        .map_err(metadata_invalid)?;
-    let count = |value: u64| {
-        i64::try_from(value).map_err(|_| Status::invalid_argument("token count out of range"))
-    };
-    Ok(UsageRecord {
-        request_id: r.request_id,
-        started_at_us: r.started_at_us,
-        project_id: r.project_id,
-        virtual_key_id: r.virtual_key_id,
-        model: r.model,
-        provider_id: r.provider_id,
-        input_tokens: count(r.input_tokens)?,
-        output_tokens: count(r.output_tokens)?,
-        cached_input_tokens: count(r.cached_input_tokens)?,
-        reasoning_tokens: count(r.reasoning_tokens)?,
-        cost_micros: r.cost_micros,
-        latency_ms: i64::from(r.latency_ms),
-        http_status: i64::from(r.http_status),
-        source: match pb::UsageSource::try_from(r.source) {
-            Ok(pb::UsageSource::ProviderReported) => UsageSource::ProviderReported,
-            Ok(pb::UsageSource::Estimated) => UsageSource::Estimated,
-            Ok(pb::UsageSource::Mock) => UsageSource::Mock,
-            _ => return Err(Status::invalid_argument("records[].source: is required")),
-        },
-        run_id: r.run_id,
-        task_id: r.task_id,
-        tags: r.tags.into_iter().map(|t| (t.name, t.value)).collect(),
-        lease_epoch: i64::try_from(r.lease_epoch)
-            .map_err(|_| Status::invalid_argument("records[].lease_epoch: out of range"))?,
     })
 }

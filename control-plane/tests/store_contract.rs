@@ -734,7 +734,13 @@ async fn usage_ledger<S: Store>(store: &S) {
         .collect();
     assert_eq!(
         store
-            .commit_usage_batch("batch-1", "proxy-a", "hash-1", records.clone())
+            .commit_usage_batch(
+                "batch-1",
+                "proxy-a",
+                "hash-1",
+                Delivery::MayRepeat,
+                records.clone()
+            )
             .await
             .unwrap()
             .outcome,
@@ -742,7 +748,13 @@ async fn usage_ledger<S: Store>(store: &S) {
     );
     assert_eq!(
         store
-            .commit_usage_batch("batch-1", "proxy-a", "hash-1", records.clone())
+            .commit_usage_batch(
+                "batch-1",
+                "proxy-a",
+                "hash-1",
+                Delivery::MayRepeat,
+                records.clone()
+            )
             .await
             .unwrap()
             .outcome,
@@ -750,7 +762,13 @@ async fn usage_ledger<S: Store>(store: &S) {
     );
     assert_eq!(
         store
-            .commit_usage_batch("batch-1", "proxy-a", "hash-2", records[..1].to_vec())
+            .commit_usage_batch(
+                "batch-1",
+                "proxy-a",
+                "hash-2",
+                Delivery::MayRepeat,
+                records[..1].to_vec()
+            )
             .await
             .unwrap()
             .outcome,
@@ -760,7 +778,7 @@ async fn usage_ledger<S: Store>(store: &S) {
     assert_eq!(stored, records, "every record once, exactly as sent");
     assert_eq!(
         store
-            .commit_usage_batch("batch-2", "proxy-a", "hash-3", Vec::new())
+            .commit_usage_batch("batch-2", "proxy-a", "hash-3", Delivery::First, Vec::new())
             .await
             .unwrap()
             .outcome,
@@ -859,6 +877,7 @@ async fn budgets<S: Store>(store: &S) {
             "budget-batch-0",
             "proxy-a",
             "h0",
+            Delivery::First,
             vec![spend("b-0", &project.id, &key.id, today, 100)],
         )
         .await
@@ -918,6 +937,7 @@ async fn budgets<S: Store>(store: &S) {
             "budget-batch-1",
             "proxy-a",
             "h1",
+            Delivery::First,
             vec![
                 spend("b-1", &project.id, &key.id, today, 150),
                 spend("b-2", &project.id, &key.id, today + 1, 250),
@@ -940,6 +960,7 @@ async fn budgets<S: Store>(store: &S) {
             "budget-batch-2",
             "proxy-a",
             "h2",
+            Delivery::MayRepeat,
             vec![spend("b-2", &project.id, &key.id, today + 1, 250)],
         )
         .await
@@ -979,6 +1000,7 @@ async fn budgets<S: Store>(store: &S) {
             "budget-batch-3",
             "proxy-a",
             "h3",
+            Delivery::First,
             vec![spend("b-3", &project.id, &key.id, tomorrow, 600)],
         )
         .await
@@ -1062,7 +1084,7 @@ async fn usage_queries<S: Store>(store: &S) {
         records.push(record);
     }
     store
-        .commit_usage_batch("query-batch", "proxy-a", "qh", records)
+        .commit_usage_batch("query-batch", "proxy-a", "qh", Delivery::First, records)
         .await
         .unwrap();
     let query = |group_by: Vec<UsageGroup>| UsageQuery {
@@ -1188,14 +1210,20 @@ async fn usage_rollup_matches_records<S: Store>(store: &S) {
         })
         .collect();
     store
-        .commit_usage_batch("roll-1", "proxy-a", "r1", records[..400].to_vec())
+        .commit_usage_batch(
+            "roll-1",
+            "proxy-a",
+            "r1",
+            Delivery::First,
+            records[..400].to_vec(),
+        )
         .await
         .unwrap();
     // A second batch re-sends a hundred stored records, one of its own twice, and new ones.
     let mut resent = records[300..600].to_vec();
     resent.push(records[550].clone());
     store
-        .commit_usage_batch("roll-2", "proxy-a", "r2", resent)
+        .commit_usage_batch("roll-2", "proxy-a", "r2", Delivery::MayRepeat, resent)
         .await
         .unwrap();
     // requests, input, cached input, output, cost, estimated cost, failed + 1000 × estimated.
@@ -1349,7 +1377,13 @@ async fn leases<S: Store>(store: &S) {
     let mut record = spend("lease-1", &project.id, "none", now, 300);
     record.lease_epoch = 1;
     store
-        .commit_usage_batch("lease-batch-1", "proxy-a", "lh1", vec![record])
+        .commit_usage_batch(
+            "lease-batch-1",
+            "proxy-a",
+            "lh1",
+            Delivery::First,
+            vec![record],
+        )
         .await
         .unwrap();
     let listed = store.list_budgets("spendco", now).await.unwrap();
@@ -1435,6 +1469,71 @@ async fn sqlite_reopen_keeps_data_and_skips_applied_migrations() {
         reopened.get_organization("kept").await.unwrap().name,
         "kept"
     );
+}
+
+/// A store from before usage was kept per batch: its records move into their batches when it
+/// opens, and a batch resending one of them (a proxy's recovered spool) skips it.
+#[tokio::test]
+async fn sqlite_usage_kept_per_record_moves_into_its_batches() {
+    let (dir, store) = sqlite_store().await;
+    store.close().await;
+    let url = format!("sqlite://{}", dir.path().join("sluice.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    for statement in [
+        "CREATE TABLE usage_records (request_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, \
+         started_at_us BIGINT NOT NULL, project_id TEXT NOT NULL, virtual_key_id TEXT NOT NULL, \
+         model TEXT NOT NULL, provider_id TEXT NOT NULL, input_tokens BIGINT NOT NULL, \
+         output_tokens BIGINT NOT NULL, cached_input_tokens BIGINT NOT NULL, \
+         reasoning_tokens BIGINT NOT NULL, cost_micros BIGINT NOT NULL, \
+         latency_ms BIGINT NOT NULL, http_status BIGINT NOT NULL, source TEXT NOT NULL, \
+         run_id TEXT NOT NULL DEFAULT '', task_id TEXT NOT NULL DEFAULT '', \
+         tags TEXT NOT NULL DEFAULT '{}', lease_epoch BIGINT NOT NULL DEFAULT 0)",
+        "INSERT INTO usage_batches (batch_id, proxy_id, payload_hash, record_count, \
+         received_at_us) VALUES ('old-1', 'proxy-a', 'h1', 2, 1764000000000000), \
+         ('old-2', 'proxy-a', 'h2', 1, 1764000000000000)",
+        "INSERT INTO usage_records VALUES \
+         ('r1', 'old-1', 1764000000000000, 'p', 'k', 'm', 'pr', 10, 20, 0, 0, 30, 5, 200, \
+          'PROVIDER_REPORTED', 'run-1', 'task-1', '{\"env\":\"prod\"}', 7), \
+         ('r2', 'old-1', 1764000000000001, 'p', 'k', 'm', 'pr', 1, 2, 0, 0, 3, 5, 200, \
+          'ESTIMATED', '', '', '{}', 7), \
+         ('r3', 'old-2', 1764000000000002, 'p', 'k', 'm', 'pr', 4, 5, 0, 0, 6, 5, 502, \
+          'ESTIMATED', '', '', '{}', 7)",
+    ] {
+        sqlx::query(statement).execute(&mut db).await.unwrap();
+    }
+    db.close().await.unwrap();
+    let store = SqliteStore::open(&url).await.unwrap();
+    let stored = store.list_usage_records("p").await.unwrap();
+    let ids: Vec<&str> = stored.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(ids, ["r1", "r2", "r3"]);
+    assert_eq!(stored[0].tags, [("env".to_owned(), "prod".to_owned())]);
+    assert_eq!(stored[0].run_id, "run-1");
+    assert_eq!(stored[2].http_status, 502);
+    let mut resent = stored[2].clone();
+    resent.request_id = "r4".into();
+    let commit = store
+        .commit_usage_batch(
+            "new-1",
+            "proxy-a",
+            "h3",
+            Delivery::MayRepeat,
+            vec![stored[1].clone(), resent],
+        )
+        .await
+        .unwrap();
+    assert_eq!(commit.outcome, BatchOutcome::Committed);
+    let ids: Vec<String> = store
+        .list_usage_records("p")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(ids, ["r1", "r2", "r3", "r4"]);
+    store.close().await;
+    // Opened again, there is nothing left to move.
+    let store = SqliteStore::open(&url).await.unwrap();
+    assert_eq!(store.list_usage_records("p").await.unwrap().len(), 4);
 }
 
 // === PostgreSQL ===

@@ -21,5 +21,5 @@ pub use leftovers::{Leftovers, contains_bytes, files_under};
 pub use processes::{Captured, binary, binary_dir, spawn_listening};
 pub use stacks::{
     FamilyStack, LiveStack, await_usage, caught_up_proxy, family_stack, live_stack,
-    live_stack_with, store_of,
+    live_stack_with, store_of, usage_rows,
 };

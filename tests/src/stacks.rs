@@ -104,6 +104,78 @@ pub async fn store_of(data_dir: &Path) -> sqlx::SqlitePool {
         .expect("the control plane's store")
 }
 
+/// What the control plane stored as usage, one row per record in a table `usage_records`
+/// (request_id, started_at_us, project_id, virtual_key_id, model, provider_id, the token
+/// counts, cost_micros, latency_ms, http_status, source by name, run_id, task_id, tags as a
+/// JSON object, lease_epoch) of an in-memory database of its own: the store keeps each batch's
+/// records in one row, encoded, and this decodes them so tests can ask for them in SQL.
+pub async fn usage_rows(store: &sqlx::SqlitePool) -> sqlx::SqlitePool {
+    use prost::Message;
+    use sluice_proto::usage::v1 as usage;
+    let rows = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .expect("an in-memory database");
+    sqlx::query(
+        "CREATE TABLE usage_records (request_id TEXT PRIMARY KEY, started_at_us BIGINT, \
+         project_id TEXT, virtual_key_id TEXT, model TEXT, provider_id TEXT, \
+         input_tokens BIGINT, output_tokens BIGINT, cached_input_tokens BIGINT, \
+         reasoning_tokens BIGINT, cost_micros BIGINT, latency_ms BIGINT, http_status BIGINT, \
+         source TEXT, run_id TEXT, task_id TEXT, tags TEXT, lease_epoch BIGINT)",
+    )
+    .execute(&rows)
+    .await
+    .unwrap();
+    let batches: Vec<Option<Vec<u8>>> = sqlx::query_scalar("SELECT records FROM usage_batches")
+        .fetch_all(store)
+        .await
+        .unwrap_or_default();
+    for stored in batches {
+        let batch = usage::UsageBatch::decode(stored.unwrap_or_default().as_slice())
+            .expect("a stored usage batch");
+        for r in batch.records {
+            let source = match usage::UsageSource::try_from(r.source) {
+                Ok(usage::UsageSource::ProviderReported) => "PROVIDER_REPORTED",
+                Ok(usage::UsageSource::Estimated) => "ESTIMATED",
+                Ok(usage::UsageSource::Mock) => "MOCK",
+                _ => "UNSPECIFIED",
+            };
+            let tags: serde_json::Map<String, serde_json::Value> = r
+                .tags
+                .into_iter()
+                .map(|t| (t.name, serde_json::Value::String(t.value)))
+                .collect();
+            sqlx::query(
+                "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11, $12, $13, $14, $15, $16, $17, $18)",
+            )
+            .bind(r.request_id)
+            .bind(r.started_at_us)
+            .bind(r.project_id)
+            .bind(r.virtual_key_id)
+            .bind(r.model)
+            .bind(r.provider_id)
+            .bind(r.input_tokens as i64)
+            .bind(r.output_tokens as i64)
+            .bind(r.cached_input_tokens as i64)
+            .bind(r.reasoning_tokens as i64)
+            .bind(r.cost_micros)
+            .bind(i64::from(r.latency_ms))
+            .bind(i64::from(r.http_status))
+            .bind(source)
+            .bind(r.run_id)
+            .bind(r.task_id)
+            .bind(serde_json::Value::Object(tags).to_string())
+            .bind(r.lease_epoch as i64)
+            .execute(&rows)
+            .await
+            .expect("each request stored once");
+        }
+    }
+    rows
+}
+
 /// Waits (bounded) for the usage record of `request_id` to reach the control plane's SQLite
 /// store and returns `columns` of it.
 pub async fn await_usage<T>(pool: &sqlx::SqlitePool, columns: &str, request_id: &str) -> T
@@ -115,7 +187,7 @@ where
     loop {
         let row = sqlx::query_as::<_, T>(&sql)
             .bind(request_id)
-            .fetch_optional(pool)
+            .fetch_optional(&usage_rows(pool).await)
             .await
             .ok()
             .flatten();

@@ -425,6 +425,7 @@ async fn usage_batches_commit_once() {
         batch: Some(usage::UsageBatch {
             batch_id: id.to_owned(),
             records,
+            first_delivery: false,
         }),
     };
     let (sender, receiver) = mpsc::channel(8);
@@ -464,14 +465,28 @@ async fn usage_batches_commit_once() {
     let conflict = acks.message().await.unwrap().unwrap();
     assert!(!conflict.committed);
     assert!(conflict.error.contains("different payload"));
+    // Sent again under another batch id (as a proxy recovering its spool does): a record
+    // already stored is not stored or counted twice.
+    sender
+        .send(batch("b2", vec![record("r2", 20), record("r3", 30)]))
+        .await
+        .unwrap();
+    assert!(acks.message().await.unwrap().unwrap().committed);
     drop(sender);
 
     let url = format!("sqlite://{}", dir.path().join("sluice.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT request_id, input_tokens FROM usage_records ORDER BY request_id")
-            .fetch_all(&pool)
+            .fetch_all(&sluice_e2e::usage_rows(&pool).await)
             .await
             .unwrap();
-    assert_eq!(rows, vec![("r1".to_owned(), 10), ("r2".to_owned(), 20)]);
+    assert_eq!(
+        rows,
+        vec![
+            ("r1".to_owned(), 10),
+            ("r2".to_owned(), 20),
+            ("r3".to_owned(), 30)
+        ]
+    );
 }

@@ -137,7 +137,7 @@ async fn azure_and_keyless_vllm_are_called_their_own_way() {
              WHERE request_id = $1",
         )
         .bind(response.headers["x-request-id"].to_str().unwrap())
-        .fetch_optional(&pool)
+        .fetch_optional(&sluice_e2e::usage_rows(&pool).await)
         .await
         .unwrap();
         if let Some(row) = row {
@@ -275,7 +275,7 @@ async fn the_responses_api_passes_through_to_openai_and_is_metered() {
     loop {
         let rows: Vec<(i64, i64, String)> =
             sqlx::query_as("SELECT input_tokens, output_tokens, source FROM usage_records")
-                .fetch_all(&pool)
+                .fetch_all(&sluice_e2e::usage_rows(&pool).await)
                 .await
                 .unwrap_or_default();
         if rows.len() == 2 {

@@ -36,7 +36,7 @@ async fn sigterm_delivers_all_usage() {
     let pool = sluice_e2e::store_of(dir.path()).await;
     let count = || async {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM usage_records")
-            .fetch_one(&pool)
+            .fetch_one(&sluice_e2e::usage_rows(&pool).await)
             .await
             .unwrap()
     };
@@ -112,7 +112,7 @@ async fn sigterm_drains_every_serving_thread() {
     assert!(status.success(), "exit {status}:\n{}", output.text());
     let pool = sluice_e2e::store_of(dir.path()).await;
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
-        .fetch_one(&pool)
+        .fetch_one(&sluice_e2e::usage_rows(&pool).await)
         .await
         .unwrap();
     assert_eq!(stored, IN_FLIGHT as i64, "{}", output.text());

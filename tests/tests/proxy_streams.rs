@@ -84,7 +84,7 @@ async fn broken_streams_are_metered_and_garbage_is_refused() {
     loop {
         let rows: Vec<(String, String, i64)> =
             sqlx::query_as("SELECT model, source, input_tokens FROM usage_records")
-                .fetch_all(&pool)
+                .fetch_all(&sluice_e2e::usage_rows(&pool).await)
                 .await
                 .unwrap();
         if rows.len() == 2 {

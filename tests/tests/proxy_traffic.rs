@@ -308,7 +308,7 @@ async fn mock_then_live_through_two_proxies() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let rows: Vec<(String, String, i64, i64, i64)> = loop {
         let rows = sqlx::query_as("SELECT model, source, input_tokens, output_tokens, cost_micros FROM usage_records ORDER BY started_at_us")
-            .fetch_all(&pool)
+            .fetch_all(&sluice_e2e::usage_rows(&pool).await)
             .await
             .unwrap();
         if rows.len() >= 7 {

@@ -70,7 +70,7 @@ async fn client(
 
 async fn stored_ids(pool: &sqlx::SqlitePool) -> Vec<String> {
     sqlx::query_scalar("SELECT request_id FROM usage_records")
-        .fetch_all(pool)
+        .fetch_all(&sluice_e2e::usage_rows(pool).await)
         .await
         .unwrap_or_default()
 }

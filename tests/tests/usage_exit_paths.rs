@@ -281,7 +281,7 @@ async fn every_exit_path_leaves_exactly_one_honest_usage_record() {
                 "SELECT source, http_status, input_tokens, output_tokens FROM usage_records WHERE run_id = $1",
             )
             .bind(&run)
-            .fetch_all(&pool)
+            .fetch_all(&sluice_e2e::usage_rows(&pool).await)
             .await
             .unwrap();
             if !records.is_empty() || std::time::Instant::now() > deadline {
@@ -310,7 +310,7 @@ async fn every_exit_path_leaves_exactly_one_honest_usage_record() {
     // Exactly one each, once everything has settled.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
-        .fetch_one(&pool)
+        .fetch_one(&sluice_e2e::usage_rows(&pool).await)
         .await
         .unwrap();
     assert_eq!(

@@ -90,7 +90,7 @@ async fn run_task_and_tags_are_stored_and_bounded() {
         let rows = sqlx::query_as(
             "SELECT run_id, task_id, tags FROM usage_records WHERE run_id = 'nightly-eval-2026-11-24'",
         )
-        .fetch_all(&pool)
+        .fetch_all(&sluice_e2e::usage_rows(&pool).await)
         .await
         .unwrap_or_default();
         if rows.len() == 2 || Instant::now() > deadline {
@@ -106,7 +106,7 @@ async fn run_task_and_tags_are_stored_and_bounded() {
         assert_eq!(tags, json!({"team": "search", "env": "staging"}));
     }
     let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_records")
-        .fetch_one(&pool)
+        .fetch_one(&sluice_e2e::usage_rows(&pool).await)
         .await
         .unwrap();
     assert_eq!(total, 2, "refused requests left usage records");

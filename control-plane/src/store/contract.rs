@@ -343,13 +343,15 @@ pub trait FleetStore: Send + Sync + 'static {
 
 /// Usage records in, sums out.
 pub trait UsageStore: Send + Sync + 'static {
-    /// Commits a batch and its records once, in one transaction with the budgets' spend; a
-    /// record whose request id is already stored is skipped (and not counted again).
+    /// Commits a batch and its records once, in one transaction with the budgets' spend. Of a
+    /// batch that [`Delivery::MayRepeat`], a record whose request id the same proxy's batches
+    /// already hold is skipped (and not counted again).
     fn commit_usage_batch(
         &self,
         batch_id: &str,
         proxy_id: &str,
         payload_hash: &str,
+        delivery: Delivery,
         records: Vec<UsageRecord>,
     ) -> impl Future<Output = StoreResult<BatchCommit>> + Send;
     /// Sums usage by the query's groups, largest cost first, with the total over every match.

@@ -11,6 +11,7 @@ mod model;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+pub mod usage_wire;
 
 pub use contract::*;
 pub use model::*;

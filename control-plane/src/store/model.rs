@@ -438,6 +438,16 @@ pub struct UsageRecord {
     pub lease_epoch: i64,
 }
 
+/// Whether a usage batch's records may have been stored before, under another batch id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// None was ever sent before: stored as they are.
+    First,
+    /// Some may have been (a proxy's spool recovered after a crash, or a client that does not
+    /// say): each record already stored, by request id, is skipped.
+    MayRepeat,
+}
+
 /// What happened to a usage batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchOutcome {

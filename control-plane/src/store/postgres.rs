@@ -6,7 +6,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use super::StoreResult;
 use super::migrations::migrator;
-use super::sql::{Placeholders, SqlBackend, sql_store};
+use super::sql::{SqlBackend, sql_store};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "virtual_key_versions",
         include_str!("../../migrations/postgres/0009_virtual_key_versions.sql"),
     ),
+    (
+        10,
+        "usage_per_batch",
+        include_str!("../../migrations/postgres/0010_usage_per_batch.sql"),
+    ),
 ];
 
 pub struct PostgresStore {
@@ -70,7 +75,9 @@ impl PostgresStore {
             .connect(url)
             .await?;
         migrator(MIGRATIONS).run(&pool).await?;
-        Ok(Self { pool })
+        let store = Self { pool };
+        store.convert_per_record_usage().await?;
+        Ok(store)
     }
 
     pub async fn close(&self) {
@@ -87,7 +94,8 @@ impl SqlBackend for PostgresStore {
     const BEGIN_WRITE: &'static str = "BEGIN";
     /// Serialises across control-plane replicas, not only within this process.
     const LOCK_BUDGETS: &'static str = "SELECT pg_advisory_xact_lock(7340033)";
-    const PLACEHOLDERS: Placeholders = Placeholders::Numbered;
+    const TABLE_EXISTS: &'static str = "SELECT COUNT(*) FROM information_schema.tables \
+         WHERE table_schema = current_schema() AND table_name = $1";
 
     fn readers(&self) -> &sqlx::PgPool {
         &self.pool

@@ -7,7 +7,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::StoreResult;
 use super::migrations::migrator;
-use super::sql::{Placeholders, SqlBackend, sql_store};
+use super::sql::{SqlBackend, sql_store};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "virtual_key_versions",
         include_str!("../../migrations/sqlite/0009_virtual_key_versions.sql"),
     ),
+    (
+        10,
+        "usage_per_batch",
+        include_str!("../../migrations/sqlite/0010_usage_per_batch.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -84,7 +89,9 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        Ok(Self { pool, writer })
+        let store = Self { pool, writer };
+        store.convert_per_record_usage().await?;
+        Ok(store)
     }
 
     pub async fn close(&self) {
@@ -103,7 +110,8 @@ impl SqlBackend for SqliteStore {
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     /// One writer at a time already.
     const LOCK_BUDGETS: &'static str = "SELECT 1";
-    const PLACEHOLDERS: Placeholders = Placeholders::Positional;
+    const TABLE_EXISTS: &'static str =
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1";
 
     fn readers(&self) -> &sqlx::SqlitePool {
         &self.pool

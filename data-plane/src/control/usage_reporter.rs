@@ -197,11 +197,14 @@ impl UsageReporter {
             return;
         }
         let filling = std::mem::replace(&mut state.filling, Filling::new());
-        if filling.sources.iter().any(|(s, _)| *s == Source::Recovered) {
+        // A recovered record may have reached the control plane under a batch id the earlier
+        // process never saw acknowledged; a live record travels in this one batch only.
+        let recovered = filling.sources.iter().any(|(s, _)| *s == Source::Recovered);
+        if recovered {
             state.recovery.unacked_batches += 1;
         }
         state.pending.push_back(PendingBatch {
-            encoded: filling.builder.finish(),
+            encoded: filling.builder.finish(!recovered),
             sources: filling.sources,
         });
     }

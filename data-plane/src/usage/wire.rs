@@ -58,7 +58,13 @@ impl BatchBuilder {
         self.records == 0
     }
 
-    pub fn finish(self) -> EncodedBatch {
+    /// `first_delivery`: no record of the batch was ever sent before (field 3, left out when
+    /// false, as prost does).
+    pub fn finish(mut self, first_delivery: bool) -> EncodedBatch {
+        if first_delivery {
+            encode_key(3, WireType::Varint, &mut self.bytes);
+            encode_varint(1, &mut self.bytes);
+        }
         EncodedBatch {
             batch_id: self.batch_id,
             records: self.records,
@@ -149,23 +155,26 @@ mod tests {
             },
             pb::UsageRecord::default(),
         ];
-        let mut builder = BatchBuilder::new("b1".into());
-        for record in &records {
-            builder.push(&record.encode_to_vec());
+        for first_delivery in [true, false] {
+            let mut builder = BatchBuilder::new("b1".into());
+            for record in &records {
+                builder.push(&record.encode_to_vec());
+            }
+            let batch = builder.finish(first_delivery);
+            assert_eq!(batch.records, 3);
+            let expected = pb::ReportUsageRequest {
+                proxy_id: "proxy-a".into(),
+                batch: Some(pb::UsageBatch {
+                    batch_id: "b1".into(),
+                    records: records.clone(),
+                    first_delivery,
+                }),
+            };
+            assert_eq!(batch.report_request("proxy-a"), expected.encode_to_vec());
+            assert_eq!(
+                pb::ReportUsageRequest::decode(batch.report_request("proxy-a")).unwrap(),
+                expected
+            );
         }
-        let batch = builder.finish();
-        assert_eq!(batch.records, 3);
-        let expected = pb::ReportUsageRequest {
-            proxy_id: "proxy-a".into(),
-            batch: Some(pb::UsageBatch {
-                batch_id: "b1".into(),
-                records,
-            }),
-        };
-        assert_eq!(batch.report_request("proxy-a"), expected.encode_to_vec());
-        assert_eq!(
-            pb::ReportUsageRequest::decode(batch.report_request("proxy-a")).unwrap(),
-            expected
-        );
     }
 }

@@ -39,20 +39,11 @@ pub(super) trait SqlBackend {
     /// Serialises, within a write transaction, usage commits with budget creation and lease
     /// grants, so a budget never misses a batch committed as it is created.
     const LOCK_BUDGETS: &'static str;
-    const PLACEHOLDERS: Placeholders;
+    /// Counts the tables named $1 (0 or 1) in the store's schema.
+    const TABLE_EXISTS: &'static str;
 
     fn readers(&self) -> &sqlx::Pool<Self::Db>;
     fn writer(&self) -> &sqlx::Pool<Self::Db>;
-}
-
-/// How a backend's SQL names bound parameters in generated statements.
-#[derive(Clone, Copy)]
-pub(super) enum Placeholders {
-    /// `$1, $2, ...` (PostgreSQL).
-    Numbered,
-    /// `?, ?, ...` (SQLite): SQLite resolves a named or numbered parameter by scanning a list,
-    /// which makes binding thousands of them quadratic; bare `?` skips that.
-    Positional,
 }
 
 pub(super) const ORGANIZATION_COLUMNS: &str =
@@ -130,15 +121,13 @@ macro_rules! sql_store {
 
             use super::*;
             use crate::store::sql::budgets::{percents_from_text, percents_text, reached_percent};
-            use crate::store::sql::usage::{
-                EMPTY_TAGS, USAGE_INSERT_SIZES, hourly_sums, tags_from_json, tags_json,
-                usage_insert_sql,
-            };
+            use crate::store::sql::usage::{hourly_sums, hours_of, not_in, tags_from_json};
             use crate::store::sql::usage_query::{
-                FIRST_FILTER_PARAMETER, USAGE_SUMS, UsageFilter, filter_condition, group_columns,
-                group_join, rolled_up_hours, usage_sums_by,
+                EdgeFilter, FIRST_FILTER_PARAMETER, IdSums, UsageFilter, edge_hours, edge_ranges,
+                filter_condition, hourly_sums_sql, names_table, rolled_up_hours,
             };
             use crate::store::sql::*;
+            use crate::store::usage_wire;
             use crate::store::*;
 
             type Db = <$store as SqlBackend>::Db;

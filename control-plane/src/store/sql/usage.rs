@@ -1,72 +1,9 @@
-//! Usage records: a proxy's batch committed once (with the budgets' spend in the same transaction),
-//! and read back.
+//! Usage: a proxy's batch committed once — its records in one row, the hourly roll-up and the
+//! budgets' spend in the same transaction — and read back.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::collections::{HashMap, HashSet};
 
-use super::Placeholders;
 use crate::store::UsageRecord;
-
-const USAGE_COLUMNS: usize = 19;
-/// Rows per multi-row insert, largest first. Batches are split into these sizes only, so at
-/// most five statements exist and each is prepared once and cached; 256 × 19 parameters stays
-/// far below both backends' limits.
-pub(crate) const USAGE_INSERT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
-
-/// `INSERT INTO usage_records (...) VALUES (…), (…) ON CONFLICT DO NOTHING` for `rows` rows
-/// (one of [`USAGE_INSERT_SIZES`]), built once per process.
-pub(crate) fn usage_insert_sql(rows: usize, placeholders: Placeholders) -> &'static str {
-    static CACHE: [OnceLock<Vec<String>>; 2] = [const { OnceLock::new() }; 2];
-    let slot = match placeholders {
-        Placeholders::Numbered => 0,
-        Placeholders::Positional => 1,
-    };
-    let statements = CACHE[slot].get_or_init(|| {
-        USAGE_INSERT_SIZES
-            .iter()
-            .map(|&rows| build_usage_insert_sql(rows, placeholders))
-            .collect()
-    });
-    let index = USAGE_INSERT_SIZES
-        .iter()
-        .position(|&size| size == rows)
-        .unwrap_or(USAGE_INSERT_SIZES.len() - 1);
-    &statements[index]
-}
-
-fn build_usage_insert_sql(rows: usize, placeholders: Placeholders) -> String {
-    let mut sql = String::with_capacity(300 + rows * 100);
-    sql.push_str(
-        "INSERT INTO usage_records (request_id, batch_id, started_at_us, project_id, \
-         virtual_key_id, model, provider_id, input_tokens, output_tokens, cached_input_tokens, \
-         reasoning_tokens, cost_micros, latency_ms, http_status, source, run_id, task_id, \
-         tags, lease_epoch) VALUES ",
-    );
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..USAGE_COLUMNS {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            match placeholders {
-                Placeholders::Numbered => {
-                    sql.push('$');
-                    sql.push_str(&(row * USAGE_COLUMNS + column + 1).to_string());
-                }
-                Placeholders::Positional => sql.push('?'),
-            }
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
-    sql
-}
-
-/// The `tags` of a record without tags, bound without building a JSON object.
-pub(crate) const EMPTY_TAGS: &str = "{}";
 
 /// The roll-up's bucket: one UTC hour.
 pub(crate) const HOUR_US: i64 = 3_600_000_000;
@@ -125,15 +62,8 @@ pub(crate) fn hourly_sums<'r>(records: &[&'r UsageRecord]) -> HashMap<HourKey<'r
     sums
 }
 
-/// Tags are stored as one JSON object, so a query can read them without a join.
-pub(crate) fn tags_json(tags: &[(String, String)]) -> String {
-    let object: serde_json::Map<String, serde_json::Value> = tags
-        .iter()
-        .map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone())))
-        .collect();
-    serde_json::Value::Object(object).to_string()
-}
-
+/// The `tags` column of usage kept per record (before usage was kept per batch): one JSON
+/// object of name → value.
 pub(crate) fn tags_from_json(text: String) -> Vec<(String, String)> {
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(serde_json::Value::Object(object)) => object
@@ -144,55 +74,57 @@ pub(crate) fn tags_from_json(text: String) -> Vec<(String, String)> {
     }
 }
 
+/// The hours (their starts) `records` started in.
+pub(crate) fn hours_of(records: &[&UsageRecord]) -> Vec<i64> {
+    let mut hours: Vec<i64> = records.iter().map(|r| hour_of(r.started_at_us)).collect();
+    hours.sort_unstable();
+    hours.dedup();
+    hours
+}
+
+/// Of `records`, each request once and none that `stored` already holds.
+pub(crate) fn not_in<'r>(
+    records: &'r [UsageRecord],
+    stored: &HashSet<String>,
+) -> Vec<&'r UsageRecord> {
+    let mut seen = HashSet::new();
+    records
+        .iter()
+        .filter(|r| !stored.contains(&r.request_id) && seen.insert(r.request_id.as_str()))
+        .collect()
+}
+
 macro_rules! usage_sql {
     ($store:ty) => {
-        fn usage_record(row: &DbRow) -> StoreResult<UsageRecord> {
-            Ok(UsageRecord {
-                request_id: row.try_get("request_id")?,
-                started_at_us: row.try_get("started_at_us")?,
-                project_id: row.try_get("project_id")?,
-                virtual_key_id: row.try_get("virtual_key_id")?,
-                model: row.try_get("model")?,
-                provider_id: row.try_get("provider_id")?,
-                input_tokens: row.try_get("input_tokens")?,
-                output_tokens: row.try_get("output_tokens")?,
-                cached_input_tokens: row.try_get("cached_input_tokens")?,
-                reasoning_tokens: row.try_get("reasoning_tokens")?,
-                cost_micros: row.try_get("cost_micros")?,
-                latency_ms: row.try_get("latency_ms")?,
-                http_status: row.try_get("http_status")?,
-                source: UsageSource::parse(row.try_get("source")?)?,
-                run_id: row.try_get("run_id")?,
-                task_id: row.try_get("task_id")?,
-                tags: tags_from_json(row.try_get("tags")?),
-                lease_epoch: row.try_get("lease_epoch")?,
-            })
-        }
-
-        /// Of records some of which were already stored (sent before under another batch id),
-        /// the ones this batch stored: those whose row now carries this batch's id, each
-        /// request once (a repeat inside the batch was not stored).
-        async fn stored_by_batch<'r>(
+        /// The request ids the proxy's stored batches hold in `hours`: an earlier copy of a
+        /// record is in a batch of the same proxy that holds records of the record's hour.
+        async fn stored_request_ids(
             tx: &mut Tx,
-            batch_id: &str,
-            records: &'r [UsageRecord],
-        ) -> StoreResult<Vec<&'r UsageRecord>> {
-            let mut seen = std::collections::HashSet::new();
-            let mut stored = Vec::new();
-            for record in records {
-                if !seen.insert(record.request_id.as_str()) {
-                    continue;
-                }
-                let owner: String =
-                    sqlx::query_scalar("SELECT batch_id FROM usage_records WHERE request_id = $1")
-                        .bind(record.request_id.as_str())
-                        .fetch_one(&mut **tx)
-                        .await?;
-                if owner == batch_id {
-                    stored.push(record);
+            proxy_id: &str,
+            hours: &[i64],
+        ) -> StoreResult<std::collections::HashSet<String>> {
+            let mut batches = std::collections::HashSet::new();
+            let mut ids = std::collections::HashSet::new();
+            for hour_us in hours {
+                let stored: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
+                    "SELECT b.batch_id, b.records FROM usage_batch_hours h \
+                     JOIN usage_batches b ON b.batch_id = h.batch_id \
+                     WHERE h.hour_us = $1 AND b.proxy_id = $2",
+                )
+                .bind(hour_us)
+                .bind(proxy_id)
+                .fetch_all(&mut **tx)
+                .await?;
+                for (batch_id, records) in stored {
+                    if !batches.insert(batch_id) {
+                        continue;
+                    }
+                    for record in usage_wire::decode(records.as_deref().unwrap_or_default())? {
+                        ids.insert(record.request_id);
+                    }
                 }
             }
-            Ok(stored)
+            Ok(ids)
         }
 
         /// Adds the records to the hourly roll-up, one upsert per (project, hour, key, model,
@@ -235,35 +167,137 @@ macro_rules! usage_sql {
             Ok(())
         }
 
+        /// Stores one batch's records (its row, the hours it holds); the caller adds them to
+        /// the roll-up and the budgets.
+        async fn insert_usage_batch(
+            tx: &mut Tx,
+            batch_id: &str,
+            proxy_id: &str,
+            payload_hash: &str,
+            received_at_us: i64,
+            records: &[&UsageRecord],
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO usage_batches \
+                 (batch_id, proxy_id, payload_hash, record_count, received_at_us, records) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(batch_id)
+            .bind(proxy_id)
+            .bind(payload_hash)
+            .bind(i64::try_from(records.len()).unwrap_or(i64::MAX))
+            .bind(received_at_us)
+            .bind(usage_wire::encode(records.iter().copied()))
+            .execute(&mut **tx)
+            .await?;
+            record_batch_hours(tx, batch_id, records).await
+        }
+
+        async fn record_batch_hours(
+            tx: &mut Tx,
+            batch_id: &str,
+            records: &[&UsageRecord],
+        ) -> StoreResult<()> {
+            for hour_us in hours_of(records) {
+                sqlx::query(
+                    "INSERT INTO usage_batch_hours (hour_us, batch_id) VALUES ($1, $2) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(hour_us)
+                .bind(batch_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
+        impl $store {
+            /// Moves usage kept one row per record (before usage was kept per batch) into its
+            /// batches, once, and drops the old table.
+            pub(crate) async fn convert_per_record_usage(&self) -> StoreResult<()> {
+                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
+                let exists: i64 = sqlx::query_scalar(Self::TABLE_EXISTS)
+                    .bind("usage_records")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if exists == 0 {
+                    return Ok(());
+                }
+                let rows = sqlx::query(
+                    "SELECT batch_id, request_id, started_at_us, project_id, virtual_key_id, \
+                     model, provider_id, input_tokens, output_tokens, cached_input_tokens, \
+                     reasoning_tokens, cost_micros, latency_ms, http_status, source, run_id, \
+                     task_id, tags, lease_epoch FROM usage_records ORDER BY batch_id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut batches: Vec<(String, Vec<UsageRecord>)> = Vec::new();
+                for row in &rows {
+                    let batch_id: String = row.try_get("batch_id")?;
+                    let record = UsageRecord {
+                        request_id: row.try_get("request_id")?,
+                        started_at_us: row.try_get("started_at_us")?,
+                        project_id: row.try_get("project_id")?,
+                        virtual_key_id: row.try_get("virtual_key_id")?,
+                        model: row.try_get("model")?,
+                        provider_id: row.try_get("provider_id")?,
+                        input_tokens: row.try_get("input_tokens")?,
+                        output_tokens: row.try_get("output_tokens")?,
+                        cached_input_tokens: row.try_get("cached_input_tokens")?,
+                        reasoning_tokens: row.try_get("reasoning_tokens")?,
+                        cost_micros: row.try_get("cost_micros")?,
+                        latency_ms: row.try_get("latency_ms")?,
+                        http_status: row.try_get("http_status")?,
+                        source: UsageSource::parse(row.try_get("source")?)?,
+                        run_id: row.try_get("run_id")?,
+                        task_id: row.try_get("task_id")?,
+                        tags: tags_from_json(row.try_get("tags")?),
+                        lease_epoch: row.try_get("lease_epoch")?,
+                    };
+                    match batches.last_mut() {
+                        Some((last, records)) if *last == batch_id => records.push(record),
+                        _ => batches.push((batch_id, vec![record])),
+                    }
+                }
+                drop(rows);
+                for (batch_id, records) in &batches {
+                    let records: Vec<&UsageRecord> = records.iter().collect();
+                    sqlx::query("UPDATE usage_batches SET records = $1 WHERE batch_id = $2")
+                        .bind(usage_wire::encode(records.iter().copied()))
+                        .bind(batch_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    record_batch_hours(&mut tx, batch_id, &records).await?;
+                }
+                sqlx::query("DROP TABLE usage_records").execute(&mut *tx).await?;
+                tx.commit().await?;
+                tracing::info!(
+                    batches = batches.len(),
+                    "moved usage kept per record into its batches"
+                );
+                Ok(())
+            }
+        }
+
         impl UsageStore for $store {
             async fn commit_usage_batch(
                 &self,
                 batch_id: &str,
                 proxy_id: &str,
                 payload_hash: &str,
+                delivery: Delivery,
                 records: Vec<UsageRecord>,
             ) -> StoreResult<BatchCommit> {
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO usage_batches \
-                     (batch_id, proxy_id, payload_hash, record_count, received_at_us) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (batch_id) DO NOTHING",
+                sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
+                let earlier: Option<String> = sqlx::query_scalar(
+                    "SELECT payload_hash FROM usage_batches WHERE batch_id = $1",
                 )
                 .bind(batch_id)
-                .bind(proxy_id)
-                .bind(payload_hash)
-                .bind(i64::try_from(records.len()).unwrap_or(i64::MAX))
-                .bind(now_us())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    let stored: String = sqlx::query_scalar(
-                        "SELECT payload_hash FROM usage_batches WHERE batch_id = $1",
-                    )
-                    .bind(batch_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(stored) = earlier {
                     return Ok(BatchCommit {
                         outcome: if stored == payload_hash {
                             BatchOutcome::Duplicate
@@ -273,52 +307,19 @@ macro_rules! usage_sql {
                         alerts: Vec::new(),
                     });
                 }
-                sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
-                // Many rows per statement: one round trip per chunk instead of per record.
-                // Values are borrowed from the records, not copied.
-                let mut stored = 0_u64;
-                let mut chunks = records.as_slice();
-                for size in USAGE_INSERT_SIZES {
-                    while chunks.len() >= size {
-                        let (chunk, rest) = chunks.split_at(size);
-                        chunks = rest;
-                        let mut query = sqlx::query(usage_insert_sql(size, Self::PLACEHOLDERS));
-                        for record in chunk {
-                            query = query
-                                .bind(record.request_id.as_str())
-                                .bind(batch_id)
-                                .bind(record.started_at_us)
-                                .bind(record.project_id.as_str())
-                                .bind(record.virtual_key_id.as_str())
-                                .bind(record.model.as_str())
-                                .bind(record.provider_id.as_str())
-                                .bind(record.input_tokens)
-                                .bind(record.output_tokens)
-                                .bind(record.cached_input_tokens)
-                                .bind(record.reasoning_tokens)
-                                .bind(record.cost_micros)
-                                .bind(record.latency_ms)
-                                .bind(record.http_status)
-                                .bind(record.source.as_str())
-                                .bind(record.run_id.as_str())
-                                .bind(record.task_id.as_str());
-                            query = if record.tags.is_empty() {
-                                query.bind(EMPTY_TAGS)
-                            } else {
-                                query.bind(tags_json(&record.tags))
-                            };
-                            query = query.bind(record.lease_epoch);
-                        }
-                        stored += query.execute(&mut *tx).await?.rows_affected();
-                    }
-                }
+                let received_at_us = now_us();
                 // The roll-up and the budgets count only the records stored now, not ones a
                 // proxy sent before under another batch id.
-                let stored: Vec<&UsageRecord> = if stored == records.len() as u64 {
-                    records.iter().collect()
-                } else {
-                    stored_by_batch(&mut tx, batch_id, &records).await?
+                let stored: Vec<&UsageRecord> = match delivery {
+                    Delivery::First => records.iter().collect(),
+                    Delivery::MayRepeat => {
+                        let all: Vec<&UsageRecord> = records.iter().collect();
+                        let stored = stored_request_ids(&mut tx, proxy_id, &hours_of(&all)).await?;
+                        not_in(&records, &stored)
+                    }
                 };
+                insert_usage_batch(&mut tx, batch_id, proxy_id, payload_hash, received_at_us, &stored)
+                    .await?;
                 add_to_usage_hourly(&mut tx, &stored).await?;
                 let spends: Vec<Spend> = stored
                     .iter()
@@ -351,18 +352,22 @@ macro_rules! usage_sql {
             }
 
             async fn list_usage_records(&self, project_id: &str) -> StoreResult<Vec<UsageRecord>> {
-                let rows = sqlx::query(
-                    "SELECT request_id, started_at_us, project_id, virtual_key_id, model, \
-                     provider_id, input_tokens, output_tokens, cached_input_tokens, \
-                     reasoning_tokens, cost_micros, latency_ms, http_status, source, \
-                     run_id, task_id, tags, lease_epoch \
-                     FROM usage_records WHERE project_id = $1 \
-                     ORDER BY started_at_us, request_id",
-                )
-                .bind(project_id)
-                .fetch_all(self.readers())
-                .await?;
-                rows.iter().map(usage_record).collect()
+                let batches: Vec<Option<Vec<u8>>> =
+                    sqlx::query_scalar("SELECT records FROM usage_batches")
+                        .fetch_all(self.readers())
+                        .await?;
+                let mut records = Vec::new();
+                for stored in batches {
+                    records.extend(
+                        usage_wire::decode(stored.as_deref().unwrap_or_default())?
+                            .into_iter()
+                            .filter(|r| r.project_id == project_id),
+                    );
+                }
+                records.sort_by(|a, b| {
+                    (a.started_at_us, &a.request_id).cmp(&(b.started_at_us, &b.request_id))
+                });
+                Ok(records)
             }
         }
     };
