@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use sluice_control_plane::store::postgres::PostgresStore;
 use sluice_control_plane::store::sqlite::SqliteStore;
 use sluice_control_plane::store::{
-    Audit, Delivery, NewOrganization, NewProject, Store, UsageGroup, UsageQuery, UsageRecord,
-    UsageSource,
+    Audit, Delivery, NewOrganization, NewProject, NewUsageBatch, Store, UsageGroup, UsageQuery,
+    UsageRecord, UsageSource,
 };
 use sluice_shared::ids::new_id;
 use sqlx::Connection;
@@ -124,7 +124,13 @@ async fn measure<S: Store>(store: &S) -> Measured {
     let started = Instant::now();
     for records in batches {
         store
-            .commit_usage_batch(&new_id(), "bench-proxy", "hash", Delivery::First, records)
+            .commit_usage_batch(
+                &new_id(),
+                "bench-proxy",
+                "hash",
+                Delivery::First,
+                NewUsageBatch::from_records(records),
+            )
             .await
             .unwrap();
     }
@@ -216,7 +222,7 @@ async fn queries<S: Store>(backend: &str, store: &S) {
                     "bench-proxy",
                     "hash",
                     Delivery::First,
-                    std::mem::take(&mut batch),
+                    NewUsageBatch::from_records(std::mem::take(&mut batch)),
                 )
                 .await
                 .unwrap();

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Metrics;
-use crate::store::{Audit, BatchOutcome, Delivery, KeyHealth, Store, usage_wire};
+use crate::store::{Audit, BatchOutcome, Delivery, KeyHealth, NewUsageBatch, Store, usage_wire};
 
 const MAX_RECORDS_PER_BATCH: usize = 10_000;
 const MAX_ID: usize = 128;
@@ -75,7 +75,8 @@ async fn ingest<S: Store>(
         )));
     }
     // Encoding is deterministic for equal messages, so equal payloads hash equal.
-    let payload_hash = hex::encode(Sha256::digest(batch.encode_to_vec()));
+    let encoded = batch.encode_to_vec();
+    let payload_hash = hex::encode(Sha256::digest(&encoded));
     // Keys the upstream refused in live traffic, to be marked once the batch is stored.
     let rejected: Vec<(String, u32)> = batch
         .records
@@ -100,7 +101,7 @@ async fn ingest<S: Store>(
             &request.proxy_id,
             &payload_hash,
             delivery,
-            records,
+            NewUsageBatch::received(records, encoded),
         )
         .await
         .map_err(|error| {

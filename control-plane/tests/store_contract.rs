@@ -739,7 +739,7 @@ async fn usage_ledger<S: Store>(store: &S) {
                 "proxy-a",
                 "hash-1",
                 Delivery::MayRepeat,
-                records.clone()
+                NewUsageBatch::from_records(records.clone())
             )
             .await
             .unwrap()
@@ -753,7 +753,7 @@ async fn usage_ledger<S: Store>(store: &S) {
                 "proxy-a",
                 "hash-1",
                 Delivery::MayRepeat,
-                records.clone()
+                NewUsageBatch::from_records(records.clone())
             )
             .await
             .unwrap()
@@ -767,7 +767,7 @@ async fn usage_ledger<S: Store>(store: &S) {
                 "proxy-a",
                 "hash-2",
                 Delivery::MayRepeat,
-                records[..1].to_vec()
+                NewUsageBatch::from_records(records[..1].to_vec())
             )
             .await
             .unwrap()
@@ -778,7 +778,13 @@ async fn usage_ledger<S: Store>(store: &S) {
     assert_eq!(stored, records, "every record once, exactly as sent");
     assert_eq!(
         store
-            .commit_usage_batch("batch-2", "proxy-a", "hash-3", Delivery::First, Vec::new())
+            .commit_usage_batch(
+                "batch-2",
+                "proxy-a",
+                "hash-3",
+                Delivery::First,
+                NewUsageBatch::from_records(Vec::new())
+            )
             .await
             .unwrap()
             .outcome,
@@ -878,7 +884,7 @@ async fn budgets<S: Store>(store: &S) {
             "proxy-a",
             "h0",
             Delivery::First,
-            vec![spend("b-0", &project.id, &key.id, today, 100)],
+            NewUsageBatch::from_records(vec![spend("b-0", &project.id, &key.id, today, 100)]),
         )
         .await
         .unwrap();
@@ -938,10 +944,10 @@ async fn budgets<S: Store>(store: &S) {
             "proxy-a",
             "h1",
             Delivery::First,
-            vec![
+            NewUsageBatch::from_records(vec![
                 spend("b-1", &project.id, &key.id, today, 150),
                 spend("b-2", &project.id, &key.id, today + 1, 250),
-            ],
+            ]),
         )
         .await
         .unwrap();
@@ -961,7 +967,7 @@ async fn budgets<S: Store>(store: &S) {
             "proxy-a",
             "h2",
             Delivery::MayRepeat,
-            vec![spend("b-2", &project.id, &key.id, today + 1, 250)],
+            NewUsageBatch::from_records(vec![spend("b-2", &project.id, &key.id, today + 1, 250)]),
         )
         .await
         .unwrap();
@@ -1001,7 +1007,7 @@ async fn budgets<S: Store>(store: &S) {
             "proxy-a",
             "h3",
             Delivery::First,
-            vec![spend("b-3", &project.id, &key.id, tomorrow, 600)],
+            NewUsageBatch::from_records(vec![spend("b-3", &project.id, &key.id, tomorrow, 600)]),
         )
         .await
         .unwrap();
@@ -1084,7 +1090,13 @@ async fn usage_queries<S: Store>(store: &S) {
         records.push(record);
     }
     store
-        .commit_usage_batch("query-batch", "proxy-a", "qh", Delivery::First, records)
+        .commit_usage_batch(
+            "query-batch",
+            "proxy-a",
+            "qh",
+            Delivery::First,
+            NewUsageBatch::from_records(records),
+        )
         .await
         .unwrap();
     let query = |group_by: Vec<UsageGroup>| UsageQuery {
@@ -1215,7 +1227,7 @@ async fn usage_rollup_matches_records<S: Store>(store: &S) {
             "proxy-a",
             "r1",
             Delivery::First,
-            records[..400].to_vec(),
+            NewUsageBatch::from_records(records[..400].to_vec()),
         )
         .await
         .unwrap();
@@ -1223,7 +1235,13 @@ async fn usage_rollup_matches_records<S: Store>(store: &S) {
     let mut resent = records[300..600].to_vec();
     resent.push(records[550].clone());
     store
-        .commit_usage_batch("roll-2", "proxy-a", "r2", Delivery::MayRepeat, resent)
+        .commit_usage_batch(
+            "roll-2",
+            "proxy-a",
+            "r2",
+            Delivery::MayRepeat,
+            NewUsageBatch::from_records(resent),
+        )
         .await
         .unwrap();
     // requests, input, cached input, output, cost, estimated cost, failed + 1000 × estimated.
@@ -1382,7 +1400,7 @@ async fn leases<S: Store>(store: &S) {
             "proxy-a",
             "lh1",
             Delivery::First,
-            vec![record],
+            NewUsageBatch::from_records(vec![record]),
         )
         .await
         .unwrap();
@@ -1517,7 +1535,7 @@ async fn sqlite_usage_kept_per_record_moves_into_its_batches() {
             "proxy-a",
             "h3",
             Delivery::MayRepeat,
-            vec![stored[1].clone(), resent],
+            NewUsageBatch::from_records(vec![stored[1].clone(), resent]),
         )
         .await
         .unwrap();

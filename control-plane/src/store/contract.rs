@@ -352,7 +352,7 @@ pub trait UsageStore: Send + Sync + 'static {
         proxy_id: &str,
         payload_hash: &str,
         delivery: Delivery,
-        records: Vec<UsageRecord>,
+        batch: NewUsageBatch,
     ) -> impl Future<Output = StoreResult<BatchCommit>> + Send;
     /// Sums usage by the query's groups, largest cost first, with the total over every match.
     fn query_usage(

@@ -448,6 +448,26 @@ pub enum Delivery {
     MayRepeat,
 }
 
+/// A usage batch's records, with their stored form (a `UsageBatch` encoding of them, see
+/// [`usage_wire`](crate::store::usage_wire)).
+pub struct NewUsageBatch {
+    pub(crate) records: Vec<UsageRecord>,
+    pub(crate) encoded: Vec<u8>,
+}
+
+impl NewUsageBatch {
+    /// Records and their encoding as they arrived, when one was already made (hashing the
+    /// payload): it must hold exactly `records`.
+    pub fn received(records: Vec<UsageRecord>, encoded: Vec<u8>) -> Self {
+        Self { records, encoded }
+    }
+
+    pub fn from_records(records: Vec<UsageRecord>) -> Self {
+        let encoded = crate::store::usage_wire::encode(&records);
+        Self { records, encoded }
+    }
+}
+
 /// What happened to a usage batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchOutcome {

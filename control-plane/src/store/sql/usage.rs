@@ -167,8 +167,8 @@ macro_rules! usage_sql {
             Ok(())
         }
 
-        /// Stores one batch's records (its row, the hours it holds); the caller adds them to
-        /// the roll-up and the budgets.
+        /// Stores one batch's records (its row with `encoded`, their stored form, and the hours
+        /// it holds); the caller adds them to the roll-up and the budgets.
         async fn insert_usage_batch(
             tx: &mut Tx,
             batch_id: &str,
@@ -176,6 +176,7 @@ macro_rules! usage_sql {
             payload_hash: &str,
             received_at_us: i64,
             records: &[&UsageRecord],
+            encoded: Vec<u8>,
         ) -> StoreResult<()> {
             sqlx::query(
                 "INSERT INTO usage_batches \
@@ -187,7 +188,7 @@ macro_rules! usage_sql {
             .bind(payload_hash)
             .bind(i64::try_from(records.len()).unwrap_or(i64::MAX))
             .bind(received_at_us)
-            .bind(usage_wire::encode(records.iter().copied()))
+            .bind(encoded)
             .execute(&mut **tx)
             .await?;
             record_batch_hours(tx, batch_id, records).await
@@ -287,8 +288,9 @@ macro_rules! usage_sql {
                 proxy_id: &str,
                 payload_hash: &str,
                 delivery: Delivery,
-                records: Vec<UsageRecord>,
+                batch: NewUsageBatch,
             ) -> StoreResult<BatchCommit> {
+                let NewUsageBatch { records, encoded } = batch;
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
                 sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
                 let earlier: Option<String> = sqlx::query_scalar(
@@ -318,8 +320,23 @@ macro_rules! usage_sql {
                         not_in(&records, &stored)
                     }
                 };
-                insert_usage_batch(&mut tx, batch_id, proxy_id, payload_hash, received_at_us, &stored)
-                    .await?;
+                // The encoding that came with the batch holds exactly its records; one without
+                // the records stored before is made anew.
+                let encoded = if stored.len() == records.len() {
+                    encoded
+                } else {
+                    usage_wire::encode(stored.iter().copied())
+                };
+                insert_usage_batch(
+                    &mut tx,
+                    batch_id,
+                    proxy_id,
+                    payload_hash,
+                    received_at_us,
+                    &stored,
+                    encoded,
+                )
+                .await?;
                 add_to_usage_hourly(&mut tx, &stored).await?;
                 let spends: Vec<Spend> = stored
                     .iter()

@@ -12,6 +12,9 @@
 //! process's CPU apart, and the proxy's heap allocations per request from its own metrics.
 //! A third part loads `BENCH_VIRTUAL_KEYS` keys (100 000) and times an admin change reaching
 //! all `BENCH_PROXIES` proxies (8).
+//!
+//! `BENCH_HOLD=1` starts the stack, prints its addresses, pids and virtual key, and keeps it
+//! serving (for profiling by hand) instead of measuring.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -604,6 +607,15 @@ async fn bench() {
     let sluice_pid = sluice.pid();
     // Serving its snapshot, before any request.
     let sluice_idle_rss = rss_mib(sluice_pid);
+    if std::env::var_os("BENCH_HOLD").is_some() {
+        // For profiling by hand: the stack stays up, serving, until this process is stopped.
+        println!("floor {floor_url} pid {floor_pid}");
+        println!("sluice {sluice_url} pid {sluice_pid}");
+        println!("control plane pid {}", cp.pid());
+        println!("virtual key {key}");
+        println!("body {REQUEST}");
+        std::future::pending::<()>().await;
+    }
 
     // Warm both up.
     let shared = [std::process::id(), upstream.child.id()];
