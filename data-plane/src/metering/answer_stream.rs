@@ -26,7 +26,11 @@ pub struct AnswerStream {
     reader: Box<dyn StreamReader>,
     draft: Option<UsageDraft>,
     idle: Duration,
+    /// Set once for `idle` after the last chunk that had arrived when it was set; a chunk only
+    /// moves `last_chunk`, and the timer is moved on when it fires early. Resetting a timer per
+    /// chunk cost a timer-wheel update for every event of a stream.
     deadline: Pin<Box<Sleep>>,
+    last_chunk: Instant,
     /// The upstream's body has ended (what it held back has gone out).
     upstream_done: bool,
     done: bool,
@@ -48,6 +52,7 @@ impl AnswerStream {
             draft: Some(draft),
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            last_chunk: Instant::now(),
             upstream_done: false,
             done: false,
         }
@@ -110,15 +115,18 @@ impl HttpBody for AnswerStream {
                     None => continue,
                 },
                 Poll::Pending => {
-                    if this.deadline.as_mut().poll(cx).is_ready() {
-                        this.finish();
-                        return Poll::Ready(Some(Err("upstream stream idle timeout".into())));
+                    while this.deadline.as_mut().poll(cx).is_ready() {
+                        let due = this.last_chunk + this.idle;
+                        if due <= Instant::now() {
+                            this.finish();
+                            return Poll::Ready(Some(Err("upstream stream idle timeout".into())));
+                        }
+                        this.deadline.as_mut().reset(due);
                     }
                     return Poll::Pending;
                 }
             };
-            let next = Instant::now() + this.idle;
-            this.deadline.as_mut().reset(next);
+            this.last_chunk = Instant::now();
             let Ok(data) = frame.into_data() else {
                 // Trailers carry nothing a client needs from an upstream.
                 continue;
