@@ -51,6 +51,9 @@ fn main() {
         Some("floor") => {
             runtime.block_on(floor(args.get(2).cloned().expect("floor UPSTREAM_ADDR")))
         }
+        Some("raw-floor") => runtime.block_on(raw_floor(
+            args.get(2).cloned().expect("raw-floor UPSTREAM_ADDR"),
+        )),
         _ => runtime.block_on(bench()),
     }
 }
@@ -188,6 +191,91 @@ async fn floor(upstream: String) {
                 .await;
         });
     }
+}
+
+// === a second floor: no hyper ===
+
+/// The least a Rust proxy on tokio can do per request: each client connection pinned to one
+/// upstream connection of its own, heads read with httparse, bodies by `content-length`
+/// only, bytes relayed as they came. Not a proxy anyone could run (no chunked bodies, no
+/// pooling, no limits); it shows what hyper's machinery costs on this machine, next to nginx.
+async fn raw_floor(upstream: String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    eprintln!(
+        "bench-raw-floor listening addr={}",
+        listener.local_addr().unwrap()
+    );
+    let upstream = Arc::new(upstream);
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = stream.set_nodelay(true);
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let _ = raw_connection(stream, &upstream).await;
+        });
+    }
+}
+
+async fn raw_connection(mut client: tokio::net::TcpStream, upstream: &str) -> std::io::Result<()> {
+    use bytes::Buf;
+    use tokio::io::AsyncWriteExt;
+    let mut upstream = tokio::net::TcpStream::connect(upstream).await?;
+    upstream.set_nodelay(true)?;
+    let mut from_client = bytes::BytesMut::with_capacity(16 * 1024);
+    let mut from_upstream = bytes::BytesMut::with_capacity(16 * 1024);
+    loop {
+        let Some(request) = read_message(&mut client, &mut from_client, true).await? else {
+            return Ok(());
+        };
+        upstream.write_all(&from_client[..request]).await?;
+        from_client.advance(request);
+        let Some(response) = read_message(&mut upstream, &mut from_upstream, false).await? else {
+            return Ok(());
+        };
+        client.write_all(&from_upstream[..response]).await?;
+        from_upstream.advance(response);
+    }
+}
+
+/// Reads until `buffer` starts with one whole message; its length, or `None` at the end.
+async fn read_message(
+    stream: &mut tokio::net::TcpStream,
+    buffer: &mut bytes::BytesMut,
+    request: bool,
+) -> std::io::Result<Option<usize>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let parsed = if request {
+            let mut head = httparse::Request::new(&mut headers);
+            match head.parse(buffer).map_err(std::io::Error::other)? {
+                httparse::Status::Complete(n) => Some((n, content_length(head.headers))),
+                httparse::Status::Partial => None,
+            }
+        } else {
+            let mut head = httparse::Response::new(&mut headers);
+            match head.parse(buffer).map_err(std::io::Error::other)? {
+                httparse::Status::Complete(n) => Some((n, content_length(head.headers))),
+                httparse::Status::Partial => None,
+            }
+        };
+        if let Some((head, body)) = parsed
+            && buffer.len() >= head + body
+        {
+            return Ok(Some(head + body));
+        }
+        if stream.read_buf(buffer).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+fn content_length(headers: &[httparse::Header<'_>]) -> usize {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 // === measurements ===
@@ -609,7 +697,13 @@ async fn bench() {
     let sluice_idle_rss = rss_mib(sluice_pid);
     if std::env::var_os("BENCH_HOLD").is_some() {
         // For profiling by hand: the stack stays up, serving, until this process is stopped.
+        let raw = spawn_self(&["raw-floor", &upstream.addr], "bench-raw-floor listening");
         println!("floor {floor_url} pid {floor_pid}");
+        println!(
+            "raw-floor http://{}/v1/chat/completions pid {}",
+            raw.addr,
+            raw.child.id()
+        );
         println!("sluice {sluice_url} pid {sluice_pid}");
         println!("control plane pid {}", cp.pid());
         println!("virtual key {key}");
@@ -773,9 +867,11 @@ async fn bench() {
 
     match nginx::Tools::find() {
         Ok(tools) => {
+            let raw = spawn_self(&["raw-floor", &upstream.addr], "bench-raw-floor listening");
             against_nginx(
                 &tools,
                 &upstream.addr,
+                (&raw.addr, raw.child.id()),
                 &sluice_url,
                 &sluice.url("/metrics"),
                 &[sluice_pid],
@@ -912,6 +1008,7 @@ struct Side<'a> {
 async fn against_nginx(
     tools: &nginx::Tools,
     upstream: &str,
+    raw_floor: (&str, u32),
     sluice_url: &str,
     sluice_metrics: &str,
     sluice_pids: &[u32],
@@ -975,8 +1072,17 @@ async fn against_nginx(
         pids: sluice_pids,
         sluice: Some((cp_pid, sluice_metrics)),
     };
+    let raw_url = format!("http://{}/v1/chat/completions", raw_floor.0);
+    let raw_pids = [raw_floor.1];
+    let raw_side = Side {
+        url: &raw_url,
+        pids: &raw_pids,
+        sluice: None,
+    };
+    let mut raw_full = Vec::new();
     run(nginx_url.clone(), 8, None).await;
     run(sluice_url.to_owned(), 8, None).await;
+    run(raw_url.clone(), 8, None).await;
     // [connections][round], each side alternating with the other inside a round.
     let mut nginx_full = vec![Vec::new(); CONNECTIONS.len()];
     let mut sluice_full = vec![Vec::new(); CONNECTIONS.len()];
@@ -986,6 +1092,7 @@ async fn against_nginx(
             nginx_full[index].push(full_speed(&nginx_side, connections).await);
             sluice_full[index].push(full_speed(&sluice_side, connections).await);
         }
+        raw_full.push(full_speed(&raw_side, 64).await);
         direct_fixed.push(run(direct_url.clone(), 64, Some(rate)).await);
         nginx_fixed.push(run(nginx_url.clone(), 64, Some(rate)).await);
         sluice_fixed.push(run(sluice_url.to_owned(), 64, Some(rate)).await);
@@ -1110,6 +1217,25 @@ async fn against_nginx(
             ratios.join(", ")
         );
     }
+    // What hyper's machinery costs here: the same relay without it (see `raw_floor`).
+    let raw_rps = median_of(
+        &mut raw_full
+            .iter()
+            .map(|r| r.requests_per_second)
+            .collect::<Vec<_>>(),
+    );
+    let raw_cpu = median_of(&mut raw_full.iter().map(|r| r.proxy_cpu).collect::<Vec<_>>());
+    let nginx_cpu = median_of(
+        &mut nginx_full[1]
+            .iter()
+            .map(|r| r.proxy_cpu)
+            .collect::<Vec<_>>(),
+    );
+    println!(
+        "no-hyper floor (tokio + httparse, one upstream connection per client connection), 64 connections: {raw_rps:.0} req/s, {} per request ({:.2}× nginx)",
+        us(raw_cpu),
+        raw_cpu.as_secs_f64() / nginx_cpu.as_secs_f64().max(1e-9)
+    );
 }
 
 async fn create_virtual_keys(url: &str, token: &str, count: usize) {
