@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::store::UsageRecord;
+use crate::store::{UsageRecord, UsageSource, UsageTotals};
 
 /// The roll-up's bucket: one UTC hour.
 pub(crate) const HOUR_US: i64 = 3_600_000_000;
@@ -13,15 +13,37 @@ pub(crate) fn hour_of(at_us: i64) -> i64 {
     at_us.div_euclid(HOUR_US) * HOUR_US
 }
 
-/// What one `usage_hourly` row adds up.
-#[derive(Default)]
-pub(crate) struct HourSums {
-    pub requests: i64,
-    pub failed_requests: i64,
-    pub input_tokens: i64,
-    pub cached_input_tokens: i64,
-    pub output_tokens: i64,
-    pub cost_micros: i64,
+/// What one record adds to any sum of usage (a roll-up row, a query's group).
+pub(crate) fn sums_of(record: &UsageRecord) -> UsageTotals {
+    let estimated = record.source == UsageSource::Estimated;
+    UsageTotals {
+        keys: Vec::new(),
+        requests: 1,
+        input_tokens: record.input_tokens,
+        cached_input_tokens: record.cached_input_tokens,
+        output_tokens: record.output_tokens,
+        cost_micros: record.cost_micros,
+        estimated_cost_micros: if estimated { record.cost_micros } else { 0 },
+        estimated_requests: i64::from(estimated),
+        failed_requests: i64::from(record.http_status >= 400),
+    }
+}
+
+pub(crate) fn add_sums(into: &mut UsageTotals, from: &UsageTotals) {
+    into.requests = into.requests.saturating_add(from.requests);
+    into.input_tokens = into.input_tokens.saturating_add(from.input_tokens);
+    into.cached_input_tokens = into
+        .cached_input_tokens
+        .saturating_add(from.cached_input_tokens);
+    into.output_tokens = into.output_tokens.saturating_add(from.output_tokens);
+    into.cost_micros = into.cost_micros.saturating_add(from.cost_micros);
+    into.estimated_cost_micros = into
+        .estimated_cost_micros
+        .saturating_add(from.estimated_cost_micros);
+    into.estimated_requests = into
+        .estimated_requests
+        .saturating_add(from.estimated_requests);
+    into.failed_requests = into.failed_requests.saturating_add(from.failed_requests);
 }
 
 /// A `usage_hourly` key: project, hour, key, model, provider, source, run.
@@ -36,8 +58,8 @@ pub(crate) type HourKey<'r> = (
 );
 
 /// A batch's records summed per `usage_hourly` key.
-pub(crate) fn hourly_sums<'r>(records: &[&'r UsageRecord]) -> HashMap<HourKey<'r>, HourSums> {
-    let mut sums: HashMap<_, HourSums> = HashMap::new();
+pub(crate) fn hourly_sums<'r>(records: &[&'r UsageRecord]) -> HashMap<HourKey<'r>, UsageTotals> {
+    let mut sums: HashMap<_, UsageTotals> = HashMap::new();
     for record in records {
         let sum = sums
             .entry((
@@ -50,14 +72,7 @@ pub(crate) fn hourly_sums<'r>(records: &[&'r UsageRecord]) -> HashMap<HourKey<'r
                 record.run_id.as_str(),
             ))
             .or_default();
-        sum.requests += 1;
-        sum.failed_requests += i64::from(record.http_status >= 400);
-        sum.input_tokens = sum.input_tokens.saturating_add(record.input_tokens);
-        sum.cached_input_tokens = sum
-            .cached_input_tokens
-            .saturating_add(record.cached_input_tokens);
-        sum.output_tokens = sum.output_tokens.saturating_add(record.output_tokens);
-        sum.cost_micros = sum.cost_micros.saturating_add(record.cost_micros);
+        add_sums(sum, &sums_of(record));
     }
     sums
 }
@@ -75,8 +90,11 @@ pub(crate) fn tags_from_json(text: String) -> Vec<(String, String)> {
 }
 
 /// The hours (their starts) `records` started in.
-pub(crate) fn hours_of(records: &[&UsageRecord]) -> Vec<i64> {
-    let mut hours: Vec<i64> = records.iter().map(|r| hour_of(r.started_at_us)).collect();
+pub(crate) fn hours_of<'r>(records: impl IntoIterator<Item = &'r UsageRecord>) -> Vec<i64> {
+    let mut hours: Vec<i64> = records
+        .into_iter()
+        .map(|r| hour_of(r.started_at_us))
+        .collect();
     hours.sort_unstable();
     hours.dedup();
     hours
@@ -96,35 +114,38 @@ pub(crate) fn not_in<'r>(
 
 macro_rules! usage_sql {
     ($store:ty) => {
-        /// The request ids the proxy's stored batches hold in `hours`: an earlier copy of a
-        /// record is in a batch of the same proxy that holds records of the record's hour.
-        async fn stored_request_ids(
+        /// The records of every stored batch that holds records of one of `hours` (of one
+        /// proxy's batches only, when `proxy_id` says which), each batch once.
+        async fn records_of_hours(
             tx: &mut Tx,
-            proxy_id: &str,
             hours: &[i64],
-        ) -> StoreResult<std::collections::HashSet<String>> {
+            proxy_id: Option<&str>,
+        ) -> StoreResult<Vec<UsageRecord>> {
             let mut batches = std::collections::HashSet::new();
-            let mut ids = std::collections::HashSet::new();
+            let mut records = Vec::new();
             for hour_us in hours {
-                let stored: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
-                    "SELECT b.batch_id, b.records FROM usage_batch_hours h \
-                     JOIN usage_batches b ON b.batch_id = h.batch_id \
-                     WHERE h.hour_us = $1 AND b.proxy_id = $2",
-                )
-                .bind(hour_us)
-                .bind(proxy_id)
-                .fetch_all(&mut **tx)
-                .await?;
-                for (batch_id, records) in stored {
-                    if !batches.insert(batch_id) {
-                        continue;
-                    }
-                    for record in usage_wire::decode(records.as_deref().unwrap_or_default())? {
-                        ids.insert(record.request_id);
+                let query = match proxy_id {
+                    Some(proxy_id) => sqlx::query_as(
+                        "SELECT b.batch_id, b.records FROM usage_batch_hours h \
+                         JOIN usage_batches b ON b.batch_id = h.batch_id \
+                         WHERE h.hour_us = $1 AND b.proxy_id = $2",
+                    )
+                    .bind(hour_us)
+                    .bind(proxy_id),
+                    None => sqlx::query_as(
+                        "SELECT b.batch_id, b.records FROM usage_batch_hours h \
+                         JOIN usage_batches b ON b.batch_id = h.batch_id WHERE h.hour_us = $1",
+                    )
+                    .bind(hour_us),
+                };
+                let stored: Vec<(String, Option<Vec<u8>>)> = query.fetch_all(&mut **tx).await?;
+                for (batch_id, encoded) in stored {
+                    if batches.insert(batch_id) {
+                        records.extend(usage_wire::decode(encoded.as_deref().unwrap_or_default())?);
                     }
                 }
             }
-            Ok(ids)
+            Ok(records)
         }
 
         /// Adds the records to the hourly roll-up, one upsert per (project, hour, key, model,
@@ -199,7 +220,7 @@ macro_rules! usage_sql {
             batch_id: &str,
             records: &[&UsageRecord],
         ) -> StoreResult<()> {
-            for hour_us in hours_of(records) {
+            for hour_us in hours_of(records.iter().copied()) {
                 sqlx::query(
                     "INSERT INTO usage_batch_hours (hour_us, batch_id) VALUES ($1, $2) \
                      ON CONFLICT DO NOTHING",
@@ -315,8 +336,15 @@ macro_rules! usage_sql {
                 let stored: Vec<&UsageRecord> = match delivery {
                     Delivery::First => records.iter().collect(),
                     Delivery::MayRepeat => {
-                        let all: Vec<&UsageRecord> = records.iter().collect();
-                        let stored = stored_request_ids(&mut tx, proxy_id, &hours_of(&all)).await?;
+                        // An earlier copy of a record is in a batch of the same proxy that holds
+                        // records of the record's hour.
+                        let hours = hours_of(&records);
+                        let stored: std::collections::HashSet<String> =
+                            records_of_hours(&mut tx, &hours, Some(proxy_id))
+                                .await?
+                                .into_iter()
+                                .map(|r| r.request_id)
+                                .collect();
                         not_in(&records, &stored)
                     }
                 };

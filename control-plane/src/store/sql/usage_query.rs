@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::store::sql::usage::{HOUR_US, hour_of};
-use crate::store::{UsageGroup, UsageRecord, UsageSource, UsageTotals};
+use crate::store::sql::usage::{HOUR_US, add_sums, hour_of, sums_of};
+use crate::store::{UsageGroup, UsageRecord, UsageTotals};
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -216,19 +216,7 @@ impl IdSums {
             .iter()
             .map(|column| id_of(*column, record))
             .collect();
-        let estimated = record.source == UsageSource::Estimated;
-        let sums = UsageTotals {
-            keys: Vec::new(),
-            requests: 1,
-            input_tokens: record.input_tokens,
-            cached_input_tokens: record.cached_input_tokens,
-            output_tokens: record.output_tokens,
-            cost_micros: record.cost_micros,
-            estimated_cost_micros: if estimated { record.cost_micros } else { 0 },
-            estimated_requests: i64::from(estimated),
-            failed_requests: i64::from(record.http_status >= 400),
-        };
-        self.add(ids, &sums);
+        self.add(ids, &sums_of(record));
     }
 
     /// The ids of `column` that appear in the sums.
@@ -275,23 +263,6 @@ impl IdSums {
         rows.truncate(limit);
         (rows, total)
     }
-}
-
-fn add_sums(into: &mut UsageTotals, from: &UsageTotals) {
-    into.requests = into.requests.saturating_add(from.requests);
-    into.input_tokens = into.input_tokens.saturating_add(from.input_tokens);
-    into.cached_input_tokens = into
-        .cached_input_tokens
-        .saturating_add(from.cached_input_tokens);
-    into.output_tokens = into.output_tokens.saturating_add(from.output_tokens);
-    into.cost_micros = into.cost_micros.saturating_add(from.cost_micros);
-    into.estimated_cost_micros = into
-        .estimated_cost_micros
-        .saturating_add(from.estimated_cost_micros);
-    into.estimated_requests = into
-        .estimated_requests
-        .saturating_add(from.estimated_requests);
-    into.failed_requests = into.failed_requests.saturating_add(from.failed_requests);
 }
 
 macro_rules! usage_query_fns {
@@ -397,24 +368,9 @@ macro_rules! usage_query_fns {
             if filter.projects.is_empty() {
                 return Ok(());
             }
-            let mut seen = std::collections::HashSet::new();
-            for hour in hours {
-                let batches: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
-                    "SELECT b.batch_id, b.records FROM usage_batch_hours h \
-                     JOIN usage_batches b ON b.batch_id = h.batch_id WHERE h.hour_us = $1",
-                )
-                .bind(hour)
-                .fetch_all(&mut **tx)
-                .await?;
-                for (batch_id, stored) in batches {
-                    if !seen.insert(batch_id) {
-                        continue;
-                    }
-                    for record in usage_wire::decode(stored.as_deref().unwrap_or_default())? {
-                        if filter.keeps(&record) {
-                            sums.add_record(&record);
-                        }
-                    }
+            for record in records_of_hours(tx, &hours, None).await? {
+                if filter.keeps(&record) {
+                    sums.add_record(&record);
                 }
             }
             Ok(())
