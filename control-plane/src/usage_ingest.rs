@@ -14,10 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Metrics;
-use crate::store::{Audit, BatchOutcome, Delivery, KeyHealth, NewUsageBatch, Store, usage_wire};
+use crate::store::usage_wire::{self, MAX_ID};
+use crate::store::{Audit, BatchOutcome, Delivery, KeyHealth, NewUsageBatch, Store};
 
 const MAX_RECORDS_PER_BATCH: usize = 10_000;
-const MAX_ID: usize = 128;
 
 pub struct UsageIngest<S> {
     store: Arc<S>,

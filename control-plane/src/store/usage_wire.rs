@@ -8,7 +8,8 @@ use sluice_shared::request_metadata::{MetadataError, check_id, check_tags};
 
 use crate::store::{StoreError, StoreResult, UsageRecord, UsageSource};
 
-const MAX_ID: usize = 128;
+/// The longest id a proxy may send (request, batch, key ids).
+pub const MAX_ID: usize = 128;
 
 /// A record that is not one Sluice can store, and why (naming the field).
 #[derive(Debug, thiserror::Error)]
