@@ -108,7 +108,7 @@ fn run(
         let epoch = u64::try_from(sluice_shared::time::now_us()).unwrap_or(1).max(1);
         let gateway = Gateway::new(
             spool.clone(),
-            UpstreamClient::with_extra_roots(extra_roots, settings.workers),
+            UpstreamClient::with_extra_roots(extra_roots),
             settings.max_body_bytes,
             LeaseBook::new(epoch, settings.lease_wait),
             settings.default_max_output_tokens,

@@ -11,16 +11,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
-use hyper::body::Incoming;
 use sluice_shared::credential_scrub::{CredentialScrubber, StreamScrubber};
 use tokio::time::{Instant, Sleep};
 
 use crate::answers::{SseLines, StreamReader};
 use crate::http_body::BoxError;
 use crate::metering::draft::UsageDraft;
+use crate::upstream::UpstreamBody;
 
 pub struct AnswerStream {
-    inner: Incoming,
+    inner: UpstreamBody,
     scrubber: StreamScrubber,
     lines: SseLines,
     reader: Box<dyn StreamReader>,
@@ -38,7 +38,7 @@ pub struct AnswerStream {
 
 impl AnswerStream {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         reader: Box<dyn StreamReader>,
         draft: UsageDraft,
         idle: Duration,

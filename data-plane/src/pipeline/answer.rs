@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::Value;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::credential_scrub::CredentialScrubber;
@@ -25,6 +24,7 @@ use crate::metering::answer_stream::AnswerStream;
 use crate::metering::draft::UsageDraft;
 use crate::pipeline::failure::UpstreamFailure;
 use crate::request::fields::ChatRequest;
+use crate::upstream::UpstreamBody;
 
 /// Largest non-streamed upstream answer read into memory.
 const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
@@ -67,7 +67,7 @@ pub enum Unanswered {
 }
 
 pub async fn answer(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     mut draft: UsageDraft,
     translator: Translator,
     stream: bool,
@@ -187,7 +187,7 @@ fn identity(draft: &UsageDraft, answering: &Answering<'_>) -> ChunkIdentity {
 
 /// A whole upstream answer, bounded in size and in time: an upstream that sends its headers
 /// and then stalls is given up on after the provider's timeout, like one that sends nothing.
-async fn read_whole(incoming: Incoming, within: Duration) -> Result<Bytes, UpstreamFailure> {
+async fn read_whole(incoming: UpstreamBody, within: Duration) -> Result<Bytes, UpstreamFailure> {
     let read = Limited::new(incoming, MAX_UPSTREAM_BODY).collect();
     match tokio::time::timeout(within, read).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -69,7 +69,6 @@ pub async fn serve(
             std::thread::Builder::new()
                 .name(format!("sluice-serve-{index}"))
                 .spawn(move || {
-                    crate::upstream::serve_on_this_thread(index);
                     runtime.block_on(serve_handed(
                         receiver,
                         gateway,

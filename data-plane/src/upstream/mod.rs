@@ -1,0 +1,362 @@
+//! Calls upstream providers over rustls (HTTP/1.1 and HTTP/2 by ALPN, webpki roots and any
+//! extra ones). Redirects are never followed. The URL comes only from the provider record, and
+//! every connection goes only where that provider may reach, judged on the address it resolves
+//! to (`sluice_shared::upstream_connect`); headers are an allowlist; the credential header is
+//! marked sensitive. Connections are pooled per thread ([`pool`]) and an HTTP/1.1 one is
+//! driven by the request using it.
+
+mod body;
+mod pool;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use http_body_util::Full;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::Connection as _;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use sluice_shared::secret::SecretString;
+use sluice_shared::upstream_connect::{
+    ConnectError, GuardedConnector, Resolve, SystemResolver, error_chain,
+};
+use tower_service::Service as _;
+
+pub use body::UpstreamBody;
+use pool::{Http1Connection, Http2Sender, PoolKey, Pooled, RequestBody};
+
+use crate::routing::tables::{CredentialHeader, ProviderEntry};
+
+type Connector = hyper_rustls::HttpsConnector<GuardedConnector>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads a PEM bundle of extra trusted roots.
+pub fn load_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    if roots.is_empty() {
+        return Err("holds no PEM certificate".to_owned());
+    }
+    Ok(roots)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no response headers within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the provider: {0}")]
+    Connect(String),
+    /// The connection broke after the request may have gone out.
+    #[error("the connection to the provider broke: {0}")]
+    Reset(String),
+    /// The provider's host resolved only to addresses it may not reach.
+    #[error("{0}")]
+    Refused(String),
+    #[error("bad upstream URL: {0}")]
+    BadUrl(String),
+}
+
+/// How one attempt on one connection went.
+enum Attempt {
+    Answered(Response<UpstreamBody>),
+    /// The connection had closed before the request went out: it can go on another.
+    Unsent(Request<RequestBody>),
+    Failed(hyper::Error),
+}
+
+/// Tells the pools of different clients apart (a process normally has one).
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Clone)]
+pub struct UpstreamClient {
+    id: u64,
+    /// For providers without and with the private-network permission.
+    connectors: Arc<[Connector; 2]>,
+}
+
+impl UpstreamClient {
+    pub fn new() -> Self {
+        Self::with_extra_roots(Vec::new())
+    }
+
+    /// A client that also trusts `extra_roots` (beside the bundled web PKI roots).
+    pub fn with_extra_roots(extra_roots: Vec<CertificateDer<'static>>) -> Self {
+        Self::with_resolver(extra_roots, Arc::new(SystemResolver))
+    }
+
+    /// [`Self::with_extra_roots`], names resolved by `resolver`.
+    pub fn with_resolver(
+        extra_roots: Vec<CertificateDer<'static>>,
+        resolver: Arc<dyn Resolve>,
+    ) -> Self {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let (added, ignored) = roots.add_parsable_certificates(extra_roots);
+        if ignored > 0 {
+            tracing::warn!(
+                added,
+                ignored,
+                "some extra upstream roots could not be used"
+            );
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
+        let https = |allow_private_network| {
+            let tcp =
+                GuardedConnector::new(resolver.clone(), allow_private_network, CONNECT_TIMEOUT);
+            match &tls {
+                Ok(config) => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config.clone())
+                    .https_or_http()
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(tcp),
+                // The ring provider always supports the safe defaults; fall back to plain roots.
+                Err(_) => hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_webpki_roots()
+                    .https_or_http()
+                    .enable_http1()
+                    .enable_http2()
+                    .wrap_connector(tcp),
+            }
+        };
+        Self {
+            id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+            connectors: Arc::new([https(false), https(true)]),
+        }
+    }
+
+    /// POSTs `body` to `uri` (one of the provider's precomputed URIs) and returns once response
+    /// headers arrive.
+    pub async fn post_json(
+        &self,
+        provider: &ProviderEntry,
+        uri: &Uri,
+        credential: Option<&SecretString>,
+        accept: &'static str,
+        body: Bytes,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        let headers = request.headers_mut();
+        for (name, value) in &provider.extra_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        set_fixed_headers(headers, accept);
+        headers.insert(header::HOST, provider.host_header.clone());
+        if let Some(credential) = credential {
+            let (name, prefix): (HeaderName, &[u8]) = match &provider.credential_header {
+                CredentialHeader::Bearer => (header::AUTHORIZATION, b"Bearer "),
+                CredentialHeader::Named(name) => (name.clone(), b""),
+            };
+            let mut value = Vec::with_capacity(prefix.len() + credential.expose().len());
+            value.extend_from_slice(prefix);
+            value.extend_from_slice(credential.expose().as_bytes());
+            let mut value = HeaderValue::from_maybe_shared(Bytes::from(value)).map_err(|_| {
+                UpstreamError::BadUrl("provider key cannot travel in a header".to_owned())
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let key = PoolKey {
+            client: self.id,
+            tls: match uri.scheme_str() {
+                Some("https") => true,
+                Some("http") => false,
+                _ => return Err(UpstreamError::BadUrl(format!("{uri} is not http(s)"))),
+            },
+            allow_private_network: provider.allow_private_network,
+            authority: uri
+                .authority()
+                .cloned()
+                .ok_or_else(|| UpstreamError::BadUrl(format!("{uri} names no host")))?,
+        };
+        match tokio::time::timeout(provider.timeout, self.send(key, uri, request)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(UpstreamError::Timeout(provider.timeout)),
+        }
+    }
+
+    /// Sends on this thread's idle connections while they turn out closed, then on a new one.
+    async fn send(
+        &self,
+        key: PoolKey,
+        uri: &Uri,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        while let Some(pooled) = pool::checkout(&key) {
+            let sent = match pooled {
+                Pooled::Http1(mut connection) => {
+                    if !pool::ready(&mut connection).await {
+                        continue;
+                    }
+                    send_http1(&key, connection, uri, request).await
+                }
+                Pooled::Http2(sender) => {
+                    let sent = send_http2(sender, uri, request).await;
+                    if matches!(sent, Attempt::Unsent(_)) {
+                        pool::forget_http2(&key);
+                    }
+                    sent
+                }
+            };
+            match sent {
+                Attempt::Answered(response) => return Ok(response),
+                Attempt::Unsent(returned) => request = returned,
+                Attempt::Failed(error) => return Err(UpstreamError::Reset(error_chain(&error))),
+            }
+        }
+        let sent = match self.connect(&key, uri).await? {
+            Pooled::Http1(connection) => send_http1(&key, connection, uri, request).await,
+            Pooled::Http2(sender) => send_http2(sender, uri, request).await,
+        };
+        match sent {
+            Attempt::Answered(response) => Ok(response),
+            Attempt::Unsent(_) => Err(UpstreamError::Reset(
+                "the provider closed a new connection before the request went out".to_owned(),
+            )),
+            Attempt::Failed(error) => Err(UpstreamError::Reset(error_chain(&error))),
+        }
+    }
+
+    /// A new connection to `uri`'s host, HTTP/2 if the server chose it by ALPN.
+    async fn connect(&self, key: &PoolKey, uri: &Uri) -> Result<Pooled, UpstreamError> {
+        let mut connector = self.connectors[usize::from(key.allow_private_network)].clone();
+        let io = match std::future::poll_fn(|cx| connector.poll_ready(cx)).await {
+            Ok(()) => connector.call(uri.clone()).await,
+            Err(error) => Err(error),
+        }
+        .map_err(|error| match refusal(&*error) {
+            Some(refused) => UpstreamError::Refused(refused.to_string()),
+            None => UpstreamError::Connect(error_chain(&*error)),
+        })?;
+        let handshake_failed = |error: hyper::Error| UpstreamError::Connect(error_chain(&error));
+        if io.connected().is_negotiated_h2() {
+            let (sender, driver) = http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(handshake_failed)?;
+            tokio::spawn(driver);
+            pool::share_http2(key.clone(), &sender);
+            Ok(Pooled::Http2(sender))
+        } else {
+            let (sender, driver) = http1::handshake(io).await.map_err(handshake_failed)?;
+            Ok(Pooled::Http1(Http1Connection {
+                sender,
+                driver: Box::pin(driver),
+            }))
+        }
+    }
+}
+
+/// Sends on an HTTP/1.1 connection, driving it in this task until the response headers are in;
+/// the connection goes on inside the body.
+async fn send_http1(
+    key: &PoolKey,
+    mut connection: Http1Connection,
+    uri: &Uri,
+    mut request: Request<RequestBody>,
+) -> Attempt {
+    // HTTP/1.1 wants the origin form; the Host header names the authority.
+    *request.uri_mut() = match uri.path_and_query() {
+        Some(path) => Uri::from(path.clone()),
+        None => Uri::from_static("/"),
+    };
+    let mut response = std::pin::pin!(connection.sender.try_send_request(request));
+    let mut driving = Some(connection.driver);
+    let result = std::future::poll_fn(|cx| {
+        if let Some(driver) = &mut driving
+            && driver.as_mut().poll(cx).is_ready()
+        {
+            // It ended: the response future has its answer or its error now.
+            driving = None;
+        }
+        response.as_mut().poll(cx)
+    })
+    .await;
+    match result {
+        Ok(response) => {
+            let connection = driving.map(|driver| {
+                (
+                    key.clone(),
+                    Http1Connection {
+                        sender: connection.sender,
+                        driver,
+                    },
+                )
+            });
+            Attempt::Answered(response.map(|incoming| UpstreamBody::new(incoming, connection)))
+        }
+        Err(mut error) => match error.take_message() {
+            Some(request) => Attempt::Unsent(restore_uri(request, uri)),
+            None => Attempt::Failed(error.into_error()),
+        },
+    }
+}
+
+async fn send_http2(
+    mut sender: Http2Sender,
+    uri: &Uri,
+    mut request: Request<RequestBody>,
+) -> Attempt {
+    *request.uri_mut() = uri.clone();
+    match sender.try_send_request(request).await {
+        Ok(response) => {
+            Attempt::Answered(response.map(|incoming| UpstreamBody::new(incoming, None)))
+        }
+        Err(mut error) => match error.take_message() {
+            Some(request) => Attempt::Unsent(request),
+            None => Attempt::Failed(error.into_error()),
+        },
+    }
+}
+
+fn restore_uri(mut request: Request<RequestBody>, uri: &Uri) -> Request<RequestBody> {
+    *request.uri_mut() = uri.clone();
+    request
+}
+
+impl Default for UpstreamClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn set_fixed_headers(headers: &mut HeaderMap, accept: &'static str) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static(concat!("sluice/", env!("CARGO_PKG_VERSION"))),
+    );
+}
+
+/// The connector's refusal to go where the provider may not, if that is why the call failed.
+fn refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConnectError> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(refused) = error.downcast_ref::<ConnectError>() {
+            return matches!(refused, ConnectError::Refused { .. }).then_some(refused);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

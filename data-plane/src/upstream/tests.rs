@@ -1,0 +1,299 @@
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sluice_proto::config::v1 as pb;
+use sluice_shared::sealing::{SealingKeyPair, SecretSealer};
+
+use super::*;
+use crate::routing::tables::RoutingTables;
+
+/// A DNS answer that turned hostile after the provider was accepted (rebinding).
+struct Rebound(HashMap<String, IpAddr>);
+
+impl Resolve for Rebound {
+    fn resolve(
+        &self,
+        host: String,
+        port: u16,
+    ) -> Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>> {
+        let found = self.0.get(&host).map(|ip| vec![SocketAddr::new(*ip, port)]);
+        Box::pin(async move { found.ok_or_else(|| std::io::ErrorKind::NotFound.into()) })
+    }
+}
+
+fn tables(base_url: &str, allow_private_network: bool) -> RoutingTables {
+    let sealing = SealingKeyPair::generate();
+    let sealer = SecretSealer::for_recipient(&sealing.public_bytes()).unwrap();
+    let snapshot = pb::Snapshot {
+        version: 1,
+        generated_at_us: 1,
+        sealing_public_key: sealer.sender_public().to_vec(),
+        providers: vec![pb::ProviderConfig {
+            id: "p1".into(),
+            organization_id: "o1".into(),
+            name: "local".into(),
+            r#type: sluice_proto::common::v1::ProviderType::Vllm as i32,
+            base_url: base_url.into(),
+            timeout_ms: 2_000,
+            allow_private_network,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    RoutingTables::build(&snapshot, &sealing, &[]).unwrap()
+}
+
+#[tokio::test]
+async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_resolves_to() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counting = accepted.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counting.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let resolver = Arc::new(Rebound(HashMap::from([
+        ("api.example.com".to_owned(), "127.0.0.1".parse().unwrap()),
+        (
+            "meta.example.com".to_owned(),
+            "169.254.169.254".parse().unwrap(),
+        ),
+    ])));
+    let client = UpstreamClient::with_resolver(Vec::new(), resolver);
+    let call = |base: String, allow: bool| {
+        let client = client.clone();
+        async move {
+            let tables = tables(&base, allow);
+            let uri: http::Uri = format!("{base}/chat/completions").parse().unwrap();
+            client
+                .post_json(
+                    &tables.providers[0],
+                    &uri,
+                    None,
+                    "application/json",
+                    Bytes::new(),
+                )
+                .await
+        }
+    };
+    for base in [
+        format!("http://api.example.com:{port}/v1"),
+        format!("http://2130706433:{port}/v1"),
+        format!("http://[::ffff:127.0.0.1]:{port}/v1"),
+        format!("http://0.0.0.0:{port}/v1"),
+    ] {
+        let refused = call(base.clone(), false).await;
+        assert!(
+            matches!(refused, Err(UpstreamError::Refused(_))),
+            "{base}: {refused:?}"
+        );
+    }
+    let metadata = call(format!("http://meta.example.com:{port}/v1"), true).await;
+    assert!(
+        matches!(metadata, Err(UpstreamError::Refused(_))),
+        "{metadata:?}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    // The same name, with leave: the connection is made (the listener hangs up at once, so
+    // the call fails after connecting: a reset, not a connect error).
+    let allowed = call(format!("http://api.example.com:{port}/v1"), true).await;
+    assert!(
+        matches!(allowed, Err(UpstreamError::Reset(_))),
+        "{allowed:?}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// What a hand-written HTTP/1.1 upstream sends for a request: the raw answer, and whether it
+/// then hangs up (`Hangup::Now`), keeps the connection (`Open`) or stalls it (`Stall`).
+#[derive(Clone, Copy, PartialEq)]
+enum Hangup {
+    Open,
+    Now,
+    Stall,
+}
+
+type Answerer = fn(usize) -> (&'static [u8], Hangup);
+
+/// An upstream speaking HTTP/1.1 byte by byte, answering each request with `answer(n)` where
+/// `n` counts connections from 1; returns its port and the count of connections it accepted.
+async fn raw_upstream(answer: Answerer) -> (u16, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counting = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let connection = counting.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let head_end = loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length:"))
+                        .map_or(0, |value| value.trim().parse().unwrap());
+                    while buffer.len() < head_end + length {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                        }
+                    }
+                    buffer.drain(..head_end + length);
+                    let (bytes, hangup) = answer(connection);
+                    if socket.write_all(bytes).await.is_err() {
+                        return;
+                    }
+                    match hangup {
+                        Hangup::Open => {}
+                        Hangup::Now => return,
+                        Hangup::Stall => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+const SIZED: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"ok\"\r\n6\r\n:true}\r\n0\r\n\r\n";
+
+struct Caller {
+    client: UpstreamClient,
+    tables: RoutingTables,
+    uri: http::Uri,
+    key: PoolKey,
+}
+
+impl Caller {
+    fn new(port: u16) -> Self {
+        let client = UpstreamClient::new();
+        let base = format!("http://127.0.0.1:{port}/v1");
+        let key = PoolKey {
+            client: client.id,
+            tls: false,
+            allow_private_network: true,
+            authority: format!("127.0.0.1:{port}").parse().unwrap(),
+        };
+        Self {
+            client,
+            tables: tables(&base, true),
+            uri: format!("{base}/chat/completions").parse().unwrap(),
+            key,
+        }
+    }
+
+    async fn send(&self) -> Response<UpstreamBody> {
+        self.client
+            .post_json(
+                &self.tables.providers[0],
+                &self.uri,
+                None,
+                "application/json",
+                Bytes::from_static(b"{\"model\":\"m\"}"),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// One call, its answer read to the end.
+    async fn call(&self) -> Bytes {
+        use http_body_util::BodyExt;
+        self.send()
+            .await
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+    }
+}
+
+#[tokio::test]
+async fn an_answer_read_to_its_end_leaves_its_connection_to_the_next_request() {
+    let (port, accepted) = raw_upstream(|_| (SIZED, Hangup::Open)).await;
+    let caller = Caller::new(port);
+    for _ in 0..3 {
+        assert_eq!(caller.call().await, "{\"ok\":true}");
+        assert_eq!(pool::idle_count(&caller.key), 1);
+    }
+    let (port, chunked_accepted) = raw_upstream(|_| (CHUNKED, Hangup::Open)).await;
+    let chunked = Caller::new(port);
+    for _ in 0..3 {
+        assert_eq!(chunked.call().await, "{\"ok\":true}");
+    }
+    assert_eq!(pool::idle_count(&chunked.key), 1);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(chunked_accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
+    let (port, accepted) = raw_upstream(|_| (SIZED, Hangup::Now)).await;
+    let caller = Caller::new(port);
+    for round in 1..=3 {
+        assert_eq!(caller.call().await, "{\"ok\":true}");
+        // Let the hang-up arrive while the connection sits idle.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), round);
+    }
+}
+
+#[tokio::test]
+async fn connection_close_and_close_delimited_answers_are_not_pooled() {
+    const CLOSE: &[u8] =
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+    const UNTIL_EOF: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"ok\":true}";
+    for answer in [CLOSE, UNTIL_EOF] {
+        let (port, accepted) = if answer == CLOSE {
+            raw_upstream(|_| (CLOSE, Hangup::Now)).await
+        } else {
+            raw_upstream(|_| (UNTIL_EOF, Hangup::Now)).await
+        };
+        let caller = Caller::new(port);
+        assert_eq!(caller.call().await, "{\"ok\":true}");
+        assert_eq!(pool::idle_count(&caller.key), 0);
+        assert_eq!(caller.call().await, "{\"ok\":true}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+}
+
+#[tokio::test]
+async fn an_answer_abandoned_midway_closes_its_connection() {
+    use http_body_util::BodyExt;
+    const HALF: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"ok\"\r\n";
+    let (port, accepted) = raw_upstream(|connection| match connection {
+        1 => (HALF, Hangup::Stall),
+        _ => (SIZED, Hangup::Open),
+    })
+    .await;
+    let caller = Caller::new(port);
+    let mut body = caller.send().await.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "{\"ok\"");
+    drop(body);
+    assert_eq!(pool::idle_count(&caller.key), 0);
+    assert_eq!(caller.call().await, "{\"ok\":true}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
