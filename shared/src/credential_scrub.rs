@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::OnceLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
@@ -26,107 +27,97 @@ const MOST_FORMS: usize = 12;
 /// (and wiped) with it; `Debug` shows nothing of it. The default looks for nothing (a keyless
 /// upstream was sent no credential).
 ///
-/// It runs on every answer, so it is built with one allocation and searches in one pass: a
-/// table of the bytes that begin a form picks the few places worth comparing.
+/// It runs on every answer, and nearly every answer holds no credential, so what it builds up
+/// front is only what rules a place out: the first four bytes of each form, hashed into a
+/// small bit set, and the bytes any form can hold. The forms themselves are built the first
+/// time a place passes both.
 #[derive(Default)]
 pub struct CredentialScrubber {
-    /// Every form, back to back.
-    bytes: Vec<u8>,
-    /// Where each form lies in `bytes`, longest first (a form that contains another is
-    /// replaced whole).
-    forms: [(u32, u32); MOST_FORMS],
-    count: usize,
-    /// Bit `b` set: some form begins with byte `b`.
-    first: [u64; 4],
+    /// The key, for building [`Forms`] when they are first needed.
+    secret: Vec<u8>,
+    /// The first four bytes of each form (little-endian), and how many there are.
+    prefixes: [u32; MOST_FORMS],
+    prefix_count: usize,
+    /// Bit [`prefix_slot`] of each prefix set.
+    starts: [u64; PREFIX_SLOTS / 64],
+    /// Bit `b` set: byte `b` can appear in some form (what a held-back tail must consist of).
+    alphabet: [u64; 4],
+    forms: OnceLock<Forms>,
+}
+
+/// Bits in [`CredentialScrubber::starts`]: with at most a dozen prefixes set, about one place
+/// in a hundred passes the first test.
+const PREFIX_SLOTS: usize = 1024;
+/// The first four bytes of every form of a key depend on its first six bytes alone: each
+/// encoding goes byte by byte, and base64's core begins within them at every alignment.
+const LEADING_BYTES: usize = 6;
+
+fn prefix_slot(word: u32) -> usize {
+    // Fibonacci hashing: the top bits of the product mix all four bytes.
+    (word.wrapping_mul(0x9E37_79B1) >> (32 - PREFIX_SLOTS.trailing_zeros())) as usize
+}
+
+fn set_bit(bits: &mut [u64], index: usize) {
+    bits[index / 64] |= 1 << (index % 64);
+}
+
+fn bit(bits: &[u64], index: usize) -> bool {
+    bits[index / 64] & (1 << (index % 64)) != 0
 }
 
 impl CredentialScrubber {
     pub fn new(secret: &str) -> Self {
         let raw = secret.as_bytes();
-        let mut scrubber = Self {
-            bytes: Vec::with_capacity(raw.len() * 16 + 8),
-            ..Self::default()
-        };
+        let mut scrubber = Self::default();
         if raw.len() < MIN_RAW {
             return scrubber;
         }
-        scrubber.bytes.extend_from_slice(raw);
-        scrubber.keep(0, raw.len());
-        for solidus in [false, true] {
-            let start = scrubber.bytes.len();
-            json_escaped(secret, solidus, &mut scrubber.bytes);
-            scrubber.keep(start, MIN_ENCODED);
-        }
-        let start = scrubber.bytes.len();
-        percent_encoded(raw, &mut scrubber.bytes);
-        scrubber.keep(start, MIN_ENCODED);
-        for digits in [b"0123456789abcdef", b"0123456789ABCDEF"] {
-            let start = scrubber.bytes.len();
-            for byte in raw {
-                scrubber.bytes.push(digits[usize::from(byte >> 4)]);
-                scrubber.bytes.push(digits[usize::from(byte & 0xf)]);
+        scrubber.secret = raw.to_vec();
+        let mut add = |word: [u8; 4]| {
+            let word = u32::from_le_bytes(word);
+            if !scrubber.prefixes[..scrubber.prefix_count].contains(&word) {
+                scrubber.prefixes[scrubber.prefix_count] = word;
+                scrubber.prefix_count += 1;
+                set_bit(&mut scrubber.starts, prefix_slot(word));
             }
-            scrubber.keep(start, MIN_ENCODED);
-        }
-        let mut padded = vec![0_u8; 2 + raw.len()];
-        padded[2..].copy_from_slice(raw);
-        for alignment in 0..3 {
-            for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
-                let start = scrubber.bytes.len();
-                base64_core(
-                    engine,
-                    &padded[2 - alignment..],
-                    alignment,
-                    &mut scrubber.bytes,
-                );
-                scrubber.keep(start, MIN_ENCODED);
+        };
+        if raw.len() >= LEADING_BYTES {
+            leading_words(raw, &mut add);
+        } else {
+            // Too short to work the forms out from their start: build them (they are short).
+            let forms = Forms::build(raw, 4);
+            for index in 0..forms.count {
+                if let [a, b, c, d, ..] = *forms.form(index) {
+                    add([a, b, c, d]);
+                }
             }
         }
-        padded.zeroize();
-        let count = scrubber.count;
-        scrubber.forms[..count].sort_by_key(|&(_, len)| std::cmp::Reverse(len));
+        let escapes = b"\\%0123456789abcdefABCDEF";
+        let base64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_";
+        for &byte in raw.iter().chain(escapes).chain(base64) {
+            set_bit(&mut scrubber.alphabet, usize::from(byte));
+        }
         scrubber
     }
 
-    /// Keeps the form that was just appended from `start` if it is long enough and new;
-    /// otherwise takes it back off.
-    fn keep(&mut self, start: usize, shortest: usize) {
-        let len = self.bytes.len() - start;
-        let form = &self.bytes[start..];
-        let known = (0..self.count).any(|i| self.form(i) == form);
-        if len < shortest.max(1) || known || self.count == MOST_FORMS {
-            self.bytes[start..].zeroize();
-            self.bytes.truncate(start);
-            return;
-        }
-        let first = form[0];
-        self.first[usize::from(first >> 6)] |= 1 << (first & 63);
-        // Offsets fit: a key is at most 8 KiB, its forms a few times that.
-        self.forms[self.count] = (start as u32, len as u32);
-        self.count += 1;
-    }
-
-    fn form(&self, index: usize) -> &[u8] {
-        let (start, len) = self.forms[index];
-        &self.bytes[start as usize..(start + len) as usize]
+    fn forms(&self) -> &Forms {
+        self.forms
+            .get_or_init(|| Forms::build(&self.secret, MIN_ENCODED))
     }
 
     /// The first form of the credential in `haystack` at or after `from`: where, and how long.
     fn find(&self, haystack: &[u8], from: usize) -> Option<(usize, usize)> {
-        if self.count == 0 {
+        if self.prefix_count == 0 {
             return None;
         }
-        for at in from..haystack.len() {
-            let byte = haystack[at];
-            if self.first[usize::from(byte >> 6)] & (1 << (byte & 63)) == 0 {
+        let prefixes = &self.prefixes[..self.prefix_count];
+        for (offset, window) in haystack.get(from..)?.windows(4).enumerate() {
+            let word = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
+            if !bit(&self.starts, prefix_slot(word)) || !prefixes.contains(&word) {
                 continue;
             }
-            let rest = &haystack[at..];
-            if let Some(len) = (0..self.count)
-                .map(|i| self.form(i))
-                .find(|form| rest.starts_with(form))
-                .map(<[u8]>::len)
-            {
+            let at = from + offset;
+            if let Some(len) = self.forms().starting(&haystack[at..]) {
                 return Some((at, len));
             }
         }
@@ -174,6 +165,101 @@ impl CredentialScrubber {
     /// The length of the longest tail of `text` that could be the start of a form of the
     /// credential (so the rest of it may come in the next chunk of a stream).
     fn partial_tail(&self, text: &[u8]) -> usize {
+        match text.last() {
+            // Events end on a line break, which no form holds.
+            Some(&last) if self.prefix_count > 0 && bit(&self.alphabet, usize::from(last)) => {
+                self.forms().partial_tail(text)
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Every form of one key, back to back.
+#[derive(Default)]
+struct Forms {
+    bytes: Vec<u8>,
+    /// Where each form lies in `bytes`, longest first (a form that contains another is
+    /// replaced whole).
+    spans: [(u32, u32); MOST_FORMS],
+    count: usize,
+}
+
+impl Forms {
+    /// The forms of `raw`, each encoded one at least `shortest` bytes long.
+    fn build(raw: &[u8], shortest: usize) -> Self {
+        let mut forms = Self {
+            bytes: Vec::with_capacity(raw.len() * 16 + 8),
+            ..Self::default()
+        };
+        forms.bytes.extend_from_slice(raw);
+        forms.keep(0, 1);
+        for solidus in [false, true] {
+            let start = forms.bytes.len();
+            json_escaped(raw, solidus, &mut forms.bytes);
+            forms.keep(start, shortest);
+        }
+        let start = forms.bytes.len();
+        percent_encoded(raw, &mut forms.bytes);
+        forms.keep(start, shortest);
+        for digits in [b"0123456789abcdef", b"0123456789ABCDEF"] {
+            let start = forms.bytes.len();
+            for byte in raw {
+                forms.bytes.push(digits[usize::from(byte >> 4)]);
+                forms.bytes.push(digits[usize::from(byte & 0xf)]);
+            }
+            forms.keep(start, shortest);
+        }
+        let mut padded = vec![0_u8; 2 + raw.len()];
+        padded[2..].copy_from_slice(raw);
+        for alignment in 0..3 {
+            for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                let start = forms.bytes.len();
+                base64_core(
+                    engine,
+                    &padded[2 - alignment..],
+                    alignment,
+                    &mut forms.bytes,
+                );
+                forms.keep(start, shortest);
+            }
+        }
+        padded.zeroize();
+        let count = forms.count;
+        forms.spans[..count].sort_by_key(|&(_, len)| std::cmp::Reverse(len));
+        forms
+    }
+
+    /// Keeps the form that was just appended from `start` if it is long enough and new;
+    /// otherwise takes it back off.
+    fn keep(&mut self, start: usize, shortest: usize) {
+        let len = self.bytes.len() - start;
+        let form = &self.bytes[start..];
+        let known = (0..self.count).any(|i| self.form(i) == form);
+        if len < shortest.max(1) || known || self.count == MOST_FORMS {
+            self.bytes[start..].zeroize();
+            self.bytes.truncate(start);
+            return;
+        }
+        // Offsets fit: a key is at most 8 KiB, its forms a few times that.
+        self.spans[self.count] = (start as u32, len as u32);
+        self.count += 1;
+    }
+
+    fn form(&self, index: usize) -> &[u8] {
+        let (start, len) = self.spans[index];
+        &self.bytes[start as usize..(start + len) as usize]
+    }
+
+    /// The length of the longest form `rest` begins with.
+    fn starting(&self, rest: &[u8]) -> Option<usize> {
+        (0..self.count)
+            .map(|i| self.form(i))
+            .find(|form| rest.starts_with(form))
+            .map(<[u8]>::len)
+    }
+
+    fn partial_tail(&self, text: &[u8]) -> usize {
         let mut longest = 0;
         for index in 0..self.count {
             let form = self.form(index);
@@ -187,6 +273,12 @@ impl CredentialScrubber {
             }
         }
         longest
+    }
+}
+
+impl Drop for Forms {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
     }
 }
 
@@ -248,7 +340,8 @@ impl Drop for StreamScrubber {
 
 impl Drop for CredentialScrubber {
     fn drop(&mut self) {
-        self.bytes.zeroize();
+        self.secret.zeroize();
+        self.prefixes.zeroize();
     }
 }
 
@@ -258,10 +351,53 @@ impl fmt::Debug for CredentialScrubber {
     }
 }
 
+/// Hands `each` the first four bytes of every form of `raw` (at least [`LEADING_BYTES`]
+/// long), as [`Forms::build`] would make them, worked out from its first bytes alone.
+fn leading_words(raw: &[u8], mut each: impl FnMut([u8; 4])) {
+    let mut first_four = |bytes: &[u8]| {
+        if let [a, b, c, d, ..] = *bytes {
+            each([a, b, c, d]);
+        }
+    };
+    first_four(raw);
+    let mut scratch = Vec::with_capacity(4 * 3);
+    for solidus in [false, true] {
+        scratch.clear();
+        json_escaped(&raw[..4], solidus, &mut scratch);
+        first_four(&scratch);
+    }
+    scratch.clear();
+    percent_encoded(&raw[..4], &mut scratch);
+    first_four(&scratch);
+    scratch.zeroize();
+    for digits in [b"0123456789abcdef", b"0123456789ABCDEF"] {
+        first_four(&[
+            digits[usize::from(raw[0] >> 4)],
+            digits[usize::from(raw[0] & 0xf)],
+            digits[usize::from(raw[1] >> 4)],
+            digits[usize::from(raw[1] & 0xf)],
+        ]);
+    }
+    for alignment in 0..3 {
+        // The key behind `alignment` bytes of a neighbour; six bytes make eight characters.
+        let mut padded = [0_u8; LEADING_BYTES];
+        padded[alignment..].copy_from_slice(&raw[..LEADING_BYTES - alignment]);
+        let first = (alignment * 8).div_ceil(6);
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            let mut chars = [0_u8; 8];
+            if engine.encode_slice(padded, &mut chars).is_ok() {
+                first_four(&chars[first..]);
+            }
+            chars.zeroize();
+        }
+        padded.zeroize();
+    }
+}
+
 /// The key as it reads inside a JSON string: `"` and `\\` escaped, and `/` too when
 /// `solidus` (JSON allows both).
-fn json_escaped(secret: &str, solidus: bool, out: &mut Vec<u8>) {
-    for &byte in secret.as_bytes() {
+fn json_escaped(raw: &[u8], solidus: bool, out: &mut Vec<u8>) {
+    for &byte in raw {
         match byte {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -396,6 +532,28 @@ mod tests {
         // A tail that only looked like the start of the key comes out at the end.
         assert_eq!(stream.next(b"ends with sk-can").as_ref(), b"ends with ");
         assert_eq!(stream.finish(), b"sk-can");
+    }
+
+    proptest::proptest! {
+        /// The prefix filter only ever rules out places where no form begins: the first form
+        /// found is the one a search of every place for every form finds.
+        #[test]
+        fn the_filter_finds_what_a_full_search_finds(
+            key in "[ -~]{4,40}",
+            pieces in proptest::collection::vec((0usize..12, "[ -~]{0,12}"), 0..4),
+        ) {
+            let scrubber = CredentialScrubber::new(&key);
+            let every = Forms::build(key.as_bytes(), MIN_ENCODED);
+            let mut text = Vec::new();
+            for (form, filler) in &pieces {
+                text.extend_from_slice(filler.as_bytes());
+                if *form < every.count {
+                    text.extend_from_slice(every.form(*form));
+                }
+            }
+            let naive = (0..text.len()).find_map(|at| every.starting(&text[at..]).map(|len| (at, len)));
+            proptest::prop_assert_eq!(scrubber.find(&text, 0), naive);
+        }
     }
 
     #[test]

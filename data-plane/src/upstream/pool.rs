@@ -5,13 +5,13 @@
 //! An HTTP/2 connection is shared by the thread's requests and driven by a task of its own.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fnv::FnvHashMap;
 use http::uri::Authority;
 use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
@@ -73,13 +73,14 @@ struct Host {
 }
 
 struct Pool {
-    hosts: HashMap<PoolKey, Host>,
+    /// FNV: keys come from provider records, not from clients, and are hashed twice a request.
+    hosts: FnvHashMap<PoolKey, Host>,
     swept: Instant,
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool {
-        hosts: HashMap::new(),
+        hosts: FnvHashMap::default(),
         swept: Instant::now(),
     });
 }
@@ -150,7 +151,7 @@ pub fn forget_http2(key: &PoolKey) {
     });
 }
 
-fn sweep(hosts: &mut HashMap<PoolKey, Host>, now: Instant) {
+fn sweep(hosts: &mut FnvHashMap<PoolKey, Host>, now: Instant) {
     hosts.retain(|_, host| {
         host.http1
             .retain(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT);
