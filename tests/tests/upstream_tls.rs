@@ -36,10 +36,37 @@ fn private_pki() -> (String, Arc<rustls::ServerConfig>) {
     (ca.pem(), Arc::new(config))
 }
 
+/// One whole answer and one stream for `model` through the proxy at `url`, both checked.
+async fn answer_and_stream(http: &Http, url: &str, key: &str, model: &str) {
+    let chat = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let response = http.post(url, Some(key), &chat).await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.json()["choices"][0]["message"]["content"],
+        "Hello from the mock upstream"
+    );
+    let streaming =
+        json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, frames) = http.post_streaming(url, key, &streaming).await;
+    assert_eq!(status, 200);
+    let streamed: String = frames
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(
+        streamed.contains("upstream") && streamed.ends_with("data: [DONE]\n\n"),
+        "{streamed}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_upstream_with_http2_and_a_private_ca() {
     let (ca_pem, server_config) = private_pki();
+    // A second upstream that offers only HTTP/1.1, for the proxy's own HTTP/1.1 client.
+    let mut http1_only = (*server_config).clone();
+    http1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
     let upstream = MockOpenAi::start_tls(server_config);
+    let http1_upstream = MockOpenAi::start_tls(Arc::new(http1_only));
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("upstream-ca.pem");
     std::fs::write(&ca_file, &ca_pem).unwrap();
@@ -72,6 +99,31 @@ async fn tls_upstream_with_http2_and_a_private_ca() {
         "internal:llama-3.1-8b",
     ])
     .ok();
+    let http1_base_url = format!("https://localhost:{}/v1", http1_upstream.addr.port());
+    cp.ctl(&[
+        "provider",
+        "create",
+        "acme/internal-h1",
+        "--type",
+        "vllm",
+        "--base-url",
+        &http1_base_url,
+        "--allow-private-network",
+    ])
+    .ok();
+    cp.ctl_stdin(
+        &["provider-key", "add", "acme/internal-h1/main"],
+        "sk-tls-upstream-0002",
+    )
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/llama-h1",
+        "--deployment",
+        "internal-h1:llama-3.1-8b",
+    ])
+    .ok();
     cp.ctl(&["project", "create", "acme/web", "--default-model", "llama"])
         .ok();
     let key = cp.virtual_key("acme/web/app", &[]);
@@ -85,27 +137,8 @@ async fn tls_upstream_with_http2_and_a_private_ca() {
         .env("SLUICE_PROXY_UPSTREAM_CA_FILE", ca_file.to_str().unwrap())
         .start();
     trusting.wait_for_version(&http, cp.config_version()).await;
-    let response = http
-        .post(&trusting.url("/v1/chat/completions"), Some(&key), &chat)
-        .await
-        .unwrap();
-    assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(
-        response.json()["choices"][0]["message"]["content"],
-        "Hello from the mock upstream"
-    );
-    let (status, frames) = http
-        .post_streaming(&trusting.url("/v1/chat/completions"), &key, &json!({"model": "default", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
-        .await;
-    assert_eq!(status, 200);
-    let streamed: String = frames
-        .iter()
-        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
-        .collect();
-    assert!(
-        streamed.contains("upstream") && streamed.ends_with("data: [DONE]\n\n"),
-        "{streamed}"
-    );
+    let url = trusting.url("/v1/chat/completions");
+    answer_and_stream(&http, &url, &key, "default").await;
     let protocols = upstream.protocols();
     assert!(
         !protocols.is_empty() && protocols.iter().all(|p| p == "h2"),
@@ -114,6 +147,25 @@ async fn tls_upstream_with_http2_and_a_private_ca() {
     assert_eq!(
         upstream.requests().last().unwrap().headers["authorization"],
         "Bearer sk-tls-upstream-0001"
+    );
+
+    // Over TLS without HTTP/2: whole answers and a stream, on connections kept for reuse.
+    for _ in 0..2 {
+        answer_and_stream(&http, &url, &key, "llama-h1").await;
+    }
+    let protocols = http1_upstream.protocols();
+    assert!(
+        !protocols.is_empty() && protocols.iter().all(|p| p == "http/1.1"),
+        "ALPN: {protocols:?}"
+    );
+    assert!(
+        http1_upstream.connections() < 4,
+        "4 calls took {} connections",
+        http1_upstream.connections()
+    );
+    assert_eq!(
+        http1_upstream.requests().last().unwrap().headers["authorization"],
+        "Bearer sk-tls-upstream-0002"
     );
 
     // A proxy that does not trust the private CA refuses to send the key there.

@@ -1,6 +1,6 @@
-//! An upstream answer's body. Over HTTP/1.1 it carries the connection it arrives on and drives
-//! it while it is read, in the reader's task; read to its end, the connection goes back to this
-//! thread's pool, and dropped early, the connection closes with it (the answer is abandoned).
+//! An upstream answer's body: read from its HTTP/1.1 connection in the reader's task
+//! ([`Http1Body`]; read to its end, the connection goes back to this thread's pool, dropped
+//! early, the connection closes with it), or a stream of a shared HTTP/2 connection.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,73 +9,69 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::pool::{self, Http1Connection, PoolKey};
+use super::http1::{Http1Body, Http1Error};
 
-pub struct UpstreamBody {
-    incoming: Incoming,
-    /// The HTTP/1.1 connection the body arrives on, until it ends or goes back to the pool.
-    connection: Option<(PoolKey, Http1Connection)>,
+pub struct UpstreamBody(Inner);
+
+enum Inner {
+    Http1(Http1Body),
+    Http2(Incoming),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error(transparent)]
+    Http1(#[from] Http1Error),
+    #[error(transparent)]
+    Http2(#[from] hyper::Error),
 }
 
 impl UpstreamBody {
-    pub(super) fn new(incoming: Incoming, connection: Option<(PoolKey, Http1Connection)>) -> Self {
-        Self {
-            incoming,
-            connection,
-        }
+    pub(super) fn http1(body: Http1Body) -> Self {
+        Self(Inner::Http1(body))
     }
 
-    /// The answer has been read in full: the connection can carry the next request.
-    fn release(&mut self, cx: &mut Context<'_>) {
-        if let Some((key, mut connection)) = self.connection.take() {
-            // One more turn lets the connection finish the exchange; one that ends instead
-            // (the upstream said `Connection: close`) is dropped.
-            if !connection.poll_ended(cx) {
-                pool::check_in(key, connection);
-            }
-        }
+    pub(super) fn http2(body: Incoming) -> Self {
+        Self(Inner::Http2(body))
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some((_, connection)) = &mut this.connection
-            && connection.poll_ended(cx)
-        {
-            // What it read is in the body already; the body reports how it ended.
-            this.connection = None;
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match &mut self.get_mut().0 {
+            Inner::Http1(body) => body.poll_frame(cx).map_err(Into::into),
+            Inner::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
-        let frame = Pin::new(&mut this.incoming).poll_frame(cx);
-        match &frame {
-            Poll::Ready(None) => this.release(cx),
-            Poll::Ready(Some(Ok(_))) if this.incoming.is_end_stream() => this.release(cx),
-            Poll::Ready(Some(Err(_))) => this.connection = None,
-            _ => {}
-        }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        match &self.0 {
+            Inner::Http1(body) => body.is_end_stream(),
+            Inner::Http2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        match &self.0 {
+            Inner::Http1(body) => body
+                .exact_len()
+                .map_or_else(SizeHint::new, SizeHint::with_exact),
+            Inner::Http2(body) => body.size_hint(),
+        }
     }
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("incoming", &self.incoming)
-            .field("pooled_on_end", &self.connection.is_some())
-            .finish()
+        f.write_str(match &self.0 {
+            Inner::Http1(_) => "UpstreamBody(HTTP/1.1)",
+            Inner::Http2(_) => "UpstreamBody(HTTP/2)",
+        })
     }
 }

@@ -6,9 +6,9 @@
 //! driven by the request using it.
 
 mod body;
+mod http1;
 mod pool;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::Connection as _;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
@@ -28,7 +28,8 @@ use sluice_shared::upstream_connect::{
 use tower_service::Service as _;
 
 pub use body::UpstreamBody;
-use pool::{Http1Connection, Http2Sender, PoolKey, Pooled, RequestBody};
+use http1::{Http1Body, Http1Connection};
+use pool::{Http2Sender, PoolKey, Pooled};
 
 use crate::routing::tables::{CredentialHeader, ProviderEntry};
 
@@ -68,8 +69,15 @@ pub enum UpstreamError {
 enum Attempt {
     Answered(Response<UpstreamBody>),
     /// The connection had closed before the request went out: it can go on another.
-    Unsent(Request<RequestBody>),
-    Failed(hyper::Error),
+    Unsent,
+    Failed(String),
+}
+
+/// A request as it goes out, over either protocol.
+struct Outgoing<'a> {
+    uri: &'a Uri,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
 /// Tells the pools of different clients apart (a process normally has one).
@@ -148,13 +156,11 @@ impl UpstreamClient {
         accept: &'static str,
         body: Bytes,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = Method::POST;
-        let headers = request.headers_mut();
+        let mut headers = HeaderMap::with_capacity(8 + provider.extra_headers.len());
         for (name, value) in &provider.extra_headers {
             headers.insert(name.clone(), value.clone());
         }
-        set_fixed_headers(headers, accept);
+        set_fixed_headers(&mut headers, accept);
         headers.insert(header::HOST, provider.host_header.clone());
         if let Some(credential) = credential {
             let (name, prefix): (HeaderName, &[u8]) = match &provider.credential_header {
@@ -183,7 +189,8 @@ impl UpstreamClient {
                 .cloned()
                 .ok_or_else(|| UpstreamError::BadUrl(format!("{uri} names no host")))?,
         };
-        match tokio::time::timeout(provider.timeout, self.send(key, uri, request)).await {
+        let outgoing = Outgoing { uri, headers, body };
+        match tokio::time::timeout(provider.timeout, self.send(key, &outgoing)).await {
             Ok(sent) => sent,
             Err(_) => Err(UpstreamError::Timeout(provider.timeout)),
         }
@@ -193,20 +200,19 @@ impl UpstreamClient {
     async fn send(
         &self,
         key: PoolKey,
-        uri: &Uri,
-        mut request: Request<RequestBody>,
+        outgoing: &Outgoing<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         while let Some(pooled) = pool::checkout(&key) {
             let sent = match pooled {
                 Pooled::Http1(mut connection) => {
-                    if !pool::ready(&mut connection).await {
+                    if !connection.still_open().await {
                         continue;
                     }
-                    send_http1(&key, connection, uri, request).await
+                    send_http1(&key, connection, true, outgoing).await
                 }
                 Pooled::Http2(sender) => {
-                    let sent = send_http2(sender, uri, request).await;
-                    if matches!(sent, Attempt::Unsent(_)) {
+                    let sent = send_http2(sender, outgoing).await;
+                    if matches!(sent, Attempt::Unsent) {
                         pool::forget_http2(&key);
                     }
                     sent
@@ -214,20 +220,20 @@ impl UpstreamClient {
             };
             match sent {
                 Attempt::Answered(response) => return Ok(response),
-                Attempt::Unsent(returned) => request = returned,
-                Attempt::Failed(error) => return Err(UpstreamError::Reset(error_chain(&error))),
+                Attempt::Unsent => {}
+                Attempt::Failed(why) => return Err(UpstreamError::Reset(why)),
             }
         }
-        let sent = match self.connect(&key, uri).await? {
-            Pooled::Http1(connection) => send_http1(&key, connection, uri, request).await,
-            Pooled::Http2(sender) => send_http2(sender, uri, request).await,
+        let sent = match self.connect(&key, outgoing.uri).await? {
+            Pooled::Http1(connection) => send_http1(&key, connection, false, outgoing).await,
+            Pooled::Http2(sender) => send_http2(sender, outgoing).await,
         };
         match sent {
             Attempt::Answered(response) => Ok(response),
-            Attempt::Unsent(_) => Err(UpstreamError::Reset(
+            Attempt::Unsent => Err(UpstreamError::Reset(
                 "the provider closed a new connection before the request went out".to_owned(),
             )),
-            Attempt::Failed(error) => Err(UpstreamError::Reset(error_chain(&error))),
+            Attempt::Failed(why) => Err(UpstreamError::Reset(why)),
         }
     }
 
@@ -252,80 +258,59 @@ impl UpstreamClient {
             pool::share_http2(key.clone(), &sender);
             Ok(Pooled::Http2(sender))
         } else {
-            let (sender, driver) = http1::handshake(io).await.map_err(handshake_failed)?;
-            Ok(Pooled::Http1(Http1Connection {
-                sender,
-                driver: Box::pin(driver),
-            }))
+            Ok(Pooled::Http1(Http1Connection::new(io)))
         }
     }
 }
 
-/// Sends on an HTTP/1.1 connection, driving it in this task until the response headers are in;
-/// the connection goes on inside the body.
+/// Sends on an HTTP/1.1 connection and reads the answer's head in this task; the body is read
+/// from the connection as the answer is.
 async fn send_http1(
     key: &PoolKey,
     mut connection: Http1Connection,
-    uri: &Uri,
-    mut request: Request<RequestBody>,
+    reused: bool,
+    outgoing: &Outgoing<'_>,
 ) -> Attempt {
-    // HTTP/1.1 wants the origin form; the Host header names the authority.
-    *request.uri_mut() = match uri.path_and_query() {
-        Some(path) => Uri::from(path.clone()),
-        None => Uri::from_static("/"),
-    };
-    let mut response = std::pin::pin!(connection.sender.try_send_request(request));
-    let mut driving = Some(connection.driver);
-    let result = std::future::poll_fn(|cx| {
-        if let Some(driver) = &mut driving
-            && driver.as_mut().poll(cx).is_ready()
-        {
-            // It ended: the response future has its answer or its error now.
-            driving = None;
+    let path = outgoing
+        .uri
+        .path_and_query()
+        .map_or("/", |path| path.as_str());
+    let head = http1::encode_head(path, &outgoing.headers, outgoing.body.len());
+    if let Err(error) = connection.send(head, &outgoing.body).await {
+        // A pooled connection that the provider had closed refuses the write outright: the
+        // request never reached it and can go on another connection.
+        return if reused {
+            Attempt::Unsent
+        } else {
+            Attempt::Failed(error.to_string())
+        };
+    }
+    match connection.read_head().await {
+        Ok(head) => {
+            let body = Http1Body::new(connection, &head, key.clone());
+            let mut response = Response::new(UpstreamBody::http1(body));
+            *response.status_mut() = head.status;
+            *response.headers_mut() = head.headers;
+            Attempt::Answered(response)
         }
-        response.as_mut().poll(cx)
-    })
-    .await;
-    match result {
-        Ok(response) => {
-            let connection = driving.map(|driver| {
-                (
-                    key.clone(),
-                    Http1Connection {
-                        sender: connection.sender,
-                        driver,
-                    },
-                )
-            });
-            Attempt::Answered(response.map(|incoming| UpstreamBody::new(incoming, connection)))
-        }
-        Err(mut error) => match error.take_message() {
-            Some(request) => Attempt::Unsent(restore_uri(request, uri)),
-            None => Attempt::Failed(error.into_error()),
-        },
+        Err(error) => Attempt::Failed(error.to_string()),
     }
 }
 
-async fn send_http2(
-    mut sender: Http2Sender,
-    uri: &Uri,
-    mut request: Request<RequestBody>,
-) -> Attempt {
-    *request.uri_mut() = uri.clone();
+async fn send_http2(mut sender: Http2Sender, outgoing: &Outgoing<'_>) -> Attempt {
+    let mut request = Request::new(Full::new(outgoing.body.clone()));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = outgoing.uri.clone();
+    *request.headers_mut() = outgoing.headers.clone();
+    // HTTP/2 names the authority in its own pseudo-header.
+    request.headers_mut().remove(header::HOST);
     match sender.try_send_request(request).await {
-        Ok(response) => {
-            Attempt::Answered(response.map(|incoming| UpstreamBody::new(incoming, None)))
-        }
+        Ok(response) => Attempt::Answered(response.map(UpstreamBody::http2)),
         Err(mut error) => match error.take_message() {
-            Some(request) => Attempt::Unsent(request),
-            None => Attempt::Failed(error.into_error()),
+            Some(_) => Attempt::Unsent,
+            None => Attempt::Failed(error_chain(&error.into_error())),
         },
     }
-}
-
-fn restore_uri(mut request: Request<RequestBody>, uri: &Uri) -> Request<RequestBody> {
-    *request.uri_mut() = uri.clone();
-    request
 }
 
 impl Default for UpstreamClient {

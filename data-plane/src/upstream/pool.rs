@@ -1,30 +1,26 @@
-//! Idle upstream connections, kept per thread. An HTTP/1.1 connection is driven by whichever
+//! Idle upstream connections, kept per thread. An HTTP/1.1 connection is used by whichever
 //! request holds it, in that request's own task: no connection task, no channel hop between
 //! tasks and no shared pool lock on the way to the upstream and back. A serving thread runs
 //! its own single-threaded runtime, so the connections a thread opened are the ones it reuses.
 //! An HTTP/2 connection is shared by the thread's requests and driven by a task of its own.
 
 use std::cell::RefCell;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fnv::FnvHashMap;
 use http::uri::Authority;
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::http1::Http1Connection;
+
 pub type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 pub type RequestBody = Full<Bytes>;
-pub type Http1Sender = http1::SendRequest<RequestBody>;
 pub type Http2Sender = http2::SendRequest<RequestBody>;
-/// Boxed once per connection so that it can move between requests without moving its state.
-pub type Http1Driver = Pin<Box<http1::Connection<Io, RequestBody>>>;
 
 /// An idle connection is closed after this long unused: providers close theirs after a minute
 /// or two, and one found closed costs a wasted attempt at checkout.
@@ -44,19 +40,6 @@ pub struct PoolKey {
     pub tls: bool,
     pub allow_private_network: bool,
     pub authority: Authority,
-}
-
-/// An HTTP/1.1 connection and the request side of it, held by one request at a time.
-pub struct Http1Connection {
-    pub sender: Http1Sender,
-    pub driver: Http1Driver,
-}
-
-impl Http1Connection {
-    /// Drives the connection once: `true` once it has ended (closed by either side or failed).
-    pub fn poll_ended(&mut self, cx: &mut Context<'_>) -> bool {
-        self.driver.as_mut().poll(cx).is_ready()
-    }
 }
 
 struct Idle {
@@ -114,7 +97,8 @@ pub fn checkout(key: &PoolKey) -> Option<Pooled> {
 
 /// Returns an HTTP/1.1 connection whose last answer has been read in full.
 pub fn check_in(key: PoolKey, connection: Http1Connection) {
-    POOL.with(|pool| {
+    // A body dropped while its thread shuts down finds no pool: its connection just closes.
+    let _ = POOL.try_with(|pool| {
         let mut pool = pool.borrow_mut();
         let now = Instant::now();
         if now.duration_since(pool.swept) >= SWEEP_EVERY {
@@ -171,16 +155,4 @@ pub fn idle_count(key: &PoolKey) -> usize {
             .get(key)
             .map_or(0, |host| host.http1.len())
     })
-}
-
-/// Drives `connection` until it can take a request: `false` if it ended instead (the peer
-/// closed it while it sat idle).
-pub async fn ready(connection: &mut Http1Connection) -> bool {
-    std::future::poll_fn(|cx| {
-        if connection.poll_ended(cx) {
-            return Poll::Ready(false);
-        }
-        connection.sender.poll_ready(cx).map(|ready| ready.is_ok())
-    })
-    .await
 }

@@ -203,7 +203,7 @@ impl Caller {
         }
     }
 
-    async fn send(&self) -> Response<UpstreamBody> {
+    async fn try_send(&self) -> Result<Response<UpstreamBody>, UpstreamError> {
         self.client
             .post_json(
                 &self.tables.providers[0],
@@ -213,7 +213,10 @@ impl Caller {
                 Bytes::from_static(b"{\"model\":\"m\"}"),
             )
             .await
-            .unwrap()
+    }
+
+    async fn send(&self) -> Response<UpstreamBody> {
+        self.try_send().await.unwrap()
     }
 
     /// One call, its answer read to the end.
@@ -227,6 +230,15 @@ impl Caller {
             .unwrap()
             .to_bytes()
     }
+}
+
+/// Two calls, each answer read whole, took two connections: the first was not kept.
+async fn not_kept(port: u16, accepted: &AtomicUsize) {
+    let caller = Caller::new(port);
+    assert_eq!(caller.call().await, "{\"ok\":true}");
+    assert_eq!(pool::idle_count(&caller.key), 0);
+    assert_eq!(caller.call().await, "{\"ok\":true}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -271,11 +283,7 @@ async fn connection_close_and_close_delimited_answers_are_not_pooled() {
         } else {
             raw_upstream(|_| (UNTIL_EOF, Hangup::Now)).await
         };
-        let caller = Caller::new(port);
-        assert_eq!(caller.call().await, "{\"ok\":true}");
-        assert_eq!(pool::idle_count(&caller.key), 0);
-        assert_eq!(caller.call().await, "{\"ok\":true}");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        not_kept(port, &accepted).await;
     }
 }
 
@@ -296,4 +304,106 @@ async fn an_answer_abandoned_midway_closes_its_connection() {
     assert_eq!(pool::idle_count(&caller.key), 0);
     assert_eq!(caller.call().await, "{\"ok\":true}");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn chunked_bodies_decode_with_extensions_and_trailers_and_malformed_ones_fail() {
+    let decoded = http1::decode_all(
+        true,
+        b"5;name=value\r\nhello\r\n1\r\n!\r\n0\r\nx-checksum: abc\r\n\r\n",
+    );
+    assert_eq!(decoded.unwrap(), b"hello!");
+    for malformed in [
+        &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+        b"5\r\nhelloXX0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"11111111111111111\r\n",
+        b"\r\n",
+        b"-5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let decoded = http1::decode_all(true, malformed);
+        assert!(
+            decoded
+                .as_ref()
+                .is_err_and(|error| error.contains("malformed")),
+            "{:?}: {decoded:?}",
+            String::from_utf8_lossy(malformed)
+        );
+    }
+    // A size line that never ends is refused once it is longer than any real one.
+    let endless = [b'1'; 8 * 1024];
+    assert!(http1::decode_all(true, &endless).is_err_and(|error| error.contains("too long")));
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_bodiless_answers_keep_the_connection() {
+    const INTERIM: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+    const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
+    let (port, accepted) = raw_upstream(|_| (INTERIM, Hangup::Open)).await;
+    let caller = Caller::new(port);
+    assert_eq!(caller.call().await, "{\"ok\":true}");
+    assert_eq!(caller.call().await, "{\"ok\":true}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let (port, accepted) = raw_upstream(|_| (NO_CONTENT, Hangup::Open)).await;
+    let caller = Caller::new(port);
+    let response = caller.send().await;
+    assert_eq!(response.status(), http::StatusCode::NO_CONTENT);
+    assert!(http_body::Body::is_end_stream(response.body()));
+    drop(response);
+    assert_eq!(caller.call().await, "");
+    assert_eq!(pool::idle_count(&caller.key), 1);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_or_never_reused() {
+    const TWO_LENGTHS: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\ncontent-length: 12\r\n\r\n{\"ok\":true}";
+    const NOT_A_NUMBER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: +11\r\n\r\n{\"ok\":true}";
+    const BOTH: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"ok\"\r\n6\r\n:true}\r\n0\r\n\r\n";
+    for (answer, expected) in [
+        (TWO_LENGTHS, "two different"),
+        (NOT_A_NUMBER, "content-length"),
+    ] {
+        let (port, _) = if answer == TWO_LENGTHS {
+            raw_upstream(|_| (TWO_LENGTHS, Hangup::Open)).await
+        } else {
+            raw_upstream(|_| (NOT_A_NUMBER, Hangup::Open)).await
+        };
+        let caller = Caller::new(port);
+        let refused = caller.try_send().await;
+        assert!(
+            matches!(&refused, Err(UpstreamError::Reset(why)) if why.contains(expected)),
+            "{refused:?}"
+        );
+    }
+    // A transfer coding wins over a length, and the connection is not used again.
+    let (port, accepted) = raw_upstream(|_| (BOTH, Hangup::Open)).await;
+    not_kept(port, &accepted).await;
+}
+
+#[tokio::test]
+async fn a_head_larger_than_the_limit_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 4096];
+        let _ = socket.read(&mut request).await;
+        let _ = socket.write_all(b"HTTP/1.1 200 OK\r\n").await;
+        let header = format!("x-filler: {}\r\n", "a".repeat(1000));
+        for _ in 0..80 {
+            if socket.write_all(header.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let caller = Caller::new(port);
+    let refused = caller.try_send().await;
+    assert!(
+        matches!(&refused, Err(UpstreamError::Reset(why)) if why.contains("64 KiB")),
+        "{refused:?}"
+    );
 }

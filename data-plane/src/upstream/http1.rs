@@ -1,0 +1,483 @@
+//! HTTP/1.1 to an upstream, written for the one exchange the proxy makes: a POST with a body
+//! it holds whole, and an answer read head first and then body as it arrives. Driven by the
+//! request's own task, with one buffer per connection: a request is one vectored write and an
+//! answer's body leaves as slices of what was read. The answer is hostile input: its head is
+//! bounded and parsed by `httparse`, and its framing follows RFC 9112 §6.3 strictly — a
+//! length that is not a number, two lengths that differ, or a chunk that breaks the format
+//! fail the answer rather than guess.
+
+use std::future::Future as _;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroize;
+
+use super::pool::{self, Io, PoolKey};
+
+/// An answer's head may be this long at most (hyper's default limit too).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// Room made in a connection's buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// A chunk-size line (with any extensions) or a trailer line may be this long at most.
+const MAX_LINE: usize = 4 * 1024;
+/// All of an answer's trailers together.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the provider closed the connection {0}")]
+    Closed(&'static str),
+    #[error("the provider's answer is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// A connection and what has been read from it but not consumed yet.
+pub struct Http1Connection {
+    /// Boxed once per connection: a TLS session is a kilobyte, and the connection moves
+    /// between the pool, the request and its body.
+    io: Box<TokioIo<Io>>,
+    buffer: BytesMut,
+}
+
+/// An answer's status and headers, and how its body is framed.
+pub struct Head {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    framing: Framing,
+    /// The connection may carry another request once the body has been read.
+    reusable: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Framing {
+    Sized(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    UntilClose,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+}
+
+impl Http1Connection {
+    pub fn new(io: Io) -> Self {
+        Self {
+            io: Box::new(TokioIo::new(io)),
+            buffer: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry another request: its peer has not closed it and
+    /// sent nothing unasked.
+    pub async fn still_open(&mut self) -> bool {
+        if !self.buffer.is_empty() {
+            return false;
+        }
+        std::future::poll_fn(|cx| match self.poll_fill(cx) {
+            Poll::Pending => Poll::Ready(true),
+            Poll::Ready(_) => Poll::Ready(false),
+        })
+        .await
+    }
+
+    /// Writes a request: `head` (which it wipes afterwards: it holds the credential) and
+    /// `body`.
+    pub async fn send(&mut self, mut head: Vec<u8>, body: &[u8]) -> std::io::Result<()> {
+        let written = self.write_both(&head, body).await;
+        head.zeroize();
+        written?;
+        self.io.flush().await
+    }
+
+    async fn write_both(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+        let (mut head, mut body) = (head, body);
+        while !head.is_empty() || !body.is_empty() {
+            let slices = [IoSlice::new(head), IoSlice::new(body)];
+            let mut written = self.io.write_vectored(&slices).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let from_head = written.min(head.len());
+            head = &head[from_head..];
+            written -= from_head;
+            body = &body[written..];
+        }
+        Ok(())
+    }
+
+    /// Reads the answer's head (skipping interim 1xx answers).
+    pub async fn read_head(&mut self) -> Result<Head, Http1Error> {
+        loop {
+            if let Some(head) = self.parse_head()? {
+                if head.status.is_informational() {
+                    continue;
+                }
+                return Ok(head);
+            }
+            if self.buffer.len() >= MAX_HEAD_BYTES {
+                return Err(Http1Error::Malformed("its head is larger than 64 KiB"));
+            }
+            self.buffer.reserve(READ_CHUNK);
+            if self.io.read_buf(&mut self.buffer).await? == 0 {
+                return Err(Http1Error::Closed(if self.buffer.is_empty() {
+                    "before answering"
+                } else {
+                    "inside the answer's head"
+                }));
+            }
+        }
+    }
+
+    fn parse_head(&mut self) -> Result<Option<Head>, Http1Error> {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            &self.buffer,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Http1Error::Malformed("it has more than 100 headers"));
+            }
+            Err(_) => return Err(Http1Error::Malformed("its head is not HTTP/1.1")),
+        };
+        let status = response
+            .code
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or(Http1Error::Malformed("its status code"))?;
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        let mut length: Option<u64> = None;
+        let mut chunked = false;
+        let mut encoded = false;
+        let mut close = response.version != Some(1);
+        for header in response.headers.iter() {
+            let name = HeaderName::from_bytes(header.name.as_bytes())
+                .map_err(|_| Http1Error::Malformed("a header name"))?;
+            let value = HeaderValue::from_bytes(header.value)
+                .map_err(|_| Http1Error::Malformed("a header value"))?;
+            if name == http::header::CONTENT_LENGTH {
+                let parsed = content_length(header.value)?;
+                if length.is_some_and(|known| known != parsed) {
+                    return Err(Http1Error::Malformed(
+                        "two different content-length headers",
+                    ));
+                }
+                length = Some(parsed);
+            } else if name == http::header::TRANSFER_ENCODING {
+                encoded = true;
+                // Only the last coding says how the message ends.
+                chunked = header
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == http::header::CONNECTION {
+                close |= header
+                    .value
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+            }
+            headers.append(name, value);
+        }
+        self.buffer.advance(len);
+        let framing = if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            Framing::Done
+        } else if encoded {
+            // A length beside a transfer coding is ignored, and the connection not reused
+            // (RFC 9112 §6.3): it may be an attempt to smuggle a second answer.
+            close |= length.is_some();
+            if chunked {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::UntilClose
+            }
+        } else {
+            match length {
+                Some(0) => Framing::Done,
+                Some(length) => Framing::Sized(length),
+                None => Framing::UntilClose,
+            }
+        };
+        Ok(Some(Head {
+            status,
+            headers,
+            framing,
+            reusable: !close && framing != Framing::UntilClose,
+        }))
+    }
+
+    /// Reads more into the buffer: `Ok(0)` at the end of the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        self.buffer.reserve(READ_CHUNK);
+        std::pin::pin!(self.io.read_buf(&mut self.buffer)).poll(cx)
+    }
+}
+
+fn content_length(value: &[u8]) -> Result<u64, Http1Error> {
+    let malformed = Http1Error::Malformed("its content-length");
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(malformed);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|digits| digits.parse().ok())
+        .ok_or(malformed)
+}
+
+/// What one step of decoding the buffered bytes gave.
+enum Step {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+/// An HTTP/1.1 answer's body, read from its connection in the reader's task. Read to its end,
+/// the connection goes back to this thread's pool if it may carry another request.
+pub struct Http1Body {
+    connection: Option<Http1Connection>,
+    framing: Framing,
+    reusable: bool,
+    key: PoolKey,
+}
+
+impl Http1Body {
+    pub fn new(connection: Http1Connection, head: &Head, key: PoolKey) -> Self {
+        Self {
+            connection: Some(connection),
+            framing: head.framing,
+            reusable: head.reusable,
+            key,
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.framing == Framing::Done
+    }
+
+    pub fn exact_len(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Sized(left) => Some(left),
+            Framing::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
+        loop {
+            let Some(connection) = &mut self.connection else {
+                return Poll::Ready(None);
+            };
+            match decode(&mut self.framing, &mut connection.buffer) {
+                Ok(Step::Data(bytes)) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Ok(Step::End) => {
+                    self.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(error) => {
+                    self.connection = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+            match connection.poll_fill(cx) {
+                Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
+                    self.framing = Framing::Done;
+                    self.connection = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.connection = None;
+                    return Poll::Ready(Some(Err(Http1Error::Closed("before the answer's end"))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => {
+                    self.connection = None;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Http1Body {
+    /// The body has been read to its end: the connection goes back to the pool if it may
+    /// carry another request and holds nothing more.
+    fn release(&mut self) {
+        if let Some(connection) = self.connection.take()
+            && self.reusable
+            && connection.buffer.is_empty()
+        {
+            pool::check_in(self.key.clone(), connection);
+        }
+    }
+}
+
+impl Drop for Http1Body {
+    fn drop(&mut self) {
+        // A body known to be over (an answer without one) keeps its connection even when
+        // nobody read it; any other closes it, since the rest of it would still arrive.
+        if self.framing == Framing::Done {
+            self.release();
+        }
+    }
+}
+
+/// Decodes what `buffer` holds of a body framed as `framing`, moving the framing on.
+fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Http1Error> {
+    loop {
+        match *framing {
+            Framing::Done => return Ok(Step::End),
+            Framing::UntilClose if buffer.is_empty() => return Ok(Step::NeedMore),
+            Framing::UntilClose => return Ok(Step::Data(buffer.split().freeze())),
+            Framing::Sized(left) | Framing::Chunked(Chunk::Data(left)) => {
+                if buffer.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(buffer.len());
+                let left = left - take as u64;
+                *framing = match (*framing, left) {
+                    (Framing::Sized(_), 0) => Framing::Done,
+                    (Framing::Sized(_), left) => Framing::Sized(left),
+                    (_, 0) => Framing::Chunked(Chunk::DataEnd),
+                    (_, left) => Framing::Chunked(Chunk::Data(left)),
+                };
+                return Ok(Step::Data(buffer.split_to(take).freeze()));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buffer.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &buffer[..2] != b"\r\n" {
+                    return Err(Http1Error::Malformed("a chunk does not end in CRLF"));
+                }
+                buffer.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(line) = take_line(buffer, MAX_LINE)? else {
+                    return Ok(Step::NeedMore);
+                };
+                let size = chunk_size(&line)?;
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Trailers(seen)) => {
+                let Some(line) = take_line(buffer, MAX_LINE)? else {
+                    return Ok(Step::NeedMore);
+                };
+                let seen = seen + line.len();
+                if seen > MAX_TRAILERS {
+                    return Err(Http1Error::Malformed("its trailers are larger than 16 KiB"));
+                }
+                // Trailers carry nothing the client is given; the empty line ends them.
+                *framing = if line.is_empty() {
+                    Framing::Done
+                } else {
+                    Framing::Chunked(Chunk::Trailers(seen))
+                };
+            }
+        }
+    }
+}
+
+/// The next CRLF-terminated line of `buffer` (without its CRLF), consumed; `None` while it has
+/// not all arrived.
+fn take_line(buffer: &mut BytesMut, longest: usize) -> Result<Option<BytesMut>, Http1Error> {
+    let Some(end) = buffer.iter().take(longest + 2).position(|&b| b == b'\n') else {
+        return if buffer.len() > longest + 1 {
+            Err(Http1Error::Malformed("a chunk line is too long"))
+        } else {
+            Ok(None)
+        };
+    };
+    if end == 0 || buffer[end - 1] != b'\r' {
+        return Err(Http1Error::Malformed("a chunk line does not end in CRLF"));
+    }
+    let mut line = buffer.split_to(end + 1);
+    line.truncate(end - 1);
+    Ok(Some(line))
+}
+
+/// A chunk-size line's size: hex digits, then optional extensions after `;` (ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
+    let malformed = Http1Error::Malformed("a chunk size");
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii_end();
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(malformed);
+    }
+    digits.iter().try_fold(0_u64, |size, &digit| {
+        let value = char::from(digit)
+            .to_digit(16)
+            .ok_or(Http1Error::Malformed("a chunk size"))?;
+        Ok(size << 4 | u64::from(value))
+    })
+}
+
+/// The request head for a POST of `body_len` bytes to `path` with `headers`.
+pub fn encode_head(path: &str, headers: &HeaderMap, body_len: usize) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"content-length: ");
+    head.extend_from_slice(body_len.to_string().as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
+#[cfg(test)]
+pub(super) fn decode_all(framing_chunked: bool, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut framing = if framing_chunked {
+        Framing::Chunked(Chunk::Size)
+    } else {
+        Framing::Sized(bytes.len() as u64)
+    };
+    let mut buffer = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    loop {
+        match decode(&mut framing, &mut buffer).map_err(|e| e.to_string())? {
+            Step::Data(data) => out.extend_from_slice(&data),
+            Step::End => return Ok(out),
+            Step::NeedMore => return Err("needs more".to_owned()),
+        }
+    }
+}
