@@ -7,7 +7,7 @@
 //! fail the answer rather than guess.
 
 use std::future::Future as _;
-use std::io::IoSlice;
+use std::io::{IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::task::{Context, Poll};
 
@@ -29,6 +29,9 @@ const READ_CHUNK: usize = 8 * 1024;
 const MAX_LINE: usize = 4 * 1024;
 /// All of an answer's trailers together.
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Body slices shorter than this are copied out of the read buffer (an event of a stream, a
+/// whole small answer) rather than shared with it.
+const COPY_BELOW: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Http1Error {
@@ -162,6 +165,10 @@ impl Http1Connection {
             .code
             .and_then(|code| StatusCode::from_u16(code).ok())
             .ok_or(Http1Error::Malformed("its status code"))?;
+        // One copy of the head backs every header value (one allocation, not one per value),
+        // and leaves the read buffer this connection's alone.
+        let head = Bytes::copy_from_slice(&self.buffer[..len]);
+        let start = self.buffer.as_ptr() as usize;
         let mut headers = HeaderMap::with_capacity(response.headers.len());
         let mut length: Option<u64> = None;
         let mut chunked = false;
@@ -170,8 +177,10 @@ impl Http1Connection {
         for header in response.headers.iter() {
             let name = HeaderName::from_bytes(header.name.as_bytes())
                 .map_err(|_| Http1Error::Malformed("a header name"))?;
-            let value = HeaderValue::from_bytes(header.value)
-                .map_err(|_| Http1Error::Malformed("a header value"))?;
+            let offset = header.value.as_ptr() as usize - start;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(offset..offset + header.value.len()))
+                    .map_err(|_| Http1Error::Malformed("a header value"))?;
             if name == http::header::CONTENT_LENGTH {
                 let parsed = content_length(header.value)?;
                 if length.is_some_and(|known| known != parsed) {
@@ -352,22 +361,22 @@ fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Http1Err
         match *framing {
             Framing::Done => return Ok(Step::End),
             Framing::UntilClose if buffer.is_empty() => return Ok(Step::NeedMore),
-            Framing::UntilClose => return Ok(Step::Data(buffer.split().freeze())),
+            Framing::UntilClose => return Ok(Step::Data(take(buffer, buffer.len()))),
             Framing::Sized(left) | Framing::Chunked(Chunk::Data(left)) => {
                 if buffer.is_empty() {
                     return Ok(Step::NeedMore);
                 }
-                let take = usize::try_from(left)
+                let len = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(buffer.len());
-                let left = left - take as u64;
+                let left = left - len as u64;
                 *framing = match (*framing, left) {
                     (Framing::Sized(_), 0) => Framing::Done,
                     (Framing::Sized(_), left) => Framing::Sized(left),
                     (_, 0) => Framing::Chunked(Chunk::DataEnd),
                     (_, left) => Framing::Chunked(Chunk::Data(left)),
                 };
-                return Ok(Step::Data(buffer.split_to(take).freeze()));
+                return Ok(Step::Data(take(buffer, len)));
             }
             Framing::Chunked(Chunk::DataEnd) => {
                 if buffer.len() < 2 {
@@ -380,10 +389,11 @@ fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Http1Err
                 *framing = Framing::Chunked(Chunk::Size);
             }
             Framing::Chunked(Chunk::Size) => {
-                let Some(line) = take_line(buffer, MAX_LINE)? else {
+                let Some(end) = line_end(buffer, MAX_LINE)? else {
                     return Ok(Step::NeedMore);
                 };
-                let size = chunk_size(&line)?;
+                let size = chunk_size(&buffer[..end - 1])?;
+                buffer.advance(end + 1);
                 *framing = Framing::Chunked(if size == 0 {
                     Chunk::Trailers(0)
                 } else {
@@ -391,15 +401,17 @@ fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Http1Err
                 });
             }
             Framing::Chunked(Chunk::Trailers(seen)) => {
-                let Some(line) = take_line(buffer, MAX_LINE)? else {
+                let Some(end) = line_end(buffer, MAX_LINE)? else {
                     return Ok(Step::NeedMore);
                 };
-                let seen = seen + line.len();
+                buffer.advance(end + 1);
+                let line_len = end - 1;
+                let seen = seen + line_len;
                 if seen > MAX_TRAILERS {
                     return Err(Http1Error::Malformed("its trailers are larger than 16 KiB"));
                 }
                 // Trailers carry nothing the client is given; the empty line ends them.
-                *framing = if line.is_empty() {
+                *framing = if line_len == 0 {
                     Framing::Done
                 } else {
                     Framing::Chunked(Chunk::Trailers(seen))
@@ -409,9 +421,9 @@ fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Http1Err
     }
 }
 
-/// The next CRLF-terminated line of `buffer` (without its CRLF), consumed; `None` while it has
-/// not all arrived.
-fn take_line(buffer: &mut BytesMut, longest: usize) -> Result<Option<BytesMut>, Http1Error> {
+/// Where the next CRLF-terminated line of `buffer` ends: the index of its LF (its content is
+/// `buffer[..end - 1]`); `None` while it has not all arrived.
+fn line_end(buffer: &[u8], longest: usize) -> Result<Option<usize>, Http1Error> {
     let Some(end) = buffer.iter().take(longest + 2).position(|&b| b == b'\n') else {
         return if buffer.len() > longest + 1 {
             Err(Http1Error::Malformed("a chunk line is too long"))
@@ -422,9 +434,20 @@ fn take_line(buffer: &mut BytesMut, longest: usize) -> Result<Option<BytesMut>, 
     if end == 0 || buffer[end - 1] != b'\r' {
         return Err(Http1Error::Malformed("a chunk line does not end in CRLF"));
     }
-    let mut line = buffer.split_to(end + 1);
-    line.truncate(end - 1);
-    Ok(Some(line))
+    Ok(Some(end))
+}
+
+/// The first `len` buffered bytes, consumed. Small ones are copied out, so that the buffer
+/// stays its connection's alone and the next read reuses it; a large one is handed out as it
+/// lies, and the next read gets a fresh buffer.
+fn take(buffer: &mut BytesMut, len: usize) -> Bytes {
+    if len < COPY_BELOW {
+        let bytes = Bytes::copy_from_slice(&buffer[..len]);
+        buffer.advance(len);
+        bytes
+    } else {
+        buffer.split_to(len).freeze()
+    }
 }
 
 /// A chunk-size line's size: hex digits, then optional extensions after `;` (ignored).
@@ -459,7 +482,8 @@ pub fn encode_head(path: &str, headers: &HeaderMap, body_len: usize) -> Vec<u8> 
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"content-length: ");
-    head.extend_from_slice(body_len.to_string().as_bytes());
+    // Writing to a Vec cannot fail.
+    let _ = write!(head, "{body_len}");
     head.extend_from_slice(b"\r\n\r\n");
     head
 }

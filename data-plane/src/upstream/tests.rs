@@ -313,6 +313,15 @@ fn chunked_bodies_decode_with_extensions_and_trailers_and_malformed_ones_fail() 
         b"5;name=value\r\nhello\r\n1\r\n!\r\n0\r\nx-checksum: abc\r\n\r\n",
     );
     assert_eq!(decoded.unwrap(), b"hello!");
+    // Large slices leave the read buffer as they lie, small ones are copied: both whole.
+    let large = vec![b'x'; 10_000];
+    assert_eq!(http1::decode_all(false, &large).unwrap(), large);
+    let mut chunked = format!("{:x}\r\n", large.len()).into_bytes();
+    chunked.extend_from_slice(&large);
+    chunked.extend_from_slice(b"\r\n3\r\nend\r\n0\r\n\r\n");
+    let mut expected = large.clone();
+    expected.extend_from_slice(b"end");
+    assert_eq!(http1::decode_all(true, &chunked).unwrap(), expected);
     for malformed in [
         &b"zz\r\nhello\r\n0\r\n\r\n"[..],
         b"5\r\nhelloXX0\r\n\r\n",
