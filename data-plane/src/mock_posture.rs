@@ -21,6 +21,77 @@ pub fn message_chars(messages: &Value) -> usize {
     }
 }
 
+/// [`message_chars`] of the JSON in `raw`, counted as it is read rather than over a parsed
+/// value (a stream's estimate is spooled before its first byte leaves); `None` if it is not
+/// JSON.
+pub fn message_chars_of(raw: &[u8]) -> Option<usize> {
+    use serde::de::DeserializeSeed;
+    let mut reader = serde_json::Deserializer::from_slice(raw);
+    let chars = StringChars.deserialize(&mut reader).ok()?;
+    reader.end().ok()?;
+    Some(chars)
+}
+
+/// Sums the characters of every string value (not object keys) of whatever it reads.
+#[derive(Clone, Copy)]
+struct StringChars;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StringChars {
+    type Value = usize;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, reader: D) -> Result<usize, D::Error> {
+        reader.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for StringChars {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<usize, E> {
+        Ok(text.chars().count())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<usize, A::Error> {
+        let mut chars = 0;
+        while let Some(more) = items.next_element_seed(self)? {
+            chars += more;
+        }
+        Ok(chars)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let mut chars = 0;
+        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            chars += map.next_value_seed(self)?;
+        }
+        Ok(chars)
+    }
+}
+
 pub struct MockAnswer {
     pub body: String,
     pub prompt_tokens: u64,
@@ -396,6 +467,25 @@ pub fn embeddings(inputs: &[String], model: &str, dimensions: usize) -> MockAnsw
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn counting_while_reading_matches_counting_the_parsed_value() {
+        for raw in [
+            r#"[{"role":"user","content":"héllo \"wörld\" \u00e9"}]"#,
+            r#"[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"data:x"}}],"n":1.5,"b":true,"z":null}]"#,
+            r#""plain""#,
+            "[]",
+        ] {
+            let parsed: Value = serde_json::from_str(raw).unwrap();
+            assert_eq!(
+                message_chars_of(raw.as_bytes()),
+                Some(message_chars(&parsed)),
+                "{raw}"
+            );
+        }
+        assert_eq!(message_chars_of(b"[1, 2"), None);
+        assert_eq!(message_chars_of(b"[] trailing"), None);
+    }
     use super::*;
 
     fn body() -> Value {

@@ -100,12 +100,12 @@ impl UsageDraft {
         if let Some(known) = self.prompt_estimate {
             return known;
         }
-        let messages = self
+        let chars = self
             .prompt
             .as_ref()
-            .and_then(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
+            .and_then(|raw| crate::mock_posture::message_chars_of(raw))
             .unwrap_or_default();
-        let estimate = estimate_tokens(crate::mock_posture::message_chars(&messages));
+        let estimate = estimate_tokens(chars);
         self.prompt_estimate = Some(estimate);
         estimate
     }
