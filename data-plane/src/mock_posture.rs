@@ -467,6 +467,7 @@ pub fn embeddings(inputs: &[String], model: &str, dimensions: usize) -> MockAnsw
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn counting_while_reading_matches_counting_the_parsed_value() {
@@ -486,7 +487,6 @@ mod tests {
         assert_eq!(message_chars_of(b"[1, 2"), None);
         assert_eq!(message_chars_of(b"[] trailing"), None);
     }
-    use super::*;
 
     fn body() -> Value {
         serde_json::from_str(r#"[{"role":"user","content":"Hello there"}]"#).unwrap()

@@ -470,7 +470,11 @@ fn chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
 }
 
 /// The request head for a POST of `body_len` bytes to `path` with `headers`.
-pub fn encode_head(path: &str, headers: &HeaderMap, body_len: usize) -> Vec<u8> {
+pub fn encode_head<'a>(
+    path: &str,
+    headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    body_len: usize,
+) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"POST ");
     head.extend_from_slice(path.as_bytes());

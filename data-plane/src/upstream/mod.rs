@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use http_body_util::Full;
 use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::Connection as _;
@@ -73,11 +73,49 @@ enum Attempt {
     Failed(String),
 }
 
-/// A request as it goes out, over either protocol.
+/// A request as it goes out, over either protocol: its headers are read straight from the
+/// provider record, never gathered into a map for HTTP/1.1.
 struct Outgoing<'a> {
     uri: &'a Uri,
-    headers: HeaderMap,
+    provider: &'a ProviderEntry,
+    accept: HeaderValue,
+    /// The credential header, its value marked sensitive.
+    credential: Option<(HeaderName, HeaderValue)>,
     body: Bytes,
+}
+
+static CONTENT_TYPE: HeaderName = header::CONTENT_TYPE;
+static ACCEPT: HeaderName = header::ACCEPT;
+static USER_AGENT: HeaderName = header::USER_AGENT;
+static HOST: HeaderName = header::HOST;
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+static SLUICE: HeaderValue =
+    HeaderValue::from_static(concat!("sluice/", env!("CARGO_PKG_VERSION")));
+
+impl Outgoing<'_> {
+    /// Every header the request carries, each name once: the provider's extra headers (the
+    /// last of a repeated name), then Sluice's own, which replace an extra header of their
+    /// name.
+    fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let own = [
+            (&CONTENT_TYPE, &JSON),
+            (&ACCEPT, &self.accept),
+            (&USER_AGENT, &SLUICE),
+            (&HOST, &self.provider.host_header),
+        ]
+        .into_iter()
+        .chain(self.credential.as_ref().map(|(name, value)| (name, value)));
+        let extra = &self.provider.extra_headers;
+        let kept = extra.iter().enumerate().filter(move |(index, (name, _))| {
+            let repeated = extra[index + 1..].iter().any(|(later, _)| later == name);
+            let replaced = [&CONTENT_TYPE, &ACCEPT, &USER_AGENT, &HOST]
+                .into_iter()
+                .chain(self.credential.as_ref().map(|(own, _)| own))
+                .any(|own| own == name);
+            !repeated && !replaced
+        });
+        kept.map(|(_, (name, value))| (name, value)).chain(own)
+    }
 }
 
 /// Tells the pools of different clients apart (a process normally has one).
@@ -156,26 +194,24 @@ impl UpstreamClient {
         accept: &'static str,
         body: Bytes,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut headers = HeaderMap::with_capacity(8 + provider.extra_headers.len());
-        for (name, value) in &provider.extra_headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        set_fixed_headers(&mut headers, accept);
-        headers.insert(header::HOST, provider.host_header.clone());
-        if let Some(credential) = credential {
-            let (name, prefix): (HeaderName, &[u8]) = match &provider.credential_header {
-                CredentialHeader::Bearer => (header::AUTHORIZATION, b"Bearer "),
-                CredentialHeader::Named(name) => (name.clone(), b""),
-            };
-            let mut value = Vec::with_capacity(prefix.len() + credential.expose().len());
-            value.extend_from_slice(prefix);
-            value.extend_from_slice(credential.expose().as_bytes());
-            let mut value = HeaderValue::from_maybe_shared(Bytes::from(value)).map_err(|_| {
-                UpstreamError::BadUrl("provider key cannot travel in a header".to_owned())
-            })?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
+        let credential = match credential {
+            None => None,
+            Some(credential) => {
+                let (name, prefix): (HeaderName, &[u8]) = match &provider.credential_header {
+                    CredentialHeader::Bearer => (header::AUTHORIZATION, b"Bearer "),
+                    CredentialHeader::Named(name) => (name.clone(), b""),
+                };
+                let mut value = Vec::with_capacity(prefix.len() + credential.expose().len());
+                value.extend_from_slice(prefix);
+                value.extend_from_slice(credential.expose().as_bytes());
+                let mut value =
+                    HeaderValue::from_maybe_shared(Bytes::from(value)).map_err(|_| {
+                        UpstreamError::BadUrl("provider key cannot travel in a header".to_owned())
+                    })?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+        };
         let key = PoolKey {
             client: self.id,
             tls: match uri.scheme_str() {
@@ -189,7 +225,13 @@ impl UpstreamClient {
                 .cloned()
                 .ok_or_else(|| UpstreamError::BadUrl(format!("{uri} names no host")))?,
         };
-        let outgoing = Outgoing { uri, headers, body };
+        let outgoing = Outgoing {
+            uri,
+            provider,
+            accept: HeaderValue::from_static(accept),
+            credential,
+            body,
+        };
         match tokio::time::timeout(provider.timeout, self.send(key, &outgoing)).await {
             Ok(sent) => sent,
             Err(_) => Err(UpstreamError::Timeout(provider.timeout)),
@@ -275,7 +317,7 @@ async fn send_http1(
         .uri
         .path_and_query()
         .map_or("/", |path| path.as_str());
-    let head = http1::encode_head(path, &outgoing.headers, outgoing.body.len());
+    let head = http1::encode_head(path, outgoing.headers(), outgoing.body.len());
     if let Err(error) = connection.send(head, &outgoing.body).await {
         // A pooled connection that the provider had closed refuses the write outright: the
         // request never reached it and can go on another connection.
@@ -301,9 +343,13 @@ async fn send_http2(mut sender: Http2Sender, outgoing: &Outgoing<'_>) -> Attempt
     let mut request = Request::new(Full::new(outgoing.body.clone()));
     *request.method_mut() = Method::POST;
     *request.uri_mut() = outgoing.uri.clone();
-    *request.headers_mut() = outgoing.headers.clone();
-    // HTTP/2 names the authority in its own pseudo-header.
-    request.headers_mut().remove(header::HOST);
+    let headers = request.headers_mut();
+    for (name, value) in outgoing.headers() {
+        // HTTP/2 names the authority in its own pseudo-header.
+        if name != header::HOST {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
     match sender.try_send_request(request).await {
         Ok(response) => Attempt::Answered(response.map(UpstreamBody::http2)),
         Err(mut error) => match error.take_message() {
@@ -317,18 +363,6 @@ impl Default for UpstreamClient {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn set_fixed_headers(headers: &mut HeaderMap, accept: &'static str) {
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
-    headers.insert(
-        header::USER_AGENT,
-        HeaderValue::from_static(concat!("sluice/", env!("CARGO_PKG_VERSION"))),
-    );
 }
 
 /// The connector's refusal to go where the provider may not, if that is why the call failed.

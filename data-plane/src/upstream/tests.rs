@@ -1,3 +1,7 @@
+//! The upstream client against real sockets: address checks, connection reuse and hang-ups,
+//! and HTTP/1.1 framing as hostile upstreams send it.
+#![cfg(test)]
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
