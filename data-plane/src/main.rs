@@ -165,6 +165,7 @@ fn run(
         let limits = ServerLimits {
             max_connections: settings.max_connections,
             header_read_timeout: settings.header_read_timeout,
+            idle_timeout: settings.idle_timeout,
             drain_timeout: DRAIN_TIMEOUT,
             workers: settings.workers,
         };

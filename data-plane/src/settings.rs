@@ -27,6 +27,10 @@ pub struct Settings {
     pub proxy_id: Option<String>,
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests. Longer than a load
+    /// balancer's own idle timeout (60 s on the common ones), so the balancer, not the proxy,
+    /// closes an idle connection and never sends a request onto one the proxy just closed.
+    pub idle_timeout: Duration,
     pub max_connections: usize,
     /// Serving threads, each with its own runtime, connections and upstream pool (default:
     /// one per CPU the process may use).
@@ -63,6 +67,7 @@ struct FileSettings {
     proxy_id: Option<String>,
     max_body_bytes: Option<usize>,
     header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     workers: Option<usize>,
     upstream_hosts: Option<Vec<String>>,
@@ -94,6 +99,7 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_ID",
     "SLUICE_PROXY_MAX_BODY_BYTES",
     "SLUICE_PROXY_HEADER_READ_TIMEOUT_MS",
+    "SLUICE_PROXY_IDLE_TIMEOUT_MS",
     "SLUICE_PROXY_MAX_CONNECTIONS",
     "SLUICE_PROXY_WORKERS",
     "SLUICE_PROXY_UPSTREAM_HOSTS",
@@ -190,6 +196,12 @@ impl Settings {
                 take("SLUICE_PROXY_HEADER_READ_TIMEOUT_MS"),
                 file_settings.header_read_timeout_ms,
                 10_000,
+            )?),
+            idle_timeout: Duration::from_millis(number(
+                "SLUICE_PROXY_IDLE_TIMEOUT_MS",
+                take("SLUICE_PROXY_IDLE_TIMEOUT_MS"),
+                file_settings.idle_timeout_ms,
+                75_000,
             )?),
             max_connections: usize::try_from(number(
                 "SLUICE_PROXY_MAX_CONNECTIONS",
@@ -322,12 +334,13 @@ impl Settings {
             ));
         }
         if self.header_read_timeout.is_zero()
+            || self.idle_timeout.is_zero()
             || self.usage_flush_interval.is_zero()
             || self.lease_refresh_interval.is_zero()
             || self.default_max_output_tokens == 0
         {
             return Err(invalid(
-                "header_read_timeout_ms / usage_flush_interval_ms / lease_refresh_interval_ms / default_max_output_tokens",
+                "header_read_timeout_ms / idle_timeout_ms / usage_flush_interval_ms / lease_refresh_interval_ms / default_max_output_tokens",
                 "must be above 0",
             ));
         }

@@ -1,8 +1,7 @@
 //! `GET /v1/models`: the models the caller's key may use, in OpenAI's list shape. OpenAI's
 //! SDKs send the key as a Bearer token; errors in OpenAI's shape.
 
-use http::{HeaderValue, Request, Response, header};
-use hyper::body::Incoming;
+use http::{HeaderMap, HeaderValue, Response, header};
 use serde_json::json;
 use sluice_shared::error_code::ErrorCode;
 
@@ -11,17 +10,14 @@ use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
 use crate::pipeline::identify::authenticate_key;
 
-pub fn list(
-    gateway: &Gateway,
-    request: &Request<Incoming>,
-) -> Result<Response<Body>, GatewayError> {
+pub fn list(gateway: &Gateway, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
     let tables = gateway.tables.load_full().ok_or_else(|| {
         GatewayError::new(
             ErrorCode::NotReady,
             "this proxy has no config yet; retry shortly",
         )
     })?;
-    let key = crate::pipeline::identify::bearer(request.headers());
+    let key = crate::pipeline::identify::bearer(headers);
     let caller = authenticate_key(&tables, key, sluice_shared::time::now_us())?;
     let mut data: Vec<_> = tables
         .org_models(&caller.project.org_id)

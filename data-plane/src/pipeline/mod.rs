@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use sluice_shared::error_code::ErrorCode;
 
 use crate::error_response::{ErrorShape, GatewayError};
@@ -24,6 +23,7 @@ use crate::http_body::Body;
 use crate::metering::draft::UsageDraft;
 use crate::operation::Operation;
 use crate::pipeline::identify::{KeyLocation, identify, resolve_model};
+use crate::request::body::RequestBody;
 use crate::request::fields::ChatRequest;
 use crate::routing::tables::Posture;
 
@@ -43,7 +43,7 @@ pub struct Endpoint {
 /// answered in the endpoint's shape (`endpoint.shape`) by the caller.
 pub async fn serve(
     gateway: &Arc<Gateway>,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     request_id: &str,
     endpoint: &Endpoint,
     path_model: &str,

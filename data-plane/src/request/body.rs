@@ -1,5 +1,7 @@
-//! Reading a request body: bounded, in one piece when it arrived in one, and a refused body
-//! drained before its error is answered.
+//! A request's body as the request path gets it: read whole by the HTTP/1.1 connection
+//! before the request was routed (or refused there, for its size or its form), or read here
+//! from HTTP/2 as it arrives — bounded, in one piece when it arrived in one, and a refused
+//! one drained before its error is answered.
 
 use bytes::Bytes;
 use http::header;
@@ -9,11 +11,24 @@ use sluice_shared::error_code::ErrorCode;
 
 use crate::error_response::GatewayError;
 
+/// A request body, by the protocol that carried it.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// HTTP/1.1: read whole by the connection.
+    Whole(Bytes),
+    /// HTTP/1.1: longer than the limit, and left unread.
+    TooLarge,
+    /// HTTP/1.1: its chunks broke their format, or it stopped arriving.
+    Unreadable,
+    /// HTTP/2: read as it arrives.
+    Streaming(Incoming),
+}
+
 /// The whole request body, at most `limit` bytes (413 beyond, after draining the rest).
 pub async fn read(
     limit: usize,
     headers: &http::HeaderMap,
-    mut body: Incoming,
+    body: RequestBody,
 ) -> Result<Bytes, GatewayError> {
     let too_large = || {
         GatewayError::new(
@@ -21,12 +36,24 @@ pub async fn read(
             format!("request body over {limit} bytes"),
         )
     };
+    let unreadable = || {
+        GatewayError::new(
+            ErrorCode::InvalidRequest,
+            "the request body could not be read",
+        )
+    };
+    let mut body = match body {
+        RequestBody::Whole(bytes) => return Ok(bytes),
+        RequestBody::TooLarge => return Err(too_large()),
+        RequestBody::Unreadable => return Err(unreadable()),
+        RequestBody::Streaming(body) => body,
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        drain_refused(body).await;
+        drain_refused(RequestBody::Streaming(body)).await;
         return Err(too_large());
     }
     // The common case, a body that arrives as one chunk, is kept as it is: no copy.
@@ -34,16 +61,11 @@ pub async fn read(
     let mut joined: Vec<u8> = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| {
-            GatewayError::new(
-                ErrorCode::InvalidRequest,
-                "the request body could not be read",
-            )
-        })?;
+        let frame = frame.map_err(|_| unreadable())?;
         if let Ok(data) = frame.into_data() {
             total += data.len();
             if total > limit {
-                drain_refused(body).await;
+                drain_refused(RequestBody::Streaming(body)).await;
                 return Err(too_large());
             }
             match first.take() {
@@ -63,10 +85,12 @@ pub async fn read(
 const MAX_DRAIN_BYTES: usize = 64 * 1024 * 1024;
 const MAX_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads what is left of a refused request body (bounded in bytes and time) before the error
-/// is answered: a socket closed with the client's data unread is reset, and the client would
-/// see a broken connection instead of the 413.
-pub async fn drain_refused(mut body: Incoming) {
+/// Reads what is left of a refused HTTP/2 request body (bounded in bytes and time) before the
+/// error is answered. (An HTTP/1.1 connection drains an unread body itself before it closes.)
+pub async fn drain_refused(body: RequestBody) {
+    let RequestBody::Streaming(mut body) = body else {
+        return;
+    };
     let drained = async {
         let mut left = MAX_DRAIN_BYTES;
         while let Some(Ok(frame)) = body.frame().await {

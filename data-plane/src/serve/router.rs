@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde_json::json;
 use sluice_shared::error_code::ErrorCode;
 
@@ -15,8 +14,10 @@ use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
 use crate::pipeline::{Endpoint, serve};
+use crate::request::body::RequestBody;
+use crate::serve::http1::head::Refused;
 
-pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Response<Body> {
     let request_id = sluice_shared::ids::new_id();
     let path = request.uri().path();
     if path.starts_with("/v1/") || path.starts_with("/v1beta/") {
@@ -26,9 +27,8 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
             .fetch_add(1, Ordering::Relaxed);
     }
     let result = match (request.method(), path) {
-        (&Method::GET, _) if path.starts_with("/.sluice/refused/") => Err(refused(path)),
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".to_owned())),
-        (&Method::GET, "/readyz") => Ok(readiness(&gateway)),
+        (&Method::GET, "/readyz") => Ok(readiness(gateway)),
         (&Method::GET, "/metrics") => Ok(text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -39,32 +39,32 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
             ),
         )),
         (&Method::POST, "/v1/chat/completions") => {
-            serve(&gateway, request, &request_id, &chat_completions::ENDPOINT, "")
+            serve(gateway, request, &request_id, &chat_completions::ENDPOINT, "")
                 .await
                 .map_err(in_shape_of(&chat_completions::ENDPOINT))
         }
         (&Method::POST, "/v1/embeddings") => {
-            serve(&gateway, request, &request_id, &embeddings::ENDPOINT, "")
+            serve(gateway, request, &request_id, &embeddings::ENDPOINT, "")
                 .await
                 .map_err(in_shape_of(&embeddings::ENDPOINT))
         }
         (&Method::POST, "/v1/messages") => {
-            serve(&gateway, request, &request_id, &messages::ENDPOINT, "")
+            serve(gateway, request, &request_id, &messages::ENDPOINT, "")
                 .await
                 .map_err(in_shape_of(&messages::ENDPOINT))
         }
         (&Method::POST, "/v1/responses") => {
-            serve(&gateway, request, &request_id, &responses::ENDPOINT, "")
+            serve(gateway, request, &request_id, &responses::ENDPOINT, "")
                 .await
                 .map_err(in_shape_of(&responses::ENDPOINT))
         }
-        (&Method::GET, "/v1/models") => models::list(&gateway, &request),
+        (&Method::GET, "/v1/models") => models::list(gateway, request.headers()),
         // The model a Gemini path names is parsed here, once.
         (&Method::POST, _) if let Some((model, method)) = generate_content::route(path) => {
             match generate_content::endpoint(method) {
                 Some(endpoint) => {
                     let model = model.to_owned();
-                    serve(&gateway, request, &request_id, endpoint, &model)
+                    serve(gateway, request, &request_id, endpoint, &model)
                 .await
                 .map_err(in_shape_of(endpoint))
                 }
@@ -93,11 +93,36 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
             ),
         )),
     };
+    answered(gateway, result, &request_id)
+}
+
+/// The answer to a request head the connection refused (`http1::head`), in the shape of the
+/// endpoint it was for.
+pub fn refused(gateway: &Gateway, refused: Refused) -> Response<Body> {
+    let code = if refused.refusal.is_size() {
+        ErrorCode::HeadersTooLarge
+    } else {
+        ErrorCode::InvalidRequest
+    };
+    let error = GatewayError::new(
+        code,
+        format!("malformed request: {}", refused.refusal.message()),
+    )
+    .in_shape(refused.shape);
+    answered(gateway, Err(error), &sluice_shared::ids::new_id())
+}
+
+/// Every answer: an error counted and rendered, and the request id on it.
+fn answered(
+    gateway: &Gateway,
+    result: Result<Response<Body>, GatewayError>,
+    request_id: &str,
+) -> Response<Body> {
     let mut response = result.unwrap_or_else(|error| {
         gateway.metrics.count_error(error.code);
-        error.into_response(&request_id)
+        error.into_response(request_id)
     });
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
     response
@@ -106,23 +131,6 @@ pub async fn route(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respons
 /// An endpoint's errors are answered in its family's shape.
 fn in_shape_of(endpoint: &Endpoint) -> impl Fn(GatewayError) -> GatewayError + '_ {
     |error| error.in_shape(endpoint.shape)
-}
-
-/// The answer to a request head the connection's guard refused (`head_guard`), in the shape of
-/// the endpoint it was for; a path this process did not make is just not found.
-fn refused(path: &str) -> GatewayError {
-    match crate::serve::head_guard::read_refused(path) {
-        Some((refusal, shape)) => {
-            let code = if refusal.is_size() {
-                ErrorCode::HeadersTooLarge
-            } else {
-                ErrorCode::InvalidRequest
-            };
-            GatewayError::new(code, format!("malformed request: {}", refusal.message()))
-                .in_shape(shape)
-        }
-        None => GatewayError::new(ErrorCode::NotFound, format!("no route for {path}")),
-    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {

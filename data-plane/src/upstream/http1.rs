@@ -19,19 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroize;
 
 use super::pool::{self, Io, PoolKey};
+use crate::framing::{self, Framing, Malformed, Step, decode};
 
 /// An answer's head may be this long at most (hyper's default limit too).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Room made in a connection's buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
-/// A chunk-size line (with any extensions) or a trailer line may be this long at most.
-const MAX_LINE: usize = 4 * 1024;
-/// All of an answer's trailers together.
-const MAX_TRAILERS: usize = 16 * 1024;
-/// Body slices shorter than this are copied out of the read buffer (an event of a stream, a
-/// whole small answer) rather than shared with it.
-const COPY_BELOW: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Http1Error {
@@ -41,6 +35,12 @@ pub enum Http1Error {
     Closed(&'static str),
     #[error("the provider's answer is malformed: {0}")]
     Malformed(&'static str),
+}
+
+impl From<Malformed> for Http1Error {
+    fn from(Malformed(what): Malformed) -> Self {
+        Http1Error::Malformed(what)
+    }
 }
 
 /// A connection and what has been read from it but not consumed yet.
@@ -58,23 +58,6 @@ pub struct Head {
     framing: Framing,
     /// The connection may carry another request once the body has been read.
     reusable: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Framing {
-    Sized(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes the connection.
-    UntilClose,
-    Done,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers(usize),
 }
 
 impl Http1Connection {
@@ -182,7 +165,8 @@ impl Http1Connection {
                 HeaderValue::from_maybe_shared(head.slice(offset..offset + header.value.len()))
                     .map_err(|_| Http1Error::Malformed("a header value"))?;
             if name == http::header::CONTENT_LENGTH {
-                let parsed = content_length(header.value)?;
+                let parsed = framing::content_length(header.value)
+                    .ok_or(Http1Error::Malformed("its content-length"))?;
                 if length.is_some_and(|known| known != parsed) {
                     return Err(Http1Error::Malformed(
                         "two different content-length headers",
@@ -192,16 +176,9 @@ impl Http1Connection {
             } else if name == http::header::TRANSFER_ENCODING {
                 encoded = true;
                 // Only the last coding says how the message ends.
-                chunked = header
-                    .value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                chunked = framing::ends_chunked(header.value);
             } else if name == http::header::CONNECTION {
-                close |= header
-                    .value
-                    .split(|&b| b == b',')
-                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+                close |= framing::has_token(header.value, b"close");
             }
             headers.append(name, value);
         }
@@ -216,7 +193,7 @@ impl Http1Connection {
             // (RFC 9112 §6.3): it may be an attempt to smuggle a second answer.
             close |= length.is_some();
             if chunked {
-                Framing::Chunked(Chunk::Size)
+                Framing::CHUNKED
             } else {
                 Framing::UntilClose
             }
@@ -240,24 +217,6 @@ impl Http1Connection {
         self.buffer.reserve(READ_CHUNK);
         std::pin::pin!(self.io.read_buf(&mut self.buffer)).poll(cx)
     }
-}
-
-fn content_length(value: &[u8]) -> Result<u64, Http1Error> {
-    let malformed = Http1Error::Malformed("its content-length");
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return Err(malformed);
-    }
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|digits| digits.parse().ok())
-        .ok_or(malformed)
-}
-
-/// What one step of decoding the buffered bytes gave.
-enum Step {
-    Data(Bytes),
-    NeedMore,
-    End,
 }
 
 /// An HTTP/1.1 answer's body, read from its connection in the reader's task. Read to its end,
@@ -308,7 +267,7 @@ impl Http1Body {
                 Ok(Step::NeedMore) => {}
                 Err(error) => {
                     self.connection = None;
-                    return Poll::Ready(Some(Err(error)));
+                    return Poll::Ready(Some(Err(error.into())));
                 }
             }
             match connection.poll_fill(cx) {
@@ -355,120 +314,6 @@ impl Drop for Http1Body {
     }
 }
 
-/// Decodes what `buffer` holds of a body framed as `framing`, moving the framing on.
-fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Http1Error> {
-    loop {
-        match *framing {
-            Framing::Done => return Ok(Step::End),
-            Framing::UntilClose if buffer.is_empty() => return Ok(Step::NeedMore),
-            Framing::UntilClose => return Ok(Step::Data(take(buffer, buffer.len()))),
-            Framing::Sized(left) | Framing::Chunked(Chunk::Data(left)) => {
-                if buffer.is_empty() {
-                    return Ok(Step::NeedMore);
-                }
-                let len = usize::try_from(left)
-                    .unwrap_or(usize::MAX)
-                    .min(buffer.len());
-                let left = left - len as u64;
-                *framing = match (*framing, left) {
-                    (Framing::Sized(_), 0) => Framing::Done,
-                    (Framing::Sized(_), left) => Framing::Sized(left),
-                    (_, 0) => Framing::Chunked(Chunk::DataEnd),
-                    (_, left) => Framing::Chunked(Chunk::Data(left)),
-                };
-                return Ok(Step::Data(take(buffer, len)));
-            }
-            Framing::Chunked(Chunk::DataEnd) => {
-                if buffer.len() < 2 {
-                    return Ok(Step::NeedMore);
-                }
-                if &buffer[..2] != b"\r\n" {
-                    return Err(Http1Error::Malformed("a chunk does not end in CRLF"));
-                }
-                buffer.advance(2);
-                *framing = Framing::Chunked(Chunk::Size);
-            }
-            Framing::Chunked(Chunk::Size) => {
-                let Some(end) = line_end(buffer, MAX_LINE)? else {
-                    return Ok(Step::NeedMore);
-                };
-                let size = chunk_size(&buffer[..end - 1])?;
-                buffer.advance(end + 1);
-                *framing = Framing::Chunked(if size == 0 {
-                    Chunk::Trailers(0)
-                } else {
-                    Chunk::Data(size)
-                });
-            }
-            Framing::Chunked(Chunk::Trailers(seen)) => {
-                let Some(end) = line_end(buffer, MAX_LINE)? else {
-                    return Ok(Step::NeedMore);
-                };
-                buffer.advance(end + 1);
-                let line_len = end - 1;
-                let seen = seen + line_len;
-                if seen > MAX_TRAILERS {
-                    return Err(Http1Error::Malformed("its trailers are larger than 16 KiB"));
-                }
-                // Trailers carry nothing the client is given; the empty line ends them.
-                *framing = if line_len == 0 {
-                    Framing::Done
-                } else {
-                    Framing::Chunked(Chunk::Trailers(seen))
-                };
-            }
-        }
-    }
-}
-
-/// Where the next CRLF-terminated line of `buffer` ends: the index of its LF (its content is
-/// `buffer[..end - 1]`); `None` while it has not all arrived.
-fn line_end(buffer: &[u8], longest: usize) -> Result<Option<usize>, Http1Error> {
-    let Some(end) = buffer.iter().take(longest + 2).position(|&b| b == b'\n') else {
-        return if buffer.len() > longest + 1 {
-            Err(Http1Error::Malformed("a chunk line is too long"))
-        } else {
-            Ok(None)
-        };
-    };
-    if end == 0 || buffer[end - 1] != b'\r' {
-        return Err(Http1Error::Malformed("a chunk line does not end in CRLF"));
-    }
-    Ok(Some(end))
-}
-
-/// The first `len` buffered bytes, consumed. Small ones are copied out, so that the buffer
-/// stays its connection's alone and the next read reuses it; a large one is handed out as it
-/// lies, and the next read gets a fresh buffer.
-fn take(buffer: &mut BytesMut, len: usize) -> Bytes {
-    if len < COPY_BELOW {
-        let bytes = Bytes::copy_from_slice(&buffer[..len]);
-        buffer.advance(len);
-        bytes
-    } else {
-        buffer.split_to(len).freeze()
-    }
-}
-
-/// A chunk-size line's size: hex digits, then optional extensions after `;` (ignored).
-fn chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
-    let malformed = Http1Error::Malformed("a chunk size");
-    let digits = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii_end();
-    if digits.is_empty() || digits.len() > 16 {
-        return Err(malformed);
-    }
-    digits.iter().try_fold(0_u64, |size, &digit| {
-        let value = char::from(digit)
-            .to_digit(16)
-            .ok_or(Http1Error::Malformed("a chunk size"))?;
-        Ok(size << 4 | u64::from(value))
-    })
-}
-
 /// The request head for a POST of `body_len` bytes to `path` with `headers`.
 pub fn encode_head<'a>(
     path: &str,
@@ -490,22 +335,4 @@ pub fn encode_head<'a>(
     let _ = write!(head, "{body_len}");
     head.extend_from_slice(b"\r\n\r\n");
     head
-}
-
-#[cfg(test)]
-pub(super) fn decode_all(framing_chunked: bool, bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let mut framing = if framing_chunked {
-        Framing::Chunked(Chunk::Size)
-    } else {
-        Framing::Sized(bytes.len() as u64)
-    };
-    let mut buffer = BytesMut::from(bytes);
-    let mut out = Vec::new();
-    loop {
-        match decode(&mut framing, &mut buffer).map_err(|e| e.to_string())? {
-            Step::Data(data) => out.extend_from_slice(&data),
-            Step::End => return Ok(out),
-            Step::NeedMore => return Err("needs more".to_owned()),
-        }
-    }
 }

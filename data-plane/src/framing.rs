@@ -1,0 +1,264 @@
+//! How an HTTP/1.1 message body ends (RFC 9112 §6–7), and its bytes decoded from the one
+//! buffer of the connection that carries it: by length, in chunks (extensions skipped,
+//! trailers bounded and dropped) or until the connection closes. The proxy's server reads
+//! request bodies with it and its upstream client reads answers; both treat the bytes as
+//! hostile, so a chunk that breaks the format fails the message instead of being guessed at.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// A chunk-size line (with any extensions) or a trailer line may be this long at most.
+const MAX_LINE: usize = 4 * 1024;
+/// All of a message's trailers together.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Body slices shorter than this are copied out of the read buffer (an event of a stream, a
+/// whole small request) rather than shared with it, so the buffer is reused by the next read.
+const COPY_BELOW: usize = 4 * 1024;
+
+/// Where a body stands: how much is left, or where inside its chunks the next byte falls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Sized(u64),
+    Chunked(Chunk),
+    /// Until the peer closes the connection.
+    UntilClose,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+}
+
+impl Framing {
+    pub const CHUNKED: Framing = Framing::Chunked(Chunk::Size);
+}
+
+/// A body's bytes break its framing; the message cannot be read, nor its connection reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub &'static str);
+
+/// What one step of decoding the buffered bytes gave.
+#[derive(Debug)]
+pub enum Step {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+/// Decodes what `buffer` holds of a body framed as `framing`, moving the framing on.
+pub fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Malformed> {
+    loop {
+        match *framing {
+            Framing::Done => return Ok(Step::End),
+            Framing::UntilClose if buffer.is_empty() => return Ok(Step::NeedMore),
+            Framing::UntilClose => return Ok(Step::Data(take(buffer, buffer.len()))),
+            Framing::Sized(left) | Framing::Chunked(Chunk::Data(left)) => {
+                if buffer.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let len = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(buffer.len());
+                let left = left - len as u64;
+                *framing = match (*framing, left) {
+                    (Framing::Sized(_), 0) => Framing::Done,
+                    (Framing::Sized(_), left) => Framing::Sized(left),
+                    (_, 0) => Framing::Chunked(Chunk::DataEnd),
+                    (_, left) => Framing::Chunked(Chunk::Data(left)),
+                };
+                return Ok(Step::Data(take(buffer, len)));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buffer.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &buffer[..2] != b"\r\n" {
+                    return Err(Malformed("a chunk does not end in CRLF"));
+                }
+                buffer.advance(2);
+                *framing = Framing::CHUNKED;
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(end) = line_end(buffer, MAX_LINE)? else {
+                    return Ok(Step::NeedMore);
+                };
+                let size = chunk_size(&buffer[..end - 1])?;
+                buffer.advance(end + 1);
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Trailers(seen)) => {
+                let Some(end) = line_end(buffer, MAX_LINE)? else {
+                    return Ok(Step::NeedMore);
+                };
+                buffer.advance(end + 1);
+                let line_len = end - 1;
+                let seen = seen + line_len;
+                if seen > MAX_TRAILERS {
+                    return Err(Malformed("its trailers are larger than 16 KiB"));
+                }
+                // Trailers carry nothing either side needs; the empty line ends them.
+                *framing = if line_len == 0 {
+                    Framing::Done
+                } else {
+                    Framing::Chunked(Chunk::Trailers(seen))
+                };
+            }
+        }
+    }
+}
+
+/// Where the next CRLF-terminated line of `buffer` ends: the index of its LF (its content is
+/// `buffer[..end - 1]`); `None` while it has not all arrived.
+fn line_end(buffer: &[u8], longest: usize) -> Result<Option<usize>, Malformed> {
+    let Some(end) = buffer.iter().take(longest + 2).position(|&b| b == b'\n') else {
+        return if buffer.len() > longest + 1 {
+            Err(Malformed("a chunk line is too long"))
+        } else {
+            Ok(None)
+        };
+    };
+    if end == 0 || buffer[end - 1] != b'\r' {
+        return Err(Malformed("a chunk line does not end in CRLF"));
+    }
+    Ok(Some(end))
+}
+
+/// The first `len` buffered bytes, consumed. Small ones are copied out, so that the buffer
+/// stays its connection's alone and the next read reuses it; a large one is handed out as it
+/// lies, and the next read gets a fresh buffer.
+pub fn take(buffer: &mut BytesMut, len: usize) -> Bytes {
+    if len < COPY_BELOW {
+        let bytes = Bytes::copy_from_slice(&buffer[..len]);
+        buffer.advance(len);
+        bytes
+    } else {
+        buffer.split_to(len).freeze()
+    }
+}
+
+/// A chunk-size line's size: hex digits, then optional extensions after `;` or whitespace
+/// (ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let malformed = Malformed("a chunk size");
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii_end();
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(malformed);
+    }
+    digits.iter().try_fold(0_u64, |size, &digit| {
+        let value = char::from(digit).to_digit(16).ok_or(malformed)?;
+        Ok(size << 4 | u64::from(value))
+    })
+}
+
+/// A `Content-Length` value: ASCII digits only, no sign, no list, no overflow.
+pub fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0_u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether a `Transfer-Encoding` value ends in `chunked`: only the last coding says how the
+/// message ends.
+pub fn ends_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether a `Connection` value holds `token` (`close`, `keep-alive`).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(framing: Framing, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let mut framing = framing;
+        let mut buffer = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        loop {
+            match decode(&mut framing, &mut buffer).map_err(|e| e.to_string())? {
+                Step::Data(data) => out.extend_from_slice(&data),
+                Step::End => return Ok(out),
+                Step::NeedMore => return Err("needs more".to_owned()),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers_and_malformed_ones_fail() {
+        let decoded = decode_all(
+            Framing::CHUNKED,
+            b"5;name=value\r\nhello\r\n1\r\n!\r\n0\r\nx-checksum: abc\r\n\r\n",
+        );
+        assert_eq!(decoded.unwrap(), b"hello!");
+        // Large slices leave the read buffer as they lie, small ones are copied: both whole.
+        let large = vec![b'x'; 10_000];
+        assert_eq!(
+            decode_all(Framing::Sized(large.len() as u64), &large).unwrap(),
+            large
+        );
+        let mut chunked = format!("{:x}\r\n", large.len()).into_bytes();
+        chunked.extend_from_slice(&large);
+        chunked.extend_from_slice(b"\r\n3\r\nend\r\n0\r\n\r\n");
+        let mut expected = large.clone();
+        expected.extend_from_slice(b"end");
+        assert_eq!(decode_all(Framing::CHUNKED, &chunked).unwrap(), expected);
+        for malformed in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"11111111111111111\r\n",
+            b"\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+        ] {
+            let decoded = decode_all(Framing::CHUNKED, malformed);
+            assert!(
+                decoded.as_ref().is_err_and(|error| error != "needs more"),
+                "{:?}: {decoded:?}",
+                String::from_utf8_lossy(malformed)
+            );
+        }
+        // A size line that never ends is refused once it is longer than any real one.
+        let endless = [b'1'; 8 * 1024];
+        assert!(
+            decode_all(Framing::CHUNKED, &endless).is_err_and(|error| error.contains("too long"))
+        );
+    }
+
+    #[test]
+    fn header_values_read_as_the_rfc_says() {
+        assert_eq!(content_length(b"42"), Some(42));
+        for bad in [&b""[..], b"-1", b"4 2", b"5, 5", b"99999999999999999999999"] {
+            assert_eq!(content_length(bad), None, "{bad:?}");
+        }
+        assert!(ends_chunked(b"gzip, Chunked "));
+        assert!(!ends_chunked(b"chunked, gzip"));
+        assert!(has_token(b"keep-alive, Close", b"close"));
+        assert!(!has_token(b"closed", b"close"));
+    }
+}
