@@ -19,6 +19,27 @@ use crate::serve::http1::head::Refused;
 
 pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Response<Body> {
     let request_id = sluice_shared::ids::new_id();
+    // One call site for the model call: its future is most of a request's state, and every
+    // site would reserve room of its own in this one's.
+    let result = match destination(gateway, &request) {
+        Destination::Answered(result) => result,
+        Destination::Model(endpoint, path_model) => {
+            serve(gateway, request, &request_id, endpoint, &path_model)
+                .await
+                .map_err(|error| error.in_shape(endpoint.shape))
+        }
+    };
+    answered(gateway, result, &request_id)
+}
+
+/// Where a request goes: answered here at once, or a model call through an endpoint (with
+/// the model a Gemini path names).
+enum Destination {
+    Answered(Result<Response<Body>, GatewayError>),
+    Model(&'static Endpoint, String),
+}
+
+fn destination(gateway: &Gateway, request: &Request<RequestBody>) -> Destination {
     let path = request.uri().path();
     if path.starts_with("/v1/") || path.starts_with("/v1beta/") {
         gateway
@@ -26,7 +47,8 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
             .requests_total
             .fetch_add(1, Ordering::Relaxed);
     }
-    let result = match (request.method(), path) {
+    let model = |endpoint| Destination::Model(endpoint, String::new());
+    let answered = match (request.method(), path) {
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".to_owned())),
         (&Method::GET, "/readyz") => Ok(readiness(gateway)),
         (&Method::GET, "/metrics") => Ok(text(
@@ -38,36 +60,15 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
                 gateway.heap_stats.get().and_then(|read| read()),
             ),
         )),
-        (&Method::POST, "/v1/chat/completions") => {
-            serve(gateway, request, &request_id, &chat_completions::ENDPOINT, "")
-                .await
-                .map_err(in_shape_of(&chat_completions::ENDPOINT))
-        }
-        (&Method::POST, "/v1/embeddings") => {
-            serve(gateway, request, &request_id, &embeddings::ENDPOINT, "")
-                .await
-                .map_err(in_shape_of(&embeddings::ENDPOINT))
-        }
-        (&Method::POST, "/v1/messages") => {
-            serve(gateway, request, &request_id, &messages::ENDPOINT, "")
-                .await
-                .map_err(in_shape_of(&messages::ENDPOINT))
-        }
-        (&Method::POST, "/v1/responses") => {
-            serve(gateway, request, &request_id, &responses::ENDPOINT, "")
-                .await
-                .map_err(in_shape_of(&responses::ENDPOINT))
-        }
+        (&Method::POST, "/v1/chat/completions") => return model(&chat_completions::ENDPOINT),
+        (&Method::POST, "/v1/embeddings") => return model(&embeddings::ENDPOINT),
+        (&Method::POST, "/v1/messages") => return model(&messages::ENDPOINT),
+        (&Method::POST, "/v1/responses") => return model(&responses::ENDPOINT),
         (&Method::GET, "/v1/models") => models::list(gateway, request.headers()),
         // The model a Gemini path names is parsed here, once.
         (&Method::POST, _) if let Some((model, method)) = generate_content::route(path) => {
             match generate_content::endpoint(method) {
-                Some(endpoint) => {
-                    let model = model.to_owned();
-                    serve(gateway, request, &request_id, endpoint, &model)
-                .await
-                .map_err(in_shape_of(endpoint))
-                }
+                Some(endpoint) => return Destination::Model(endpoint, model.to_owned()),
                 None => Err(GatewayError::new(
                     ErrorCode::NotFound,
                     format!("no route for {path}: Gemini's generateContent and streamGenerateContent are served"),
@@ -93,7 +94,7 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
             ),
         )),
     };
-    answered(gateway, result, &request_id)
+    Destination::Answered(answered)
 }
 
 /// The answer to a request head the connection refused (`http1::head`), in the shape of the
@@ -126,11 +127,6 @@ fn answered(
         response.headers_mut().insert("x-request-id", value);
     }
     response
-}
-
-/// An endpoint's errors are answered in its family's shape.
-fn in_shape_of(endpoint: &Endpoint) -> impl Fn(GatewayError) -> GatewayError + '_ {
-    |error| error.in_shape(endpoint.shape)
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {

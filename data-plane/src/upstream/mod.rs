@@ -244,17 +244,23 @@ impl UpstreamClient {
         key: PoolKey,
         outgoing: &Outgoing<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        while let Some(pooled) = pool::checkout(&key) {
+        loop {
+            let (pooled, reused) = match pool::checkout(&key) {
+                Some(pooled) => (pooled, true),
+                // Connecting happens once per connection and its future is the largest of a
+                // request's: boxed, it takes no room in every request's state.
+                None => (Box::pin(self.connect(&key, outgoing.uri)).await?, false),
+            };
             let sent = match pooled {
                 Pooled::Http1(mut connection) => {
-                    if !connection.still_open().await {
+                    if reused && !connection.still_open().await {
                         continue;
                     }
-                    send_http1(&key, connection, true, outgoing).await
+                    send_http1(&key, connection, reused, outgoing).await
                 }
                 Pooled::Http2(sender) => {
                     let sent = send_http2(sender, outgoing).await;
-                    if matches!(sent, Attempt::Unsent) {
+                    if reused && matches!(sent, Attempt::Unsent) {
                         pool::forget_http2(&key);
                     }
                     sent
@@ -262,20 +268,15 @@ impl UpstreamClient {
             };
             match sent {
                 Attempt::Answered(response) => return Ok(response),
-                Attempt::Unsent => {}
+                Attempt::Unsent if reused => {}
+                Attempt::Unsent => {
+                    return Err(UpstreamError::Reset(
+                        "the provider closed a new connection before the request went out"
+                            .to_owned(),
+                    ));
+                }
                 Attempt::Failed(why) => return Err(UpstreamError::Reset(why)),
             }
-        }
-        let sent = match self.connect(&key, outgoing.uri).await? {
-            Pooled::Http1(connection) => send_http1(&key, connection, false, outgoing).await,
-            Pooled::Http2(sender) => send_http2(sender, outgoing).await,
-        };
-        match sent {
-            Attempt::Answered(response) => Ok(response),
-            Attempt::Unsent => Err(UpstreamError::Reset(
-                "the provider closed a new connection before the request went out".to_owned(),
-            )),
-            Attempt::Failed(why) => Err(UpstreamError::Reset(why)),
         }
     }
 

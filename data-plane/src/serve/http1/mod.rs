@@ -101,7 +101,9 @@ pub async fn serve(
         let (body, read_whole) = connection.read_body(&head, gateway.max_body_bytes).await;
         let keep_alive = head.keep_alive && read_whole;
         let request = Request::from_parts(head.parts, body);
-        let Some(answer) = connection.dispatch(router::route(&gateway, request)).await else {
+        // Polled where it lies: the request's whole state is in this future.
+        let routed = pin!(router::route(&gateway, request));
+        let Some(answer) = connection.dispatch(routed).await else {
             // The client left: the request was dropped, and its usage recorded so.
             return None;
         };
@@ -276,9 +278,8 @@ impl Connection {
     /// The answer to a request, unless the client leaves first.
     async fn dispatch(
         &mut self,
-        answer: impl Future<Output = Response<Body>>,
+        mut answer: Pin<&mut impl Future<Output = Response<Body>>>,
     ) -> Option<Response<Body>> {
-        let mut answer = pin!(answer);
         poll_fn(|cx| {
             if let Poll::Ready(answer) = answer.as_mut().poll(cx) {
                 return Poll::Ready(Some(answer));
