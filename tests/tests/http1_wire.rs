@@ -1,6 +1,6 @@
 //! The proxy's own HTTP/1.1 server over raw TCP, the way clients other than the SDKs speak it:
 //! pipelined requests answered in order, a streamed answer in chunks followed by another
-//! request on the same connection, `Expect: 100-continue`, HTTP/1.0 clients (kept alive only
+//! request on the same connection, `HEAD`, `Expect: 100-continue`, HTTP/1.0 clients (kept alive only
 //! when they ask, a stream ended by the close), and idle connections closed after the idle
 //! timeout while busy ones stay.
 
@@ -70,6 +70,15 @@ impl Wire {
     /// The next answer, its body decoded by its framing (a body without length or chunks
     /// ends where the connection does).
     async fn answer(&mut self) -> Answer {
+        self.read_answer(false).await
+    }
+
+    /// The next answer's head alone: the answer to a `HEAD` request has no body.
+    async fn answer_to_head(&mut self) -> Answer {
+        self.read_answer(true).await
+    }
+
+    async fn read_answer(&mut self, head_only: bool) -> Answer {
         let end = loop {
             if let Some(end) = self.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end;
@@ -91,7 +100,7 @@ impl Wire {
             headers,
             body: Vec::new(),
         };
-        if status == 100 {
+        if status == 100 || head_only {
             return answer;
         }
         if let Some(length) = answer.header("content-length") {
@@ -206,6 +215,16 @@ async fn the_http1_server_speaks_the_protocol_clients_use() {
     assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
     wire.send(&post(&key, &chat, "")).await;
     assert_eq!(wire.answer().await.status, 200);
+
+    // HEAD: the answer's head alone, so the next answer is read where it begins.
+    wire.send(
+        b"HEAD /v1/models HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let headed = wire.answer_to_head().await;
+    assert_eq!(headed.status, 405);
+    assert!(headed.header("content-length").is_some_and(|n| n != "0"));
+    assert_eq!(wire.answer().await.body, b"ok\n");
 
     // Expect: 100-continue: the interim answer comes before the body is sent.
     let request = post(&key, &chat, "Expect: 100-continue\r\n");

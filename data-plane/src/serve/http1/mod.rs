@@ -22,9 +22,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, Sleep};
@@ -49,6 +49,8 @@ const MAX_READ_AHEAD: usize = 64 * 1024;
 const MAX_WRITE: usize = 64 * 1024;
 /// Body slices this large are written from where they lie rather than copied.
 const WRITE_IN_PLACE: usize = 8 * 1024;
+/// How long a write may wait for a client that takes nothing.
+const WRITE_STALL: Duration = Duration::from_secs(60);
 /// Before a connection closes with a request body unread, what the client is still sending
 /// is read and dropped — so the close is clean and the client reads its answer instead of a
 /// reset — up to this much and this long.
@@ -88,7 +90,13 @@ pub async fn serve(
             Next::Head(head) => head,
             Next::Refused(refused) => {
                 let answer = router::refused(&gateway, refused);
-                connection.respond(answer, true, false, true).await;
+                let manner = Manner {
+                    http11: true,
+                    http10_keep_alive: false,
+                    close: true,
+                    head_only: false,
+                };
+                connection.respond(answer, manner).await;
                 connection.drain_input().await;
                 return None;
             }
@@ -97,6 +105,7 @@ pub async fn serve(
         };
         first = false;
         let http11 = head.parts.version == Version::HTTP_11;
+        let head_only = head.parts.method == Method::HEAD;
         let http10_keep_alive = head.keep_alive && !http11;
         let (body, read_whole) = connection.read_body(&head, gateway.max_body_bytes).await;
         let keep_alive = head.keep_alive && read_whole;
@@ -108,9 +117,13 @@ pub async fn serve(
             return None;
         };
         let close = !keep_alive || *connection.drain.borrow();
-        let answered = connection
-            .respond(answer, http11, http10_keep_alive, close)
-            .await;
+        let manner = Manner {
+            http11,
+            http10_keep_alive,
+            close,
+            head_only,
+        };
+        let answered = connection.respond(answer, manner).await;
         if !answered || close {
             if !read_whole {
                 connection.drain_input().await;
@@ -119,6 +132,18 @@ pub async fn serve(
         }
         waiting_since = Instant::now();
     }
+}
+
+/// How an answer goes back on this connection.
+#[derive(Debug, Clone, Copy)]
+struct Manner {
+    http11: bool,
+    /// An HTTP/1.0 client asked to keep the connection.
+    http10_keep_alive: bool,
+    /// The connection ends after this answer.
+    close: bool,
+    /// A `HEAD` request: the answer's head alone, its length as the body's would be.
+    head_only: bool,
 }
 
 // Moved once per request; boxing the head would cost an allocation per request instead.
@@ -294,21 +319,15 @@ impl Connection {
 
     /// Writes an answer: `close` says the connection ends after it. Whether it went out
     /// whole (if not, the connection is done).
-    async fn respond(
-        &mut self,
-        answer: Response<Body>,
-        http11: bool,
-        http10_keep_alive: bool,
-        close: bool,
-    ) -> bool {
+    async fn respond(&mut self, answer: Response<Body>, manner: Manner) -> bool {
         let (parts, mut body) = answer.into_parts();
         let exact = if body.is_end_stream() {
             Some(0)
         } else {
             body.size_hint().exact()
         };
-        let framing = BodyFraming::choose(parts.status, exact, http11);
-        let close = close || framing == BodyFraming::UntilClose;
+        let framing = BodyFraming::choose(parts.status, exact, manner.http11);
+        let close = manner.close || framing == BodyFraming::UntilClose;
         self.out.clear();
         encode_head(
             &mut self.out,
@@ -316,8 +335,11 @@ impl Connection {
             &parts.headers,
             framing,
             close,
-            http10_keep_alive && !close,
+            manner.http10_keep_alive && !close,
         );
+        if manner.head_only {
+            return self.flush().await.is_ok();
+        }
         let mut left = match framing {
             BodyFraming::None => return self.flush().await.is_ok(),
             BodyFraming::Length(length) => Some(length),
@@ -432,30 +454,12 @@ impl Connection {
             if watch_drain && self.draining.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Filled::Draining);
             }
-            if self.poll_deadline(cx, due).is_ready() {
+            if poll_due(&mut self.deadline, cx, due).is_ready() {
                 return Poll::Ready(Filled::TimedOut);
             }
             Poll::Pending
         })
         .await
-    }
-
-    /// Ready once `due` has passed. The one timer is moved earlier when it must be, and
-    /// later only when it fires before `due`.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>, due: Instant) -> Poll<()> {
-        let deadline = self
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-        if deadline.deadline() > due {
-            deadline.as_mut().reset(due);
-        }
-        while deadline.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= due {
-                return Poll::Ready(());
-            }
-            deadline.as_mut().reset(due);
-        }
-        Poll::Pending
     }
 
     /// Reads and drops what a client is still sending before its connection closes, within
@@ -475,33 +479,71 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        let result = write_parts(&mut self.stream, &self.out, &[]).await;
+        let result = write_parts(&mut self.stream, &mut self.deadline, &self.out, &[]).await;
         self.out.clear();
         result
     }
 
     /// Writes what is gathered and then `data`, in one call where the socket takes it.
     async fn write_with(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let result = write_parts(&mut self.stream, &self.out, data).await;
+        let result = write_parts(&mut self.stream, &mut self.deadline, &self.out, data).await;
         self.out.clear();
         result
     }
 
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        write_parts(&mut self.stream, bytes, &[]).await
+        write_parts(&mut self.stream, &mut self.deadline, bytes, &[]).await
     }
 }
 
-async fn write_parts(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> std::io::Result<()> {
+/// Ready once `due` has passed. The one timer of a connection is made when first needed,
+/// moved earlier when it must be, and later only when it fires before `due`.
+fn poll_due(
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    cx: &mut Context<'_>,
+    due: Instant,
+) -> Poll<()> {
+    let deadline = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+    if deadline.deadline() > due {
+        deadline.as_mut().reset(due);
+    }
+    while deadline.as_mut().poll(cx).is_ready() {
+        if Instant::now() >= due {
+            return Poll::Ready(());
+        }
+        deadline.as_mut().reset(due);
+    }
+    Poll::Pending
+}
+
+/// Writes `first` and then `second`, vectored; fails once the client has taken nothing for
+/// [`WRITE_STALL`] (a client that stops reading holds no connection and no request forever).
+async fn write_parts(
+    stream: &mut TcpStream,
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    first: &[u8],
+    second: &[u8],
+) -> std::io::Result<()> {
     let (mut first, mut second) = (first, second);
     while !first.is_empty() || !second.is_empty() {
-        let written = if second.is_empty() {
-            stream.write(first).await?
-        } else {
-            stream
-                .write_vectored(&[IoSlice::new(first), IoSlice::new(second)])
-                .await?
-        };
+        let mut stalled_since: Option<Instant> = None;
+        let written = poll_fn(|cx| {
+            let polled = if second.is_empty() {
+                Pin::new(&mut *stream).poll_write(cx, first)
+            } else {
+                let slices = [IoSlice::new(first), IoSlice::new(second)];
+                Pin::new(&mut *stream).poll_write_vectored(cx, &slices)
+            };
+            if polled.is_ready() {
+                return polled;
+            }
+            let since = *stalled_since.get_or_insert_with(Instant::now);
+            if poll_due(deadline, cx, since + WRITE_STALL).is_ready() {
+                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+            }
+            Poll::Pending
+        })
+        .await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -510,4 +552,59 @@ async fn write_parts(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> std
         second = &second[written - from_first..];
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A pair of connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (server, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_given_up_on_and_one_that_reads_is_not() {
+        let (mut server, client) = pair().await;
+        let mut deadline = None;
+        let big = vec![b'x'; 64 * 1024 * 1024];
+        let started = Instant::now();
+        let written = write_parts(&mut server, &mut deadline, b"head", &big).await;
+        assert_eq!(
+            written.map_err(|error| error.kind()),
+            Err(std::io::ErrorKind::TimedOut)
+        );
+        assert!(started.elapsed() >= WRITE_STALL);
+
+        // A reader that keeps taking what is written lets the same bytes through.
+        let (mut server, client_two) = pair().await;
+        drop(client);
+        let reader = tokio::spawn(async move {
+            let mut client = client_two;
+            let mut total = 0;
+            let mut buffer = vec![0_u8; 1 << 20];
+            while let Ok(read) = client.read(&mut buffer).await {
+                if read == 0 {
+                    break;
+                }
+                total += read;
+            }
+            total
+        });
+        let mut deadline = None;
+        write_parts(&mut server, &mut deadline, b"head", &big)
+            .await
+            .expect("a reading client takes it all");
+        drop(server);
+        assert_eq!(reader.await.expect("reader"), big.len() + 4);
+    }
 }
