@@ -15,6 +15,7 @@ pub mod processes;
 pub mod proxy;
 pub mod stacks;
 pub mod translated;
+pub mod wire;
 
 pub use control_plane::{Acme, ControlPlane, ControlPlaneBuilder, CtlOutput, ctl_at};
 pub use leftovers::{Leftovers, contains_bytes, files_under};

@@ -12,31 +12,9 @@ use serde_json::{Value, json};
 use sluice_e2e::ControlPlaneBuilder;
 use sluice_e2e::mock_openai::MockOpenAi;
 use sluice_e2e::proxy::{Http, ProxyBuilder};
+use sluice_e2e::wire::Answer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// One answer read off the wire.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
-            panic!("not JSON: {}", String::from_utf8_lossy(&self.body));
-        })
-    }
-}
 
 /// A client connection that reads answers one at a time, keeping what follows one.
 struct Wire {

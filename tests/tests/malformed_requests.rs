@@ -11,25 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_e2e::ControlPlaneBuilder;
 use sluice_e2e::proxy::{Http, ProxyBuilder};
+use sluice_e2e::wire::Answer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// One answer as read off the wire: status, headers (lower-cased names), body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 /// Sends `bytes` on a fresh connection and reads what comes back until the proxy closes or
 /// goes quiet; the first answer in it, if any.

@@ -56,29 +56,46 @@ pub async fn read(
         drain_refused(RequestBody::Streaming(body)).await;
         return Err(too_large());
     }
-    // The common case, a body that arrives as one chunk, is kept as it is: no copy.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
-    let mut total = 0usize;
+    let mut joined = Joined::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| unreadable())?;
-        if let Ok(data) = frame.into_data() {
-            total += data.len();
-            if total > limit {
-                drain_refused(RequestBody::Streaming(body)).await;
-                return Err(too_large());
-            }
-            match first.take() {
-                None if joined.is_empty() => first = Some(data),
-                None => joined.extend_from_slice(&data),
-                Some(earlier) => {
-                    joined.extend_from_slice(&earlier);
-                    joined.extend_from_slice(&data);
-                }
-            }
+        if let Ok(data) = frame.into_data()
+            && joined.push(data) > limit
+        {
+            drain_refused(RequestBody::Streaming(body)).await;
+            return Err(too_large());
         }
     }
-    Ok(first.unwrap_or_else(|| joined.into()))
+    Ok(joined.into_bytes())
+}
+
+/// A body's pieces joined as they arrive. The common case, a body that arrives in one piece,
+/// is kept as it is: no copy.
+#[derive(Default)]
+pub struct Joined {
+    first: Option<Bytes>,
+    rest: Vec<u8>,
+    len: usize,
+}
+
+impl Joined {
+    /// Adds a piece; the length so far.
+    pub fn push(&mut self, data: Bytes) -> usize {
+        self.len += data.len();
+        match self.first.take() {
+            None if self.rest.is_empty() => self.first = Some(data),
+            None => self.rest.extend_from_slice(&data),
+            Some(earlier) => {
+                self.rest.extend_from_slice(&earlier);
+                self.rest.extend_from_slice(&data);
+            }
+        }
+        self.len
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.first.unwrap_or_else(|| self.rest.into())
+    }
 }
 
 /// Most of a refused body that a client may still be sending is read and discarded.

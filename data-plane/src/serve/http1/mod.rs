@@ -34,7 +34,7 @@ use self::response::{BodyFraming, CHUNK_END, CONTINUE, LAST_CHUNK, chunk_start, 
 use crate::framing::{Framing, Step, decode};
 use crate::gateway::Gateway;
 use crate::http_body::Body;
-use crate::request::body::RequestBody;
+use crate::request::body::{Joined, RequestBody};
 use crate::serve::router;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -263,30 +263,15 @@ impl Connection {
         if head.expects_continue && self.input.is_empty() && self.write(CONTINUE).await.is_err() {
             return (RequestBody::Unreadable, false);
         }
-        // The common case, a body that arrives as one piece, is kept as it is: no copy.
-        let mut first: Option<Bytes> = None;
-        let mut joined: Vec<u8> = Vec::new();
-        let mut total = 0_usize;
+        let mut joined = Joined::default();
         loop {
             match decode(&mut framing, &mut self.input) {
                 Ok(Step::Data(data)) => {
-                    total += data.len();
-                    if total > limit {
+                    if joined.push(data) > limit {
                         return (RequestBody::TooLarge, false);
                     }
-                    match first.take() {
-                        None if joined.is_empty() => first = Some(data),
-                        None => joined.extend_from_slice(&data),
-                        Some(earlier) => {
-                            joined.extend_from_slice(&earlier);
-                            joined.extend_from_slice(&data);
-                        }
-                    }
                 }
-                Ok(Step::End) => {
-                    let body = first.unwrap_or_else(|| joined.into());
-                    return (RequestBody::Whole(body), true);
-                }
+                Ok(Step::End) => return (RequestBody::Whole(joined.into_bytes()), true),
                 Ok(Step::NeedMore) => {
                     if !matches!(
                         self.fill(Instant::now() + BODY_STALL, false).await,
