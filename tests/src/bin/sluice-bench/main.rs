@@ -705,7 +705,8 @@ async fn bench() {
             raw.child.id()
         );
         println!("sluice {sluice_url} pid {sluice_pid}");
-        println!("control plane pid {}", cp.pid());
+        println!("control plane {} pid {}", cp.url(), cp.pid());
+        println!("data-plane token {token}");
         println!("virtual key {key}");
         println!("body {REQUEST}");
         std::future::pending::<()>().await;
