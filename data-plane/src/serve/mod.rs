@@ -55,8 +55,12 @@ pub async fn serve(
     let mut handoffs = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
+        // Sockets and timers only: with signals and processes enabled too, every turn of a
+        // serving thread's driver also polled the signal driver and tried to reap orphaned
+        // child processes (both on the profile of a stream), work only `main` needs.
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .build()?;
         let (sender, receiver) = mpsc::unbounded_channel::<Handoff>();
         let gateway = gateway.clone();
