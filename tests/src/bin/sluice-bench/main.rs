@@ -500,7 +500,20 @@ fn summarize(mut latencies: Vec<Duration>, failed: usize, elapsed: Duration, cpu
     }
 }
 
-/// Median time from sending a streaming request to the first body bytes.
+/// Streams per side in each round: enough that 10 ms CPU ticks resolve a few µs per stream.
+const STREAMS: usize = 2000;
+
+/// One round of 22-event streams: the median first chunk and end of each side, and CPU per
+/// stream of nginx, the proxy and the control plane.
+struct StreamRound {
+    direct: (Duration, Duration),
+    nginx: (Duration, Duration),
+    sluice: (Duration, Duration),
+    nginx_cpu: Duration,
+    sluice_cpu: Duration,
+    cp_cpu: Duration,
+}
+
 /// The median time to a 22-event stream's first chunk and to its end, over `samples` streams
 /// one after another.
 async fn stream_times(url: &str, key: &str, samples: usize) -> (Duration, Duration) {
@@ -1088,6 +1101,9 @@ async fn against_nginx(
     let mut nginx_full = vec![Vec::new(); CONNECTIONS.len()];
     let mut sluice_full = vec![Vec::new(); CONNECTIONS.len()];
     let (mut direct_fixed, mut nginx_fixed, mut sluice_fixed) = (vec![], vec![], vec![]);
+    // Streams one at a time, in every round like the rest: one sample per side moved by
+    // ±30 % between runs on these shared cores.
+    let mut streams: Vec<StreamRound> = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         for (index, connections) in CONNECTIONS.into_iter().enumerate() {
             nginx_full[index].push(full_speed(&nginx_side, connections).await);
@@ -1097,17 +1113,30 @@ async fn against_nginx(
         direct_fixed.push(run(direct_url.clone(), 64, Some(rate)).await);
         nginx_fixed.push(run(nginx_url.clone(), 64, Some(rate)).await);
         sluice_fixed.push(run(sluice_url.to_owned(), 64, Some(rate)).await);
+        let direct = stream_times(&direct_url, key, STREAMS).await;
+        let before = cpu_of(&nginx_pids);
+        let nginx = stream_times(&nginx_url, key, STREAMS).await;
+        let nginx_cpu = (cpu_of(&nginx_pids) - before) / STREAMS as u32;
+        let (before, cp_before) = (cpu_of(sluice_pids), cpu_time(cp_pid));
+        let sluice = stream_times(sluice_url, key, STREAMS).await;
+        streams.push(StreamRound {
+            direct,
+            nginx,
+            sluice,
+            nginx_cpu,
+            sluice_cpu: (cpu_of(sluice_pids) - before) / STREAMS as u32,
+            cp_cpu: (cpu_time(cp_pid) - cp_before) / STREAMS as u32,
+        });
     }
-    // Enough streams that 10 ms CPU ticks resolve a few µs per stream.
-    const STREAMS: usize = 2000;
-    let direct_stream = stream_times(&direct_url, key, STREAMS).await;
-    let before = cpu_of(&nginx_pids);
-    let nginx_stream = stream_times(&nginx_url, key, STREAMS).await;
-    let nginx_stream_cpu = (cpu_of(&nginx_pids) - before) / STREAMS as u32;
-    let (before, cp_before) = (cpu_of(sluice_pids), cpu_time(cp_pid));
-    let sluice_stream = stream_times(sluice_url, key, STREAMS).await;
-    let sluice_stream_cpu = (cpu_of(sluice_pids) - before) / STREAMS as u32;
-    let cp_stream_cpu = (cpu_time(cp_pid) - cp_before) / STREAMS as u32;
+    let stream_median = |at: fn(&StreamRound) -> Duration| {
+        median_of(&mut streams.iter().map(at).collect::<Vec<_>>())
+    };
+    let direct_stream = (stream_median(|r| r.direct.0), stream_median(|r| r.direct.1));
+    let nginx_stream = (stream_median(|r| r.nginx.0), stream_median(|r| r.nginx.1));
+    let sluice_stream = (stream_median(|r| r.sluice.0), stream_median(|r| r.sluice.1));
+    let nginx_stream_cpu = stream_median(|r| r.nginx_cpu);
+    let sluice_stream_cpu = stream_median(|r| r.sluice_cpu);
+    let cp_stream_cpu = stream_median(|r| r.cp_cpu);
     let added_us =
         |side: Duration, direct: Duration| (side.as_secs_f64() - direct.as_secs_f64()) * 1e6;
     let nginx_rss: f64 = nginx_pids.iter().map(|pid| rss_mib(*pid)).sum();
@@ -1218,6 +1247,19 @@ async fn against_nginx(
             ratios.join(", ")
         );
     }
+    let stream_ratios: Vec<String> = streams
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.2}",
+                (r.sluice_cpu + r.cp_cpu).as_secs_f64() / r.nginx_cpu.as_secs_f64().max(1e-9)
+            )
+        })
+        .collect();
+    println!(
+        "per round, CPU per stream against nginx: {}",
+        stream_ratios.join(", ")
+    );
     // What hyper's machinery costs here: the same relay without it (see `raw_floor`).
     let raw_rps = median_of(
         &mut raw_full
