@@ -134,7 +134,7 @@ fn line_end(buffer: &[u8], longest: usize) -> Result<Option<usize>, Malformed> {
 /// The first `len` buffered bytes, consumed. Small ones are copied out, so that the buffer
 /// stays its connection's alone and the next read reuses it; a large one is handed out as it
 /// lies, and the next read gets a fresh buffer.
-pub fn take(buffer: &mut BytesMut, len: usize) -> Bytes {
+fn take(buffer: &mut BytesMut, len: usize) -> Bytes {
     if len < COPY_BELOW {
         let bytes = Bytes::copy_from_slice(&buffer[..len]);
         buffer.advance(len);

@@ -9,10 +9,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_e2e::ControlPlaneBuilder;
-use sluice_e2e::mock_openai::MockOpenAi;
 use sluice_e2e::proxy::{Http, ProxyBuilder};
 use sluice_e2e::wire::Answer;
+use sluice_e2e::{LiveStack, live_stack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -142,11 +141,13 @@ fn post(key: &str, body: &Value, extra: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http1_server_speaks_the_protocol_clients_use() {
-    let upstream = MockOpenAi::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlaneBuilder::new(dir.path()).start();
-    let acme = cp.seed_acme(&upstream.base_url(), Some("sk-wire-0001"), &[]);
-    cp.go_live("acme/web");
+    // The mock upstream and the control plane's folder live as long as the test.
+    let LiveStack {
+        upstream: _upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = live_stack("sk-wire-0001");
     let (key, token) = (acme.key, acme.token);
     let proxy_dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &token)

@@ -19,6 +19,13 @@ use crate::serve::http1::head::Refused;
 
 pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Response<Body> {
     let request_id = sluice_shared::ids::new_id();
+    let path = request.uri().path();
+    if path.starts_with("/v1/") || path.starts_with("/v1beta/") {
+        gateway
+            .metrics
+            .requests_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
     // One call site for the model call: its future is most of a request's state, and every
     // site would reserve room of its own in this one's.
     let result = match destination(gateway, &request) {
@@ -41,12 +48,6 @@ enum Destination {
 
 fn destination(gateway: &Gateway, request: &Request<RequestBody>) -> Destination {
     let path = request.uri().path();
-    if path.starts_with("/v1/") || path.starts_with("/v1beta/") {
-        gateway
-            .metrics
-            .requests_total
-            .fetch_add(1, Ordering::Relaxed);
-    }
     let model = |endpoint| Destination::Model(endpoint, String::new());
     let answered = match (request.method(), path) {
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".to_owned())),
