@@ -51,14 +51,55 @@ pub enum Step {
 
 /// Decodes what `buffer` holds of a body framed as `framing`, moving the framing on.
 pub fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Malformed> {
+    Ok(match next_span(framing, buffer)? {
+        Span::Data(len) => Step::Data(take(buffer, len)),
+        Span::NeedMore => Step::NeedMore,
+        Span::End => Step::End,
+    })
+}
+
+/// [`decode`], with all the data `buffer` holds gathered into one piece: a stream's events
+/// arrive many chunks to a read, and every piece costs each stage after this one (the scrub,
+/// the event framing, the client's chunk) again. An error or the end after the data is left
+/// for the next call to find.
+pub fn decode_ready(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Malformed> {
+    let first = match next_span(framing, buffer)? {
+        Span::Data(len) => len,
+        Span::NeedMore => return Ok(Step::NeedMore),
+        Span::End => return Ok(Step::End),
+    };
+    // Another chunk can follow only past this one's CRLF.
+    if !matches!(framing, Framing::Chunked(_)) || buffer.len() <= first + 2 {
+        return Ok(Step::Data(take(buffer, first)));
+    }
+    let mut joined = BytesMut::with_capacity(buffer.len());
+    joined.extend_from_slice(&buffer[..first]);
+    buffer.advance(first);
+    while let Ok(Span::Data(len)) = next_span(framing, buffer) {
+        joined.extend_from_slice(&buffer[..len]);
+        buffer.advance(len);
+    }
+    Ok(Step::Data(joined.freeze()))
+}
+
+/// Where the next data of a body lies in its buffer.
+enum Span {
+    /// The first `len` bytes; the framing has moved past them, the caller consumes them.
+    Data(usize),
+    NeedMore,
+    End,
+}
+
+/// The next span of `buffer` under `framing`, consuming the framing's own bytes before it.
+fn next_span(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Span, Malformed> {
     loop {
         match *framing {
-            Framing::Done => return Ok(Step::End),
-            Framing::UntilClose if buffer.is_empty() => return Ok(Step::NeedMore),
-            Framing::UntilClose => return Ok(Step::Data(take(buffer, buffer.len()))),
+            Framing::Done => return Ok(Span::End),
+            Framing::UntilClose if buffer.is_empty() => return Ok(Span::NeedMore),
+            Framing::UntilClose => return Ok(Span::Data(buffer.len())),
             Framing::Sized(left) | Framing::Chunked(Chunk::Data(left)) => {
                 if buffer.is_empty() {
-                    return Ok(Step::NeedMore);
+                    return Ok(Span::NeedMore);
                 }
                 let len = usize::try_from(left)
                     .unwrap_or(usize::MAX)
@@ -70,11 +111,11 @@ pub fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Malf
                     (_, 0) => Framing::Chunked(Chunk::DataEnd),
                     (_, left) => Framing::Chunked(Chunk::Data(left)),
                 };
-                return Ok(Step::Data(take(buffer, len)));
+                return Ok(Span::Data(len));
             }
             Framing::Chunked(Chunk::DataEnd) => {
                 if buffer.len() < 2 {
-                    return Ok(Step::NeedMore);
+                    return Ok(Span::NeedMore);
                 }
                 if &buffer[..2] != b"\r\n" {
                     return Err(Malformed("a chunk does not end in CRLF"));
@@ -84,7 +125,7 @@ pub fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Malf
             }
             Framing::Chunked(Chunk::Size) => {
                 let Some(end) = line_end(buffer, MAX_LINE)? else {
-                    return Ok(Step::NeedMore);
+                    return Ok(Span::NeedMore);
                 };
                 let size = chunk_size(&buffer[..end - 1])?;
                 buffer.advance(end + 1);
@@ -96,7 +137,7 @@ pub fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Malf
             }
             Framing::Chunked(Chunk::Trailers(seen)) => {
                 let Some(end) = line_end(buffer, MAX_LINE)? else {
-                    return Ok(Step::NeedMore);
+                    return Ok(Span::NeedMore);
                 };
                 buffer.advance(end + 1);
                 let line_len = end - 1;
@@ -196,17 +237,63 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    type Decoder = fn(&mut Framing, &mut BytesMut) -> Result<Step, Malformed>;
+
+    /// What `decode` and `decode_ready` each make of `bytes`, which must be the same.
     fn decode_all(framing: Framing, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let one = decode_all_with(decode, framing, bytes);
+        assert_eq!(one, decode_all_with(decode_ready, framing, bytes));
+        one
+    }
+
+    fn decode_all_with(
+        decoder: Decoder,
+        framing: Framing,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, String> {
         let mut framing = framing;
         let mut buffer = BytesMut::from(bytes);
         let mut out = Vec::new();
         loop {
-            match decode(&mut framing, &mut buffer).map_err(|e| e.to_string())? {
+            match decoder(&mut framing, &mut buffer).map_err(|e| e.to_string())? {
                 Step::Data(data) => out.extend_from_slice(&data),
                 Step::End => return Ok(out),
                 Step::NeedMore => return Err("needs more".to_owned()),
             }
         }
+    }
+
+    #[test]
+    fn ready_chunks_come_as_one_piece_whatever_the_reads() {
+        let body = b"5\r\nhello\r\n1;x=y\r\n \r\n5\r\nworld\r\n0\r\nx-t: 1\r\n\r\n";
+        let mut whole = BytesMut::from(&body[..]);
+        let mut framing = Framing::CHUNKED;
+        assert!(
+            matches!(decode_ready(&mut framing, &mut whole), Ok(Step::Data(data)) if data == "hello world")
+        );
+        assert!(matches!(
+            decode_ready(&mut framing, &mut whole),
+            Ok(Step::End)
+        ));
+        for read in 1..body.len() {
+            let (mut framing, mut buffer, mut out) =
+                (Framing::CHUNKED, BytesMut::new(), Vec::new());
+            for piece in body.chunks(read) {
+                buffer.extend_from_slice(piece);
+                while let Ok(Step::Data(data)) = decode_ready(&mut framing, &mut buffer) {
+                    out.extend_from_slice(&data);
+                }
+            }
+            assert_eq!(out, b"hello world", "reads of {read}");
+            assert_eq!(framing, Framing::Done, "reads of {read}");
+        }
+        // Good chunks before a broken one come out; the break is found next.
+        let mut broken = BytesMut::from(&b"2\r\nok\r\n2\r\nokXX"[..]);
+        let mut framing = Framing::CHUNKED;
+        assert!(
+            matches!(decode_ready(&mut framing, &mut broken), Ok(Step::Data(data)) if data == "okok")
+        );
+        assert!(decode_ready(&mut framing, &mut broken).is_err());
     }
 
     #[test]

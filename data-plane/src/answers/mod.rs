@@ -5,6 +5,7 @@
 //! parsed once, by its reader, which notes the usage and (translating) makes the client's
 //! chunks from the same parse.
 
+pub mod json_cursor;
 pub mod sse_lines;
 pub mod usage;
 

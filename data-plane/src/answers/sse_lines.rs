@@ -19,7 +19,7 @@ impl SseLines {
     /// Calls `each` with the payload of every complete `data:` line in `bytes` (after the
     /// colon and one optional space; `\r\n` endings too), in order.
     pub fn feed(&mut self, mut bytes: &[u8], mut each: impl FnMut(&[u8])) {
-        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', bytes) {
             let (head, rest) = bytes.split_at(end);
             if self.skipping {
                 self.skipping = false;

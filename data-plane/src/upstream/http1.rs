@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroize;
 
 use super::pool::{self, Io, PoolKey};
-use crate::framing::{self, Framing, Malformed, Step, decode};
+use crate::framing::{self, Framing, Malformed, Step, decode_ready};
 
 /// An answer's head may be this long at most (hyper's default limit too).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -258,7 +258,7 @@ impl Http1Body {
             let Some(connection) = &mut self.connection else {
                 return Poll::Ready(None);
             };
-            match decode(&mut self.framing, &mut connection.buffer) {
+            match decode_ready(&mut self.framing, &mut connection.buffer) {
                 Ok(Step::Data(bytes)) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
                 Ok(Step::End) => {
                     self.release();

@@ -2,12 +2,11 @@
 //! read straight into numbers (no JSON tree on the hot path). Streamed chat chunks carry the
 //! usage in their last chunk (when asked for), Responses events in `response.completed`.
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::answers::{StreamMeter, StreamReader, Usage, UsageReader, chars_of};
+use crate::answers::json_cursor::{JsonCursor, string_chars};
+use crate::answers::{StreamMeter, StreamReader, Usage, UsageReader};
 
 pub struct OpenAiUsage;
 
@@ -64,8 +63,9 @@ impl From<UsageObject> for Usage {
     }
 }
 
-fn usage_of(raw: &RawValue) -> Option<Usage> {
-    serde_json::from_str::<Option<UsageObject>>(raw.get())
+/// The usage a `usage` member's JSON holds (`null` holds none).
+fn usage_of(json: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<Option<UsageObject>>(json)
         .ok()
         .flatten()
         .map(Usage::from)
@@ -82,7 +82,7 @@ pub fn usage_from_answer(body: &[u8]) -> Option<Usage> {
             usage: Option<&'a RawValue>,
         }
         let answer: UsageOnly = serde_json::from_slice(body).ok()?;
-        usage_of(answer.usage?)
+        usage_of(answer.usage?.get().as_bytes())
     })
 }
 
@@ -103,80 +103,63 @@ fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
     Some(value.into())
 }
 
-/// One event of an OpenAI stream, as far as metering reads it: a chat completion chunk, or a
-/// Responses API event (its text in `response.output_text.delta`, its usage in the
-/// `response.completed` event's response).
-#[derive(Deserialize)]
-struct StreamEvent<'a> {
-    #[serde(borrow, default)]
-    usage: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    choices: Option<Vec<StreamChoice<'a>>>,
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    delta: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    response: Option<ResponseUsage<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ResponseUsage<'a> {
-    #[serde(borrow, default)]
-    usage: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct StreamChoice<'a> {
-    #[serde(borrow, default)]
-    delta: Option<StreamDelta<'a>>,
-}
-
-#[derive(Deserialize)]
-struct StreamDelta<'a> {
-    #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
-}
-
 #[derive(Default)]
 pub struct OpenAiEvents {
     meter: StreamMeter,
 }
 
 impl StreamReader for OpenAiEvents {
+    /// A chat completion chunk (its text in `choices[].delta.content`, its usage in the last
+    /// chunk when asked for), or a Responses API event (its text in
+    /// `response.output_text.delta`, its usage in the `response.completed` event's response).
     fn event(&mut self, data: &[u8]) {
         if data == b"[DONE]" {
             self.meter.terminated = true;
             return;
         }
-        let Ok(event) = serde_json::from_slice::<StreamEvent>(data) else {
-            return;
-        };
-        let usage = event
-            .usage
-            .or_else(|| event.response.and_then(|response| response.usage));
-        if let Some(usage) = usage.and_then(usage_of) {
+        let (mut usage, mut response_usage, mut kind, mut delta) = (None, None, None, None);
+        let content_chars = &mut self.meter.content_chars;
+        JsonCursor::new(data).object(|key, cursor| match key {
+            b"usage" => usage = cursor.value().and_then(usage_of),
+            b"choices" => {
+                cursor.array(|choice| {
+                    choice.object(|key, field| {
+                        if key == b"delta" {
+                            field.object(|key, text| {
+                                if key == b"content" {
+                                    *content_chars +=
+                                        text.value().and_then(string_chars).unwrap_or(0);
+                                }
+                            });
+                        }
+                    });
+                });
+            }
+            b"type" => kind = cursor.value(),
+            b"delta" => delta = cursor.value(),
+            b"response" => {
+                cursor.object(|key, field| {
+                    if key == b"usage" {
+                        response_usage = field.value().and_then(usage_of);
+                    }
+                });
+            }
+            _ => {}
+        });
+        if let Some(usage) = usage.or(response_usage) {
             self.meter.usage = Some(usage);
         }
-        match event.kind.as_deref() {
-            Some("response.output_text.delta") => {
-                if let Some(Ok(text)) = event
-                    .delta
-                    .map(|raw| serde_json::from_str::<Cow<str>>(raw.get()))
-                {
-                    self.meter.content_chars += chars_of(&text);
-                }
+        match kind {
+            Some(b"\"response.output_text.delta\"") => {
+                self.meter.content_chars += delta.and_then(string_chars).unwrap_or(0);
             }
             // The Responses API has no `[DONE]`: its last event says how the answer ended.
-            Some("response.completed" | "response.incomplete" | "response.failed") => {
+            Some(
+                b"\"response.completed\"" | b"\"response.incomplete\"" | b"\"response.failed\"",
+            ) => {
                 self.meter.terminated = true;
             }
             _ => {}
-        }
-        for choice in event.choices.unwrap_or_default() {
-            if let Some(text) = choice.delta.and_then(|delta| delta.content) {
-                self.meter.content_chars += chars_of(&text);
-            }
         }
     }
 

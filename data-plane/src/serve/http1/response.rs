@@ -97,8 +97,13 @@ pub fn encode_head(
 
 /// The size line that opens a chunk of `len` bytes.
 pub fn chunk_start(out: &mut Vec<u8>, len: usize) {
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{len:x}\r\n");
+    // By hand: a stream writes one per event, and `format_args!` cost several times this.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    for shift in (0..digits).rev() {
+        out.push(DIGITS[(len >> (shift * 4)) & 0xf]);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 pub const CHUNK_END: &[u8] = b"\r\n";
@@ -160,9 +165,11 @@ mod tests {
         assert!(chunked.contains("transfer-encoding: chunked\r\nconnection: close\r\n"));
         let old = head(200, BodyFraming::Length(0), false, true);
         assert!(old.contains("connection: keep-alive\r\n"));
-        let mut line = Vec::new();
-        chunk_start(&mut line, 300);
-        assert_eq!(line, b"12c\r\n");
+        for len in [0, 1, 15, 16, 300, 0xffff, usize::MAX] {
+            let mut line = Vec::new();
+            chunk_start(&mut line, len);
+            assert_eq!(line, format!("{len:x}\r\n").as_bytes());
+        }
     }
 
     #[test]

@@ -77,10 +77,10 @@ async fn upstream() {
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let streaming = body.windows(14).any(|w| w == b"\"stream\":true");
+                let streaming = mentions(&body, b"\"stream\":true");
                 // `max_tokens: 20` asks for twenty content events back to back (22 with the
                 // usage event and `[DONE]`), as a fast model streams.
-                let burst = body.windows(15).any(|w| w == b"\"max_tokens\":20");
+                let burst = mentions(&body, b"\"max_tokens\":20");
                 Ok::<_, Infallible>(if streaming && burst {
                     sse_burst()
                 } else if streaming {
@@ -101,6 +101,10 @@ async fn upstream() {
                 .await;
         });
     }
+}
+
+fn mentions(body: &[u8], needle: &[u8]) -> bool {
+    body.windows(needle.len()).any(|window| window == needle)
 }
 
 /// A first chunk at once, the rest 20 ms apart: time-to-first-chunk shows buffering.
@@ -528,19 +532,40 @@ async fn stream_times(url: &str, key: &str, samples: usize) -> (Duration, Durati
             .header("authorization", format!("Bearer {key}"))
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .unwrap();
-        let mut body = client.request(request).await.unwrap().into_body();
-        let mut first = None;
-        while let Some(frame) = body.frame().await {
-            if first.is_none() && frame.unwrap().is_data() {
-                first = Some(started.elapsed());
-            }
-        }
-        firsts.push(first.unwrap());
+        let response = client.request(request).await.unwrap();
+        let (first, events) = read_events(response, started).await;
+        assert_eq!(events, 22, "{url} streamed {events} events, not 22");
+        firsts.push(first);
         ends.push(started.elapsed());
     }
     firsts.sort();
     ends.sort();
     (percentile(&firsts, 0.5), percentile(&ends, 0.5))
+}
+
+/// Reads a streamed answer to its end: when its first chunk came and how many `data:` events
+/// it held. A benchmark upstream that answers whole would otherwise pass for a stream.
+async fn read_events(response: Response<Incoming>, started: Instant) -> (Duration, usize) {
+    let content_type = response.headers().get("content-type").cloned();
+    assert_eq!(
+        content_type.as_ref().and_then(|value| value.to_str().ok()),
+        Some("text/event-stream"),
+        "not a stream: {:?}",
+        response.status()
+    );
+    let mut body = response.into_body();
+    let (mut first, mut text) = (None, Vec::new());
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            first.get_or_insert_with(|| started.elapsed());
+            text.extend_from_slice(&data);
+        }
+    }
+    let events = text
+        .split(|&byte| byte == b'\n')
+        .filter(|line| line.starts_with(b"data:"))
+        .count();
+    (first.expect("a stream with no data"), events)
 }
 
 async fn first_chunk(url: &str, key: &str, samples: usize) -> Duration {
@@ -557,14 +582,9 @@ async fn first_chunk(url: &str, key: &str, samples: usize) -> Duration {
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .unwrap();
         let response = client.request(request).await.unwrap();
-        let mut body = response.into_body();
-        let mut first = None;
-        while let Some(frame) = body.frame().await {
-            if first.is_none() && frame.unwrap().is_data() {
-                first = Some(started.elapsed());
-            }
-        }
-        times.push(first.unwrap());
+        let (first, events) = read_events(response, started).await;
+        assert_eq!(events, 6, "{url} streamed {events} events, not 6");
+        times.push(first);
     }
     times.sort();
     percentile(&times, 0.5)

@@ -1,0 +1,225 @@
+//! A JSON text walked once, front to back, for the few members a reader wants: a stream's
+//! events are read for a handful of keys each, and building each event through serde (every
+//! key checked as UTF-8, every value walked by a visitor) was the largest part of relaying a
+//! stream. What the reader does not ask for is skipped over without being looked into.
+//!
+//! Keys are compared as sent: a key spelt with escapes (`"us\u0061ge"`) is not the key. What
+//! is not JSON ends the walk where it stops making sense; nothing here panics or allocates.
+
+pub struct JsonCursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> JsonCursor<'a> {
+    pub fn new(json: &'a [u8]) -> Self {
+        Self { bytes: json, at: 0 }
+    }
+
+    /// Walks the object at the cursor: `each` is called with every key and the cursor at its
+    /// value, which `each` may read (with any method here) or leave to be skipped. `None` if
+    /// there is no object here or it is cut short.
+    pub fn object(&mut self, mut each: impl FnMut(&'a [u8], &mut Self)) -> Option<()> {
+        self.open(b'{')?;
+        if self.close(b'}') {
+            return Some(());
+        }
+        loop {
+            self.at = skip_space(self.bytes, self.at);
+            if self.bytes.get(self.at) != Some(&b'"') {
+                return None;
+            }
+            let key_end = string_end(self.bytes, self.at)?;
+            let key = &self.bytes[self.at + 1..key_end - 1];
+            self.at = skip_space(self.bytes, key_end);
+            if self.bytes.get(self.at) != Some(&b':') {
+                return None;
+            }
+            self.at += 1;
+            self.member_value(|cursor| each(key, cursor))?;
+            if !self.after_item(b'}')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// Walks the array at the cursor: `each` is called with the cursor at every element, which
+    /// it may read or leave to be skipped.
+    pub fn array(&mut self, mut each: impl FnMut(&mut Self)) -> Option<()> {
+        self.open(b'[')?;
+        if self.close(b']') {
+            return Some(());
+        }
+        loop {
+            self.member_value(&mut each)?;
+            if !self.after_item(b']')? {
+                return Some(());
+            }
+        }
+    }
+
+    /// The JSON text of the value at the cursor, which moves past it.
+    pub fn value(&mut self) -> Option<&'a [u8]> {
+        let start = skip_space(self.bytes, self.at);
+        let end = value_end(self.bytes, start)?;
+        self.at = end;
+        Some(&self.bytes[start..end])
+    }
+
+    /// Hands the cursor at a value to `read`, then skips the value if `read` left it.
+    fn member_value(&mut self, read: impl FnOnce(&mut Self)) -> Option<()> {
+        self.at = skip_space(self.bytes, self.at);
+        let start = self.at;
+        read(self);
+        if self.at == start {
+            self.value()?;
+        }
+        Some(())
+    }
+
+    fn open(&mut self, bracket: u8) -> Option<()> {
+        let at = skip_space(self.bytes, self.at);
+        (self.bytes.get(at) == Some(&bracket)).then(|| self.at = at + 1)
+    }
+
+    /// Steps past `bracket` if it comes next.
+    fn close(&mut self, bracket: u8) -> bool {
+        let at = skip_space(self.bytes, self.at);
+        let closes = self.bytes.get(at) == Some(&bracket);
+        if closes {
+            self.at = at + 1;
+        }
+        closes
+    }
+
+    /// After an item: `true` past a comma (another item follows), `false` past the
+    /// container's `close`, `None` at anything else.
+    fn after_item(&mut self, close: u8) -> Option<bool> {
+        self.at = skip_space(self.bytes, self.at);
+        let next = *self.bytes.get(self.at)?;
+        self.at += 1;
+        match next {
+            b',' => Some(true),
+            byte if byte == close => Some(false),
+            _ => None,
+        }
+    }
+}
+
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\r' | b'\n') = bytes.get(at) {
+        at += 1;
+    }
+    at
+}
+
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit of each zero byte of `word` set; above the lowest zero byte, other bytes may
+/// show too, so only the lowest set bit is to be trusted.
+fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(ONES) & !word & HIGHS
+}
+
+/// The end (exclusive) of the string whose opening quote is at `at`. Eight bytes at a time
+/// (the strings of an event are too short for a vectorised search's set-up to pay).
+fn string_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut place = at + 1;
+    loop {
+        if let Some(word) = bytes.get(place..place + 8) {
+            let word = u64::from_le_bytes(word.try_into().ok()?);
+            let stops = zero_bytes(word ^ (ONES * u64::from(b'"')))
+                | zero_bytes(word ^ (ONES * u64::from(b'\\')));
+            if stops == 0 {
+                place += 8;
+                continue;
+            }
+            place += (stops.trailing_zeros() / 8) as usize;
+        }
+        match *bytes.get(place)? {
+            b'"' => return Some(place + 1),
+            // The byte after a backslash is never the string's end.
+            b'\\' => place += 2,
+            _ => place += 1,
+        }
+    }
+}
+
+/// The end (exclusive) of the value that starts at `at`.
+fn value_end(bytes: &[u8], at: usize) -> Option<usize> {
+    match *bytes.get(at)? {
+        b'"' => string_end(bytes, at),
+        b'{' | b'[' => container_end(bytes, at),
+        b'}' | b']' | b',' | b':' => None,
+        first => {
+            let rest = &bytes[at..];
+            let len = rest
+                .iter()
+                .position(|byte| matches!(byte, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'))
+                .unwrap_or(rest.len());
+            let literal = matches!(&rest[..len], b"true" | b"false" | b"null");
+            (literal || first == b'-' || first.is_ascii_digit()).then_some(at + len)
+        }
+    }
+}
+
+/// The end (exclusive) of the object or array that opens at `at`, strings inside skipped.
+fn container_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut depth = 0_usize;
+    let mut place = at;
+    loop {
+        match *bytes.get(place)? {
+            b'"' => {
+                place = string_end(bytes, place)?;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(place + 1);
+                }
+            }
+            _ => {}
+        }
+        place += 1;
+    }
+}
+
+/// The characters of the JSON string `json` (quotes included) once its escapes are read, as
+/// `str::chars().count()` of the decoded text would count them. `None` if it is no string.
+pub fn string_chars(json: &[u8]) -> Option<usize> {
+    let inner = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    let mut chars = 0;
+    let mut at = 0;
+    while let Some(&byte) = inner.get(at) {
+        if byte == b'\\' {
+            at += match inner.get(at + 1) {
+                Some(b'u') => {
+                    // A surrogate pair is two escapes for one character: count its second.
+                    let high = inner.get(at + 2..at + 4).is_some_and(|digits| {
+                        matches!(
+                            digits,
+                            [b'd' | b'D', b'8'..=b'9' | b'a'..=b'b' | b'A'..=b'B']
+                        )
+                    });
+                    chars += usize::from(!high);
+                    6
+                }
+                _ => {
+                    chars += 1;
+                    2
+                }
+            };
+        } else {
+            // Count the bytes that begin a UTF-8 character.
+            chars += usize::from(byte & 0xC0 != 0x80);
+            at += 1;
+        }
+    }
+    Some(chars)
+}
+
+#[cfg(test)]
+mod tests;
