@@ -59,6 +59,20 @@ fn prefix_slot(word: u32) -> usize {
     (word.wrapping_mul(0x9E37_79B1) >> (32 - PREFIX_SLOTS.trailing_zeros())) as usize
 }
 
+/// The bytes the escaped and encoded forms can hold whatever the key: escapes, hex digits
+/// and both base64 alphabets.
+const ENCODED_ALPHABET: [u64; 4] = {
+    let bytes = b"\\%0123456789abcdefABCDEFGHIJKLMNOPQRSTUVWXYZghijklmnopqrstuvwxyz+/-_";
+    let mut bits = [0_u64; 4];
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at] as usize;
+        bits[byte / 64] |= 1 << (byte % 64);
+        at += 1;
+    }
+    bits
+};
+
 fn set_bit(bits: &mut [u64], index: usize) {
     bits[index / 64] |= 1 << (index % 64);
 }
@@ -97,9 +111,8 @@ impl CredentialScrubber {
                 }
             }
         }
-        let escapes = b"\\%0123456789abcdefABCDEF";
-        let base64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_";
-        for &byte in raw.iter().chain(escapes).chain(base64) {
+        scrubber.alphabet = ENCODED_ALPHABET;
+        for &byte in raw {
             set_bit(&mut scrubber.alphabet, usize::from(byte));
         }
         scrubber
@@ -640,6 +653,17 @@ mod tests {
             let naive = (0..text.len()).find_map(|at| every.starting(&text[at..]).map(|len| (at, len)));
             proptest::prop_assert_eq!(scrubber.find(&text, 0), naive);
         }
+    }
+
+    #[test]
+    fn the_encoded_alphabet_holds_every_escape_and_base64_byte() {
+        let escapes = b"\\%0123456789abcdefABCDEF";
+        let base64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_";
+        let mut expected = [0_u64; 4];
+        for &byte in escapes.iter().chain(base64) {
+            set_bit(&mut expected, usize::from(byte));
+        }
+        assert_eq!(ENCODED_ALPHABET, expected);
     }
 
     #[test]

@@ -20,55 +20,44 @@ impl UsageReader for OpenAiUsage {
     }
 }
 
-/// OpenAI's `usage` object.
-#[derive(Deserialize)]
-struct UsageObject {
-    // The Responses API names the same counts input/output.
-    #[serde(alias = "input_tokens")]
-    prompt_tokens: u64,
-    #[serde(default, alias = "output_tokens")]
-    completion_tokens: Option<u64>,
-    #[serde(default, alias = "input_tokens_details")]
-    prompt_tokens_details: Option<PromptTokensDetails>,
-    #[serde(default, alias = "output_tokens_details")]
-    completion_tokens_details: Option<CompletionTokensDetails>,
-}
-
-#[derive(Deserialize)]
-struct PromptTokensDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct CompletionTokensDetails {
-    #[serde(default)]
-    reasoning_tokens: Option<u64>,
-}
-
-impl From<UsageObject> for Usage {
-    fn from(usage: UsageObject) -> Self {
-        Self {
-            input_tokens: usage.prompt_tokens,
-            output_tokens: usage.completion_tokens.unwrap_or(0),
-            cached_input_tokens: usage
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-            reasoning_tokens: usage
-                .completion_tokens_details
-                .and_then(|d| d.reasoning_tokens)
-                .unwrap_or(0),
-        }
-    }
-}
-
-/// The usage a `usage` member's JSON holds (`null` holds none).
+/// The usage OpenAI's `usage` object holds (`null` holds none), walked for its counts: the
+/// Responses API names them input/output, chat completions prompt/completion. `None` when
+/// the input count is missing or a count is not a whole number (or null).
 fn usage_of(json: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<Option<UsageObject>>(json)
-        .ok()
-        .flatten()
-        .map(Usage::from)
+    let mut usage = Usage::default();
+    let mut input = None;
+    let mut well_formed = true;
+    let mut read = |cursor: &mut JsonCursor<'_>| match cursor.value() {
+        Some(b"null") => None,
+        value => {
+            let count = value.and_then(|digits| std::str::from_utf8(digits).ok()?.parse().ok());
+            well_formed &= count.is_some();
+            count
+        }
+    };
+    JsonCursor::new(json).object(|key, cursor| match key {
+        b"prompt_tokens" | b"input_tokens" => input = read(cursor),
+        b"completion_tokens" | b"output_tokens" => {
+            usage.output_tokens = read(cursor).unwrap_or(0);
+        }
+        b"prompt_tokens_details" | b"input_tokens_details" => {
+            cursor.object(|key, field| {
+                if key == b"cached_tokens" {
+                    usage.cached_input_tokens = read(field).unwrap_or(0);
+                }
+            });
+        }
+        b"completion_tokens_details" | b"output_tokens_details" => {
+            cursor.object(|key, field| {
+                if key == b"reasoning_tokens" {
+                    usage.reasoning_tokens = read(field).unwrap_or(0);
+                }
+            });
+        }
+        _ => {}
+    })?;
+    usage.input_tokens = input?;
+    well_formed.then_some(usage)
 }
 
 /// The `usage` object of a whole answer. OpenAI writes it last, so the last unescaped
@@ -88,7 +77,7 @@ pub fn usage_from_answer(body: &[u8]) -> Option<Usage> {
 
 fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
-    let at = body.windows(KEY.len()).rposition(|window| window == KEY)?;
+    let at = memchr::memmem::rfind(body, KEY)?;
     // An escaped quote means the text sits inside a string, not a key.
     if at > 0 && body[at - 1] == b'\\' {
         return None;
@@ -96,11 +85,7 @@ fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
     let rest = body[at + KEY.len()..]
         .trim_ascii_start()
         .strip_prefix(b":")?;
-    let value = serde_json::Deserializer::from_slice(rest)
-        .into_iter::<Option<UsageObject>>()
-        .next()?
-        .ok()??;
-    Some(value.into())
+    usage_of(JsonCursor::new(rest).value()?)
 }
 
 #[derive(Default)]
@@ -220,6 +205,32 @@ mod tests {
         );
         let whole = br#"{"id":"resp_1","object":"response","usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7},"user":null}"#;
         assert_eq!(usage_from_answer(whole).map(|u| u.output_tokens), Some(2));
+    }
+
+    #[test]
+    fn usage_objects_read_whole_numbers_or_nothing() {
+        let read = |json: &str| usage_of(json.as_bytes());
+        assert_eq!(
+            read(
+                r#" { "prompt_tokens" : 7, "completion_tokens": null, "prompt_tokens_details": null } "#
+            ),
+            Some(Usage {
+                input_tokens: 7,
+                ..Usage::default()
+            })
+        );
+        assert_eq!(read("null"), None);
+        assert_eq!(read(r#"{"completion_tokens":3}"#), None, "no input count");
+        assert_eq!(read(r#"{"prompt_tokens":null}"#), None);
+        for malformed in [
+            r#"{"prompt_tokens":1.5}"#,
+            r#"{"prompt_tokens":"7"}"#,
+            r#"{"prompt_tokens":7,"completion_tokens":-1}"#,
+            r#"{"prompt_tokens":7,"completion_tokens_details":{"reasoning_tokens":true}}"#,
+            r#"{"prompt_tokens":7"#,
+        ] {
+            assert_eq!(read(malformed), None, "{malformed}");
+        }
     }
 
     #[test]

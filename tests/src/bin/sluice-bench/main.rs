@@ -312,8 +312,34 @@ fn spawn_self(args: &[&str], marker: &str) -> Spawned {
     }
 }
 
-/// User + system CPU of a process, from /proc (clock ticks of 10 ms).
+/// The CPU a process has run on, to the nanosecond: the sum of its threads' run time in
+/// /proc/PID/task/*/schedstat. `/proc/PID/stat` counts 10 ms ticks, coarser than what one
+/// round of streams costs the control plane (a few ms), which read 0, 5 or 10 µs per stream
+/// by chance. A thread that has exited takes its time with it: Sluice's and nginx's threads
+/// live as long as their process; where schedstat is missing, the ticks are used.
 fn cpu_time(pid: u32) -> Duration {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    let run_times: Vec<u64> = threads
+        .filter_map(|thread| {
+            let path = thread.ok()?.path().join("schedstat");
+            std::fs::read_to_string(path)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .collect();
+    if run_times.is_empty() {
+        return cpu_ticks(pid);
+    }
+    Duration::from_nanos(run_times.iter().sum())
+}
+
+/// User + system CPU of a process in clock ticks of 10 ms, from /proc/PID/stat.
+fn cpu_ticks(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -504,7 +530,7 @@ fn summarize(mut latencies: Vec<Duration>, failed: usize, elapsed: Duration, cpu
     }
 }
 
-/// Streams per side in each round: enough that 10 ms CPU ticks resolve a few µs per stream.
+/// Streams per side in each round.
 const STREAMS: usize = 2000;
 
 /// One round of 22-event streams: the median first chunk and end of each side, and CPU per
@@ -592,7 +618,7 @@ async fn first_chunk(url: &str, key: &str, samples: usize) -> Duration {
 
 /// On a CPU-bound box, full-speed throughput goes roughly as one over the CPU that all
 /// processes spend per request, so the ratio of the two sides' totals predicts the throughput
-/// ratio (to a few hundredths: idle moments and 10 ms CPU ticks blur it).
+/// ratio (to a few hundredths: idle moments blur it).
 fn cpu_budget(floor: &Run, sluice: &Run, control_plane: Duration) {
     let floor_total = floor.shared_cpu_per_request + floor.cpu_per_request;
     let sluice_total = sluice.shared_cpu_per_request + sluice.cpu_per_request + control_plane;
@@ -1154,14 +1180,9 @@ async fn against_nginx(
     let direct_stream = (stream_median(|r| r.direct.0), stream_median(|r| r.direct.1));
     let nginx_stream = (stream_median(|r| r.nginx.0), stream_median(|r| r.nginx.1));
     let sluice_stream = (stream_median(|r| r.sluice.0), stream_median(|r| r.sluice.1));
-    // CPU per stream is the mean over the rounds, not the median: the control plane's share is
-    // below one 10 ms tick in a round, so its median reads 0; over all rounds it resolves.
-    let stream_mean = |at: fn(&StreamRound) -> Duration| {
-        streams.iter().map(at).sum::<Duration>() / streams.len().max(1) as u32
-    };
-    let nginx_stream_cpu = stream_mean(|r| r.nginx_cpu);
-    let sluice_stream_cpu = stream_mean(|r| r.sluice_cpu);
-    let cp_stream_cpu = stream_mean(|r| r.cp_cpu);
+    let nginx_stream_cpu = stream_median(|r| r.nginx_cpu);
+    let sluice_stream_cpu = stream_median(|r| r.sluice_cpu);
+    let cp_stream_cpu = stream_median(|r| r.cp_cpu);
     let added_us =
         |side: Duration, direct: Duration| (side.as_secs_f64() - direct.as_secs_f64()) * 1e6;
     let nginx_rss: f64 = nginx_pids.iter().map(|pid| rss_mib(*pid)).sum();
@@ -1235,7 +1256,7 @@ async fn against_nginx(
         added_us(sluice_stream.1, direct_stream.1),
     );
     println!(
-        "| CPU per stream (22 events, mean over the rounds) | {} | {} proxy + {} control plane | {:.2} |",
+        "| CPU per stream (22 events) | {} | {} proxy + {} control plane | {:.2} |",
         us(nginx_stream_cpu),
         us(sluice_stream_cpu),
         us(cp_stream_cpu),
