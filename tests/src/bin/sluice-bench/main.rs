@@ -6,8 +6,8 @@
 //! Three processes are measured the same way: a mock upstream (`sluice-bench upstream`), the
 //! floor — a minimal hyper pass-through proxy (`sluice-bench floor`) — and `sluice-proxy` on a
 //! LIVE route (with `sluice-control-plane` beside it). The load comes from this process over
-//! loopback. CPU per request is the proxy process's user+system time from /proc over the run,
-//! divided by the requests served. A second part measures the way users do ([`nginx`]): nginx
+//! loopback. CPU per request is the proxy process's run time over the run (its threads'
+//! schedstat), divided by the requests served. A second part measures the way users do ([`nginx`]): nginx
 //! as the floor, `oha` as the load at 32 and 64 connections in alternating rounds, every
 //! process's CPU apart, and the proxy's heap allocations per request from its own metrics.
 //! A third part loads `BENCH_VIRTUAL_KEYS` keys (100 000) and times an admin change reaching
