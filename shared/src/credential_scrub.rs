@@ -28,9 +28,9 @@ const MOST_FORMS: usize = 12;
 /// upstream was sent no credential).
 ///
 /// It runs on every answer, and nearly every answer holds no credential, so what it builds up
-/// front is only what rules a place out: the first four bytes of each form, hashed into a
-/// small bit set, and the bytes any form can hold. The forms themselves are built the first
-/// time a place passes both.
+/// front is only what rules a place out: the first four bytes of each form (their first two
+/// looked for sixteen places at a time), and the bytes any form can hold. The forms themselves
+/// are built the first time a place begins with one of those four bytes.
 #[derive(Default)]
 pub struct CredentialScrubber {
     /// The key, for building [`Forms`] when they are first needed.
@@ -38,8 +38,6 @@ pub struct CredentialScrubber {
     /// The first four bytes of each form (little-endian), and how many there are.
     prefixes: [u32; MOST_FORMS],
     prefix_count: usize,
-    /// Bit [`prefix_slot`] of each prefix set.
-    starts: [u64; PREFIX_SLOTS / 64],
     /// The first two bytes of each prefix: the places worth a look at all.
     leading: LeadingPairs,
     /// Bit `b` set: byte `b` can appear in some form (what a held-back tail must consist of).
@@ -47,17 +45,9 @@ pub struct CredentialScrubber {
     forms: OnceLock<Forms>,
 }
 
-/// Bits in [`CredentialScrubber::starts`]: with at most a dozen prefixes set, about one place
-/// in a hundred passes the first test.
-const PREFIX_SLOTS: usize = 1024;
 /// The first four bytes of every form of a key depend on its first six bytes alone: each
 /// encoding goes byte by byte, and base64's core begins within them at every alignment.
 const LEADING_BYTES: usize = 6;
-
-fn prefix_slot(word: u32) -> usize {
-    // Fibonacci hashing: the top bits of the product mix all four bytes.
-    (word.wrapping_mul(0x9E37_79B1) >> (32 - PREFIX_SLOTS.trailing_zeros())) as usize
-}
 
 /// The bytes the escaped and encoded forms can hold whatever the key: escapes, hex digits
 /// and both base64 alphabets.
@@ -94,7 +84,6 @@ impl CredentialScrubber {
             if !scrubber.prefixes[..scrubber.prefix_count].contains(&word) {
                 scrubber.prefixes[scrubber.prefix_count] = word;
                 scrubber.prefix_count += 1;
-                set_bit(&mut scrubber.starts, prefix_slot(word));
                 scrubber
                     .leading
                     .add([word.to_le_bytes()[0], word.to_le_bytes()[1]]);
@@ -135,7 +124,7 @@ impl CredentialScrubber {
         self.leading.each_place(rest, starts, |offset| {
             let window = &rest[offset..offset + 4];
             let word = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
-            if !bit(&self.starts, prefix_slot(word)) || !prefixes.contains(&word) {
+            if !prefixes.contains(&word) {
                 return None;
             }
             let at = from + offset;

@@ -65,9 +65,22 @@ pub async fn caught_up_proxy(
     cp: &ControlPlane,
     token: &str,
 ) -> (tempfile::TempDir, proxy::Proxy, proxy::Http) {
+    caught_up_proxy_with(cp, token, &[]).await
+}
+
+/// [`caught_up_proxy`] with extra proxy environment.
+pub async fn caught_up_proxy_with(
+    cp: &ControlPlane,
+    token: &str,
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, proxy::Proxy, proxy::Http) {
     let http = proxy::Http::new();
     let dir = tempfile::tempdir().expect("a temp dir");
-    let proxy = proxy::ProxyBuilder::new(dir.path(), &cp.url(), token).start();
+    let mut builder = proxy::ProxyBuilder::new(dir.path(), &cp.url(), token);
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    let proxy = builder.start();
     proxy.wait_for_version(&http, cp.config_version()).await;
     (dir, proxy, http)
 }

@@ -9,9 +9,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_e2e::proxy::{Http, ProxyBuilder};
 use sluice_e2e::wire::Answer;
-use sluice_e2e::{LiveStack, live_stack};
+use sluice_e2e::{LiveStack, caught_up_proxy_with, live_stack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -148,13 +147,9 @@ async fn the_http1_server_speaks_the_protocol_clients_use() {
         cp,
         acme,
     } = live_stack("sk-wire-0001");
-    let (key, token) = (acme.key, acme.token);
-    let proxy_dir = tempfile::tempdir().unwrap();
-    let proxy = ProxyBuilder::new(proxy_dir.path(), &cp.url(), &token)
-        .env("SLUICE_PROXY_IDLE_TIMEOUT_MS", "600")
-        .start();
-    let http = Http::new();
-    proxy.wait_for_version(&http, cp.config_version()).await;
+    let key = acme.key;
+    let (_proxy_dir, proxy, _) =
+        caught_up_proxy_with(&cp, &acme.token, &[("SLUICE_PROXY_IDLE_TIMEOUT_MS", "600")]).await;
     let chat = json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]});
     let streamed = json!({"model": "default", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
 

@@ -13,6 +13,9 @@ use sluice_shared::sealing::{SealingKeyPair, SecretSealer};
 use super::*;
 use crate::routing::tables::RoutingTables;
 
+/// What a test or its set-up returns: a failure is the test's failure, with its cause.
+type Outcome<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
 /// A DNS answer that turned hostile after the provider was accepted (rebinding).
 struct Rebound(HashMap<String, IpAddr>);
 
@@ -27,9 +30,9 @@ impl Resolve for Rebound {
     }
 }
 
-fn tables(base_url: &str, allow_private_network: bool) -> RoutingTables {
+fn tables(base_url: &str, allow_private_network: bool) -> Outcome<RoutingTables> {
     let sealing = SealingKeyPair::generate();
-    let sealer = SecretSealer::for_recipient(&sealing.public_bytes()).unwrap();
+    let sealer = SecretSealer::for_recipient(&sealing.public_bytes())?;
     let snapshot = pb::Snapshot {
         version: 1,
         generated_at_us: 1,
@@ -46,13 +49,14 @@ fn tables(base_url: &str, allow_private_network: bool) -> RoutingTables {
         }],
         ..Default::default()
     };
-    RoutingTables::build(&snapshot, &sealing, &[]).unwrap()
+    Ok(RoutingTables::build(&snapshot, &sealing, &[])?)
 }
 
 #[tokio::test]
-async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_resolves_to() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_resolves_to()
+-> Outcome {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counting = accepted.clone();
     tokio::spawn(async move {
@@ -61,27 +65,29 @@ async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_
         }
     });
     let resolver = Arc::new(Rebound(HashMap::from([
-        ("api.example.com".to_owned(), "127.0.0.1".parse().unwrap()),
+        ("api.example.com".to_owned(), IpAddr::from([127, 0, 0, 1])),
         (
             "meta.example.com".to_owned(),
-            "169.254.169.254".parse().unwrap(),
+            IpAddr::from([169, 254, 169, 254]),
         ),
     ])));
     let client = UpstreamClient::with_resolver(Vec::new(), resolver);
     let call = |base: String, allow: bool| {
         let client = client.clone();
         async move {
-            let tables = tables(&base, allow);
-            let uri: http::Uri = format!("{base}/chat/completions").parse().unwrap();
-            client
-                .post_json(
-                    &tables.providers[0],
-                    &uri,
-                    None,
-                    "application/json",
-                    Bytes::new(),
-                )
-                .await
+            let tables = tables(&base, allow)?;
+            let uri: http::Uri = format!("{base}/chat/completions").parse()?;
+            Outcome::Ok(
+                client
+                    .post_json(
+                        &tables.providers[0],
+                        &uri,
+                        None,
+                        "application/json",
+                        Bytes::new(),
+                    )
+                    .await,
+            )
         }
     };
     for base in [
@@ -90,13 +96,13 @@ async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_
         format!("http://[::ffff:127.0.0.1]:{port}/v1"),
         format!("http://0.0.0.0:{port}/v1"),
     ] {
-        let refused = call(base.clone(), false).await;
+        let refused = call(base.clone(), false).await?;
         assert!(
             matches!(refused, Err(UpstreamError::Refused(_))),
             "{base}: {refused:?}"
         );
     }
-    let metadata = call(format!("http://meta.example.com:{port}/v1"), true).await;
+    let metadata = call(format!("http://meta.example.com:{port}/v1"), true).await?;
     assert!(
         matches!(metadata, Err(UpstreamError::Refused(_))),
         "{metadata:?}"
@@ -104,12 +110,13 @@ async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
     // The same name, with leave: the connection is made (the listener hangs up at once, so
     // the call fails after connecting: a reset, not a connect error).
-    let allowed = call(format!("http://api.example.com:{port}/v1"), true).await;
+    let allowed = call(format!("http://api.example.com:{port}/v1"), true).await?;
     assert!(
         matches!(allowed, Err(UpstreamError::Reset(_))),
         "{allowed:?}"
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    Ok(())
 }
 
 /// What a hand-written HTTP/1.1 upstream sends for a request: the raw answer, and whether it
@@ -125,10 +132,10 @@ type Answerer = fn(usize) -> (&'static [u8], Hangup);
 
 /// An upstream speaking HTTP/1.1 byte by byte, answering each request with `answer(n)` where
 /// `n` counts connections from 1; returns its port and the count of connections it accepted.
-async fn raw_upstream(answer: Answerer) -> (u16, Arc<AtomicUsize>) {
+async fn raw_upstream(answer: Answerer) -> Outcome<(u16, Arc<AtomicUsize>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counting = accepted.clone();
     tokio::spawn(async move {
@@ -148,10 +155,11 @@ async fn raw_upstream(answer: Answerer) -> (u16, Arc<AtomicUsize>) {
                         }
                     };
                     let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
-                    let length: usize = head
+                    let length = head
                         .lines()
                         .find_map(|line| line.strip_prefix("content-length:"))
-                        .map_or(0, |value| value.trim().parse().unwrap());
+                        .map_or(Some(0), |value| value.trim().parse::<usize>().ok());
+                    let Some(length) = length else { return };
                     while buffer.len() < head_end + length {
                         match socket.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
@@ -175,7 +183,7 @@ async fn raw_upstream(answer: Answerer) -> (u16, Arc<AtomicUsize>) {
             });
         }
     });
-    (port, accepted)
+    Ok((port, accepted))
 }
 
 const SIZED: &[u8] =
@@ -190,21 +198,21 @@ struct Caller {
 }
 
 impl Caller {
-    fn new(port: u16) -> Self {
+    fn new(port: u16) -> Outcome<Self> {
         let client = UpstreamClient::new();
         let base = format!("http://127.0.0.1:{port}/v1");
         let key = PoolKey {
             client: client.id,
             tls: false,
             allow_private_network: true,
-            authority: format!("127.0.0.1:{port}").parse().unwrap(),
+            authority: format!("127.0.0.1:{port}").parse()?,
         };
-        Self {
+        Ok(Self {
             client,
-            tables: tables(&base, true),
-            uri: format!("{base}/chat/completions").parse().unwrap(),
+            tables: tables(&base, true)?,
+            uri: format!("{base}/chat/completions").parse()?,
             key,
-        }
+        })
     }
 
     async fn try_send(&self) -> Result<Response<UpstreamBody>, UpstreamError> {
@@ -219,119 +227,124 @@ impl Caller {
             .await
     }
 
-    async fn send(&self) -> Response<UpstreamBody> {
-        self.try_send().await.unwrap()
+    async fn send(&self) -> Outcome<Response<UpstreamBody>> {
+        Ok(self.try_send().await?)
     }
 
     /// One call, its answer read to the end.
-    async fn call(&self) -> Bytes {
+    async fn call(&self) -> Outcome<Bytes> {
         use http_body_util::BodyExt;
-        self.send()
-            .await
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
+        Ok(self.send().await?.into_body().collect().await?.to_bytes())
     }
 }
 
 /// Two calls, each answer read whole, took two connections: the first was not kept.
-async fn not_kept(port: u16, accepted: &AtomicUsize) {
-    let caller = Caller::new(port);
-    assert_eq!(caller.call().await, "{\"ok\":true}");
+async fn not_kept(port: u16, accepted: &AtomicUsize) -> Outcome {
+    let caller = Caller::new(port)?;
+    assert_eq!(caller.call().await?, "{\"ok\":true}");
     assert_eq!(pool::idle_count(&caller.key), 0);
-    assert_eq!(caller.call().await, "{\"ok\":true}");
+    assert_eq!(caller.call().await?, "{\"ok\":true}");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    Ok(())
 }
 
 #[tokio::test]
-async fn an_answer_read_to_its_end_leaves_its_connection_to_the_next_request() {
-    let (port, accepted) = raw_upstream(|_| (SIZED, Hangup::Open)).await;
-    let caller = Caller::new(port);
+async fn an_answer_read_to_its_end_leaves_its_connection_to_the_next_request() -> Outcome {
+    let (port, accepted) = raw_upstream(|_| (SIZED, Hangup::Open)).await?;
+    let caller = Caller::new(port)?;
     for _ in 0..3 {
-        assert_eq!(caller.call().await, "{\"ok\":true}");
+        assert_eq!(caller.call().await?, "{\"ok\":true}");
         assert_eq!(pool::idle_count(&caller.key), 1);
     }
-    let (port, chunked_accepted) = raw_upstream(|_| (CHUNKED, Hangup::Open)).await;
-    let chunked = Caller::new(port);
+    let (port, chunked_accepted) = raw_upstream(|_| (CHUNKED, Hangup::Open)).await?;
+    let chunked = Caller::new(port)?;
     for _ in 0..3 {
-        assert_eq!(chunked.call().await, "{\"ok\":true}");
+        assert_eq!(chunked.call().await?, "{\"ok\":true}");
     }
     assert_eq!(pool::idle_count(&chunked.key), 1);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     assert_eq!(chunked_accepted.load(Ordering::SeqCst), 1);
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() {
-    let (port, accepted) = raw_upstream(|_| (SIZED, Hangup::Now)).await;
-    let caller = Caller::new(port);
+async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() -> Outcome {
+    let (port, accepted) = raw_upstream(|_| (SIZED, Hangup::Now)).await?;
+    let caller = Caller::new(port)?;
     for round in 1..=3 {
-        assert_eq!(caller.call().await, "{\"ok\":true}");
+        assert_eq!(caller.call().await?, "{\"ok\":true}");
         // Let the hang-up arrive while the connection sits idle.
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(accepted.load(Ordering::SeqCst), round);
     }
+    Ok(())
 }
 
 #[tokio::test]
-async fn connection_close_and_close_delimited_answers_are_not_pooled() {
+async fn connection_close_and_close_delimited_answers_are_not_pooled() -> Outcome {
     const CLOSE: &[u8] =
         b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
     const UNTIL_EOF: &[u8] =
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"ok\":true}";
     for answer in [CLOSE, UNTIL_EOF] {
         let (port, accepted) = if answer == CLOSE {
-            raw_upstream(|_| (CLOSE, Hangup::Now)).await
+            raw_upstream(|_| (CLOSE, Hangup::Now)).await?
         } else {
-            raw_upstream(|_| (UNTIL_EOF, Hangup::Now)).await
+            raw_upstream(|_| (UNTIL_EOF, Hangup::Now)).await?
         };
-        not_kept(port, &accepted).await;
+        not_kept(port, &accepted).await?;
     }
+    Ok(())
 }
 
 #[tokio::test]
-async fn an_answer_abandoned_midway_closes_its_connection() {
+async fn an_answer_abandoned_midway_closes_its_connection() -> Outcome {
     use http_body_util::BodyExt;
     const HALF: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"ok\"\r\n";
     let (port, accepted) = raw_upstream(|connection| match connection {
         1 => (HALF, Hangup::Stall),
         _ => (SIZED, Hangup::Open),
     })
-    .await;
-    let caller = Caller::new(port);
-    let mut body = caller.send().await.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    .await?;
+    let caller = Caller::new(port)?;
+    let mut body = caller.send().await?.into_body();
+    let first = body
+        .frame()
+        .await
+        .ok_or("the body ended before its first chunk")??
+        .into_data()
+        .map_err(|_| "the first frame holds no data")?;
     assert_eq!(first, "{\"ok\"");
     drop(body);
     assert_eq!(pool::idle_count(&caller.key), 0);
-    assert_eq!(caller.call().await, "{\"ok\":true}");
+    assert_eq!(caller.call().await?, "{\"ok\":true}");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    Ok(())
 }
 
 #[tokio::test]
-async fn interim_answers_are_skipped_and_bodiless_answers_keep_the_connection() {
+async fn interim_answers_are_skipped_and_bodiless_answers_keep_the_connection() -> Outcome {
     const INTERIM: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
     const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
-    let (port, accepted) = raw_upstream(|_| (INTERIM, Hangup::Open)).await;
-    let caller = Caller::new(port);
-    assert_eq!(caller.call().await, "{\"ok\":true}");
-    assert_eq!(caller.call().await, "{\"ok\":true}");
+    let (port, accepted) = raw_upstream(|_| (INTERIM, Hangup::Open)).await?;
+    let caller = Caller::new(port)?;
+    assert_eq!(caller.call().await?, "{\"ok\":true}");
+    assert_eq!(caller.call().await?, "{\"ok\":true}");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    let (port, accepted) = raw_upstream(|_| (NO_CONTENT, Hangup::Open)).await;
-    let caller = Caller::new(port);
-    let response = caller.send().await;
+    let (port, accepted) = raw_upstream(|_| (NO_CONTENT, Hangup::Open)).await?;
+    let caller = Caller::new(port)?;
+    let response = caller.send().await?;
     assert_eq!(response.status(), http::StatusCode::NO_CONTENT);
     assert!(http_body::Body::is_end_stream(response.body()));
     drop(response);
-    assert_eq!(caller.call().await, "");
+    assert_eq!(caller.call().await?, "");
     assert_eq!(pool::idle_count(&caller.key), 1);
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    Ok(())
 }
 
 #[tokio::test]
-async fn ambiguous_framing_is_refused_or_never_reused() {
+async fn ambiguous_framing_is_refused_or_never_reused() -> Outcome {
     const TWO_LENGTHS: &[u8] =
         b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\ncontent-length: 12\r\n\r\n{\"ok\":true}";
     const NOT_A_NUMBER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: +11\r\n\r\n{\"ok\":true}";
@@ -341,11 +354,11 @@ async fn ambiguous_framing_is_refused_or_never_reused() {
         (NOT_A_NUMBER, "content-length"),
     ] {
         let (port, _) = if answer == TWO_LENGTHS {
-            raw_upstream(|_| (TWO_LENGTHS, Hangup::Open)).await
+            raw_upstream(|_| (TWO_LENGTHS, Hangup::Open)).await?
         } else {
-            raw_upstream(|_| (NOT_A_NUMBER, Hangup::Open)).await
+            raw_upstream(|_| (NOT_A_NUMBER, Hangup::Open)).await?
         };
-        let caller = Caller::new(port);
+        let caller = Caller::new(port)?;
         let refused = caller.try_send().await;
         assert!(
             matches!(&refused, Err(UpstreamError::Reset(why)) if why.contains(expected)),
@@ -353,17 +366,20 @@ async fn ambiguous_framing_is_refused_or_never_reused() {
         );
     }
     // A transfer coding wins over a length, and the connection is not used again.
-    let (port, accepted) = raw_upstream(|_| (BOTH, Hangup::Open)).await;
-    not_kept(port, &accepted).await;
+    let (port, accepted) = raw_upstream(|_| (BOTH, Hangup::Open)).await?;
+    not_kept(port, &accepted).await?;
+    Ok(())
 }
 
 #[tokio::test]
-async fn a_head_larger_than_the_limit_is_refused() {
+async fn a_head_larger_than_the_limit_is_refused() -> Outcome {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
     tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
         let mut request = [0u8; 4096];
         let _ = socket.read(&mut request).await;
         let _ = socket.write_all(b"HTTP/1.1 200 OK\r\n").await;
@@ -375,10 +391,11 @@ async fn a_head_larger_than_the_limit_is_refused() {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     });
-    let caller = Caller::new(port);
+    let caller = Caller::new(port)?;
     let refused = caller.try_send().await;
     assert!(
         matches!(&refused, Err(UpstreamError::Reset(why)) if why.contains("64 KiB")),
         "{refused:?}"
     );
+    Ok(())
 }

@@ -68,7 +68,7 @@ proptest! {
     fn members_are_what_serde_reads(object in prop::collection::btree_map("[a-z\"\\\\]{0,6}", json_value(), 0..8)) {
         let expected: Vec<(String, Value)> = object.clone().into_iter().collect();
         let value = Value::Object(object.into_iter().collect());
-        for text in [value.to_string(), serde_json::to_string_pretty(&value).unwrap()] {
+        for text in [format!("{value}"), format!("{value:#}")] {
             prop_assert_eq!(walked(&text), Some(expected.clone()), "{}", text);
         }
     }
@@ -76,12 +76,13 @@ proptest! {
     #[test]
     fn elements_are_what_serde_reads(items in prop::collection::vec(json_value(), 0..8)) {
         let value = Value::Array(items.clone());
-        for text in [value.to_string(), serde_json::to_string_pretty(&value).unwrap()] {
+        for text in [format!("{value}"), format!("{value:#}")] {
             let mut read = Vec::new();
             JsonCursor::new(text.as_bytes()).array(|cursor| {
-                read.push(serde_json::from_slice::<Value>(cursor.value().unwrap()).unwrap());
+                read.push(cursor.value().and_then(|json| serde_json::from_slice::<Value>(json).ok()));
             });
-            prop_assert_eq!(&read, &items, "{}", text);
+            let expected: Vec<Option<Value>> = items.iter().cloned().map(Some).collect();
+            prop_assert_eq!(&read, &expected, "{}", text);
         }
     }
 
@@ -89,7 +90,7 @@ proptest! {
     fn a_walk_into_every_value_finds_what_serde_finds(value in json_value()) {
         let mut expected = Vec::new();
         strings_of(&value, &mut expected);
-        for text in [value.to_string(), serde_json::to_string_pretty(&value).unwrap()] {
+        for text in [format!("{value}"), format!("{value:#}")] {
             let mut found = Vec::new();
             strings_descending(&mut JsonCursor::new(text.as_bytes()), &mut found);
             prop_assert_eq!(&found, &expected, "{}", text);
@@ -100,7 +101,7 @@ proptest! {
     fn string_chars_counts_the_decoded_characters(text in "\\PC{0,24}", escape_every in 1usize..4) {
         // Spelt as serde writes it, and with every n-th character as a \u escape (surrogate
         // pairs past the basic plane).
-        let plain = serde_json::to_string(&text).unwrap();
+        let plain = Value::String(text.clone()).to_string();
         prop_assert_eq!(string_chars(plain.as_bytes()), Some(text.chars().count()));
         let mut escaped = String::from("\"");
         for (index, ch) in text.chars().enumerate() {
@@ -114,7 +115,7 @@ proptest! {
             }
         }
         escaped.push('"');
-        prop_assert_eq!(serde_json::from_str::<String>(&escaped).unwrap(), text.clone());
+        prop_assert_eq!(serde_json::from_str::<String>(&escaped).ok(), Some(text.clone()));
         prop_assert_eq!(string_chars(escaped.as_bytes()), Some(text.chars().count()));
     }
 

@@ -2,9 +2,6 @@
 //! read straight into numbers (no JSON tree on the hot path). Streamed chat chunks carry the
 //! usage in their last chunk (when asked for), Responses events in `response.completed`.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 use crate::answers::json_cursor::{JsonCursor, string_chars};
 use crate::answers::{StreamMeter, StreamReader, Usage, UsageReader};
 
@@ -65,13 +62,13 @@ fn usage_of(json: &[u8]) -> Option<Usage> {
 /// reading the whole answer.
 pub fn usage_from_answer(body: &[u8]) -> Option<Usage> {
     usage_at_last_key(body).or_else(|| {
-        #[derive(Deserialize)]
-        struct UsageOnly<'a> {
-            #[serde(borrow, default)]
-            usage: Option<&'a RawValue>,
-        }
-        let answer: UsageOnly = serde_json::from_slice(body).ok()?;
-        usage_of(answer.usage?.get().as_bytes())
+        let mut usage = None;
+        JsonCursor::new(body).object(|key, cursor| {
+            if key == b"usage" {
+                usage = cursor.value();
+            }
+        })?;
+        usage_of(usage?)
     })
 }
 
