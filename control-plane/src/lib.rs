@@ -7,6 +7,7 @@ pub mod key_check;
 pub mod lease_service;
 pub mod metrics;
 pub mod pricing_catalog;
+pub mod proto_fields;
 pub mod server;
 pub mod settings;
 pub mod snapshot_builder;

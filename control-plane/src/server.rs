@@ -8,7 +8,6 @@ use std::sync::Arc;
 use sluice_proto::admin::v1::admin_service_server::AdminServiceServer;
 use sluice_proto::config::v1::config_service_server::ConfigServiceServer;
 use sluice_proto::usage::v1::lease_service_server::LeaseServiceServer;
-use sluice_proto::usage::v1::usage_service_server::UsageServiceServer;
 use sluice_shared::secret::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -23,6 +22,7 @@ use crate::settings::Settings;
 use crate::snapshot_builder::ConfigPublisher;
 use crate::store::{AnyStore, Audit, Store, StoreError, TokenScope};
 use crate::usage_ingest::UsageIngest;
+use crate::usage_ingest::server::UsageServer;
 use crate::vault::{self, Vault, VaultError};
 
 const BOOTSTRAP_TOKEN_NAME: &str = "bootstrap";
@@ -124,7 +124,7 @@ async fn launch<S: Store>(
     );
     let metrics = Arc::new(Metrics::default());
     let usage = TokenAuth::data_plane(
-        UsageServiceServer::new(UsageIngest::new(store.clone(), metrics.clone())),
+        UsageServer::new(UsageIngest::new(store.clone(), metrics.clone())),
         store.clone(),
     );
     let leases = TokenAuth::data_plane(

@@ -233,9 +233,38 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// A header value `httparse` accepted, as an `http` value without its bytes checked again:
+/// httparse admits exactly the bytes `HeaderValue` does (tab, 0x20–0x7E, 0x80–0xFF), so a
+/// second pass over every value of every head only repeats the first.
+pub fn parsed_header_value(value: Bytes) -> http::HeaderValue {
+    // SAFETY: the constructor is `unsafe` only because it skips `http`'s byte check (an
+    // invalid value would break no memory safety, only `http`'s invariant); every byte of
+    // `value` passed httparse's identical check, which the test below holds to for each byte.
+    unsafe { http::HeaderValue::from_maybe_shared_unchecked(value) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn httparse_admits_exactly_the_header_value_bytes_http_does() {
+        for byte in 0..=u8::MAX {
+            let head = [b"GET / HTTP/1.1\r\nx: a".as_slice(), &[byte], b"b\r\n\r\n"].concat();
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let parsed = httparse::Request::new(&mut headers).parse(&head);
+            let admitted = matches!(parsed, Ok(httparse::Status::Complete(_)));
+            // A line break ends the value instead: not a byte a value holds either way.
+            if byte == b'\r' || byte == b'\n' {
+                continue;
+            }
+            assert_eq!(
+                admitted,
+                http::HeaderValue::from_bytes(&[b'a', byte, b'b']).is_ok(),
+                "byte {byte:#04x}"
+            );
+        }
+    }
 
     type Decoder = fn(&mut Framing, &mut BytesMut) -> Result<Step, Malformed>;
 

@@ -213,6 +213,14 @@ impl LeadingPairs {
         let end = end.min(haystack.len().saturating_sub(1));
         let mut block = 0;
         #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            if let Some(done) = unsafe { avx2_places(pairs, haystack, end, &mut block, &mut check) }
+            {
+                return done;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: SSE2 is part of every x86_64 CPU, and each load reads the sixteen bytes from
         // `block` or `block + 1`, which the loop keeps inside `haystack`; the loads need no
         // alignment.
@@ -237,16 +245,9 @@ impl LeadingPairs {
                     );
                     hits = _mm_or_si128(hits, pair);
                 }
-                let mut mask = _mm_movemask_epi8(hits) as u32;
-                while mask != 0 {
-                    let place = block + mask.trailing_zeros() as usize;
-                    if place >= end {
-                        return None;
-                    }
-                    if let Some(found) = check(place) {
-                        return Some(found);
-                    }
-                    mask &= mask - 1;
+                let mask = _mm_movemask_epi8(hits) as u32;
+                if let Some(done) = each_hit(mask, block, end, &mut check) {
+                    return done;
                 }
                 block += 16;
             }
@@ -255,6 +256,78 @@ impl LeadingPairs {
             .filter(|&place| pairs.contains(&[haystack[place], haystack[place + 1]]))
             .find_map(check)
     }
+}
+
+/// Calls `check` with each place a bit of `mask` marks (bit `i`: place `block + i`), in
+/// order: `Some` with the answer once `check` finds one or a place reaches `end`.
+fn each_hit<T>(
+    mut mask: u32,
+    block: usize,
+    end: usize,
+    check: &mut impl FnMut(usize) -> Option<T>,
+) -> Option<Option<T>> {
+    while mask != 0 {
+        let place = block + mask.trailing_zeros() as usize;
+        if place >= end {
+            return Some(None);
+        }
+        if let Some(found) = check(place) {
+            return Some(Some(found));
+        }
+        mask &= mask - 1;
+    }
+    None
+}
+
+/// [`LeadingPairs::each_place`] thirty-two places at a time, from `*block` on while a whole
+/// block and the byte after it lie in `haystack`: `Some` with the answer once it is known,
+/// `None` with `*block` where the narrower passes go on.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_places<T>(
+    pairs: &[[u8; 2]],
+    haystack: &[u8],
+    end: usize,
+    block: &mut usize,
+    check: &mut impl FnMut(usize) -> Option<T>,
+) -> Option<Option<T>> {
+    use std::arch::x86_64::{
+        __m256i, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8,
+        _mm256_or_si256, _mm256_set1_epi8, _mm256_setzero_si256,
+    };
+    let mut wanted = [(_mm256_setzero_si256(), _mm256_setzero_si256()); MOST_FORMS];
+    for (lanes, &[first, second]) in wanted.iter_mut().zip(pairs) {
+        *lanes = (
+            _mm256_set1_epi8(first as i8),
+            _mm256_set1_epi8(second as i8),
+        );
+    }
+    let wanted = &wanted[..pairs.len()];
+    // SAFETY: each load reads the thirty-two bytes from `place`, and the loop keeps
+    // `*block + 33` (the second load's end) inside `haystack`; the loads need no alignment.
+    let at = |place: usize| unsafe {
+        _mm256_loadu_si256(haystack.as_ptr().add(place).cast::<__m256i>())
+    };
+    while *block < end && *block + 33 <= haystack.len() {
+        let (firsts, seconds) = (at(*block), at(*block + 1));
+        let mut hits = _mm256_setzero_si256();
+        for &(first, second) in wanted {
+            let pair = _mm256_and_si256(
+                _mm256_cmpeq_epi8(firsts, first),
+                _mm256_cmpeq_epi8(seconds, second),
+            );
+            hits = _mm256_or_si256(hits, pair);
+        }
+        let mask = _mm256_movemask_epi8(hits) as u32;
+        if let Some(done) = each_hit(mask, *block, end, check) {
+            return Some(done);
+        }
+        *block += 32;
+    }
+    None
 }
 
 impl Drop for LeadingPairs {

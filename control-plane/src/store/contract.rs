@@ -346,13 +346,13 @@ pub trait UsageStore: Send + Sync + 'static {
     /// Commits a batch and its records once, in one transaction with the budgets' spend. Of a
     /// batch that [`Delivery::MayRepeat`], a record whose request id the same proxy's batches
     /// already hold is skipped (and not counted again).
-    fn commit_usage_batch(
+    fn commit_usage_batch<T: AsRef<str> + Send + Sync>(
         &self,
         batch_id: &str,
         proxy_id: &str,
         payload_hash: &str,
         delivery: Delivery,
-        batch: NewUsageBatch,
+        batch: NewUsageBatch<T>,
     ) -> impl Future<Output = StoreResult<BatchCommit>> + Send;
     /// Sums usage by the query's groups, largest cost first, with the total over every match.
     fn query_usage(

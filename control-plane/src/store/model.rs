@@ -413,14 +413,16 @@ impl BudgetPeriod {
 stored_enum!(PriceSource { Catalog => "CATALOG", Operator => "OPERATOR" });
 stored_enum!(UsageSource { ProviderReported => "PROVIDER_REPORTED", Estimated => "ESTIMATED", Mock => "MOCK" });
 
+/// One request's usage. Its text is `String`s when owned, or `&str`s read in place from a
+/// batch's encoding (`UsageRecord<&str>`): a batch is ingested without a copy of its ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageRecord {
-    pub request_id: String,
+pub struct UsageRecord<S = String> {
+    pub request_id: S,
     pub started_at_us: i64,
-    pub project_id: String,
-    pub virtual_key_id: String,
-    pub model: String,
-    pub provider_id: String,
+    pub project_id: S,
+    pub virtual_key_id: S,
+    pub model: S,
+    pub provider_id: S,
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cached_input_tokens: i64,
@@ -430,12 +432,39 @@ pub struct UsageRecord {
     pub http_status: i64,
     pub source: UsageSource,
     /// From the request's `x-sluice-run-id` / `x-sluice-task-id`; empty when absent.
-    pub run_id: String,
-    pub task_id: String,
+    pub run_id: S,
+    pub task_id: S,
     /// From the request's `x-sluice-tag-<name>` headers.
-    pub tags: Vec<(String, String)>,
+    pub tags: Vec<(S, S)>,
     /// The proxy process whose lease the request was reserved against.
     pub lease_epoch: i64,
+}
+
+impl<S: AsRef<str>> UsageRecord<S> {
+    /// The record with its text copied out.
+    pub fn to_owned_record(&self) -> UsageRecord {
+        let text = |s: &S| s.as_ref().to_owned();
+        UsageRecord {
+            request_id: text(&self.request_id),
+            started_at_us: self.started_at_us,
+            project_id: text(&self.project_id),
+            virtual_key_id: text(&self.virtual_key_id),
+            model: text(&self.model),
+            provider_id: text(&self.provider_id),
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cached_input_tokens: self.cached_input_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+            cost_micros: self.cost_micros,
+            latency_ms: self.latency_ms,
+            http_status: self.http_status,
+            source: self.source,
+            run_id: text(&self.run_id),
+            task_id: text(&self.task_id),
+            tags: self.tags.iter().map(|(n, v)| (text(n), text(v))).collect(),
+            lease_epoch: self.lease_epoch,
+        }
+    }
 }
 
 /// Whether a usage batch's records may have been stored before, under another batch id.
@@ -450,20 +479,22 @@ pub enum Delivery {
 
 /// A usage batch's records, with their stored form (a `UsageBatch` encoding of them, see
 /// [`usage_wire`](crate::store::usage_wire)).
-pub struct NewUsageBatch {
-    pub(crate) records: Vec<UsageRecord>,
-    pub(crate) encoded: Vec<u8>,
+pub struct NewUsageBatch<S = String> {
+    pub(crate) records: Vec<UsageRecord<S>>,
+    pub(crate) encoded: bytes::Bytes,
+}
+
+impl<'a> NewUsageBatch<&'a str> {
+    /// Records read in place from `encoded`, the `UsageBatch` they arrived in: it must hold
+    /// exactly `records`.
+    pub fn received(records: Vec<UsageRecord<&'a str>>, encoded: bytes::Bytes) -> Self {
+        Self { records, encoded }
+    }
 }
 
 impl NewUsageBatch {
-    /// Records and their encoding as they arrived, when one was already made (hashing the
-    /// payload): it must hold exactly `records`.
-    pub fn received(records: Vec<UsageRecord>, encoded: Vec<u8>) -> Self {
-        Self { records, encoded }
-    }
-
     pub fn from_records(records: Vec<UsageRecord>) -> Self {
-        let encoded = crate::store::usage_wire::encode(&records);
+        let encoded = crate::store::usage_wire::encode(&records).into();
         Self { records, encoded }
     }
 }

@@ -333,18 +333,18 @@ impl UsageReporter {
 
     /// Makes every record read so far durable before it is sent.
     async fn sync(&self, state: &mut State) {
-        let work: Vec<(Arc<Segment>, usize)> = state
+        let work: Vec<(Arc<Segment>, usize, usize)> = state
             .progress
             .iter()
             .filter(|p| p.read_to > p.synced_to)
-            .map(|p| (p.segment.clone(), p.read_to))
+            .map(|p| (p.segment.clone(), p.synced_to, p.read_to))
             .collect();
         if work.is_empty() {
             return;
         }
         let synced = tokio::task::spawn_blocking(move || {
-            for (segment, upto) in &work {
-                if let Err(error) = segment.sync(*upto) {
+            for (segment, from, upto) in &work {
+                if let Err(error) = segment.sync(*from, *upto) {
                     tracing::warn!(path = %segment.path().display(), %error, "cannot sync the usage spool");
                 }
             }
@@ -352,7 +352,7 @@ impl UsageReporter {
         })
         .await;
         if let Ok(work) = synced {
-            for (segment, upto) in work {
+            for (segment, _, upto) in work {
                 if let Some(p) = state
                     .progress
                     .iter_mut()

@@ -162,8 +162,7 @@ impl Http1Connection {
                 .map_err(|_| Http1Error::Malformed("a header name"))?;
             let offset = header.value.as_ptr() as usize - start;
             let value =
-                HeaderValue::from_maybe_shared(head.slice(offset..offset + header.value.len()))
-                    .map_err(|_| Http1Error::Malformed("a header value"))?;
+                framing::parsed_header_value(head.slice(offset..offset + header.value.len()));
             if name == http::header::CONTENT_LENGTH {
                 let parsed = framing::content_length(header.value)
                     .ok_or(Http1Error::Malformed("its content-length"))?;

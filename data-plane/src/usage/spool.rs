@@ -254,10 +254,13 @@ impl Segment {
         }
     }
 
-    /// Makes what is written so far durable (an `msync`): records survive power loss from the
+    /// Makes what is written from `from` to `upto` durable (an `msync` of that range; what
+    /// lies before `from` was made durable earlier): records survive power loss from the
     /// moment this returns.
-    pub fn sync(&self, upto: usize) -> io::Result<()> {
-        self.map.flush_range(0, upto.min(self.capacity()))
+    pub fn sync(&self, from: usize, upto: usize) -> io::Result<()> {
+        let upto = upto.min(self.capacity());
+        let from = from.min(upto);
+        self.map.flush_range(from, upto - from)
     }
 }
 

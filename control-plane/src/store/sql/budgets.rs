@@ -323,10 +323,10 @@ macro_rules! budgets_sql {
         }
 
         /// One inserted usage record, as far as budgets care.
-        struct Spend {
+        struct Spend<'r> {
             lease_epoch: i64,
-            project_id: String,
-            virtual_key_id: String,
+            project_id: &'r str,
+            virtual_key_id: &'r str,
             started_at_us: i64,
             cost_micros: i64,
             estimated: bool,
@@ -337,7 +337,7 @@ macro_rules! budgets_sql {
         async fn roll_up_budgets(
             tx: &mut Tx,
             proxy_id: &str,
-            spends: &[Spend],
+            spends: &[Spend<'_>],
         ) -> StoreResult<Vec<BudgetAlert>> {
             if spends.is_empty() {
                 return Ok(Vec::new());
@@ -364,7 +364,7 @@ macro_rules! budgets_sql {
             let mut lease_credits: std::collections::BTreeMap<(usize, i64, i64), i64> =
                 std::collections::BTreeMap::new();
             for spend in spends {
-                let org_id = project_orgs.get(&spend.project_id);
+                let org_id = project_orgs.get(spend.project_id);
                 for (index, budget) in budgets.iter().enumerate() {
                     let covers = match budget.target.scope() {
                         // An organisation budget's scope id is the organisation's id.

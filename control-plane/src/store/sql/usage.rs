@@ -14,7 +14,7 @@ pub(crate) fn hour_of(at_us: i64) -> i64 {
 }
 
 /// What one record adds to any sum of usage (a roll-up row, a query's group).
-pub(crate) fn sums_of(record: &UsageRecord) -> UsageTotals {
+pub(crate) fn sums_of<S>(record: &UsageRecord<S>) -> UsageTotals {
     let estimated = record.source == UsageSource::Estimated;
     UsageTotals {
         keys: Vec::new(),
@@ -57,19 +57,22 @@ pub(crate) type HourKey<'r> = (
     &'r str,
 );
 
-/// A batch's records summed per `usage_hourly` key.
-pub(crate) fn hourly_sums<'r>(records: &[&'r UsageRecord]) -> HashMap<HourKey<'r>, UsageTotals> {
-    let mut sums: HashMap<_, UsageTotals> = HashMap::new();
+/// A batch's records summed per `usage_hourly` key (hashed with foldhash: SipHash over seven
+/// strings per record was a tenth of a batch's commit).
+pub(crate) fn hourly_sums<'r, S: AsRef<str>>(
+    records: &[&'r UsageRecord<S>],
+) -> HashMap<HourKey<'r>, UsageTotals, foldhash::fast::RandomState> {
+    let mut sums: HashMap<_, UsageTotals, _> = HashMap::default();
     for record in records {
         let sum = sums
             .entry((
-                record.project_id.as_str(),
+                record.project_id.as_ref(),
                 hour_of(record.started_at_us),
-                record.virtual_key_id.as_str(),
-                record.model.as_str(),
-                record.provider_id.as_str(),
+                record.virtual_key_id.as_ref(),
+                record.model.as_ref(),
+                record.provider_id.as_ref(),
                 record.source.as_str(),
-                record.run_id.as_str(),
+                record.run_id.as_ref(),
             ))
             .or_default();
         add_sums(sum, &sums_of(record));
@@ -90,7 +93,9 @@ pub(crate) fn tags_from_json(text: String) -> Vec<(String, String)> {
 }
 
 /// The hours (their starts) `records` started in.
-pub(crate) fn hours_of<'r>(records: impl IntoIterator<Item = &'r UsageRecord>) -> Vec<i64> {
+pub(crate) fn hours_of<'r, S: 'r>(
+    records: impl IntoIterator<Item = &'r UsageRecord<S>>,
+) -> Vec<i64> {
     let mut hours: Vec<i64> = records
         .into_iter()
         .map(|r| hour_of(r.started_at_us))
@@ -101,14 +106,17 @@ pub(crate) fn hours_of<'r>(records: impl IntoIterator<Item = &'r UsageRecord>) -
 }
 
 /// Of `records`, each request once and none that `stored` already holds.
-pub(crate) fn not_in<'r>(
-    records: &'r [UsageRecord],
+pub(crate) fn not_in<'r, S: AsRef<str>>(
+    records: &'r [UsageRecord<S>],
     stored: &HashSet<String>,
-) -> Vec<&'r UsageRecord> {
+) -> Vec<&'r UsageRecord<S>> {
     let mut seen = HashSet::new();
     records
         .iter()
-        .filter(|r| !stored.contains(&r.request_id) && seen.insert(r.request_id.as_str()))
+        .filter(|r| {
+            let id = r.request_id.as_ref();
+            !stored.contains(id) && seen.insert(id)
+        })
         .collect()
 }
 
@@ -150,7 +158,10 @@ macro_rules! usage_sql {
 
         /// Adds the records to the hourly roll-up, one upsert per (project, hour, key, model,
         /// provider, source, run) they fall in.
-        async fn add_to_usage_hourly(tx: &mut Tx, records: &[&UsageRecord]) -> StoreResult<()> {
+        async fn add_to_usage_hourly<S: AsRef<str>>(
+            tx: &mut Tx,
+            records: &[&UsageRecord<S>],
+        ) -> StoreResult<()> {
             for ((project_id, hour_us, virtual_key_id, model, provider_id, source, run_id), sum) in
                 hourly_sums(records)
             {
@@ -190,14 +201,14 @@ macro_rules! usage_sql {
 
         /// Stores one batch's records (its row with `encoded`, their stored form, and the hours
         /// it holds); the caller adds them to the roll-up and the budgets.
-        async fn insert_usage_batch(
+        async fn insert_usage_batch<S>(
             tx: &mut Tx,
             batch_id: &str,
             proxy_id: &str,
             payload_hash: &str,
             received_at_us: i64,
-            records: &[&UsageRecord],
-            encoded: Vec<u8>,
+            records: &[&UsageRecord<S>],
+            encoded: &[u8],
         ) -> StoreResult<()> {
             sqlx::query(
                 "INSERT INTO usage_batches \
@@ -215,10 +226,10 @@ macro_rules! usage_sql {
             record_batch_hours(tx, batch_id, records).await
         }
 
-        async fn record_batch_hours(
+        async fn record_batch_hours<S>(
             tx: &mut Tx,
             batch_id: &str,
-            records: &[&UsageRecord],
+            records: &[&UsageRecord<S>],
         ) -> StoreResult<()> {
             for hour_us in hours_of(records.iter().copied()) {
                 sqlx::query(
@@ -303,13 +314,13 @@ macro_rules! usage_sql {
         }
 
         impl UsageStore for $store {
-            async fn commit_usage_batch(
+            async fn commit_usage_batch<T: AsRef<str> + Send + Sync>(
                 &self,
                 batch_id: &str,
                 proxy_id: &str,
                 payload_hash: &str,
                 delivery: Delivery,
-                batch: NewUsageBatch,
+                batch: NewUsageBatch<T>,
             ) -> StoreResult<BatchCommit> {
                 let NewUsageBatch { records, encoded } = batch;
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
@@ -333,7 +344,7 @@ macro_rules! usage_sql {
                 let received_at_us = now_us();
                 // The roll-up and the budgets count only the records stored now, not ones a
                 // proxy sent before under another batch id.
-                let stored: Vec<&UsageRecord> = match delivery {
+                let stored: Vec<&UsageRecord<T>> = match delivery {
                     Delivery::First => records.iter().collect(),
                     Delivery::MayRepeat => {
                         // An earlier copy of a record is in a batch of the same proxy that holds
@@ -353,7 +364,7 @@ macro_rules! usage_sql {
                 let encoded = if stored.len() == records.len() {
                     encoded
                 } else {
-                    usage_wire::encode(stored.iter().copied())
+                    usage_wire::encode(stored.iter().copied()).into()
                 };
                 insert_usage_batch(
                     &mut tx,
@@ -362,7 +373,7 @@ macro_rules! usage_sql {
                     payload_hash,
                     received_at_us,
                     &stored,
-                    encoded,
+                    &encoded,
                 )
                 .await?;
                 add_to_usage_hourly(&mut tx, &stored).await?;
@@ -370,8 +381,8 @@ macro_rules! usage_sql {
                     .iter()
                     .map(|r| Spend {
                         lease_epoch: r.lease_epoch,
-                        project_id: r.project_id.clone(),
-                        virtual_key_id: r.virtual_key_id.clone(),
+                        project_id: r.project_id.as_ref(),
+                        virtual_key_id: r.virtual_key_id.as_ref(),
                         started_at_us: r.started_at_us,
                         cost_micros: r.cost_micros,
                         estimated: r.source == UsageSource::Estimated,

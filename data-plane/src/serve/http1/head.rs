@@ -7,7 +7,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version, request};
+use http::{HeaderMap, HeaderName, Method, Uri, Version, request};
 
 use crate::error_response::ErrorShape;
 use crate::framing::{self, Framing};
@@ -189,8 +189,7 @@ fn build(request: &httparse::Request<'_, '_>, raw: &[u8]) -> Result<RequestHead,
     for header in request.headers.iter() {
         let name =
             HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| Refusal::HeaderName)?;
-        let value = HeaderValue::from_maybe_shared(shared(header.value))
-            .map_err(|_| Refusal::HeaderValue)?;
+        let value = framing::parsed_header_value(shared(header.value));
         if name == http::header::TRANSFER_ENCODING {
             if !http11 {
                 return Err(Refusal::TransferEncoding);

@@ -2,20 +2,23 @@
 //! its records, in one transaction) and then acknowledged. A repeated batch id with the same
 //! payload is acknowledged again without a second commit; the same id with a different payload
 //! is refused and reported, never merged.
+//!
+//! A batch is taken as the bytes the proxy sent ([`server`]): hashed and stored as they came,
+//! its records read in place — no record is copied, decoded into owned text or encoded again.
+
+pub mod server;
 
 use std::sync::Arc;
 
-use prost::Message;
 use sha2::{Digest, Sha256};
 use sluice_proto::usage::v1 as pb;
-use sluice_proto::usage::v1::usage_service_server::UsageService;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use crate::metrics::Metrics;
 use crate::store::usage_wire::{self, MAX_ID};
 use crate::store::{Audit, BatchOutcome, Delivery, KeyHealth, NewUsageBatch, Store};
+
+use self::server::RawReport;
 
 const MAX_RECORDS_PER_BATCH: usize = 10_000;
 
@@ -30,66 +33,33 @@ impl<S> UsageIngest<S> {
     }
 }
 
-#[tonic::async_trait]
-impl<S: Store> UsageService for UsageIngest<S> {
-    type ReportUsageStream = ReceiverStream<Result<pb::ReportUsageResponse, Status>>;
-
-    async fn report_usage(
-        &self,
-        request: Request<Streaming<pb::ReportUsageRequest>>,
-    ) -> Result<Response<Self::ReportUsageStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (sender, receiver) = mpsc::channel(16);
-        let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(request)) = inbound.message().await {
-                let response = ingest(store.as_ref(), &metrics, request).await;
-                if sender.send(response).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(receiver)))
-    }
-}
-
 async fn ingest<S: Store>(
     store: &S,
     metrics: &Metrics,
-    request: pb::ReportUsageRequest,
+    request: RawReport,
 ) -> Result<pb::ReportUsageResponse, Status> {
     crate::validation::proxy_id("proxy_id", &request.proxy_id)
         .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
-    let mut batch = request
+    let encoded = request
         .batch
         .ok_or_else(|| Status::invalid_argument("batch: is required"))?;
+    let batch = usage_wire::read_batch(&encoded, MAX_RECORDS_PER_BATCH)
+        .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
     if batch.batch_id.is_empty() || batch.batch_id.len() > MAX_ID {
         return Err(Status::invalid_argument(
             "batch.batch_id: is required, at most 128 bytes",
         ));
     }
-    if batch.records.len() > MAX_RECORDS_PER_BATCH {
-        return Err(Status::invalid_argument(format!(
-            "batch.records: at most {MAX_RECORDS_PER_BATCH} per batch"
-        )));
-    }
-    // Encoding is deterministic for equal messages, so equal payloads hash equal.
-    let encoded = batch.encode_to_vec();
+    // A proxy sends a batch's bytes again unchanged when it retries, so equal payloads hash
+    // equal.
     let payload_hash = hex::encode(Sha256::digest(&encoded));
+    let batch_id = batch.batch_id.to_owned();
     // Keys the upstream refused in live traffic, to be marked once the batch is stored.
     let rejected: Vec<(String, u32)> = batch
-        .records
+        .rejected_keys
         .iter()
-        .filter(|r| !r.rejected_key_id.is_empty() && r.rejected_key_id.len() <= MAX_ID)
-        .map(|r| (r.rejected_key_id.clone(), r.upstream_status))
+        .map(|&(key_id, status)| (key_id.to_owned(), status))
         .collect();
-    // The hash is taken, so the records can be moved out rather than copied.
-    let records = std::mem::take(&mut batch.records)
-        .into_iter()
-        .map(usage_wire::from_wire)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|invalid| Status::invalid_argument(invalid.to_string()))?;
     let delivery = if batch.first_delivery {
         Delivery::First
     } else {
@@ -97,15 +67,15 @@ async fn ingest<S: Store>(
     };
     let commit = store
         .commit_usage_batch(
-            &batch.batch_id,
+            &batch_id,
             &request.proxy_id,
             &payload_hash,
             delivery,
-            NewUsageBatch::received(records, encoded),
+            NewUsageBatch::received(batch.records, encoded.clone()),
         )
         .await
         .map_err(|error| {
-            tracing::error!(batch_id = %batch.batch_id, %error, "cannot commit a usage batch");
+            tracing::error!(%batch_id, %error, "cannot commit a usage batch");
             Status::unavailable(
                 "cannot store usage right now; the proxy keeps the batch and retries",
             )
@@ -148,7 +118,7 @@ async fn ingest<S: Store>(
                 .usage_batches_committed_total
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             pb::ReportUsageResponse {
-                batch_id: batch.batch_id,
+                batch_id,
                 committed: true,
                 error: String::new(),
             }
@@ -157,9 +127,9 @@ async fn ingest<S: Store>(
             metrics
                 .usage_batches_refused_total
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(batch_id = %batch.batch_id, proxy_id = %request.proxy_id, "usage batch id reused with a different payload; refused");
+            tracing::error!(%batch_id, proxy_id = %request.proxy_id, "usage batch id reused with a different payload; refused");
             pb::ReportUsageResponse {
-                batch_id: batch.batch_id,
+                batch_id,
                 committed: false,
                 error: "batch id already committed with a different payload".to_owned(),
             }
