@@ -89,11 +89,11 @@ impl SqlBackend for PostgresStore {
     type Db = sqlx::Postgres;
     /// Without it each statement of a PostgreSQL transaction sees its own snapshot, and a
     /// config load could mix two versions.
-    const SNAPSHOT_ISOLATION: &'static str =
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+    const SNAPSHOT_ISOLATION: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
     const BEGIN_WRITE: &'static str = "BEGIN";
     /// Serialises across control-plane replicas, not only within this process.
-    const LOCK_BUDGETS: &'static str = "SELECT pg_advisory_xact_lock(7340033)";
+    const LOCK_BUDGETS: Option<&'static str> = Some("SELECT pg_advisory_xact_lock(7340033)");
     const TABLE_EXISTS: &'static str = "SELECT COUNT(*) FROM information_schema.tables \
          WHERE table_schema = current_schema() AND table_name = $1";
 

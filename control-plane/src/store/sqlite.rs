@@ -80,13 +80,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // A connection to a file cannot go stale the way one to a server can: no ping (a round
+        // trip to the connection's thread) before each use.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         migrator(MIGRATIONS).run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         let store = Self { pool, writer };
@@ -103,13 +107,13 @@ impl SqliteStore {
 impl SqlBackend for SqliteStore {
     type Db = sqlx::Sqlite;
     /// A SQLite read transaction is already one consistent snapshot in WAL mode.
-    const SNAPSHOT_ISOLATION: &'static str = "SELECT 1";
+    const SNAPSHOT_ISOLATION: Option<&'static str> = None;
     /// Writers take the write lock up front: a deferred transaction that reads and then writes
     /// fails at once with SQLITE_BUSY when another writer got there first, whatever the busy
     /// timeout.
     const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
     /// One writer at a time already.
-    const LOCK_BUDGETS: &'static str = "SELECT 1";
+    const LOCK_BUDGETS: Option<&'static str> = None;
     const TABLE_EXISTS: &'static str =
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1";
 

@@ -472,7 +472,9 @@ macro_rules! budgets_sql {
                 audit: Audit,
             ) -> StoreResult<Budget> {
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
+                if let Some(lock) = Self::LOCK_BUDGETS {
+                    sqlx::query(lock).execute(&mut *tx).await?;
+                }
                 create_budget_tx(&mut tx, &new, now_us).await?;
                 record_change(&mut tx, &audit).await?;
                 let created = fetch_budget(&mut tx, &new.target, new.period, now_us).await?;
@@ -564,7 +566,9 @@ macro_rules! budgets_sql {
                 policy: LeasePolicy,
             ) -> StoreResult<Vec<LeaseGrant>> {
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
+                if let Some(lock) = Self::LOCK_BUDGETS {
+                    sqlx::query(lock).execute(&mut *tx).await?;
+                }
                 let mut grants = Vec::with_capacity(uses.len());
                 for lease_use in &uses {
                     if let Some(grant) =

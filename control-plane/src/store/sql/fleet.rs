@@ -101,7 +101,9 @@ macro_rules! fleet_sql {
 
             async fn load_config(&self, keys: VirtualKeysRead) -> StoreResult<ConfigState> {
                 let mut tx = self.readers().begin().await?;
-                sqlx::query(Self::SNAPSHOT_ISOLATION).execute(&mut *tx).await?;
+                if let Some(snapshot) = Self::SNAPSHOT_ISOLATION {
+                    sqlx::query(snapshot).execute(&mut *tx).await?;
+                }
                 let version: i64 =
                     sqlx::query_scalar("SELECT version FROM config_state WHERE id = 1")
                         .fetch_one(&mut *tx)

@@ -32,13 +32,15 @@ pub(super) use budgets::DEFAULT_ALERT_PERCENTS;
 /// spelling differs between SQLite and PostgreSQL.
 pub(super) trait SqlBackend {
     type Db: sqlx::Database;
-    /// Makes a read transaction one consistent snapshot.
-    const SNAPSHOT_ISOLATION: &'static str;
+    /// Makes a read transaction one consistent snapshot (`None`: it already is one).
+    const SNAPSHOT_ISOLATION: Option<&'static str>;
     /// Opens a transaction that will write.
     const BEGIN_WRITE: &'static str;
     /// Serialises, within a write transaction, usage commits with budget creation and lease
-    /// grants, so a budget never misses a batch committed as it is created.
-    const LOCK_BUDGETS: &'static str;
+    /// grants, so a budget never misses a batch committed as it is created (`None`: a write
+    /// transaction already excludes every other). Each statement is a round trip to the
+    /// database, which on SQLite is a hand-off to its worker thread and back.
+    const LOCK_BUDGETS: Option<&'static str>;
     /// Counts the tables named $1 (0 or 1) in the store's schema.
     const TABLE_EXISTS: &'static str;
 

@@ -200,7 +200,8 @@ macro_rules! usage_sql {
         }
 
         /// Stores one batch's records (its row with `encoded`, their stored form, and the hours
-        /// it holds); the caller adds them to the roll-up and the budgets.
+        /// it holds); the caller adds them to the roll-up and the budgets. `false`, and nothing
+        /// stored, when a batch of that id is stored already.
         async fn insert_usage_batch<S>(
             tx: &mut Tx,
             batch_id: &str,
@@ -209,11 +210,11 @@ macro_rules! usage_sql {
             received_at_us: i64,
             records: &[&UsageRecord<S>],
             encoded: &[u8],
-        ) -> StoreResult<()> {
-            sqlx::query(
+        ) -> StoreResult<bool> {
+            let inserted = sqlx::query(
                 "INSERT INTO usage_batches \
                  (batch_id, proxy_id, payload_hash, record_count, received_at_us, records) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (batch_id) DO NOTHING",
             )
             .bind(batch_id)
             .bind(proxy_id)
@@ -222,8 +223,13 @@ macro_rules! usage_sql {
             .bind(received_at_us)
             .bind(encoded)
             .execute(&mut **tx)
-            .await?;
-            record_batch_hours(tx, batch_id, records).await
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Ok(false);
+            }
+            record_batch_hours(tx, batch_id, records).await?;
+            Ok(true)
         }
 
         async fn record_batch_hours<S>(
@@ -249,7 +255,9 @@ macro_rules! usage_sql {
             /// batches, once, and drops the old table.
             pub(crate) async fn convert_per_record_usage(&self) -> StoreResult<()> {
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
+                if let Some(lock) = Self::LOCK_BUDGETS {
+                    sqlx::query(lock).execute(&mut *tx).await?;
+                }
                 let exists: i64 = sqlx::query_scalar(Self::TABLE_EXISTS)
                     .bind("usage_records")
                     .fetch_one(&mut *tx)
@@ -324,22 +332,8 @@ macro_rules! usage_sql {
             ) -> StoreResult<BatchCommit> {
                 let NewUsageBatch { records, encoded } = batch;
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                sqlx::query(Self::LOCK_BUDGETS).execute(&mut *tx).await?;
-                let earlier: Option<String> = sqlx::query_scalar(
-                    "SELECT payload_hash FROM usage_batches WHERE batch_id = $1",
-                )
-                .bind(batch_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(stored) = earlier {
-                    return Ok(BatchCommit {
-                        outcome: if stored == payload_hash {
-                            BatchOutcome::Duplicate
-                        } else {
-                            BatchOutcome::Conflict
-                        },
-                        alerts: Vec::new(),
-                    });
+                if let Some(lock) = Self::LOCK_BUDGETS {
+                    sqlx::query(lock).execute(&mut *tx).await?;
                 }
                 let received_at_us = now_us();
                 // The roll-up and the budgets count only the records stored now, not ones a
@@ -366,7 +360,9 @@ macro_rules! usage_sql {
                 } else {
                     usage_wire::encode(stored.iter().copied()).into()
                 };
-                insert_usage_batch(
+                // Inserted first, looked up only when the id is taken: a batch seen before is
+                // rare, and a lookup on every batch was one more round trip each.
+                let inserted = insert_usage_batch(
                     &mut tx,
                     batch_id,
                     proxy_id,
@@ -376,6 +372,22 @@ macro_rules! usage_sql {
                     &encoded,
                 )
                 .await?;
+                if !inserted {
+                    let earlier: String = sqlx::query_scalar(
+                        "SELECT payload_hash FROM usage_batches WHERE batch_id = $1",
+                    )
+                    .bind(batch_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    return Ok(BatchCommit {
+                        outcome: if earlier == payload_hash {
+                            BatchOutcome::Duplicate
+                        } else {
+                            BatchOutcome::Conflict
+                        },
+                        alerts: Vec::new(),
+                    });
+                }
                 add_to_usage_hourly(&mut tx, &stored).await?;
                 let spends: Vec<Spend> = stored
                     .iter()
@@ -401,9 +413,9 @@ macro_rules! usage_sql {
                 query: UsageQuery,
             ) -> StoreResult<(Vec<UsageTotals>, UsageTotals)> {
                 let mut tx = self.readers().begin().await?;
-                sqlx::query(Self::SNAPSHOT_ISOLATION)
-                    .execute(&mut *tx)
-                    .await?;
+                if let Some(snapshot) = Self::SNAPSHOT_ISOLATION {
+                    sqlx::query(snapshot).execute(&mut *tx).await?;
+                }
                 query_usage_tx(&mut tx, &query).await
             }
 
