@@ -1275,36 +1275,41 @@ async fn against_nginx(
         sluice_pids.iter().map(|pid| rss_mib(*pid)).sum::<f64>()
     );
     println!();
+    // Each round measures both sides back to back, so a round's ratio is free of the drift
+    // in this machine's speed between rounds that the medians of each side carry.
     for (index, connections) in CONNECTIONS.into_iter().enumerate() {
-        let ratios: Vec<String> = nginx_full[index]
+        let (mut throughputs, mut cpus): (Vec<f64>, Vec<f64>) = nginx_full[index]
             .iter()
             .zip(&sluice_full[index])
             .map(|(n, s)| {
-                format!(
-                    "{:.2} / {:.2}",
+                (
                     s.requests_per_second / n.requests_per_second.max(1.0),
                     (s.proxy_cpu + s.control_plane_cpu).as_secs_f64()
-                        / n.proxy_cpu.as_secs_f64().max(1e-9)
+                        / n.proxy_cpu.as_secs_f64().max(1e-9),
                 )
             })
+            .unzip();
+        let ratios: Vec<String> = throughputs
+            .iter()
+            .zip(&cpus)
+            .map(|(throughput, cpu)| format!("{throughput:.2} / {cpu:.2}"))
             .collect();
         println!(
-            "per round at {connections} connections, throughput / CPU per request against nginx: {}",
-            ratios.join(", ")
+            "per round at {connections} connections, throughput / CPU per request against nginx: {} (median round: {:.2} / {:.2})",
+            ratios.join(", "),
+            median_of(&mut throughputs),
+            median_of(&mut cpus)
         );
     }
-    let stream_ratios: Vec<String> = streams
+    let mut stream_ratios: Vec<f64> = streams
         .iter()
-        .map(|r| {
-            format!(
-                "{:.2}",
-                (r.sluice_cpu + r.cp_cpu).as_secs_f64() / r.nginx_cpu.as_secs_f64().max(1e-9)
-            )
-        })
+        .map(|r| (r.sluice_cpu + r.cp_cpu).as_secs_f64() / r.nginx_cpu.as_secs_f64().max(1e-9))
         .collect();
+    let listed: Vec<String> = stream_ratios.iter().map(|r| format!("{r:.2}")).collect();
     println!(
-        "per round, CPU per stream against nginx: {}",
-        stream_ratios.join(", ")
+        "per round, CPU per stream against nginx: {} (median round: {:.2})",
+        listed.join(", "),
+        median_of(&mut stream_ratios)
     );
     // What hyper's machinery costs here: the same relay without it (see `raw_floor`).
     let raw_rps = median_of(

@@ -89,11 +89,19 @@ impl Nginx {
             assert!(Instant::now() < deadline, "nginx did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
+        let nginx = Self {
             master,
             addr,
             _dir: dir,
+        };
+        // The master listens before it forks its workers (one per core): wait for all of
+        // them, or a worker missing from `pids` would go uncounted.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        while nginx.pids().len() < 1 + cores {
+            assert!(Instant::now() < deadline, "nginx did not start its workers");
+            std::thread::sleep(Duration::from_millis(20));
         }
+        nginx
     }
 
     /// The master and its workers.
