@@ -191,6 +191,8 @@ impl CredentialScrubber {
 struct LeadingPairs {
     pairs: [[u8; 2]; MOST_FORMS],
     count: usize,
+    /// Bit `b` set: some pair begins with byte `b` (what the byte-at-a-time tail tests first).
+    firsts: [u64; 4],
 }
 
 impl LeadingPairs {
@@ -198,6 +200,7 @@ impl LeadingPairs {
         if !self.pairs[..self.count].contains(&pair) {
             self.pairs[self.count] = pair;
             self.count += 1;
+            set_bit(&mut self.firsts, usize::from(pair[0]));
         }
     }
 
@@ -212,8 +215,10 @@ impl LeadingPairs {
         let pairs = &self.pairs[..self.count];
         let end = end.min(haystack.len().saturating_sub(1));
         let mut block = 0;
+        // Each wide pass first fills a register per pair, which a text too short for one of
+        // its blocks (a header value, most of an event) would pay for nothing.
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if haystack.len() >= 33 && std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, checked just above.
             if let Some(done) = unsafe { avx2_places(pairs, haystack, end, &mut block, &mut check) }
             {
@@ -221,39 +226,45 @@ impl LeadingPairs {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: SSE2 is part of every x86_64 CPU, and each load reads the sixteen bytes from
-        // `block` or `block + 1`, which the loop keeps inside `haystack`; the loads need no
-        // alignment.
-        unsafe {
-            use std::arch::x86_64::{
-                __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8,
-                _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
-            };
-            let mut wanted = [(_mm_setzero_si128(), _mm_setzero_si128()); MOST_FORMS];
-            for (lanes, &[first, second]) in wanted.iter_mut().zip(pairs) {
-                *lanes = (_mm_set1_epi8(first as i8), _mm_set1_epi8(second as i8));
-            }
-            let wanted = &wanted[..pairs.len()];
-            let at = |place: usize| _mm_loadu_si128(haystack.as_ptr().add(place).cast::<__m128i>());
-            while block < end && block + 17 <= haystack.len() {
-                let (firsts, seconds) = (at(block), at(block + 1));
-                let mut hits = _mm_setzero_si128();
-                for &(first, second) in wanted {
-                    let pair = _mm_and_si128(
-                        _mm_cmpeq_epi8(firsts, first),
-                        _mm_cmpeq_epi8(seconds, second),
-                    );
-                    hits = _mm_or_si128(hits, pair);
+        if block + 17 <= haystack.len() && block < end {
+            // SAFETY: SSE2 is part of every x86_64 CPU, and each load reads the sixteen bytes
+            // from `block` or `block + 1`, which the loop keeps inside `haystack`; the loads
+            // need no alignment.
+            unsafe {
+                use std::arch::x86_64::{
+                    __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+                    _mm_or_si128, _mm_set1_epi8, _mm_setzero_si128,
+                };
+                let mut wanted = [(_mm_setzero_si128(), _mm_setzero_si128()); MOST_FORMS];
+                for (lanes, &[first, second]) in wanted.iter_mut().zip(pairs) {
+                    *lanes = (_mm_set1_epi8(first as i8), _mm_set1_epi8(second as i8));
                 }
-                let mask = _mm_movemask_epi8(hits) as u32;
-                if let Some(done) = each_hit(mask, block, end, &mut check) {
-                    return done;
+                let wanted = &wanted[..pairs.len()];
+                let at =
+                    |place: usize| _mm_loadu_si128(haystack.as_ptr().add(place).cast::<__m128i>());
+                while block < end && block + 17 <= haystack.len() {
+                    let (firsts, seconds) = (at(block), at(block + 1));
+                    let mut hits = _mm_setzero_si128();
+                    for &(first, second) in wanted {
+                        let pair = _mm_and_si128(
+                            _mm_cmpeq_epi8(firsts, first),
+                            _mm_cmpeq_epi8(seconds, second),
+                        );
+                        hits = _mm_or_si128(hits, pair);
+                    }
+                    let mask = _mm_movemask_epi8(hits) as u32;
+                    if let Some(done) = each_hit(mask, block, end, &mut check) {
+                        return done;
+                    }
+                    block += 16;
                 }
-                block += 16;
             }
         }
         (block..end)
-            .filter(|&place| pairs.contains(&[haystack[place], haystack[place + 1]]))
+            .filter(|&place| {
+                bit(&self.firsts, usize::from(haystack[place]))
+                    && pairs.contains(&[haystack[place], haystack[place + 1]])
+            })
             .find_map(check)
     }
 }
@@ -333,6 +344,7 @@ unsafe fn avx2_places<T>(
 impl Drop for LeadingPairs {
     fn drop(&mut self) {
         self.pairs.zeroize();
+        self.firsts.zeroize();
     }
 }
 
