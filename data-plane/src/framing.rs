@@ -51,7 +51,10 @@ pub enum Step {
 
 /// Decodes what `buffer` holds of a body framed as `framing`, moving the framing on.
 pub fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Malformed> {
-    Ok(match next_span(framing, buffer)? {
+    let mut at = 0;
+    let span = next_span(framing, buffer, &mut at);
+    buffer.advance(at);
+    Ok(match span? {
         Span::Data(len) => Step::Data(take(buffer, len)),
         Span::NeedMore => Step::NeedMore,
         Span::End => Step::End,
@@ -60,50 +63,59 @@ pub fn decode(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Malf
 
 /// [`decode`], with all the data `buffer` holds gathered into one piece: a stream's events
 /// arrive many chunks to a read, and every piece costs each stage after this one (the scrub,
-/// the event framing, the client's chunk) again. An error or the end after the data is left
-/// for the next call to find.
+/// the event framing, the client's chunk) again. The buffer is advanced once, past all of
+/// them. An error or the end after the data is left for the next call to find.
 pub fn decode_ready(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Step, Malformed> {
-    let first = match next_span(framing, buffer)? {
+    let mut at = 0;
+    let span = next_span(framing, buffer, &mut at);
+    if !matches!(span, Ok(Span::Data(_))) {
+        buffer.advance(at);
+    }
+    let first = match span? {
         Span::Data(len) => len,
         Span::NeedMore => return Ok(Step::NeedMore),
         Span::End => return Ok(Step::End),
     };
     // Another chunk can follow only past this one's CRLF.
-    if !matches!(framing, Framing::Chunked(_)) || buffer.len() <= first + 2 {
+    if !matches!(framing, Framing::Chunked(_)) || buffer.len() <= at + first + 2 {
+        buffer.advance(at);
         return Ok(Step::Data(take(buffer, first)));
     }
-    let mut joined = BytesMut::with_capacity(buffer.len());
-    joined.extend_from_slice(&buffer[..first]);
-    buffer.advance(first);
-    while let Ok(Span::Data(len)) = next_span(framing, buffer) {
-        joined.extend_from_slice(&buffer[..len]);
-        buffer.advance(len);
+    let mut joined = BytesMut::with_capacity(buffer.len() - at);
+    joined.extend_from_slice(&buffer[at..at + first]);
+    at += first;
+    while let Ok(Span::Data(len)) = next_span(framing, buffer, &mut at) {
+        joined.extend_from_slice(&buffer[at..at + len]);
+        at += len;
     }
+    buffer.advance(at);
     Ok(Step::Data(joined.freeze()))
 }
 
 /// Where the next data of a body lies in its buffer.
 enum Span {
-    /// The first `len` bytes; the framing has moved past them, the caller consumes them.
+    /// `len` bytes from where the framing's own bytes end; the framing has moved past them,
+    /// the caller consumes them.
     Data(usize),
     NeedMore,
     End,
 }
 
-/// The next span of `buffer` under `framing`, consuming the framing's own bytes before it.
-fn next_span(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Span, Malformed> {
+/// The next span of `input` from `*at` under `framing`, moving `*at` past the framing's own
+/// bytes before it (also when it fails, so a caller that consumes up to `*at` keeps the
+/// framing and its input in step).
+fn next_span(framing: &mut Framing, input: &[u8], at: &mut usize) -> Result<Span, Malformed> {
     loop {
+        let rest = &input[(*at).min(input.len())..];
         match *framing {
             Framing::Done => return Ok(Span::End),
-            Framing::UntilClose if buffer.is_empty() => return Ok(Span::NeedMore),
-            Framing::UntilClose => return Ok(Span::Data(buffer.len())),
+            Framing::UntilClose if rest.is_empty() => return Ok(Span::NeedMore),
+            Framing::UntilClose => return Ok(Span::Data(rest.len())),
             Framing::Sized(left) | Framing::Chunked(Chunk::Data(left)) => {
-                if buffer.is_empty() {
+                if rest.is_empty() {
                     return Ok(Span::NeedMore);
                 }
-                let len = usize::try_from(left)
-                    .unwrap_or(usize::MAX)
-                    .min(buffer.len());
+                let len = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
                 let left = left - len as u64;
                 *framing = match (*framing, left) {
                     (Framing::Sized(_), 0) => Framing::Done,
@@ -114,21 +126,21 @@ fn next_span(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Span, Malfo
                 return Ok(Span::Data(len));
             }
             Framing::Chunked(Chunk::DataEnd) => {
-                if buffer.len() < 2 {
+                if rest.len() < 2 {
                     return Ok(Span::NeedMore);
                 }
-                if &buffer[..2] != b"\r\n" {
+                if &rest[..2] != b"\r\n" {
                     return Err(Malformed("a chunk does not end in CRLF"));
                 }
-                buffer.advance(2);
+                *at += 2;
                 *framing = Framing::CHUNKED;
             }
             Framing::Chunked(Chunk::Size) => {
-                let Some(end) = line_end(buffer, MAX_LINE)? else {
+                let Some(end) = line_end(rest, MAX_LINE)? else {
                     return Ok(Span::NeedMore);
                 };
-                let size = chunk_size(&buffer[..end - 1])?;
-                buffer.advance(end + 1);
+                let size = chunk_size(&rest[..end - 1])?;
+                *at += end + 1;
                 *framing = Framing::Chunked(if size == 0 {
                     Chunk::Trailers(0)
                 } else {
@@ -136,10 +148,10 @@ fn next_span(framing: &mut Framing, buffer: &mut BytesMut) -> Result<Span, Malfo
                 });
             }
             Framing::Chunked(Chunk::Trailers(seen)) => {
-                let Some(end) = line_end(buffer, MAX_LINE)? else {
+                let Some(end) = line_end(rest, MAX_LINE)? else {
                     return Ok(Span::NeedMore);
                 };
-                buffer.advance(end + 1);
+                *at += end + 1;
                 let line_len = end - 1;
                 let seen = seen + line_len;
                 if seen > MAX_TRAILERS {
