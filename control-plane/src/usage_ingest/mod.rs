@@ -53,13 +53,7 @@ async fn ingest<S: Store>(
     // A proxy sends a batch's bytes again unchanged when it retries, so equal payloads hash
     // equal.
     let payload_hash = hex::encode(Sha256::digest(&encoded));
-    let batch_id = batch.batch_id.to_owned();
-    // Keys the upstream refused in live traffic, to be marked once the batch is stored.
-    let rejected: Vec<(String, u32)> = batch
-        .rejected_keys
-        .iter()
-        .map(|&(key_id, status)| (key_id.to_owned(), status))
-        .collect();
+    let batch_id = batch.batch_id;
     let delivery = if batch.first_delivery {
         Delivery::First
     } else {
@@ -67,7 +61,7 @@ async fn ingest<S: Store>(
     };
     let commit = store
         .commit_usage_batch(
-            &batch_id,
+            batch_id,
             &request.proxy_id,
             &payload_hash,
             delivery,
@@ -81,7 +75,8 @@ async fn ingest<S: Store>(
             )
         })?;
     if commit.outcome == BatchOutcome::Committed {
-        for (key_id, status) in rejected {
+        // Keys the upstream refused in live traffic, marked once the batch is stored.
+        for &(key_id, status) in &batch.rejected_keys {
             let health = if status == 403 {
                 KeyHealth::NoModelAccess
             } else {
@@ -90,10 +85,10 @@ async fn ingest<S: Store>(
             let audit = Audit::new(
                 &format!("proxy:{}", request.proxy_id),
                 "provider_key.rejected",
-                key_id.clone(),
+                key_id.to_owned(),
             )
             .with_detail(format!("the upstream answered {status} to live traffic"));
-            if let Err(error) = store.mark_provider_key_health(&key_id, health, audit).await {
+            if let Err(error) = store.mark_provider_key_health(key_id, health, audit).await {
                 tracing::warn!(%error, %key_id, "cannot record a rejected provider key");
             } else {
                 tracing::warn!(%key_id, status, "live traffic found a provider key rejected; marked it");
@@ -118,7 +113,7 @@ async fn ingest<S: Store>(
                 .usage_batches_committed_total
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             pb::ReportUsageResponse {
-                batch_id,
+                batch_id: batch_id.to_owned(),
                 committed: true,
                 error: String::new(),
             }
@@ -129,7 +124,7 @@ async fn ingest<S: Store>(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(%batch_id, proxy_id = %request.proxy_id, "usage batch id reused with a different payload; refused");
             pb::ReportUsageResponse {
-                batch_id,
+                batch_id: batch_id.to_owned(),
                 committed: false,
                 error: "batch id already committed with a different payload".to_owned(),
             }

@@ -471,10 +471,7 @@ macro_rules! budgets_sql {
                 now_us: i64,
                 audit: Audit,
             ) -> StoreResult<Budget> {
-                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                if let Some(lock) = Self::LOCK_BUDGETS {
-                    sqlx::query(lock).execute(&mut *tx).await?;
-                }
+                let mut tx = begin_budget_write(self).await?;
                 create_budget_tx(&mut tx, &new, now_us).await?;
                 record_change(&mut tx, &audit).await?;
                 let created = fetch_budget(&mut tx, &new.target, new.period, now_us).await?;
@@ -565,10 +562,7 @@ macro_rules! budgets_sql {
                 now_us: i64,
                 policy: LeasePolicy,
             ) -> StoreResult<Vec<LeaseGrant>> {
-                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                if let Some(lock) = Self::LOCK_BUDGETS {
-                    sqlx::query(lock).execute(&mut *tx).await?;
-                }
+                let mut tx = begin_budget_write(self).await?;
                 let mut grants = Vec::with_capacity(uses.len());
                 for lease_use in &uses {
                     if let Some(grant) =

@@ -2,7 +2,29 @@
 //! name to its id inside the change's transaction.
 
 macro_rules! common_sql {
-    () => {
+    ($store:ty) => {
+        /// A write transaction that holds the budgets' lock, where the backend has one (see
+        /// `SqlBackend::LOCK_BUDGETS`).
+        async fn begin_budget_write(store: &$store) -> StoreResult<Tx> {
+            let mut tx = store
+                .writer()
+                .begin_with(<$store as SqlBackend>::BEGIN_WRITE)
+                .await?;
+            if let Some(lock) = <$store as SqlBackend>::LOCK_BUDGETS {
+                sqlx::query(lock).execute(&mut *tx).await?;
+            }
+            Ok(tx)
+        }
+
+        /// A read transaction that is one consistent snapshot.
+        async fn begin_snapshot(store: &$store) -> StoreResult<Tx> {
+            let mut tx = store.readers().begin().await?;
+            if let Some(snapshot) = <$store as SqlBackend>::SNAPSHOT_ISOLATION {
+                sqlx::query(snapshot).execute(&mut *tx).await?;
+            }
+            Ok(tx)
+        }
+
         /// Bumps the config version and appends the audit event: the last step of every
         /// change, inside its transaction. Returns the change's version (writers take it in
         /// commit order: the row lock on `config_state` orders them).

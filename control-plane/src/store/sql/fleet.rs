@@ -100,10 +100,7 @@ macro_rules! fleet_sql {
             }
 
             async fn load_config(&self, keys: VirtualKeysRead) -> StoreResult<ConfigState> {
-                let mut tx = self.readers().begin().await?;
-                if let Some(snapshot) = Self::SNAPSHOT_ISOLATION {
-                    sqlx::query(snapshot).execute(&mut *tx).await?;
-                }
+                let mut tx = begin_snapshot(self).await?;
                 let version: i64 =
                     sqlx::query_scalar("SELECT version FROM config_state WHERE id = 1")
                         .fetch_one(&mut *tx)

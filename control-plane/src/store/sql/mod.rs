@@ -136,7 +136,7 @@ macro_rules! sql_store {
             type Tx = sqlx::Transaction<'static, Db>;
             type DbRow = <Db as sqlx::Database>::Row;
 
-            crate::store::sql::common::common_sql!();
+            crate::store::sql::common::common_sql!($store);
             crate::store::sql::tenancy::tenancy_sql!($store);
             crate::store::sql::providers::providers_sql!($store);
             crate::store::sql::vault::vault_sql!($store);

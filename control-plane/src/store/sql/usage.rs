@@ -254,10 +254,7 @@ macro_rules! usage_sql {
             /// Moves usage kept one row per record (before usage was kept per batch) into its
             /// batches, once, and drops the old table.
             pub(crate) async fn convert_per_record_usage(&self) -> StoreResult<()> {
-                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                if let Some(lock) = Self::LOCK_BUDGETS {
-                    sqlx::query(lock).execute(&mut *tx).await?;
-                }
+                let mut tx = begin_budget_write(self).await?;
                 let exists: i64 = sqlx::query_scalar(Self::TABLE_EXISTS)
                     .bind("usage_records")
                     .fetch_one(&mut *tx)
@@ -331,10 +328,7 @@ macro_rules! usage_sql {
                 batch: NewUsageBatch<T>,
             ) -> StoreResult<BatchCommit> {
                 let NewUsageBatch { records, encoded } = batch;
-                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
-                if let Some(lock) = Self::LOCK_BUDGETS {
-                    sqlx::query(lock).execute(&mut *tx).await?;
-                }
+                let mut tx = begin_budget_write(self).await?;
                 let received_at_us = now_us();
                 // The roll-up and the budgets count only the records stored now, not ones a
                 // proxy sent before under another batch id.
@@ -412,10 +406,7 @@ macro_rules! usage_sql {
                 &self,
                 query: UsageQuery,
             ) -> StoreResult<(Vec<UsageTotals>, UsageTotals)> {
-                let mut tx = self.readers().begin().await?;
-                if let Some(snapshot) = Self::SNAPSHOT_ISOLATION {
-                    sqlx::query(snapshot).execute(&mut *tx).await?;
-                }
+                let mut tx = begin_snapshot(self).await?;
                 query_usage_tx(&mut tx, &query).await
             }
 
@@ -427,9 +418,10 @@ macro_rules! usage_sql {
                 let mut records = Vec::new();
                 for stored in batches {
                     records.extend(
-                        usage_wire::decode(stored.as_deref().unwrap_or_default())?
-                            .into_iter()
-                            .filter(|r| r.project_id == project_id),
+                        usage_wire::decode_in_place(stored.as_deref().unwrap_or_default())?
+                            .iter()
+                            .filter(|r| r.project_id == project_id)
+                            .map(UsageRecord::to_owned_record),
                     );
                 }
                 records.sort_by(|a, b| {
