@@ -39,7 +39,7 @@ fn google_status(status: u16) -> &'static str {
         405 => "UNIMPLEMENTED",
         429 => "RESOURCE_EXHAUSTED",
         502 | 503 => "UNAVAILABLE",
-        504 => "DEADLINE_EXCEEDED",
+        408 | 504 => "DEADLINE_EXCEEDED",
         _ => "INTERNAL",
     }
 }
@@ -47,7 +47,7 @@ fn google_status(status: u16) -> &'static str {
 /// Anthropic's error `type` for a status.
 fn anthropic_type(status: u16) -> &'static str {
     match status {
-        400 | 409 => "invalid_request_error",
+        400 | 408 | 409 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",

@@ -122,6 +122,17 @@ fn run(
         });
         applier.load_saved();
 
+        // A descriptor per client connection, and room for the upstream pools, the spool
+        // and the control plane's streams.
+        let wanted = (settings.max_connections as u64).saturating_add(1024);
+        match sluice_data_plane::serve::open_files::raise_to_hard_limit() {
+            Some(limit) if limit < wanted => tracing::warn!(
+                limit,
+                max_connections = settings.max_connections,
+                "the open-files limit is below what max_connections needs (it, plus 1 024): raise the hard limit (ulimit -Hn, LimitNOFILE) or lower max_connections"
+            ),
+            _ => {}
+        }
         let listener = tokio::net::TcpListener::bind(settings.listen_addr).await?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, proxy_id = %identity.proxy_id, "sluice-proxy listening");
@@ -164,8 +175,11 @@ fn run(
         );
         let limits = ServerLimits {
             max_connections: settings.max_connections,
+            max_connections_per_client: settings.max_connections_per_client,
+            first_request_timeout: settings.first_request_timeout,
             header_read_timeout: settings.header_read_timeout,
             idle_timeout: settings.idle_timeout,
+            body_stall_timeout: settings.body_stall_timeout,
             drain_timeout: DRAIN_TIMEOUT,
             workers: settings.workers,
         };

@@ -9,6 +9,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::InvalidApiKey,
     ErrorCode::InvalidRequest,
     ErrorCode::RequestTooLarge,
+    ErrorCode::RequestTimeout,
     ErrorCode::NotFound,
     ErrorCode::MethodNotAllowed,
     ErrorCode::UnsupportedModel,
@@ -40,6 +41,12 @@ pub struct Metrics {
     pub usage_records_recovered_total: AtomicU64,
     pub usage_spool_damaged_total: AtomicU64,
     pub lease_renewals_failed_total: AtomicU64,
+    /// Connections waiting for a request, closed to make room at the connection cap.
+    pub connections_shed_total: AtomicU64,
+    /// Connections closed at once: the cap reached and none waiting to give way.
+    pub connections_refused_full_total: AtomicU64,
+    /// Connections closed at once: their address held `max_connections_per_client`.
+    pub connections_refused_per_client_total: AtomicU64,
     /// 1 while the usage spool is at its size bound.
     pub usage_spool_full: AtomicBool,
     errors: [AtomicU64; ERROR_CODES.len()],
@@ -164,6 +171,11 @@ impl Metrics {
                 "Usage batches the control plane acknowledged.",
                 &self.usage_batches_acked_total,
             ),
+            (
+                "sluice_connections_shed_total",
+                "Connections waiting for a request, closed to make room for a new one at the connection cap.",
+                &self.connections_shed_total,
+            ),
         ];
         for (name, help, value) in counters {
             out.push_str(&format!(
@@ -171,6 +183,14 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             ));
         }
+        out.push_str(&format!(
+            "# HELP sluice_connections_refused_total Connections closed unanswered: at the cap with none waiting to give way (full), or their address at its own cap (per_client).\n\
+             # TYPE sluice_connections_refused_total counter\n\
+             sluice_connections_refused_total{{reason=\"full\"}} {}\n\
+             sluice_connections_refused_total{{reason=\"per_client\"}} {}\n",
+            self.connections_refused_full_total.load(Ordering::Relaxed),
+            self.connections_refused_per_client_total.load(Ordering::Relaxed),
+        ));
         if let Some(heap) = heap {
             out.push_str(&format!(
                 "# HELP sluice_heap_allocations_total Heap allocations since the proxy started.\n\

@@ -26,12 +26,22 @@ pub struct Settings {
     /// Stable name in `sluicectl fleet`; default: generated once and kept in the data dir.
     pub proxy_id: Option<String>,
     pub max_body_bytes: usize,
+    /// How long a new connection may wait before its first request begins.
+    pub first_request_timeout: Duration,
+    /// A request head, from its first byte to its end.
     pub header_read_timeout: Duration,
     /// How long a kept-alive connection may sit idle between requests. Longer than a load
     /// balancer's own idle timeout (60 s on the common ones), so the balancer, not the proxy,
     /// closes an idle connection and never sends a request onto one the proxy just closed.
     pub idle_timeout: Duration,
+    /// How long a request body may stop arriving before the request is refused.
+    pub body_stall_timeout: Duration,
+    /// Open connections at most; at the cap, the one waiting longest for a request is closed
+    /// to make room.
     pub max_connections: usize,
+    /// Open connections one client address may hold (0: no limit). Off by default: behind a
+    /// load balancer every connection comes from a few addresses.
+    pub max_connections_per_client: usize,
     /// Serving threads, each with its own runtime, connections and upstream pool (default:
     /// one per CPU the process may use).
     pub workers: usize,
@@ -66,9 +76,12 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     proxy_id: Option<String>,
     max_body_bytes: Option<usize>,
+    first_request_timeout_ms: Option<u64>,
     header_read_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
+    body_stall_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
     workers: Option<usize>,
     upstream_hosts: Option<Vec<String>>,
     upstream_ca_file: Option<PathBuf>,
@@ -98,9 +111,12 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_DATA_DIR",
     "SLUICE_PROXY_ID",
     "SLUICE_PROXY_MAX_BODY_BYTES",
+    "SLUICE_PROXY_FIRST_REQUEST_TIMEOUT_MS",
     "SLUICE_PROXY_HEADER_READ_TIMEOUT_MS",
     "SLUICE_PROXY_IDLE_TIMEOUT_MS",
+    "SLUICE_PROXY_BODY_STALL_TIMEOUT_MS",
     "SLUICE_PROXY_MAX_CONNECTIONS",
+    "SLUICE_PROXY_MAX_CONNECTIONS_PER_CLIENT",
     "SLUICE_PROXY_WORKERS",
     "SLUICE_PROXY_UPSTREAM_HOSTS",
     "SLUICE_PROXY_UPSTREAM_CA_FILE",
@@ -191,6 +207,12 @@ impl Settings {
                 8 * 1024 * 1024,
             )?)
             .unwrap_or(usize::MAX),
+            first_request_timeout: Duration::from_millis(number(
+                "SLUICE_PROXY_FIRST_REQUEST_TIMEOUT_MS",
+                take("SLUICE_PROXY_FIRST_REQUEST_TIMEOUT_MS"),
+                file_settings.first_request_timeout_ms,
+                10_000,
+            )?),
             header_read_timeout: Duration::from_millis(number(
                 "SLUICE_PROXY_HEADER_READ_TIMEOUT_MS",
                 take("SLUICE_PROXY_HEADER_READ_TIMEOUT_MS"),
@@ -203,11 +225,24 @@ impl Settings {
                 file_settings.idle_timeout_ms,
                 75_000,
             )?),
+            body_stall_timeout: Duration::from_millis(number(
+                "SLUICE_PROXY_BODY_STALL_TIMEOUT_MS",
+                take("SLUICE_PROXY_BODY_STALL_TIMEOUT_MS"),
+                file_settings.body_stall_timeout_ms,
+                30_000,
+            )?),
             max_connections: usize::try_from(number(
                 "SLUICE_PROXY_MAX_CONNECTIONS",
                 take("SLUICE_PROXY_MAX_CONNECTIONS"),
                 file_settings.max_connections.map(|v| v as u64),
                 10_000,
+            )?)
+            .unwrap_or(usize::MAX),
+            max_connections_per_client: usize::try_from(number(
+                "SLUICE_PROXY_MAX_CONNECTIONS_PER_CLIENT",
+                take("SLUICE_PROXY_MAX_CONNECTIONS_PER_CLIENT"),
+                file_settings.max_connections_per_client.map(|v| v as u64),
+                0,
             )?)
             .unwrap_or(usize::MAX),
             workers: usize::try_from(number(
@@ -334,13 +369,15 @@ impl Settings {
             ));
         }
         if self.header_read_timeout.is_zero()
+            || self.first_request_timeout.is_zero()
+            || self.body_stall_timeout.is_zero()
             || self.idle_timeout.is_zero()
             || self.usage_flush_interval.is_zero()
             || self.lease_refresh_interval.is_zero()
             || self.default_max_output_tokens == 0
         {
             return Err(invalid(
-                "header_read_timeout_ms / idle_timeout_ms / usage_flush_interval_ms / lease_refresh_interval_ms / default_max_output_tokens",
+                "first_request_timeout_ms / header_read_timeout_ms / idle_timeout_ms / body_stall_timeout_ms / usage_flush_interval_ms / lease_refresh_interval_ms / default_max_output_tokens",
                 "must be above 0",
             ));
         }

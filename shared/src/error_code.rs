@@ -34,6 +34,8 @@ pub enum ErrorCode {
     RequestTooLarge,
     /// The request line and headers are larger than the proxy reads.
     HeadersTooLarge,
+    /// The request's body stopped arriving before its end.
+    RequestTimeout,
     NotFound,
     MethodNotAllowed,
     UnsupportedModel,
@@ -59,6 +61,7 @@ impl ErrorCode {
             Self::InvalidApiKey => "invalid_api_key",
             Self::InvalidRequest => "invalid_request",
             Self::RequestTooLarge | Self::HeadersTooLarge => "request_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnsupportedModel | Self::ModelNotAllowed => "unsupported_model",
@@ -81,6 +84,7 @@ impl ErrorCode {
             Self::InvalidRequest | Self::ProviderMismatch => 400,
             Self::RequestTooLarge => 413,
             Self::HeadersTooLarge => 431,
+            Self::RequestTimeout => 408,
             Self::NotFound | Self::UnsupportedModel => 404,
             Self::MethodNotAllowed => 405,
             Self::ModelNotAllowed => 403,
@@ -101,6 +105,7 @@ impl ErrorCode {
             Self::InvalidRequest
             | Self::RequestTooLarge
             | Self::HeadersTooLarge
+            | Self::RequestTimeout
             | Self::NotFound
             | Self::MethodNotAllowed
             | Self::UnsupportedModel
@@ -122,6 +127,7 @@ impl ErrorCode {
             Self::UpstreamTimeout
             | Self::UpstreamUnavailable
             | Self::UpstreamRateLimited
+            | Self::RequestTimeout
             | Self::NotReady => NextAction::Retry,
             Self::UsageSpoolFull | Self::Internal => NextAction::Support,
             _ => NextAction::Fix,

@@ -19,7 +19,7 @@ pub mod wire;
 
 pub use control_plane::{Acme, ControlPlane, ControlPlaneBuilder, CtlOutput, ctl_at};
 pub use leftovers::{Leftovers, contains_bytes, files_under};
-pub use processes::{Captured, binary, binary_dir, spawn_listening};
+pub use processes::{Captured, binary, binary_dir, raise_open_files_limit, spawn_listening};
 pub use stacks::{
     FamilyStack, LiveStack, await_usage, caught_up_proxy, caught_up_proxy_with, family_stack,
     live_stack, live_stack_with, store_of, usage_rows,

@@ -134,3 +134,32 @@ pub(crate) fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
         stderr: stderr.join().unwrap(),
     }
 }
+
+/// Lets this test process hold `wanted` open files (sockets), raising its soft limit toward
+/// the hard one; fails the test, naming the limit, when the hard limit is lower.
+pub fn raise_open_files_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the call to fill.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0,
+        "getrlimit"
+    );
+    assert!(
+        limit.rlim_max >= wanted,
+        "this test holds {wanted} sockets open, above this machine's hard limit on open files ({}): raise it (ulimit -Hn)",
+        limit.rlim_max
+    );
+    if limit.rlim_cur < wanted {
+        limit.rlim_cur = wanted;
+        // SAFETY: `limit` is a valid rlimit, its soft limit within its hard one.
+        assert_eq!(
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) },
+            0,
+            "setrlimit"
+        );
+    }
+}

@@ -109,6 +109,14 @@ impl Proxy {
         self.output.clone()
     }
 
+    /// A metric's value on the proxy's `/metrics` page (`name` with its labels, if any).
+    pub async fn metric(&self, http: &Http, name: &str) -> f64 {
+        let text = http.get(&self.url("/metrics"), None).await.unwrap().text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    }
+
     /// Waits until `/readyz` reports at least `version`.
     pub async fn wait_for_version(&self, http: &Http, version: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -26,16 +26,6 @@ async fn answers(http: &Http, proxy: &Proxy, key: &str, model: &str) -> bool {
     matches!(http.post(&proxy.url("/v1/chat/completions"), Some(key), &body).await, Ok(r) if r.status == 200)
 }
 
-async fn metric(http: &Http, proxy: &Proxy, name: &str) -> f64 {
-    let text = http.get(&proxy.url("/metrics"), None).await.unwrap().text();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-}
-
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while !check().await {
@@ -59,17 +49,17 @@ async fn proxies_outlive_their_control_plane() {
         proxy.wait_for_version(&http, version).await;
         assert!(answers(&http, proxy, &key, "gpt-4o-mini").await);
         assert_eq!(
-            metric(&http, proxy, "sluice_config_version").await as u64,
+            proxy.metric(&http, "sluice_config_version").await as u64,
             version
         );
         assert_eq!(
-            metric(&http, proxy, "sluice_control_plane_connected").await,
+            proxy.metric(&http, "sluice_control_plane_connected").await,
             1.0
         );
-        assert!(metric(&http, proxy, "sluice_config_age_seconds").await >= 0.0);
+        assert!(proxy.metric(&http, "sluice_config_age_seconds").await >= 0.0);
         // The allocator's own counters, for allocations per request and heap in use.
-        assert!(metric(&http, proxy, "sluice_heap_allocations_total").await > 0.0);
-        assert!(metric(&http, proxy, "sluice_heap_allocated_bytes").await > 0.0);
+        assert!(proxy.metric(&http, "sluice_heap_allocations_total").await > 0.0);
+        assert!(proxy.metric(&http, "sluice_heap_allocated_bytes").await > 0.0);
     }
 
     // The control plane dies.
@@ -77,7 +67,7 @@ async fn proxies_outlive_their_control_plane() {
     drop(cp.stop());
     for proxy in [&first, &second] {
         eventually("the proxy notices the control plane is gone", async || {
-            metric(&http, proxy, "sluice_control_plane_connected").await == 0.0
+            proxy.metric(&http, "sluice_control_plane_connected").await == 0.0
         })
         .await;
         for _ in 0..5 {
@@ -124,7 +114,7 @@ async fn proxies_outlive_their_control_plane() {
         proxy.wait_for_version(&http, newer).await;
         assert!(answers(&http, proxy, &key, "after-outage").await);
         eventually("reconnected", async || {
-            metric(&http, proxy, "sluice_control_plane_connected").await == 1.0
+            proxy.metric(&http, "sluice_control_plane_connected").await == 1.0
         })
         .await;
     }
@@ -190,11 +180,11 @@ async fn a_rejected_snapshot_keeps_the_old_one_serving() {
     );
     assert!(cp.ctl(&["fleet"]).ok().contains("allowlist"));
     assert_eq!(
-        metric(&http, &proxy, "sluice_config_rejected_total").await,
+        proxy.metric(&http, "sluice_config_rejected_total").await,
         1.0
     );
     assert_eq!(
-        metric(&http, &proxy, "sluice_config_version").await as u64,
+        proxy.metric(&http, "sluice_config_version").await as u64,
         version
     );
     assert!(

@@ -75,13 +75,6 @@ async fn stored_ids(pool: &sqlx::SqlitePool) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn metric(http: &Http, proxy: &Proxy, name: &str) -> f64 {
-    let text = http.get(&proxy.url("/metrics"), None).await.unwrap().text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answered_request_is_lost_or_counted_twice() {
     let upstream = MockOpenAi::start();
@@ -164,7 +157,10 @@ async fn no_answered_request_is_lost_or_counted_twice() {
         first.output.text()
     );
     assert!(
-        metric(&http, &first, "sluice_usage_records_recovered_total").await > 0.0,
+        first
+            .metric(&http, "sluice_usage_records_recovered_total")
+            .await
+            > 0.0,
         "the restarted proxy delivered nothing from its spool: the kill proved nothing"
     );
     // The spool empties once all is acknowledged: nothing is kept longer than needed.
@@ -231,7 +227,7 @@ async fn a_full_spool_refuses_live_traffic_until_it_drains() {
     );
     // The gauge follows within one flush interval.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&http, &proxy, "sluice_usage_spool_full").await != 1.0 {
+    while proxy.metric(&http, "sluice_usage_spool_full").await != 1.0 {
         assert!(
             Instant::now() < deadline,
             "sluice_usage_spool_full never rose"
@@ -249,7 +245,7 @@ async fn a_full_spool_refuses_live_traffic_until_it_drains() {
         assert!(Instant::now() < deadline, "traffic never re-admitted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    while metric(&http, &proxy, "sluice_usage_spool_full").await != 0.0 {
+    while proxy.metric(&http, "sluice_usage_spool_full").await != 0.0 {
         assert!(
             Instant::now() < deadline,
             "sluice_usage_spool_full never fell"
@@ -257,7 +253,9 @@ async fn a_full_spool_refuses_live_traffic_until_it_drains() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        metric(&http, &proxy, "sluice_usage_records_dropped_total").await,
+        proxy
+            .metric(&http, "sluice_usage_records_dropped_total")
+            .await,
         0.0
     );
     drop(cp);
@@ -282,7 +280,11 @@ async fn drop_oldest_keeps_serving_and_counts_the_loss() {
     proxy.wait_for_version(&http, cp.config_version()).await;
     drop(cp.stop());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(&http, &proxy, "sluice_usage_records_dropped_total").await == 0.0 {
+    while proxy
+        .metric(&http, "sluice_usage_records_dropped_total")
+        .await
+        == 0.0
+    {
         for _ in 0..100 {
             let response = live_request(&http, &proxy, &acme.key).await;
             assert_eq!(response.status, 200, "{}", response.text());
@@ -330,7 +332,9 @@ async fn a_torn_spool_file_is_delivered_up_to_the_tear() {
     let pool = sluice_e2e::store_of(cp_dir.path()).await;
     assert_eq!(wait_for_records(&pool, 14).await, 14);
     assert_eq!(
-        metric(&http, &proxy, "sluice_usage_spool_damaged_total").await,
+        proxy
+            .metric(&http, "sluice_usage_spool_damaged_total")
+            .await,
         1.0
     );
     assert!(proxy.output.text().contains("torn or damaged"));

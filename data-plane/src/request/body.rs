@@ -18,8 +18,10 @@ pub enum RequestBody {
     Whole(Bytes),
     /// HTTP/1.1: longer than the limit, and left unread.
     TooLarge,
-    /// HTTP/1.1: its chunks broke their format, or it stopped arriving.
+    /// HTTP/1.1: its chunks broke their format, or the client sent no more.
     Unreadable,
+    /// HTTP/1.1: it stopped arriving for longer than the body stall timeout.
+    Stalled,
     /// HTTP/2: read as it arrives.
     Streaming(Incoming),
 }
@@ -46,6 +48,12 @@ pub async fn read(
         RequestBody::Whole(bytes) => return Ok(bytes),
         RequestBody::TooLarge => return Err(too_large()),
         RequestBody::Unreadable => return Err(unreadable()),
+        RequestBody::Stalled => {
+            return Err(GatewayError::new(
+                ErrorCode::RequestTimeout,
+                "the request body stopped arriving before its end (body_stall_timeout_ms): send it again, whole",
+            ));
+        }
         RequestBody::Streaming(body) => body,
     };
     let declared = headers

@@ -42,7 +42,7 @@ pub async fn serve(
     let Http2Start {
         stream,
         input,
-        permit,
+        slot,
     } = start;
     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let gateway = gateway.clone();
@@ -71,7 +71,7 @@ pub async fn serve(
         tracing::debug!(%error, "an HTTP/2 connection ended with an error");
     }
     // The slot under the connection cap is free before the socket closes.
-    drop(permit);
+    drop(slot);
 }
 
 /// A socket with bytes already read from it put back in front.

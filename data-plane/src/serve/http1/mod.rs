@@ -26,7 +26,7 @@ use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use self::head::{HeadReader, Refused, RequestHead};
@@ -35,13 +35,13 @@ use crate::framing::{Framing, Step, decode};
 use crate::gateway::Gateway;
 use crate::http_body::Body;
 use crate::request::body::{Joined, RequestBody};
+use crate::serve::admission::ConnectionSlot;
+use crate::serve::idle::{IdleConnections, IdleTicket};
 use crate::serve::router;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Room made in the connection's buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
-/// How long a request body may stop arriving before the request is refused.
-const BODY_STALL: Duration = Duration::from_secs(30);
 /// What a client may send ahead (a pipelined request) while its request is served; past
 /// this the connection is not read until the answer has gone.
 const MAX_READ_AHEAD: usize = 64 * 1024;
@@ -60,29 +60,34 @@ const DRAIN_TIME: Duration = Duration::from_secs(2);
 /// How long a connection may take to send what it owes.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// A request head, from its first byte (or the connection's start) to its end.
+    /// A new connection, until its first request's first byte.
+    pub first_request: Duration,
+    /// A request head, from its first byte to its end.
     pub head: Duration,
     /// Between requests on a kept-alive connection.
     pub idle: Duration,
+    /// How long a request body may stop arriving before the request is refused.
+    pub body_stall: Duration,
 }
 
 /// A connection that began with HTTP/2's preface: the socket and what was read of it.
 pub struct Http2Start {
     pub stream: TcpStream,
     pub input: BytesMut,
-    pub permit: OwnedSemaphorePermit,
+    pub slot: ConnectionSlot,
 }
 
 /// Serves HTTP/1.1 requests on `stream` until the client or the server ends it; a
 /// connection that opens with HTTP/2's preface is handed back for hyper to serve.
 pub async fn serve(
     stream: TcpStream,
-    permit: OwnedSemaphorePermit,
+    slot: ConnectionSlot,
     gateway: Arc<Gateway>,
     timeouts: Timeouts,
     drain: watch::Receiver<bool>,
+    idle: Arc<IdleConnections>,
 ) -> Option<Http2Start> {
-    let mut connection = Connection::new(stream, permit, timeouts, drain);
+    let mut connection = Connection::new(stream, slot, timeouts, drain, idle);
     let mut waiting_since = Instant::now();
     let mut first = true;
     loop {
@@ -109,6 +114,8 @@ pub async fn serve(
         let http10_keep_alive = head.keep_alive && !http11;
         let (body, read_whole) = connection.read_body(&head, gateway.max_body_bytes).await;
         let keep_alive = head.keep_alive && read_whole;
+        // A client that stopped sending has nothing left to drain before the close.
+        let drain_before_close = !read_whole && !matches!(body, RequestBody::Stalled);
         let request = Request::from_parts(head.parts, body);
         // Polled where it lies: the request's whole state is in this future.
         let routed = pin!(router::route(&gateway, request));
@@ -125,7 +132,7 @@ pub async fn serve(
         };
         let answered = connection.respond(answer, manner).await;
         if !answered || close {
-            if !read_whole {
+            if drain_before_close {
                 connection.drain_input().await;
             }
             return None;
@@ -161,13 +168,15 @@ enum Filled {
     Closed,
     TimedOut,
     Draining,
+    /// Closed to make room for a new connection.
+    Shed,
 }
 
 struct Connection {
     /// Declared before the socket, so the slot under the connection cap is free again
     /// before the socket closes: a client that sees its connection end can count on the
     /// capacity being back.
-    permit: OwnedSemaphorePermit,
+    slot: ConnectionSlot,
     stream: TcpStream,
     /// Read from the socket, not yet consumed.
     input: BytesMut,
@@ -179,6 +188,8 @@ struct Connection {
     /// timer per request would cost a timer-wheel update for each.
     deadline: Option<Pin<Box<Sleep>>>,
     drain: watch::Receiver<bool>,
+    /// Where the connection waits for its next request, to be shed when the proxy is full.
+    idle: Arc<IdleConnections>,
     /// Resolves once the serving thread drains; made once, so waiting on it per request
     /// costs no allocation.
     draining: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -187,13 +198,14 @@ struct Connection {
 impl Connection {
     fn new(
         stream: TcpStream,
-        permit: OwnedSemaphorePermit,
+        slot: ConnectionSlot,
         timeouts: Timeouts,
         drain: watch::Receiver<bool>,
+        idle: Arc<IdleConnections>,
     ) -> Self {
         let mut signal = drain.clone();
         Self {
-            permit,
+            slot,
             stream,
             input: BytesMut::with_capacity(READ_CHUNK),
             heads: HeadReader::default(),
@@ -201,6 +213,7 @@ impl Connection {
             timeouts,
             deadline: None,
             drain,
+            idle,
             draining: Box::pin(async move {
                 let _ = signal.wait_for(|draining| *draining).await;
             }),
@@ -211,7 +224,7 @@ impl Connection {
         Http2Start {
             stream: self.stream,
             input: self.input,
-            permit: self.permit,
+            slot: self.slot,
         }
     }
 
@@ -237,14 +250,22 @@ impl Connection {
             }
             let due = match began {
                 Some(began) => began + self.timeouts.head,
-                None if first => waiting_since + self.timeouts.head,
+                None if first => waiting_since + self.timeouts.first_request,
                 None => waiting_since + self.timeouts.idle,
             };
-            match self.fill(due, began.is_none()).await {
+            // Nothing of a request yet: the connection only waits, and may be shed.
+            let waiting = began.is_none().then(|| self.idle.enter(waiting_since));
+            let filled = self.fill(due, waiting.as_ref()).await;
+            if let Some(ticket) = waiting {
+                self.idle.leave(ticket);
+            }
+            match filled {
                 Filled::Read => {
                     began.get_or_insert_with(Instant::now);
                 }
-                Filled::Closed | Filled::TimedOut | Filled::Draining => return Next::Closed,
+                Filled::Closed | Filled::TimedOut | Filled::Draining | Filled::Shed => {
+                    return Next::Closed;
+                }
             }
         }
     }
@@ -273,11 +294,13 @@ impl Connection {
                 }
                 Ok(Step::End) => return (RequestBody::Whole(joined.into_bytes()), true),
                 Ok(Step::NeedMore) => {
-                    if !matches!(
-                        self.fill(Instant::now() + BODY_STALL, false).await,
-                        Filled::Read
-                    ) {
-                        return (RequestBody::Unreadable, false);
+                    let due = Instant::now() + self.timeouts.body_stall;
+                    match self.fill(due, None).await {
+                        Filled::Read => {}
+                        Filled::TimedOut => return (RequestBody::Stalled, false),
+                        Filled::Closed | Filled::Draining | Filled::Shed => {
+                            return (RequestBody::Unreadable, false);
+                        }
                     }
                 }
                 Err(_) => return (RequestBody::Unreadable, false),
@@ -427,17 +450,23 @@ impl Connection {
         pin!(self.stream.read_buf(&mut self.input)).poll(cx)
     }
 
-    /// Reads more input, by `due`; while `watch_drain`, a drain ends the wait.
-    async fn fill(&mut self, due: Instant, watch_drain: bool) -> Filled {
+    /// Reads more input, by `due`. A connection that only `waiting` for a request ends the
+    /// wait when the thread drains or sheds it.
+    async fn fill(&mut self, due: Instant, waiting: Option<&IdleTicket>) -> Filled {
         poll_fn(|cx| {
             match self.poll_fill(cx) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Filled::Closed),
                 Poll::Ready(Ok(_)) => return Poll::Ready(Filled::Read),
                 Poll::Pending => {}
             }
-            // A drain ends the connection, so the finished signal is never polled again.
-            if watch_drain && self.draining.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Filled::Draining);
+            if let Some(ticket) = waiting {
+                // A drain ends the connection, so the finished signal is never polled again.
+                if self.draining.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Filled::Draining);
+                }
+                if self.idle.poll_shed(ticket, cx).is_ready() {
+                    return Poll::Ready(Filled::Shed);
+                }
             }
             if poll_due(&mut self.deadline, cx, due).is_ready() {
                 return Poll::Ready(Filled::TimedOut);
