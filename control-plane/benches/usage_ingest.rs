@@ -116,6 +116,7 @@ async fn measure<S: Store>(store: &S) -> Measured {
                     task_id: String::new(),
                     tags: Vec::new(),
                     lease_epoch: 0,
+                    attempts: 0,
                 })
                 .collect()
         })
@@ -214,6 +215,7 @@ async fn queries<S: Store>(backend: &str, store: &S) {
             task_id: String::new(),
             tags: Vec::new(),
             lease_epoch: 0,
+            attempts: 0,
         });
         if batch.len() == DEFAULT_BATCH_SIZE || n + 1 == records {
             store

@@ -730,6 +730,7 @@ async fn usage_ledger<S: Store>(store: &S) {
                 Vec::new()
             },
             lease_epoch: n % 2,
+            attempts: 0,
         })
         .collect();
     assert_eq!(
@@ -812,6 +813,7 @@ fn spend(request_id: &str, project_id: &str, key_id: &str, at_us: i64, cost: i64
         task_id: String::new(),
         tags: Vec::new(),
         lease_epoch: 0,
+        attempts: 0,
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Gateway {
     pub leases: LeaseBook,
     /// Reserved for a request that does not say its `max_tokens`.
     pub default_max_output_tokens: u64,
+    /// How many retries each serving thread may add to its requests.
+    pub retry_budget: crate::resilience::retry_budget::BudgetRule,
     /// Reads the allocator's counters; set by the binary, which chooses the allocator.
     pub heap_stats: std::sync::OnceLock<fn() -> Option<crate::metrics::HeapStats>>,
 }
@@ -51,6 +53,7 @@ impl Gateway {
             max_body_bytes,
             leases,
             default_max_output_tokens,
+            retry_budget: Default::default(),
             heap_stats: std::sync::OnceLock::new(),
         })
     }

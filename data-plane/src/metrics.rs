@@ -20,6 +20,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::BudgetExceeded,
     ErrorCode::UpstreamTimeout,
     ErrorCode::UpstreamUnavailable,
+    ErrorCode::UpstreamInvalidResponse,
     ErrorCode::UpstreamRateLimited,
     ErrorCode::NotReady,
     ErrorCode::Internal,
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub requests_total: AtomicU64,
     pub mock_responses_total: AtomicU64,
     pub upstream_requests_total: AtomicU64,
+    /// Upstream attempts after a request's first (retries, other keys, fallbacks).
+    pub upstream_retries_total: AtomicU64,
     pub usage_records_dropped_total: AtomicU64,
     pub usage_batches_acked_total: AtomicU64,
     pub usage_batches_quarantined_total: AtomicU64,
@@ -140,6 +143,11 @@ impl Metrics {
                 "sluice_upstream_requests_total",
                 "Requests sent upstream.",
                 &self.upstream_requests_total,
+            ),
+            (
+                "sluice_upstream_retries_total",
+                "Upstream attempts after a request's first: retries, other keys and fallbacks.",
+                &self.upstream_retries_total,
             ),
             (
                 "sluice_usage_records_dropped_total",

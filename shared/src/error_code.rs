@@ -47,6 +47,8 @@ pub enum ErrorCode {
     BudgetExceeded,
     UpstreamTimeout,
     UpstreamUnavailable,
+    /// The upstream answered with a success whose body is not a valid answer of its family.
+    UpstreamInvalidResponse,
     UpstreamRateLimited,
     NotReady,
     /// The usage spool is at its bound: live traffic would go unmetered. Shares the wire code
@@ -72,6 +74,7 @@ impl ErrorCode {
             Self::BudgetExceeded => "budget_exceeded",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamInvalidResponse => "upstream_invalid_response",
             Self::UpstreamRateLimited => "upstream_rate_limited",
             Self::NotReady => "not_ready",
             Self::UsageSpoolFull | Self::Internal => "internal",
@@ -89,7 +92,9 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::ModelNotAllowed => 403,
             Self::PostureMock | Self::ProviderNotReady => 409,
-            Self::ProviderKeyInvalid | Self::UpstreamUnavailable => 502,
+            Self::ProviderKeyInvalid
+            | Self::UpstreamUnavailable
+            | Self::UpstreamInvalidResponse => 502,
             Self::BudgetExceeded | Self::UpstreamRateLimited => 429,
             Self::UpstreamTimeout => 504,
             Self::NotReady | Self::UsageSpoolFull => 503,
@@ -116,6 +121,7 @@ impl ErrorCode {
             Self::ProviderKeyInvalid
             | Self::UpstreamTimeout
             | Self::UpstreamUnavailable
+            | Self::UpstreamInvalidResponse
             | Self::NotReady
             | Self::UsageSpoolFull
             | Self::Internal => "api_error",
@@ -126,6 +132,7 @@ impl ErrorCode {
         match self {
             Self::UpstreamTimeout
             | Self::UpstreamUnavailable
+            | Self::UpstreamInvalidResponse
             | Self::UpstreamRateLimited
             | Self::RequestTimeout
             | Self::NotReady => NextAction::Retry,

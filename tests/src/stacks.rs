@@ -135,7 +135,7 @@ pub async fn usage_rows(store: &sqlx::SqlitePool) -> sqlx::SqlitePool {
          project_id TEXT, virtual_key_id TEXT, model TEXT, provider_id TEXT, \
          input_tokens BIGINT, output_tokens BIGINT, cached_input_tokens BIGINT, \
          reasoning_tokens BIGINT, cost_micros BIGINT, latency_ms BIGINT, http_status BIGINT, \
-         source TEXT, run_id TEXT, task_id TEXT, tags TEXT, lease_epoch BIGINT)",
+         source TEXT, run_id TEXT, task_id TEXT, tags TEXT, lease_epoch BIGINT, attempts BIGINT)",
     )
     .execute(&rows)
     .await
@@ -161,7 +161,7 @@ pub async fn usage_rows(store: &sqlx::SqlitePool) -> sqlx::SqlitePool {
                 .collect();
             sqlx::query(
                 "INSERT INTO usage_records VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12, $13, $14, $15, $16, $17, $18)",
+                 $11, $12, $13, $14, $15, $16, $17, $18, $19)",
             )
             .bind(r.request_id)
             .bind(r.started_at_us)
@@ -181,6 +181,7 @@ pub async fn usage_rows(store: &sqlx::SqlitePool) -> sqlx::SqlitePool {
             .bind(r.task_id)
             .bind(serde_json::Value::Object(tags).to_string())
             .bind(r.lease_epoch as i64)
+            .bind(i64::from(r.attempts))
             .execute(&rows)
             .await
             .expect("each request stored once");

@@ -438,6 +438,8 @@ pub struct UsageRecord<S = String> {
     pub tags: Vec<(S, S)>,
     /// The proxy process whose lease the request was reserved against.
     pub lease_epoch: i64,
+    /// Upstream attempts the request made (0: none, as in MOCK).
+    pub attempts: i64,
 }
 
 impl<S: AsRef<str>> UsageRecord<S> {
@@ -463,6 +465,7 @@ impl<S: AsRef<str>> UsageRecord<S> {
             task_id: text(&self.task_id),
             tags: self.tags.iter().map(|(n, v)| (text(n), text(v))).collect(),
             lease_epoch: self.lease_epoch,
+            attempts: self.attempts,
         }
     }
 }

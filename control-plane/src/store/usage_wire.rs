@@ -88,6 +88,7 @@ fn read_record(
         task_id: "",
         tags: Vec::new(),
         lease_epoch: 0,
+        attempts: 0,
     };
     let mut source = 0;
     let (mut rejected_key_id, mut upstream_status) = ("", 0);
@@ -120,6 +121,7 @@ fn read_record(
             }
             19 => rejected_key_id = value.text()?,
             20 => upstream_status = value.low32()?,
+            21 => record.attempts = i64::from(value.low32()?),
             _ => {}
         }
     }
@@ -192,6 +194,7 @@ fn to_wire<S: AsRef<str>>(record: &UsageRecord<S>) -> pb::UsageRecord {
         lease_epoch: u64::try_from(record.lease_epoch).unwrap_or_default(),
         rejected_key_id: String::new(),
         upstream_status: 0,
+        attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
     }
 }
 
@@ -248,6 +251,7 @@ mod tests {
                 task_id: "task".into(),
                 tags: vec![("team".into(), "search".into())],
                 lease_epoch: 42,
+                attempts: 0,
             },
             UsageRecord {
                 request_id: "r2".into(),
@@ -268,6 +272,7 @@ mod tests {
                 task_id: String::new(),
                 tags: Vec::new(),
                 lease_epoch: 0,
+                attempts: 0,
             },
         ];
         assert_eq!(decode(&encode(&records)).unwrap(), records);
@@ -298,6 +303,7 @@ mod tests {
                 value: "a b".into(),
             }],
             lease_epoch: 9,
+            attempts: 0,
             rejected_key_id: rejected.into(),
             upstream_status: 401,
         };
@@ -349,6 +355,7 @@ mod tests {
             },
             pb::UsageRecord {
                 lease_epoch: u64::MAX,
+                attempts: 0,
                 ..valid.clone()
             },
             pb::UsageRecord {

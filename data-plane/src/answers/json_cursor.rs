@@ -187,6 +187,20 @@ fn container_end(bytes: &[u8], at: usize) -> Option<usize> {
     }
 }
 
+/// Whether `bytes` is one whole JSON object or array and nothing else: opened and closed,
+/// every string closed, nothing after it but space. What a cut body, an HTML error page or an
+/// empty body fails. The grammar inside (a misplaced comma, a bracket closing the wrong kind)
+/// is left to the client's parser: serde's full check cost the benchmark's 303-byte answer
+/// 4 400 instructions, this walk 1 600 (a byte-at-a-time state machine, 6 600), and upstreams
+/// that fail do so by cutting or replacing their answer, not by misspelling it.
+pub fn is_whole_document(bytes: &[u8]) -> bool {
+    let start = skip_space(bytes, 0);
+    if !matches!(bytes.get(start), Some(b'{' | b'[')) {
+        return false;
+    }
+    container_end(bytes, start).is_some_and(|end| skip_space(bytes, end) == bytes.len())
+}
+
 /// The characters of the JSON string `json` (quotes included) once its escapes are read, as
 /// `str::chars().count()` of the decoded text would count them. `None` if it is no string.
 pub fn string_chars(json: &[u8]) -> Option<usize> {

@@ -14,6 +14,7 @@ use sluice_shared::credential_scrub::CredentialScrubber;
 use sluice_shared::error_code::ErrorCode;
 use sluice_shared::upstream_answer::rejects_key;
 
+use crate::answers::json_cursor::is_whole_document;
 use crate::answers::{StreamReader, Usage, UsageReader};
 use crate::error_response::GatewayError;
 use crate::families::translation::{
@@ -130,11 +131,18 @@ pub async fn answer(
     // answer's format only its family reads, so only its prompt is counted.
     let (body, usage, answered_tokens) = match translator {
         Translator::Native(usage) => {
+            if parts.status.is_success() && !is_whole_document(&bytes) {
+                return Err(not_json(draft, scrubber));
+            }
             let reported = usage.whole(&bytes);
             (bytes, reported, 0)
         }
         Translator::Chat(translation) => {
-            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let answer: Value = match serde_json::from_slice(&bytes) {
+                Ok(answer) => answer,
+                Err(_) if parts.status.is_success() => return Err(not_json(draft, scrubber)),
+                Err(_) => Value::Null,
+            };
             if !parts.status.is_success() {
                 let error = refusal(translation, parts.status, &answer);
                 // Refused upstream: nothing was generated, and the refusal is still recorded.
@@ -175,6 +183,18 @@ pub async fn answer(
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// A successful status over a body that is not a whole JSON document: never passed on as a
+/// success.
+fn not_json(draft: UsageDraft, scrubber: CredentialScrubber) -> Unanswered {
+    Unanswered::Failed(Box::new(Failed {
+        failure: UpstreamFailure::InvalidAnswer(
+            "a successful status over a body that is not JSON".to_owned(),
+        ),
+        draft,
+        scrubber,
+    }))
 }
 
 fn identity(draft: &UsageDraft, answering: &Answering<'_>) -> ChunkIdentity {

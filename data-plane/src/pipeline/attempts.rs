@@ -1,10 +1,9 @@
-//! The attempt loop of a LIVE request: its attempts in order (deployments by priority and
-//! weight, each provider's keys in turn when one is refused), each call made and its outcome
-//! classified as an [`UpstreamFailure`] or handed to [`answer`]. A failure before the answer
-//! starts moves on to the next attempt; the request's usage record says what the attempts
-//! cost, whatever the outcome.
+//! The attempt loop of a LIVE request: its deployments in order (by priority and weight), each
+//! call made and its outcome classified as an [`UpstreamFailure`] or handed to [`answer`]. A
+//! failure before the answer starts is retried, or moves to the provider's next key or the
+//! next deployment, as the [`retry`](crate::pipeline::retry) policy says; the request's one
+//! usage record says what the attempts cost, and how many there were, whatever the outcome.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,17 +20,12 @@ use crate::metering::draft::UsageDraft;
 use crate::operation::Operation;
 use crate::pipeline::answer::{Answering, Translator, Unanswered, answer};
 use crate::pipeline::failure::UpstreamFailure;
+use crate::pipeline::retry::{Move, Place, RetryPolicy};
 use crate::request::fields::ChatRequest;
+use crate::resilience::retry_after::retry_after;
+use crate::resilience::retry_budget;
 use crate::routing::attempt_order::attempt_order;
 use crate::routing::tables::{DeploymentEntry, ModelEntry, ProviderEntry, RoutingTables};
-
-const MAX_ATTEMPTS: usize = 3;
-
-/// One try: a deployment, and which of its provider's keys to use.
-struct Attempt<'t> {
-    deployment: &'t DeploymentEntry,
-    key_index: usize,
-}
 
 pub async fn forward(
     gateway: &Arc<Gateway>,
@@ -57,26 +51,18 @@ pub async fn forward(
             ),
         ));
     }
-    let mut attempts: VecDeque<Attempt> = order
-        .into_iter()
-        .map(|deployment| Attempt {
-            deployment,
-            key_index: 0,
-        })
-        .collect();
+    retry_budget::deposit(second_of(draft.record.started_at_us));
+    let policy = RetryPolicy::default();
     let mut outcome = Outcome::default();
     draft.prompt = chat.messages_bytes();
-    let mut tried = 0;
-    while let Some(Attempt {
-        deployment,
-        key_index,
-    }) = attempts.pop_front()
-    {
-        if tried == MAX_ATTEMPTS {
+    let mut at = Attempt::default();
+    let mut wait = None;
+    while let Some(&deployment) = order.get(at.deployment) {
+        if at.total == policy.max_attempts {
             break;
         }
-        tried += 1;
         let Some(provider) = tables.providers.get(deployment.provider) else {
+            at.next_deployment();
             continue;
         };
         let Some((uri, translator)) = route(deployment, provider, operation, chat.stream) else {
@@ -90,25 +76,40 @@ pub async fn forward(
                     model.name
                 ),
             ));
+            at.next_deployment();
             continue;
         };
-        let key = provider.keys.get(key_index);
+        let key = provider.keys.get(at.key);
         let credential = match key {
             Some(key) => Some(tables.open_key(key).map_err(|_| {
                 GatewayError::new(ErrorCode::Internal, "a provider key could not be opened")
             })?),
             None if provider.keyless => None,
-            None => continue,
+            None => {
+                at.next_deployment();
+                continue;
+            }
         };
         let payload = match payload(gateway, chat, deployment, operation, translator) {
             Ok(payload) => payload,
             Err(error) => return Err(outcome.fail(draft, error)),
         };
+        if let Some(wait) = wait.take() {
+            tokio::time::sleep(wait).await;
+        }
+        at.count();
         draft.record.provider_id = provider.id.clone();
+        draft.record.attempts = at.total;
         gateway
             .metrics
             .upstream_requests_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if at.total > 1 {
+            gateway
+                .metrics
+                .upstream_retries_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let accept = if chat.stream {
             "text/event-stream"
         } else {
@@ -128,9 +129,13 @@ pub async fn forward(
             .unwrap_or_default();
         drop(credential);
         let mut scrubber = scrubber;
+        let mut asked_to_wait = None;
         let failure = match sent {
             Ok(response) => match UpstreamFailure::of_status(response.status()) {
-                Some(failure) => failure,
+                Some(failure) => {
+                    asked_to_wait = retry_after(response.headers(), std::time::SystemTime::now());
+                    failure
+                }
                 None => {
                     let answering = Answering {
                         model_name: &model.name,
@@ -146,7 +151,12 @@ pub async fn forward(
                         &answering,
                     );
                     match translated.await {
-                        Ok(response) => return Ok(response),
+                        Ok(mut response) => {
+                            if at.total > 1 {
+                                say_who_answered(&mut response, at.total, provider, deployment);
+                            }
+                            return Ok(response);
+                        }
                         Err(Unanswered::Refused(error)) => return Err(error),
                         Err(Unanswered::Failed(failed)) => {
                             draft = failed.draft;
@@ -162,25 +172,28 @@ pub async fn forward(
         outcome.may_have_billed |= failure.may_have_billed();
         let mut error = failure.to_error(&provider.name);
         error.message = scrubber.scrub_str(&error.message).into_owned();
-        if failure.rejects_key() {
+        if let (Some(key), UpstreamFailure::KeyRejected(status)) = (key, &failure) {
             // The control plane hears of the refused key with the record, whatever the
             // request's outcome.
-            if let (Some(key), UpstreamFailure::KeyRejected(status)) = (key, &failure) {
-                draft.record.rejected_key_id = key.id.clone();
-                draft.record.upstream_status = u32::from(status.as_u16());
-            }
-            if let Some(next) = next_key(provider, key_index) {
-                attempts.push_front(Attempt {
-                    deployment,
-                    key_index: next,
-                });
-                outcome.last_error = Some(error);
-                continue;
-            }
-            return Err(outcome.fail(draft, error));
+            draft.record.rejected_key_id = key.id.clone();
+            draft.record.upstream_status = u32::from(status.as_u16());
         }
-        if !failure.falls_back() {
-            return Err(outcome.fail(draft, error));
+        let place = Place {
+            on_deployment: at.on_deployment,
+            on_key: at.on_key,
+            has_next_key: at.key + 1 < provider.keys.len(),
+        };
+        let budget = || {
+            retry_budget::withdraw(
+                second_of(sluice_shared::time::now_us()),
+                gateway.retry_budget,
+            )
+        };
+        match policy.next_move(&failure, asked_to_wait, place, budget) {
+            Move::Again(after) => wait = Some(after),
+            Move::NextKey => at.next_key(),
+            Move::NextDeployment => at.next_deployment(),
+            Move::Stop => return Err(outcome.fail(draft, error)),
         }
         outcome.last_error = Some(error);
     }
@@ -188,6 +201,58 @@ pub async fn forward(
         GatewayError::new(ErrorCode::ProviderNotReady, "no deployment could be tried")
     });
     Err(outcome.fail(draft, error))
+}
+
+/// Where the attempts stand: which deployment (its place in the order) and which of its
+/// provider's keys comes next, and how many attempts were made in all, at the deployment and
+/// with the key.
+#[derive(Debug, Default)]
+struct Attempt {
+    deployment: usize,
+    key: usize,
+    total: u32,
+    on_deployment: u32,
+    on_key: u32,
+}
+
+impl Attempt {
+    fn count(&mut self) {
+        self.total += 1;
+        self.on_deployment += 1;
+        self.on_key += 1;
+    }
+
+    fn next_key(&mut self) {
+        self.key += 1;
+        self.on_key = 0;
+    }
+
+    fn next_deployment(&mut self) {
+        self.deployment += 1;
+        self.key = 0;
+        self.on_deployment = 0;
+        self.on_key = 0;
+    }
+}
+
+fn second_of(us: i64) -> u64 {
+    u64::try_from(us / 1_000_000).unwrap_or(0)
+}
+
+/// An answer that took more than one attempt says so: how many, and which deployment gave it
+/// (`next_action: continue` — the client need do nothing, but may want to know).
+fn say_who_answered(
+    response: &mut Response<Body>,
+    attempts: u32,
+    provider: &ProviderEntry,
+    deployment: &DeploymentEntry,
+) {
+    let headers = response.headers_mut();
+    headers.insert("x-sluice-attempts", http::HeaderValue::from(attempts));
+    let served_by = format!("{}:{}", provider.name, deployment.upstream_model);
+    if let Ok(value) = http::HeaderValue::from_str(&served_by) {
+        headers.insert("x-sluice-served-by", value);
+    }
 }
 
 /// What the attempts so far leave for the record.
@@ -267,9 +332,4 @@ fn payload(
             operation == Operation::ChatCompletions,
         ),
     }
-}
-
-/// The provider's key after `key_index`, if it has one.
-fn next_key(provider: &ProviderEntry, key_index: usize) -> Option<usize> {
-    (key_index + 1 < provider.keys.len()).then_some(key_index + 1)
 }

@@ -28,7 +28,8 @@ pub enum UpstreamFailure {
     Redirect(StatusCode),
     /// The upstream refused the provider key itself.
     KeyRejected(StatusCode),
-    /// The answer's headers came but its body did not: cut off, or too large.
+    /// A successful status whose body is no answer: cut off, too large, or not valid for its
+    /// family.
     InvalidAnswer(String),
     /// The answer's headers came but its body did not finish within the provider's timeout.
     BodyTimeout(Duration),
@@ -68,15 +69,13 @@ impl UpstreamFailure {
             | Self::Reset(_)
             | Self::TimeoutBeforeHeaders(_)
             | Self::ServerError(_)
-            | Self::RateLimited(_) => true,
-            // Configuration the operator must fix; a key refused moves to the provider's
-            // next key instead; an answer whose body failed is not sent again (the upstream
-            // did the work).
-            Self::Refused(_)
-            | Self::Redirect(_)
-            | Self::KeyRejected(_)
+            | Self::RateLimited(_)
+            // Nothing of the answer has reached the client yet: it may come whole next time.
             | Self::InvalidAnswer(_)
-            | Self::BodyTimeout(_) => false,
+            | Self::BodyTimeout(_) => true,
+            // Configuration the operator must fix; a key refused moves to the provider's
+            // next key instead.
+            Self::Refused(_) | Self::Redirect(_) | Self::KeyRejected(_) => false,
         }
     }
 
@@ -152,8 +151,8 @@ impl UpstreamFailure {
                 ),
             ),
             Self::InvalidAnswer(why) => GatewayError::new(
-                ErrorCode::UpstreamUnavailable,
-                format!("the provider's answer broke off: {why}"),
+                ErrorCode::UpstreamInvalidResponse,
+                format!("provider '{provider}' sent an answer that is not valid: {why}"),
             ),
             Self::BodyTimeout(within) => GatewayError::new(
                 ErrorCode::UpstreamTimeout,
@@ -246,17 +245,17 @@ mod tests {
             ),
             (
                 UpstreamFailure::InvalidAnswer("cut".into()),
-                false,
-                false,
+                true,
+                true,
                 false,
                 true,
                 true,
-                ErrorCode::UpstreamUnavailable,
+                ErrorCode::UpstreamInvalidResponse,
             ),
             (
                 UpstreamFailure::BodyTimeout(second),
-                false,
-                false,
+                true,
+                true,
                 false,
                 true,
                 true,

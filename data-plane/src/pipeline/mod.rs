@@ -10,6 +10,7 @@ pub mod attempts;
 pub mod failure;
 pub mod identify;
 pub mod mock;
+pub mod retry;
 
 use std::sync::Arc;
 

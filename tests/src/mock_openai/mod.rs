@@ -10,7 +10,9 @@
 //! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `pause` (answers
 //! after [`PAUSE`]), `redirect`, `no-usage` (an answer or stream without a usage block, also
 //! from the Anthropic mock), `stall` (a stream that sends one chunk, then nothing),
-//! `stall-body`, `cut-body` and `cut-stream` (see [`broken_answer`]), `echo-<status>` and
+//! `stall-body`, `cut-body` and `cut-stream` (see [`broken_answer`]), `flaky-<how>-<n>` (its
+//! first n requests fail, then it answers normally: `500`, `503`, `429` with `retry-after-ms`,
+//! `json`, a 200 whose body is cut JSON), `echo-<status>` and
 //! `echo-midstream` (the credential echoed back in headers and error bodies, see
 //! [`echo_answer`]); anything else answers normally. Model listings answer
 //! key checks in each family's format (OpenAI's Bearer key, Anthropic's `x-api-key`, Gemini's
@@ -73,6 +75,8 @@ struct State {
     /// The ALPN protocol negotiated on each TLS connection.
     protocols: Mutex<Vec<String>>,
     last_chunk_sent: Mutex<Option<Instant>>,
+    /// Requests seen per `flaky-…` model, so each fails only its first N times.
+    flaky: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 type MockResponse = Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>;
@@ -174,6 +178,17 @@ impl MockOpenAi {
 
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests that named `model` (the upstream model) in their body.
+    pub fn requests_for(&self, model: &str) -> usize {
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|request| request.body["model"] == model)
+            .count()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {

@@ -144,6 +144,56 @@ pub(super) fn embeddings_answer(deployment: Option<&str>, body: &Value) -> MockR
     json_response(StatusCode::OK, answer)
 }
 
+/// OpenAI's 429, saying how long to wait in header `name`.
+fn rate_limited(name: &'static str, wait: &'static str) -> MockResponse {
+    let mut response = openai_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Rate limit reached for requests",
+        "requests",
+        json!("rate_limit_exceeded"),
+    );
+    response
+        .headers_mut()
+        .insert(name, http::HeaderValue::from_static(wait));
+    response
+}
+
+/// A `flaky-<how>-<n>` model's scripted failure, while it has failures left.
+fn flaky_failure(state: &State, model: &str) -> Option<MockResponse> {
+    let (how, times) = model.strip_prefix("flaky-")?.rsplit_once('-')?;
+    let times: usize = times.parse().ok()?;
+    let seen = {
+        let mut flaky = state.flaky.lock().unwrap();
+        let seen = flaky.entry(model.to_owned()).or_insert(0);
+        *seen += 1;
+        *seen
+    };
+    if seen > times {
+        return None;
+    }
+    Some(match how {
+        "500" => openai_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request.",
+            "server_error",
+            Value::Null,
+        ),
+        "503" => openai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The engine is currently overloaded, please try again later.",
+            "server_error",
+            Value::Null,
+        ),
+        "429" => rate_limited("retry-after-ms", "50"),
+        "json" => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{\"id\": \"chatcmpl-cut\", \"choi")).boxed())
+            .unwrap(),
+        other => panic!("no flaky behaviour {other:?}"),
+    })
+}
+
 /// `POST /v1/chat/completions` (or an Azure deployment's): the model (the deployment standing
 /// for it) picks a behaviour, see the module's notes; anything else answers normally, whole or
 /// as a stream of chunks spaced by [`STREAM_GAP`].
@@ -164,18 +214,7 @@ pub(super) async fn chat_answer(
                 json!("invalid_api_key"),
             );
         }
-        "fail-429" => {
-            let mut response = openai_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Rate limit reached for requests",
-                "requests",
-                json!("rate_limit_exceeded"),
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", "2".parse().unwrap());
-            return response;
-        }
+        "fail-429" => return rate_limited("retry-after", "2"),
         "fail-500" => {
             return openai_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -190,6 +229,11 @@ pub(super) async fn chat_answer(
                 .header("location", "http://127.0.0.1:1/steal")
                 .body(Full::new(Bytes::new()).boxed())
                 .unwrap();
+        }
+        flaky if flaky.starts_with("flaky-") => {
+            if let Some(failure) = flaky_failure(&state, flaky) {
+                return failure;
+            }
         }
         "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
         "pause" => tokio::time::sleep(PAUSE).await,

@@ -292,6 +292,8 @@ macro_rules! usage_sql {
                         task_id: row.try_get("task_id")?,
                         tags: tags_from_json(row.try_get("tags")?),
                         lease_epoch: row.try_get("lease_epoch")?,
+                        // Stored before attempts were counted.
+                        attempts: 0,
                     };
                     match batches.last_mut() {
                         Some((last, records)) if *last == batch_id => records.push(record),

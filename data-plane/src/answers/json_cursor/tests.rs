@@ -192,3 +192,42 @@ fn what_is_no_object_or_no_string_yields_nothing() {
     assert_eq!(string_chars(b"12"), None);
     assert_eq!(string_chars(b"\""), None);
 }
+
+proptest! {
+    #[test]
+    fn whole_documents_are_told_from_cut_ones(value in json_value(), cut in any::<prop::sample::Index>()) {
+        let document = match value {
+            Value::Object(_) | Value::Array(_) => value,
+            other => Value::Array(vec![other]),
+        };
+        for text in [document.to_string(), serde_json::to_string_pretty(&document).unwrap_or_default()] {
+            prop_assert!(is_whole_document(text.as_bytes()), "{text}");
+            let padded = format!(" \n{text}\r\n ");
+            prop_assert!(is_whole_document(padded.as_bytes()), "{padded}");
+            // Any cut short of the end leaves a document that is not whole.
+            let at = cut.index(text.len());
+            if text.is_char_boundary(at) && text[at..].trim() != "" {
+                prop_assert!(!is_whole_document(&text.as_bytes()[..at]), "{}", &text[..at]);
+            }
+        }
+    }
+}
+
+#[test]
+fn what_upstreams_send_instead_of_an_answer_is_not_whole() {
+    for text in [
+        "",
+        "   ",
+        "<html><body>502 Bad Gateway</body></html>",
+        "null",
+        "\"a string\"",
+        "{\"id\": \"chatcmpl-cut\", \"choi",
+        "{\"a\": \"unclosed}",
+        "{\"a\": 1}}",
+        "{\"a\": 1} trailing",
+        "{\"a\": 1}{\"b\": 2}",
+    ] {
+        assert!(!is_whole_document(text.as_bytes()), "{text}");
+    }
+    assert!(is_whole_document(b"{\"a\": \"}\\\"{\"}"));
+}

@@ -1,0 +1,177 @@
+//! Riding out a flaky upstream, with the real binaries and the mock speaking OpenAI's wire
+//! format: a request whose upstream fails once — 500, 503, 429 (its `retry-after-ms`
+//! honoured) or a 200 whose body is cut JSON — ends in the exact answer, whole or streamed,
+//! with the attempts counted at the mock, in the answer's headers and in the usage record; a
+//! deployment that keeps failing is left for the next one; nothing is retried once the answer
+//! has started.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_e2e::mock_openai::{COMPLETION_TOKENS, PROMPT_TOKENS};
+use sluice_e2e::proxy::HttpResponse;
+use sluice_e2e::{await_usage, caught_up_proxy, live_stack};
+
+/// The mock's whole answer to a normal chat completion.
+const ANSWER: &str = "Hello from the mock upstream";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_end_in_the_exact_answer_and_persistent_ones_fall_back() {
+    let stack = live_stack("sk-retries-test");
+    let cp = &stack.cp;
+    let scenarios = ["500", "503", "429", "json"];
+    for how in scenarios {
+        cp.ctl(&[
+            "model",
+            "create",
+            &format!("acme/flaky-{how}"),
+            "--deployment",
+            &format!("openai:flaky-{how}-1"),
+        ])
+        .ok();
+    }
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/flaky-stream",
+        "--deployment",
+        // Its own count of failures: the mock counts by the model's exact name.
+        "openai:flaky-503-01",
+    ])
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/down",
+        "--deployment",
+        "openai:flaky-500-1000",
+    ])
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/fallback",
+        "--deployment",
+        "openai:flaky-500-1000,priority=0",
+        "--deployment",
+        "openai:gpt-4o-mini,priority=1",
+    ])
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/cut",
+        "--deployment",
+        "openai:cut-stream",
+    ])
+    .ok();
+    let (_dir, proxy, http) = caught_up_proxy(cp, &stack.acme.token).await;
+    let chat = |model: &str, stream: bool| {
+        json!({"model": model, "stream": stream,
+               "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let url = proxy.url("/v1/chat/completions");
+    let key = Some(stack.acme.key.as_str());
+    let header = |response: &HttpResponse, name: &str| {
+        response
+            .headers
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    let pool = sluice_e2e::store_of(stack.cp_dir.path()).await;
+
+    for how in scenarios {
+        let started = Instant::now();
+        let answer = http
+            .post(&url, key, &chat(&format!("flaky-{how}"), false))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{how}: {}", answer.text());
+        assert_eq!(
+            answer.json()["choices"][0]["message"]["content"],
+            ANSWER,
+            "{how}"
+        );
+        assert_eq!(
+            stack.upstream.requests_for(&format!("flaky-{how}-1")),
+            2,
+            "{how}: one failure, one retry"
+        );
+        assert_eq!(
+            header(&answer, "x-sluice-attempts").as_deref(),
+            Some("2"),
+            "{how}"
+        );
+        assert_eq!(
+            header(&answer, "x-sluice-served-by").as_deref(),
+            Some(format!("openai:flaky-{how}-1").as_str())
+        );
+        // A backoff within its bound, or the 50 ms the 429 asked for.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{how}: {:?}",
+            started.elapsed()
+        );
+        let id = header(&answer, "x-request-id").unwrap();
+        let row: (i64, i64, String, i64, i64) = await_usage(
+            &pool,
+            "input_tokens, output_tokens, source, http_status, attempts",
+            &id,
+        )
+        .await;
+        assert_eq!(
+            row,
+            (
+                PROMPT_TOKENS as i64,
+                COMPLETION_TOKENS as i64,
+                "PROVIDER_REPORTED".to_owned(),
+                200,
+                2
+            ),
+            "{how}"
+        );
+    }
+
+    // A stream is retried the same way before its first byte.
+    let streamed = http
+        .post(&url, key, &chat("flaky-stream", true))
+        .await
+        .unwrap();
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    assert!(
+        streamed.text().contains("data: [DONE]"),
+        "{}",
+        streamed.text()
+    );
+    assert_eq!(header(&streamed, "x-sluice-attempts").as_deref(), Some("2"));
+    assert_eq!(stack.upstream.requests_for("flaky-503-01"), 2);
+
+    // A deployment that keeps failing: its key's two attempts, then the error (with the
+    // answer's next move); a fallback deployment serves instead where there is one.
+    let down = http.post(&url, key, &chat("down", false)).await.unwrap();
+    assert_eq!(down.status, 502, "{}", down.text());
+    assert_eq!(down.json()["error"]["code"], "upstream_unavailable");
+    assert_eq!(down.json()["error"]["next_action"], "retry");
+    assert_eq!(stack.upstream.requests_for("flaky-500-1000"), 2);
+    let fallback = http
+        .post(&url, key, &chat("fallback", false))
+        .await
+        .unwrap();
+    assert_eq!(fallback.status, 200, "{}", fallback.text());
+    assert_eq!(fallback.json()["choices"][0]["message"]["content"], ANSWER);
+    assert_eq!(header(&fallback, "x-sluice-attempts").as_deref(), Some("3"));
+    assert_eq!(
+        header(&fallback, "x-sluice-served-by").as_deref(),
+        Some("openai:gpt-4o-mini")
+    );
+    assert_eq!(stack.upstream.requests_for("flaky-500-1000"), 4);
+
+    // Once the answer has started, nothing is retried: a stream cut short is not sent again.
+    let cut = http.post(&url, key, &chat("cut", true)).await;
+    assert!(cut.is_err() || cut.as_ref().is_ok_and(|r| r.status == 200));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(stack.upstream.requests_for("cut-stream"), 1);
+    drop(proxy);
+}
