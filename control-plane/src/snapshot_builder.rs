@@ -263,6 +263,7 @@ pub fn seal_snapshot(
             extra_headers: p.extra_headers.clone().into_iter().collect(),
             keys: Vec::new(),
             allow_private_network: p.allow_private_network,
+            retry: Some(p.retry.into()),
         })
         .collect();
     for key in &state.provider_keys {
@@ -334,6 +335,7 @@ pub fn seal_snapshot(
                 output_price_micros_per_mtok: m.output_price_micros_per_mtok,
                 context_window: m.context_window,
                 cached_input_price_micros_per_mtok: m.cached_input_price_micros_per_mtok,
+                retry: Some(m.retry.into()),
             })
             .collect(),
         virtual_keys: Vec::new(),

@@ -54,6 +54,48 @@ pub fn timeout_ms(field: &str, value: u32) -> Result<u32, InvalidField> {
     }
 }
 
+/// Retry settings as a provider or model holds them: attempts from 1 to 10, a backoff of at
+/// most a minute growing to at most ten, a wait asked for of at most ten minutes.
+pub fn retry_settings(
+    settings: crate::store::RetrySettings,
+) -> Result<crate::store::RetrySettings, InvalidField> {
+    let within = |field: &str, value: Option<u32>, range: std::ops::RangeInclusive<u32>| match value
+    {
+        Some(v) if !range.contains(&v) => Err(invalid(
+            &format!("retry.{field}"),
+            format!("must be between {} and {}", range.start(), range.end()),
+        )),
+        _ => Ok(()),
+    };
+    within("max_attempts", settings.max_attempts, 1..=10)?;
+    within(
+        "attempts_per_deployment",
+        settings.attempts_per_deployment,
+        1..=10,
+    )?;
+    within("attempts_per_key", settings.attempts_per_key, 1..=10)?;
+    within("backoff_base_ms", settings.backoff_base_ms, 1..=60_000)?;
+    within(
+        "backoff_max_ms",
+        settings.backoff_max_ms,
+        1..=MAX_TIMEOUT_MS,
+    )?;
+    within(
+        "max_retry_after_ms",
+        settings.max_retry_after_ms,
+        0..=MAX_TIMEOUT_MS,
+    )?;
+    if let (Some(base), Some(max)) = (settings.backoff_base_ms, settings.backoff_max_ms)
+        && base > max
+    {
+        return Err(invalid(
+            "retry.backoff_base_ms",
+            "must not be above retry.backoff_max_ms",
+        ));
+    }
+    Ok(settings)
+}
+
 /// The models a virtual key is limited to: each a resource name, at most
 /// [`MAX_ALLOWED_MODELS`].
 pub fn model_names(field: &str, models: &[String]) -> Result<(), InvalidField> {

@@ -99,12 +99,17 @@ async fn story<S: Store>(store: &S) {
                 timeout_ms: 30_000,
                 extra_headers: headers.clone(),
                 allow_private_network: false,
+                retry: RetrySettings {
+                    attempts_per_key: Some(3),
+                    ..RetrySettings::default()
+                },
             },
             audit("provider.create", "acme/openai"),
         )
         .await
         .unwrap();
     assert_eq!(provider.extra_headers, headers);
+    assert_eq!(provider.retry.attempts_per_key, Some(3));
     assert!(provider.active);
     let patched = store
         .update_provider(
@@ -120,6 +125,27 @@ async fn story<S: Store>(store: &S) {
         .unwrap();
     assert_eq!(patched.timeout_ms, 5_000);
     assert_eq!(patched.base_url, provider.base_url);
+    assert_eq!(patched.retry, provider.retry, "left as it was");
+    let retried = RetrySettings {
+        max_attempts: Some(6),
+        backoff_base_ms: Some(50),
+        max_retry_after_ms: Some(0),
+        ..RetrySettings::default()
+    };
+    let patched = store
+        .update_provider(
+            "acme",
+            "openai",
+            ProviderPatch {
+                retry: Some(retried),
+                ..Default::default()
+            },
+            audit("provider.update", "acme/openai"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.retry, retried, "replaced whole");
+    assert_eq!(patched.timeout_ms, 5_000);
 
     let key = store
         .create_provider_key(
@@ -220,6 +246,10 @@ async fn story<S: Store>(store: &S) {
                 cached_input_price_micros_per_mtok: Some(75_000),
                 price_source: PriceSource::Catalog,
                 catalog_id: "gpt-4o-mini".into(),
+                retry: RetrySettings {
+                    max_attempts: Some(2),
+                    ..RetrySettings::default()
+                },
             },
             audit("model.create", "acme/gpt-4o-mini"),
         )
@@ -230,6 +260,7 @@ async fn story<S: Store>(store: &S) {
         model.deployments[0].upstream_model,
         "gpt-4o-mini-2024-07-18"
     );
+    assert_eq!(model.retry.max_attempts, Some(2));
     assert!(matches!(
         store
             .create_model(
@@ -248,6 +279,7 @@ async fn story<S: Store>(store: &S) {
                     cached_input_price_micros_per_mtok: None,
                     price_source: PriceSource::Operator,
                     catalog_id: String::new(),
+                    retry: RetrySettings::default(),
                 },
                 audit("model.create", "x"),
             )

@@ -175,3 +175,70 @@ async fn transient_failures_end_in_the_exact_answer_and_persistent_ones_fall_bac
     assert_eq!(stack.upstream.requests_for("cut-stream"), 1);
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_settings_of_providers_and_models_reach_the_proxy_and_apply() {
+    let stack = live_stack("sk-retry-settings-test");
+    let cp = &stack.cp;
+    // A provider trying each key three times; one model limited to a single attempt.
+    let provider = cp.ctl(&[
+        "provider",
+        "update",
+        "acme/openai",
+        "--attempts-per-key",
+        "3",
+    ]);
+    assert!(
+        provider.ok().contains("attempts_per_key=3"),
+        "{}",
+        provider.ok()
+    );
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/twice",
+        "--deployment",
+        "openai:flaky-500-2",
+    ])
+    .ok();
+    let once = cp.ctl(&[
+        "model",
+        "create",
+        "acme/once",
+        "--deployment",
+        "openai:flaky-503-2",
+        "--max-attempts",
+        "1",
+    ]);
+    assert!(once.ok().contains("max_attempts=1"), "{}", once.ok());
+    let refused = cp.ctl(&["model", "update", "acme/once", "--attempts-per-key", "0"]);
+    assert!(
+        refused.err().contains("retry.attempts_per_key"),
+        "{}",
+        refused.err()
+    );
+    let (_dir, proxy, http) = caught_up_proxy(cp, &stack.acme.token).await;
+    let url = proxy.url("/v1/chat/completions");
+    let key = Some(stack.acme.key.as_str());
+    let chat =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+
+    // Two failures, then the answer: the provider's three attempts per key.
+    let twice = http.post(&url, key, &chat("twice")).await.unwrap();
+    assert_eq!(twice.status, 200, "{}", twice.text());
+    assert_eq!(twice.headers["x-sluice-attempts"], "3");
+    assert_eq!(stack.upstream.requests_for("flaky-500-2"), 3);
+    // The model's single attempt: its first failure is the answer.
+    let once = http.post(&url, key, &chat("once")).await.unwrap();
+    assert_eq!(once.status, 502, "{}", once.text());
+    assert_eq!(stack.upstream.requests_for("flaky-503-2"), 1);
+
+    // Back to inheriting: the provider's three attempts get past its second failure.
+    let reset = cp.ctl(&["model", "update", "acme/once", "--reset-retry"]);
+    assert!(reset.ok().contains("inherited"), "{}", reset.ok());
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let again = http.post(&url, key, &chat("once")).await.unwrap();
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.headers["x-sluice-attempts"], "2");
+    assert_eq!(stack.upstream.requests_for("flaky-503-2"), 3);
+}

@@ -1,6 +1,7 @@
 //! Domain ↔ proto, at the edge only.
 
 use sluice_proto::admin::v1 as pb;
+use sluice_proto::common::v1 as common;
 use tonic::Status;
 
 use crate::store::{self, KeyHealth, KeyState, Posture, ProviderKind, TokenScope};
@@ -47,9 +48,37 @@ impl From<store::Provider> for pb::Provider {
             allow_private_network: p.allow_private_network,
             created_at_us: p.created_at_us,
             updated_at_us: p.updated_at_us,
+            retry: Some(p.retry.into()),
         }
     }
 }
+
+/// `From` both ways between two structs whose fields carry the same names and types.
+macro_rules! convert_fields {
+    ($a:ty, $b:ty, $($field:ident),+) => {
+        impl From<$a> for $b {
+            fn from(from: $a) -> Self {
+                Self { $($field: from.$field),+ }
+            }
+        }
+        impl From<$b> for $a {
+            fn from(from: $b) -> Self {
+                Self { $($field: from.$field),+ }
+            }
+        }
+    };
+}
+
+convert_fields!(
+    store::RetrySettings,
+    common::RetryPolicy,
+    max_attempts,
+    attempts_per_deployment,
+    attempts_per_key,
+    backoff_base_ms,
+    backoff_max_ms,
+    max_retry_after_ms
+);
 
 impl From<store::ProviderKey> for pb::ProviderKey {
     fn from(k: store::ProviderKey) -> Self {
@@ -109,6 +138,7 @@ impl From<store::Model> for pb::Model {
                 store::PriceSource::Operator => pb::PriceSource::Operator,
             } as i32,
             catalog_id: m.catalog_id,
+            retry: Some(m.retry.into()),
         }
     }
 }

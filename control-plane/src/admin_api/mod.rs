@@ -179,6 +179,34 @@ fn timeout(field: &str, value: u32) -> Result<u32, Status> {
     checked(validation::timeout_ms(field, value))
 }
 
+/// Retry settings as a request gives them, checked.
+fn retry_settings(
+    given: Option<sluice_proto::common::v1::RetryPolicy>,
+) -> Result<store::RetrySettings, Status> {
+    checked(validation::retry_settings(
+        given.map(Into::into).unwrap_or_default(),
+    ))
+}
+
+/// A provider's or model's retry settings after an update that gives `given` (each field
+/// set replaces the current one) and may `reset` them first; `None` when it leaves them.
+fn updated_retry(
+    current: store::RetrySettings,
+    given: Option<sluice_proto::common::v1::RetryPolicy>,
+    reset: bool,
+) -> Result<Option<store::RetrySettings>, Status> {
+    if given.is_none() && !reset {
+        return Ok(None);
+    }
+    let base = if reset {
+        store::RetrySettings::default()
+    } else {
+        current
+    };
+    let updated = base.updated(given.map(Into::into).unwrap_or_default());
+    checked(validation::retry_settings(updated)).map(Some)
+}
+
 fn model_names(field: &str, models: &[String]) -> Result<(), Status> {
     check(validation::model_names(field, models))
 }

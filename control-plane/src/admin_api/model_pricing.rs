@@ -5,7 +5,7 @@
 use sluice_proto::admin::v1 as pb;
 use tonic::Status;
 
-use super::non_negative;
+use super::{non_negative, retry_settings};
 use crate::pricing_catalog::{Catalog, CatalogEntry};
 use crate::store::{self, PriceSource};
 
@@ -51,6 +51,7 @@ pub(super) fn for_new_model(
         cached_input_price_micros_per_mtok: None,
         price_source: PriceSource::Catalog,
         catalog_id: String::new(),
+        retry: retry_settings(req.retry)?,
     };
     if operator_priced {
         new.price_source = PriceSource::Operator;

@@ -63,6 +63,16 @@ pub(super) async fn update_model<S: Store>(
     let actor = actor(&request)?;
     let req = request.into_inner();
     names(&[("organization", &req.organization), ("name", &req.name)])?;
+    let retry = if req.retry.is_some() || req.reset_retry {
+        let current = api
+            .store
+            .get_model(&req.organization, &req.name)
+            .await
+            .map_err(store_status)?;
+        updated_retry(current.retry, req.retry, req.reset_retry)?
+    } else {
+        None
+    };
     let patch = store::ModelPatch {
         deployments: if req.replace_deployments {
             Some(deployments(req.deployments)?)
@@ -84,6 +94,7 @@ pub(super) async fn update_model<S: Store>(
             .transpose()?,
         price_source: None,
         catalog_id: None,
+        retry,
     };
     let operator_priced = patch.input_price_micros_per_mtok.is_some()
         || patch.output_price_micros_per_mtok.is_some()
@@ -109,6 +120,7 @@ pub(super) async fn update_model<S: Store>(
         })?;
         store::ModelPatch {
             deployments: patch.deployments,
+            retry: patch.retry,
             ..model_pricing::catalog_patch(entry)
         }
     } else if operator_priced {

@@ -38,6 +38,7 @@ pub(super) async fn create_provider<S: Store>(
                 timeout_ms: timeout("timeout_ms", req.timeout_ms)?,
                 extra_headers,
                 allow_private_network: req.allow_private_network,
+                retry: retry_settings(req.retry)?,
             },
             audit,
         )
@@ -124,6 +125,7 @@ pub(super) async fn update_provider<S: Store>(
         extra_headers,
         active: req.active,
         allow_private_network: req.allow_private_network,
+        retry: updated_retry(current.retry, req.retry, req.reset_retry)?,
     };
     let provider = api
         .store

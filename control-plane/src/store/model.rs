@@ -97,6 +97,41 @@ pub struct ModelReadiness {
     pub usable_keys: u64,
 }
 
+/// A provider's or a model's retry settings; each field left `None` inherits (a model's from
+/// the provider of the deployment tried, a provider's from the proxy's default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_per_deployment: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts_per_key: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_base_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retry_after_ms: Option<u32>,
+}
+
+impl RetrySettings {
+    /// These settings with every field `update` sets replaced.
+    pub fn updated(self, update: RetrySettings) -> Self {
+        Self {
+            max_attempts: update.max_attempts.or(self.max_attempts),
+            attempts_per_deployment: update
+                .attempts_per_deployment
+                .or(self.attempts_per_deployment),
+            attempts_per_key: update.attempts_per_key.or(self.attempts_per_key),
+            backoff_base_ms: update.backoff_base_ms.or(self.backoff_base_ms),
+            backoff_max_ms: update.backoff_max_ms.or(self.backoff_max_ms),
+            max_retry_after_ms: update.max_retry_after_ms.or(self.max_retry_after_ms),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provider {
     pub id: String,
@@ -111,6 +146,7 @@ pub struct Provider {
     pub allow_private_network: bool,
     pub created_at_us: i64,
     pub updated_at_us: i64,
+    pub retry: RetrySettings,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +158,7 @@ pub struct NewProvider {
     pub timeout_ms: u32,
     pub extra_headers: BTreeMap<String, String>,
     pub allow_private_network: bool,
+    pub retry: RetrySettings,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,6 +169,8 @@ pub struct ProviderPatch {
     pub extra_headers: Option<BTreeMap<String, String>>,
     pub active: Option<bool>,
     pub allow_private_network: Option<bool>,
+    /// Replaces the provider's retry settings whole.
+    pub retry: Option<RetrySettings>,
 }
 
 /// A provider key as it may be shown: no secret, only the fingerprint.
@@ -193,6 +232,7 @@ pub struct Model {
     pub price_source: PriceSource,
     /// The catalog entry the prices came from; empty when none did.
     pub catalog_id: String,
+    pub retry: RetrySettings,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +245,7 @@ pub struct NewModel {
     pub cached_input_price_micros_per_mtok: Option<i64>,
     pub price_source: PriceSource,
     pub catalog_id: String,
+    pub retry: RetrySettings,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -218,6 +259,8 @@ pub struct ModelPatch {
     /// Set with the catalog's prices (`Catalog`) or any operator price (`Operator`).
     pub price_source: Option<PriceSource>,
     pub catalog_id: Option<String>,
+    /// Replaces the model's retry settings whole.
+    pub retry: Option<RetrySettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,6 +405,7 @@ pub struct ConfigModel {
     pub output_price_micros_per_mtok: i64,
     pub context_window: u32,
     pub cached_input_price_micros_per_mtok: Option<i64>,
+    pub retry: RetrySettings,
 }
 
 /// A virtual key a proxy may accept: not revoked (expiry is checked per request).

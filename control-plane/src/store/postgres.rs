@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_per_batch",
         include_str!("../../migrations/postgres/0010_usage_per_batch.sql"),
     ),
+    (
+        11,
+        "retry_policies",
+        include_str!("../../migrations/postgres/0011_retry_policies.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

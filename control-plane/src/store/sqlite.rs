@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_per_batch",
         include_str!("../../migrations/sqlite/0010_usage_per_batch.sql"),
     ),
+    (
+        11,
+        "retry_policies",
+        include_str!("../../migrations/sqlite/0011_retry_policies.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

@@ -20,7 +20,7 @@ use crate::metering::draft::UsageDraft;
 use crate::operation::Operation;
 use crate::pipeline::answer::{Answering, Translator, Unanswered, answer};
 use crate::pipeline::failure::UpstreamFailure;
-use crate::pipeline::retry::{Move, Place, RetryPolicy};
+use crate::pipeline::retry::{Move, Place};
 use crate::request::fields::ChatRequest;
 use crate::resilience::retry_after::retry_after;
 use crate::resilience::retry_budget;
@@ -52,13 +52,14 @@ pub async fn forward(
         ));
     }
     retry_budget::deposit(second_of(draft.record.started_at_us));
-    let policy = RetryPolicy::default();
     let mut outcome = Outcome::default();
     draft.prompt = chat.messages_bytes();
     let mut at = Attempt::default();
     let mut wait = None;
     while let Some(&deployment) = order.get(at.deployment) {
-        if at.total == policy.max_attempts {
+        // The deployment's own policy: its provider's and its model's settings.
+        let policy = &deployment.retry;
+        if at.total >= policy.max_attempts {
             break;
         }
         let Some(provider) = tables.providers.get(deployment.provider) else {

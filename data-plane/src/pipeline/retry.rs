@@ -10,37 +10,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::pipeline::failure::UpstreamFailure;
-
-/// How hard a request tries. The defaults fit LLM traffic: a provider's transient 5xx or 429
-/// is usually gone within a second, and a client waits seconds for an answer anyway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Upstream attempts a request makes at most, over every deployment and key.
-    pub max_attempts: u32,
-    /// Attempts at one deployment (over its keys).
-    pub per_deployment: u32,
-    /// Attempts with one key of a deployment.
-    pub per_key: u32,
-    /// The first retry waits up to this long; each next one up to twice the last, capped.
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// The longest wait an upstream may ask for (`Retry-After`) and still be retried; a
-    /// longer one moves the request on instead.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 4,
-            per_deployment: 3,
-            per_key: 2,
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(2),
-            max_retry_after: Duration::from_secs(5),
-        }
-    }
-}
+pub use crate::resilience::retry_policy::RetryPolicy;
 
 /// Where the request stands when an attempt fails.
 #[derive(Debug, Clone, Copy)]

@@ -19,6 +19,7 @@ use sluice_shared::secret::SecretString;
 use crate::families::{self, Family, ProviderRecord};
 pub use crate::families::{CredentialHeader, ProviderType};
 use crate::operation::Operation;
+use crate::resilience::retry_policy::RetryPolicy;
 
 /// Why a snapshot was refused; the text goes back to the control plane in the NACK.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,6 +63,9 @@ pub struct DeploymentEntry {
     pub upstream_model: String,
     pub weight: u32,
     pub priority: u32,
+    /// How hard a request tries this deployment: its provider's and its model's settings
+    /// over the defaults.
+    pub retry: RetryPolicy,
     /// Where each operation goes on this deployment, made once per snapshot by its family;
     /// `None` where the family does not serve the operation in its own format.
     uris: [Option<http::Uri>; Operation::ALL.len()],
@@ -131,6 +135,8 @@ pub struct ProviderEntry {
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Active keys first, then retiring ones.
     pub keys: Vec<ProviderKeyEntry>,
+    /// The provider's retry settings over the defaults (a model's go over these).
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug)]
@@ -261,6 +267,7 @@ impl RoutingTables {
                         upstream_model: d.upstream_model.clone(),
                         weight: d.weight.max(1),
                         priority: d.priority,
+                        retry: on.retry.overlaid(m.retry.as_ref()),
                         uris: deployment_uris(on, &d.upstream_model)?,
                     });
                 }
@@ -677,5 +684,6 @@ fn provider(
         allow_private_network: p.allow_private_network,
         extra_headers,
         keys,
+        retry: RetryPolicy::default().overlaid(p.retry.as_ref()),
     })
 }

@@ -22,6 +22,8 @@ pub(crate) struct ModelFields {
     /// Default: the pricing catalog's, when it knows the model.
     #[arg(long)]
     context_window: Option<u32>,
+    #[command(flatten)]
+    retry: RetryFlags,
 }
 
 #[derive(Subcommand)]
@@ -46,6 +48,9 @@ pub(crate) enum ModelCommand {
         /// Drop operator-set prices and follow the pricing catalog again.
         #[arg(long, conflicts_with_all = ["input_price", "output_price", "cached_input_price"])]
         catalog_pricing: bool,
+        /// Return every retry setting not given here to inheriting from the provider.
+        #[arg(long)]
+        reset_retry: bool,
     },
     /// Apply the pricing catalog (bundled, or --file) to the organization's models that
     /// follow it; operator-set prices are kept unless --force.
@@ -120,6 +125,7 @@ pub(crate) const MODEL_COLUMNS: &[&str] = &[
     "output_price_micros_per_mtok",
     "context_window",
     "price_source",
+    "retry",
 ];
 
 pub(crate) fn model_row(m: pb::Model) -> Vec<Value> {
@@ -144,6 +150,7 @@ pub(crate) fn model_row(m: pb::Model) -> Vec<Value> {
         json!(m.output_price_micros_per_mtok),
         json!(m.context_window),
         json!(source),
+        json!(retry_text(m.retry.as_ref())),
     ]
 }
 
@@ -189,6 +196,7 @@ pub(crate) async fn model(client: &mut Client, command: ModelCommand) -> anyhow:
                     output_price_micros_per_mtok: fields.output_price,
                     cached_input_price_micros_per_mtok: fields.cached_input_price,
                     context_window: fields.context_window,
+                    retry: fields.retry.policy(),
                 })
                 .await?;
             Listing::one(
@@ -224,6 +232,7 @@ pub(crate) async fn model(client: &mut Client, command: ModelCommand) -> anyhow:
             path: p,
             fields,
             catalog_pricing,
+            reset_retry,
         } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             let response = client
@@ -237,6 +246,8 @@ pub(crate) async fn model(client: &mut Client, command: ModelCommand) -> anyhow:
                     cached_input_price_micros_per_mtok: fields.cached_input_price,
                     context_window: fields.context_window,
                     catalog_pricing,
+                    retry: fields.retry.policy(),
+                    reset_retry,
                 })
                 .await?;
             Listing::one(

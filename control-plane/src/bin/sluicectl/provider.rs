@@ -21,6 +21,8 @@ pub(crate) struct ProviderFields {
     /// Extra header sent upstream, NAME=VALUE (repeatable). Never credentials.
     #[arg(long = "header", value_parser = parse_pair)]
     headers: Vec<(String, String)>,
+    #[command(flatten)]
+    retry: RetryFlags,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +59,9 @@ pub(crate) enum ProviderCommand {
         active: Option<bool>,
         #[arg(long)]
         allow_private_network: Option<bool>,
+        /// Return every retry setting not given here to the proxy's default.
+        #[arg(long)]
+        reset_retry: bool,
     },
     Delete {
         path: String,
@@ -72,6 +77,7 @@ pub(crate) const PROVIDER_COLUMNS: &[&str] = &[
     "timeout_ms",
     "active",
     "extra_headers",
+    "retry",
 ];
 
 pub(crate) fn provider_row(p: pb::Provider) -> Vec<Value> {
@@ -89,6 +95,7 @@ pub(crate) fn provider_row(p: pb::Provider) -> Vec<Value> {
         json!(p.timeout_ms),
         json!(p.active),
         json!(headers),
+        json!(retry_text(p.retry.as_ref())),
     ]
 }
 
@@ -124,6 +131,7 @@ pub(crate) async fn provider(
                     base_url,
                     api_version: fields.api_version.unwrap_or_default(),
                     timeout_ms: fields.timeout_ms.unwrap_or(0),
+                    retry: fields.retry.policy(),
                     extra_headers: fields.headers.into_iter().collect::<HashMap<_, _>>(),
                     allow_private_network,
                 })
@@ -164,6 +172,7 @@ pub(crate) async fn provider(
             replace_headers,
             active,
             allow_private_network,
+            reset_retry,
         } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             if !fields.headers.is_empty() && !replace_headers {
@@ -176,6 +185,8 @@ pub(crate) async fn provider(
                     base_url,
                     api_version: fields.api_version,
                     timeout_ms: fields.timeout_ms,
+                    retry: fields.retry.policy(),
+                    reset_retry,
                     extra_headers: fields.headers.into_iter().collect(),
                     replace_extra_headers: replace_headers,
                     active,

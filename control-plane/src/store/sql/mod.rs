@@ -54,7 +54,7 @@ pub(super) const PROJECT_COLUMNS: &str = "p.id, o.name AS organization, p.name, 
      p.posture, p.default_model, p.created_at_us, p.updated_at_us";
 pub(super) const PROVIDER_COLUMNS: &str = "p.id, o.name AS organization, p.name, p.kind, \
      p.base_url, p.api_version, p.timeout_ms, p.extra_headers, p.active, \
-     p.allow_private_network, p.created_at_us, p.updated_at_us";
+     p.allow_private_network, p.created_at_us, p.updated_at_us, p.retry_policy";
 pub(super) const PROVIDER_KEY_COLUMNS: &str = "k.id, o.name AS organization, p.name AS provider, \
      k.name, k.state, k.last_four, k.fingerprint, k.health, k.master_key_version, \
      k.created_at_us, k.updated_at_us";
@@ -63,7 +63,7 @@ pub(super) const PROVIDER_KEY_FROM: &str = "provider_keys k \
 pub(super) const MODEL_COLUMNS: &str = "m.id, o.name AS organization, m.name, \
      m.input_price_micros_per_mtok, m.output_price_micros_per_mtok, m.context_window, \
      m.created_at_us, m.updated_at_us, m.cached_input_price_micros_per_mtok, m.price_source, \
-     m.catalog_id";
+     m.catalog_id, m.retry_policy";
 pub(super) const VIRTUAL_KEY_COLUMNS: &str = "v.id, o.name AS organization, p.name AS project, \
      v.name, v.prefix, v.allowed_models, v.expires_at_us, v.revoked_at_us, v.created_at_us, \
      v.updated_at_us";
@@ -92,12 +92,20 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// A JSON column read back; what does not read is corruption, named by its column.
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    column: &str,
+) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
 pub(super) fn headers_from_json(text: &str) -> StoreResult<BTreeMap<String, String>> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("extra_headers: {e}")))
+    from_json(text, "extra_headers")
 }
 
 pub(super) fn models_from_json(text: &str) -> StoreResult<Vec<String>> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("allowed_models: {e}")))
+    from_json(text, "allowed_models")
 }
 
 pub(super) fn to_u32(value: i64, column: &str) -> StoreResult<u32> {

@@ -1,0 +1,68 @@
+//! Retry settings as `sluicectl provider` and `sluicectl model` take and show them. A setting
+//! not given inherits: a model's from the provider of the deployment tried, a provider's from
+//! the proxy's default.
+
+use sluice_proto::common::v1::RetryPolicy;
+
+use crate::*;
+
+#[derive(Args)]
+pub(crate) struct RetryFlags {
+    /// Upstream attempts a request makes at most, over every deployment and key (1-10;
+    /// default 4).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Attempts at one deployment, over its provider's keys (1-10; default 3).
+    #[arg(long)]
+    attempts_per_deployment: Option<u32>,
+    /// Attempts with one key (1-10; default 2).
+    #[arg(long)]
+    attempts_per_key: Option<u32>,
+    /// The first retry's backoff bound, doubled for each next one (default 100).
+    #[arg(long)]
+    backoff_base_ms: Option<u32>,
+    /// The most a backoff grows to (default 2 000).
+    #[arg(long)]
+    backoff_max_ms: Option<u32>,
+    /// The longest Retry-After still waited out before retrying (default 5 000; 0: never wait).
+    #[arg(long)]
+    max_retry_after_ms: Option<u32>,
+}
+
+impl RetryFlags {
+    /// The settings given, if any was.
+    pub(crate) fn policy(&self) -> Option<RetryPolicy> {
+        let policy = RetryPolicy {
+            max_attempts: self.max_attempts,
+            attempts_per_deployment: self.attempts_per_deployment,
+            attempts_per_key: self.attempts_per_key,
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_max_ms: self.backoff_max_ms,
+            max_retry_after_ms: self.max_retry_after_ms,
+        };
+        (policy != RetryPolicy::default()).then_some(policy)
+    }
+}
+
+/// The settings a provider or model holds, as `name=value` pairs (`inherited` for none).
+pub(crate) fn retry_text(policy: Option<&RetryPolicy>) -> String {
+    let Some(policy) = policy else {
+        return "inherited".to_owned();
+    };
+    let set: Vec<String> = [
+        ("max_attempts", policy.max_attempts),
+        ("attempts_per_deployment", policy.attempts_per_deployment),
+        ("attempts_per_key", policy.attempts_per_key),
+        ("backoff_base_ms", policy.backoff_base_ms),
+        ("backoff_max_ms", policy.backoff_max_ms),
+        ("max_retry_after_ms", policy.max_retry_after_ms),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|value| format!("{name}={value}")))
+    .collect();
+    if set.is_empty() {
+        "inherited".to_owned()
+    } else {
+        set.join(",")
+    }
+}
