@@ -78,19 +78,9 @@ impl GatewayError {
         self
     }
 
-    pub fn into_response(self, request_id: &str) -> Response<Body> {
-        match self.code.next_action() {
-            NextAction::Support => {
-                tracing::error!(request_id, code = self.code.as_str(), message = %self.message, "request failed")
-            }
-            NextAction::Retry => {
-                tracing::warn!(request_id, code = self.code.as_str(), message = %self.message, "request failed upstream")
-            }
-            NextAction::Fix | NextAction::Continue => {
-                tracing::debug!(request_id, code = self.code.as_str(), message = %self.message, "request refused")
-            }
-        }
-        let body = match self.shape {
+    /// The error as its endpoint's clients read it, in its shape.
+    pub fn body(&self, request_id: &str) -> serde_json::Value {
+        match self.shape {
             ErrorShape::OpenAi => json!({
                 "error": {
                     "message": self.message,
@@ -121,7 +111,22 @@ impl GatewayError {
                 },
                 "request_id": request_id,
             }),
-        };
+        }
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        match self.code.next_action() {
+            NextAction::Support => {
+                tracing::error!(request_id, code = self.code.as_str(), message = %self.message, "request failed")
+            }
+            NextAction::Retry => {
+                tracing::warn!(request_id, code = self.code.as_str(), message = %self.message, "request failed upstream")
+            }
+            NextAction::Fix | NextAction::Continue => {
+                tracing::debug!(request_id, code = self.code.as_str(), message = %self.message, "request refused")
+            }
+        }
+        let body = self.body(request_id);
         let mut response = Response::new(full(body.to_string()));
         *response.status_mut() = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

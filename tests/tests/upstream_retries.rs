@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_e2e::mock_openai::{COMPLETION_TOKENS, PROMPT_TOKENS};
 use sluice_e2e::proxy::HttpResponse;
-use sluice_e2e::{await_usage, caught_up_proxy, live_stack};
+use sluice_e2e::{await_usage, caught_up_proxy, live_stack, live_stack_with};
 
 /// The mock's whole answer to a normal chat completion.
 const ANSWER: &str = "Hello from the mock upstream";
@@ -168,12 +168,59 @@ async fn transient_failures_end_in_the_exact_answer_and_persistent_ones_fall_bac
     );
     assert_eq!(stack.upstream.requests_for("flaky-500-1000"), 4);
 
-    // Once the answer has started, nothing is retried: a stream cut short is not sent again.
-    let cut = http.post(&url, key, &chat("cut", true)).await;
-    assert!(cut.is_err() || cut.as_ref().is_ok_and(|r| r.status == 200));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(stack.upstream.requests_for("cut-stream"), 1);
     drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_part_way_ends_in_the_error_event_sdks_raise_on() {
+    let stack = live_stack_with("sk-stream-failures", &["--timeout-ms", "800"], &[]);
+    let cp = &stack.cp;
+    let cases = [
+        ("cut-stream", "upstream_unavailable"),
+        ("no-done", "upstream_invalid_response"),
+        ("bad-event", "upstream_invalid_response"),
+        ("stall", "upstream_timeout"),
+    ];
+    for (upstream_model, _) in cases {
+        cp.ctl(&[
+            "model",
+            "create",
+            &format!("acme/{upstream_model}"),
+            "--deployment",
+            &format!("openai:{upstream_model}"),
+        ])
+        .ok();
+    }
+    let (_dir, proxy, http) = caught_up_proxy(cp, &stack.acme.token).await;
+    let url = proxy.url("/v1/chat/completions");
+    let key = Some(stack.acme.key.as_str());
+    let pool = sluice_e2e::store_of(stack.cp_dir.path()).await;
+    for (model, code) in cases {
+        let body = json!({"model": model, "stream": true,
+                          "messages": [{"role": "user", "content": "hi"}]});
+        // The body ends cleanly: the client reads the error, not a broken connection.
+        let streamed = http.post(&url, key, &body).await.unwrap();
+        assert_eq!(streamed.status, 200, "{model}");
+        let text = streamed.text();
+        let last = text
+            .split("\n\n")
+            .filter(|event| !event.trim().is_empty())
+            .last()
+            .unwrap_or_default();
+        let error: serde_json::Value =
+            serde_json::from_str(last.strip_prefix("data: ").unwrap_or(last)).unwrap();
+        assert_eq!(error["error"]["code"], code, "{model}: {text}");
+        assert_eq!(error["error"]["next_action"], "retry", "{model}");
+        assert!(!text.contains("[DONE]"), "{model}: {text}");
+        // Once the answer has started, nothing is retried.
+        assert_eq!(stack.upstream.requests_for(model), 1, "{model}");
+        let id = streamed.headers["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let (status, attempts): (i64, i64) = await_usage(&pool, "http_status, attempts", &id).await;
+        assert_eq!((status, attempts), (200, 1), "{model}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

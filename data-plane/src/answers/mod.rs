@@ -11,6 +11,8 @@ pub mod usage;
 
 use bytes::Bytes;
 
+use crate::error_response::{ErrorShape, GatewayError};
+
 pub use sse_lines::SseLines;
 pub use usage::Usage;
 
@@ -23,6 +25,8 @@ pub struct StreamMeter {
     pub content_chars: usize,
     /// Whether the family's closing event arrived (a stream that ends without it was cut).
     pub terminated: bool,
+    /// An event arrived that is not one of the family's (its data no JSON object).
+    pub undecodable: bool,
 }
 
 impl StreamMeter {
@@ -52,6 +56,19 @@ pub trait StreamReader: Send {
 
     /// The upstream's stream ended, with or without its closing event.
     fn end(&mut self) {}
+
+    /// The event that ends the client's stream when the upstream's fails part-way, in the
+    /// format the client reads, so that its SDK raises instead of taking a cut answer for a
+    /// whole one. OpenAI's SDKs raise on a chunk that holds `error`.
+    fn error_event(&self, error: GatewayError, request_id: &str) -> Bytes {
+        chat_error_event(error, request_id)
+    }
+}
+
+/// OpenAI's chat completions stream ended by an error chunk: Sluice's own error body.
+pub fn chat_error_event(error: GatewayError, request_id: &str) -> Bytes {
+    let body = error.in_shape(ErrorShape::OpenAi).body(request_id);
+    Bytes::from(format!("data: {body}\n\n"))
 }
 
 /// Reads the usage of answers in one family's wire format, as its native endpoint returns

@@ -376,8 +376,9 @@ impl StreamReader for TranslatedEvents {
         if self.chunks.is_finished() {
             return;
         }
-        if let Ok(event) = serde_json::from_slice::<Value>(data) {
-            self.events.event(&event, &mut self.chunks);
+        match serde_json::from_slice::<Value>(data) {
+            Ok(event) => self.events.event(&event, &mut self.chunks),
+            Err(_) => self.chunks.meter.undecodable = true,
         }
     }
 
@@ -393,8 +394,13 @@ impl StreamReader for TranslatedEvents {
         self.chunks.pop()
     }
 
+    /// A stream that ended well closes with the usage chunk (if asked) and `[DONE]`; one that
+    /// did not is ended by the caller's error event instead, so the client never reads a cut
+    /// answer as a whole one.
     fn end(&mut self) {
-        self.chunks.finish();
+        if self.chunks.meter.terminated && !self.chunks.meter.undecodable {
+            self.chunks.finish();
+        }
     }
 }
 

@@ -2,7 +2,9 @@
 //! the way: the credential sent upstream is scrubbed from it, each event is framed once and
 //! read once by the answer's [`StreamReader`] (which, translating, makes the client's chunks
 //! of it), and the usage is recorded exactly once — at the end, on an upstream error, on an
-//! idle timeout, or when the client goes away (drop).
+//! idle timeout, or when the client goes away (drop). An upstream stream that breaks, stalls,
+//! ends without its closing event or sends an event that is not of its format ends the
+//! client's stream with the family's error event, so that SDKs raise.
 
 use std::borrow::Cow;
 use std::pin::Pin;
@@ -14,7 +16,10 @@ use http_body::{Body as HttpBody, Frame};
 use sluice_shared::credential_scrub::{CredentialScrubber, StreamScrubber};
 use tokio::time::{Instant, Sleep};
 
+use sluice_shared::error_code::ErrorCode;
+
 use crate::answers::{SseLines, StreamReader};
+use crate::error_response::GatewayError;
 use crate::http_body::BoxError;
 use crate::metering::draft::UsageDraft;
 use crate::upstream::UpstreamBody;
@@ -33,6 +38,9 @@ pub struct AnswerStream {
     last_chunk: Instant,
     /// The upstream's body has ended (what it held back has gone out).
     upstream_done: bool,
+    /// The event that ends the client's stream, once the upstream's has failed: it goes out
+    /// after what the reader still holds, and nothing after it.
+    last_event: Option<Bytes>,
     done: bool,
 }
 
@@ -54,12 +62,32 @@ impl AnswerStream {
             deadline: Box::pin(tokio::time::sleep(idle)),
             last_chunk: Instant::now(),
             upstream_done: false,
+            last_event: None,
             done: false,
         }
     }
 
     fn finish(&mut self) {
         self.done = true;
+        if let Some(draft) = self.draft.take() {
+            draft.finish_stream(self.reader.meter());
+        }
+    }
+
+    /// The upstream's stream failed part-way: its usage is recorded as it stands, and the
+    /// client's stream ends with the family's error event (after what the reader still holds)
+    /// rather than being cut, so that its SDK raises.
+    fn fail(&mut self, code: ErrorCode, message: &str) {
+        let request_id = self
+            .draft
+            .as_ref()
+            .map(|draft| draft.record.request_id.clone())
+            .unwrap_or_default();
+        self.last_event = Some(
+            self.reader
+                .error_event(GatewayError::new(code, message), &request_id),
+        );
+        self.upstream_done = true;
         if let Some(draft) = self.draft.take() {
             draft.finish_stream(self.reader.meter());
         }
@@ -100,15 +128,30 @@ impl HttpBody for AnswerStream {
             if let Some(chunk) = this.reader.next_chunk() {
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
+            if let Some(last) = this.last_event.take() {
+                this.finish();
+                return Poll::Ready(Some(Ok(Frame::data(last))));
+            }
             if this.upstream_done {
+                if !this.reader.meter().terminated && this.draft.is_some() {
+                    this.fail(
+                        ErrorCode::UpstreamInvalidResponse,
+                        "the provider's stream ended before its closing event",
+                    );
+                    continue;
+                }
                 this.finish();
                 return Poll::Ready(None);
             }
             let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => frame,
                 Poll::Ready(Some(Err(error))) => {
-                    this.finish();
-                    return Poll::Ready(Some(Err(Box::new(error))));
+                    tracing::debug!(%error, "an upstream stream broke off");
+                    this.fail(
+                        ErrorCode::UpstreamUnavailable,
+                        "the connection to the provider broke during the answer",
+                    );
+                    continue;
                 }
                 Poll::Ready(None) => match this.upstream_ended() {
                     Some(held) => return Poll::Ready(Some(Ok(Frame::data(held)))),
@@ -118,10 +161,17 @@ impl HttpBody for AnswerStream {
                     while this.deadline.as_mut().poll(cx).is_ready() {
                         let due = this.last_chunk + this.idle;
                         if due <= Instant::now() {
-                            this.finish();
-                            return Poll::Ready(Some(Err("upstream stream idle timeout".into())));
+                            let message = format!(
+                                "the provider sent nothing for {:?} during the answer",
+                                this.idle
+                            );
+                            this.fail(ErrorCode::UpstreamTimeout, &message);
+                            break;
                         }
                         this.deadline.as_mut().reset(due);
+                    }
+                    if this.upstream_done {
+                        continue;
                     }
                     return Poll::Pending;
                 }
@@ -140,6 +190,12 @@ impl HttpBody for AnswerStream {
                 continue;
             }
             this.read(&clean);
+            if this.reader.meter().undecodable {
+                this.fail(
+                    ErrorCode::UpstreamInvalidResponse,
+                    "the provider sent an event that is not one of its format",
+                );
+            }
             if !this.reader.translates() {
                 return Poll::Ready(Some(Ok(Frame::data(clean))));
             }

@@ -12,7 +12,8 @@
 //! from the Anthropic mock), `stall` (a stream that sends one chunk, then nothing),
 //! `stall-body`, `cut-body` and `cut-stream` (see [`broken_answer`]), `flaky-<how>-<n>` (its
 //! first n requests fail, then it answers normally: `500`, `503`, `429` with `retry-after-ms`,
-//! `json`, a 200 whose body is cut JSON), `echo-<status>` and
+//! `json`, a 200 whose body is cut JSON), `no-done` (a stream that ends without `[DONE]`),
+//! `bad-event` (a stream with an event that is cut JSON), `echo-<status>` and
 //! `echo-midstream` (the credential echoed back in headers and error bodies, see
 //! [`echo_answer`]); anything else answers normally. Model listings answer
 //! key checks in each family's format (OpenAI's Bearer key, Anthropic's `x-api-key`, Gemini's

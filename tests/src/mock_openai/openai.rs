@@ -271,6 +271,13 @@ pub(super) async fn chat_answer(
             if model == "stall" {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
+            if model == "bad-event" {
+                let _ = sender
+                    .send(Ok(Frame::data(Bytes::from_static(
+                        b"data: {\"choices\": [{\"delta\": {\"content\": \"x\n\n",
+                    ))))
+                    .await;
+            }
             for (n, word) in words.iter().enumerate().take(STREAM_CHUNKS) {
                 tokio::time::sleep(STREAM_GAP).await;
                 let _ = sender
@@ -293,9 +300,11 @@ pub(super) async fn chat_answer(
                 );
                 let _ = sender.send(event(usage)).await;
             }
-            let _ = sender
-                .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
-                .await;
+            if model != "no-done" {
+                let _ = sender
+                    .send(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))))
+                    .await;
+            }
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         return Response::builder()

@@ -7,7 +7,10 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use bytes::Bytes;
+
 use crate::answers::{StreamMeter, StreamReader, Usage, UsageReader, chars_of};
+use crate::error_response::{ErrorShape, GatewayError};
 
 pub struct AnthropicUsage;
 
@@ -104,6 +107,7 @@ pub struct AnthropicEvents {
 impl StreamReader for AnthropicEvents {
     fn event(&mut self, data: &[u8]) {
         let Ok(event) = serde_json::from_slice::<StreamEvent>(data) else {
+            self.meter.undecodable = true;
             return;
         };
         match event.kind.as_ref() {
@@ -138,12 +142,36 @@ impl StreamReader for AnthropicEvents {
     fn meter(&self) -> &StreamMeter {
         &self.meter
     }
+
+    /// Anthropic's `error` event, which its SDKs raise on.
+    fn error_event(&self, error: GatewayError, request_id: &str) -> Bytes {
+        let body = error.in_shape(ErrorShape::Anthropic).body(request_id);
+        Bytes::from(format!("event: error\ndata: {body}\n\n"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::answers::read_stream_for_test;
+
+    #[test]
+    fn a_failed_stream_ends_in_anthropics_error_event_and_a_cut_event_is_noticed() {
+        let mut events = AnthropicUsage.stream();
+        events.event(b"{\"type\":\"content_block_delta\",\"delta\":{\"text\":");
+        assert!(events.meter().undecodable);
+        let code = sluice_shared::error_code::ErrorCode::UpstreamTimeout;
+        let event = events.error_event(GatewayError::new(code, "stalled"), "req-1");
+        let text = String::from_utf8_lossy(&event).into_owned();
+        let data = text
+            .strip_prefix("event: error\ndata: ")
+            .and_then(|rest| rest.strip_suffix("\n\n"))
+            .unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+        assert_eq!(body["type"], "error", "{text}");
+        assert_eq!(body["error"]["type"], "api_error");
+        assert_eq!(body["error"]["message"], "stalled");
+    }
 
     #[test]
     fn streams_and_answers_are_metered_with_cache_reads_in_input() {

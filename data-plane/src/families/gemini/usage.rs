@@ -5,7 +5,10 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use bytes::Bytes;
+
 use crate::answers::{StreamMeter, StreamReader, Usage, UsageReader, chars_of};
+use crate::error_response::{ErrorShape, GatewayError};
 
 pub struct GeminiUsage;
 
@@ -96,6 +99,7 @@ pub struct GeminiEvents {
 impl StreamReader for GeminiEvents {
     fn event(&mut self, data: &[u8]) {
         let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
+            self.meter.undecodable = true;
             return;
         };
         if let Some(usage) = chunk.usage_metadata {
@@ -116,12 +120,35 @@ impl StreamReader for GeminiEvents {
     fn meter(&self) -> &StreamMeter {
         &self.meter
     }
+
+    /// Google's error object, as its API answers an error, as the stream's last chunk.
+    fn error_event(&self, error: GatewayError, request_id: &str) -> Bytes {
+        let body = error.in_shape(ErrorShape::Gemini).body(request_id);
+        Bytes::from(format!("data: {body}\r\n\r\n"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::answers::read_stream_for_test;
+
+    #[test]
+    fn a_failed_stream_ends_in_googles_error_object_and_a_cut_chunk_is_noticed() {
+        let mut events = GeminiUsage.stream();
+        events.event(b"{\"candidates\":[{\"content\":");
+        assert!(events.meter().undecodable);
+        let code = sluice_shared::error_code::ErrorCode::UpstreamUnavailable;
+        let event = events.error_event(GatewayError::new(code, "broke"), "req-1");
+        let text = String::from_utf8_lossy(&event).into_owned();
+        let data = text
+            .strip_prefix("data: ")
+            .and_then(|rest| rest.strip_suffix("\r\n\r\n"))
+            .unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+        assert_eq!(body["error"]["code"], 502, "{text}");
+        assert_eq!(body["error"]["status"], "UNAVAILABLE");
+    }
 
     #[test]
     fn usage_metadata_is_metered_with_thoughts_as_output() {

@@ -3,7 +3,10 @@
 //! usage in their last chunk (when asked for), Responses events in `response.completed`.
 
 use crate::answers::json_cursor::{JsonCursor, string_chars};
-use crate::answers::{StreamMeter, StreamReader, Usage, UsageReader};
+use bytes::Bytes;
+
+use crate::answers::{StreamMeter, StreamReader, Usage, UsageReader, chat_error_event};
+use crate::error_response::GatewayError;
 
 pub struct OpenAiUsage;
 
@@ -88,6 +91,8 @@ fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
 #[derive(Default)]
 pub struct OpenAiEvents {
     meter: StreamMeter,
+    /// The stream is the Responses API's (its events carry a `type`).
+    responses: bool,
 }
 
 impl StreamReader for OpenAiEvents {
@@ -101,7 +106,7 @@ impl StreamReader for OpenAiEvents {
         }
         let (mut usage, mut response_usage, mut kind, mut delta) = (None, None, None, None);
         let content_chars = &mut self.meter.content_chars;
-        JsonCursor::new(data).object(|key, cursor| match key {
+        let walked = JsonCursor::new(data).object(|key, cursor| match key {
             b"usage" => usage = cursor.value().and_then(usage_of),
             b"choices" => {
                 cursor.array(|choice| {
@@ -128,6 +133,11 @@ impl StreamReader for OpenAiEvents {
             }
             _ => {}
         });
+        if walked.is_none() {
+            self.meter.undecodable = true;
+            return;
+        }
+        self.responses |= kind.is_some();
         if let Some(usage) = usage.or(response_usage) {
             self.meter.usage = Some(usage);
         }
@@ -147,6 +157,20 @@ impl StreamReader for OpenAiEvents {
 
     fn meter(&self) -> &StreamMeter {
         &self.meter
+    }
+
+    /// The Responses API ends a failed stream with its `error` event; the `error` member is
+    /// what the SDKs raise on, for both APIs.
+    fn error_event(&self, error: GatewayError, request_id: &str) -> Bytes {
+        if !self.responses {
+            return chat_error_event(error, request_id);
+        }
+        let mut body = error.body(request_id);
+        body["type"] = "error".into();
+        body["code"] = error.code.as_str().into();
+        body["message"] = error.message.as_str().into();
+        body["param"] = serde_json::Value::Null;
+        Bytes::from(format!("event: error\ndata: {body}\n\n"))
     }
 }
 
