@@ -44,6 +44,7 @@ impl Gateway {
         max_body_bytes: usize,
         leases: LeaseBook,
         default_max_output_tokens: u64,
+        retry_budget: crate::resilience::retry_budget::BudgetRule,
     ) -> Arc<Self> {
         Arc::new(Self {
             tables: ArcSwapOption::empty(),
@@ -53,7 +54,7 @@ impl Gateway {
             max_body_bytes,
             leases,
             default_max_output_tokens,
-            retry_budget: Default::default(),
+            retry_budget,
             heap_stats: std::sync::OnceLock::new(),
         })
     }

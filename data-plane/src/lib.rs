@@ -21,7 +21,7 @@ pub(crate) mod mock_posture;
 pub(crate) mod operation;
 pub(crate) mod pipeline;
 pub(crate) mod request;
-pub(crate) mod resilience;
+pub mod resilience;
 pub(crate) mod routing;
 pub mod serve;
 pub mod settings;

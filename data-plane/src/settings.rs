@@ -64,6 +64,10 @@ pub struct Settings {
     pub lease_wait: Duration,
     /// Output tokens reserved for a request that does not set `max_tokens`.
     pub default_max_output_tokens: u64,
+    /// Retries each serving thread may add: this percentage of its requests over the last
+    /// ten seconds, plus `retry_budget_min_per_second`.
+    pub retry_budget_percent: u32,
+    pub retry_budget_min_per_second: u32,
     pub log: String,
 }
 
@@ -93,6 +97,8 @@ struct FileSettings {
     lease_refresh_interval_ms: Option<u64>,
     lease_wait_ms: Option<u64>,
     default_max_output_tokens: Option<u64>,
+    retry_budget_percent: Option<u32>,
+    retry_budget_min_per_second: Option<u32>,
     log: Option<String>,
 }
 
@@ -128,6 +134,8 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_LEASE_REFRESH_INTERVAL_MS",
     "SLUICE_PROXY_LEASE_WAIT_MS",
     "SLUICE_PROXY_DEFAULT_MAX_OUTPUT_TOKENS",
+    "SLUICE_PROXY_RETRY_BUDGET_PERCENT",
+    "SLUICE_PROXY_RETRY_BUDGET_MIN_PER_SECOND",
     "SLUICE_PROXY_LOG",
     "SLUICE_PROXY_CONFIG",
 ];
@@ -321,12 +329,34 @@ impl Settings {
                 file_settings.default_max_output_tokens,
                 4_096,
             )?,
+            retry_budget_percent: u32::try_from(number(
+                "SLUICE_PROXY_RETRY_BUDGET_PERCENT",
+                take("SLUICE_PROXY_RETRY_BUDGET_PERCENT"),
+                file_settings.retry_budget_percent.map(u64::from),
+                20,
+            )?)
+            .unwrap_or(u32::MAX),
+            retry_budget_min_per_second: u32::try_from(number(
+                "SLUICE_PROXY_RETRY_BUDGET_MIN_PER_SECOND",
+                take("SLUICE_PROXY_RETRY_BUDGET_MIN_PER_SECOND"),
+                file_settings.retry_budget_min_per_second.map(u64::from),
+                10,
+            )?)
+            .unwrap_or(u32::MAX),
             log: take("SLUICE_PROXY_LOG")
                 .or(file_settings.log)
                 .unwrap_or_else(|| "info".to_owned()),
         };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The retry budget each serving thread keeps.
+    pub fn retry_budget(&self) -> crate::resilience::retry_budget::BudgetRule {
+        crate::resilience::retry_budget::BudgetRule {
+            ratio: f64::from(self.retry_budget_percent) / 100.0,
+            floor_per_second: self.retry_budget_min_per_second,
+        }
     }
 
     pub fn spool(&self) -> SpoolSettings {
@@ -354,6 +384,12 @@ impl Settings {
             return Err(invalid(
                 "max_body_bytes / max_connections / usage_batch_size",
                 "must be above 0",
+            ));
+        }
+        if self.retry_budget_percent > 1_000 || self.retry_budget_min_per_second > 100_000 {
+            return Err(invalid(
+                "retry_budget_percent / retry_budget_min_per_second",
+                "must be at most 1 000 % / 100 000 a second",
             ));
         }
         if !(1..=MAX_WORKERS).contains(&self.workers) {
@@ -434,6 +470,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(settings.workers, 3);
+        assert_eq!(settings.retry_budget(), Default::default());
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("SLUICE_PROXY_TOKEN", "t"),
+                ("SLUICE_PROXY_RETRY_BUDGET_PERCENT", "50"),
+                ("SLUICE_PROXY_RETRY_BUDGET_MIN_PER_SECOND", "0"),
+            ]),
+        )
+        .unwrap();
+        let budget = settings.retry_budget();
+        assert_eq!((budget.ratio, budget.floor_per_second), (0.5, 0));
+        let error = Settings::load(
+            None,
+            env(&[
+                ("SLUICE_PROXY_TOKEN", "t"),
+                ("SLUICE_PROXY_RETRY_BUDGET_PERCENT", "5000"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("retry_budget_percent"),
+            "{error}"
+        );
     }
 
     #[test]

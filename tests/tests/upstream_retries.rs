@@ -289,3 +289,48 @@ async fn retry_settings_of_providers_and_models_reach_the_proxy_and_apply() {
     assert_eq!(again.headers["x-sluice-attempts"], "2");
     assert_eq!(stack.upstream.requests_for("flaky-503-2"), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_full_outage_retries_stay_within_the_budget_and_the_fallback_serves() {
+    let stack = live_stack("sk-retry-budget-test");
+    let cp = &stack.cp;
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/outage",
+        "--deployment",
+        "openai:flaky-503-100000,priority=0",
+        "--deployment",
+        "openai:gpt-4o-mini,priority=1",
+    ])
+    .ok();
+    // One serving thread, so that one budget sees every request; no floor, so that the bound
+    // is the share alone.
+    let (_dir, proxy, http) = sluice_e2e::caught_up_proxy_with(
+        cp,
+        &stack.acme.token,
+        &[
+            ("SLUICE_PROXY_WORKERS", "1"),
+            ("SLUICE_PROXY_RETRY_BUDGET_PERCENT", "20"),
+            ("SLUICE_PROXY_RETRY_BUDGET_MIN_PER_SECOND", "0"),
+        ],
+    )
+    .await;
+    let url = proxy.url("/v1/chat/completions");
+    let key = Some(stack.acme.key.as_str());
+    let body = json!({"model": "outage", "messages": [{"role": "user", "content": "hi"}]});
+    const REQUESTS: usize = 50;
+    for n in 0..REQUESTS {
+        let answer = http.post(&url, key, &body).await.unwrap();
+        assert_eq!(answer.status, 200, "request {n}: {}", answer.text());
+        assert_eq!(answer.json()["choices"][0]["message"]["content"], ANSWER);
+    }
+    // Each request tried the failing deployment once, plus at most a fifth of them again.
+    let at_failing = stack.upstream.requests_for("flaky-503-100000");
+    assert!(
+        (REQUESTS..=REQUESTS + REQUESTS / 5).contains(&at_failing),
+        "{at_failing} attempts at the failing deployment for {REQUESTS} requests"
+    );
+    assert!(at_failing > REQUESTS, "the budget allowed no retry at all");
+    assert_eq!(stack.upstream.requests_for("gpt-4o-mini"), REQUESTS);
+}

@@ -353,6 +353,7 @@ mod tests {
             1024,
             crate::budgets::leases::LeaseBook::new(1, std::time::Duration::from_millis(10)),
             4096,
+            Default::default(),
         );
         let applier = Applier {
             gateway: gateway.clone(),

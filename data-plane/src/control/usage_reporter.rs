@@ -607,6 +607,7 @@ mod tests {
             1024,
             LeaseBook::new(1, Duration::from_millis(10)),
             16,
+            Default::default(),
         );
         let addr = refusing_control_plane().await;
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
