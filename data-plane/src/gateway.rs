@@ -24,6 +24,9 @@ pub struct Gateway {
     pub default_max_output_tokens: u64,
     /// How many retries each serving thread may add to its requests.
     pub retry_budget: crate::resilience::retry_budget::BudgetRule,
+    /// Each deployment's and key's health, carried from one snapshot's tables to the next.
+    pub health: crate::resilience::outliers::HealthBook,
+    pub ejection: crate::resilience::outliers::EjectionRule,
     /// Reads the allocator's counters; set by the binary, which chooses the allocator.
     pub heap_stats: std::sync::OnceLock<fn() -> Option<crate::metrics::HeapStats>>,
 }
@@ -45,6 +48,7 @@ impl Gateway {
         leases: LeaseBook,
         default_max_output_tokens: u64,
         retry_budget: crate::resilience::retry_budget::BudgetRule,
+        ejection: crate::resilience::outliers::EjectionRule,
     ) -> Arc<Self> {
         Arc::new(Self {
             tables: ArcSwapOption::empty(),
@@ -55,6 +59,8 @@ impl Gateway {
             leases,
             default_max_output_tokens,
             retry_budget,
+            health: Default::default(),
+            ejection,
             heap_stats: std::sync::OnceLock::new(),
         })
     }

@@ -101,7 +101,7 @@ fn run(
             settings.proxy_id.as_deref(),
         )?);
         let (spool, recovered) = UsageSpool::open(settings.spool())?;
-        let retry_budget = settings.retry_budget();
+        let (retry_budget, ejection) = (settings.retry_budget(), settings.ejection());
         let token = Arc::new(settings.token);
         if !recovered.is_empty() {
             tracing::info!(files = recovered.len(), "usage spool holds undelivered usage from an earlier run; delivering it first");
@@ -114,6 +114,7 @@ fn run(
             LeaseBook::new(epoch, settings.lease_wait),
             settings.default_max_output_tokens,
             retry_budget,
+            ejection,
         );
         gateway.heap_stats.set(heap_stats).ok();
         let applier = Arc::new(Applier {

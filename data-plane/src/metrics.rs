@@ -38,6 +38,8 @@ pub struct Metrics {
     pub upstream_requests_total: AtomicU64,
     /// Upstream attempts after a request's first (retries, other keys, fallbacks).
     pub upstream_retries_total: AtomicU64,
+    /// Deployments ejected for failing in a row (again, when a probe failed).
+    pub upstream_ejections_total: AtomicU64,
     pub usage_records_dropped_total: AtomicU64,
     pub usage_batches_acked_total: AtomicU64,
     pub usage_batches_quarantined_total: AtomicU64,
@@ -148,6 +150,11 @@ impl Metrics {
                 "sluice_upstream_retries_total",
                 "Upstream attempts after a request's first: retries, other keys and fallbacks.",
                 &self.upstream_retries_total,
+            ),
+            (
+                "sluice_upstream_ejections_total",
+                "Deployments left out of their models' attempts for failing in a row (a failed probe counts again).",
+                &self.upstream_ejections_total,
             ),
             (
                 "sluice_usage_records_dropped_total",

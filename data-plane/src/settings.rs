@@ -68,6 +68,10 @@ pub struct Settings {
     /// ten seconds, plus `retry_budget_min_per_second`.
     pub retry_budget_percent: u32,
     pub retry_budget_min_per_second: u32,
+    /// Failures in a row that eject a deployment, and its first and longest cooldown.
+    pub ejection_consecutive_failures: u32,
+    pub ejection_cooldown: Duration,
+    pub ejection_max_cooldown: Duration,
     pub log: String,
 }
 
@@ -99,6 +103,9 @@ struct FileSettings {
     default_max_output_tokens: Option<u64>,
     retry_budget_percent: Option<u32>,
     retry_budget_min_per_second: Option<u32>,
+    ejection_consecutive_failures: Option<u32>,
+    ejection_cooldown_ms: Option<u64>,
+    ejection_max_cooldown_ms: Option<u64>,
     log: Option<String>,
 }
 
@@ -136,6 +143,9 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_DEFAULT_MAX_OUTPUT_TOKENS",
     "SLUICE_PROXY_RETRY_BUDGET_PERCENT",
     "SLUICE_PROXY_RETRY_BUDGET_MIN_PER_SECOND",
+    "SLUICE_PROXY_EJECTION_CONSECUTIVE_FAILURES",
+    "SLUICE_PROXY_EJECTION_COOLDOWN_MS",
+    "SLUICE_PROXY_EJECTION_MAX_COOLDOWN_MS",
     "SLUICE_PROXY_LOG",
     "SLUICE_PROXY_CONFIG",
 ];
@@ -343,6 +353,25 @@ impl Settings {
                 10,
             )?)
             .unwrap_or(u32::MAX),
+            ejection_consecutive_failures: u32::try_from(number(
+                "SLUICE_PROXY_EJECTION_CONSECUTIVE_FAILURES",
+                take("SLUICE_PROXY_EJECTION_CONSECUTIVE_FAILURES"),
+                file_settings.ejection_consecutive_failures.map(u64::from),
+                5,
+            )?)
+            .unwrap_or(u32::MAX),
+            ejection_cooldown: Duration::from_millis(number(
+                "SLUICE_PROXY_EJECTION_COOLDOWN_MS",
+                take("SLUICE_PROXY_EJECTION_COOLDOWN_MS"),
+                file_settings.ejection_cooldown_ms,
+                10_000,
+            )?),
+            ejection_max_cooldown: Duration::from_millis(number(
+                "SLUICE_PROXY_EJECTION_MAX_COOLDOWN_MS",
+                take("SLUICE_PROXY_EJECTION_MAX_COOLDOWN_MS"),
+                file_settings.ejection_max_cooldown_ms,
+                300_000,
+            )?),
             log: take("SLUICE_PROXY_LOG")
                 .or(file_settings.log)
                 .unwrap_or_else(|| "info".to_owned()),
@@ -356,6 +385,15 @@ impl Settings {
         crate::resilience::retry_budget::BudgetRule {
             ratio: f64::from(self.retry_budget_percent) / 100.0,
             floor_per_second: self.retry_budget_min_per_second,
+        }
+    }
+
+    /// When deployments are ejected, and for how long.
+    pub fn ejection(&self) -> crate::resilience::outliers::EjectionRule {
+        crate::resilience::outliers::EjectionRule {
+            consecutive_failures: self.ejection_consecutive_failures,
+            base_cooldown: self.ejection_cooldown,
+            max_cooldown: self.ejection_max_cooldown,
         }
     }
 
@@ -390,6 +428,15 @@ impl Settings {
             return Err(invalid(
                 "retry_budget_percent / retry_budget_min_per_second",
                 "must be at most 1 000 % / 100 000 a second",
+            ));
+        }
+        if self.ejection_consecutive_failures == 0
+            || self.ejection_cooldown.is_zero()
+            || self.ejection_max_cooldown < self.ejection_cooldown
+        {
+            return Err(invalid(
+                "ejection_consecutive_failures / ejection_cooldown_ms / ejection_max_cooldown_ms",
+                "must be above 0, the longest cooldown at least the first",
             ));
         }
         if !(1..=MAX_WORKERS).contains(&self.workers) {
@@ -471,6 +518,7 @@ mod tests {
         .unwrap();
         assert_eq!(settings.workers, 3);
         assert_eq!(settings.retry_budget(), Default::default());
+        assert_eq!(settings.ejection(), Default::default());
         let settings = Settings::load(
             None,
             env(&[

@@ -305,12 +305,13 @@ async fn under_a_full_outage_retries_stay_within_the_budget_and_the_fallback_ser
     ])
     .ok();
     // One serving thread, so that one budget sees every request; no floor, so that the bound
-    // is the share alone.
+    // is the share alone; no ejection, which would spare the failing deployment sooner.
     let (_dir, proxy, http) = sluice_e2e::caught_up_proxy_with(
         cp,
         &stack.acme.token,
         &[
             ("SLUICE_PROXY_WORKERS", "1"),
+            ("SLUICE_PROXY_EJECTION_CONSECUTIVE_FAILURES", "100000"),
             ("SLUICE_PROXY_RETRY_BUDGET_PERCENT", "20"),
             ("SLUICE_PROXY_RETRY_BUDGET_MIN_PER_SECOND", "0"),
         ],
@@ -333,4 +334,112 @@ async fn under_a_full_outage_retries_stay_within_the_budget_and_the_fallback_ser
     );
     assert!(at_failing > REQUESTS, "the budget allowed no retry at all");
     assert_eq!(stack.upstream.requests_for("gpt-4o-mini"), REQUESTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_deployment_is_ejected_probed_after_its_cooldown_and_restored() {
+    let stack = live_stack("sk-ejection-test");
+    let cp = &stack.cp;
+    // Four failures, then answers. Each request tries it once, then the fallback.
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/ejecting",
+        "--deployment",
+        "openai:flaky-500-4,priority=0",
+        "--deployment",
+        "openai:gpt-4o-mini,priority=1",
+        "--attempts-per-key",
+        "1",
+    ])
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/alone",
+        "--deployment",
+        "openai:flaky-503-100000",
+        "--attempts-per-key",
+        "1",
+    ])
+    .ok();
+    let (_dir, proxy, http) = sluice_e2e::caught_up_proxy_with(
+        cp,
+        &stack.acme.token,
+        &[
+            ("SLUICE_PROXY_EJECTION_CONSECUTIVE_FAILURES", "3"),
+            ("SLUICE_PROXY_EJECTION_COOLDOWN_MS", "1000"),
+        ],
+    )
+    .await;
+    let url = proxy.url("/v1/chat/completions");
+    let key = Some(stack.acme.key.as_str());
+    let chat =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let failing = || stack.upstream.requests_for("flaky-500-4");
+    let ask = |expected_attempts: Option<&'static str>| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let answer = http.post(&url, key, &chat("ejecting")).await.unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.text());
+            assert_eq!(
+                answer
+                    .headers
+                    .get("x-sluice-attempts")
+                    .map(|v| v.to_str().unwrap()),
+                expected_attempts
+            );
+        }
+    };
+    let ejected = || async {
+        let ready = http.get(&proxy.url("/readyz"), None).await.unwrap().json();
+        ready["ejected_deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["deployment"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<String>>()
+    };
+
+    // Three failures in a row (each request served by the fallback) eject it.
+    for _ in 0..3 {
+        ask(Some("2")).await;
+    }
+    assert_eq!(failing(), 3);
+    assert_eq!(ejected().await, vec!["openai:flaky-500-4".to_owned()]);
+    assert_eq!(
+        proxy.metric(&http, "sluice_upstream_ejections_total").await,
+        1.0
+    );
+    // Ejected: requests go straight to the fallback.
+    for _ in 0..3 {
+        ask(None).await;
+    }
+    assert_eq!(failing(), 3);
+
+    // After the cooldown one request probes it; the probe fails, and it is out for longer.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    ask(Some("2")).await;
+    assert_eq!(failing(), 4);
+    assert_eq!(
+        proxy.metric(&http, "sluice_upstream_ejections_total").await,
+        2.0
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    ask(None).await;
+    assert_eq!(failing(), 4, "the second cooldown is twice the first");
+
+    // The next probe succeeds: it is restored and serves again, first in its priority.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    ask(None).await;
+    ask(None).await;
+    assert_eq!(failing(), 6);
+    assert!(ejected().await.is_empty());
+
+    // A model's only deployment is never taken away: below half healthy, all are used.
+    for _ in 0..6 {
+        let answer = http.post(&url, key, &chat("alone")).await.unwrap();
+        assert_eq!(answer.status, 502);
+    }
+    assert_eq!(stack.upstream.requests_for("flaky-503-100000"), 6);
 }

@@ -101,7 +101,8 @@ impl Applier {
     }
 
     /// Swaps in `tables`: from the next request on, they serve.
-    pub fn serve(&self, tables: RoutingTables) {
+    pub fn serve(&self, mut tables: RoutingTables) {
+        tables.attach_health(&self.gateway.health);
         let version = tables.version;
         let generated_at_us = tables.generated_at_us;
         let virtual_keys = tables.virtual_key_count();
@@ -353,6 +354,7 @@ mod tests {
             1024,
             crate::budgets::leases::LeaseBook::new(1, std::time::Duration::from_millis(10)),
             4096,
+            Default::default(),
             Default::default(),
         );
         let applier = Applier {

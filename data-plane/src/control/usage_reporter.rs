@@ -608,6 +608,7 @@ mod tests {
             LeaseBook::new(1, Duration::from_millis(10)),
             16,
             Default::default(),
+            Default::default(),
         );
         let addr = refusing_control_plane().await;
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

@@ -22,6 +22,7 @@ use crate::pipeline::answer::{Answering, Translator, Unanswered, answer};
 use crate::pipeline::failure::UpstreamFailure;
 use crate::pipeline::retry::{Move, Place};
 use crate::request::fields::ChatRequest;
+use crate::resilience::outliers::Standing;
 use crate::resilience::retry_after::retry_after;
 use crate::resilience::retry_budget;
 use crate::routing::attempt_order::attempt_order;
@@ -41,7 +42,8 @@ pub async fn forward(
             "the usage spool is full because the control plane has not acknowledged usage for a while; live requests are refused until it drains, so that no cost goes unmetered",
         ));
     }
-    let order = attempt_order(tables, model);
+    let now_ms = u64::try_from(draft.record.started_at_us / 1_000).unwrap_or(0);
+    let (order, panicking) = without_ejected(attempt_order(tables, model), now_ms);
     if order.is_empty() {
         return Err(GatewayError::new(
             ErrorCode::ProviderNotReady,
@@ -66,6 +68,18 @@ pub async fn forward(
             at.next_deployment();
             continue;
         };
+        if at.on_deployment == 0
+            && !panicking
+            && deployment.health.standing(now_ms) == Standing::Lapsed
+            && !deployment.health.claim_probe(now_ms)
+        {
+            // Another request is probing it: it stays out until the probe says.
+            at.next_deployment();
+            continue;
+        }
+        if at.on_key == 0 {
+            at.key = usable_key(provider, at.key, now_ms);
+        }
         let Some((uri, translator)) = route(deployment, provider, operation, chat.stream) else {
             outcome.last_error = Some(GatewayError::new(
                 ErrorCode::ProviderNotReady,
@@ -153,6 +167,10 @@ pub async fn forward(
                     );
                     match translated.await {
                         Ok(mut response) => {
+                            deployment.health.succeeded();
+                            if let Some(key) = key {
+                                key.health.succeeded();
+                            }
                             if at.total > 1 {
                                 say_who_answered(&mut response, at.total, provider, deployment);
                             }
@@ -179,6 +197,24 @@ pub async fn forward(
             draft.record.rejected_key_id = key.id.clone();
             draft.record.upstream_status = u32::from(status.as_u16());
         }
+        match (&failure, key, asked_to_wait) {
+            (UpstreamFailure::RateLimited(_), Some(key), Some(wait)) => {
+                key.health.cool(now_ms, wait);
+            }
+            (UpstreamFailure::RateLimited(_), ..) => {}
+            _ if failure.retryable() && deployment.health.failed(now_ms, gateway.ejection) => {
+                gateway
+                    .metrics
+                    .upstream_ejections_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    provider = %provider.name,
+                    upstream_model = %deployment.upstream_model,
+                    "a deployment failed too often in a row and is ejected for a while"
+                );
+            }
+            _ => {}
+        }
         let place = Place {
             on_deployment: at.on_deployment,
             on_key: at.on_key,
@@ -190,7 +226,15 @@ pub async fn forward(
                 gateway.retry_budget,
             )
         };
-        match policy.next_move(&failure, asked_to_wait, place, budget) {
+        let mut next = policy.next_move(&failure, asked_to_wait, place, budget);
+        if matches!(next, Move::Again(_))
+            && matches!(deployment.health.standing(now_ms), Standing::Out(_))
+            && at.deployment + 1 < order.len()
+        {
+            // It has just been ejected: the next deployment rather than the same again.
+            next = Move::NextDeployment;
+        }
+        match next {
             Move::Again(after) => wait = Some(after),
             Move::NextKey => at.next_key(),
             Move::NextDeployment => at.next_deployment(),
@@ -234,6 +278,33 @@ impl Attempt {
         self.on_deployment = 0;
         self.on_key = 0;
     }
+}
+
+/// The order without its ejected deployments — unless fewer than half of them are left, when
+/// every one is tried (Envoy's panic threshold: a model is never left with nothing); and
+/// whether that is the case.
+fn without_ejected(order: Vec<&DeploymentEntry>, now_ms: u64) -> (Vec<&DeploymentEntry>, bool) {
+    let out = |d: &DeploymentEntry| matches!(d.health.standing(now_ms), Standing::Out(_));
+    let ejected = order.iter().filter(|d| out(d)).count();
+    if ejected == 0 {
+        return (order, false);
+    }
+    if (order.len() - ejected) * 2 < order.len() {
+        return (order, true);
+    }
+    (order.into_iter().filter(|d| !out(d)).collect(), false)
+}
+
+/// The first of the provider's keys from `from` on that no upstream asked to wait, or `from`
+/// when every one was.
+fn usable_key(provider: &ProviderEntry, from: usize, now_ms: u64) -> usize {
+    provider
+        .keys
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, key)| !matches!(key.health.standing(now_ms), Standing::Out(_)))
+        .map_or(from, |(index, _)| index)
 }
 
 fn second_of(us: i64) -> u64 {

@@ -19,6 +19,7 @@ use sluice_shared::secret::SecretString;
 use crate::families::{self, Family, ProviderRecord};
 pub use crate::families::{CredentialHeader, ProviderType};
 use crate::operation::Operation;
+use crate::resilience::outliers::{Health, HealthBook, Standing};
 use crate::resilience::retry_policy::RetryPolicy;
 
 /// Why a snapshot was refused; the text goes back to the control plane in the NACK.
@@ -66,6 +67,9 @@ pub struct DeploymentEntry {
     /// How hard a request tries this deployment: its provider's and its model's settings
     /// over the defaults.
     pub retry: RetryPolicy,
+    /// Whether its upstream is ejected; shared by every model that names the same provider
+    /// and upstream model, and with the next snapshot's tables.
+    pub health: Arc<Health>,
     /// Where each operation goes on this deployment, made once per snapshot by its family;
     /// `None` where the family does not serve the operation in its own format.
     uris: [Option<http::Uri>; Operation::ALL.len()],
@@ -111,6 +115,8 @@ pub struct ProviderKeyEntry {
     pub id: String,
     pub retiring: bool,
     sealed_secret: Vec<u8>,
+    /// Whether the upstream asked this key to wait; shared with the next snapshot's tables.
+    pub health: Arc<Health>,
 }
 
 #[derive(Debug)]
@@ -178,6 +184,73 @@ pub struct TablesBuilder {
 impl RoutingTables {
     /// Validates a whole `snapshot` (one message) and indexes it. `upstream_hosts`, when not
     /// empty, is the proxy's own allowlist of hosts it will call.
+    /// What is left out of attempts at `now_ms`: each ejected deployment (`provider:upstream
+    /// model`, with when its ejection lapses, ms of UTC) and each key an upstream asked to wait
+    /// (its id and until when). For `/readyz`.
+    pub fn left_out(&self, now_ms: u64) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let mut deployments = std::collections::BTreeMap::new();
+        for model in &self.models {
+            for deployment in &model.deployments {
+                if let Standing::Out(until) = deployment.health.standing(now_ms) {
+                    let provider = &self.providers[deployment.provider];
+                    deployments.insert(
+                        format!("{}:{}", provider.name, deployment.upstream_model),
+                        until,
+                    );
+                }
+            }
+        }
+        let keys = self
+            .providers
+            .iter()
+            .flat_map(|provider| &provider.keys)
+            .filter_map(|key| match key.health.standing(now_ms) {
+                Standing::Out(until) => {
+                    Some(serde_json::json!({"key_id": key.id, "until_ms": until}))
+                }
+                _ => None,
+            })
+            .collect();
+        let deployments = deployments
+            .into_iter()
+            .map(|(name, until)| serde_json::json!({"deployment": name, "until_ms": until}))
+            .collect();
+        (deployments, keys)
+    }
+
+    /// Hands every deployment and key the state the book holds for it (by provider and
+    /// upstream model, and by key id), so that ejections outlive a snapshot.
+    pub fn attach_health(&mut self, book: &HealthBook) {
+        let mut names: Vec<String> = Vec::new();
+        for model in &self.models {
+            for deployment in &model.deployments {
+                names.push(deployment_name(
+                    &self.providers[deployment.provider],
+                    deployment,
+                ));
+            }
+        }
+        for provider in &self.providers {
+            names.extend(provider.keys.iter().map(|key| format!("key {}", key.id)));
+        }
+        let records = book.records(names.iter().map(String::as_str));
+        for model in &mut self.models {
+            for deployment in &mut model.deployments {
+                let name = deployment_name(&self.providers[deployment.provider], deployment);
+                if let Some(health) = records.get(&name) {
+                    deployment.health = health.clone();
+                }
+            }
+        }
+        for provider in &mut self.providers {
+            for key in &mut provider.keys {
+                if let Some(health) = records.get(&format!("key {}", key.id)) {
+                    key.health = health.clone();
+                }
+            }
+        }
+    }
+
     pub fn build(
         snapshot: &pb::Snapshot,
         sealing: &SealingKeyPair,
@@ -268,6 +341,7 @@ impl RoutingTables {
                         weight: d.weight.max(1),
                         priority: d.priority,
                         retry: on.retry.overlaid(m.retry.as_ref()),
+                        health: Arc::default(),
                         uris: deployment_uris(on, &d.upstream_model)?,
                     });
                 }
@@ -540,6 +614,12 @@ impl TablesBuilder {
     }
 }
 
+/// How a deployment is named in the health book: its provider (by id: names repeat across
+/// organisations) and upstream model; models that share both share the upstream's health.
+fn deployment_name(provider: &ProviderEntry, deployment: &DeploymentEntry) -> String {
+    format!("deployment {}:{}", provider.id, deployment.upstream_model)
+}
+
 /// A SHA-256 given as 64 hex digits.
 fn key_hash(hex_hash: &str, key: &str) -> Result<[u8; 32], InvalidSnapshot> {
     let mut hash = [0u8; 32];
@@ -647,6 +727,7 @@ fn provider(
             id: k.id.clone(),
             retiring,
             sealed_secret: k.sealed_secret.clone(),
+            health: Arc::default(),
         });
     }
     keys.sort_by_key(|k| k.retiring);

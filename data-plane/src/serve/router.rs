@@ -162,12 +162,22 @@ fn readiness(gateway: &Gateway) -> Response<Body> {
         (true, true) => "serving",
         (true, false) => "serving a stale config: the control plane is unreachable",
     };
+    let (ejected, cooled_keys) = gateway
+        .tables
+        .load()
+        .as_ref()
+        .map(|tables| {
+            tables.left_out(u64::try_from(sluice_shared::time::now_us() / 1_000).unwrap_or(0))
+        })
+        .unwrap_or_default();
     let body = json!({
         "ready": ready,
         "config_version": version,
         "config_age_seconds": age_s,
         "control_plane_connected": connected,
         "reason": reason,
+        "ejected_deployments": ejected,
+        "cooled_keys": cooled_keys,
     });
     let status = if ready {
         StatusCode::OK
