@@ -22,13 +22,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::snapshot_builder::{ConfigWatch, seal_snapshot};
-use crate::store::{ConfigState, Store};
+use crate::store::{self, ConfigState, Store};
 use crate::vault::Vault;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a connected proxy's last-seen time is refreshed.
 const SEEN_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_NACK_REASON: usize = 2_000;
+/// What of a proxy's report of what it leaves out is kept: entries of each kind, characters of
+/// each name.
+const MAX_LEFT_OUT: usize = 256;
+const MAX_LEFT_OUT_NAME: usize = 300;
 /// How long a snapshot may go unanswered before a newer one is sent anyway, whole: a proxy
 /// that lost track of it would otherwise never get another.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -223,6 +227,10 @@ impl<S: Store> Session<S> {
             Some(pb::stream_config_request::Message::Nack(nack)) => {
                 (nack.nonce.clone(), Reply::Nack(nack))
             }
+            Some(pb::stream_config_request::Message::LeftOut(left_out)) => {
+                self.record_left_out(left_out).await;
+                return;
+            }
             Some(pb::stream_config_request::Message::Hello(_)) | None => return,
         };
         if known.pending.as_ref().is_none_or(|p| p.nonce != nonce) {
@@ -256,6 +264,29 @@ impl<S: Store> Session<S> {
                     tracing::error!(proxy_id = %self.proxy_id, %error, "cannot record a NACK");
                 }
             }
+        }
+    }
+
+    /// What the proxy leaves out of its attempts, bounded (a proxy's report is input too).
+    async fn record_left_out(&self, report: pb::LeftOut) {
+        let named = |kind: &str, list: Vec<pb::Excluded>| {
+            list.into_iter()
+                .take(MAX_LEFT_OUT)
+                .map(|out| store::LeftOut {
+                    kind: kind.to_owned(),
+                    name: out.name.chars().take(MAX_LEFT_OUT_NAME).collect(),
+                    until_us: out.until_us,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut left_out = named("deployment", report.deployments);
+        left_out.extend(named("key", report.keys));
+        if let Err(error) = self
+            .store
+            .record_proxy_left_out(&self.proxy_id, &left_out)
+            .await
+        {
+            tracing::error!(proxy_id = %self.proxy_id, %error, "cannot record what the proxy leaves out");
         }
     }
 

@@ -610,11 +610,25 @@ async fn fleet_versions<S: Store>(store: &S) {
         (8, "bad snapshot")
     );
     assert!(proxy.connected);
+    assert!(proxy.left_out.is_empty());
+    let left_out = vec![LeftOut {
+        kind: "deployment".into(),
+        name: "openai:gpt-4o".into(),
+        until_us: 1_700_000_000_000_000,
+    }];
+    store
+        .record_proxy_left_out("edge-1", &left_out)
+        .await
+        .unwrap();
     store
         .record_proxy_connection("edge-1", "127.0.0.1:1", false)
         .await
         .unwrap();
-    assert!(!store.list_proxies().await.unwrap()[0].connected);
+    let proxy = &store.list_proxies().await.unwrap()[0];
+    assert!(!proxy.connected);
+    assert_eq!(proxy.left_out, left_out);
+    store.record_proxy_left_out("edge-1", &[]).await.unwrap();
+    assert!(store.list_proxies().await.unwrap()[0].left_out.is_empty());
 }
 
 /// The publisher's incremental read: only the keys changed since a version, and the ids of

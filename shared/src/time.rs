@@ -38,6 +38,20 @@ pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// UTC microseconds as RFC 3339 with seconds precision (`2026-12-07T05:40:00Z`).
+pub fn rfc3339(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
 /// Midnight UTC of the day holding `at_us`.
 pub fn day_start_us(at_us: i64) -> i64 {
     at_us.div_euclid(US_PER_DAY) * US_PER_DAY

@@ -443,3 +443,49 @@ async fn a_failing_deployment_is_ejected_probed_after_its_cooldown_and_restored(
     }
     assert_eq!(stack.upstream.requests_for("flaky-503-100000"), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_report_what_they_leave_out_to_the_fleet() {
+    let stack = live_stack("sk-fleet-report-test");
+    let cp = &stack.cp;
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/failing",
+        "--deployment",
+        "openai:flaky-500-100000,priority=0",
+        "--deployment",
+        "openai:gpt-4o-mini,priority=1",
+        "--attempts-per-key",
+        "1",
+    ])
+    .ok();
+    let (_dir, proxy, http) = sluice_e2e::caught_up_proxy_with(
+        cp,
+        &stack.acme.token,
+        &[("SLUICE_PROXY_EJECTION_CONSECUTIVE_FAILURES", "3")],
+    )
+    .await;
+    let body = json!({"model": "failing", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..3 {
+        let answer = http
+            .post(
+                &proxy.url("/v1/chat/completions"),
+                Some(&stack.acme.key),
+                &body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fleet = cp.ctl(&["-o", "json", "fleet"]).json();
+        let left_out = fleet["proxies"][0]["left_out"].to_string();
+        if left_out.contains("deployment openai:flaky-500-100000 until ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported: {fleet}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

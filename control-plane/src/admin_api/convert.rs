@@ -201,6 +201,18 @@ impl From<store::ProxyStatus> for pb::Proxy {
             nack_reason: p.nack_reason,
             last_seen_at_us: p.last_seen_us,
             first_seen_at_us: p.first_seen_us,
+            left_out: p
+                .left_out
+                .iter()
+                .map(|out| {
+                    format!(
+                        "{} {} until {}",
+                        out.kind,
+                        out.name,
+                        sluice_shared::time::rfc3339(out.until_us)
+                    )
+                })
+                .collect(),
         }
     }
 }

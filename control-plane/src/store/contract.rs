@@ -338,6 +338,12 @@ pub trait FleetStore: Send + Sync + 'static {
         version: u64,
         reason: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// What the proxy now leaves out of its attempts (replacing what it reported before).
+    fn record_proxy_left_out(
+        &self,
+        proxy_id: &str,
+        left_out: &[LeftOut],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     fn list_proxies(&self) -> impl Future<Output = StoreResult<Vec<ProxyStatus>>> + Send;
 }
 

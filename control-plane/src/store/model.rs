@@ -428,6 +428,17 @@ pub struct ProxyStatus {
     pub nack_reason: String,
     pub first_seen_us: i64,
     pub last_seen_us: i64,
+    /// What it last reported leaving out of its attempts.
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A deployment or key a proxy leaves out of its attempts, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeftOut {
+    /// `deployment` or `key`.
+    pub kind: String,
+    pub name: String,
+    pub until_us: i64,
 }
 
 stored_enum!(BudgetScope {

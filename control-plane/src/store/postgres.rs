@@ -64,6 +64,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retry_policies",
         include_str!("../../migrations/postgres/0011_retry_policies.sql"),
     ),
+    (
+        12,
+        "proxy_left_out",
+        include_str!("../../migrations/postgres/0012_proxy_left_out.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retry_policies",
         include_str!("../../migrations/sqlite/0011_retry_policies.sql"),
     ),
+    (
+        12,
+        "proxy_left_out",
+        include_str!("../../migrations/sqlite/0012_proxy_left_out.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

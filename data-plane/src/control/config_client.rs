@@ -22,7 +22,7 @@ use tonic::transport::Endpoint;
 use crate::control::identity::Identity;
 use crate::control::snapshot_file;
 use crate::gateway::Gateway;
-use crate::routing::tables::{InvalidSnapshot, RoutingTables, TablesBuilder};
+use crate::routing::tables::{InvalidSnapshot, LeftOut, RoutingTables, TablesBuilder};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -224,6 +224,14 @@ impl ConfigClient {
             .store(true, Ordering::Relaxed);
         tracing::info!(held_version = held, "config stream connected");
 
+        // What the proxy leaves out of its attempts goes to the control plane beside the
+        // replies, for as long as this stream lasts.
+        let reporting = tokio::spawn(report_left_out(
+            self.applier.gateway.clone(),
+            outbound.clone(),
+        ));
+        let _reporting = AbortOnDrop(reporting);
+
         // The parts of the snapshot arriving, under its nonce; a refused part spoils the rest.
         let mut building: Option<(String, Result<TablesBuilder, InvalidSnapshot>)> = None;
         while let Some(response) = inbound.message().await? {
@@ -305,6 +313,54 @@ async fn save_newest(applier: &Arc<Applier>, saves: &Notify) -> std::convert::In
             saved = version;
         }
         tokio::time::sleep((started.elapsed() * 10).min(MAX_SAVE_PAUSE)).await;
+    }
+}
+
+/// How often what is left out of attempts is looked at; it is sent only when it changed.
+const LEFT_OUT_EVERY: Duration = Duration::from_secs(2);
+
+/// Sends the control plane what this proxy leaves out of its attempts (deployments ejected,
+/// keys an upstream asked to wait) whenever that changes, until the stream closes.
+async fn report_left_out(gateway: Arc<Gateway>, outbound: mpsc::Sender<pb::StreamConfigRequest>) {
+    let mut reported = LeftOut::default();
+    loop {
+        tokio::time::sleep(LEFT_OUT_EVERY).await;
+        let now_ms = u64::try_from(sluice_shared::time::now_us() / 1_000).unwrap_or(0);
+        let left_out = gateway
+            .tables
+            .load()
+            .as_ref()
+            .map(|tables| tables.left_out(now_ms))
+            .unwrap_or_default();
+        if left_out == reported {
+            continue;
+        }
+        let excluded = |entries: &[(String, u64)]| {
+            entries
+                .iter()
+                .map(|(name, until_ms)| pb::Excluded {
+                    name: name.clone(),
+                    until_us: i64::try_from(*until_ms).unwrap_or(i64::MAX / 1_000) * 1_000,
+                })
+                .collect()
+        };
+        let message = pb::stream_config_request::Message::LeftOut(pb::LeftOut {
+            deployments: excluded(&left_out.deployments),
+            keys: excluded(&left_out.keys),
+        });
+        if send(&outbound, message).await.is_err() {
+            return;
+        }
+        reported = left_out;
+    }
+}
+
+/// Aborts a task when the scope that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -184,10 +184,10 @@ pub struct TablesBuilder {
 impl RoutingTables {
     /// Validates a whole `snapshot` (one message) and indexes it. `upstream_hosts`, when not
     /// empty, is the proxy's own allowlist of hosts it will call.
-    /// What is left out of attempts at `now_ms`: each ejected deployment (`provider:upstream
-    /// model`, with when its ejection lapses, ms of UTC) and each key an upstream asked to wait
-    /// (its id and until when). For `/readyz`.
-    pub fn left_out(&self, now_ms: u64) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    /// What is left out of attempts at `now_ms`: each ejected deployment (as
+    /// `provider:upstream_model`) and each key an upstream asked to wait (by id), with when
+    /// it is tried again (ms of UTC). For `/readyz` and the control plane.
+    pub fn left_out(&self, now_ms: u64) -> LeftOut {
         let mut deployments = std::collections::BTreeMap::new();
         for model in &self.models {
             for deployment in &model.deployments {
@@ -205,17 +205,14 @@ impl RoutingTables {
             .iter()
             .flat_map(|provider| &provider.keys)
             .filter_map(|key| match key.health.standing(now_ms) {
-                Standing::Out(until) => {
-                    Some(serde_json::json!({"key_id": key.id, "until_ms": until}))
-                }
+                Standing::Out(until) => Some((key.id.clone(), until)),
                 _ => None,
             })
             .collect();
-        let deployments = deployments
-            .into_iter()
-            .map(|(name, until)| serde_json::json!({"deployment": name, "until_ms": until}))
-            .collect();
-        (deployments, keys)
+        LeftOut {
+            deployments: deployments.into_iter().collect(),
+            keys,
+        }
     }
 
     /// Hands every deployment and key the state the book holds for it (by provider and
@@ -612,6 +609,13 @@ impl TablesBuilder {
         self.tables.keys.shrink_to_fit();
         self.tables
     }
+}
+
+/// Deployments and keys left out of attempts, each with when it is tried again (ms of UTC).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    pub deployments: Vec<(String, u64)>,
+    pub keys: Vec<(String, u64)>,
 }
 
 /// How a deployment is named in the health book: its provider (by id: names repeat across

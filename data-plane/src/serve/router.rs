@@ -162,7 +162,7 @@ fn readiness(gateway: &Gateway) -> Response<Body> {
         (true, true) => "serving",
         (true, false) => "serving a stale config: the control plane is unreachable",
     };
-    let (ejected, cooled_keys) = gateway
+    let left_out = gateway
         .tables
         .load()
         .as_ref()
@@ -170,6 +170,16 @@ fn readiness(gateway: &Gateway) -> Response<Body> {
             tables.left_out(u64::try_from(sluice_shared::time::now_us() / 1_000).unwrap_or(0))
         })
         .unwrap_or_default();
+    let listed = |entries: &[(String, u64)], kind: &str| -> Vec<serde_json::Value> {
+        entries
+            .iter()
+            .map(|(name, until)| json!({kind: name, "until_ms": until}))
+            .collect()
+    };
+    let (ejected, cooled_keys) = (
+        listed(&left_out.deployments, "deployment"),
+        listed(&left_out.keys, "key_id"),
+    );
     let body = json!({
         "ready": ready,
         "config_version": version,

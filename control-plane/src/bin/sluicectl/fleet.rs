@@ -1,4 +1,5 @@
-//! `sluicectl fleet`: each proxy and the config version it runs.
+//! `sluicectl fleet`: each proxy, the config version it runs, and what it leaves out of its
+//! attempts (deployments ejected, keys asked to wait).
 
 use crate::*;
 
@@ -10,6 +11,7 @@ pub(crate) const FLEET_COLUMNS: &[&str] = &[
     "nack_reason",
     "last_seen_at",
     "address",
+    "left_out",
 ];
 
 pub(crate) async fn fleet(client: &mut Client, format: Format) -> anyhow::Result<String> {
@@ -29,6 +31,7 @@ pub(crate) async fn fleet(client: &mut Client, format: Format) -> anyhow::Result
                 json!(p.nack_reason),
                 time(p.last_seen_at_us),
                 json!(p.address),
+                json!(p.left_out),
             ]
         })
         .collect();

@@ -125,16 +125,7 @@ pub fn time(us: i64) -> Value {
     if us == 0 {
         return Value::Null;
     }
-    let secs = us.div_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = sluice_shared::time::civil_from_days(days);
-    Value::String(format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    ))
+    Value::String(sluice_shared::time::rfc3339(us))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ macro_rules! fleet_sql {
                 nack_reason: row.try_get("nack_reason")?,
                 first_seen_us: row.try_get("first_seen_us")?,
                 last_seen_us: row.try_get("last_seen_us")?,
+                left_out: from_json(row.try_get("left_out")?, "left_out")?,
             })
         }
 
@@ -291,10 +292,31 @@ macro_rules! fleet_sql {
                 Ok(())
             }
 
+            async fn record_proxy_left_out(
+                &self,
+                proxy_id: &str,
+                left_out: &[LeftOut],
+            ) -> StoreResult<()> {
+                let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
+                let now = now_us();
+                ensure_proxy(&mut tx, proxy_id, now).await?;
+                sqlx::query(
+                    "UPDATE proxies SET left_out = $1, last_seen_us = $2 WHERE proxy_id = $3",
+                )
+                .bind(to_json(&left_out)?)
+                .bind(now)
+                .bind(proxy_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn list_proxies(&self) -> StoreResult<Vec<ProxyStatus>> {
                 let rows = sqlx::query(
                     "SELECT proxy_id, address, connected, acked_version, nacked_version, \
-                     nack_reason, first_seen_us, last_seen_us FROM proxies ORDER BY proxy_id",
+                     nack_reason, first_seen_us, last_seen_us, left_out FROM proxies \
+                     ORDER BY proxy_id",
                 )
                 .fetch_all(self.readers())
                 .await?;
