@@ -17,6 +17,24 @@ use sluice_e2e::{await_usage, caught_up_proxy, live_stack, live_stack_with};
 /// The mock's whole answer to a normal chat completion.
 const ANSWER: &str = "Hello from the mock upstream";
 
+/// Creates model `acme/{name}` served first by the mock's `failing` upstream model, then by
+/// its healthy `gpt-4o-mini`, with `extra` flags.
+fn model_with_fallback(cp: &sluice_e2e::ControlPlane, name: &str, failing: &str, extra: &[&str]) {
+    let model = format!("acme/{name}");
+    let first = format!("openai:{failing},priority=0");
+    let mut args = vec![
+        "model",
+        "create",
+        &model,
+        "--deployment",
+        &first,
+        "--deployment",
+        "openai:gpt-4o-mini,priority=1",
+    ];
+    args.extend_from_slice(extra);
+    cp.ctl(&args).ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_end_in_the_exact_answer_and_persistent_ones_fall_back() {
     let stack = live_stack("sk-retries-test");
@@ -49,16 +67,7 @@ async fn transient_failures_end_in_the_exact_answer_and_persistent_ones_fall_bac
         "openai:flaky-500-1000",
     ])
     .ok();
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/fallback",
-        "--deployment",
-        "openai:flaky-500-1000,priority=0",
-        "--deployment",
-        "openai:gpt-4o-mini,priority=1",
-    ])
-    .ok();
+    model_with_fallback(cp, "fallback", "flaky-500-1000", &[]);
     cp.ctl(&[
         "model",
         "create",
@@ -294,16 +303,7 @@ async fn retry_settings_of_providers_and_models_reach_the_proxy_and_apply() {
 async fn under_a_full_outage_retries_stay_within_the_budget_and_the_fallback_serves() {
     let stack = live_stack("sk-retry-budget-test");
     let cp = &stack.cp;
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/outage",
-        "--deployment",
-        "openai:flaky-503-100000,priority=0",
-        "--deployment",
-        "openai:gpt-4o-mini,priority=1",
-    ])
-    .ok();
+    model_with_fallback(cp, "outage", "flaky-503-100000", &[]);
     // One serving thread, so that one budget sees every request; no floor, so that the bound
     // is the share alone; no ejection, which would spare the failing deployment sooner.
     let (_dir, proxy, http) = sluice_e2e::caught_up_proxy_with(
@@ -341,18 +341,7 @@ async fn a_failing_deployment_is_ejected_probed_after_its_cooldown_and_restored(
     let stack = live_stack("sk-ejection-test");
     let cp = &stack.cp;
     // Four failures, then answers. Each request tries it once, then the fallback.
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/ejecting",
-        "--deployment",
-        "openai:flaky-500-4,priority=0",
-        "--deployment",
-        "openai:gpt-4o-mini,priority=1",
-        "--attempts-per-key",
-        "1",
-    ])
-    .ok();
+    model_with_fallback(cp, "ejecting", "flaky-500-4", &["--attempts-per-key", "1"]);
     cp.ctl(&[
         "model",
         "create",
@@ -448,18 +437,12 @@ async fn a_failing_deployment_is_ejected_probed_after_its_cooldown_and_restored(
 async fn proxies_report_what_they_leave_out_to_the_fleet() {
     let stack = live_stack("sk-fleet-report-test");
     let cp = &stack.cp;
-    cp.ctl(&[
-        "model",
-        "create",
-        "acme/failing",
-        "--deployment",
-        "openai:flaky-500-100000,priority=0",
-        "--deployment",
-        "openai:gpt-4o-mini,priority=1",
-        "--attempts-per-key",
-        "1",
-    ])
-    .ok();
+    model_with_fallback(
+        cp,
+        "failing",
+        "flaky-500-100000",
+        &["--attempts-per-key", "1"],
+    );
     let (_dir, proxy, http) = sluice_e2e::caught_up_proxy_with(
         cp,
         &stack.acme.token,
