@@ -472,3 +472,30 @@ async fn proxies_report_what_they_leave_out_to_the_fleet() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn googles_retry_info_is_waited_out_before_the_retry() {
+    let family = sluice_e2e::family_stack(
+        "google",
+        "AIza-retry-info-test",
+        "gemini-flaky",
+        "flaky-429-1",
+    )
+    .await;
+    let started = Instant::now();
+    let answer = family
+        .http
+        .post(
+            &family.proxy.url("/v1/chat/completions"),
+            Some(&family.stack.acme.key),
+            &json!({"model": "gemini-flaky", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.headers["x-sluice-attempts"], "2");
+    // The 1 s the 429's RetryInfo asked for, not a backoff of at most 100 ms.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(950), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}

@@ -5,6 +5,7 @@
 //! usage record says what the attempts cost, and how many there were, whatever the outcome.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
@@ -23,10 +24,12 @@ use crate::pipeline::failure::UpstreamFailure;
 use crate::pipeline::retry::{Move, Place};
 use crate::request::fields::ChatRequest;
 use crate::resilience::outliers::Standing;
-use crate::resilience::retry_after::retry_after;
+use crate::resilience::retry_after::{google_retry_delay, retry_after};
 use crate::resilience::retry_budget;
 use crate::routing::attempt_order::attempt_order;
-use crate::routing::tables::{DeploymentEntry, ModelEntry, ProviderEntry, RoutingTables};
+use crate::routing::tables::{
+    DeploymentEntry, ModelEntry, ProviderEntry, ProviderType, RoutingTables,
+};
 
 pub async fn forward(
     gateway: &Arc<Gateway>,
@@ -149,6 +152,12 @@ pub async fn forward(
             Ok(response) => match UpstreamFailure::of_status(response.status()) {
                 Some(failure) => {
                     asked_to_wait = retry_after(response.headers(), std::time::SystemTime::now());
+                    if asked_to_wait.is_none()
+                        && provider.provider_type == ProviderType::Google
+                        && matches!(failure, UpstreamFailure::RateLimited(_))
+                    {
+                        asked_to_wait = google_wait(response.into_body()).await;
+                    }
                     failure
                 }
                 None => {
@@ -305,6 +314,19 @@ fn usable_key(provider: &ProviderEntry, from: usize, now_ms: u64) -> usize {
         .skip(from)
         .find(|(_, key)| !matches!(key.health.standing(now_ms), Standing::Out(_)))
         .map_or(from, |(index, _)| index)
+}
+
+/// The wait Google's 429 asks for in its body's `RetryInfo` (it sends no header), read within
+/// a small bound of size and time.
+async fn google_wait(body: crate::upstream::UpstreamBody) -> Option<Duration> {
+    use http_body_util::BodyExt;
+    let read = http_body_util::Limited::new(body, 64 * 1024).collect();
+    let bytes = tokio::time::timeout(Duration::from_secs(1), read)
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes();
+    google_retry_delay(&bytes)
 }
 
 fn second_of(us: i64) -> u64 {

@@ -1,8 +1,8 @@
 //! How long an upstream asked to be left alone, from the headers of its 429 or 5xx answer:
 //! `retry-after-ms` (OpenAI, Azure), `Retry-After` in seconds or as an HTTP date (RFC 9110;
 //! Anthropic, most providers), and else OpenAI's `x-ratelimit-reset-*` for the limit that ran
-//! out (`1s`, `6m0s`, `20ms`). Google puts its delay in the error body's `RetryInfo`, which
-//! is not read for a status that is retried anyway; its answers fall back to backoff.
+//! out (`1s`, `6m0s`, `20ms`); and Google's, which is in the error body's `RetryInfo`
+//! (`"retryDelay": "30s"`).
 
 use std::time::{Duration, SystemTime};
 
@@ -27,6 +27,20 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .filter(|limit| text(&format!("x-ratelimit-remaining-{limit}")) == Some("0"))
         .filter_map(|limit| text(&format!("x-ratelimit-reset-{limit}")).and_then(go_duration))
         .max()
+}
+
+/// The delay a Google error body's `RetryInfo` detail asks for (`"retryDelay": "1.5s"`).
+pub fn google_retry_delay(body: &[u8]) -> Option<Duration> {
+    const KEY: &[u8] = b"\"retryDelay\"";
+    let at = memchr::memmem::find(body, KEY)?;
+    let rest = body[at + KEY.len()..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start()
+        .strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    let text = std::str::from_utf8(&rest[..end]).ok()?;
+    seconds(text.strip_suffix('s')?.parse().ok()?)
 }
 
 fn seconds(secs: f64) -> Option<Duration> {
@@ -132,6 +146,21 @@ mod tests {
             ("x-ratelimit-reset-requests", "1s"),
         ];
         assert_eq!(read(&neither), None);
+    }
+
+    #[test]
+    fn googles_retry_info_is_read_from_its_error_body() {
+        let body = br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1.5s"}]}}"#;
+        assert_eq!(google_retry_delay(body), Some(Duration::from_millis(1500)));
+        for body in [
+            &br#"{"error": {"code": 429}}"#[..],
+            br#"{"retryDelay": 3}"#,
+            br#"{"retryDelay": "3m"}"#,
+            br#"{"retryDelay": "-1s"}"#,
+        ] {
+            assert_eq!(google_retry_delay(body), None);
+        }
     }
 
     #[test]

@@ -91,11 +91,27 @@ pub(super) fn gemini_error(status: StatusCode, message: &str, kind: &str) -> Moc
 /// [`GEMINI_THOUGHTS`] thinking tokens. With function declarations it calls the first one
 /// (signed with [`GEMINI_SIGNATURE`]); given the function's response, it answers with it,
 /// refusing a replayed call that lost its signature. Unknown fields get Google's 400.
-pub(super) fn gemini_answer(headers: &HeaderMap, rest: &str, body: &Value) -> MockResponse {
+pub(super) fn gemini_answer(
+    state: &State,
+    headers: &HeaderMap,
+    rest: &str,
+    body: &Value,
+) -> MockResponse {
     if let (_, Some(refused)) = gemini_key(headers) {
         return refused;
     }
     let (model, method) = rest.rsplit_once(':').unwrap_or((rest, ""));
+    if state.flaky_now(model) == Some("429") {
+        // Google says how long to wait in the error's details, not in a header.
+        let mut error = fixture("gemini/error.json");
+        error["error"] = json!({
+            "code": 429,
+            "message": "Resource has been exhausted (e.g. check quota).",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}],
+        });
+        return json_response(StatusCode::TOO_MANY_REQUESTS, error);
+    }
     if model == "missing" {
         return gemini_error(
             StatusCode::NOT_FOUND,

@@ -12,7 +12,8 @@
 //! from the Anthropic mock), `stall` (a stream that sends one chunk, then nothing),
 //! `stall-body`, `cut-body` and `cut-stream` (see [`broken_answer`]), `flaky-<how>-<n>` (its
 //! first n requests fail, then it answers normally: `500`, `503`, `429` with `retry-after-ms`,
-//! `json`, a 200 whose body is cut JSON), `no-done` (a stream that ends without `[DONE]`),
+//! `json`, a 200 whose body is cut JSON; from the Gemini mock, `429` with Google's `RetryInfo`
+//! of 1 s), `no-done` (a stream that ends without `[DONE]`),
 //! `bad-event` (a stream with an event that is cut JSON), `echo-<status>` and
 //! `echo-midstream` (the credential echoed back in headers and error bodies, see
 //! [`echo_answer`]); anything else answers normally. Model listings answer
@@ -78,6 +79,19 @@ struct State {
     last_chunk_sent: Mutex<Option<Instant>>,
     /// Requests seen per `flaky-…` model, so each fails only its first N times.
     flaky: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl State {
+    /// For a `flaky-<how>-<n>` model, `how` while its first n requests last (each call counts
+    /// one); `None` after, or for any other model.
+    fn flaky_now<'m>(&self, model: &'m str) -> Option<&'m str> {
+        let (how, times) = model.strip_prefix("flaky-")?.rsplit_once('-')?;
+        let times: usize = times.parse().ok()?;
+        let mut flaky = self.flaky.lock().unwrap();
+        let seen = flaky.entry(model.to_owned()).or_insert(0);
+        *seen += 1;
+        (*seen <= times).then_some(how)
+    }
 }
 
 type MockResponse = Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>;
@@ -455,7 +469,7 @@ async fn respond(state: Arc<State>, path: &str, headers: &HeaderMap, body: &Valu
         if !rest.contains(':') {
             return gemini::gemini_models_answer(headers, Some(rest));
         }
-        return gemini::gemini_answer(headers, rest, body);
+        return gemini::gemini_answer(&state, headers, rest, body);
     }
     let azure_deployment = azure.and_then(|rest| rest.strip_suffix("/chat/completions"));
     if path != "/v1/chat/completions" && azure_deployment.is_none() {

@@ -160,17 +160,7 @@ fn rate_limited(name: &'static str, wait: &'static str) -> MockResponse {
 
 /// A `flaky-<how>-<n>` model's scripted failure, while it has failures left.
 fn flaky_failure(state: &State, model: &str) -> Option<MockResponse> {
-    let (how, times) = model.strip_prefix("flaky-")?.rsplit_once('-')?;
-    let times: usize = times.parse().ok()?;
-    let seen = {
-        let mut flaky = state.flaky.lock().unwrap();
-        let seen = flaky.entry(model.to_owned()).or_insert(0);
-        *seen += 1;
-        *seen
-    };
-    if seen > times {
-        return None;
-    }
+    let how = state.flaky_now(model)?;
     Some(match how {
         "500" => openai_error(
             StatusCode::INTERNAL_SERVER_ERROR,
