@@ -15,6 +15,8 @@ pub struct GatewayError {
     /// The offending request field, when there is one.
     pub param: Option<&'static str>,
     pub shape: ErrorShape,
+    /// How long the caller should wait before trying again, when the upstream said.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// Whose error body the client expects: the endpoint's family decides.
@@ -65,6 +67,7 @@ impl GatewayError {
             message: message.into(),
             param: None,
             shape: ErrorShape::OpenAi,
+            retry_after: None,
         }
     }
 
@@ -134,6 +137,17 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(wait) = self.retry_after {
+            // Whole seconds for every client, rounded up; milliseconds for OpenAI's SDKs,
+            // which read `retry-after-ms` first.
+            let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            let headers = response.headers_mut();
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(millis.div_ceil(1_000)),
+            );
+            headers.insert("retry-after-ms", HeaderValue::from(millis));
+        }
         response
     }
 }

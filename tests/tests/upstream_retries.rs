@@ -71,6 +71,16 @@ async fn transient_failures_end_in_the_exact_answer_and_persistent_ones_fall_bac
     cp.ctl(&[
         "model",
         "create",
+        "acme/limited",
+        "--deployment",
+        "openai:fail-429",
+        "--max-retry-after-ms",
+        "1000",
+    ])
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
         "acme/cut",
         "--deployment",
         "openai:cut-stream",
@@ -176,6 +186,21 @@ async fn transient_failures_end_in_the_exact_answer_and_persistent_ones_fall_bac
         Some("openai:gpt-4o-mini")
     );
     assert_eq!(stack.upstream.requests_for("flaky-500-1000"), 4);
+
+    // A wait longer than this model will sit out: the 429 is the answer at once, and says
+    // how long the upstream asked for.
+    let started = Instant::now();
+    let limited = http.post(&url, key, &chat("limited", false)).await.unwrap();
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    assert_eq!(limited.json()["error"]["code"], "upstream_rate_limited");
+    assert_eq!(header(&limited, "retry-after").as_deref(), Some("2"));
+    assert_eq!(header(&limited, "retry-after-ms").as_deref(), Some("2000"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stack.upstream.requests_for("fail-429"), 1);
 
     drop(proxy);
 }

@@ -200,6 +200,8 @@ pub async fn forward(
         outcome.may_have_billed |= failure.may_have_billed();
         let mut error = failure.to_error(&provider.name);
         error.message = scrubber.scrub_str(&error.message).into_owned();
+        // Should this be the answer, the client hears how long the upstream asked it to wait.
+        error.retry_after = asked_to_wait;
         if let (Some(key), UpstreamFailure::KeyRejected(status)) = (key, &failure) {
             // The control plane hears of the refused key with the record, whatever the
             // request's outcome.
