@@ -99,7 +99,16 @@ pub trait Family: Sync + fmt::Debug {
     fn chat_translation(&self) -> Option<&'static dyn ChatTranslation> {
         None
     }
+
+    /// For a family that says how long to wait in a 429's body rather than in a header, how
+    /// to read it there.
+    fn rate_limit_wait_in_body(&self) -> Option<WaitInBody> {
+        None
+    }
 }
+
+/// Reads the wait a 429's body asks for.
+pub type WaitInBody = fn(&[u8]) -> Option<std::time::Duration>;
 
 /// The family of a provider type.
 pub fn of(provider_type: ProviderType) -> &'static dyn Family {

@@ -24,12 +24,10 @@ use crate::pipeline::failure::UpstreamFailure;
 use crate::pipeline::retry::{Move, Place};
 use crate::request::fields::ChatRequest;
 use crate::resilience::outliers::Standing;
-use crate::resilience::retry_after::{google_retry_delay, retry_after};
+use crate::resilience::retry_after::retry_after;
 use crate::resilience::retry_budget;
 use crate::routing::attempt_order::attempt_order;
-use crate::routing::tables::{
-    DeploymentEntry, ModelEntry, ProviderEntry, ProviderType, RoutingTables,
-};
+use crate::routing::tables::{DeploymentEntry, ModelEntry, ProviderEntry, RoutingTables};
 
 pub async fn forward(
     gateway: &Arc<Gateway>,
@@ -153,10 +151,10 @@ pub async fn forward(
                 Some(failure) => {
                     asked_to_wait = retry_after(response.headers(), std::time::SystemTime::now());
                     if asked_to_wait.is_none()
-                        && provider.provider_type == ProviderType::Google
                         && matches!(failure, UpstreamFailure::RateLimited(_))
+                        && let Some(read) = provider.family.rate_limit_wait_in_body()
                     {
-                        asked_to_wait = google_wait(response.into_body()).await;
+                        asked_to_wait = wait_in_body(response.into_body(), read).await;
                     }
                     failure
                 }
@@ -318,9 +316,12 @@ fn usable_key(provider: &ProviderEntry, from: usize, now_ms: u64) -> usize {
         .map_or(from, |(index, _)| index)
 }
 
-/// The wait Google's 429 asks for in its body's `RetryInfo` (it sends no header), read within
-/// a small bound of size and time.
-async fn google_wait(body: crate::upstream::UpstreamBody) -> Option<Duration> {
+/// The wait a 429 asks for in its body (for a family that sends no header), read within a
+/// small bound of size and time.
+async fn wait_in_body(
+    body: crate::upstream::UpstreamBody,
+    wait_of: crate::families::WaitInBody,
+) -> Option<Duration> {
     use http_body_util::BodyExt;
     let read = http_body_util::Limited::new(body, 64 * 1024).collect();
     let bytes = tokio::time::timeout(Duration::from_secs(1), read)
@@ -328,7 +329,7 @@ async fn google_wait(body: crate::upstream::UpstreamBody) -> Option<Duration> {
         .ok()?
         .ok()?
         .to_bytes();
-    google_retry_delay(&bytes)
+    wait_of(&bytes)
 }
 
 fn second_of(us: i64) -> u64 {

@@ -218,32 +218,35 @@ impl RoutingTables {
     /// Hands every deployment and key the state the book holds for it (by provider and
     /// upstream model, and by key id), so that ejections outlive a snapshot.
     pub fn attach_health(&mut self, book: &HealthBook) {
-        let mut names: Vec<String> = Vec::new();
-        for model in &self.models {
-            for deployment in &model.deployments {
-                names.push(deployment_name(
-                    &self.providers[deployment.provider],
-                    deployment,
-                ));
+        let deployments: Vec<String> = self
+            .models
+            .iter()
+            .flat_map(|model| &model.deployments)
+            .map(|deployment| deployment_name(&self.providers[deployment.provider], deployment))
+            .collect();
+        let keys: Vec<String> = self
+            .providers
+            .iter()
+            .flat_map(|provider| &provider.keys)
+            .map(|key| format!("key {}", key.id))
+            .collect();
+        let records = book.records(deployments.iter().chain(&keys).map(String::as_str));
+        let deployment_slots = self
+            .models
+            .iter_mut()
+            .flat_map(|model| &mut model.deployments);
+        for (deployment, name) in deployment_slots.zip(&deployments) {
+            if let Some(health) = records.get(name) {
+                deployment.health = health.clone();
             }
         }
-        for provider in &self.providers {
-            names.extend(provider.keys.iter().map(|key| format!("key {}", key.id)));
-        }
-        let records = book.records(names.iter().map(String::as_str));
-        for model in &mut self.models {
-            for deployment in &mut model.deployments {
-                let name = deployment_name(&self.providers[deployment.provider], deployment);
-                if let Some(health) = records.get(&name) {
-                    deployment.health = health.clone();
-                }
-            }
-        }
-        for provider in &mut self.providers {
-            for key in &mut provider.keys {
-                if let Some(health) = records.get(&format!("key {}", key.id)) {
-                    key.health = health.clone();
-                }
+        let key_slots = self
+            .providers
+            .iter_mut()
+            .flat_map(|provider| &mut provider.keys);
+        for (key, name) in key_slots.zip(&keys) {
+            if let Some(health) = records.get(name) {
+                key.health = health.clone();
             }
         }
     }

@@ -43,4 +43,9 @@ impl Family for Gemini {
     fn chat_translation(&self) -> Option<&'static dyn ChatTranslation> {
         Some(&Gemini)
     }
+
+    /// Google sends no `Retry-After`: its 429 says the wait in a `RetryInfo` detail.
+    fn rate_limit_wait_in_body(&self) -> Option<super::WaitInBody> {
+        Some(crate::resilience::retry_after::google_retry_delay)
+    }
 }
