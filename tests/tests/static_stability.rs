@@ -79,6 +79,11 @@ async fn proxies_outlive_their_control_plane() {
     }
 
     // A proxy restarted meanwhile serves from its saved snapshot, keys still sealed on disk.
+    // The copy on disk follows the version served: it is waited for.
+    eventually("the served version is saved", async || {
+        second.metric(&http, "sluice_config_saved_version").await as u64 == version
+    })
+    .await;
     drop(second.kill());
     for (path, bytes) in files_under(dirs[1].path()) {
         assert!(

@@ -311,6 +311,11 @@ async fn save_newest(applier: &Arc<Applier>, saves: &Notify) -> std::convert::In
         let started = tokio::time::Instant::now();
         if let Ok(version) = tokio::task::spawn_blocking(move || saving.save_serving()).await {
             saved = version;
+            applier
+                .gateway
+                .metrics
+                .config_saved_version
+                .store(version, Ordering::Relaxed);
         }
         tokio::time::sleep((started.elapsed() * 10).min(MAX_SAVE_PAUSE)).await;
     }
