@@ -264,6 +264,7 @@ pub fn seal_snapshot(
             keys: Vec::new(),
             allow_private_network: p.allow_private_network,
             retry: Some(p.retry.into()),
+            timeouts: Some(p.timeouts.into()),
         })
         .collect();
     for key in &state.provider_keys {
@@ -336,6 +337,7 @@ pub fn seal_snapshot(
                 context_window: m.context_window,
                 cached_input_price_micros_per_mtok: m.cached_input_price_micros_per_mtok,
                 retry: Some(m.retry.into()),
+                timeouts: Some(m.timeouts.into()),
             })
             .collect(),
         virtual_keys: Vec::new(),

@@ -96,6 +96,30 @@ pub fn retry_settings(
     Ok(settings)
 }
 
+/// The longest total an operator may give a request: an hour (a long reasoning stream).
+pub const MAX_TOTAL_TIMEOUT_MS: u32 = 3_600_000;
+/// The longest a connection may take to open, TLS included.
+pub const MAX_CONNECT_TIMEOUT_MS: u32 = 60_000;
+
+/// Upstream timeouts as a provider or model holds them, each at least a millisecond: connect
+/// within a minute, first byte and idle within [`MAX_TIMEOUT_MS`], the total within an hour.
+pub fn timeout_settings(
+    settings: crate::store::TimeoutSettings,
+) -> Result<crate::store::TimeoutSettings, InvalidField> {
+    let within = |field: &str, value: Option<u32>, max: u32| match value {
+        Some(v) if !(1..=max).contains(&v) => Err(invalid(
+            &format!("timeouts.{field}"),
+            format!("must be between 1 and {max}"),
+        )),
+        _ => Ok(()),
+    };
+    within("connect_ms", settings.connect_ms, MAX_CONNECT_TIMEOUT_MS)?;
+    within("first_byte_ms", settings.first_byte_ms, MAX_TIMEOUT_MS)?;
+    within("idle_ms", settings.idle_ms, MAX_TIMEOUT_MS)?;
+    within("total_ms", settings.total_ms, MAX_TOTAL_TIMEOUT_MS)?;
+    Ok(settings)
+}
+
 /// The models a virtual key is limited to: each a resource name, at most
 /// [`MAX_ALLOWED_MODELS`].
 pub fn model_names(field: &str, models: &[String]) -> Result<(), InvalidField> {

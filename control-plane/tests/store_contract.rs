@@ -103,6 +103,10 @@ async fn story<S: Store>(store: &S) {
                     attempts_per_key: Some(3),
                     ..RetrySettings::default()
                 },
+                timeouts: TimeoutSettings {
+                    idle_ms: Some(20_000),
+                    ..TimeoutSettings::default()
+                },
             },
             audit("provider.create", "acme/openai"),
         )
@@ -110,6 +114,7 @@ async fn story<S: Store>(store: &S) {
         .unwrap();
     assert_eq!(provider.extra_headers, headers);
     assert_eq!(provider.retry.attempts_per_key, Some(3));
+    assert_eq!(provider.timeouts.idle_ms, Some(20_000));
     assert!(provider.active);
     let patched = store
         .update_provider(
@@ -146,6 +151,26 @@ async fn story<S: Store>(store: &S) {
         .unwrap();
     assert_eq!(patched.retry, retried, "replaced whole");
     assert_eq!(patched.timeout_ms, 5_000);
+    assert_eq!(patched.timeouts, provider.timeouts, "left as it was");
+    let timeouts = TimeoutSettings {
+        connect_ms: Some(900),
+        total_ms: Some(120_000),
+        ..TimeoutSettings::default()
+    };
+    let patched = store
+        .update_provider(
+            "acme",
+            "openai",
+            ProviderPatch {
+                timeouts: Some(timeouts),
+                ..Default::default()
+            },
+            audit("provider.update", "acme/openai"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.timeouts, timeouts, "replaced whole");
+    assert_eq!(patched.retry, retried);
 
     let key = store
         .create_provider_key(
@@ -250,6 +275,10 @@ async fn story<S: Store>(store: &S) {
                     max_attempts: Some(2),
                     ..RetrySettings::default()
                 },
+                timeouts: TimeoutSettings {
+                    first_byte_ms: Some(45_000),
+                    ..TimeoutSettings::default()
+                },
             },
             audit("model.create", "acme/gpt-4o-mini"),
         )
@@ -261,6 +290,7 @@ async fn story<S: Store>(store: &S) {
         "gpt-4o-mini-2024-07-18"
     );
     assert_eq!(model.retry.max_attempts, Some(2));
+    assert_eq!(model.timeouts.first_byte_ms, Some(45_000));
     assert!(matches!(
         store
             .create_model(
@@ -280,6 +310,7 @@ async fn story<S: Store>(store: &S) {
                     price_source: PriceSource::Operator,
                     catalog_id: String::new(),
                     retry: RetrySettings::default(),
+                    timeouts: TimeoutSettings::default(),
                 },
                 audit("model.create", "x"),
             )

@@ -49,6 +49,7 @@ impl From<store::Provider> for pb::Provider {
             created_at_us: p.created_at_us,
             updated_at_us: p.updated_at_us,
             retry: Some(p.retry.into()),
+            timeouts: Some(p.timeouts.into()),
         }
     }
 }
@@ -78,6 +79,15 @@ convert_fields!(
     backoff_base_ms,
     backoff_max_ms,
     max_retry_after_ms
+);
+
+convert_fields!(
+    store::TimeoutSettings,
+    common::TimeoutPolicy,
+    connect_ms,
+    first_byte_ms,
+    idle_ms,
+    total_ms
 );
 
 impl From<store::ProviderKey> for pb::ProviderKey {
@@ -139,6 +149,7 @@ impl From<store::Model> for pb::Model {
             } as i32,
             catalog_id: m.catalog_id,
             retry: Some(m.retry.into()),
+            timeouts: Some(m.timeouts.into()),
         }
     }
 }

@@ -179,32 +179,53 @@ fn timeout(field: &str, value: u32) -> Result<u32, Status> {
     checked(validation::timeout_ms(field, value))
 }
 
-/// Retry settings as a request gives them, checked.
-fn retry_settings(
-    given: Option<sluice_proto::common::v1::RetryPolicy>,
-) -> Result<store::RetrySettings, Status> {
-    checked(validation::retry_settings(
-        given.map(Into::into).unwrap_or_default(),
-    ))
+/// Settings a provider or a model holds field by field, each unset one inherited (retries,
+/// timeouts), with the message a request gives them in.
+trait Inherited: Copy + Default + From<Self::Given> {
+    type Given;
+    /// These settings with every field `update` sets replaced.
+    fn updated(self, update: Self) -> Self;
+    fn validated(self) -> Result<Self, validation::InvalidField>;
 }
 
-/// A provider's or model's retry settings after an update that gives `given` (each field
-/// set replaces the current one) and may `reset` them first; `None` when it leaves them.
-fn updated_retry(
-    current: store::RetrySettings,
-    given: Option<sluice_proto::common::v1::RetryPolicy>,
+impl Inherited for store::RetrySettings {
+    type Given = sluice_proto::common::v1::RetryPolicy;
+    fn updated(self, update: Self) -> Self {
+        store::RetrySettings::updated(self, update)
+    }
+    fn validated(self) -> Result<Self, validation::InvalidField> {
+        validation::retry_settings(self)
+    }
+}
+
+impl Inherited for store::TimeoutSettings {
+    type Given = sluice_proto::common::v1::TimeoutPolicy;
+    fn updated(self, update: Self) -> Self {
+        store::TimeoutSettings::updated(self, update)
+    }
+    fn validated(self) -> Result<Self, validation::InvalidField> {
+        validation::timeout_settings(self)
+    }
+}
+
+/// Settings as a create request gives them, checked.
+fn given_settings<T: Inherited>(given: Option<T::Given>) -> Result<T, Status> {
+    checked(given.map(T::from).unwrap_or_default().validated())
+}
+
+/// A provider's or model's settings after an update that gives `given` (each field set
+/// replaces the current one) and may `reset` them first; `None` when it leaves them.
+fn updated_settings<T: Inherited>(
+    current: T,
+    given: Option<T::Given>,
     reset: bool,
-) -> Result<Option<store::RetrySettings>, Status> {
+) -> Result<Option<T>, Status> {
     if given.is_none() && !reset {
         return Ok(None);
     }
-    let base = if reset {
-        store::RetrySettings::default()
-    } else {
-        current
-    };
-    let updated = base.updated(given.map(Into::into).unwrap_or_default());
-    checked(validation::retry_settings(updated)).map(Some)
+    let base = if reset { T::default() } else { current };
+    let updated = base.updated(given.map(T::from).unwrap_or_default());
+    checked(updated.validated()).map(Some)
 }
 
 fn model_names(field: &str, models: &[String]) -> Result<(), Status> {

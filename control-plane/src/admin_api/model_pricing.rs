@@ -5,7 +5,7 @@
 use sluice_proto::admin::v1 as pb;
 use tonic::Status;
 
-use super::{non_negative, retry_settings};
+use super::{given_settings, non_negative};
 use crate::pricing_catalog::{Catalog, CatalogEntry};
 use crate::store::{self, PriceSource};
 
@@ -51,7 +51,8 @@ pub(super) fn for_new_model(
         cached_input_price_micros_per_mtok: None,
         price_source: PriceSource::Catalog,
         catalog_id: String::new(),
-        retry: retry_settings(req.retry)?,
+        retry: given_settings(req.retry)?,
+        timeouts: given_settings(req.timeouts)?,
     };
     if operator_priced {
         new.price_source = PriceSource::Operator;

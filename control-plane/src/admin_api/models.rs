@@ -63,15 +63,20 @@ pub(super) async fn update_model<S: Store>(
     let actor = actor(&request)?;
     let req = request.into_inner();
     names(&[("organization", &req.organization), ("name", &req.name)])?;
-    let retry = if req.retry.is_some() || req.reset_retry {
+    let touches_settings =
+        req.retry.is_some() || req.reset_retry || req.timeouts.is_some() || req.reset_timeouts;
+    let (retry, timeouts) = if touches_settings {
         let current = api
             .store
             .get_model(&req.organization, &req.name)
             .await
             .map_err(store_status)?;
-        updated_retry(current.retry, req.retry, req.reset_retry)?
+        (
+            updated_settings(current.retry, req.retry, req.reset_retry)?,
+            updated_settings(current.timeouts, req.timeouts, req.reset_timeouts)?,
+        )
     } else {
-        None
+        (None, None)
     };
     let patch = store::ModelPatch {
         deployments: if req.replace_deployments {
@@ -95,6 +100,7 @@ pub(super) async fn update_model<S: Store>(
         price_source: None,
         catalog_id: None,
         retry,
+        timeouts,
     };
     let operator_priced = patch.input_price_micros_per_mtok.is_some()
         || patch.output_price_micros_per_mtok.is_some()

@@ -38,7 +38,8 @@ pub(super) async fn create_provider<S: Store>(
                 timeout_ms: timeout("timeout_ms", req.timeout_ms)?,
                 extra_headers,
                 allow_private_network: req.allow_private_network,
-                retry: retry_settings(req.retry)?,
+                retry: given_settings(req.retry)?,
+                timeouts: given_settings(req.timeouts)?,
             },
             audit,
         )
@@ -125,7 +126,8 @@ pub(super) async fn update_provider<S: Store>(
         extra_headers,
         active: req.active,
         allow_private_network: req.allow_private_network,
-        retry: updated_retry(current.retry, req.retry, req.reset_retry)?,
+        retry: updated_settings(current.retry, req.retry, req.reset_retry)?,
+        timeouts: updated_settings(current.timeouts, req.timeouts, req.reset_timeouts)?,
     };
     let provider = api
         .store

@@ -132,6 +132,32 @@ impl RetrySettings {
     }
 }
 
+/// A provider's or a model's upstream timeouts, inherited field by field as [`RetrySettings`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u32>,
+}
+
+impl TimeoutSettings {
+    /// These settings with every field `update` sets replaced.
+    pub fn updated(self, update: TimeoutSettings) -> Self {
+        Self {
+            connect_ms: update.connect_ms.or(self.connect_ms),
+            first_byte_ms: update.first_byte_ms.or(self.first_byte_ms),
+            idle_ms: update.idle_ms.or(self.idle_ms),
+            total_ms: update.total_ms.or(self.total_ms),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provider {
     pub id: String,
@@ -147,6 +173,7 @@ pub struct Provider {
     pub created_at_us: i64,
     pub updated_at_us: i64,
     pub retry: RetrySettings,
+    pub timeouts: TimeoutSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +186,7 @@ pub struct NewProvider {
     pub extra_headers: BTreeMap<String, String>,
     pub allow_private_network: bool,
     pub retry: RetrySettings,
+    pub timeouts: TimeoutSettings,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -171,6 +199,8 @@ pub struct ProviderPatch {
     pub allow_private_network: Option<bool>,
     /// Replaces the provider's retry settings whole.
     pub retry: Option<RetrySettings>,
+    /// Replaces the provider's timeouts whole.
+    pub timeouts: Option<TimeoutSettings>,
 }
 
 /// A provider key as it may be shown: no secret, only the fingerprint.
@@ -233,6 +263,7 @@ pub struct Model {
     /// The catalog entry the prices came from; empty when none did.
     pub catalog_id: String,
     pub retry: RetrySettings,
+    pub timeouts: TimeoutSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +277,7 @@ pub struct NewModel {
     pub price_source: PriceSource,
     pub catalog_id: String,
     pub retry: RetrySettings,
+    pub timeouts: TimeoutSettings,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -261,6 +293,8 @@ pub struct ModelPatch {
     pub catalog_id: Option<String>,
     /// Replaces the model's retry settings whole.
     pub retry: Option<RetrySettings>,
+    /// Replaces the model's timeouts whole.
+    pub timeouts: Option<TimeoutSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,6 +440,7 @@ pub struct ConfigModel {
     pub context_window: u32,
     pub cached_input_price_micros_per_mtok: Option<i64>,
     pub retry: RetrySettings,
+    pub timeouts: TimeoutSettings,
 }
 
 /// A virtual key a proxy may accept: not revoked (expiry is checked per request).

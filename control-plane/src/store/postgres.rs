@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "proxy_left_out",
         include_str!("../../migrations/postgres/0012_proxy_left_out.sql"),
     ),
+    (
+        13,
+        "timeout_policies",
+        include_str!("../../migrations/postgres/0013_timeout_policies.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -1,15 +1,15 @@
 //! A streamed upstream answer relayed to the client frame by frame as it arrives, metered on
 //! the way: the credential sent upstream is scrubbed from it, each event is framed once and
 //! read once by the answer's [`StreamReader`] (which, translating, makes the client's chunks
-//! of it), and the usage is recorded exactly once — at the end, on an upstream error, on an
-//! idle timeout, or when the client goes away (drop). An upstream stream that breaks, stalls,
+//! of it), and the usage is recorded exactly once — at the end, on an upstream error, on a
+//! timeout (the first event's, between events, or the request's total), or when the client
+//! goes away (drop). An upstream stream that breaks, stalls,
 //! ends without its closing event or sends an event that is not of its format ends the
 //! client's stream with the family's error event, so that SDKs raise.
 
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
@@ -22,6 +22,7 @@ use crate::answers::{SseLines, StreamReader};
 use crate::error_response::GatewayError;
 use crate::http_body::BoxError;
 use crate::metering::draft::UsageDraft;
+use crate::resilience::timeout_policy::{Deadlines, TimeoutKind};
 use crate::upstream::UpstreamBody;
 
 pub struct AnswerStream {
@@ -30,12 +31,14 @@ pub struct AnswerStream {
     lines: SseLines,
     reader: Box<dyn StreamReader>,
     draft: Option<UsageDraft>,
-    idle: Duration,
-    /// Set once for `idle` after the last chunk that had arrived when it was set; a chunk only
-    /// moves `last_chunk`, and the timer is moved on when it fires early. Resetting a timer per
-    /// chunk cost a timer-wheel update for every event of a stream.
+    deadlines: Deadlines,
+    /// Set for the first event's bound, then for the idle one after the last chunk that had
+    /// arrived when it was set; a chunk only moves `last_chunk`, and the timer is moved on
+    /// when it fires early. Resetting a timer per chunk cost a timer-wheel update for every
+    /// event of a stream.
     deadline: Pin<Box<Sleep>>,
-    last_chunk: Instant,
+    /// When the last chunk came; `None` until the first has.
+    last_chunk: Option<Instant>,
     /// The upstream's body has ended (what it held back has gone out).
     upstream_done: bool,
     /// The event that ends the client's stream, once the upstream's has failed: it goes out
@@ -49,18 +52,20 @@ impl AnswerStream {
         inner: UpstreamBody,
         reader: Box<dyn StreamReader>,
         draft: UsageDraft,
-        idle: Duration,
+        deadlines: Deadlines,
         scrubber: CredentialScrubber,
     ) -> Self {
+        let (first_event_by, _) =
+            deadlines.bound(TimeoutKind::FirstByte, deadlines.attempt_started());
         Self {
             inner,
             scrubber: StreamScrubber::new(scrubber),
             lines: SseLines::new(),
             reader,
             draft: Some(draft),
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-            last_chunk: Instant::now(),
+            deadlines,
+            deadline: Box::pin(tokio::time::sleep_until(first_event_by)),
+            last_chunk: None,
             upstream_done: false,
             last_event: None,
             done: false,
@@ -74,9 +79,10 @@ impl AnswerStream {
         }
     }
 
-    /// The upstream's stream failed part-way: its usage is recorded as it stands, and the
-    /// client's stream ends with the family's error event (after what the reader still holds)
-    /// rather than being cut, so that its SDK raises.
+    /// The upstream's stream failed part-way: its usage is recorded as it stands, with the
+    /// status of the error (the client's 200 had gone before it), and the client's stream
+    /// ends with the family's error event (after what the reader still holds) rather than
+    /// being cut, so that its SDK raises.
     fn fail(&mut self, code: ErrorCode, message: &str) {
         let request_id = self
             .draft
@@ -88,7 +94,8 @@ impl AnswerStream {
                 .error_event(GatewayError::new(code, message), &request_id),
         );
         self.upstream_done = true;
-        if let Some(draft) = self.draft.take() {
+        if let Some(mut draft) = self.draft.take() {
+            draft.record.http_status = u32::from(code.http_status());
             draft.finish_stream(self.reader.meter());
         }
     }
@@ -159,12 +166,15 @@ impl HttpBody for AnswerStream {
                 },
                 Poll::Pending => {
                     while this.deadline.as_mut().poll(cx).is_ready() {
-                        let due = this.last_chunk + this.idle;
+                        let (due, kind) = match this.last_chunk {
+                            None => this
+                                .deadlines
+                                .bound(TimeoutKind::FirstByte, this.deadlines.attempt_started()),
+                            Some(last) => this.deadlines.bound(TimeoutKind::Idle, last),
+                        };
                         if due <= Instant::now() {
-                            let message = format!(
-                                "the provider sent nothing for {:?} during the answer",
-                                this.idle
-                            );
+                            let expiry = this.deadlines.expired(kind, true);
+                            let message = expiry.describe("the provider");
                             this.fail(ErrorCode::UpstreamTimeout, &message);
                             break;
                         }
@@ -176,7 +186,12 @@ impl HttpBody for AnswerStream {
                     return Poll::Pending;
                 }
             };
-            this.last_chunk = Instant::now();
+            let now = Instant::now();
+            if this.last_chunk.replace(now).is_none() {
+                // The idle bound may come before the first event's: the timer moves to it.
+                let (due, _) = this.deadlines.bound(TimeoutKind::Idle, now);
+                this.deadline.as_mut().reset(due);
+            }
             let Ok(data) = frame.into_data() else {
                 // Trailers carry nothing a client needs from an upstream.
                 continue;

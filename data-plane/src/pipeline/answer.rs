@@ -3,11 +3,9 @@
 //! and time) or relayed, the credential scrubbed from every byte, each answer parsed once for
 //! both the client's bytes and the usage, and the usage draft finished with the honest source.
 
-use std::time::Duration;
-
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::Value;
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::credential_scrub::CredentialScrubber;
@@ -20,11 +18,12 @@ use crate::error_response::GatewayError;
 use crate::families::translation::{
     ChatChunks, ChatTranslation, ChunkIdentity, TranslatedEvents, generated_chars,
 };
-use crate::http_body::{Body, BoxError, full};
+use crate::http_body::{Body, full};
 use crate::metering::answer_stream::AnswerStream;
 use crate::metering::draft::UsageDraft;
 use crate::pipeline::failure::UpstreamFailure;
 use crate::request::fields::ChatRequest;
+use crate::resilience::timeout_policy::{Deadlines, TimeoutKind};
 use crate::upstream::UpstreamBody;
 
 /// Largest non-streamed upstream answer read into memory.
@@ -48,8 +47,8 @@ pub struct Answering<'a> {
     /// The client's request (a translated stream ends with a usage chunk if it asked,
     /// `stream_options.include_usage`).
     pub chat: &'a ChatRequest<'a>,
-    /// Bounds reading a whole body, and the wait between a stream's chunks.
-    pub timeout: Duration,
+    /// Bound the wait for a stream's first event, between chunks, and the whole answer.
+    pub deadlines: Deadlines,
 }
 
 pub struct Failed {
@@ -98,13 +97,13 @@ pub async fn answer(
             );
         }
         draft.spool_start();
-        let body = AnswerStream::new(incoming, reader, draft, answering.timeout, scrubber);
+        let body = AnswerStream::new(incoming, reader, draft, answering.deadlines, scrubber);
         let mut out = Response::new(Body::new(body));
         *out.status_mut() = parts.status;
         *out.headers_mut() = headers;
         return Ok(out);
     }
-    let bytes = match read_whole(incoming, answering.timeout).await {
+    let bytes = match read_whole(incoming, &answering.deadlines).await {
         Ok(bytes) => bytes,
         Err(failure) => {
             return Err(Unanswered::Failed(Box::new(Failed {
@@ -206,16 +205,46 @@ fn identity(draft: &UsageDraft, answering: &Answering<'_>) -> ChunkIdentity {
 }
 
 /// A whole upstream answer, bounded in size and in time: an upstream that sends its headers
-/// and then stalls is given up on after the provider's timeout, like one that sends nothing.
-async fn read_whole(incoming: UpstreamBody, within: Duration) -> Result<Bytes, UpstreamFailure> {
-    let read = Limited::new(incoming, MAX_UPSTREAM_BODY).collect();
-    match tokio::time::timeout(within, read).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) => Err(UpstreamFailure::InvalidAnswer(
-            BoxError::from(error).to_string(),
-        )),
-        Err(_) => Err(UpstreamFailure::BodyTimeout(within)),
+/// and then stalls is given up on after the idle timeout, and one that trickles, at the
+/// request's total.
+async fn read_whole(
+    mut incoming: UpstreamBody,
+    deadlines: &Deadlines,
+) -> Result<Bytes, UpstreamFailure> {
+    // Most answers come in one chunk, which is kept as it came.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut last_chunk = tokio::time::Instant::now();
+    loop {
+        let (by, kind) = deadlines.bound(TimeoutKind::Idle, last_chunk);
+        let frame = match tokio::time::timeout_at(by, incoming.frame()).await {
+            Err(_) => return Err(UpstreamFailure::TimedOut(deadlines.expired(kind, true))),
+            Ok(None) => break,
+            Ok(Some(Err(error))) => return Err(UpstreamFailure::InvalidAnswer(error.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        last_chunk = tokio::time::Instant::now();
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + joined.len();
+        if held + data.len() > MAX_UPSTREAM_BODY {
+            return Err(UpstreamFailure::InvalidAnswer(format!(
+                "the answer is larger than {} MiB",
+                MAX_UPSTREAM_BODY >> 20
+            )));
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            held => {
+                if let Some(held) = held {
+                    joined.extend_from_slice(&held);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
 }
 
 /// The upstream's refusal of a translated request, as an OpenAI-shaped error quoting it.

@@ -26,6 +26,7 @@ use crate::request::fields::ChatRequest;
 use crate::resilience::outliers::Standing;
 use crate::resilience::retry_after::retry_after;
 use crate::resilience::retry_budget;
+use crate::resilience::timeout_policy::{Deadlines, TimeoutKind};
 use crate::routing::attempt_order::attempt_order;
 use crate::routing::tables::{DeploymentEntry, ModelEntry, ProviderEntry, RoutingTables};
 
@@ -36,6 +37,7 @@ pub async fn forward(
     chat: &ChatRequest<'_>,
     mut draft: UsageDraft,
     operation: Operation,
+    asked_total: Option<Duration>,
 ) -> Result<Response<Body>, GatewayError> {
     if gateway.spool.refusing() {
         return Err(GatewayError::new(
@@ -110,8 +112,20 @@ pub async fn forward(
             Ok(payload) => payload,
             Err(error) => return Err(outcome.fail(draft, error)),
         };
+        // The request's total counts from its start, with the deployment's own setting.
+        let deadlines = |asked| Deadlines::new(deployment.timeouts, draft.started, asked);
         if let Some(wait) = wait.take() {
+            if !deadlines(asked_total).leaves_room_for(wait) {
+                // The wait would outlast the request: the last failure is its answer.
+                break;
+            }
             tokio::time::sleep(wait).await;
+        }
+        let deadlines = deadlines(asked_total);
+        if deadlines.total_expired() {
+            let expiry = deadlines.expired(TimeoutKind::Total, false);
+            let error = UpstreamFailure::TimedOut(expiry).to_error(&provider.name);
+            return Err(outcome.fail(draft, error));
         }
         at.count();
         draft.record.provider_id = provider.id.clone();
@@ -135,7 +149,14 @@ pub async fn forward(
         draft.set_reached_upstream(true);
         let sent = gateway
             .upstream
-            .post_json(provider, uri, credential.as_ref(), accept, payload)
+            .post_json(
+                provider,
+                uri,
+                credential.as_ref(),
+                accept,
+                payload,
+                &deadlines,
+            )
             .await;
         // Everything the upstream sends back may echo the key: it is looked for in every byte
         // that leaves the proxy (headers always; bodies and messages of errors).
@@ -162,7 +183,7 @@ pub async fn forward(
                     let answering = Answering {
                         model_name: &model.name,
                         chat,
-                        timeout: provider.timeout,
+                        deadlines,
                     };
                     let translated = answer(
                         response,

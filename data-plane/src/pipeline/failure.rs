@@ -2,12 +2,11 @@
 //! loop decides from it whether to try the next key or deployment, what the client is told,
 //! and what the request's usage record says.
 
-use std::time::Duration;
-
 use http::StatusCode;
 use sluice_shared::error_code::ErrorCode;
 
 use crate::error_response::GatewayError;
+use crate::resilience::timeout_policy::{Expiry, TimeoutKind};
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +17,9 @@ pub enum UpstreamFailure {
     Connect(String),
     /// The connection broke after the request may have gone out.
     Reset(String),
-    /// Sent, and no answer's headers within the provider's timeout.
-    TimeoutBeforeHeaders(Duration),
+    /// A timeout ran out before the answer started to reach the client: connecting, waiting
+    /// for its first byte, between its chunks, or the request's total.
+    TimedOut(Expiry),
     /// A 5xx answer.
     ServerError(StatusCode),
     /// A 429 answer.
@@ -31,14 +31,12 @@ pub enum UpstreamFailure {
     /// A successful status whose body is no answer: cut off, too large, or not valid for its
     /// family.
     InvalidAnswer(String),
-    /// The answer's headers came but its body did not finish within the provider's timeout.
-    BodyTimeout(Duration),
 }
 
 impl From<UpstreamError> for UpstreamFailure {
     fn from(error: UpstreamError) -> Self {
         match error {
-            UpstreamError::Timeout(after) => Self::TimeoutBeforeHeaders(after),
+            UpstreamError::TimedOut(expiry) => Self::TimedOut(expiry),
             UpstreamError::Refused(why) => Self::Refused(why),
             UpstreamError::Reset(why) => Self::Reset(why),
             UpstreamError::Connect(why) | UpstreamError::BadUrl(why) => Self::Connect(why),
@@ -65,14 +63,14 @@ impl UpstreamFailure {
     /// this one failed: trouble upstream, not a decision about this request.
     pub fn retryable(&self) -> bool {
         match self {
+            // The request has no time left for another.
+            Self::TimedOut(expiry) => expiry.kind != TimeoutKind::Total,
             Self::Connect(_)
             | Self::Reset(_)
-            | Self::TimeoutBeforeHeaders(_)
             | Self::ServerError(_)
             | Self::RateLimited(_)
             // Nothing of the answer has reached the client yet: it may come whole next time.
-            | Self::InvalidAnswer(_)
-            | Self::BodyTimeout(_) => true,
+            | Self::InvalidAnswer(_) => true,
             // Configuration the operator must fix; a key refused moves to the provider's
             // next key instead.
             Self::Refused(_) | Self::Redirect(_) | Self::KeyRejected(_) => false,
@@ -94,7 +92,9 @@ impl UpstreamFailure {
         matches!(self, Self::KeyRejected(_))
     }
 
-    /// Whether the request reached the upstream, so that it must leave a usage record.
+    /// Whether the request must leave a usage record: it reached the upstream, or a timeout
+    /// ran out (even connecting: an operator sees slow upstreams in usage, every timeout
+    /// with its record).
     pub fn reached_upstream(&self) -> bool {
         !matches!(self, Self::Refused(_) | Self::Connect(_))
     }
@@ -104,10 +104,7 @@ impl UpstreamFailure {
     pub fn may_have_billed(&self) -> bool {
         matches!(
             self,
-            Self::Reset(_)
-                | Self::TimeoutBeforeHeaders(_)
-                | Self::InvalidAnswer(_)
-                | Self::BodyTimeout(_)
+            Self::Reset(_) | Self::InvalidAnswer(_) | Self::TimedOut(Expiry { sent: true, .. })
         )
     }
 
@@ -128,9 +125,9 @@ impl UpstreamFailure {
                 ErrorCode::UpstreamUnavailable,
                 format!("provider '{provider}': the connection to the provider broke: {why}"),
             ),
-            Self::TimeoutBeforeHeaders(after) => GatewayError::new(
+            Self::TimedOut(expiry) => GatewayError::new(
                 ErrorCode::UpstreamTimeout,
-                format!("provider '{provider}' sent no answer within {after:?}"),
+                expiry.describe(&format!("provider '{provider}'")),
             ),
             Self::ServerError(status) => GatewayError::new(
                 ErrorCode::UpstreamUnavailable,
@@ -154,10 +151,6 @@ impl UpstreamFailure {
                 ErrorCode::UpstreamInvalidResponse,
                 format!("provider '{provider}' sent an answer that is not valid: {why}"),
             ),
-            Self::BodyTimeout(within) => GatewayError::new(
-                ErrorCode::UpstreamTimeout,
-                format!("the provider's answer did not finish within {within:?}"),
-            ),
         }
     }
 }
@@ -168,7 +161,14 @@ mod tests {
 
     #[test]
     fn every_failure_says_what_the_loop_and_the_record_do() {
-        let second = Duration::from_secs(1);
+        let second = std::time::Duration::from_secs(1);
+        let expiry = |kind, sent| {
+            UpstreamFailure::TimedOut(Expiry {
+                kind,
+                after: second,
+                sent,
+            })
+        };
         // (failure, falls back, retryable, rejects key, reached, may have billed, answered code)
         let table = [
             (
@@ -199,12 +199,21 @@ mod tests {
                 ErrorCode::UpstreamUnavailable,
             ),
             (
-                UpstreamFailure::TimeoutBeforeHeaders(second),
+                expiry(TimeoutKind::FirstByte, true),
                 true,
                 true,
                 false,
                 true,
                 true,
+                ErrorCode::UpstreamTimeout,
+            ),
+            (
+                expiry(TimeoutKind::Connect, false),
+                true,
+                true,
+                false,
+                true,
+                false,
                 ErrorCode::UpstreamTimeout,
             ),
             (
@@ -253,9 +262,18 @@ mod tests {
                 ErrorCode::UpstreamInvalidResponse,
             ),
             (
-                UpstreamFailure::BodyTimeout(second),
+                expiry(TimeoutKind::Idle, true),
                 true,
                 true,
+                false,
+                true,
+                true,
+                ErrorCode::UpstreamTimeout,
+            ),
+            (
+                expiry(TimeoutKind::Total, true),
+                false,
+                false,
                 false,
                 true,
                 true,

@@ -87,6 +87,7 @@ pub async fn serve(
         )
         .with_param("model"));
     }
+    let asked_total = metadata.timeout;
     let draft = UsageDraft::new(
         gateway,
         request_id,
@@ -111,7 +112,16 @@ pub async fn serve(
                 operation,
             )
             .await?;
-            attempts::forward(gateway, &tables, model, &chat, draft, operation).await
+            attempts::forward(
+                gateway,
+                &tables,
+                model,
+                &chat,
+                draft,
+                operation,
+                asked_total,
+            )
+            .await
         }
     }
 }

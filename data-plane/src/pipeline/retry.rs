@@ -96,6 +96,7 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
+    use crate::resilience::timeout_policy::{Expiry, TimeoutKind};
 
     fn place(on_deployment: u32, on_key: u32, has_next_key: bool) -> Place {
         Place {
@@ -132,7 +133,11 @@ mod tests {
         for failure in [
             UpstreamFailure::Connect("refused".into()),
             UpstreamFailure::Reset("reset".into()),
-            UpstreamFailure::TimeoutBeforeHeaders(Duration::from_secs(1)),
+            UpstreamFailure::TimedOut(Expiry {
+                kind: TimeoutKind::FirstByte,
+                after: Duration::from_secs(1),
+                sent: true,
+            }),
             UpstreamFailure::InvalidAnswer("not JSON".into()),
         ] {
             assert!(

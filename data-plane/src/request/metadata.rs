@@ -1,7 +1,10 @@
 //! Reads a request's `x-sluice-run-id`, `x-sluice-task-id` and `x-sluice-tag-*` headers into
-//! the fields of its usage record, within the bounds both halves share. A request breaking a
-//! bound is refused (400) rather than stored cut short. These headers never travel upstream:
-//! the upstream receives only allowlisted headers.
+//! the fields of its usage record, within the bounds both halves share, and the total timeout
+//! it asks for (`x-sluice-timeout-ms`, which can only shorten its deployment's). A request
+//! breaking a bound is refused (400) rather than stored cut short. These headers never travel
+//! upstream: the upstream receives only allowlisted headers.
+
+use std::time::Duration;
 
 use http::HeaderMap;
 use sluice_proto::usage::v1 as pb;
@@ -17,9 +20,12 @@ pub struct RequestMetadata {
     pub run_id: String,
     pub task_id: String,
     pub tags: Vec<pb::UsageTag>,
+    /// The shortest total the request asked for.
+    pub timeout: Option<Duration>,
 }
 
 const SLUICE_PREFIX: &str = "x-sluice-";
+const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
 
 pub fn read(headers: &HeaderMap) -> Result<RequestMetadata, GatewayError> {
     let mut metadata = RequestMetadata::default();
@@ -36,6 +42,16 @@ pub fn read(headers: &HeaderMap) -> Result<RequestMetadata, GatewayError> {
             set_once(&mut metadata.run_id, name, value)?;
         } else if name == TASK_ID_HEADER {
             set_once(&mut metadata.task_id, name, value)?;
+        } else if name == TIMEOUT_HEADER {
+            let asked = value
+                .parse::<u32>()
+                .ok()
+                .filter(|&ms| ms > 0)
+                .ok_or_else(|| invalid(name, "is not a whole number of milliseconds above 0"))?;
+            if metadata.timeout.is_some() {
+                return Err(invalid(name, "is given twice"));
+            }
+            metadata.timeout = Some(Duration::from_millis(u64::from(asked)));
         } else if let Some(tag) = name.strip_prefix(TAG_HEADER_PREFIX) {
             if metadata.tags.len() > MAX_TAGS {
                 break;
@@ -99,8 +115,10 @@ mod tests {
             ("x-sluice-tag-team", "search"),
             ("X-Sluice-Tag-Env", "prod"),
             ("x-sluice-other", "ignored"),
+            ("x-sluice-timeout-ms", "1500"),
         ]))
         .unwrap();
+        assert_eq!(metadata.timeout, Some(Duration::from_millis(1_500)));
         assert_eq!(metadata.run_id, "run-42");
         assert_eq!(metadata.task_id, "task-7");
         let tags: Vec<(&str, &str)> = metadata
@@ -123,6 +141,13 @@ mod tests {
             ),
             (
                 vec![("x-sluice-tag-team", "a"), ("x-sluice-tag-team", "b")],
+                "twice",
+            ),
+            (vec![("x-sluice-timeout-ms", "0")], "x-sluice-timeout-ms"),
+            (vec![("x-sluice-timeout-ms", "1.5s")], "milliseconds"),
+            (vec![("x-sluice-timeout-ms", "-4")], "milliseconds"),
+            (
+                vec![("x-sluice-timeout-ms", "9"), ("x-sluice-timeout-ms", "9")],
                 "twice",
             ),
         ] {

@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use sluice_proto::common::v1 as common;
@@ -21,6 +20,7 @@ pub use crate::families::{CredentialHeader, ProviderType};
 use crate::operation::Operation;
 use crate::resilience::outliers::{Health, HealthBook, Standing};
 use crate::resilience::retry_policy::RetryPolicy;
+use crate::resilience::timeout_policy::TimeoutPolicy;
 
 /// Why a snapshot was refused; the text goes back to the control plane in the NACK.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub struct DeploymentEntry {
     /// How hard a request tries this deployment: its provider's and its model's settings
     /// over the defaults.
     pub retry: RetryPolicy,
+    /// How long each part of a call to it may take, set as `retry` is.
+    pub timeouts: TimeoutPolicy,
     /// Whether its upstream is ejected; shared by every model that names the same provider
     /// and upstream model, and with the next snapshot's tables.
     pub health: Arc<Health>,
@@ -135,7 +137,6 @@ pub struct ProviderEntry {
     pub host_header: HeaderValue,
     pub host: String,
     pub api_version: String,
-    pub timeout: Duration,
     /// Whether loopback and private addresses may be connected to (checked at connect time).
     pub allow_private_network: bool,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
@@ -143,6 +144,8 @@ pub struct ProviderEntry {
     pub keys: Vec<ProviderKeyEntry>,
     /// The provider's retry settings over the defaults (a model's go over these).
     pub retry: RetryPolicy,
+    /// The provider's timeouts over the defaults (a model's go over these).
+    pub timeouts: TimeoutPolicy,
 }
 
 #[derive(Debug)]
@@ -341,6 +344,7 @@ impl RoutingTables {
                         weight: d.weight.max(1),
                         priority: d.priority,
                         retry: on.retry.overlaid(m.retry.as_ref()),
+                        timeouts: on.timeouts.overlaid(m.timeouts.as_ref()),
                         health: Arc::default(),
                         uris: deployment_uris(on, &d.upstream_model)?,
                     });
@@ -768,10 +772,10 @@ fn provider(
         base_url,
         host,
         api_version: p.api_version.clone(),
-        timeout: Duration::from_millis(u64::from(p.timeout_ms.clamp(1, 600_000))),
         allow_private_network: p.allow_private_network,
         extra_headers,
         keys,
         retry: RetryPolicy::default().overlaid(p.retry.as_ref()),
+        timeouts: TimeoutPolicy::of_provider(p.timeout_ms).overlaid(p.timeouts.as_ref()),
     })
 }

@@ -31,11 +31,13 @@ pub use body::UpstreamBody;
 use http1::{Http1Body, Http1Connection};
 use pool::{Http2Sender, PoolKey, Pooled};
 
+use crate::resilience::timeout_policy::{Deadlines, Expiry, TimeoutKind};
 use crate::routing::tables::{CredentialHeader, ProviderEntry};
 
 type Connector = hyper_rustls::HttpsConnector<GuardedConnector>;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each address tried gets this long at most; the attempt's connect timeout bounds them all.
+const ADDRESS_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads a PEM bundle of extra trusted roots.
 pub fn load_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -51,8 +53,8 @@ pub fn load_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("no response headers within {0:?}")]
-    Timeout(Duration),
+    #[error("the {} timeout ({:?}) ran out", .0.kind.setting(), .0.after)]
+    TimedOut(Expiry),
     #[error("cannot reach the provider: {0}")]
     Connect(String),
     /// The connection broke after the request may have gone out.
@@ -160,8 +162,11 @@ impl UpstreamClient {
         .with_safe_default_protocol_versions()
         .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
         let https = |allow_private_network| {
-            let tcp =
-                GuardedConnector::new(resolver.clone(), allow_private_network, CONNECT_TIMEOUT);
+            let tcp = GuardedConnector::new(
+                resolver.clone(),
+                allow_private_network,
+                ADDRESS_CONNECT_TIMEOUT,
+            );
             match &tls {
                 Ok(config) => hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(config.clone())
@@ -185,7 +190,7 @@ impl UpstreamClient {
     }
 
     /// POSTs `body` to `uri` (one of the provider's precomputed URIs) and returns once response
-    /// headers arrive.
+    /// headers arrive, connecting and then waiting for them within the attempt's `deadlines`.
     pub async fn post_json(
         &self,
         provider: &ProviderEntry,
@@ -193,6 +198,7 @@ impl UpstreamClient {
         credential: Option<&SecretString>,
         accept: &'static str,
         body: Bytes,
+        deadlines: &Deadlines,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let credential = match credential {
             None => None,
@@ -232,10 +238,7 @@ impl UpstreamClient {
             credential,
             body,
         };
-        match tokio::time::timeout(provider.timeout, self.send(key, &outgoing)).await {
-            Ok(sent) => sent,
-            Err(_) => Err(UpstreamError::Timeout(provider.timeout)),
-        }
+        self.send(key, &outgoing, deadlines).await
     }
 
     /// Sends on this thread's idle connections while they turn out closed, then on a new one.
@@ -243,28 +246,50 @@ impl UpstreamClient {
         &self,
         key: PoolKey,
         outgoing: &Outgoing<'_>,
+        deadlines: &Deadlines,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let started = deadlines.attempt_started();
+        let (connect_by, connect_kind) = deadlines.bound(TimeoutKind::Connect, started);
+        let (first_byte_by, first_byte_kind) = deadlines.bound(TimeoutKind::FirstByte, started);
+        // Whichever comes first bounds connecting; nothing has gone out yet.
+        let (connect_by, connect_kind) = if first_byte_by < connect_by {
+            (first_byte_by, first_byte_kind)
+        } else {
+            (connect_by, connect_kind)
+        };
+        let timed_out = |kind, sent| UpstreamError::TimedOut(deadlines.expired(kind, sent));
         loop {
             let (pooled, reused) = match pool::checkout(&key) {
                 Some(pooled) => (pooled, true),
                 // Connecting happens once per connection and its future is the largest of a
                 // request's: boxed, it takes no room in every request's state.
-                None => (Box::pin(self.connect(&key, outgoing.uri)).await?, false),
+                None => {
+                    let connect = Box::pin(self.connect(&key, outgoing.uri));
+                    match tokio::time::timeout_at(connect_by, connect).await {
+                        Ok(connected) => (connected?, false),
+                        Err(_) => return Err(timed_out(connect_kind, false)),
+                    }
+                }
             };
-            let sent = match pooled {
-                Pooled::Http1(mut connection) => {
-                    if reused && !connection.still_open().await {
-                        continue;
+            let sending = async {
+                match pooled {
+                    Pooled::Http1(mut connection) => {
+                        if reused && !connection.still_open().await {
+                            return Attempt::Unsent;
+                        }
+                        send_http1(&key, connection, reused, outgoing).await
                     }
-                    send_http1(&key, connection, reused, outgoing).await
-                }
-                Pooled::Http2(sender) => {
-                    let sent = send_http2(sender, outgoing).await;
-                    if reused && matches!(sent, Attempt::Unsent) {
-                        pool::forget_http2(&key);
+                    Pooled::Http2(sender) => {
+                        let sent = send_http2(sender, outgoing).await;
+                        if reused && matches!(sent, Attempt::Unsent) {
+                            pool::forget_http2(&key);
+                        }
+                        sent
                     }
-                    sent
                 }
+            };
+            let Ok(sent) = tokio::time::timeout_at(first_byte_by, sending).await else {
+                return Err(timed_out(first_byte_kind, true));
             };
             match sent {
                 Attempt::Answered(response) => return Ok(response),

@@ -52,6 +52,14 @@ fn tables(base_url: &str, allow_private_network: bool) -> Outcome<RoutingTables>
     Ok(RoutingTables::build(&snapshot, &sealing, &[])?)
 }
 
+fn deadlines(tables: &RoutingTables) -> Deadlines {
+    Deadlines::new(
+        tables.providers[0].timeouts,
+        tokio::time::Instant::now(),
+        None,
+    )
+}
+
 #[tokio::test]
 async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_resolves_to()
 -> Outcome {
@@ -85,6 +93,7 @@ async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_
                         None,
                         "application/json",
                         Bytes::new(),
+                        &deadlines(&tables),
                     )
                     .await,
             )
@@ -223,6 +232,7 @@ impl Caller {
                 None,
                 "application/json",
                 Bytes::from_static(b"{\"model\":\"m\"}"),
+                &deadlines(&self.tables),
             )
             .await
     }

@@ -9,7 +9,8 @@
 //! deployment standing for the model. The upstream model name picks a behaviour, so one server covers every
 //! scenario: `fail-401`, `fail-429`, `fail-500`, `slow` (answers after 3 s), `pause` (answers
 //! after [`PAUSE`]), `redirect`, `no-usage` (an answer or stream without a usage block, also
-//! from the Anthropic mock), `stall` (a stream that sends one chunk, then nothing),
+//! from the Anthropic mock), `stall` (a stream that sends one chunk, then nothing), `silent` (a
+//! stream that sends its headers, then nothing),
 //! `stall-body`, `cut-body` and `cut-stream` (see [`broken_answer`]), `flaky-<how>-<n>` (its
 //! first n requests fail, then it answers normally: `500`, `503`, `429` with `retry-after-ms`,
 //! `json`, a 200 whose body is cut JSON; from the Gemini mock, `429` with Google's `RetryInfo`

@@ -239,6 +239,10 @@ pub(super) async fn chat_answer(
         let state = state.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
         tokio::spawn(async move {
+            if model == "silent" {
+                // Headers, and then not one event.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
             let event = |value: Value| Ok(Frame::data(Bytes::from(format!("data: {value}\n\n"))));
             let chunk = |delta: Value, finish: Value| {
                 let mut chunk = fixture("openai/chat_completion_chunk.json");

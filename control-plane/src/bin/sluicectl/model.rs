@@ -24,6 +24,8 @@ pub(crate) struct ModelFields {
     context_window: Option<u32>,
     #[command(flatten)]
     retry: RetryFlags,
+    #[command(flatten)]
+    timeouts: TimeoutFlags,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +53,9 @@ pub(crate) enum ModelCommand {
         /// Return every retry setting not given here to inheriting from the provider.
         #[arg(long)]
         reset_retry: bool,
+        /// Return every timeout not given here to inheriting.
+        #[arg(long)]
+        reset_timeouts: bool,
     },
     /// Apply the pricing catalog (bundled, or --file) to the organization's models that
     /// follow it; operator-set prices are kept unless --force.
@@ -126,6 +131,7 @@ pub(crate) const MODEL_COLUMNS: &[&str] = &[
     "context_window",
     "price_source",
     "retry",
+    "timeouts",
 ];
 
 pub(crate) fn model_row(m: pb::Model) -> Vec<Value> {
@@ -151,6 +157,7 @@ pub(crate) fn model_row(m: pb::Model) -> Vec<Value> {
         json!(m.context_window),
         json!(source),
         json!(retry_text(m.retry.as_ref())),
+        json!(timeouts_text(m.timeouts.as_ref())),
     ]
 }
 
@@ -197,6 +204,7 @@ pub(crate) async fn model(client: &mut Client, command: ModelCommand) -> anyhow:
                     cached_input_price_micros_per_mtok: fields.cached_input_price,
                     context_window: fields.context_window,
                     retry: fields.retry.policy(),
+                    timeouts: fields.timeouts.policy(),
                 })
                 .await?;
             Listing::one(
@@ -233,6 +241,7 @@ pub(crate) async fn model(client: &mut Client, command: ModelCommand) -> anyhow:
             fields,
             catalog_pricing,
             reset_retry,
+            reset_timeouts,
         } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             let response = client
@@ -248,6 +257,8 @@ pub(crate) async fn model(client: &mut Client, command: ModelCommand) -> anyhow:
                     catalog_pricing,
                     retry: fields.retry.policy(),
                     reset_retry,
+                    timeouts: fields.timeouts.policy(),
+                    reset_timeouts,
                 })
                 .await?;
             Listing::one(

@@ -16,6 +16,8 @@ pub(crate) enum ProviderTypeArg {
 pub(crate) struct ProviderFields {
     #[arg(long)]
     api_version: Option<String>,
+    /// The wait for an answer's first byte and between its chunks (default 60 000), unless
+    /// --first-byte-timeout-ms or --idle-timeout-ms set them.
     #[arg(long)]
     timeout_ms: Option<u32>,
     /// Extra header sent upstream, NAME=VALUE (repeatable). Never credentials.
@@ -23,6 +25,8 @@ pub(crate) struct ProviderFields {
     headers: Vec<(String, String)>,
     #[command(flatten)]
     retry: RetryFlags,
+    #[command(flatten)]
+    timeouts: TimeoutFlags,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +66,9 @@ pub(crate) enum ProviderCommand {
         /// Return every retry setting not given here to the proxy's default.
         #[arg(long)]
         reset_retry: bool,
+        /// Return every timeout not given here to inheriting.
+        #[arg(long)]
+        reset_timeouts: bool,
     },
     Delete {
         path: String,
@@ -78,6 +85,7 @@ pub(crate) const PROVIDER_COLUMNS: &[&str] = &[
     "active",
     "extra_headers",
     "retry",
+    "timeouts",
 ];
 
 pub(crate) fn provider_row(p: pb::Provider) -> Vec<Value> {
@@ -96,6 +104,7 @@ pub(crate) fn provider_row(p: pb::Provider) -> Vec<Value> {
         json!(p.active),
         json!(headers),
         json!(retry_text(p.retry.as_ref())),
+        json!(timeouts_text(p.timeouts.as_ref())),
     ]
 }
 
@@ -132,6 +141,7 @@ pub(crate) async fn provider(
                     api_version: fields.api_version.unwrap_or_default(),
                     timeout_ms: fields.timeout_ms.unwrap_or(0),
                     retry: fields.retry.policy(),
+                    timeouts: fields.timeouts.policy(),
                     extra_headers: fields.headers.into_iter().collect::<HashMap<_, _>>(),
                     allow_private_network,
                 })
@@ -173,6 +183,7 @@ pub(crate) async fn provider(
             active,
             allow_private_network,
             reset_retry,
+            reset_timeouts,
         } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             if !fields.headers.is_empty() && !replace_headers {
@@ -187,6 +198,8 @@ pub(crate) async fn provider(
                     timeout_ms: fields.timeout_ms,
                     retry: fields.retry.policy(),
                     reset_retry,
+                    timeouts: fields.timeouts.policy(),
+                    reset_timeouts,
                     extra_headers: fields.headers.into_iter().collect(),
                     replace_extra_headers: replace_headers,
                     active,

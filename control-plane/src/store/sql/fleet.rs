@@ -163,7 +163,8 @@ macro_rules! fleet_sql {
                 let rows = sqlx::query(
                     "SELECT id, org_id, name, input_price_micros_per_mtok, \
                      output_price_micros_per_mtok, context_window, \
-                     cached_input_price_micros_per_mtok, retry_policy FROM models ORDER BY id",
+                     cached_input_price_micros_per_mtok, retry_policy, timeout_policy \
+                     FROM models ORDER BY id",
                 )
                 .fetch_all(&mut *tx)
                 .await?;
@@ -186,6 +187,10 @@ macro_rules! fleet_sql {
                             cached_input_price_micros_per_mtok: row
                                 .try_get("cached_input_price_micros_per_mtok")?,
                             retry: from_json(row.try_get("retry_policy")?, "retry_policy")?,
+                            timeouts: from_json(
+                                row.try_get("timeout_policy")?,
+                                "timeout_policy",
+                            )?,
                         })
                     })
                     .collect::<StoreResult<Vec<_>>>()?;

@@ -54,7 +54,7 @@ pub(super) const PROJECT_COLUMNS: &str = "p.id, o.name AS organization, p.name, 
      p.posture, p.default_model, p.created_at_us, p.updated_at_us";
 pub(super) const PROVIDER_COLUMNS: &str = "p.id, o.name AS organization, p.name, p.kind, \
      p.base_url, p.api_version, p.timeout_ms, p.extra_headers, p.active, \
-     p.allow_private_network, p.created_at_us, p.updated_at_us, p.retry_policy";
+     p.allow_private_network, p.created_at_us, p.updated_at_us, p.retry_policy, p.timeout_policy";
 pub(super) const PROVIDER_KEY_COLUMNS: &str = "k.id, o.name AS organization, p.name AS provider, \
      k.name, k.state, k.last_four, k.fingerprint, k.health, k.master_key_version, \
      k.created_at_us, k.updated_at_us";
@@ -63,7 +63,7 @@ pub(super) const PROVIDER_KEY_FROM: &str = "provider_keys k \
 pub(super) const MODEL_COLUMNS: &str = "m.id, o.name AS organization, m.name, \
      m.input_price_micros_per_mtok, m.output_price_micros_per_mtok, m.context_window, \
      m.created_at_us, m.updated_at_us, m.cached_input_price_micros_per_mtok, m.price_source, \
-     m.catalog_id, m.retry_policy";
+     m.catalog_id, m.retry_policy, m.timeout_policy";
 pub(super) const VIRTUAL_KEY_COLUMNS: &str = "v.id, o.name AS organization, p.name AS project, \
      v.name, v.prefix, v.allowed_models, v.expires_at_us, v.revoked_at_us, v.created_at_us, \
      v.updated_at_us";

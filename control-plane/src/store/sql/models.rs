@@ -18,6 +18,7 @@ macro_rules! models_sql {
                 price_source: PriceSource::parse(row.try_get("price_source")?)?,
                 catalog_id: row.try_get("catalog_id")?,
                 retry: from_json(row.try_get("retry_policy")?, "retry_policy")?,
+                timeouts: from_json(row.try_get("timeout_policy")?, "timeout_policy")?,
             })
         }
 
@@ -115,8 +116,8 @@ macro_rules! models_sql {
                     "INSERT INTO models (id, org_id, name, input_price_micros_per_mtok, \
                      output_price_micros_per_mtok, context_window, created_at_us, \
                      updated_at_us, cached_input_price_micros_per_mtok, price_source, \
-                     catalog_id, retry_policy) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11)",
+                     catalog_id, retry_policy, timeout_policy) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)",
                 )
                 .bind(&id)
                 .bind(&org_id)
@@ -129,6 +130,7 @@ macro_rules! models_sql {
                 .bind(new.price_source.as_str())
                 .bind(&new.catalog_id)
                 .bind(to_json(&new.retry)?)
+                .bind(to_json(&new.timeouts)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| write_error(e, || format!("model '{org}/{}'", new.name), ""))?;
@@ -163,7 +165,8 @@ macro_rules! models_sql {
                     "UPDATE models SET input_price_micros_per_mtok = $1, \
                      output_price_micros_per_mtok = $2, context_window = $3, \
                      updated_at_us = $4, cached_input_price_micros_per_mtok = $6, \
-                     price_source = $7, catalog_id = $8, retry_policy = $9 WHERE id = $5",
+                     price_source = $7, catalog_id = $8, retry_policy = $9, \
+                     timeout_policy = $10 WHERE id = $5",
                 )
                 .bind(
                     patch
@@ -186,6 +189,7 @@ macro_rules! models_sql {
                 .bind(patch.price_source.unwrap_or(current.price_source).as_str())
                 .bind(patch.catalog_id.as_ref().unwrap_or(&current.catalog_id))
                 .bind(to_json(&patch.retry.unwrap_or(current.retry))?)
+                .bind(to_json(&patch.timeouts.unwrap_or(current.timeouts))?)
                 .execute(&mut *tx)
                 .await?;
                 if let Some(deployments) = &patch.deployments {
