@@ -1,6 +1,7 @@
-//! `sluice.usage.v1.LeaseService`: proxies renew their budget leases and ask for more. Each
-//! call is one store transaction that never grants beyond what the budget has left after every
-//! live lease's unspent allowance.
+//! `sluice.usage.v1.LeaseService`: proxies renew their budget and rate leases and ask for
+//! more. Budgets are one store transaction that never grants beyond what the budget has left
+//! after every live lease's unspent allowance; rate limits another, that never lets a window's
+//! allowances sum past the limit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +11,9 @@ use sluice_proto::usage::v1::lease_service_server::LeaseService;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::store::{LeasePolicy, LeaseUse, Store};
+use crate::store::{LeasePolicy, LeaseUse, RateDimension, RateUse, Store};
 
-/// A proxy holds one lease per HARD budget that covers its traffic.
+/// A proxy holds one lease per HARD budget, and two per rate limit, that cover its traffic.
 const MAX_USES: usize = 10_000;
 const MAX_ID: usize = 128;
 /// Each live lease is offered about a quarter of its share of what is left, so that the
@@ -51,11 +52,16 @@ impl<S: Store> LeaseService for LeaseGrants<S> {
             .ok()
             .filter(|epoch| *epoch > 0)
             .ok_or_else(|| Status::invalid_argument("epoch: a positive start time"))?;
-        if request.uses.len() > MAX_USES {
+        if request.uses.len() > MAX_USES || request.rate_uses.len() > MAX_USES {
             return Err(Status::invalid_argument(format!(
-                "uses: at most {MAX_USES}"
+                "uses, rate_uses: at most {MAX_USES} each"
             )));
         }
+        let rate_uses = request
+            .rate_uses
+            .into_iter()
+            .map(rate_use)
+            .collect::<Result<Vec<_>, Status>>()?;
         let uses = request
             .uses
             .into_iter()
@@ -73,20 +79,24 @@ impl<S: Store> LeaseService for LeaseGrants<S> {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
+        let now = sluice_shared::time::now_us();
+        let unavailable = |error: crate::store::StoreError| {
+            tracing::error!(%error, "cannot grant leases");
+            Status::unavailable("cannot grant leases right now; retry")
+        };
+        let rate_grants = if rate_uses.is_empty() {
+            Vec::new()
+        } else {
+            self.store
+                .acquire_rate_leases(&request.proxy_id, epoch, rate_uses, now, self.policy)
+                .await
+                .map_err(unavailable)?
+        };
         let grants = self
             .store
-            .acquire_leases(
-                &request.proxy_id,
-                epoch,
-                uses,
-                sluice_shared::time::now_us(),
-                self.policy,
-            )
+            .acquire_leases(&request.proxy_id, epoch, uses, now, self.policy)
             .await
-            .map_err(|error| {
-                tracing::error!(%error, "cannot grant budget leases");
-                Status::unavailable("cannot grant budget leases right now; retry")
-            })?;
+            .map_err(unavailable)?;
         self.metrics
             .lease_grants_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -101,6 +111,45 @@ impl<S: Store> LeaseService for LeaseGrants<S> {
                     exhausted: g.exhausted,
                 })
                 .collect(),
+            rate_leases: rate_grants
+                .into_iter()
+                .map(|g| pb::RateLease {
+                    rate_limit_id: g.rate_limit_id,
+                    dimension: match g.dimension {
+                        RateDimension::Requests => pb::RateDimension::Requests,
+                        RateDimension::Tokens => pb::RateDimension::Tokens,
+                    } as i32,
+                    window_start_us: g.window_start_us,
+                    allowance: g.allowance,
+                    expires_at_us: g.expires_at_us,
+                    exhausted: g.exhausted,
+                    unallocated: g.unallocated,
+                })
+                .collect(),
         }))
     }
+}
+
+fn rate_use(u: pb::RateUse) -> Result<RateUse, Status> {
+    if u.rate_limit_id.is_empty() || u.rate_limit_id.len() > MAX_ID {
+        return Err(Status::invalid_argument(
+            "rate_uses[].rate_limit_id: is required, at most 128 bytes",
+        ));
+    }
+    let dimension = match pb::RateDimension::try_from(u.dimension) {
+        Ok(pb::RateDimension::Requests) => RateDimension::Requests,
+        Ok(pb::RateDimension::Tokens) => RateDimension::Tokens,
+        _ => {
+            return Err(Status::invalid_argument(
+                "rate_uses[].dimension: requests or tokens",
+            ));
+        }
+    };
+    Ok(RateUse {
+        rate_limit_id: u.rate_limit_id,
+        dimension,
+        window_start_us: u.window_start_us,
+        used: u.used.max(0),
+        wanted: u.wanted.max(0),
+    })
 }

@@ -356,6 +356,18 @@ pub fn seal_snapshot(
                 name: b.name.clone(),
             })
             .collect(),
+        rate_limits: state
+            .rate_limits
+            .iter()
+            .map(|r| pb::RateLimitConfig {
+                id: r.id.clone(),
+                scope_id: r.scope_id.clone(),
+                requests_per_window: r.requests_per_window,
+                tokens_per_window: r.tokens_per_window,
+                window_seconds: r.window_seconds,
+                name: r.name.clone(),
+            })
+            .collect(),
     };
     Ok(SnapshotParts {
         head: Some(head),

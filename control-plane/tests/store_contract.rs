@@ -1522,6 +1522,209 @@ async fn leases<S: Store>(store: &S) {
     );
 }
 
+/// Rate limits: one per target, carried in the config; grants across proxies never let a
+/// window's allowances sum past the limit, a raised limit grants more in the same window, and
+/// a new window starts afresh.
+async fn rate_limits<S: Store>(store: &S) {
+    use sluice_shared::budget_window::Window;
+    use sluice_shared::time::{day_us, days_from_civil};
+    let now = days_from_civil(2027, 3, 10) * day_us() + 7_000_000;
+    let target = RateLimitTarget {
+        organization: "spendco".into(),
+        project: Some("app".into()),
+        ..Default::default()
+    };
+    let new = || NewRateLimit {
+        target: target.clone(),
+        requests_per_window: 100,
+        tokens_per_window: 0,
+        window_seconds: 60,
+    };
+    let limit = store
+        .create_rate_limit(new(), now, audit("rate_limit.create", "x"))
+        .await
+        .unwrap();
+    assert_eq!(limit.target, target);
+    assert!(matches!(
+        store
+            .create_rate_limit(new(), now, audit("rate_limit.create", "x"))
+            .await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    let config = store.load_config(VirtualKeysRead::All).await.unwrap();
+    let carried = config
+        .rate_limits
+        .iter()
+        .find(|r| r.id == limit.id)
+        .unwrap();
+    assert_eq!(
+        (
+            carried.requests_per_window,
+            carried.window_seconds,
+            carried.name.as_str()
+        ),
+        (100, 60, "spendco/app (60 s)")
+    );
+    let policy = LeasePolicy {
+        ttl_us: 10_000_000,
+        share_divisor: 4,
+    };
+    let window = Window::Seconds(60).start_us(now);
+    let ask = |dimension: RateDimension, used: i64, wanted: i64| {
+        vec![RateUse {
+            rate_limit_id: limit.id.clone(),
+            dimension,
+            window_start_us: window,
+            used,
+            wanted,
+        }]
+    };
+    let mut last = (None, None);
+    for round in 0..100 {
+        let a = store
+            .acquire_rate_leases(
+                "proxy-a",
+                1,
+                ask(RateDimension::Requests, 0, 1),
+                now,
+                policy,
+            )
+            .await
+            .unwrap();
+        let b = store
+            .acquire_rate_leases(
+                "proxy-b",
+                7,
+                ask(RateDimension::Requests, 0, 1),
+                now,
+                policy,
+            )
+            .await
+            .unwrap();
+        let (a, b) = (a[0].clone(), b[0].clone());
+        assert_eq!(a.window_start_us, window);
+        assert!(
+            a.allowance + b.allowance <= 100,
+            "round {round}: {a:?} {b:?}"
+        );
+        assert_eq!(b.unallocated, 100 - a.allowance - b.allowance);
+        let done = a.exhausted && b.exhausted;
+        last = (Some(a), Some(b));
+        if done {
+            break;
+        }
+    }
+    let (Some(a), Some(b)) = last else {
+        panic!("no grants")
+    };
+    assert_eq!(a.allowance + b.allowance, 100);
+    let listed = store.list_rate_limits("spendco", now).await.unwrap();
+    let listed = listed.iter().find(|r| r.id == limit.id).unwrap();
+    assert_eq!((listed.requests_granted, listed.leases), (100, 2));
+    // A limit without tokens grants no tokens lease.
+    assert!(
+        store
+            .acquire_rate_leases("proxy-a", 1, ask(RateDimension::Tokens, 0, 5), now, policy)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Raised: the rest can be granted in the same window.
+    store
+        .update_rate_limit(
+            &target,
+            RateLimitPatch {
+                requests_per_window: Some(150),
+                tokens_per_window: Some(1_000),
+                ..Default::default()
+            },
+            now,
+            audit("rate_limit.update", "x"),
+        )
+        .await
+        .unwrap();
+    let more = store
+        .acquire_rate_leases(
+            "proxy-a",
+            1,
+            ask(RateDimension::Requests, 0, 1),
+            now,
+            policy,
+        )
+        .await
+        .unwrap();
+    assert!(
+        more[0].allowance > a.allowance && !more[0].exhausted,
+        "{more:?}"
+    );
+    // Tokens used past the allowance are spoken for: what others get shrinks by them.
+    let tokens = store
+        .acquire_rate_leases(
+            "proxy-a",
+            1,
+            ask(RateDimension::Tokens, 0, 100),
+            now,
+            policy,
+        )
+        .await
+        .unwrap();
+    let over = tokens[0].allowance + 400;
+    store
+        .acquire_rate_leases(
+            "proxy-a",
+            1,
+            ask(RateDimension::Tokens, over, 0),
+            now,
+            policy,
+        )
+        .await
+        .unwrap();
+    let other = store
+        .acquire_rate_leases("proxy-b", 7, ask(RateDimension::Tokens, 0, 1), now, policy)
+        .await
+        .unwrap();
+    assert!(other[0].allowance + over <= 1_000, "{other:?}");
+    assert_eq!(other[0].unallocated, 1_000 - over - other[0].allowance);
+    // The next window starts afresh.
+    let next = now + 60_000_000;
+    let fresh = store
+        .acquire_rate_leases(
+            "proxy-b",
+            7,
+            ask(RateDimension::Requests, 0, 1),
+            next,
+            policy,
+        )
+        .await
+        .unwrap();
+    assert_eq!(fresh[0].window_start_us, window + 60_000_000);
+    assert!(fresh[0].allowance >= 1 && fresh[0].allowance <= 150 / 4);
+    // Deleting a limit ends its leases.
+    store
+        .delete_rate_limit(&target, audit("rate_limit.delete", "x"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .acquire_rate_leases(
+                "proxy-b",
+                7,
+                ask(RateDimension::Requests, 0, 1),
+                next,
+                policy
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store
+            .delete_rate_limit(&target, audit("rate_limit.delete", "x"))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
 // === SQLite ===
 
 async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
@@ -1539,6 +1742,7 @@ async fn sqlite_story() {
     usage_ledger(&store).await;
     budgets(&store).await;
     leases(&store).await;
+    rate_limits(&store).await;
     usage_queries(&store).await;
     usage_rollup_matches_records(&store).await;
     fleet_versions(&store).await;
@@ -1682,6 +1886,7 @@ async fn postgres_story() {
     usage_ledger(store.as_ref()).await;
     budgets(store.as_ref()).await;
     leases(store.as_ref()).await;
+    rate_limits(store.as_ref()).await;
     usage_queries(store.as_ref()).await;
     usage_rollup_matches_records(store.as_ref()).await;
     fleet_versions(store.as_ref()).await;

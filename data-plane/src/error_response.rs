@@ -17,6 +17,9 @@ pub struct GatewayError {
     pub shape: ErrorShape,
     /// How long the caller should wait before trying again, when the upstream said.
     pub retry_after: Option<std::time::Duration>,
+    /// Headers the answer carries whatever it is, such as where the caller stands against
+    /// its rate limits.
+    pub headers: Option<Box<http::HeaderMap>>,
 }
 
 /// Whose error body the client expects: the endpoint's family decides.
@@ -68,6 +71,7 @@ impl GatewayError {
             param: None,
             shape: ErrorShape::OpenAi,
             retry_after: None,
+            headers: None,
         }
     }
 
@@ -137,6 +141,9 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(headers) = self.headers {
+            response.headers_mut().extend(*headers);
+        }
         if let Some(wait) = self.retry_after {
             // Whole seconds for every client, rounded up; milliseconds for OpenAI's SDKs,
             // which read `retry-after-ms` first.

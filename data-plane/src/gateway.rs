@@ -20,6 +20,8 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// HARD budgets: this process's leases and the requests' reservations against them.
     pub leases: LeaseBook,
+    /// Rate limits: this process's rate leases and the requests' holds on them.
+    pub rate_leases: LeaseBook,
     /// Reserved for a request that does not say its `max_tokens`.
     pub default_max_output_tokens: u64,
     /// How many retries each serving thread may add to its requests.
@@ -56,6 +58,7 @@ impl Gateway {
             spool,
             upstream,
             max_body_bytes,
+            rate_leases: LeaseBook::new(leases.epoch, leases.wait),
             leases,
             default_max_output_tokens,
             retry_budget,

@@ -20,6 +20,7 @@ pub(crate) mod metrics;
 pub(crate) mod mock_posture;
 pub(crate) mod operation;
 pub(crate) mod pipeline;
+pub(crate) mod rate_limits;
 pub(crate) mod request;
 pub mod resilience;
 pub(crate) mod routing;

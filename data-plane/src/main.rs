@@ -136,7 +136,7 @@ fn run(
             ),
             _ => {}
         }
-        let listener = tokio::net::TcpListener::bind(settings.listen_addr).await?;
+        let listener = listen(settings.listen_addr)?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, proxy_id = %identity.proxy_id, "sluice-proxy listening");
 
@@ -215,4 +215,19 @@ async fn shutdown_signal() {
         }
     }
     let _ = interrupt.await;
+}
+
+/// The client listener, with a backlog for the bursts a balancer sends when proxies come and
+/// go: the default of 1 024 overflows under a few thousand connects at once, and the kernel
+/// then drops handshakes that clients retry only after a second or more.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    const BACKLOG: u32 = 8_192;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }

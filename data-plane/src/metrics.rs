@@ -18,6 +18,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::ProviderNotReady,
     ErrorCode::ProviderKeyInvalid,
     ErrorCode::BudgetExceeded,
+    ErrorCode::RateLimited,
     ErrorCode::UpstreamTimeout,
     ErrorCode::UpstreamUnavailable,
     ErrorCode::UpstreamInvalidResponse,
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub usage_records_recovered_total: AtomicU64,
     pub usage_spool_damaged_total: AtomicU64,
     pub lease_renewals_failed_total: AtomicU64,
+    /// Requests admitted past a rate limit unchecked: no lease, and the control plane away.
+    pub rate_limits_unenforced_total: AtomicU64,
     /// Connections waiting for a request, closed to make room at the connection cap.
     pub connections_shed_total: AtomicU64,
     /// Connections closed at once: the cap reached and none waiting to give way.
@@ -184,6 +187,11 @@ impl Metrics {
                 "sluice_budget_lease_renewals_failed_total",
                 "Budget lease renewals that did not reach the control plane.",
                 &self.lease_renewals_failed_total,
+            ),
+            (
+                "sluice_rate_limits_unenforced_total",
+                "Requests admitted without a rate-limit check: no current rate lease and the control plane unreachable (rate limits fail open; HARD budgets do not).",
+                &self.rate_limits_unenforced_total,
             ),
             (
                 "sluice_usage_batches_quarantined_total",

@@ -45,6 +45,8 @@ pub enum ErrorCode {
     ProviderNotReady,
     ProviderKeyInvalid,
     BudgetExceeded,
+    /// A rate limit of the key, project, organisation or model has no room left in its window.
+    RateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
     /// The upstream answered with a success whose body is not a valid answer of its family.
@@ -72,6 +74,7 @@ impl ErrorCode {
             Self::ProviderNotReady => "provider_not_ready",
             Self::ProviderKeyInvalid => "provider_key_invalid",
             Self::BudgetExceeded => "budget_exceeded",
+            Self::RateLimited => "rate_limited",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamInvalidResponse => "upstream_invalid_response",
@@ -95,7 +98,7 @@ impl ErrorCode {
             Self::ProviderKeyInvalid
             | Self::UpstreamUnavailable
             | Self::UpstreamInvalidResponse => 502,
-            Self::BudgetExceeded | Self::UpstreamRateLimited => 429,
+            Self::BudgetExceeded | Self::RateLimited | Self::UpstreamRateLimited => 429,
             Self::UpstreamTimeout => 504,
             Self::NotReady | Self::UsageSpoolFull => 503,
             Self::Internal => 500,
@@ -117,7 +120,9 @@ impl ErrorCode {
             | Self::ProviderMismatch
             | Self::PostureMock
             | Self::ProviderNotReady => "invalid_request_error",
-            Self::BudgetExceeded | Self::UpstreamRateLimited => "rate_limit_error",
+            Self::BudgetExceeded | Self::RateLimited | Self::UpstreamRateLimited => {
+                "rate_limit_error"
+            }
             Self::ProviderKeyInvalid
             | Self::UpstreamTimeout
             | Self::UpstreamUnavailable
@@ -134,6 +139,7 @@ impl ErrorCode {
             | Self::UpstreamUnavailable
             | Self::UpstreamInvalidResponse
             | Self::UpstreamRateLimited
+            | Self::RateLimited
             | Self::RequestTimeout
             | Self::NotReady => NextAction::Retry,
             Self::UsageSpoolFull | Self::Internal => NextAction::Support,
@@ -158,6 +164,7 @@ mod tests {
             (ErrorCode::UpstreamTimeout, 504, "retry"),
             (ErrorCode::UpstreamUnavailable, 502, "retry"),
             (ErrorCode::UpstreamRateLimited, 429, "retry"),
+            (ErrorCode::RateLimited, 429, "retry"),
             (ErrorCode::Internal, 500, "support"),
         ];
         for (code, status, next) in rows {

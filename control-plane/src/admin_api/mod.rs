@@ -1,7 +1,7 @@
 //! The tonic admin service: validates input, calls the store and the vault, converts at the
 //! edge. Authentication happens before any of this, in [`auth::TokenAuth`]. Each resource's
 //! RPCs live in a file of their own (`organizations`, `projects`, `providers`,
-//! `provider_keys`, `models`, `virtual_keys`, `budgets`, `usage_query`, `tokens`, `audit`,
+//! `provider_keys`, `models`, `virtual_keys`, `budgets`, `rate_limits`, `usage_query`, `tokens`, `audit`,
 //! `fleet`, `vault`); the service here only hands each call to its file, beside the checks
 //! several resources share.
 
@@ -16,6 +16,7 @@ mod organizations;
 mod projects;
 mod provider_keys;
 mod providers;
+mod rate_limits;
 mod tokens;
 mod usage_query;
 mod vault;
@@ -589,6 +590,35 @@ impl<S: Store> AdminService for AdminApi<S> {
         request: Request<pb::DeleteBudgetRequest>,
     ) -> Reply<pb::DeleteBudgetResponse> {
         budgets::delete_budget(self, request).await
+    }
+
+    // === rate limits ===
+    async fn create_rate_limit(
+        &self,
+        request: Request<pb::CreateRateLimitRequest>,
+    ) -> Reply<pb::CreateRateLimitResponse> {
+        rate_limits::create_rate_limit(self, request).await
+    }
+
+    async fn list_rate_limits(
+        &self,
+        request: Request<pb::ListRateLimitsRequest>,
+    ) -> Reply<pb::ListRateLimitsResponse> {
+        rate_limits::list_rate_limits(self, request).await
+    }
+
+    async fn update_rate_limit(
+        &self,
+        request: Request<pb::UpdateRateLimitRequest>,
+    ) -> Reply<pb::UpdateRateLimitResponse> {
+        rate_limits::update_rate_limit(self, request).await
+    }
+
+    async fn delete_rate_limit(
+        &self,
+        request: Request<pb::DeleteRateLimitRequest>,
+    ) -> Reply<pb::DeleteRateLimitResponse> {
+        rate_limits::delete_rate_limit(self, request).await
     }
 
     async fn delete_model(

@@ -16,6 +16,7 @@ pub trait Store:
     + FleetStore
     + UsageStore
     + BudgetStore
+    + RateLimitStore
 {
 }
 
@@ -29,6 +30,7 @@ impl<S> Store for S where
         + FleetStore
         + UsageStore
         + BudgetStore
+        + RateLimitStore
 {
 }
 
@@ -412,4 +414,43 @@ pub trait BudgetStore: Send + Sync + 'static {
         now_us: i64,
         policy: LeasePolicy,
     ) -> impl Future<Output = StoreResult<Vec<LeaseGrant>>> + Send;
+}
+
+/// Rate limits and the rate leases proxies count against.
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// `now_us` picks the window whose grants the returned limit carries.
+    fn create_rate_limit(
+        &self,
+        new: NewRateLimit,
+        now_us: i64,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<RateLimit>> + Send;
+    fn list_rate_limits(
+        &self,
+        org: &str,
+        now_us: i64,
+    ) -> impl Future<Output = StoreResult<Vec<RateLimit>>> + Send;
+    fn update_rate_limit(
+        &self,
+        target: &RateLimitTarget,
+        patch: RateLimitPatch,
+        now_us: i64,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<RateLimit>> + Send;
+    fn delete_rate_limit(
+        &self,
+        target: &RateLimitTarget,
+        audit: Audit,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Renews a proxy process's rate leases and grants more where it asks: within a window,
+    /// what every lease may admit (its allowance, or what it reported if that is more) never
+    /// sums past the limit (one transaction; on PostgreSQL serialised across replicas).
+    fn acquire_rate_leases(
+        &self,
+        proxy_id: &str,
+        epoch: i64,
+        uses: Vec<RateUse>,
+        now_us: i64,
+        policy: LeasePolicy,
+    ) -> impl Future<Output = StoreResult<Vec<RateGrant>>> + Send;
 }

@@ -9,12 +9,14 @@ mod contract;
 mod migrations;
 mod model;
 pub mod postgres;
+mod rate_limit;
 mod sql;
 pub mod sqlite;
 pub mod usage_wire;
 
 pub use contract::*;
 pub use model::*;
+pub use rate_limit::*;
 
 /// Defaults the admin API applies to new budgets.
 pub mod budget_defaults {

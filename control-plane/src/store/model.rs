@@ -28,6 +28,8 @@ macro_rules! stored_enum {
     };
 }
 
+pub(super) use stored_enum;
+
 stored_enum!(Posture { Mock => "MOCK", Live => "LIVE" });
 stored_enum!(ProviderKind {
     OpenAi => "OPENAI",
@@ -382,6 +384,7 @@ pub struct ConfigState {
     pub removed_virtual_keys: Vec<String>,
     /// HARD budgets: proxies enforce them with leases.
     pub budgets: Vec<ConfigBudget>,
+    pub rate_limits: Vec<super::ConfigRateLimit>,
 }
 
 /// Which virtual keys a config read brings: with a hundred thousand keys, reading them all for

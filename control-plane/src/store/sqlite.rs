@@ -75,6 +75,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "timeout_policies",
         include_str!("../../migrations/sqlite/0013_timeout_policies.sql"),
     ),
+    (
+        14,
+        "rate_limits",
+        include_str!("../../migrations/sqlite/0014_rate_limits.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

@@ -1,10 +1,10 @@
-//! HARD budgets on the request path: each budget has a lease cell holding the allowance the
-//! control plane granted this process for the current window and what it has used. A request
-//! reserves its largest possible cost in every budget that covers it before it is forwarded —
-//! one compare-and-swap per budget, no lock — and settles to its actual cost when its usage record
-//! is written. The reservation is a guard: dropped on any other exit path (error, timeout,
-//! client gone, panic unwinding) it gives the amount back, so nothing leaks into a phantom
-//! `budget_exceeded`.
+//! Leases on the request path: each leased count — a HARD budget's spend, a rate limit's
+//! requests or tokens — has a lease cell holding the allowance the control plane granted this
+//! process for the current window and what it has used. A request reserves its largest possible
+//! amount in every count that covers it before it is forwarded — one compare-and-swap per
+//! count, no lock — and settles to its actual amount when its usage record is written. The
+//! reservation is a guard: dropped on any other exit path (error, timeout, client gone, panic
+//! unwinding) it gives the amount back, so nothing leaks into a phantom refusal.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,17 +12,21 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use sluice_shared::error_code::ErrorCode;
 use tokio::sync::Notify;
 
-use crate::error_response::GatewayError;
-use crate::routing::tables::BudgetEntry;
+/// What a lease is for, as the book needs to know it.
+pub trait Leased {
+    /// The id the control plane grants it under.
+    fn lease_id(&self) -> &str;
+    /// Where the window holding `now_us` starts.
+    fn window_start_us(&self, now_us: i64) -> i64;
+}
 
 /// No lease yet for any window.
 const NO_WINDOW: i64 = i64::MIN;
 
 pub struct LeaseCell {
-    pub budget_id: String,
+    pub lease_id: String,
     window_start_us: AtomicI64,
     allowance: AtomicI64,
     /// Settled cost plus outstanding reservations, in the lease's window.
@@ -34,12 +38,14 @@ pub struct LeaseCell {
     last_grant: AtomicI64,
     /// The largest reservation refused since the last renewal: the next renewal asks for it.
     wanted: AtomicI64,
+    /// What the control plane had left to grant anyone in the window, at the last grant.
+    unallocated: AtomicI64,
 }
 
 impl LeaseCell {
-    fn new(budget_id: &str) -> Self {
+    fn new(lease_id: &str) -> Self {
         Self {
-            budget_id: budget_id.to_owned(),
+            lease_id: lease_id.to_owned(),
             window_start_us: AtomicI64::new(NO_WINDOW),
             allowance: AtomicI64::new(0),
             used: AtomicI64::new(0),
@@ -48,7 +54,22 @@ impl LeaseCell {
             exhausted: AtomicBool::new(false),
             last_grant: AtomicI64::new(0),
             wanted: AtomicI64::new(0),
+            unallocated: AtomicI64::new(0),
         }
+    }
+
+    /// What is left of the allowance in `window`, and what the fleet had left unallocated at
+    /// the last grant (`None` while the lease is of another window or none yet).
+    pub fn standing(&self, window: i64) -> Option<(i64, i64)> {
+        if self.window_start_us.load(Ordering::Acquire) != window {
+            return None;
+        }
+        let left = self
+            .allowance
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.used.load(Ordering::Relaxed))
+            .max(0);
+        Some((left, self.unallocated.load(Ordering::Relaxed)))
     }
 
     /// What a renewal reports: the window, what was used, and how much more is wanted (0: just
@@ -75,11 +96,12 @@ impl LeaseCell {
 
 /// A grant from the control plane, as the lease client hands it over.
 pub struct Grant {
-    pub budget_id: String,
+    pub lease_id: String,
     pub window_start_us: i64,
-    pub allowance_micros: i64,
+    pub allowance: i64,
     pub expires_at_us: i64,
     pub exhausted: bool,
+    pub unallocated: i64,
 }
 
 pub struct LeaseBook {
@@ -97,10 +119,20 @@ pub struct LeaseBook {
 }
 
 enum Shortfall {
-    /// The budget has nothing left to grant.
+    /// The count has nothing left to grant in its window.
     Spent,
     /// More may come: the lease is low, missing, expired or from another window.
     Waiting,
+}
+
+/// Why a reservation was refused, and which of the entries asked for refused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nothing is left to grant in the entry's window.
+    Spent(usize),
+    /// No renewal brought room within the wait (or the control plane is unreachable: see
+    /// [`LeaseBook::reachable`]).
+    NoRoom(usize),
 }
 
 impl LeaseBook {
@@ -115,24 +147,32 @@ impl LeaseBook {
         }
     }
 
-    pub fn cell(&self, budget_id: &str) -> Option<Arc<LeaseCell>> {
-        self.cells.load().get(budget_id).cloned()
+    pub fn cell(&self, lease_id: &str) -> Option<Arc<LeaseCell>> {
+        self.cells.load().get(lease_id).cloned()
     }
 
-    /// Cells for the snapshot's budgets: new ones start without a lease; others keep theirs.
-    pub fn track(&self, budgets: &[BudgetEntry]) {
+    /// Runs `read` on the cell of `lease_id`, without taking a reference count.
+    pub fn with_cell<T>(&self, lease_id: &str, read: impl FnOnce(&LeaseCell) -> T) -> Option<T> {
+        self.cells.load().get(lease_id).map(|cell| read(cell))
+    }
+
+    /// Cells for the snapshot's leased counts: new ones start without a lease; others keep
+    /// theirs.
+    pub fn track<E: Leased>(&self, entries: &[E]) {
         let current = self.cells.load();
-        if budgets.len() == current.len() && budgets.iter().all(|b| current.contains_key(&b.id)) {
+        if entries.len() == current.len()
+            && entries.iter().all(|e| current.contains_key(e.lease_id()))
+        {
             return;
         }
-        let next: HashMap<String, Arc<LeaseCell>> = budgets
+        let next: HashMap<String, Arc<LeaseCell>> = entries
             .iter()
-            .map(|b| {
+            .map(|e| {
                 let cell = current
-                    .get(&b.id)
+                    .get(e.lease_id())
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(LeaseCell::new(&b.id)));
-                (b.id.clone(), cell)
+                    .unwrap_or_else(|| Arc::new(LeaseCell::new(e.lease_id())));
+                (e.lease_id().to_owned(), cell)
             })
             .collect();
         self.cells.store(Arc::new(next));
@@ -142,7 +182,7 @@ impl LeaseBook {
     pub fn apply(&self, grants: Vec<Grant>) {
         let cells = self.cells.load();
         for grant in grants {
-            let Some(cell) = cells.get(&grant.budget_id) else {
+            let Some(cell) = cells.get(&grant.lease_id) else {
                 continue;
             };
             // Closed while it changes: a request in between waits instead of mixing windows.
@@ -154,14 +194,13 @@ impl LeaseBook {
                 cell.window_start_us
                     .store(grant.window_start_us, Ordering::Release);
             }
-            let before = cell
-                .allowance
-                .swap(grant.allowance_micros, Ordering::AcqRel);
-            if grant.allowance_micros > before {
+            let before = cell.allowance.swap(grant.allowance, Ordering::AcqRel);
+            if grant.allowance > before {
                 cell.last_grant
-                    .store(grant.allowance_micros - before, Ordering::Relaxed);
+                    .store(grant.allowance - before, Ordering::Relaxed);
             }
             cell.exhausted.store(grant.exhausted, Ordering::Relaxed);
+            cell.unallocated.store(grant.unallocated, Ordering::Relaxed);
             cell.wanted.store(0, Ordering::Relaxed);
             cell.expires_at_us
                 .store(grant.expires_at_us, Ordering::Release);
@@ -169,8 +208,8 @@ impl LeaseBook {
         self.renewed.notify_waiters();
     }
 
-    /// Outstanding reservations over every budget (they must return to 0 when idle).
-    pub fn reserved_micros(&self) -> i64 {
+    /// Outstanding reservations over every count (they must return to 0 when idle).
+    pub fn reserved(&self) -> i64 {
         self.cells
             .load()
             .values()
@@ -178,20 +217,20 @@ impl LeaseBook {
             .sum()
     }
 
-    fn try_reserve(
+    fn try_reserve<E: Leased>(
         &self,
-        budgets: &[&BudgetEntry],
+        entries: &[&E],
         amount: i64,
         now_us: i64,
     ) -> Result<Reservation, (usize, Shortfall)> {
         let cells = self.cells.load();
-        let mut taken: Vec<Arc<LeaseCell>> = Vec::with_capacity(budgets.len());
-        for (index, budget) in budgets.iter().enumerate() {
-            let shortfall = match cells.get(&budget.id) {
+        let mut taken: Vec<Arc<LeaseCell>> = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let shortfall = match cells.get(entry.lease_id()) {
                 None => Some(Shortfall::Waiting),
                 Some(cell) => {
                     let current = cell.window_start_us.load(Ordering::Acquire)
-                        == budget.window.start_us(now_us)
+                        == entry.window_start_us(now_us)
                         && cell.expires_at_us.load(Ordering::Acquire) > now_us;
                     if !current {
                         Some(Shortfall::Waiting)
@@ -237,46 +276,33 @@ impl LeaseBook {
         })
     }
 
-    /// Reserves `amount` in every budget, waiting up to [`Self::wait`] for a renewal when a
-    /// lease is low or missing.
-    pub async fn reserve(
+    /// Reserves `amount` in every entry's count, waiting up to [`Self::wait`] for a renewal
+    /// when a lease is low or missing. A spent count is refused at once, without asking the
+    /// control plane: callers whose limit may be raised mid-window nudge the lease client.
+    pub async fn reserve<E: Leased>(
         &self,
-        budgets: &[&BudgetEntry],
+        entries: &[&E],
         amount: i64,
-    ) -> Result<Reservation, GatewayError> {
+    ) -> Result<Reservation, Refusal> {
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             let renewed = self.renewed.notified();
-            let (index, shortfall) =
-                match self.try_reserve(budgets, amount, sluice_shared::time::now_us()) {
-                    Ok(reservation) => return Ok(reservation),
-                    Err(failure) => failure,
-                };
-            let name = budgets.get(index).map_or("", |b| b.name.as_str());
-            if let Shortfall::Spent = shortfall {
-                // Ask anyway: the budget may have been raised or usage may have come in lower.
-                self.nudge.notify_one();
-                return Err(GatewayError::new(
-                    ErrorCode::BudgetExceeded,
-                    format!(
-                        "budget {name} is spent: raise it with `sluicectl budget update` or wait for its next window"
-                    ),
-                ));
-            }
-            self.nudge.notify_one();
-            if tokio::time::timeout_at(deadline, renewed).await.is_err() {
-                let message = if self.reachable.load(Ordering::Relaxed) {
-                    format!(
-                        "budget {name} has no allowance left for this request right now; it is nearly spent — retry shortly, or raise it with `sluicectl budget update`"
-                    )
-                } else {
-                    format!(
-                        "budget {name} has no current lease and the control plane is unreachable; a HARD budget is refused rather than overspent"
-                    )
-                };
-                return Err(GatewayError::new(ErrorCode::BudgetExceeded, message));
+            match self.try_reserve(entries, amount, sluice_shared::time::now_us()) {
+                Ok(reservation) => return Ok(reservation),
+                Err((index, Shortfall::Spent)) => return Err(Refusal::Spent(index)),
+                Err((index, Shortfall::Waiting)) => {
+                    self.nudge.notify_one();
+                    if tokio::time::timeout_at(deadline, renewed).await.is_err() {
+                        return Err(Refusal::NoRoom(index));
+                    }
+                }
             }
         }
+    }
+
+    /// Whether the last renewal reached the control plane.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
     }
 }
 
@@ -320,29 +346,37 @@ impl Drop for Reservation {
 
 #[cfg(test)]
 mod tests {
-    use sluice_shared::budget_window::Window;
-
     use super::*;
 
-    fn budget(id: &str) -> BudgetEntry {
-        BudgetEntry {
-            id: id.into(),
-            window: Window::Total,
-            name: format!("acme/{id} (total)"),
+    /// A count whose window never rolls over.
+    #[derive(Clone)]
+    struct Total(&'static str);
+
+    impl Leased for Total {
+        fn lease_id(&self) -> &str {
+            self.0
         }
+        fn window_start_us(&self, _now_us: i64) -> i64 {
+            0
+        }
+    }
+
+    fn budget(id: &'static str) -> Total {
+        Total(id)
     }
 
     fn grant(id: &str, allowance: i64, exhausted: bool) -> Grant {
         Grant {
-            budget_id: id.into(),
+            lease_id: id.into(),
             window_start_us: 0,
-            allowance_micros: allowance,
+            allowance,
             expires_at_us: i64::MAX,
             exhausted,
+            unallocated: 0,
         }
     }
 
-    fn book(budgets: &[BudgetEntry]) -> LeaseBook {
+    fn book(budgets: &[Total]) -> LeaseBook {
         let book = LeaseBook::new(1, Duration::from_millis(50));
         book.track(budgets);
         book
@@ -356,17 +390,17 @@ mod tests {
             grant("web", 1_000, false),
             grant("org", 10_000, false),
         ]);
-        let both: Vec<&BudgetEntry> = budgets.iter().collect();
+        let both: Vec<&Total> = budgets.iter().collect();
         let first = book.reserve(&both, 600).await.unwrap();
         // 600 more does not fit "web": nothing is taken from "org" either.
         assert!(book.reserve(&both, 600).await.is_err());
         assert_eq!(book.cell("org").unwrap().used.load(Ordering::Relaxed), 600);
         first.settle(250);
-        assert_eq!(book.reserved_micros(), 0);
+        assert_eq!(book.reserved(), 0);
         let second = book.reserve(&both, 600).await.unwrap();
         drop(second);
         assert_eq!(book.cell("web").unwrap().used.load(Ordering::Relaxed), 250);
-        assert_eq!(book.reserved_micros(), 0);
+        assert_eq!(book.reserved(), 0);
     }
 
     proptest::proptest! {
@@ -403,7 +437,7 @@ mod tests {
             }
             drop(held);
             proptest::prop_assert_eq!(book.cell("web").unwrap().used.load(Ordering::Relaxed), 0);
-            proptest::prop_assert_eq!(book.reserved_micros(), 0);
+            proptest::prop_assert_eq!(book.reserved(), 0);
         }
 
         /// An actual cost past anything reserved (an upstream reporting absurd usage) saturates
@@ -429,30 +463,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_spent_budget_refuses_at_once_and_says_how_to_fix_it() {
+    async fn a_spent_count_refuses_at_once() {
         let budgets = [budget("web")];
         let book = book(&budgets);
         book.apply(vec![grant("web", 100, true)]);
-        let error = book.reserve(&[&budgets[0]], 101).await.err().unwrap();
-        assert_eq!(error.code, ErrorCode::BudgetExceeded);
-        assert!(
-            error.message.contains("acme/web (total) is spent"),
-            "{}",
-            error.message
-        );
-        assert!(error.message.contains("sluicectl budget update"));
+        let started = tokio::time::Instant::now();
+        let refusal = book.reserve(&[&budgets[0]], 101).await.err().unwrap();
+        assert_eq!(refusal, Refusal::Spent(0));
+        assert!(started.elapsed() < book.wait, "no wait for a renewal");
+        assert_eq!(book.cell("web").unwrap().standing(0), Some((100, 0)));
     }
 
     #[tokio::test]
-    async fn without_a_lease_the_request_waits_then_fails_closed() {
+    async fn without_a_lease_the_request_waits_then_is_refused() {
         let budgets = [budget("web")];
         let book = book(&budgets);
-        let error = book.reserve(&[&budgets[0]], 1).await.err().unwrap();
-        assert!(
-            error.message.contains("control plane is unreachable"),
-            "{}",
-            error.message
-        );
+        let refusal = book.reserve(&[&budgets[0]], 1).await.err().unwrap();
+        assert_eq!(refusal, Refusal::NoRoom(0));
+        assert!(!book.reachable());
         assert_eq!(
             book.cell("web").unwrap().report(0),
             (0, 0, 1),

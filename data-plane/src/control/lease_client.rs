@@ -1,6 +1,6 @@
-//! Keeps this proxy's budget leases current: every refresh interval, or at once when a lease
-//! runs low or a request waits, it reports what each HARD budget's lease has used and takes
-//! what the control plane grants. It runs on its own RPC, so neither the config stream nor a
+//! Keeps this proxy's budget and rate leases current: every refresh interval, or at once when
+//! a lease runs low or a request waits, it reports what each HARD budget's and each rate
+//! limit's lease has used and takes what the control plane grants. It runs on its own RPC, so neither the config stream nor a
 //! usage backlog can hold it up; when the control plane is away, leases simply run out.
 
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 
 use crate::budgets::leases::Grant;
 use crate::gateway::Gateway;
+use crate::routing::tables::RateDimension;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -30,17 +31,20 @@ impl LeaseClient {
         let mut client = LeaseServiceClient::new(self.channel.clone());
         let mut tick = tokio::time::interval(self.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let book = &self.gateway.leases;
+        let budgets = &self.gateway.leases;
+        let rates = &self.gateway.rate_leases;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = book.nudge.notified() => {}
+                () = budgets.nudge.notified() => {}
+                () = rates.nudge.notified() => {}
             }
             let Some(tables) = self.gateway.tables.load_full() else {
                 continue;
             };
-            book.track(&tables.budgets);
-            if tables.budgets.is_empty() {
+            budgets.track(&tables.budgets);
+            rates.track(&tables.rate_counters);
+            if tables.budgets.is_empty() && tables.rate_counters.is_empty() {
                 continue;
             }
             let now = sluice_shared::time::now_us();
@@ -48,7 +52,7 @@ impl LeaseClient {
                 .budgets
                 .iter()
                 .filter_map(|budget| {
-                    let cell = book.cell(&budget.id)?;
+                    let cell = budgets.cell(&budget.id)?;
                     let (window_start_us, used_micros, wanted_micros) =
                         cell.report(budget.window.start_us(now));
                     Some(pb::LeaseUse {
@@ -59,25 +63,68 @@ impl LeaseClient {
                     })
                 })
                 .collect();
-            match self.acquire(&mut client, uses).await {
-                Ok(leases) => {
-                    book.reachable.store(true, Ordering::Relaxed);
-                    book.apply(
-                        leases
+            let rate_uses = tables
+                .rate_counters
+                .iter()
+                .filter_map(|counter| {
+                    let cell = rates.cell(&counter.lease_id)?;
+                    let (window_start_us, used, wanted) = cell.report(counter.window.start_us(now));
+                    Some(pb::RateUse {
+                        rate_limit_id: counter.limit_id.clone(),
+                        dimension: match counter.dimension {
+                            RateDimension::Requests => pb::RateDimension::Requests,
+                            RateDimension::Tokens => pb::RateDimension::Tokens,
+                        } as i32,
+                        window_start_us,
+                        used,
+                        wanted,
+                    })
+                })
+                .collect();
+            match self.acquire(&mut client, uses, rate_uses).await {
+                Ok(response) => {
+                    budgets.reachable.store(true, Ordering::Relaxed);
+                    rates.reachable.store(true, Ordering::Relaxed);
+                    budgets.apply(
+                        response
+                            .leases
                             .into_iter()
                             .map(|l| Grant {
-                                budget_id: l.budget_id,
+                                lease_id: l.budget_id,
                                 window_start_us: l.window_start_us,
-                                allowance_micros: l.allowance_micros,
+                                allowance: l.allowance_micros,
                                 expires_at_us: l.expires_at_us,
                                 exhausted: l.exhausted,
+                                unallocated: 0,
+                            })
+                            .collect(),
+                    );
+                    rates.apply(
+                        response
+                            .rate_leases
+                            .into_iter()
+                            .filter_map(|l| {
+                                let suffix = match pb::RateDimension::try_from(l.dimension) {
+                                    Ok(pb::RateDimension::Requests) => "requests",
+                                    Ok(pb::RateDimension::Tokens) => "tokens",
+                                    _ => return None,
+                                };
+                                Some(Grant {
+                                    lease_id: format!("{}/{suffix}", l.rate_limit_id),
+                                    window_start_us: l.window_start_us,
+                                    allowance: l.allowance,
+                                    expires_at_us: l.expires_at_us,
+                                    exhausted: l.exhausted,
+                                    unallocated: l.unallocated,
+                                })
                             })
                             .collect(),
                     );
                 }
                 Err(error) => {
-                    if book.reachable.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(%error, "cannot renew budget leases; spending only what is held until it expires");
+                    rates.reachable.store(false, Ordering::Relaxed);
+                    if budgets.reachable.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(%error, "cannot renew leases; spending only what is held until it expires (HARD budgets then refuse; rate limits then go unchecked)");
                     }
                     self.gateway
                         .metrics
@@ -92,17 +139,19 @@ impl LeaseClient {
         &self,
         client: &mut LeaseServiceClient<Channel>,
         uses: Vec<pb::LeaseUse>,
-    ) -> Result<Vec<pb::Lease>, tonic::Status> {
+        rate_uses: Vec<pb::RateUse>,
+    ) -> Result<pb::AcquireLeasesResponse, tonic::Status> {
         let mut request = tonic::Request::new(pb::AcquireLeasesRequest {
             proxy_id: self.proxy_id.clone(),
             epoch: self.gateway.leases.epoch,
             uses,
+            rate_uses,
         });
         crate::control::token::authorize(&mut request, &self.token)?;
         request.set_timeout(CALL_TIMEOUT);
         let response = tokio::time::timeout(CALL_TIMEOUT, client.acquire(request))
             .await
             .map_err(|_| tonic::Status::deadline_exceeded("lease renewal timed out"))??;
-        Ok(response.into_inner().leases)
+        Ok(response.into_inner())
     }
 }

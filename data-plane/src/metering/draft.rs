@@ -35,6 +35,8 @@ pub struct UsageDraft {
     /// The request's hold on its HARD budgets: settled to the actual cost when the record is
     /// written, released if the request ends any other way.
     pub reservation: Option<Reservation>,
+    /// The request's hold on its rate limits: its tokens settled to what it used.
+    pub rate_hold: Option<crate::rate_limits::RateHold>,
     gateway: Arc<Gateway>,
     /// An attempt reached an upstream, so the request must leave a record.
     reached: bool,
@@ -78,6 +80,7 @@ impl UsageDraft {
             prompt_estimate: None,
             stream_mark: None,
             reservation: None,
+            rate_hold: None,
             gateway: gateway.clone(),
             reached: false,
             written: false,
@@ -158,6 +161,9 @@ impl UsageDraft {
         if let Some(reservation) = self.reservation.take() {
             record.lease_epoch = self.gateway.leases.epoch;
             reservation.settle(record.cost_micros);
+        }
+        if let Some(hold) = self.rate_hold.take() {
+            hold.settle(record.input_tokens.saturating_add(record.output_tokens));
         }
         if let Err(error) = self
             .gateway

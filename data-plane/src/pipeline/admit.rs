@@ -4,6 +4,7 @@
 use sluice_shared::error_code::ErrorCode;
 
 use crate::answers::Usage;
+use crate::budgets::leases::Refusal;
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::operation::Operation;
@@ -33,7 +34,49 @@ pub async fn reserve(
     if budgets.is_empty() {
         return Ok(None);
     }
-    let usage = Usage {
+    let usage = largest_usage(gateway, chat, body_len, operation);
+    let most =
+        crate::metering::draft::cost_micros(usage, crate::metering::draft::Prices::of(model));
+    let book = &gateway.leases;
+    let refusal = match book.reserve(&budgets, most).await {
+        Ok(reservation) => return Ok(Some(reservation)),
+        Err(refusal) => refusal,
+    };
+    let message = match refusal {
+        Refusal::Spent(index) => {
+            // Ask anyway: the budget may have been raised or usage may have come in lower.
+            book.nudge.notify_one();
+            format!(
+                "budget {} is spent: raise it with `sluicectl budget update` or wait for its next window",
+                name_of(&budgets, index)
+            )
+        }
+        Refusal::NoRoom(index) if book.reachable() => format!(
+            "budget {} has no allowance left for this request right now; it is nearly spent — retry shortly, or raise it with `sluicectl budget update`",
+            name_of(&budgets, index)
+        ),
+        Refusal::NoRoom(index) => format!(
+            "budget {} has no current lease and the control plane is unreachable; a HARD budget is refused rather than overspent",
+            name_of(&budgets, index)
+        ),
+    };
+    Err(GatewayError::new(ErrorCode::BudgetExceeded, message))
+}
+
+fn name_of<'a>(budgets: &[&'a BudgetEntry], index: usize) -> &'a str {
+    budgets.get(index).map_or("", |b| b.name.as_str())
+}
+
+/// The most a request can use: its prompt counted at one token per four bytes of the request
+/// body (an overcount, which is the safe side) plus its `max_tokens` (or the configured
+/// default).
+pub fn largest_usage(
+    gateway: &Gateway,
+    chat: &ChatRequest<'_>,
+    body_len: usize,
+    operation: Operation,
+) -> Usage {
+    Usage {
         input_tokens: (body_len as u64).div_ceil(4),
         // Embeddings answer with vectors, not tokens.
         output_tokens: match operation {
@@ -43,10 +86,7 @@ pub async fn reserve(
                 .map_or(gateway.default_max_output_tokens, |limit| limit.tokens),
         },
         ..Usage::default()
-    };
-    let most =
-        crate::metering::draft::cost_micros(usage, crate::metering::draft::Prices::of(model));
-    gateway.leases.reserve(&budgets, most).await.map(Some)
+    }
 }
 
 /// A request may not ask for more output than its model can give: past that, a limit is no

@@ -88,7 +88,20 @@ pub async fn serve(
         .with_param("model"));
     }
     let asked_total = metadata.timeout;
-    let draft = UsageDraft::new(
+    let largest = admit::largest_usage(gateway, &chat, body.len(), operation);
+    let rates = crate::rate_limits::admit(
+        gateway,
+        &tables,
+        [
+            &caller.project.org_id,
+            &caller.project.id,
+            &caller.key.id,
+            &model.id,
+        ],
+        largest.input_tokens.saturating_add(largest.output_tokens),
+    )
+    .await?;
+    let mut draft = UsageDraft::new(
         gateway,
         request_id,
         &caller.project.id,
@@ -96,13 +109,13 @@ pub async fn serve(
         model,
         metadata,
     );
-    match caller.project.posture {
+    draft.rate_hold = rates.hold;
+    let answered = match caller.project.posture {
         Posture::Mock => Ok(mock::answer(
             gateway, &chat, model, request_id, operation, draft,
         )),
         Posture::Live => {
-            let mut draft = draft;
-            draft.reservation = admit::reserve(
+            let reserved = admit::reserve(
                 gateway,
                 &tables,
                 &caller,
@@ -111,17 +124,42 @@ pub async fn serve(
                 body.len(),
                 operation,
             )
-            .await?;
-            attempts::forward(
-                gateway,
-                &tables,
-                model,
-                &chat,
-                draft,
-                operation,
-                asked_total,
-            )
-            .await
+            .await;
+            match reserved {
+                Ok(reservation) => {
+                    draft.reservation = reservation;
+                    attempts::forward(
+                        gateway,
+                        &tables,
+                        model,
+                        &chat,
+                        draft,
+                        operation,
+                        asked_total,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            }
+        }
+    };
+    let Some(headers) = rates.headers else {
+        return answered;
+    };
+    // Where the caller stands against its rate limits, on every answer.
+    match answered {
+        Ok(mut response) => {
+            headers.write(response.headers_mut());
+            Ok(response)
+        }
+        Err(mut error) => {
+            let mut extra = error
+                .headers
+                .take()
+                .map_or_else(http::HeaderMap::new, |h| *h);
+            headers.write(&mut extra);
+            error.headers = Some(Box::new(extra));
+            Err(error)
         }
     }
 }

@@ -15,6 +15,7 @@ use sluice_shared::budget_window::Window;
 use sluice_shared::sealing::{SealingKeyPair, SecretOpener};
 use sluice_shared::secret::SecretString;
 
+use crate::budgets::leases::Leased;
 use crate::families::{self, Family, ProviderRecord};
 pub use crate::families::{CredentialHeader, ProviderType};
 use crate::operation::Operation;
@@ -161,6 +162,10 @@ pub struct RoutingTables {
     pub budgets: Vec<BudgetEntry>,
     /// Budgets by the organisation, project or virtual key id they cover.
     budgets_by_scope: HashMap<String, Vec<usize>>,
+    /// Each rate limit's limited counts, enforced with leases.
+    pub rate_counters: Vec<RateCounter>,
+    /// Rate counts by the organisation, project, virtual key or model id they count.
+    rate_counters_by_scope: ByScope,
     opener: SecretOpener,
     /// The snapshot's tables without its virtual keys, for the copy on disk.
     source: pb::Snapshot,
@@ -172,6 +177,85 @@ pub struct BudgetEntry {
     pub window: Window,
     /// How an operator names it, for refusal messages: e.g. `acme/web (month)`.
     pub name: String,
+}
+
+/// Which count of a rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDimension {
+    Requests,
+    /// Input plus output tokens.
+    Tokens,
+}
+
+/// One limited count of a rate limit (its requests or its tokens), leased like a budget.
+#[derive(Debug, Clone)]
+pub struct RateCounter {
+    /// `{limit id}/requests` or `{limit id}/tokens`: the book's key.
+    pub lease_id: String,
+    pub limit_id: String,
+    pub dimension: RateDimension,
+    /// Per window, at least 1.
+    pub limit: u64,
+    pub window: Window,
+    /// How an operator names the limit, for refusals: e.g. `acme/web/ci (60 s)`.
+    pub name: String,
+}
+
+impl Leased for RateCounter {
+    fn lease_id(&self) -> &str {
+        &self.lease_id
+    }
+
+    fn window_start_us(&self, now_us: i64) -> i64 {
+        self.window.start_us(now_us)
+    }
+}
+
+/// Indexes into a table, by the organisation, project, key or model id they apply to.
+type ByScope = HashMap<String, Vec<usize>>;
+
+/// The snapshot's rate limits as counts, each limited dimension its own, indexed by scope.
+fn rate_counters(
+    limits: &[pb::RateLimitConfig],
+) -> Result<(Vec<RateCounter>, ByScope), InvalidSnapshot> {
+    let mut counters = Vec::with_capacity(limits.len() * 2);
+    let mut by_scope: HashMap<String, Vec<usize>> = HashMap::new();
+    for r in limits {
+        if r.id.is_empty() || r.scope_id.is_empty() || r.window_seconds == 0 {
+            return Err(invalid("a rate limit without an id, a scope or a window"));
+        }
+        for (dimension, limit, suffix) in [
+            (RateDimension::Requests, r.requests_per_window, "requests"),
+            (RateDimension::Tokens, r.tokens_per_window, "tokens"),
+        ] {
+            if limit == 0 {
+                continue;
+            }
+            by_scope
+                .entry(r.scope_id.clone())
+                .or_default()
+                .push(counters.len());
+            counters.push(RateCounter {
+                lease_id: format!("{}/{suffix}", r.id),
+                limit_id: r.id.clone(),
+                dimension,
+                limit,
+                window: Window::Seconds(r.window_seconds),
+                name: r.name.clone(),
+            });
+        }
+    }
+    Ok((counters, by_scope))
+}
+
+impl Leased for BudgetEntry {
+    fn lease_id(&self) -> &str {
+        &self.id
+    }
+
+    fn window_start_us(&self, now_us: i64) -> i64 {
+        self.window.start_us(now_us)
+    }
 }
 
 /// Tables being built from a snapshot that arrives in parts: the first part's tables are
@@ -412,6 +496,8 @@ impl RoutingTables {
             });
         }
 
+        let (rate_counters, rate_counters_by_scope) = rate_counters(&snapshot.rate_limits)?;
+
         let replaces = snapshot.base_version != 0;
         let source = pb::Snapshot {
             version: snapshot.version,
@@ -424,6 +510,7 @@ impl RoutingTables {
             budgets: snapshot.budgets.clone(),
             base_version: 0,
             removed_key_hashes: Vec::new(),
+            rate_limits: snapshot.rate_limits.clone(),
         };
         let tables = Self {
             version: source.version,
@@ -435,6 +522,8 @@ impl RoutingTables {
             providers,
             budgets,
             budgets_by_scope,
+            rate_counters,
+            rate_counters_by_scope,
             opener,
             source,
         };
@@ -570,6 +659,19 @@ impl RoutingTables {
             .filter_map(|id| self.budgets_by_scope.get(id))
             .flatten()
             .map(|&i| &self.budgets[i])
+    }
+
+    /// The rate counts that a request of this organisation, project, key and model counts
+    /// against.
+    pub fn rate_counters_for<'a>(
+        &'a self,
+        scope_ids: [&str; 4],
+    ) -> impl Iterator<Item = &'a RateCounter> {
+        scope_ids
+            .into_iter()
+            .filter_map(|id| self.rate_counters_by_scope.get(id))
+            .flatten()
+            .map(|&i| &self.rate_counters[i])
     }
 
     pub fn virtual_key_count(&self) -> usize {

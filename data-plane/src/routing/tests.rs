@@ -76,6 +76,14 @@ pub(crate) fn fixture() -> Fixture {
         }],
         base_version: 0,
         removed_key_hashes: Vec::new(),
+        rate_limits: vec![pb::RateLimitConfig {
+            id: "r1".into(),
+            scope_id: "p1".into(),
+            requests_per_window: 10,
+            tokens_per_window: 0,
+            window_seconds: 60,
+            name: "o1/web (60 s)".into(),
+        }],
     };
     Fixture { sealing, snapshot }
 }
@@ -112,6 +120,11 @@ fn every_rule_refuses_what_it_guards_and_says_so() -> Result<(), InvalidSnapshot
             "unspecified posture",
             |s| s.projects[0].posture = 0,
             "unknown posture",
+        ),
+        (
+            "a rate limit without a window",
+            |s| s.rate_limits[0].window_seconds = 0,
+            "rate limit without",
         ),
         (
             "unknown provider type",
@@ -354,4 +367,21 @@ fn present<T>(found: Option<T>, what: &str) -> Result<T, InvalidSnapshot> {
 /// Why `begin` refused, or nothing when it did not.
 fn refusal<T>(begun: Result<T, InvalidSnapshot>) -> String {
     begun.err().map(|refused| refused.0).unwrap_or_default()
+}
+
+#[test]
+fn a_rate_limit_counts_only_what_it_limits_for_its_scope() -> Result<(), InvalidSnapshot> {
+    let base = fixture();
+    let tables = RoutingTables::build(&base.snapshot, &base.sealing, &[])?;
+    let counted: Vec<&str> = tables
+        .rate_counters_for(["o1", "p1", "v1", "m1"])
+        .map(|c| c.lease_id.as_str())
+        .collect();
+    // Its tokens are not limited (0), so only its requests are a count.
+    assert_eq!(counted, ["r1/requests"]);
+    assert_eq!(
+        tables.rate_counters_for(["o2", "p2", "v2", "m2"]).count(),
+        0
+    );
+    Ok(())
 }

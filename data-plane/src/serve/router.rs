@@ -57,7 +57,7 @@ fn destination(gateway: &Gateway, request: &Request<RequestBody>) -> Destination
             "text/plain; version=0.0.4",
             gateway.metrics.render(
                 sluice_shared::time::now_us(),
-                gateway.leases.reserved_micros(),
+                gateway.leases.reserved(),
                 gateway.heap_stats.get().and_then(|read| read()),
             ),
         )),

@@ -9,6 +9,7 @@ mod output;
 mod project;
 mod provider;
 mod provider_key;
+mod rate_limit;
 mod token;
 mod upstream_settings;
 mod usage;
@@ -91,6 +92,9 @@ enum Resource {
     /// Spend limits (HARD refuses once spent, SOFT alerts) and their spend so far.
     #[command(subcommand)]
     Budget(budget::BudgetCommand),
+    /// Requests and tokens per window across the fleet, with what proxies hold of them.
+    #[command(subcommand, name = "rate-limit")]
+    RateLimit(rate_limit::RateLimitCommand),
     /// Admin, read-only and data-plane tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -211,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Resource::Model(command) => model(&mut client, command).await?,
         Resource::Vkey(command) => return vkey(&mut client, command, format).await,
         Resource::Budget(command) => budget::run(&mut client, command).await?,
+        Resource::RateLimit(command) => rate_limit::run(&mut client, command).await?,
         Resource::Usage(args) => usage::run(&mut client, args).await?,
         Resource::Token(command) => return token(&mut client, command, format).await,
         Resource::Audit(command) => audit(&mut client, command).await?,

@@ -219,6 +219,7 @@ macro_rules! fleet_sql {
                 let (virtual_keys, removed_virtual_keys) =
                     config_virtual_keys(&mut tx, keys).await?;
                 let budgets = config_budgets(&mut tx).await?;
+                let rate_limits = config_rate_limits(&mut tx).await?;
                 tx.commit().await?;
                 Ok(ConfigState {
                     version: to_u64(version, "config version")?,
@@ -229,6 +230,7 @@ macro_rules! fleet_sql {
                     virtual_keys,
                     removed_virtual_keys,
                     budgets,
+                    rate_limits,
                 })
             }
 

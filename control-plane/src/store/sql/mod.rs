@@ -16,6 +16,7 @@ pub(super) mod common;
 pub(super) mod fleet;
 pub(super) mod models;
 pub(super) mod providers;
+pub(super) mod rate_limits;
 pub(super) mod tenancy;
 pub(super) mod usage;
 pub(super) mod usage_query;
@@ -155,6 +156,7 @@ macro_rules! sql_store {
             crate::store::sql::usage::usage_sql!($store);
             crate::store::sql::usage_query::usage_query_fns!();
             crate::store::sql::budgets::budgets_sql!($store);
+            crate::store::sql::rate_limits::rate_limits_sql!($store);
         }
     };
 }

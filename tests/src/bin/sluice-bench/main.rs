@@ -5,7 +5,8 @@
 //!
 //! Three processes are measured the same way: a mock upstream (`sluice-bench upstream`), the
 //! floor — a minimal hyper pass-through proxy (`sluice-bench floor`) — and `sluice-proxy` on a
-//! LIVE route (with `sluice-control-plane` beside it). The load comes from this process over
+//! LIVE route (with `sluice-control-plane` beside it) whose provider sets retries and timeouts
+//! and whose key and model carry rate limits. The load comes from this process over
 //! loopback. CPU per request is the proxy process's run time over the run (its threads'
 //! schedstat), divided by the requests served. A second part measures the way users do ([`nginx`]): nginx
 //! as the floor, `oha` as the load at 32 and 64 connections in alternating rounds, every
@@ -719,6 +720,29 @@ async fn bench() {
         .ok();
     let key = cp.virtual_key("bench/p/load", &[]);
     cp.ctl(&["project", "set-posture", "bench/p", "live"]).ok();
+    // What a production route carries: retries and timeouts set on its provider, and rate
+    // limits on its key and its model, so every request takes its rate leases (set high
+    // enough never to refuse: the cost of checking them is what is measured).
+    cp.ctl(&[
+        "provider",
+        "update",
+        "bench/up",
+        "--max-attempts",
+        "3",
+        "--attempts-per-key",
+        "2",
+        "--first-byte-timeout-ms",
+        "30000",
+        "--total-timeout-ms",
+        "120000",
+    ])
+    .ok();
+    for target in [&["bench/p/load"][..], &["bench", "--model", "bench"]] {
+        let mut args = vec!["rate-limit", "create"];
+        args.extend_from_slice(target);
+        args.extend_from_slice(&["--requests", "1000000000", "--tokens", "1000000000000"]);
+        cp.ctl(&args).ok();
+    }
     let token = cp.data_plane_token("bench-proxies");
     let proxy_dirs: Vec<tempfile::TempDir> = (0..proxy_count)
         .map(|_| tempfile::tempdir().unwrap())
