@@ -233,6 +233,19 @@ macro_rules! rate_limits_sql {
             );
             let allowance = base + grant;
             let expires_at_us = now_us + policy.ttl_us;
+            if mine.is_none() {
+                // A window's first grant to this process: the leases of windows gone say
+                // nothing any more (a range of the primary key, so cheap however many).
+                sqlx::query(
+                    "DELETE FROM rate_leases WHERE rate_limit_id = $1 AND dimension = $2 \
+                     AND window_start_us < $3",
+                )
+                .bind(&rate_use.rate_limit_id)
+                .bind(rate_use.dimension.as_str())
+                .bind(window)
+                .execute(&mut **tx)
+                .await?;
+            }
             sqlx::query(
                 "INSERT INTO rate_leases (rate_limit_id, dimension, window_start_us, proxy_id, \
                  epoch, allowance, used, expires_at_us, updated_at_us) \
@@ -378,11 +391,6 @@ macro_rules! rate_limits_sql {
                         grants.push(grant);
                     }
                 }
-                // Windows are at most a day long: leases of windows two days gone only take room.
-                sqlx::query("DELETE FROM rate_leases WHERE window_start_us < $1")
-                    .bind(now_us - 2 * 86_400_000_000)
-                    .execute(&mut *tx)
-                    .await?;
                 tx.commit().await?;
                 Ok(grants)
             }
