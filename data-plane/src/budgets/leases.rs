@@ -217,15 +217,15 @@ impl LeaseBook {
             .sum()
     }
 
-    fn try_reserve<E: Leased>(
+    fn try_reserve<'e, E: Leased + 'e>(
         &self,
-        entries: &[&E],
+        entries: impl Iterator<Item = &'e E>,
         amount: i64,
         now_us: i64,
     ) -> Result<Reservation, (usize, Shortfall)> {
         let cells = self.cells.load();
-        let mut taken: Vec<Arc<LeaseCell>> = Vec::with_capacity(entries.len());
-        for (index, entry) in entries.iter().enumerate() {
+        let mut taken = HeldCells::default();
+        for (index, entry) in entries.enumerate() {
             let shortfall = match cells.get(entry.lease_id()) {
                 None => Some(Shortfall::Waiting),
                 Some(cell) => {
@@ -246,7 +246,7 @@ impl LeaseBook {
                                 .is_ok();
                         if fits {
                             cell.reserved.fetch_add(amount, Ordering::Relaxed);
-                            taken.push(cell.clone());
+                            taken.push(cell);
                             None
                         } else {
                             cell.wanted.fetch_max(amount, Ordering::Relaxed);
@@ -279,15 +279,17 @@ impl LeaseBook {
     /// Reserves `amount` in every entry's count, waiting up to [`Self::wait`] for a renewal
     /// when a lease is low or missing. A spent count is refused at once, without asking the
     /// control plane: callers whose limit may be raised mid-window nudge the lease client.
-    pub async fn reserve<E: Leased>(
+    /// `entries` is walked once per try, so a request's counts need no list of their own;
+    /// a refusal names the entry by its place in it.
+    pub async fn reserve<'e, E: Leased + 'e>(
         &self,
-        entries: &[&E],
+        entries: impl Iterator<Item = &'e E> + Clone,
         amount: i64,
     ) -> Result<Reservation, Refusal> {
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             let renewed = self.renewed.notified();
-            match self.try_reserve(entries, amount, sluice_shared::time::now_us()) {
+            match self.try_reserve(entries.clone(), amount, sluice_shared::time::now_us()) {
                 Ok(reservation) => return Ok(reservation),
                 Err((index, Shortfall::Spent)) => return Err(Refusal::Spent(index)),
                 Err((index, Shortfall::Waiting)) => {
@@ -310,9 +312,30 @@ impl LeaseBook {
 /// unsettled gives everything back.
 #[must_use]
 pub struct Reservation {
-    cells: Vec<Arc<LeaseCell>>,
+    cells: HeldCells,
     amount: i64,
     settled: bool,
+}
+
+/// The cells a reservation holds: a request is covered by a few counts at most (a budget or a
+/// rate limit per scope), which fit without an allocation.
+#[derive(Default)]
+struct HeldCells {
+    inline: [Option<Arc<LeaseCell>>; 4],
+    more: Vec<Arc<LeaseCell>>,
+}
+
+impl HeldCells {
+    fn push(&mut self, cell: &Arc<LeaseCell>) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(cell.clone()),
+            None => self.more.push(cell.clone()),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<LeaseCell>> {
+        self.inline.iter().flatten().chain(&self.more)
+    }
 }
 
 impl Reservation {
@@ -320,7 +343,7 @@ impl Reservation {
         // An upstream may report absurd usage: spend saturates rather than wrapping to
         // negative, which would read as budget left.
         let delta = actual_micros.saturating_sub(self.amount);
-        for cell in &self.cells {
+        for cell in self.cells.iter() {
             let _ = cell
                 .used
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -337,7 +360,7 @@ impl Drop for Reservation {
         if self.settled {
             return;
         }
-        for cell in &self.cells {
+        for cell in self.cells.iter() {
             cell.used.fetch_sub(self.amount, Ordering::AcqRel);
             cell.reserved.fetch_sub(self.amount, Ordering::Relaxed);
         }
@@ -391,13 +414,13 @@ mod tests {
             grant("org", 10_000, false),
         ]);
         let both: Vec<&Total> = budgets.iter().collect();
-        let first = book.reserve(&both, 600).await.unwrap();
+        let first = book.reserve(both.iter().copied(), 600).await.unwrap();
         // 600 more does not fit "web": nothing is taken from "org" either.
-        assert!(book.reserve(&both, 600).await.is_err());
+        assert!(book.reserve(both.iter().copied(), 600).await.is_err());
         assert_eq!(book.cell("org").unwrap().used.load(Ordering::Relaxed), 600);
         first.settle(250);
         assert_eq!(book.reserved(), 0);
-        let second = book.reserve(&both, 600).await.unwrap();
+        let second = book.reserve(both.iter().copied(), 600).await.unwrap();
         drop(second);
         assert_eq!(book.cell("web").unwrap().used.load(Ordering::Relaxed), 250);
         assert_eq!(book.reserved(), 0);
@@ -426,7 +449,7 @@ mod tests {
             let mut held = Vec::new();
             let mut total: i128 = 0;
             for amount in amounts {
-                if let Ok(reservation) = book.try_reserve(&[&budgets[0]], amount, 0) {
+                if let Ok(reservation) = book.try_reserve(budgets.iter(), amount, 0) {
                     proptest::prop_assert!(amount >= 0);
                     total += i128::from(amount);
                     held.push(reservation);
@@ -451,14 +474,35 @@ mod tests {
             let budgets = [budget("web")];
             let book = book(&budgets);
             book.apply(vec![grant("web", allowance, false)]);
-            let Ok(reservation) = book.try_reserve(&[&budgets[0]], reserved, 0) else {
+            let Ok(reservation) = book.try_reserve(budgets.iter(), reserved, 0) else {
                 return Ok(());
             };
             reservation.settle(actual);
             let used = book.cell("web").unwrap().used.load(Ordering::Relaxed);
             proptest::prop_assert_eq!(used, actual);
-            let next = book.try_reserve(&[&budgets[0]], 1, 0);
+            let next = book.try_reserve(budgets.iter(), 1, 0);
             proptest::prop_assert_eq!(next.is_ok(), actual < allowance);
+        }
+    }
+
+    #[tokio::test]
+    async fn more_counts_than_fit_inline_are_held_and_given_back_all_or_nothing() {
+        let counts = ["a", "b", "c", "d", "e", "f"].map(budget);
+        let book = book(&counts);
+        book.apply(counts.iter().map(|c| grant(c.0, 10, false)).collect());
+        book.apply(vec![grant("f", 5, false)]);
+        let held = book.reserve(counts.iter(), 5).await.unwrap();
+        assert_eq!(book.reserved(), 30);
+        // "f" is full: nothing is taken from the five before it.
+        assert_eq!(
+            book.reserve(counts.iter(), 1).await.err(),
+            Some(Refusal::NoRoom(5))
+        );
+        assert_eq!(book.reserved(), 30);
+        held.settle(2);
+        assert_eq!(book.reserved(), 0);
+        for count in &counts {
+            assert_eq!(book.cell(count.0).unwrap().used.load(Ordering::Relaxed), 2);
         }
     }
 
@@ -468,7 +512,7 @@ mod tests {
         let book = book(&budgets);
         book.apply(vec![grant("web", 100, true)]);
         let started = tokio::time::Instant::now();
-        let refusal = book.reserve(&[&budgets[0]], 101).await.err().unwrap();
+        let refusal = book.reserve(budgets.iter(), 101).await.err().unwrap();
         assert_eq!(refusal, Refusal::Spent(0));
         assert!(started.elapsed() < book.wait, "no wait for a renewal");
         assert_eq!(book.cell("web").unwrap().standing(0), Some((100, 0)));
@@ -478,7 +522,7 @@ mod tests {
     async fn without_a_lease_the_request_waits_then_is_refused() {
         let budgets = [budget("web")];
         let book = book(&budgets);
-        let refusal = book.reserve(&[&budgets[0]], 1).await.err().unwrap();
+        let refusal = book.reserve(budgets.iter(), 1).await.err().unwrap();
         assert_eq!(refusal, Refusal::NoRoom(0));
         assert!(!book.reachable());
         assert_eq!(
@@ -496,7 +540,7 @@ mod tests {
         let waiter = {
             let book = book.clone();
             let entry = budgets[0].clone();
-            tokio::spawn(async move { book.reserve(&[&entry], 50).await.map(|r| r.settle(50)) })
+            tokio::spawn(async move { book.reserve(std::iter::once(&entry), 50).await.map(|r| r.settle(50)) })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(

@@ -28,17 +28,15 @@ pub async fn reserve(
     if tables.budgets.is_empty() {
         return Ok(None);
     }
-    let budgets: Vec<&BudgetEntry> = tables
-        .budgets_for([&caller.project.org_id, &caller.project.id, &caller.key.id])
-        .collect();
-    if budgets.is_empty() {
+    let budgets = tables.budgets_for([&caller.project.org_id, &caller.project.id, &caller.key.id]);
+    if budgets.clone().next().is_none() {
         return Ok(None);
     }
     let usage = largest_usage(gateway, chat, body_len, operation);
     let most =
         crate::metering::draft::cost_micros(usage, crate::metering::draft::Prices::of(model));
     let book = &gateway.leases;
-    let refusal = match book.reserve(&budgets, most).await {
+    let refusal = match book.reserve(budgets.clone(), most).await {
         Ok(reservation) => return Ok(Some(reservation)),
         Err(refusal) => refusal,
     };
@@ -48,23 +46,23 @@ pub async fn reserve(
             book.nudge.notify_one();
             format!(
                 "budget {} is spent: raise it with `sluicectl budget update` or wait for its next window",
-                name_of(&budgets, index)
+                name_of(budgets, index)
             )
         }
         Refusal::NoRoom(index) if book.reachable() => format!(
             "budget {} has no allowance left for this request right now; it is nearly spent — retry shortly, or raise it with `sluicectl budget update`",
-            name_of(&budgets, index)
+            name_of(budgets, index)
         ),
         Refusal::NoRoom(index) => format!(
             "budget {} has no current lease and the control plane is unreachable; a HARD budget is refused rather than overspent",
-            name_of(&budgets, index)
+            name_of(budgets, index)
         ),
     };
     Err(GatewayError::new(ErrorCode::BudgetExceeded, message))
 }
 
-fn name_of<'a>(budgets: &[&'a BudgetEntry], index: usize) -> &'a str {
-    budgets.get(index).map_or("", |b| b.name.as_str())
+fn name_of<'a>(mut budgets: impl Iterator<Item = &'a BudgetEntry>, index: usize) -> &'a str {
+    budgets.nth(index).map_or("", |b| b.name.as_str())
 }
 
 /// The most a request can use: its prompt counted at one token per four bytes of the request

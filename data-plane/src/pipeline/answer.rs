@@ -289,6 +289,9 @@ fn copy_response_headers(
     to: &mut http::HeaderMap,
     scrubber: &CredentialScrubber,
 ) {
+    // Room, at once, for these and for what the gateway adds after (its rate-limit standing,
+    // the attempts, the request id): growing a map on the way costs two allocations a time.
+    to.reserve(16);
     let clean = |value: &HeaderValue| !scrubber.found_in(value.as_bytes());
     for name in [
         header::CONTENT_TYPE,

@@ -3,12 +3,26 @@
 //! Remaining is this proxy's view: what its lease has left plus what the control plane had
 //! not granted to any proxy at its last grant.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::budgets::leases::LeaseBook;
 use crate::routing::tables::RateCounter;
+
+// Names made once: one inserted from a `&str` is copied into a new allocation every time.
+const REQUESTS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+const TOKENS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Standing {
@@ -25,7 +39,11 @@ pub struct RateHeaders {
 }
 
 impl RateHeaders {
-    pub fn of(book: &LeaseBook, requests: &[&RateCounter], tokens: &[&RateCounter]) -> Self {
+    pub fn of<'t>(
+        book: &LeaseBook,
+        requests: impl Iterator<Item = &'t RateCounter>,
+        tokens: impl Iterator<Item = &'t RateCounter>,
+    ) -> Self {
         let now = sluice_shared::time::now_us();
         Self {
             requests: tightest(book, requests, now),
@@ -33,36 +51,47 @@ impl RateHeaders {
         }
     }
 
+    /// Writes the headers. Their values are spelled into one buffer and each header takes
+    /// its slice of it: two allocations for all six, where a value each would take six and
+    /// more.
     pub fn write(&self, headers: &mut HeaderMap) {
-        for (standing, limit, remaining, reset) in [
-            (
-                self.requests,
-                "x-ratelimit-limit-requests",
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-reset-requests",
-            ),
-            (
-                self.tokens,
-                "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-tokens",
-                "x-ratelimit-reset-tokens",
-            ),
-        ] {
+        let mut text = BytesMut::with_capacity(128);
+        let value = |text: &mut BytesMut, spell: &dyn Fn(&mut BytesMut)| {
+            spell(text);
+            HeaderValue::from_maybe_shared(text.split().freeze()).ok()
+        };
+        for (standing, names) in [(self.requests, REQUESTS), (self.tokens, TOKENS)] {
             let Some(standing) = standing else {
                 continue;
             };
-            headers.insert(limit, HeaderValue::from(standing.limit));
-            headers.insert(remaining, HeaderValue::from(standing.remaining));
-            if let Ok(value) = HeaderValue::from_str(&go_duration(standing.reset)) {
-                headers.insert(reset, value);
+            let [limit, remaining, reset] = names;
+            let spelled = [
+                (limit, value(&mut text, &|t| number(t, standing.limit))),
+                (
+                    remaining,
+                    value(&mut text, &|t| number(t, standing.remaining)),
+                ),
+                (reset, value(&mut text, &|t| go_duration(t, standing.reset))),
+            ];
+            for (name, spelled) in spelled {
+                if let Some(spelled) = spelled {
+                    headers.insert(name, spelled);
+                }
             }
         }
     }
 }
 
-fn tightest(book: &LeaseBook, counters: &[&RateCounter], now_us: i64) -> Option<Standing> {
+fn number(text: &mut BytesMut, value: u64) {
+    let _ = write!(text, "{value}");
+}
+
+fn tightest<'t>(
+    book: &LeaseBook,
+    counters: impl Iterator<Item = &'t RateCounter>,
+    now_us: i64,
+) -> Option<Standing> {
     counters
-        .iter()
         .map(|counter| {
             let window = counter.window.start_us(now_us);
             let remaining = book
@@ -85,29 +114,32 @@ fn tightest(book: &LeaseBook, counters: &[&RateCounter], now_us: i64) -> Option<
 
 /// A duration as OpenAI's headers spell it (Go's `time.Duration` format, to the
 /// millisecond): `20ms`, `1s`, `59.2s`, `6m0s`, `1h2m3.5s`.
-fn go_duration(duration: Duration) -> String {
+fn go_duration(text: &mut BytesMut, duration: Duration) {
     let millis = duration.as_millis();
     if millis < 1_000 {
-        return format!("{millis}ms");
+        let _ = write!(text, "{millis}ms");
+        return;
     }
     let (hours, rest) = (millis / 3_600_000, millis % 3_600_000);
     let (minutes, rest) = (rest / 60_000, rest % 60_000);
     let (seconds, fraction) = (rest / 1_000, rest % 1_000);
-    let mut text = String::new();
     if hours > 0 {
-        text.push_str(&format!("{hours}h"));
+        let _ = write!(text, "{hours}h");
     }
     if hours > 0 || minutes > 0 {
-        text.push_str(&format!("{minutes}m"));
+        let _ = write!(text, "{minutes}m");
     }
-    text.push_str(&seconds.to_string());
+    let _ = write!(text, "{seconds}");
     if fraction > 0 {
-        let digits = format!("{fraction:03}");
-        text.push('.');
-        text.push_str(digits.trim_end_matches('0'));
+        // Milliseconds as a decimal fraction, without trailing zeros: 200 → .2, 5 → .005.
+        let (mut digits, mut width) = (fraction, 3);
+        while digits % 10 == 0 {
+            digits /= 10;
+            width -= 1;
+        }
+        let _ = write!(text, ".{digits:0width$}");
     }
-    text.push('s');
-    text
+    text.extend_from_slice(b"s");
 }
 
 #[cfg(test)]
@@ -126,7 +158,9 @@ mod tests {
             (3_600_000, "1h0m0s"),
             (1_005, "1.005s"),
         ] {
-            assert_eq!(go_duration(Duration::from_millis(millis)), text);
+            let mut spelled = BytesMut::new();
+            go_duration(&mut spelled, Duration::from_millis(millis));
+            assert_eq!(spelled, text.as_bytes());
         }
     }
 }

@@ -64,28 +64,24 @@ pub async fn admit(
     scope_ids: [&str; 4],
     largest_tokens: u64,
 ) -> Result<Admitted, GatewayError> {
+    let none = Admitted {
+        hold: None,
+        headers: None,
+    };
     if tables.rate_counters.is_empty() {
-        return Ok(Admitted {
-            hold: None,
-            headers: None,
-        });
+        return Ok(none);
     }
-    let mut requests: Vec<&RateCounter> = Vec::new();
-    let mut tokens: Vec<&RateCounter> = Vec::new();
-    for counter in tables.rate_counters_for(scope_ids) {
-        match counter.dimension {
-            RateDimension::Requests => requests.push(counter),
-            RateDimension::Tokens => tokens.push(counter),
-        }
+    let counters = tables.rate_counters_for(scope_ids);
+    if counters.clone().next().is_none() {
+        return Ok(none);
     }
-    if requests.is_empty() && tokens.is_empty() {
-        return Ok(Admitted {
-            hold: None,
-            headers: None,
-        });
-    }
+    let requests = counters
+        .clone()
+        .filter(|c| c.dimension == RateDimension::Requests);
+    let tokens = counters.filter(|c| c.dimension == RateDimension::Tokens);
     let book = &gateway.rate_leases;
-    if let Some(counter) = tokens.iter().find(|c| largest_tokens > c.limit) {
+    let standing = || RateHeaders::of(book, requests.clone(), tokens.clone());
+    if let Some(counter) = tokens.clone().find(|c| largest_tokens > c.limit) {
         let error = GatewayError::new(
             ErrorCode::InvalidRequest,
             format!(
@@ -94,18 +90,18 @@ pub async fn admit(
             ),
         )
         .with_param("max_tokens");
-        return Err(with_headers(error, book, &requests, &tokens));
+        return Err(with_headers(error, standing()));
     }
     let largest = i64::try_from(largest_tokens).unwrap_or(i64::MAX);
-    let held_requests = match take(gateway, book, &requests, 1).await {
+    let held_requests = match take(gateway, book, requests.clone(), 1).await {
         Ok(held) => held,
-        Err(error) => return Err(with_headers(error, book, &requests, &tokens)),
+        Err(error) => return Err(with_headers(error, standing())),
     };
-    let held_tokens = match take(gateway, book, &tokens, largest).await {
+    let held_tokens = match take(gateway, book, tokens.clone(), largest).await {
         Ok(held) => held,
         Err(error) => {
             drop(held_requests);
-            return Err(with_headers(error, book, &requests, &tokens));
+            return Err(with_headers(error, standing()));
         }
     };
     Ok(Admitted {
@@ -113,22 +109,22 @@ pub async fn admit(
             requests: held_requests,
             tokens: held_tokens,
         }),
-        headers: Some(RateHeaders::of(book, &requests, &tokens)),
+        headers: Some(standing()),
     })
 }
 
 /// Reserves `amount` in each counter: `None` when there are none, or when the request goes
 /// unchecked because no lease can be had from an unreachable control plane.
-async fn take(
+async fn take<'t>(
     gateway: &Gateway,
     book: &LeaseBook,
-    counters: &[&RateCounter],
+    mut counters: impl Iterator<Item = &'t RateCounter> + Clone,
     amount: i64,
 ) -> Result<Option<Reservation>, GatewayError> {
-    if counters.is_empty() {
+    if counters.clone().next().is_none() {
         return Ok(None);
     }
-    let refusal = match book.reserve(counters, amount).await {
+    let refusal = match book.reserve(counters.clone(), amount).await {
         Ok(reservation) => return Ok(Some(reservation)),
         Err(refusal) => refusal,
     };
@@ -142,7 +138,7 @@ async fn take(
             Ok(None)
         }
         Refusal::Spent(index) => {
-            let counter = counters.get(index).copied();
+            let counter = counters.nth(index);
             let wait = counter.map_or(Duration::from_secs(1), |c| until_window_end(c, now));
             let (what, limit, name) = counter.map_or(("requests", 0, ""), |c| {
                 (unit(c.dimension), c.limit, c.name.as_str())
@@ -158,7 +154,7 @@ async fn take(
             Err(error)
         }
         Refusal::NoRoom(index) => {
-            let counter = counters.get(index).copied();
+            let counter = counters.nth(index);
             let name = counter.map_or("", |c| c.name.as_str());
             let wait = counter.map_or(Duration::from_secs(1), |c| {
                 until_window_end(c, now).min(Duration::from_secs(1))
@@ -187,14 +183,9 @@ fn until_window_end(counter: &RateCounter, now_us: i64) -> Duration {
     Duration::from_micros(u64::try_from(end.saturating_sub(now_us)).unwrap_or(0))
 }
 
-fn with_headers(
-    mut error: GatewayError,
-    book: &LeaseBook,
-    requests: &[&RateCounter],
-    tokens: &[&RateCounter],
-) -> GatewayError {
+fn with_headers(mut error: GatewayError, standing: RateHeaders) -> GatewayError {
     let mut headers = HeaderMap::new();
-    RateHeaders::of(book, requests, tokens).write(&mut headers);
+    standing.write(&mut headers);
     error.headers = Some(Box::new(headers));
     error
 }

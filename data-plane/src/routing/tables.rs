@@ -653,7 +653,7 @@ impl RoutingTables {
     pub fn budgets_for<'a>(
         &'a self,
         scope_ids: [&str; 3],
-    ) -> impl Iterator<Item = &'a BudgetEntry> {
+    ) -> impl Iterator<Item = &'a BudgetEntry> + Clone {
         scope_ids
             .into_iter()
             .filter_map(|id| self.budgets_by_scope.get(id))
@@ -666,7 +666,7 @@ impl RoutingTables {
     pub fn rate_counters_for<'a>(
         &'a self,
         scope_ids: [&str; 4],
-    ) -> impl Iterator<Item = &'a RateCounter> {
+    ) -> impl Iterator<Item = &'a RateCounter> + Clone {
         scope_ids
             .into_iter()
             .filter_map(|id| self.rate_counters_by_scope.get(id))

@@ -114,6 +114,9 @@ pub fn refused(gateway: &Gateway, refused: Refused) -> Response<Body> {
     answered(gateway, Err(error), &sluice_shared::ids::new_id())
 }
 
+/// Made once: a name inserted from a `&str` is copied into a new allocation every time.
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Every answer: an error counted and rendered, and the request id on it.
 fn answered(
     gateway: &Gateway,
@@ -125,7 +128,7 @@ fn answered(
         error.into_response(request_id)
     });
     if let Ok(value) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(REQUEST_ID, value);
     }
     response
 }
