@@ -540,7 +540,11 @@ mod tests {
         let waiter = {
             let book = book.clone();
             let entry = budgets[0].clone();
-            tokio::spawn(async move { book.reserve(std::iter::once(&entry), 50).await.map(|r| r.settle(50)) })
+            tokio::spawn(async move {
+                book.reserve(std::iter::once(&entry), 50)
+                    .await
+                    .map(|r| r.settle(50))
+            })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(
