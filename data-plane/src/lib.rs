@@ -12,6 +12,7 @@ pub mod control;
 pub(crate) mod endpoints;
 pub(crate) mod error_response;
 pub(crate) mod families;
+pub(crate) mod fast_hash;
 pub(crate) mod framing;
 pub mod gateway;
 pub(crate) mod http_body;

@@ -212,6 +212,14 @@ async fn a_raised_limit_admits_again_and_tokens_count_what_the_upstream_reported
     }
     let refused = call("usage:30/20").await;
     assert_eq!(refused.status, 429);
+    // Over HTTP/2 (h2c) the same answer carries the same headers.
+    let h2 = Http::h2c()
+        .post(&url, Some(&acme.key), &request("usage:30/20"))
+        .await
+        .unwrap();
+    assert_eq!(h2.status, 429);
+    assert_eq!(header(&h2, "x-ratelimit-limit-requests"), "5");
+    assert_eq!(header(&h2, "x-ratelimit-remaining-requests"), "0");
     assert_eq!(refused.json()["error"]["code"], "rate_limited");
     let wait: u64 = header(&refused, "retry-after").parse().unwrap();
     assert!(wait <= 3_600);
@@ -223,6 +231,13 @@ async fn a_raised_limit_admits_again_and_tokens_count_what_the_upstream_reported
         call("usage:30/20").await.status == 200
     })
     .await;
+    let h2 = Http::h2c()
+        .post(&url, Some(&acme.key), &request("usage:30/20"))
+        .await
+        .unwrap();
+    assert_eq!(h2.status, 200, "{}", h2.text());
+    assert_eq!(header(&h2, "x-ratelimit-limit-requests"), "10");
+    header(&h2, "x-ratelimit-reset-requests");
 
     // A token limit on the model: each request reserves its prompt (a token per four bytes
     // of body) plus max_tokens, then settles to the 35 tokens the upstream reports. Were the

@@ -6,13 +6,14 @@
 //! reservation is a guard: dropped on any other exit path (error, timeout, client gone, panic
 //! unwinding) it gives the amount back, so nothing leaks into a phantom refusal.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
+
+use crate::fast_hash::FastMap;
 
 /// What a lease is for, as the book needs to know it.
 pub trait Leased {
@@ -105,7 +106,7 @@ pub struct Grant {
 }
 
 pub struct LeaseBook {
-    cells: ArcSwap<HashMap<String, Arc<LeaseCell>>>,
+    cells: ArcSwap<FastMap<String, Arc<LeaseCell>>>,
     /// This process: the control plane keeps its leases apart from an earlier process's.
     pub epoch: u64,
     /// How long a request waits for a renewal before it is refused.
@@ -138,7 +139,7 @@ pub enum Refusal {
 impl LeaseBook {
     pub fn new(epoch: u64, wait: Duration) -> Self {
         Self {
-            cells: ArcSwap::from_pointee(HashMap::new()),
+            cells: ArcSwap::from_pointee(FastMap::default()),
             epoch,
             wait,
             nudge: Notify::new(),
@@ -165,7 +166,7 @@ impl LeaseBook {
         {
             return;
         }
-        let next: HashMap<String, Arc<LeaseCell>> = entries
+        let next: FastMap<String, Arc<LeaseCell>> = entries
             .iter()
             .map(|e| {
                 let cell = current
@@ -286,8 +287,15 @@ impl LeaseBook {
         entries: impl Iterator<Item = &'e E> + Clone,
         amount: i64,
     ) -> Result<Reservation, Refusal> {
+        // The usual case, room at once, needs neither a deadline nor a place among waiters.
+        match self.try_reserve(entries.clone(), amount, sluice_shared::time::now_us()) {
+            Ok(reservation) => return Ok(reservation),
+            Err((index, Shortfall::Spent)) => return Err(Refusal::Spent(index)),
+            Err((_, Shortfall::Waiting)) => {}
+        }
         let deadline = tokio::time::Instant::now() + self.wait;
         loop {
+            // Made before the next try: it hears a renewal that lands between the two.
             let renewed = self.renewed.notified();
             match self.try_reserve(entries.clone(), amount, sluice_shared::time::now_us()) {
                 Ok(reservation) => return Ok(reservation),
@@ -339,6 +347,11 @@ impl HeldCells {
 }
 
 impl Reservation {
+    /// The cells held, in the order of the entries reserved in.
+    pub fn cells(&self) -> impl Iterator<Item = &LeaseCell> {
+        self.cells.iter().map(|cell| &**cell)
+    }
+
     pub fn settle(mut self, actual_micros: i64) {
         // An upstream may report absurd usage: spend saturates rather than wrapping to
         // negative, which would read as budget left.

@@ -149,7 +149,24 @@ pub async fn serve(
     // Where the caller stands against its rate limits, on every answer.
     match answered {
         Ok(mut response) => {
-            headers.write(response.headers_mut());
+            // Sluice's own limits are the ones this caller meets first: an upstream's standing
+            // passed through would contradict them.
+            if response
+                .headers()
+                .keys()
+                .any(|name| name.as_str().starts_with("x-ratelimit-"))
+            {
+                let names: Vec<_> = response
+                    .headers()
+                    .keys()
+                    .filter(|name| name.as_str().starts_with("x-ratelimit-"))
+                    .cloned()
+                    .collect();
+                for name in names {
+                    response.headers_mut().remove(name);
+                }
+            }
+            response.extensions_mut().insert(headers.render());
             Ok(response)
         }
         Err(mut error) => {

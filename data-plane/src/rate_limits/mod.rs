@@ -28,6 +28,9 @@ use crate::routing::tables::{RateCounter, RateDimension, RoutingTables};
 
 pub use headers::RateHeaders;
 
+/// Two counts (requests, tokens) for each of a request's four scopes.
+const MAX_COUNTS: usize = 8;
+
 /// A request's hold on its rate limits: one request in each requests count, its largest
 /// possible tokens in each tokens count. Settled when its usage record is written; dropped, it
 /// gives everything back.
@@ -50,20 +53,20 @@ impl RateHold {
 
 /// What admission under rate limits gives a request: its hold, and the headers that tell the
 /// client where it stands (both `None` when no limit covers it).
-pub struct Admitted {
+pub struct Admitted<'t> {
     pub hold: Option<RateHold>,
-    pub headers: Option<RateHeaders>,
+    pub headers: Option<RateHeaders<'t>>,
 }
 
 /// Takes the request's share of every rate limit that covers it (its organisation, project,
 /// virtual key and model), or refuses it with `rate_limited` and the wait until its window
 /// ends.
-pub async fn admit(
+pub async fn admit<'t>(
     gateway: &Gateway,
-    tables: &RoutingTables,
+    tables: &'t RoutingTables,
     scope_ids: [&str; 4],
     largest_tokens: u64,
-) -> Result<Admitted, GatewayError> {
+) -> Result<Admitted<'t>, GatewayError> {
     let none = Admitted {
         hold: None,
         headers: None,
@@ -71,16 +74,22 @@ pub async fn admit(
     if tables.rate_counters.is_empty() {
         return Ok(none);
     }
-    let counters = tables.rate_counters_for(scope_ids);
-    if counters.clone().next().is_none() {
+    // Found once: each walk of the scopes hashes four ids. A snapshot holds at most one limit
+    // per scope (the tables refuse more), so a request meets at most eight counts.
+    let mut found: [Option<&RateCounter>; MAX_COUNTS] = [None; MAX_COUNTS];
+    for (slot, counter) in found.iter_mut().zip(tables.rate_counters_for(scope_ids)) {
+        *slot = Some(counter);
+    }
+    if found[0].is_none() {
         return Ok(none);
     }
+    let counters = found.iter().map_while(|c| *c);
     let requests = counters
         .clone()
         .filter(|c| c.dimension == RateDimension::Requests);
     let tokens = counters.filter(|c| c.dimension == RateDimension::Tokens);
     let book = &gateway.rate_leases;
-    let standing = || RateHeaders::of(book, requests.clone(), tokens.clone());
+    let standing = || RateHeaders::of(book, requests.clone(), None, tokens.clone(), None);
     if let Some(counter) = tokens.clone().find(|c| largest_tokens > c.limit) {
         let error = GatewayError::new(
             ErrorCode::InvalidRequest,
@@ -104,12 +113,19 @@ pub async fn admit(
             return Err(with_headers(error, standing()));
         }
     };
+    let headers = RateHeaders::of(
+        book,
+        requests,
+        held_requests.as_ref(),
+        tokens,
+        held_tokens.as_ref(),
+    );
     Ok(Admitted {
         hold: Some(RateHold {
             requests: held_requests,
             tokens: held_tokens,
         }),
-        headers: Some(standing()),
+        headers: Some(headers),
     })
 }
 
@@ -183,7 +199,7 @@ fn until_window_end(counter: &RateCounter, now_us: i64) -> Duration {
     Duration::from_micros(u64::try_from(end.saturating_sub(now_us)).unwrap_or(0))
 }
 
-fn with_headers(mut error: GatewayError, standing: RateHeaders) -> GatewayError {
+fn with_headers(mut error: GatewayError, standing: RateHeaders<'_>) -> GatewayError {
     let mut headers = HeaderMap::new();
     standing.write(&mut headers);
     error.headers = Some(Box::new(headers));

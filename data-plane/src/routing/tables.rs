@@ -5,7 +5,7 @@
 //! All indexes are built here, once per version, so a request does hash lookups only. Provider
 //! keys stay sealed; a request opens the one it needs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
@@ -18,6 +18,7 @@ use sluice_shared::secret::SecretString;
 use crate::budgets::leases::Leased;
 use crate::families::{self, Family, ProviderRecord};
 pub use crate::families::{CredentialHeader, ProviderType};
+use crate::fast_hash::{FastMap, FastSet};
 use crate::operation::Operation;
 use crate::resilience::outliers::{Health, HealthBook, Standing};
 use crate::resilience::retry_policy::RetryPolicy;
@@ -45,7 +46,7 @@ pub struct VirtualKeyEntry {
     pub id: Arc<str>,
     pub project: usize,
     /// `None`: every model of the organization.
-    pub allowed_models: Option<Arc<HashSet<String>>>,
+    pub allowed_models: Option<Arc<FastSet<String>>>,
     /// 0: never.
     pub expires_at_us: i64,
 }
@@ -153,15 +154,15 @@ pub struct ProviderEntry {
 pub struct RoutingTables {
     pub version: u64,
     pub generated_at_us: i64,
-    keys: HashMap<[u8; 32], VirtualKeyEntry>,
+    keys: FastMap<[u8; 32], VirtualKeyEntry>,
     pub projects: Vec<ProjectEntry>,
     pub models: Vec<ModelEntry>,
-    models_by_org: HashMap<String, HashMap<String, usize>>,
+    models_by_org: FastMap<String, FastMap<String, usize>>,
     pub providers: Vec<ProviderEntry>,
     /// HARD budgets, enforced with leases.
     pub budgets: Vec<BudgetEntry>,
     /// Budgets by the organisation, project or virtual key id they cover.
-    budgets_by_scope: HashMap<String, Vec<usize>>,
+    budgets_by_scope: ByScope,
     /// Each rate limit's limited counts, enforced with leases.
     pub rate_counters: Vec<RateCounter>,
     /// Rate counts by the organisation, project, virtual key or model id they count.
@@ -212,17 +213,23 @@ impl Leased for RateCounter {
 }
 
 /// Indexes into a table, by the organisation, project, key or model id they apply to.
-type ByScope = HashMap<String, Vec<usize>>;
+type ByScope = FastMap<String, Vec<usize>>;
 
 /// The snapshot's rate limits as counts, each limited dimension its own, indexed by scope.
 fn rate_counters(
     limits: &[pb::RateLimitConfig],
 ) -> Result<(Vec<RateCounter>, ByScope), InvalidSnapshot> {
     let mut counters = Vec::with_capacity(limits.len() * 2);
-    let mut by_scope: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut by_scope = ByScope::default();
     for r in limits {
         if r.id.is_empty() || r.scope_id.is_empty() || r.window_seconds == 0 {
             return Err(invalid("a rate limit without an id, a scope or a window"));
+        }
+        if by_scope.contains_key(&r.scope_id) {
+            return Err(invalid(format!(
+                "rate limit {}: a second limit on scope {}",
+                r.id, r.scope_id
+            )));
         }
         for (dimension, limit, suffix) in [
             (RateDimension::Requests, r.requests_per_window, "requests"),
@@ -401,7 +408,7 @@ impl RoutingTables {
         }
 
         let mut models = Vec::with_capacity(snapshot.models.len());
-        let mut models_by_org: HashMap<String, HashMap<String, usize>> = HashMap::new();
+        let mut models_by_org: FastMap<String, FastMap<String, usize>> = FastMap::default();
         for m in &snapshot.models {
             let by_name = models_by_org.entry(m.organization_id.clone()).or_default();
             if by_name.insert(m.name.clone(), models.len()).is_some() {
@@ -457,7 +464,7 @@ impl RoutingTables {
         }
 
         let keys = match (snapshot.base_version, serving) {
-            (0, _) => HashMap::new(),
+            (0, _) => FastMap::default(),
             (base, Some(serving)) if serving.version == base => {
                 serving.keys_for(&projects, &snapshot.removed_key_hashes)?
             }
@@ -469,7 +476,7 @@ impl RoutingTables {
             }
         };
         let mut budgets = Vec::with_capacity(snapshot.budgets.len());
-        let mut budgets_by_scope: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut budgets_by_scope = ByScope::default();
         for b in &snapshot.budgets {
             let window = match common::BudgetPeriod::try_from(b.period) {
                 Ok(common::BudgetPeriod::Day) => Window::Day,
@@ -542,7 +549,7 @@ impl RoutingTables {
         &self,
         projects: &[ProjectEntry],
         removed: &[String],
-    ) -> Result<HashMap<[u8; 32], VirtualKeyEntry>, InvalidSnapshot> {
+    ) -> Result<FastMap<[u8; 32], VirtualKeyEntry>, InvalidSnapshot> {
         let by_id: HashMap<&str, usize> = projects
             .iter()
             .enumerate()
@@ -572,8 +579,8 @@ impl RoutingTables {
     fn remapped_keys(
         &self,
         moved: &[Option<usize>],
-    ) -> Result<HashMap<[u8; 32], VirtualKeyEntry>, InvalidSnapshot> {
-        let mut keys = HashMap::with_capacity(self.keys.len());
+    ) -> Result<FastMap<[u8; 32], VirtualKeyEntry>, InvalidSnapshot> {
+        let mut keys = FastMap::with_capacity_and_hasher(self.keys.len(), Default::default());
         for (hash, entry) in &self.keys {
             let project = moved.get(entry.project).copied().flatten().ok_or_else(|| {
                 invalid(format!(
@@ -692,7 +699,7 @@ impl TablesBuilder {
                 ))
             })?;
             let allowed_models = (!v.allowed_models.is_empty())
-                .then(|| Arc::new(v.allowed_models.iter().cloned().collect::<HashSet<_>>()));
+                .then(|| Arc::new(v.allowed_models.iter().cloned().collect::<FastSet<_>>()));
             let entry = VirtualKeyEntry {
                 id: Arc::from(v.id.as_str()),
                 project,

@@ -127,6 +127,15 @@ fn every_rule_refuses_what_it_guards_and_says_so() -> Result<(), InvalidSnapshot
             "rate limit without",
         ),
         (
+            "two rate limits on one scope",
+            |s| {
+                let mut second = s.rate_limits[0].clone();
+                second.id = "r2".into();
+                s.rate_limits.push(second);
+            },
+            "second limit on scope p1",
+        ),
+        (
             "unknown provider type",
             |s| s.providers[0].r#type = 42,
             "unknown type",

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
+use crate::http_body::HeaderLines;
 use crate::request::body::RequestBody;
 use crate::serve::http1::Http2Start;
 use crate::serve::router::route;
@@ -48,7 +49,11 @@ pub async fn serve(
         let gateway = gateway.clone();
         async move {
             let request = request.map(RequestBody::Streaming);
-            Ok::<_, std::convert::Infallible>(route(&gateway, request).await)
+            let mut response = route(&gateway, request).await;
+            if let Some(lines) = response.extensions_mut().remove::<HeaderLines>() {
+                lines.move_into(response.headers_mut());
+            }
+            Ok::<_, std::convert::Infallible>(response)
         }
     });
     let io = Rewound {

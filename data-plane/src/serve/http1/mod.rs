@@ -33,7 +33,7 @@ use self::head::{HeadReader, Refused, RequestHead};
 use self::response::{BodyFraming, CHUNK_END, CONTINUE, LAST_CHUNK, chunk_start, encode_head};
 use crate::framing::{Framing, Step, decode};
 use crate::gateway::Gateway;
-use crate::http_body::Body;
+use crate::http_body::{Body, HeaderLines};
 use crate::request::body::{Joined, RequestBody};
 use crate::serve::admission::ConnectionSlot;
 use crate::serve::idle::{IdleConnections, IdleTicket};
@@ -341,6 +341,7 @@ impl Connection {
             &mut self.out,
             parts.status,
             &parts.headers,
+            parts.extensions.get::<HeaderLines>(),
             framing,
             close,
             manner.http10_keep_alive && !close,

@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, StatusCode, header};
 
+use crate::http_body::HeaderLines;
+
 /// How the body of an answer ends on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {
@@ -57,6 +59,7 @@ pub fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &HeaderMap,
+    lines: Option<&HeaderLines>,
     framing: BodyFraming,
     close: bool,
     http10_keep_alive: bool,
@@ -74,6 +77,9 @@ pub fn encode_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(lines) = lines {
+        out.extend_from_slice(&lines.0);
     }
     match framing {
         BodyFraming::Length(length) => {
@@ -144,7 +150,15 @@ mod tests {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         let mut out = Vec::new();
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        encode_head(&mut out, status, &headers, framing, close, keep_alive_10);
+        encode_head(
+            &mut out,
+            status,
+            &headers,
+            None,
+            framing,
+            close,
+            keep_alive_10,
+        );
         String::from_utf8_lossy(&out).into_owned()
     }
 
