@@ -2,7 +2,8 @@
 //! virtual key's limit of 100 requests per 10 s window and are driven at twice that from a
 //! window's start — the upstream sees at most the limit, every refusal is `429 rate_limited`
 //! with `Retry-After` and OpenAI's rate-limit headers; a raised limit admits again in the same
-//! window without a restart; a model's token limit counts the tokens the upstream reported.
+//! window without a restart; a model's token limit counts the tokens the upstream reported;
+//! a proxy whose control plane is gone serves unchecked once its lease expires, and counts it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -296,4 +297,56 @@ async fn a_raised_limit_admits_again_and_tokens_count_what_the_upstream_reported
         .unwrap();
     assert_eq!(too_big.status, 400, "{}", too_big.text());
     assert_eq!(too_big.json()["error"]["param"], "max_tokens");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_control_plane_a_proxy_admits_unchecked_and_counts_it() {
+    let sluice_e2e::LiveStack {
+        upstream: _upstream,
+        cp_dir: _cp_dir,
+        cp,
+        acme,
+    } = live_stack_with("sk-rate-open", &[], &[("SLUICE_LEASE_TTL_MS", "1500")]);
+    if now_us() % 3_600_000_000 > 3_540_000_000 {
+        until_window_start(3_600, Duration::from_millis(100)).await;
+    }
+    cp.ctl(&[
+        "rate-limit",
+        "create",
+        "acme/web",
+        "--requests",
+        "2",
+        "--window-seconds",
+        "3600",
+    ])
+    .ok();
+    let http = Http::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = ProxyBuilder::new(dir.path(), &cp.url(), &acme.token)
+        .env("SLUICE_PROXY_LEASE_WAIT_MS", "200")
+        .start();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let url = proxy.url("/v1/chat/completions");
+    let call = async || {
+        http.post(&url, Some(&acme.key), &request("usage:30/20"))
+            .await
+            .unwrap()
+            .status
+            .as_u16()
+    };
+    assert_eq!((call().await, call().await, call().await), (200, 200, 429));
+    let unenforced = "sluice_rate_limits_unenforced_total";
+    assert_eq!(proxy.metric(&http, unenforced).await, 0.0);
+
+    // The control plane goes away: the spent lease still refuses until it expires; then,
+    // with no lease to be had, the proxy serves unchecked rather than refuse everyone, and
+    // says so.
+    let _ = cp.stop();
+    eventually(
+        "admitted unchecked once the lease expired",
+        15,
+        async || call().await == 200,
+    )
+    .await;
+    assert!(proxy.metric(&http, unenforced).await >= 1.0);
 }
