@@ -6,8 +6,8 @@
 //! reservation is a guard: dropped on any other exit path (error, timeout, client gone, panic
 //! unwinding) it gives the amount back, so nothing leaks into a phantom refusal.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -21,11 +21,18 @@ pub trait Leased {
     fn lease_id(&self) -> &str;
     /// Where the window holding `now_us` starts.
     fn window_start_us(&self, now_us: i64) -> i64;
+    /// Where the entry keeps its cell once found, so that later requests skip the book's map
+    /// (a cell lives as long as its id is tracked, which outlasts the tables holding the
+    /// entry).
+    fn found_cell(&self) -> Option<&OnceLock<Arc<LeaseCell>>> {
+        None
+    }
 }
 
 /// No lease yet for any window.
 const NO_WINDOW: i64 = i64::MIN;
 
+#[derive(Debug)]
 pub struct LeaseCell {
     pub lease_id: String,
     window_start_us: AtomicI64,
@@ -227,7 +234,16 @@ impl LeaseBook {
         let cells = self.cells.load();
         let mut taken = HeldCells::default();
         for (index, entry) in entries.enumerate() {
-            let shortfall = match cells.get(entry.lease_id()) {
+            let found = match entry.found_cell() {
+                Some(slot) => match slot.get() {
+                    Some(cell) => Some(cell),
+                    None => cells
+                        .get(entry.lease_id())
+                        .inspect(|cell| drop(slot.set(Arc::clone(cell)))),
+                },
+                None => cells.get(entry.lease_id()),
+            };
+            let shortfall = match found {
                 None => Some(Shortfall::Waiting),
                 Some(cell) => {
                     let current = cell.window_start_us.load(Ordering::Acquire)

@@ -64,7 +64,9 @@ impl<'t> RateHeaders<'t> {
             let Some(standing) = standing else {
                 continue;
             };
-            line(&mut text, &limit, |t| number(t, standing.counter.limit));
+            line(&mut text, &limit, |t| {
+                t.extend_from_slice(standing.counter.limit_text.as_bytes());
+            });
             line(&mut text, &remaining, |t| number(t, standing.remaining));
             let millis = standing.reset.as_millis();
             line(&mut text, &reset, |t| match last_reset {

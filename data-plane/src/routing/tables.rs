@@ -6,7 +6,7 @@
 //! keys stay sealed; a request opens the one it needs.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderName, HeaderValue};
 use sluice_proto::common::v1 as common;
@@ -15,7 +15,7 @@ use sluice_shared::budget_window::Window;
 use sluice_shared::sealing::{SealingKeyPair, SecretOpener};
 use sluice_shared::secret::SecretString;
 
-use crate::budgets::leases::Leased;
+use crate::budgets::leases::{LeaseCell, Leased};
 use crate::families::{self, Family, ProviderRecord};
 pub use crate::families::{CredentialHeader, ProviderType};
 use crate::fast_hash::{FastMap, FastSet};
@@ -200,6 +200,10 @@ pub struct RateCounter {
     pub window: Window,
     /// How an operator names the limit, for refusals: e.g. `acme/web/ci (60 s)`.
     pub name: String,
+    /// `limit`'s decimal digits, as its `x-ratelimit-limit-*` header carries them.
+    pub limit_text: Box<str>,
+    /// This process's lease cell for it, once a request has found it.
+    pub cell: OnceLock<Arc<LeaseCell>>,
 }
 
 impl Leased for RateCounter {
@@ -209,6 +213,10 @@ impl Leased for RateCounter {
 
     fn window_start_us(&self, now_us: i64) -> i64 {
         self.window.start_us(now_us)
+    }
+
+    fn found_cell(&self) -> Option<&OnceLock<Arc<LeaseCell>>> {
+        Some(&self.cell)
     }
 }
 
@@ -249,6 +257,8 @@ fn rate_counters(
                 limit,
                 window: Window::Seconds(r.window_seconds),
                 name: r.name.clone(),
+                limit_text: limit.to_string().into_boxed_str(),
+                cell: OnceLock::new(),
             });
         }
     }
