@@ -52,6 +52,24 @@ async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bo
     }
 }
 
+/// A limit of `requests` per hour on project acme/web. Hour-long windows: nothing in a test
+/// may roll over, so an hour's last minute is waited out first.
+async fn hourly_limit_on_web(cp: &sluice_e2e::ControlPlane, requests: &str) {
+    if now_us() % 3_600_000_000 > 3_540_000_000 {
+        until_window_start(3_600, Duration::from_millis(100)).await;
+    }
+    cp.ctl(&[
+        "rate-limit",
+        "create",
+        "acme/web",
+        "--requests",
+        requests,
+        "--window-seconds",
+        "3600",
+    ])
+    .ok();
+}
+
 fn start_proxy(cp_url: &str, token: &str) -> (tempfile::TempDir, Proxy) {
     let dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(dir.path(), cp_url, token).start();
@@ -180,20 +198,7 @@ async fn a_raised_limit_admits_again_and_tokens_count_what_the_upstream_reported
         cp,
         acme,
     } = live_stack_with("sk-rate-raise", &[], &[]);
-    // Hour-long windows: nothing here may roll over, so keep clear of an hour's last minute.
-    if now_us() % 3_600_000_000 > 3_540_000_000 {
-        until_window_start(3_600, Duration::from_millis(100)).await;
-    }
-    cp.ctl(&[
-        "rate-limit",
-        "create",
-        "acme/web",
-        "--requests",
-        "5",
-        "--window-seconds",
-        "3600",
-    ])
-    .ok();
+    hourly_limit_on_web(&cp, "5").await;
     let http = Http::new();
     let (_dir, proxy) = start_proxy(&cp.url(), &acme.token);
     proxy.wait_for_version(&http, cp.config_version()).await;
@@ -307,19 +312,7 @@ async fn without_its_control_plane_a_proxy_admits_unchecked_and_counts_it() {
         cp,
         acme,
     } = live_stack_with("sk-rate-open", &[], &[("SLUICE_LEASE_TTL_MS", "1500")]);
-    if now_us() % 3_600_000_000 > 3_540_000_000 {
-        until_window_start(3_600, Duration::from_millis(100)).await;
-    }
-    cp.ctl(&[
-        "rate-limit",
-        "create",
-        "acme/web",
-        "--requests",
-        "2",
-        "--window-seconds",
-        "3600",
-    ])
-    .ok();
+    hourly_limit_on_web(&cp, "2").await;
     let http = Http::new();
     let dir = tempfile::tempdir().unwrap();
     let proxy = ProxyBuilder::new(dir.path(), &cp.url(), &acme.token)

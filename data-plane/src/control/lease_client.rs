@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 use crate::budgets::leases::Grant;
 use crate::gateway::Gateway;
-use crate::routing::tables::RateDimension;
+use crate::routing::tables::{RateCounter, RateDimension};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,13 +104,13 @@ impl LeaseClient {
                             .rate_leases
                             .into_iter()
                             .filter_map(|l| {
-                                let suffix = match pb::RateDimension::try_from(l.dimension) {
-                                    Ok(pb::RateDimension::Requests) => "requests",
-                                    Ok(pb::RateDimension::Tokens) => "tokens",
+                                let dimension = match pb::RateDimension::try_from(l.dimension) {
+                                    Ok(pb::RateDimension::Requests) => RateDimension::Requests,
+                                    Ok(pb::RateDimension::Tokens) => RateDimension::Tokens,
                                     _ => return None,
                                 };
                                 Some(Grant {
-                                    lease_id: format!("{}/{suffix}", l.rate_limit_id),
+                                    lease_id: RateCounter::lease_id_of(&l.rate_limit_id, dimension),
                                     window_start_us: l.window_start_us,
                                     allowance: l.allowance,
                                     expires_at_us: l.expires_at_us,

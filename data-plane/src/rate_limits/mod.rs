@@ -157,7 +157,7 @@ async fn take<'t>(
             let counter = counters.nth(index);
             let wait = counter.map_or(Duration::from_secs(1), |c| until_window_end(c, now));
             let (what, limit, name) = counter.map_or(("requests", 0, ""), |c| {
-                (unit(c.dimension), c.limit, c.name.as_str())
+                (c.dimension.as_str(), c.limit, c.name.as_str())
             });
             let mut error = GatewayError::new(
                 ErrorCode::RateLimited,
@@ -184,13 +184,6 @@ async fn take<'t>(
             error.retry_after = Some(wait);
             Err(error)
         }
-    }
-}
-
-fn unit(dimension: RateDimension) -> &'static str {
-    match dimension {
-        RateDimension::Requests => "requests",
-        RateDimension::Tokens => "tokens",
     }
 }
 

@@ -188,6 +188,16 @@ pub enum RateDimension {
     Tokens,
 }
 
+impl RateDimension {
+    /// What it counts, in messages and in lease ids.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requests => "requests",
+            Self::Tokens => "tokens",
+        }
+    }
+}
+
 /// One limited count of a rate limit (its requests or its tokens), leased like a budget.
 #[derive(Debug, Clone)]
 pub struct RateCounter {
@@ -204,6 +214,13 @@ pub struct RateCounter {
     pub limit_text: Box<str>,
     /// This process's lease cell for it, once a request has found it.
     pub cell: OnceLock<Arc<LeaseCell>>,
+}
+
+impl RateCounter {
+    /// The id a count is leased under: its limit's id and what it counts.
+    pub fn lease_id_of(limit_id: &str, dimension: RateDimension) -> String {
+        format!("{limit_id}/{}", dimension.as_str())
+    }
 }
 
 impl Leased for RateCounter {
@@ -239,9 +256,9 @@ fn rate_counters(
                 r.id, r.scope_id
             )));
         }
-        for (dimension, limit, suffix) in [
-            (RateDimension::Requests, r.requests_per_window, "requests"),
-            (RateDimension::Tokens, r.tokens_per_window, "tokens"),
+        for (dimension, limit) in [
+            (RateDimension::Requests, r.requests_per_window),
+            (RateDimension::Tokens, r.tokens_per_window),
         ] {
             if limit == 0 {
                 continue;
@@ -251,7 +268,7 @@ fn rate_counters(
                 .or_default()
                 .push(counters.len());
             counters.push(RateCounter {
-                lease_id: format!("{}/{suffix}", r.id),
+                lease_id: RateCounter::lease_id_of(&r.id, dimension),
                 limit_id: r.id.clone(),
                 dimension,
                 limit,

@@ -7,8 +7,8 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
+use crate::fast_hash::FastMap;
 use bytes::Bytes;
-use fnv::FnvHashMap;
 use http::uri::Authority;
 use http_body_util::Full;
 use hyper::client::conn::http2;
@@ -56,14 +56,15 @@ struct Host {
 }
 
 struct Pool {
-    /// FNV: keys come from provider records, not from clients, and are hashed twice a request.
-    hosts: FnvHashMap<PoolKey, Host>,
+    /// Hashed like the routing tables (`fast_hash`): keys come from provider records, not from
+    /// clients, and are hashed twice a request.
+    hosts: FastMap<PoolKey, Host>,
     swept: Instant,
 }
 
 thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool {
-        hosts: FnvHashMap::default(),
+        hosts: FastMap::default(),
         swept: Instant::now(),
     });
 }
@@ -135,7 +136,7 @@ pub fn forget_http2(key: &PoolKey) {
     });
 }
 
-fn sweep(hosts: &mut FnvHashMap<PoolKey, Host>, now: Instant) {
+fn sweep(hosts: &mut FastMap<PoolKey, Host>, now: Instant) {
     hosts.retain(|_, host| {
         host.http1
             .retain(|idle| now.duration_since(idle.since) < IDLE_TIMEOUT);
