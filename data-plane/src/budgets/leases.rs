@@ -31,6 +31,8 @@ pub trait Leased {
 
 /// No lease yet for any window.
 const NO_WINDOW: i64 = i64::MIN;
+/// No use reported since the last renewal that reached the control plane.
+const NOT_REPORTED: i64 = i64::MIN;
 
 #[derive(Debug)]
 pub struct LeaseCell {
@@ -48,6 +50,11 @@ pub struct LeaseCell {
     wanted: AtomicI64,
     /// What the control plane had left to grant anyone in the window, at the last grant.
     unallocated: AtomicI64,
+    /// `used` as the last renewal reported it (`NOT_REPORTED` until one reaches the control
+    /// plane): an idle lease with nothing new to say is not renewed every tick.
+    reported_used: AtomicI64,
+    /// Past this time the lease is renewed even with nothing new: half its term is gone.
+    renew_after_us: AtomicI64,
 }
 
 impl LeaseCell {
@@ -63,6 +70,8 @@ impl LeaseCell {
             last_grant: AtomicI64::new(0),
             wanted: AtomicI64::new(0),
             unallocated: AtomicI64::new(0),
+            reported_used: AtomicI64::new(NOT_REPORTED),
+            renew_after_us: AtomicI64::new(0),
         }
     }
 
@@ -83,6 +92,12 @@ impl LeaseCell {
     /// What a renewal reports: the window, what was used, and how much more is wanted (0: just
     /// keep it alive).
     pub fn report(&self, current_window: i64) -> (i64, i64, i64) {
+        let (window, used, wanted) = self.standing_report(current_window);
+        self.reported_used.store(used, Ordering::Relaxed);
+        (window, used, wanted)
+    }
+
+    fn standing_report(&self, current_window: i64) -> (i64, i64, i64) {
         let window = self.window_start_us.load(Ordering::Acquire);
         if window != current_window {
             // A new window (or none yet): start it with room for what is waiting.
@@ -99,6 +114,19 @@ impl LeaseCell {
         let wanted = self.wanted.load(Ordering::Relaxed);
         let wanted = if wanted > 0 || low { wanted.max(1) } else { 0 };
         (window, used, wanted)
+    }
+
+    /// Whether the next renewal should carry this lease: it has something to say (new use,
+    /// more wanted, a new window), or half its term is gone, or it is exhausted (so that room
+    /// freed elsewhere reaches it). A fleet of idle proxies would otherwise cost the control
+    /// plane a store transaction per proxy every refresh, for nothing.
+    pub fn due(&self, current_window: i64, now_us: i64) -> bool {
+        let (window, used, wanted) = self.standing_report(current_window);
+        window != self.window_start_us.load(Ordering::Acquire)
+            || wanted > 0
+            || used != self.reported_used.load(Ordering::Relaxed)
+            || now_us >= self.renew_after_us.load(Ordering::Relaxed)
+            || self.exhausted.load(Ordering::Relaxed)
     }
 }
 
@@ -188,6 +216,7 @@ impl LeaseBook {
 
     /// Applies what the control plane granted, then wakes waiting requests.
     pub fn apply(&self, grants: Vec<Grant>) {
+        let now_us = sluice_shared::time::now_us();
         let cells = self.cells.load();
         for grant in grants {
             let Some(cell) = cells.get(&grant.lease_id) else {
@@ -210,10 +239,20 @@ impl LeaseBook {
             cell.exhausted.store(grant.exhausted, Ordering::Relaxed);
             cell.unallocated.store(grant.unallocated, Ordering::Relaxed);
             cell.wanted.store(0, Ordering::Relaxed);
+            let half_term = grant.expires_at_us.saturating_sub(now_us).max(0) / 2;
+            cell.renew_after_us
+                .store(now_us.saturating_add(half_term), Ordering::Relaxed);
             cell.expires_at_us
                 .store(grant.expires_at_us, Ordering::Release);
         }
         self.renewed.notify_waiters();
+    }
+
+    /// A renewal did not reach the control plane: what it reported is to be said again.
+    pub fn forget_reports(&self) {
+        for cell in self.cells.load().values() {
+            cell.reported_used.store(NOT_REPORTED, Ordering::Relaxed);
+        }
     }
 
     /// Outstanding reservations over every count (they must return to 0 when idle).
@@ -453,6 +492,48 @@ mod tests {
         drop(second);
         assert_eq!(book.cell("web").unwrap().used.load(Ordering::Relaxed), 250);
         assert_eq!(book.reserved(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_idle_lease_is_renewed_only_with_news_or_at_half_term() {
+        let budgets = [budget("web")];
+        let book = book(&budgets);
+        let cell = book.cell("web").unwrap();
+        assert!(cell.due(0, 0), "a lease never granted is asked for");
+        let now = sluice_shared::time::now_us();
+        let term = 30_000_000;
+        book.apply(vec![Grant {
+            expires_at_us: now + term,
+            ..grant("web", 1_000, false)
+        }]);
+        cell.report(0);
+        assert!(
+            !cell.due(0, now),
+            "nothing used, nothing wanted, term fresh"
+        );
+        assert!(cell.due(1, now), "a new window");
+        assert!(
+            cell.due(0, now + term / 2 + 1_000_000),
+            "half the term gone"
+        );
+        let held = book.reserve(budgets.iter(), 10).await.unwrap();
+        assert!(cell.due(0, now), "new use to report");
+        cell.report(0);
+        assert!(!cell.due(0, now));
+        held.settle(4);
+        assert!(cell.due(0, now), "a settled amount changes the use");
+        cell.report(0);
+        book.forget_reports();
+        assert!(
+            cell.due(0, now),
+            "a report that never arrived is made again"
+        );
+        book.apply(vec![Grant {
+            expires_at_us: now + term,
+            ..grant("web", 1_000, true)
+        }]);
+        cell.report(0);
+        assert!(cell.due(0, now), "an exhausted lease keeps asking");
     }
 
     proptest::proptest! {

@@ -48,13 +48,16 @@ impl LeaseClient {
                 continue;
             }
             let now = sluice_shared::time::now_us();
-            let uses = tables
+            let uses: Vec<pb::LeaseUse> = tables
                 .budgets
                 .iter()
                 .filter_map(|budget| {
                     let cell = budgets.cell(&budget.id)?;
-                    let (window_start_us, used_micros, wanted_micros) =
-                        cell.report(budget.window.start_us(now));
+                    let window = budget.window.start_us(now);
+                    if !cell.due(window, now) {
+                        return None;
+                    }
+                    let (window_start_us, used_micros, wanted_micros) = cell.report(window);
                     Some(pb::LeaseUse {
                         budget_id: budget.id.clone(),
                         window_start_us,
@@ -68,7 +71,11 @@ impl LeaseClient {
                 .iter()
                 .filter_map(|counter| {
                     let cell = rates.cell(&counter.lease_id)?;
-                    let (window_start_us, used, wanted) = cell.report(counter.window.start_us(now));
+                    let window = counter.window.start_us(now);
+                    if !cell.due(window, now) {
+                        return None;
+                    }
+                    let (window_start_us, used, wanted) = cell.report(window);
                     Some(pb::RateUse {
                         rate_limit_id: counter.limit_id.clone(),
                         dimension: match counter.dimension {
@@ -80,7 +87,10 @@ impl LeaseClient {
                         wanted,
                     })
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            if uses.is_empty() && rate_uses.is_empty() {
+                continue;
+            }
             match self.acquire(&mut client, uses, rate_uses).await {
                 Ok(response) => {
                     budgets.reachable.store(true, Ordering::Relaxed);
@@ -122,6 +132,8 @@ impl LeaseClient {
                     );
                 }
                 Err(error) => {
+                    budgets.forget_reports();
+                    rates.forget_reports();
                     rates.reachable.store(false, Ordering::Relaxed);
                     if budgets.reachable.swap(false, Ordering::Relaxed) {
                         tracing::warn!(%error, "cannot renew leases; spending only what is held until it expires (HARD budgets then refuse; rate limits then go unchecked)");
