@@ -193,6 +193,30 @@ fn what_is_no_object_or_no_string_yields_nothing() {
     assert_eq!(string_chars(b"\""), None);
 }
 
+#[test]
+fn literals_are_whole_words_and_numbers_run_to_a_delimiter() {
+    let values = |json: &[u8]| {
+        let mut values = Vec::new();
+        let whole = JsonCursor::new(json)
+            .object(|_, cursor| values.push(cursor.value().map(<[u8]>::to_vec)));
+        (whole.is_some(), values)
+    };
+    let some = |text: &str| Some(text.as_bytes().to_vec());
+    assert_eq!(
+        values(br#"{"a":true,"b":false ,"c":null}"#),
+        (true, vec![some("true"), some("false"), some("null")])
+    );
+    assert_eq!(
+        values(br#"{"a":-1.5e3,"b":0}"#),
+        (true, vec![some("-1.5e3"), some("0")])
+    );
+    assert_eq!(values(br#"{"a":truex}"#), (false, vec![None]));
+    assert_eq!(values(br#"{"a":nul}"#), (false, vec![None]));
+    assert_eq!(values(br#"{"a":tru"#), (false, vec![None]));
+    assert_eq!(values(br#"{"a":x}"#), (false, vec![None]));
+    assert_eq!(values(b"{\"a\":false"), (false, vec![some("false")]));
+}
+
 proptest! {
     #[test]
     fn whole_documents_are_told_from_cut_ones(value in json_value(), cut in any::<prop::sample::Index>()) {
