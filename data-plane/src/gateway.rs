@@ -31,6 +31,8 @@ pub struct Gateway {
     pub ejection: crate::resilience::outliers::EjectionRule,
     /// Reads the allocator's counters; set by the binary, which chooses the allocator.
     pub heap_stats: std::sync::OnceLock<fn() -> Option<crate::metrics::HeapStats>>,
+    /// OpenTelemetry traces; unset when no OTLP endpoint is configured.
+    pub telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl Gateway {
@@ -65,6 +67,7 @@ impl Gateway {
             health: Default::default(),
             ejection,
             heap_stats: std::sync::OnceLock::new(),
+            telemetry: std::sync::OnceLock::new(),
         })
     }
 }

@@ -27,6 +27,7 @@ pub mod resilience;
 pub(crate) mod routing;
 pub mod serve;
 pub mod settings;
+pub mod telemetry;
 pub mod upstream;
 pub mod usage;
 

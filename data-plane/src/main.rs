@@ -34,6 +34,7 @@ struct Cli {
 const EXIT_BAD_SETTINGS: u8 = 64;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 const USAGE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const TELEMETRY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -117,6 +118,15 @@ fn run(
             ejection,
         );
         gateway.heap_stats.set(heap_stats).ok();
+        let otel_endpoint = settings
+            .otel
+            .traces
+            .as_ref()
+            .map(|traces| format!("{} ({:?})", traces.endpoint.origin().ascii_serialization(), traces.protocol));
+        if let Some(telemetry) = sluice_data_plane::telemetry::Telemetry::start(settings.otel)? {
+            tracing::info!(endpoint = otel_endpoint.as_deref().unwrap_or_default(), "exporting OpenTelemetry traces");
+            gateway.telemetry.set(telemetry).ok();
+        }
         let applier = Arc::new(Applier {
             gateway: gateway.clone(),
             identity: identity.clone(),
@@ -186,7 +196,12 @@ fn run(
             drain_timeout: DRAIN_TIMEOUT,
             workers: settings.workers,
         };
+        let telemetry = gateway.telemetry.get().cloned();
         serve(listener, gateway, limits, shutdown_signal()).await?;
+        if let Some(telemetry) = telemetry {
+            // The last requests' spans go out before the process does.
+            let _ = tokio::task::spawn_blocking(move || telemetry.shut_down(TELEMETRY_FLUSH_TIMEOUT)).await;
+        }
         // Requests are done; hand their usage to the control plane before exiting.
         let _ = stop_usage.send(true);
         if tokio::time::timeout(USAGE_FLUSH_TIMEOUT, reporter)

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use sluice_shared::otel_settings::OtelSettings;
 use sluice_shared::secret::SecretString;
 use sluice_shared::settings_source::{invalid, parse, prefixed_variables, read_toml};
 
@@ -16,6 +17,8 @@ pub use sluice_shared::settings_source::SettingsError;
 
 #[derive(Debug)]
 pub struct Settings {
+    /// OpenTelemetry export (off unless an OTLP endpoint is set).
+    pub otel: OtelSettings,
     /// Where applications connect (HTTP/1.1 and h2c).
     pub listen_addr: SocketAddr,
     pub control_plane: String,
@@ -107,6 +110,8 @@ struct FileSettings {
     ejection_cooldown_ms: Option<u64>,
     ejection_max_cooldown_ms: Option<u64>,
     log: Option<String>,
+    /// OpenTelemetry: the standard `OTEL_*` settings, named without `OTEL_` in lower case.
+    otel: Option<std::collections::BTreeMap<String, toml::Value>>,
 }
 
 const PREFIX: &str = "SLUICE_PROXY_";
@@ -159,6 +164,8 @@ impl Settings {
             Some(path) => read_toml(path)?,
             None => FileSettings::default(),
         };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let otel = OtelSettings::load("sluice-proxy", &env, file_settings.otel.as_ref())?;
         let mut vars = prefixed_variables(env, PREFIX, VARIABLES, |_| false)?;
         let mut take = |key: &str| vars.remove(key);
 
@@ -210,6 +217,7 @@ impl Settings {
             }
         };
         let settings = Self {
+            otel,
             listen_addr,
             control_plane,
             token,

@@ -8,6 +8,7 @@ pub mod error_code;
 pub mod families;
 pub mod ids;
 pub mod network_reach;
+pub mod otel_settings;
 pub mod request_metadata;
 pub mod sealing;
 pub mod secret;

@@ -11,6 +11,7 @@
 pub mod control_plane;
 pub mod leftovers;
 pub mod mock_openai;
+pub mod otlp_receiver;
 pub mod processes;
 pub mod proxy;
 pub mod stacks;

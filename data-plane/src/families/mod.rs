@@ -30,6 +30,21 @@ pub enum ProviderType {
     Custom,
 }
 
+impl ProviderType {
+    /// `gen_ai.provider.name` of the GenAI semantic conventions (their well-known values; a
+    /// vLLM or custom provider is named as such).
+    pub fn gen_ai_provider_name(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Google => "gcp.gemini",
+            Self::AzureOpenAi => "azure.ai.openai",
+            Self::Vllm => "vllm",
+            Self::Custom => "custom",
+        }
+    }
+}
+
 /// How a provider key travels to the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialHeader {

@@ -37,6 +37,8 @@ pub struct UsageDraft {
     pub reservation: Option<Reservation>,
     /// The request's hold on its rate limits: its tokens settled to what it used.
     pub rate_hold: Option<crate::rate_limits::RateHold>,
+    /// The request's trace, when it is sampled: told the usage once it is spooled.
+    pub trace: Option<Arc<crate::telemetry::RequestTrace>>,
     gateway: Arc<Gateway>,
     /// An attempt reached an upstream, so the request must leave a record.
     reached: bool,
@@ -81,6 +83,7 @@ impl UsageDraft {
             stream_mark: None,
             reservation: None,
             rate_hold: None,
+            trace: None,
             gateway: gateway.clone(),
             reached: false,
             written: false,
@@ -171,6 +174,10 @@ impl UsageDraft {
             .complete(&self.record, self.stream_mark.take())
         {
             lost(&self.gateway, &error);
+        }
+        if let Some(trace) = &self.trace {
+            let usage = crate::telemetry::request_trace::UsageFacts::of(&self.record);
+            trace.note(|state| state.usage = Some(usage));
         }
     }
 

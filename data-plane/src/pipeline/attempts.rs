@@ -29,6 +29,8 @@ use crate::resilience::retry_budget;
 use crate::resilience::timeout_policy::{Deadlines, TimeoutKind};
 use crate::routing::attempt_order::attempt_order;
 use crate::routing::tables::{DeploymentEntry, ModelEntry, ProviderEntry, RoutingTables};
+use crate::telemetry::RequestTrace;
+use crate::telemetry::request_trace::AttemptSpan;
 
 pub async fn forward(
     gateway: &Arc<Gateway>,
@@ -59,6 +61,7 @@ pub async fn forward(
     retry_budget::deposit(second_of(draft.record.started_at_us));
     let mut outcome = Outcome::default();
     draft.prompt = chat.messages_bytes();
+    let trace = draft.trace.clone();
     let mut at = Attempt::default();
     let mut wait = None;
     while let Some(&deployment) = order.get(at.deployment) {
@@ -145,6 +148,9 @@ pub async fn forward(
         } else {
             "application/json"
         };
+        let mut attempt_span = trace
+            .as_ref()
+            .map(|trace| attempt_span(trace, at.total, provider, deployment, uri));
         let reached_before = draft.has_reached_upstream();
         draft.set_reached_upstream(true);
         let sent = gateway
@@ -166,6 +172,9 @@ pub async fn forward(
             .unwrap_or_default();
         drop(credential);
         let mut scrubber = scrubber;
+        if let (Some(span), Ok(response)) = (&mut attempt_span, &sent) {
+            span.upstream_status = Some(response.status().as_u16());
+        }
         let mut asked_to_wait = None;
         let failure = match sent {
             Ok(response) => match UpstreamFailure::of_status(response.status()) {
@@ -193,7 +202,18 @@ pub async fn forward(
                         scrubber,
                         &answering,
                     );
-                    match translated.await {
+                    let translated = translated.await;
+                    if let (Some(trace), Some(span)) = (&trace, attempt_span.take()) {
+                        let failed = match &translated {
+                            Ok(_) => None,
+                            Err(Unanswered::Refused(error)) => Some(error.code),
+                            Err(Unanswered::Failed(failed)) => {
+                                Some(failed.failure.to_error(&provider.name).code)
+                            }
+                        };
+                        trace.attempt_done(span, failed);
+                    }
+                    match translated {
                         Ok(mut response) => {
                             deployment.health.succeeded();
                             if let Some(key) = key {
@@ -218,6 +238,9 @@ pub async fn forward(
         draft.set_reached_upstream(reached_before || failure.reached_upstream());
         outcome.may_have_billed |= failure.may_have_billed();
         let mut error = failure.to_error(&provider.name);
+        if let (Some(trace), Some(span)) = (&trace, attempt_span.take()) {
+            trace.attempt_done(span, Some(error.code));
+        }
         error.message = scrubber.scrub_str(&error.message).into_owned();
         // Should this be the answer, the client hears how long the upstream asked it to wait.
         error.retry_after = asked_to_wait;
@@ -276,6 +299,28 @@ pub async fn forward(
         GatewayError::new(ErrorCode::ProviderNotReady, "no deployment could be tried")
     });
     Err(outcome.fail(draft, error))
+}
+
+/// The span of an attempt about to be made: what it calls, and where.
+fn attempt_span(
+    trace: &RequestTrace,
+    number: u32,
+    provider: &ProviderEntry,
+    deployment: &DeploymentEntry,
+    uri: &http::Uri,
+) -> AttemptSpan {
+    let mut span = trace.attempt(number);
+    span.provider_name = provider.provider_type.gen_ai_provider_name();
+    span.upstream_model.clone_from(&deployment.upstream_model);
+    span.server_address = uri.host().unwrap_or_default().to_owned();
+    span.server_port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    span
 }
 
 /// Where the attempts stand: which deployment (its place in the order) and which of its

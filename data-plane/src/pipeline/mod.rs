@@ -27,6 +27,7 @@ use crate::pipeline::identify::{KeyLocation, identify, resolve_model};
 use crate::request::body::RequestBody;
 use crate::request::fields::ChatRequest;
 use crate::routing::tables::Posture;
+use crate::telemetry::RequestTrace;
 
 /// What a client API is to the request path: the operation it calls, where its SDKs send
 /// the virtual key, how its body is parsed, and the shape of its errors.
@@ -48,6 +49,7 @@ pub async fn serve(
     request_id: &str,
     endpoint: &Endpoint,
     path_model: &str,
+    trace: Option<&Arc<RequestTrace>>,
 ) -> Result<Response<Body>, GatewayError> {
     let operation = endpoint.operation;
     let (parts, body) = request.into_parts();
@@ -65,8 +67,24 @@ pub async fn serve(
             return Err(error);
         }
     };
+    if let Some(trace) = trace {
+        trace.note(|state| {
+            state.organization_id.clone_from(&caller.project.org_id);
+            state.project_id.clone_from(&caller.project.id);
+            state.virtual_key_id = caller.key.id.to_string();
+            state.config_version = tables.version;
+            state.operation = Some(operation);
+        });
+    }
     let body = crate::request::body::read(gateway.max_body_bytes, &parts.headers, body).await?;
     let chat = (endpoint.parse)(&body, path_model)?;
+    if let Some(trace) = trace {
+        trace.note(|state| {
+            state.model = chat.model.to_string();
+            state.stream = chat.stream;
+            state.max_tokens = chat.output_limit.as_ref().map(|limit| limit.tokens);
+        });
+    }
     let model = resolve_model(&tables, &caller, &chat.model)?;
     admit::check_output_limit(&chat, model)?;
     // A native endpoint speaks one family's wire format, so its model must be of a family
@@ -110,6 +128,7 @@ pub async fn serve(
         metadata,
     );
     draft.rate_hold = rates.hold;
+    draft.trace = trace.cloned();
     let answered = match caller.project.posture {
         Posture::Mock => Ok(mock::answer(
             gateway, &chat, model, request_id, operation, draft,

@@ -31,12 +31,50 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
     let result = match destination(gateway, &request) {
         Destination::Answered(result) => result,
         Destination::Model(endpoint, path_model) => {
-            serve(gateway, request, &request_id, endpoint, &path_model)
-                .await
-                .map_err(|error| error.in_shape(endpoint.shape))
+            let trace = gateway
+                .telemetry
+                .get()
+                .and_then(|telemetry| telemetry.begin(request.headers()));
+            if let Some(trace) = &trace {
+                trace.note(|state| {
+                    state.method = "POST";
+                    state.route = http_route(endpoint.operation);
+                    state.request_id.clone_from(&request_id);
+                });
+            }
+            let result = serve(
+                gateway,
+                request,
+                &request_id,
+                endpoint,
+                &path_model,
+                trace.as_ref(),
+            )
+            .await
+            .map_err(|error| error.in_shape(endpoint.shape));
+            if let Some(trace) = &trace {
+                trace.note(|state| match &result {
+                    Ok(response) => state.status = response.status().as_u16(),
+                    Err(error) => {
+                        state.status = error.code.http_status();
+                        state.error = Some(error.code);
+                    }
+                });
+            }
+            result
         }
     };
     answered(gateway, result, &request_id)
+}
+
+/// `http.route` of a model call: the path as routed, Gemini's model in braces.
+fn http_route(operation: crate::operation::Operation) -> &'static str {
+    use crate::operation::Operation;
+    match operation {
+        Operation::GenerateContent => "/v1beta/models/{model}:generateContent",
+        Operation::StreamGenerateContent => "/v1beta/models/{model}:streamGenerateContent",
+        other => other.path(),
+    }
 }
 
 /// Where a request goes: answered here at once, or a model call through an endpoint (with
@@ -52,15 +90,17 @@ fn destination(gateway: &Gateway, request: &Request<RequestBody>) -> Destination
     let answered = match (request.method(), path) {
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".to_owned())),
         (&Method::GET, "/readyz") => Ok(readiness(gateway)),
-        (&Method::GET, "/metrics") => Ok(text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            gateway.metrics.render(
+        (&Method::GET, "/metrics") => {
+            let mut rendered = gateway.metrics.render(
                 sluice_shared::time::now_us(),
                 gateway.leases.reserved(),
                 gateway.heap_stats.get().and_then(|read| read()),
-            ),
-        )),
+            );
+            if let Some(telemetry) = gateway.telemetry.get() {
+                telemetry.render_metrics(&mut rendered);
+            }
+            Ok(text(StatusCode::OK, "text/plain; version=0.0.4", rendered))
+        }
         (&Method::POST, "/v1/chat/completions") => return model(&chat_completions::ENDPOINT),
         (&Method::POST, "/v1/embeddings") => return model(&embeddings::ENDPOINT),
         (&Method::POST, "/v1/messages") => return model(&messages::ENDPOINT),

@@ -1,0 +1,177 @@
+//! One sampled request's spans, filled in as the request goes: a server span for the request
+//! and a client span per upstream attempt. The request path holds the trace behind an `Arc`
+//! (the router, and the usage draft that outlives the router for a stream); when the last
+//! holder lets go — the answer sent, or the stream ended — the trace is finished and queued for
+//! export. Nothing here is written unless the request was sampled.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use sluice_proto::usage::v1 as pb;
+use sluice_shared::error_code::ErrorCode;
+
+use crate::operation::Operation;
+use crate::telemetry::Telemetry;
+
+pub struct RequestTrace {
+    telemetry: Arc<Telemetry>,
+    pub ids: TraceIds,
+    start_ns: u64,
+    state: Mutex<TraceState>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceIds {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub tracestate: Option<String>,
+}
+
+/// What the request path has learnt.
+#[derive(Debug, Default)]
+pub struct TraceState {
+    pub method: &'static str,
+    /// `http.route`: the path as routed (Gemini's model in braces).
+    pub route: &'static str,
+    pub request_id: String,
+    pub status: u16,
+    pub error: Option<ErrorCode>,
+    pub organization_id: String,
+    pub project_id: String,
+    pub virtual_key_id: String,
+    /// The model as the client named it (its public name).
+    pub model: String,
+    pub operation: Option<Operation>,
+    pub stream: bool,
+    pub max_tokens: Option<u64>,
+    pub config_version: u64,
+    pub usage: Option<UsageFacts>,
+    pub attempts: Vec<AttemptSpan>,
+}
+
+/// The request's usage record, as it was spooled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageFacts {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost_micros: i64,
+    pub source: &'static str,
+    pub run_id: String,
+    pub task_id: String,
+}
+
+impl UsageFacts {
+    pub fn of(record: &pb::UsageRecord) -> Self {
+        Self {
+            input_tokens: record.input_tokens,
+            output_tokens: record.output_tokens,
+            cached_input_tokens: record.cached_input_tokens,
+            reasoning_tokens: record.reasoning_tokens,
+            cost_micros: record.cost_micros,
+            source: match pb::UsageSource::try_from(record.source) {
+                Ok(pb::UsageSource::ProviderReported) => "provider_reported",
+                Ok(pb::UsageSource::Estimated) => "estimated",
+                Ok(pb::UsageSource::Mock) => "mock",
+                _ => "unspecified",
+            },
+            run_id: record.run_id.clone(),
+            task_id: record.task_id.clone(),
+        }
+    }
+}
+
+/// One call to an upstream.
+#[derive(Debug, Clone)]
+pub struct AttemptSpan {
+    pub span_id: [u8; 8],
+    /// 1 for the first attempt of the request.
+    pub number: u32,
+    pub start_ns: u64,
+    /// `None` for the attempt that answered: it lasts as long as the request.
+    pub end_ns: Option<u64>,
+    /// `gen_ai.provider.name`.
+    pub provider_name: &'static str,
+    pub upstream_model: String,
+    pub server_address: String,
+    pub server_port: u16,
+    /// The upstream's HTTP status, when it answered at all.
+    pub upstream_status: Option<u16>,
+    /// Why the attempt failed (the error code it would answer with).
+    pub error: Option<ErrorCode>,
+}
+
+/// A trace whose request has ended, as it waits for export.
+pub struct FinishedTrace {
+    pub ids: TraceIds,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub state: TraceState,
+}
+
+impl FinishedTrace {
+    pub fn span_count(&self) -> usize {
+        1 + self.state.attempts.len()
+    }
+}
+
+impl RequestTrace {
+    pub(super) fn new(telemetry: Arc<Telemetry>, ids: TraceIds) -> Self {
+        Self {
+            telemetry,
+            ids,
+            start_ns: now_ns(),
+            state: Mutex::new(TraceState::default()),
+        }
+    }
+
+    /// Notes what the request path has learnt.
+    pub fn note(&self, write: impl FnOnce(&mut TraceState)) {
+        write(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// A new attempt's span, started now.
+    pub fn attempt(&self, number: u32) -> AttemptSpan {
+        AttemptSpan {
+            span_id: super::random_span_id(),
+            number,
+            start_ns: now_ns(),
+            end_ns: None,
+            provider_name: "",
+            upstream_model: String::new(),
+            server_address: String::new(),
+            server_port: 0,
+            upstream_status: None,
+            error: None,
+        }
+    }
+
+    /// An attempt that is over: failed (ended now), or answering (it ends with the request).
+    pub fn attempt_done(&self, mut span: AttemptSpan, error: Option<ErrorCode>) {
+        if error.is_some() {
+            span.end_ns = Some(now_ns());
+            span.error = error;
+        }
+        self.note(|state| state.attempts.push(span));
+    }
+}
+
+impl Drop for RequestTrace {
+    fn drop(&mut self) {
+        let state = std::mem::take(self.state.get_mut().unwrap_or_else(PoisonError::into_inner));
+        self.telemetry.enqueue(Box::new(FinishedTrace {
+            ids: self.ids.clone(),
+            start_ns: self.start_ns,
+            end_ns: now_ns(),
+            state,
+        }));
+    }
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

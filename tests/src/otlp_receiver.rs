@@ -1,0 +1,232 @@
+//! A real OTLP trace receiver on loopback: the collector's gRPC service (`TraceService/Export`,
+//! the `opentelemetry-proto` crate's generated server) and its HTTP/protobuf endpoint
+//! (`POST /v1/traces`), each decoding what arrives with the official types. It can be made
+//! slow, to show that a collector that lags never slows traffic.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+#[derive(Default)]
+struct Received {
+    requests: Vec<ExportTraceServiceRequest>,
+    /// Every exported byte, as it came (HTTP) or encoded again (gRPC), for searching.
+    bytes: Vec<u8>,
+    /// The metadata (gRPC) or headers (HTTP) of the last export.
+    headers: Vec<(String, String)>,
+}
+
+pub struct OtlpReceiver {
+    pub grpc_url: String,
+    pub http_url: String,
+    received: Arc<Mutex<Received>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+struct Service {
+    received: Arc<Mutex<Received>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Service {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        let headers = request
+            .metadata()
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(key, value) => {
+                    Some((key.to_string(), value.to_str().unwrap_or("").to_owned()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        let message = request.into_inner();
+        let mut received = self.received.lock().unwrap();
+        received.bytes.extend(message.encode_to_vec());
+        received.requests.push(message);
+        received.headers = headers;
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> Self {
+        let received = Arc::new(Mutex::new(Received::default()));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_url = format!("http://{}", grpc.local_addr().unwrap());
+        let service = TraceServiceServer::new(Service {
+            received: received.clone(),
+            delay: delay.clone(),
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
+        );
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_url = format!("http://{}", http.local_addr().unwrap());
+        let (held, waits) = (received.clone(), delay.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = http.accept().await else {
+                    return;
+                };
+                let (received, delay) = (held.clone(), waits.clone());
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                            let (received, delay) = (received.clone(), delay.clone());
+                            async move {
+                                let wait = *delay.lock().unwrap();
+                                tokio::time::sleep(wait).await;
+                                let (parts, body) = request.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let status = if parts.uri.path() != "/v1/traces" {
+                                    404
+                                } else if parts.headers.get("content-type").map(|v| v.as_bytes())
+                                    != Some(b"application/x-protobuf")
+                                {
+                                    415
+                                } else {
+                                    match ExportTraceServiceRequest::decode(body.as_ref()) {
+                                        Ok(message) => {
+                                            let mut received = received.lock().unwrap();
+                                            received.bytes.extend_from_slice(&body);
+                                            received.requests.push(message);
+                                            received.headers = parts
+                                                .headers
+                                                .iter()
+                                                .map(|(k, v)| {
+                                                    (
+                                                        k.to_string(),
+                                                        v.to_str().unwrap_or("").to_owned(),
+                                                    )
+                                                })
+                                                .collect();
+                                            200
+                                        }
+                                        Err(_) => 400,
+                                    }
+                                };
+                                let answer = ExportTraceServiceResponse::default().encode_to_vec();
+                                Ok::<_, Infallible>(
+                                    http::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/x-protobuf")
+                                        .body(Full::new(Bytes::from(answer)))
+                                        .unwrap(),
+                                )
+                            }
+                        });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            grpc_url,
+            http_url,
+            received,
+            delay,
+        }
+    }
+
+    /// Every answer waits this long from now on.
+    pub fn slow_down(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    /// Every span received so far, with its resource's `service.name`.
+    pub fn spans(&self) -> Vec<(String, Span)> {
+        let received = self.received.lock().unwrap();
+        received
+            .requests
+            .iter()
+            .flat_map(|request| request.resource_spans.iter())
+            .flat_map(|resource_spans| {
+                let service = resource_spans
+                    .resource
+                    .as_ref()
+                    .and_then(|r| text(&r.attributes, "service.name"))
+                    .unwrap_or_default();
+                resource_spans
+                    .scope_spans
+                    .iter()
+                    .flat_map(|scope| scope.spans.iter())
+                    .map(move |span| (service.clone(), span.clone()))
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until at least `count` spans have arrived; returns them all.
+    pub async fn wait_for_spans(&self, count: usize, within: Duration) -> Vec<(String, Span)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let spans = self.spans();
+            if spans.len() >= count || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every byte exported so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.received.lock().unwrap().bytes.clone()
+    }
+
+    /// The headers (or gRPC metadata) of the last export.
+    pub fn last_headers(&self) -> Vec<(String, String)> {
+        self.received.lock().unwrap().headers.clone()
+    }
+}
+
+/// A string attribute's value.
+pub fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
+    match value(attributes, key)? {
+        any_value::Value::StringValue(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// An integer attribute's value.
+pub fn int(attributes: &[KeyValue], key: &str) -> Option<i64> {
+    match value(attributes, key)? {
+        any_value::Value::IntValue(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn value<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|AnyValue { value }| value.as_ref())
+}

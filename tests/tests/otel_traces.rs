@@ -1,0 +1,288 @@
+//! OpenTelemetry traces end to end: the real proxy exports to a real OTLP receiver (the
+//! collector's own gRPC service and HTTP endpoint, decoded with the official types). A request
+//! makes a server span (HTTP server conventions) joined to the caller's `traceparent`, and a
+//! client span per upstream attempt (GenAI conventions); an unsampled parent is honoured; no
+//! key ever reaches the collector; and a collector that is down or slow costs traffic nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use serde_json::json;
+use sluice_e2e::otlp_receiver::{OtlpReceiver, int, text};
+use sluice_e2e::{caught_up_proxy_with, contains_bytes, live_stack};
+
+const PROVIDER_KEY: &str = "sk-canary-otel-provider-key-1f2e3d";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_ID: &str = "00f067aa0ba902b7";
+
+fn span_named<'a>(spans: &'a [(String, Span)], name: &str, trace: &[u8]) -> &'a Span {
+    spans
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| span.name == name && span.trace_id == trace)
+        .unwrap_or_else(|| panic!("no span {name} in {spans:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = live_stack(PROVIDER_KEY);
+    let (_dir, proxy, http) = caught_up_proxy_with(
+        &stack.cp,
+        &stack.acme.token,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_url),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-collector-token=otel%20token",
+            ),
+            ("OTEL_SERVICE_NAME", "edge-proxy"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let url = proxy.url("/v1/chat/completions");
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
+    let whole = http
+        .send(
+            "POST",
+            &url,
+            Some(&stack.acme.key),
+            &[("traceparent", &traceparent), ("tracestate", "vendor=7")],
+            Bytes::from(
+                json!({"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    let request_id = whole.headers["x-request-id"].to_str().unwrap().to_owned();
+    let (status, _) = http
+        .post_streaming(
+            &url,
+            &stack.acme.key,
+            &json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true},
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let spans = receiver.wait_for_spans(4, Duration::from_secs(10)).await;
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert!(spans.iter().all(|(service, _)| service == "edge-proxy"));
+    let trace_id = hex::decode(TRACE_ID).unwrap();
+    let server = span_named(&spans, "POST /v1/chat/completions", &trace_id);
+    assert_eq!(server.kind, 2, "a server span");
+    assert_eq!(server.parent_span_id, hex::decode(PARENT_ID).unwrap());
+    assert_eq!(server.trace_state, "vendor=7");
+    assert!(server.start_time_unix_nano < server.end_time_unix_nano);
+    let attributes = &server.attributes;
+    assert_eq!(
+        text(attributes, "http.request.method").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(int(attributes, "http.response.status_code"), Some(200));
+    assert_eq!(text(attributes, "sluice.request_id"), Some(request_id));
+    assert_eq!(
+        text(attributes, "sluice.model").as_deref(),
+        Some("gpt-4o-mini")
+    );
+    assert_eq!(
+        text(attributes, "sluice.usage.source").as_deref(),
+        Some("provider_reported")
+    );
+    assert!(text(attributes, "sluice.project.id").is_some());
+    assert!(text(attributes, "sluice.virtual_key.id").is_some());
+    assert!(int(attributes, "sluice.cost_micros").unwrap() > 0);
+    assert_eq!(int(attributes, "sluice.attempts"), Some(1));
+
+    let client = span_named(&spans, "chat gpt-4o-mini", &trace_id);
+    assert_eq!(client.kind, 3, "a client span");
+    assert_eq!(client.parent_span_id, server.span_id);
+    let attributes = &client.attributes;
+    assert_eq!(
+        text(attributes, "gen_ai.operation.name").as_deref(),
+        Some("chat")
+    );
+    assert_eq!(
+        text(attributes, "gen_ai.provider.name").as_deref(),
+        Some("openai")
+    );
+    assert_eq!(
+        text(attributes, "gen_ai.request.model").as_deref(),
+        Some("gpt-4o-mini")
+    );
+    assert_eq!(int(attributes, "gen_ai.request.max_tokens"), Some(20));
+    assert!(int(attributes, "gen_ai.usage.input_tokens").unwrap() > 0);
+    assert!(int(attributes, "gen_ai.usage.output_tokens").unwrap() > 0);
+    assert_eq!(
+        text(attributes, "server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        int(attributes, "server.port"),
+        Some(i64::from(stack.upstream.addr.port()))
+    );
+    assert_eq!(int(attributes, "http.response.status_code"), Some(200));
+    assert!(client.status.is_none());
+
+    // The stream started a trace of its own, and its attempt lasted as long as it did.
+    let (_, stream_server) = spans
+        .iter()
+        .find(|(_, span)| span.kind == 2 && span.trace_id != trace_id)
+        .expect("the stream's server span");
+    assert!(stream_server.parent_span_id.is_empty(), "a root span");
+    let (_, stream_client) = spans
+        .iter()
+        .find(|(_, span)| span.parent_span_id == stream_server.span_id)
+        .expect("the stream's attempt");
+    assert_eq!(
+        stream_client.end_time_unix_nano,
+        stream_server.end_time_unix_nano
+    );
+
+    assert!(
+        receiver
+            .last_headers()
+            .contains(&("x-collector-token".to_owned(), "otel token".to_owned())),
+        "{:?}",
+        receiver.last_headers()
+    );
+    let exported = receiver.bytes();
+    for secret in [PROVIDER_KEY, stack.acme.key.as_str(), "otel token"] {
+        assert!(
+            !contains_bytes(&exported, secret.as_bytes()),
+            "{secret} was exported"
+        );
+    }
+    assert!(!proxy.output.text().contains("otel token"));
+    assert_eq!(
+        proxy
+            .metric(&http, "sluice_otel_spans_exported_total")
+            .await,
+        4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_honours_an_unsampled_parent() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = live_stack(PROVIDER_KEY);
+    let (_dir, proxy, http) = caught_up_proxy_with(
+        &stack.cp,
+        &stack.acme.token,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let url = proxy.url("/v1/chat/completions");
+    let body = Bytes::from(
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+    );
+    let unsampled = format!("00-{TRACE_ID}-{PARENT_ID}-00");
+    for traceparent in [Some(unsampled.as_str()), None] {
+        let headers: Vec<(&str, &str)> = traceparent
+            .map(|t| ("traceparent", t))
+            .into_iter()
+            .collect();
+        let answer = http
+            .send("POST", &url, Some(&stack.acme.key), &headers, body.clone())
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+    // A failing request is traced too, its error on the span.
+    let refused = http
+        .send("POST", &url, Some("sk-sluice-not-a-key"), &[], body.clone())
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 401);
+    let spans = receiver.wait_for_spans(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spans_now = receiver.spans();
+    assert_eq!(spans_now.len(), spans.len(), "nothing more arrives");
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let trace_id = hex::decode(TRACE_ID).unwrap();
+    assert!(
+        spans
+            .iter()
+            .all(|(service, span)| span.trace_id != trace_id && service == "sluice-proxy"),
+        "the unsampled parent's request is not exported"
+    );
+    let refused_span = spans
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| int(&span.attributes, "http.response.status_code") == Some(401))
+        .expect("the refused request's span");
+    assert_eq!(
+        text(&refused_span.attributes, "error.type").as_deref(),
+        Some("invalid_api_key")
+    );
+    assert!(
+        refused_span.status.is_none(),
+        "a 4xx is the client's error, not the server's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_or_slow_costs_traffic_nothing() {
+    let receiver = OtlpReceiver::start().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let stack = live_stack(PROVIDER_KEY);
+    let body = Bytes::from(
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+    );
+    receiver.slow_down(Duration::from_secs(3));
+    for endpoint in [closed.as_str(), receiver.grpc_url.as_str()] {
+        let (_dir, proxy, http) = caught_up_proxy_with(
+            &stack.cp,
+            &stack.acme.token,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "200"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "20"),
+            ],
+        )
+        .await;
+        let url = proxy.url("/v1/chat/completions");
+        let mut slowest = Duration::ZERO;
+        for _ in 0..40 {
+            let started = Instant::now();
+            let answer = http
+                .send("POST", &url, Some(&stack.acme.key), &[], body.clone())
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 200, "{endpoint}: {}", answer.text());
+            slowest = slowest.max(started.elapsed());
+        }
+        assert!(
+            slowest < Duration::from_secs(1),
+            "{endpoint}: a request took {slowest:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy
+            .metric(&http, "sluice_otel_spans_export_failed_total")
+            .await
+            == 0.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{endpoint}: no failed export counted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
