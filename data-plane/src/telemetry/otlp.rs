@@ -28,6 +28,8 @@ pub enum Value<'a> {
 /// the spans added to it.
 pub struct TraceRequest {
     buf: Vec<u8>,
+    /// One span at a time, written here to learn its length, then copied after it.
+    scratch: Vec<u8>,
     /// Where the scope's spans start (after its `ScopeSpans` and `ResourceSpans` keys).
     open: Vec<usize>,
     pub spans: usize,
@@ -37,6 +39,7 @@ impl TraceRequest {
     pub fn new(service_name: &str, resource: &[(String, String)], scope_version: &str) -> Self {
         let mut request = Self {
             buf: Vec::with_capacity(64 * 1024),
+            scratch: Vec::with_capacity(2048),
             open: Vec::with_capacity(2),
             spans: 0,
         };
@@ -66,7 +69,7 @@ impl TraceRequest {
     pub fn span(
         &mut self,
         ids: SpanIds<'_>,
-        name: &str,
+        name: &[&str],
         kind: SpanKind,
         start_ns: u64,
         end_ns: u64,
@@ -74,8 +77,10 @@ impl TraceRequest {
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) {
         self.spans += 1;
-        // spans = 2 (of ScopeSpans)
-        nested(&mut self.buf, 2, |buf| {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        {
+            let buf = &mut scratch;
             bytes(buf, 1, ids.trace_id);
             bytes(buf, 2, ids.span_id);
             if let Some(state) = ids.trace_state {
@@ -84,12 +89,19 @@ impl TraceRequest {
             if let Some(parent) = ids.parent_span_id {
                 bytes(buf, 4, parent);
             }
-            string(buf, 5, name);
-            encode_key(6, WireType::Varint, buf);
-            encode_varint(kind as u64, buf);
-            encode_key(7, WireType::SixtyFourBit, buf);
+            let name_len: usize = name.iter().map(|part| part.len()).sum();
+            buf.push(field_key(5));
+            put_varint(buf, name_len as u64);
+            for part in name {
+                buf.extend_from_slice(part.as_bytes());
+            }
+            // Varint field 6: key 0x30.
+            buf.push(0x30);
+            buf.push(kind as u8);
+            // Fixed64 fields 7 and 8: keys 0x39 and 0x41.
+            buf.push(0x39);
             buf.extend_from_slice(&start_ns.to_le_bytes());
-            encode_key(8, WireType::SixtyFourBit, buf);
+            buf.push(0x41);
             buf.extend_from_slice(&end_ns.to_le_bytes());
             attributes(&mut Attributes { buf });
             // status = 15: ERROR (2) with its description, or left unset.
@@ -100,7 +112,10 @@ impl TraceRequest {
                     encode_varint(2, buf);
                 });
             }
-        });
+        }
+        // spans = 2 (of ScopeSpans)
+        bytes(&mut self.buf, 2, &scratch);
+        self.scratch = scratch;
     }
 
     /// The encoded request.
@@ -151,13 +166,33 @@ impl Attributes<'_> {
     }
 }
 
-/// A `KeyValue` as field `field` of the message being written.
+/// A `KeyValue` as field `field` (below 16) of the message being written. Its lengths are
+/// known before it is written, so it goes straight into the buffer.
 fn attribute(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value<'_>) {
-    nested(buf, field, |buf| {
-        string(buf, 1, key);
-        // value = 2: an AnyValue
-        nested(buf, 2, |buf| any_value(buf, value));
-    });
+    let any_len = match value {
+        Value::Str(text) => 1 + varint_len(text.len()) + text.len(),
+        Value::Bool(_) => 2,
+        Value::Int(n) => 1 + encoded_len_varint(*n as u64),
+        Value::Double(_) => 9,
+        Value::Strs(_) => {
+            // Rare: the array's length is learnt by writing it.
+            nested(buf, field, |buf| {
+                string(buf, 1, key);
+                nested(buf, 2, |buf| any_value(buf, value));
+            });
+            return;
+        }
+    };
+    let kv_len = 1 + varint_len(key.len()) + key.len() + 1 + varint_len(any_len) + any_len;
+    buf.reserve(kv_len + 2);
+    buf.push(field_key(field));
+    put_varint(buf, kv_len as u64);
+    buf.push(field_key(1));
+    put_varint(buf, key.len() as u64);
+    buf.extend_from_slice(key.as_bytes());
+    buf.push(field_key(2));
+    put_varint(buf, any_len as u64);
+    any_value(buf, value);
 }
 
 fn any_value(buf: &mut Vec<u8>, value: &Value<'_>) {
@@ -165,12 +200,12 @@ fn any_value(buf: &mut Vec<u8>, value: &Value<'_>) {
         Value::Str(text) => string(buf, 1, text),
         Value::Bool(flag) => {
             encode_key(2, WireType::Varint, buf);
-            encode_varint(u64::from(*flag), buf);
+            buf.push(u8::from(*flag));
         }
         Value::Int(n) => {
             encode_key(3, WireType::Varint, buf);
             // int64 is written as its two's complement, as prost does.
-            encode_varint(*n as u64, buf);
+            put_varint(buf, *n as u64);
         }
         Value::Double(x) => {
             encode_key(4, WireType::SixtyFourBit, buf);
@@ -187,13 +222,32 @@ fn any_value(buf: &mut Vec<u8>, value: &Value<'_>) {
     }
 }
 
+/// The key byte of length-delimited field `field` (fields here are all below 16).
+fn field_key(field: u32) -> u8 {
+    ((field << 3) | 2) as u8
+}
+
+fn varint_len(n: usize) -> usize {
+    encoded_len_varint(n as u64)
+}
+
+/// A varint, a byte at a time (prost's is generic over every buffer and several times
+/// slower into a `Vec`).
+fn put_varint(buf: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        buf.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    buf.push(n as u8);
+}
+
 fn string(buf: &mut Vec<u8>, field: u32, text: &str) {
     bytes(buf, field, text.as_bytes());
 }
 
 fn bytes(buf: &mut Vec<u8>, field: u32, value: &[u8]) {
-    encode_key(field, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
+    buf.push(field_key(field));
+    put_varint(buf, value.len() as u64);
     buf.extend_from_slice(value);
 }
 

@@ -33,7 +33,7 @@ fn what_is_written_is_what_the_official_types_read() {
             parent_span_id: Some(&[2; 8]),
             trace_state: Some("vendor=1"),
         },
-        "POST /v1/chat/completions",
+        &["POST", " ", "/v1/chat/completions"],
         SpanKind::Server,
         10,
         20,
