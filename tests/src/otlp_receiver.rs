@@ -23,6 +23,9 @@ use prost::Message;
 
 #[derive(Default)]
 struct Received {
+    /// Whether requests are kept (tests) or only their spans counted (the benchmark).
+    keep: bool,
+    spans: usize,
     requests: Vec<ExportTraceServiceRequest>,
     /// Every exported byte, as it came (HTTP) or encoded again (gRPC), for searching.
     bytes: Vec<u8>,
@@ -62,16 +65,74 @@ impl TraceService for Service {
             .collect();
         let message = request.into_inner();
         let mut received = self.received.lock().unwrap();
-        received.bytes.extend(message.encode_to_vec());
-        received.requests.push(message);
-        received.headers = headers;
+        received.take(message, None, headers);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
+impl Received {
+    /// An HTTP export's body: its status.
+    fn take_http(&mut self, body: &[u8], headers: &http::HeaderMap) -> u16 {
+        if !self.keep {
+            // Counting only (a benchmark's millions): the spans are counted where they lie.
+            return match count_spans(body) {
+                Some(spans) => {
+                    self.spans += spans;
+                    200
+                }
+                None => 400,
+            };
+        }
+        let Ok(message) = ExportTraceServiceRequest::decode(body) else {
+            return 400;
+        };
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        self.take(message, Some(body), headers);
+        200
+    }
+
+    fn take(
+        &mut self,
+        message: ExportTraceServiceRequest,
+        raw: Option<&[u8]>,
+        headers: Vec<(String, String)>,
+    ) {
+        self.spans += message
+            .resource_spans
+            .iter()
+            .flat_map(|r| r.scope_spans.iter())
+            .map(|s| s.spans.len())
+            .sum::<usize>();
+        self.headers = headers;
+        if self.keep {
+            match raw {
+                Some(raw) => self.bytes.extend_from_slice(raw),
+                None => self.bytes.extend(message.encode_to_vec()),
+            }
+            self.requests.push(message);
+        }
+    }
+}
+
 impl OtlpReceiver {
+    /// A receiver that keeps everything it receives.
     pub async fn start() -> Self {
-        let received = Arc::new(Mutex::new(Received::default()));
+        Self::start_with(true).await
+    }
+
+    /// A receiver that only counts the spans it receives (a benchmark's millions).
+    pub async fn start_counting() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(keep: bool) -> Self {
+        let received = Arc::new(Mutex::new(Received {
+            keep,
+            ..Received::default()
+        }));
         let delay = Arc::new(Mutex::new(Duration::ZERO));
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_url = format!("http://{}", grpc.local_addr().unwrap());
@@ -113,25 +174,7 @@ impl OtlpReceiver {
                                 {
                                     415
                                 } else {
-                                    match ExportTraceServiceRequest::decode(body.as_ref()) {
-                                        Ok(message) => {
-                                            let mut received = received.lock().unwrap();
-                                            received.bytes.extend_from_slice(&body);
-                                            received.requests.push(message);
-                                            received.headers = parts
-                                                .headers
-                                                .iter()
-                                                .map(|(k, v)| {
-                                                    (
-                                                        k.to_string(),
-                                                        v.to_str().unwrap_or("").to_owned(),
-                                                    )
-                                                })
-                                                .collect();
-                                            200
-                                        }
-                                        Err(_) => 400,
-                                    }
+                                    received.lock().unwrap().take_http(&body, &parts.headers)
                                 };
                                 let answer = ExportTraceServiceResponse::default().encode_to_vec();
                                 Ok::<_, Infallible>(
@@ -196,6 +239,11 @@ impl OtlpReceiver {
         }
     }
 
+    /// How many spans have arrived.
+    pub fn span_count(&self) -> usize {
+        self.received.lock().unwrap().spans
+    }
+
     /// Every byte exported so far.
     pub fn bytes(&self) -> Vec<u8> {
         self.received.lock().unwrap().bytes.clone()
@@ -205,6 +253,46 @@ impl OtlpReceiver {
     pub fn last_headers(&self) -> Vec<(String, String)> {
         self.received.lock().unwrap().headers.clone()
     }
+}
+
+/// The spans in an encoded `ExportTraceServiceRequest` (resource_spans = 1 → scope_spans = 2
+/// → spans = 2), found by walking its fields; `None` if it is not one.
+pub fn count_spans(request: &[u8]) -> Option<usize> {
+    let mut spans = 0;
+    for resource in fields(request, 1)? {
+        for scope in fields(resource, 2)? {
+            spans += fields(scope, 2)?.len();
+        }
+    }
+    Some(spans)
+}
+
+/// The length-delimited fields numbered `wanted` of one message.
+fn fields(mut message: &[u8], wanted: u32) -> Option<Vec<&[u8]>> {
+    use prost::encoding::decode_varint;
+    let mut found = Vec::new();
+    while !message.is_empty() {
+        let key = decode_varint(&mut message).ok()?;
+        let (field, wire) = ((key >> 3) as u32, key & 7);
+        let skip = match wire {
+            0 => {
+                decode_varint(&mut message).ok()?;
+                0
+            }
+            1 => 8,
+            2 => {
+                let len = usize::try_from(decode_varint(&mut message).ok()?).ok()?;
+                if field == wanted {
+                    found.push(message.get(..len)?);
+                }
+                len
+            }
+            5 => 4,
+            _ => return None,
+        };
+        message = message.get(skip..)?;
+    }
+    Some(found)
 }
 
 /// A string attribute's value.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::json;
-use sluice_e2e::otlp_receiver::{OtlpReceiver, int, text};
+use sluice_e2e::otlp_receiver::{OtlpReceiver, count_spans, int, text};
 use sluice_e2e::{caught_up_proxy_with, contains_bytes, live_stack};
 
 const PROVIDER_KEY: &str = "sk-canary-otel-provider-key-1f2e3d";
@@ -161,12 +161,18 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
         );
     }
     assert!(!proxy.output.text().contains("otel token"));
-    assert_eq!(
-        proxy
+    // Counted once the collector's answer is back, a moment after it has the spans.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let exported = loop {
+        let exported = proxy
             .metric(&http, "sluice_otel_spans_exported_total")
-            .await,
-        4.0
-    );
+            .await;
+        if exported >= 4.0 || Instant::now() > deadline {
+            break exported;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exported, 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,6 +216,8 @@ async fn http_protobuf_export_honours_an_unsampled_parent() {
     let spans_now = receiver.spans();
     assert_eq!(spans_now.len(), spans.len(), "nothing more arrives");
     assert_eq!(spans.len(), 3, "{spans:#?}");
+    // The benchmark's receiver counts spans without decoding them: the count agrees.
+    assert_eq!(count_spans(&receiver.bytes()), Some(3));
     let trace_id = hex::decode(TRACE_ID).unwrap();
     assert!(
         spans

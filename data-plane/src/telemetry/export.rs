@@ -20,6 +20,9 @@ use crate::usage::wire::RawEncoder;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
+/// Exports in flight at once: a collector's round trip does not hold up the next batch.
+const MAX_IN_FLIGHT: usize = 4;
+
 /// Starts the exporter thread; it runs until `stop` is set and the queue is empty.
 pub fn spawn(telemetry: Arc<Telemetry>, export: TraceExport) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -27,29 +30,29 @@ pub fn spawn(telemetry: Arc<Telemetry>, export: TraceExport) -> std::io::Result<
         .build()?;
     let sender = {
         let _entered = runtime.enter();
-        Sender::new(&export)?
+        Arc::new(Sender::new(&export)?)
     };
-    let worker = Arc::clone(&telemetry);
-    let handle = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("sluice-otel".to_owned())
-        .spawn(move || run(&worker, &export, &runtime, &sender))?;
-    // Set before any request can be traced (the caller starts serving after this returns).
-    let _ = telemetry.exporter.set(handle.thread().clone());
+        .spawn(move || runtime.block_on(run(telemetry, &export, sender)))?;
     Ok(())
 }
 
-fn run(
-    telemetry: &Telemetry,
-    export: &TraceExport,
-    runtime: &tokio::runtime::Runtime,
-    sender: &Sender,
-) {
+async fn run(telemetry: Arc<Telemetry>, export: &TraceExport, sender: Arc<Sender>) {
     let scope_version = env!("CARGO_PKG_VERSION");
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
-        std::thread::park_timeout(export.schedule_delay);
+        tokio::select! {
+            () = telemetry.wake_up.notified() => {}
+            () = tokio::time::sleep(export.schedule_delay) => {}
+        }
         telemetry.wake.store(false, Ordering::Release);
         let stopping = telemetry.stop.load(Ordering::Acquire);
         loop {
+            while in_flight.try_join_next().is_some() {}
+            if in_flight.len() >= MAX_IN_FLIGHT {
+                in_flight.join_next().await;
+            }
             let mut request =
                 TraceRequest::new(&telemetry.service_name, &telemetry.resource, scope_version);
             let mut taken = 0;
@@ -65,33 +68,41 @@ fn run(
             }
             let spans = request.spans as u64;
             let body = Bytes::from(request.finish());
-            let sent = runtime.block_on(async {
-                tokio::time::timeout(export.timeout, sender.send(body))
+            let (sender, timeout) = (Arc::clone(&sender), export.timeout);
+            let counted = Arc::clone(&telemetry);
+            in_flight.spawn(async move {
+                let sent = tokio::time::timeout(timeout, sender.send(body))
                     .await
-                    .unwrap_or_else(|_| Err("timed out".to_owned()))
+                    .unwrap_or_else(|_| Err("timed out".to_owned()));
+                count(&counted, spans, sent);
             });
-            match sent {
-                Ok(()) => {
-                    telemetry
-                        .counters
-                        .spans_exported
-                        .fetch_add(spans, Ordering::Relaxed);
-                }
-                Err(reason) => {
-                    telemetry
-                        .counters
-                        .spans_export_failed
-                        .fetch_add(spans, Ordering::Relaxed);
-                    tracing::warn!(%reason, spans, "an OpenTelemetry export failed; its spans are dropped");
-                }
-            }
             if taken < telemetry.batch_traces {
                 break;
             }
         }
         if stopping {
+            while in_flight.join_next().await.is_some() {}
             telemetry.stopped.store(true, Ordering::Release);
             return;
+        }
+    }
+}
+
+/// Counts what one export did with its spans.
+fn count(telemetry: &Telemetry, spans: u64, sent: Result<(), String>) {
+    match sent {
+        Ok(()) => {
+            telemetry
+                .counters
+                .spans_exported
+                .fetch_add(spans, Ordering::Relaxed);
+        }
+        Err(reason) => {
+            telemetry
+                .counters
+                .spans_export_failed
+                .fetch_add(spans, Ordering::Relaxed);
+            tracing::warn!(%reason, spans, "an OpenTelemetry export failed; its spans are dropped");
         }
     }
 }

@@ -11,8 +11,8 @@ pub mod render;
 pub mod request_trace;
 pub mod trace_context;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use crossbeam_queue::ArrayQueue;
 use http::HeaderMap;
@@ -31,7 +31,7 @@ pub struct Telemetry {
     batch_traces: usize,
     /// Set while the exporter has been woken and has not yet looked.
     wake: AtomicBool,
-    exporter: OnceLock<std::thread::Thread>,
+    wake_up: tokio::sync::Notify,
     stop: AtomicBool,
     stopped: AtomicBool,
     pub counters: TelemetryCounters,
@@ -61,7 +61,7 @@ impl Telemetry {
             queue: ArrayQueue::new((export.max_queue_size / 2).max(1)),
             batch_traces: (export.max_export_batch_size / 2).max(1),
             wake: AtomicBool::new(false),
-            exporter: OnceLock::new(),
+            wake_up: tokio::sync::Notify::new(),
             stop: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             counters: TelemetryCounters::default(),
@@ -110,9 +110,7 @@ impl Telemetry {
     }
 
     fn wake_exporter(&self) {
-        if let Some(thread) = self.exporter.get() {
-            thread.unpark();
-        }
+        self.wake_up.notify_one();
     }
 
     /// Exports what is queued and stops the exporter, waiting up to `within`.

@@ -11,6 +11,8 @@
 //! schedstat), divided by the requests served. A second part measures the way users do ([`nginx`]): nginx
 //! as the floor, `oha` as the load at 32 and 64 connections in alternating rounds, every
 //! process's CPU apart, and the proxy's heap allocations per request from its own metrics.
+//! One more proxy exports a trace of every request over OTLP/HTTP to a receiver in this
+//! process; it runs at 64 connections in every round, for the cost of telemetry.
 //! A third part loads `BENCH_VIRTUAL_KEYS` keys (100 000) and times an admin change reaching
 //! all `BENCH_PROXIES` proxies (8).
 //!
@@ -771,6 +773,18 @@ async fn bench() {
     for proxy in &proxies {
         proxy.wait_for_version(&http, version).await;
     }
+    // One more proxy, exporting a trace of every request (the default sampler,
+    // `parentbased_always_on`) over OTLP/HTTP (protobuf) to a receiver in this process that
+    // counts the spans where they lie: the cost of telemetry, beside the proxy without it.
+    let receiver = sluice_e2e::otlp_receiver::OtlpReceiver::start_counting().await;
+    let traced_dir = tempfile::tempdir().unwrap();
+    let traced = sluice_e2e::proxy::ProxyBuilder::new(traced_dir.path(), &cp.url(), &token)
+        .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info")
+        .env("SLUICE_PROXY_USAGE_BATCH_SIZE", "5000")
+        .env("SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS", "250")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url)
+        .start();
+    traced.wait_for_version(&http, version).await;
     let sluice = &proxies[0];
     let floor_url = format!("http://{}/v1/chat/completions", floor.addr);
     let sluice_url = sluice.url("/v1/chat/completions");
@@ -959,6 +973,12 @@ async fn bench() {
                 &sluice_url,
                 &sluice.url("/metrics"),
                 &[sluice_pid],
+                Traced {
+                    url: &traced.url("/v1/chat/completions"),
+                    metrics: &traced.url("/metrics"),
+                    pid: traced.pid(),
+                    receiver: &receiver,
+                },
                 cp.pid(),
                 &key,
                 duration,
@@ -1096,6 +1116,7 @@ async fn against_nginx(
     sluice_url: &str,
     sluice_metrics: &str,
     sluice_pids: &[u32],
+    traced: Traced<'_>,
     cp_pid: u32,
     key: &str,
     duration: Duration,
@@ -1156,6 +1177,13 @@ async fn against_nginx(
         pids: sluice_pids,
         sluice: Some((cp_pid, sluice_metrics)),
     };
+    let traced_pids = [traced.pid];
+    let traced_side = Side {
+        url: traced.url,
+        pids: &traced_pids,
+        sluice: Some((cp_pid, traced.metrics)),
+    };
+    let mut traced_full = Vec::new();
     let raw_url = format!("http://{}/v1/chat/completions", raw_floor.0);
     let raw_pids = [raw_floor.1];
     let raw_side = Side {
@@ -1167,6 +1195,7 @@ async fn against_nginx(
     run(nginx_url.clone(), 8, None).await;
     run(sluice_url.to_owned(), 8, None).await;
     run(raw_url.clone(), 8, None).await;
+    run(traced.url.to_owned(), 8, None).await;
     // [connections][round], each side alternating with the other inside a round.
     let mut nginx_full = vec![Vec::new(); CONNECTIONS.len()];
     let mut sluice_full = vec![Vec::new(); CONNECTIONS.len()];
@@ -1180,6 +1209,7 @@ async fn against_nginx(
             sluice_full[index].push(full_speed(&sluice_side, connections).await);
         }
         raw_full.push(full_speed(&raw_side, 64).await);
+        traced_full.push(full_speed(&traced_side, 64).await);
         direct_fixed.push(run(direct_url.clone(), 64, Some(rate)).await);
         nginx_fixed.push(run(nginx_url.clone(), 64, Some(rate)).await);
         sluice_fixed.push(run(sluice_url.to_owned(), 64, Some(rate)).await);
@@ -1354,6 +1384,49 @@ async fn against_nginx(
         us(raw_cpu),
         raw_cpu.as_secs_f64() / nginx_cpu.as_secs_f64().max(1e-9)
     );
+    let median =
+        |at: fn(&Served) -> f64| median_of(&mut traced_full.iter().map(at).collect::<Vec<_>>());
+    let traced_rps = median(|r| r.requests_per_second);
+    let traced_proxy = median(|r| r.proxy_cpu.as_secs_f64());
+    let traced_cp = median(|r| r.control_plane_cpu.as_secs_f64());
+    let untraced = &sluice_full[CONNECTIONS.len() - 1];
+    let untraced_proxy = median_of(
+        &mut untraced
+            .iter()
+            .map(|r| r.proxy_cpu.as_secs_f64())
+            .collect::<Vec<_>>(),
+    );
+    let nginx_rps = median_of(
+        &mut nginx_full[CONNECTIONS.len() - 1]
+            .iter()
+            .map(|r| r.requests_per_second)
+            .collect::<Vec<_>>(),
+    );
+    let exported = proxy_metric(&http, traced.metrics, "sluice_otel_spans_exported_total").await;
+    let dropped = proxy_metric(&http, traced.metrics, "sluice_otel_spans_dropped_total").await
+        + proxy_metric(
+            &http,
+            traced.metrics,
+            "sluice_otel_spans_export_failed_total",
+        )
+        .await;
+    println!(
+        "with OpenTelemetry on (every request traced, OTLP/HTTP to a receiver in this process), 64 connections: {traced_rps:.0} req/s ({:.2}× nginx), {:.1} µs proxy + {:.1} µs control plane per request ({:.2}× nginx); tracing adds {:.1} µs per request to the proxy; spans exported {exported:.0}, dropped {dropped:.0}, received {}",
+        traced_rps / nginx_rps.max(1.0),
+        traced_proxy * 1e6,
+        traced_cp * 1e6,
+        (traced_proxy + traced_cp) / nginx_cpu.as_secs_f64().max(1e-9),
+        (traced_proxy - untraced_proxy) * 1e6,
+        traced.receiver.span_count(),
+    );
+}
+
+/// The proxy that traces every request, and the receiver its spans go to.
+struct Traced<'a> {
+    url: &'a str,
+    metrics: &'a str,
+    pid: u32,
+    receiver: &'a sluice_e2e::otlp_receiver::OtlpReceiver,
 }
 
 async fn create_virtual_keys(url: &str, token: &str, count: usize) {
