@@ -100,6 +100,12 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
     assert!(text(attributes, "sluice.virtual_key.id").is_some());
     assert!(int(attributes, "sluice.cost_micros").unwrap() > 0);
     assert_eq!(int(attributes, "sluice.attempts"), Some(1));
+    let overhead: i64 = whole.headers["x-sluice-overhead-us"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(int(attributes, "sluice.overhead_us"), Some(overhead));
 
     let client = span_named(&spans, "chat gpt-4o-mini", &trace_id);
     assert_eq!(client.kind, 3, "a client span");
@@ -293,4 +299,72 @@ async fn a_collector_that_is_down_or_slow_costs_traffic_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_proxied_answer_says_the_gateways_own_time() {
+    let stack = live_stack(PROVIDER_KEY);
+    stack
+        .cp
+        .ctl(&[
+            "model",
+            "create",
+            "acme/paused",
+            "--deployment",
+            "openai:pause",
+        ])
+        .ok();
+    let (_dir, proxy, http) = caught_up_proxy_with(&stack.cp, &stack.acme.token, &[]).await;
+    let url = proxy.url("/v1/chat/completions");
+    let started = Instant::now();
+    let answer = http
+        .post(
+            &url,
+            Some(&stack.acme.key),
+            &json!({"model": "paused", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    let total = started.elapsed();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let overhead: u64 = answer.headers["x-sluice-overhead-us"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pause = sluice_e2e::mock_openai::PAUSE;
+    assert!(
+        total >= pause,
+        "the upstream took {pause:?}; the answer {total:?}"
+    );
+    assert!(
+        Duration::from_micros(overhead) < pause / 2,
+        "the upstream's {pause:?} is left out of the overhead: {overhead} µs"
+    );
+    // A stream says it too, in its head; an answer Sluice made itself (an error) does not.
+    let stream = http
+        .send(
+            "POST",
+            &url,
+            Some(&stack.acme.key),
+            &[],
+            Bytes::from(
+                json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.status, 200);
+    assert!(stream.headers.contains_key("x-sluice-overhead-us"));
+    let refused = http
+        .post(
+            &url,
+            Some("sk-sluice-not-a-key"),
+            &json!({"model": "gpt-4o-mini", "messages": []}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 401);
+    assert!(!refused.headers.contains_key("x-sluice-overhead-us"));
 }

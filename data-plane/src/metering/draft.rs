@@ -26,7 +26,11 @@ const CLIENT_CLOSED: u16 = 499;
 /// What is known before the answer: who, what, where, when.
 pub struct UsageDraft {
     pub record: pb::UsageRecord,
+    /// When the request's head had arrived: its total and its latency count from here.
     pub started: tokio::time::Instant,
+    /// Time spent waiting on upstreams: every attempt until its answer's head, and a whole
+    /// answer's body as it was read (what `x-sluice-overhead-us` leaves out).
+    pub upstream_wait: std::time::Duration,
     pub prices: Prices,
     /// The request's messages, counted only if the upstream reports no usage.
     pub prompt: Option<bytes::Bytes>,
@@ -63,6 +67,7 @@ impl UsageDraft {
         virtual_key_id: &str,
         model: &ModelEntry,
         metadata: RequestMetadata,
+        arrived: tokio::time::Instant,
     ) -> Self {
         Self {
             record: pb::UsageRecord {
@@ -76,7 +81,8 @@ impl UsageDraft {
                 tags: metadata.tags,
                 ..Default::default()
             },
-            started: tokio::time::Instant::now(),
+            started: arrived,
+            upstream_wait: std::time::Duration::ZERO,
             prices: Prices::of(model),
             prompt: None,
             prompt_estimate: None,

@@ -97,13 +97,17 @@ pub async fn answer(
             );
         }
         draft.spool_start();
+        say_overhead(&draft, &mut headers);
         let body = AnswerStream::new(incoming, reader, draft, answering.deadlines, scrubber);
         let mut out = Response::new(Body::new(body));
         *out.status_mut() = parts.status;
         *out.headers_mut() = headers;
         return Ok(out);
     }
-    let bytes = match read_whole(incoming, &answering.deadlines).await {
+    let reading = std::time::Instant::now();
+    let read = read_whole(incoming, &answering.deadlines).await;
+    draft.upstream_wait += reading.elapsed();
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(failure) => {
             return Err(Unanswered::Failed(Box::new(Failed {
@@ -167,6 +171,7 @@ pub async fn answer(
         }
     };
     let status = parts.status.as_u16();
+    say_overhead(&draft, &mut headers);
     match usage {
         Some(usage) => draft.finish(status, usage, pb::UsageSource::ProviderReported),
         // No usage block: counted by Sluice and labelled so, never a zero "reported".
@@ -182,6 +187,20 @@ pub async fn answer(
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// The gateway's own time in a proxied answer, in microseconds: from the request's head to
+/// the answer's, less the time spent waiting on upstreams.
+const OVERHEAD: http::HeaderName = http::HeaderName::from_static("x-sluice-overhead-us");
+
+/// Puts the gateway's own time so far on the answer's head (and on its span).
+fn say_overhead(draft: &UsageDraft, headers: &mut http::HeaderMap) {
+    let overhead = draft.started.elapsed().saturating_sub(draft.upstream_wait);
+    let micros = u64::try_from(overhead.as_micros()).unwrap_or(u64::MAX);
+    headers.insert(OVERHEAD, HeaderValue::from(micros));
+    if let Some(trace) = &draft.trace {
+        trace.note(|state| state.overhead_us = Some(micros));
+    }
 }
 
 /// A successful status over a body that is not a whole JSON document: never passed on as a

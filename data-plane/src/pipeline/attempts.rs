@@ -153,6 +153,7 @@ pub async fn forward(
             .map(|trace| attempt_span(trace, at.total, provider, deployment, uri));
         let reached_before = draft.has_reached_upstream();
         draft.set_reached_upstream(true);
+        let waited_from = std::time::Instant::now();
         let sent = gateway
             .upstream
             .post_json(
@@ -164,6 +165,7 @@ pub async fn forward(
                 &deadlines,
             )
             .await;
+        draft.upstream_wait += waited_from.elapsed();
         // Everything the upstream sends back may echo the key: it is looked for in every byte
         // that leaves the proxy (headers always; bodies and messages of errors).
         let scrubber = credential

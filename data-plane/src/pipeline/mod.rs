@@ -50,6 +50,7 @@ pub async fn serve(
     endpoint: &Endpoint,
     path_model: &str,
     trace: Option<&Arc<RequestTrace>>,
+    arrived: tokio::time::Instant,
 ) -> Result<Response<Body>, GatewayError> {
     let operation = endpoint.operation;
     let (parts, body) = request.into_parts();
@@ -126,6 +127,7 @@ pub async fn serve(
         &caller.key.id,
         model,
         metadata,
+        arrived,
     );
     draft.rate_hold = rates.hold;
     draft.trace = trace.cloned();

@@ -18,6 +18,7 @@ use crate::request::body::RequestBody;
 use crate::serve::http1::head::Refused;
 
 pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Response<Body> {
+    let arrived = tokio::time::Instant::now();
     let request_id = sluice_shared::ids::new_id();
     let path = request.uri().path();
     if path.starts_with("/v1/") || path.starts_with("/v1beta/") {
@@ -49,6 +50,7 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
                 endpoint,
                 &path_model,
                 trace.as_ref(),
+                arrived,
             )
             .await
             .map_err(|error| error.in_shape(endpoint.shape));

@@ -55,6 +55,12 @@ pub fn write(trace: &FinishedTrace, request: &mut TraceRequest) {
                 attributes.text("sluice.run_id", &usage.run_id);
                 attributes.text("sluice.task_id", &usage.task_id);
             }
+            if let Some(overhead) = state.overhead_us {
+                attributes.add(
+                    "sluice.overhead_us",
+                    Value::Int(i64::try_from(overhead).unwrap_or(i64::MAX)),
+                );
+            }
             attributes.add(
                 "sluice.attempts",
                 Value::Int(i64::try_from(state.attempts.len()).unwrap_or(i64::MAX)),

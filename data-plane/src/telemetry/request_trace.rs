@@ -45,6 +45,8 @@ pub struct TraceState {
     pub stream: bool,
     pub max_tokens: Option<u64>,
     pub config_version: u64,
+    /// What `x-sluice-overhead-us` said.
+    pub overhead_us: Option<u64>,
     pub usage: Option<UsageFacts>,
     pub attempts: Vec<AttemptSpan>,
 }
