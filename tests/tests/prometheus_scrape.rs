@@ -1,0 +1,141 @@
+//! What SREs scrape: `promtool check metrics` passes on both processes' `/metrics` (the
+//! proxy's with OpenTelemetry export on, so its exporter's counters are in it), and a real
+//! Prometheus (Debian's `prometheus`, which `.ci/test` installs) scrapes both and answers a
+//! query over what it scraped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice_e2e::otlp_receiver::OtlpReceiver;
+use sluice_e2e::{caught_up_proxy_with, live_stack};
+
+/// `promtool check metrics` on `text`: its complaints, or `None` when it has none.
+fn promtool_check(text: &str) -> Option<String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; .ci/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (!output.status.success() || !said.trim().is_empty()).then_some(said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = live_stack("sk-prometheus-test-key");
+    let (_dir, proxy, http) = caught_up_proxy_with(
+        &stack.cp,
+        &stack.acme.token,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url)],
+    )
+    .await;
+    let answer = http
+        .post(
+            &proxy.url("/v1/chat/completions"),
+            Some(&stack.acme.key),
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    let proxy_metrics = http.get(&proxy.url("/metrics"), None).await.unwrap().text();
+    assert!(proxy_metrics.contains("sluice_otel_spans_exported_total"));
+    let cp_metrics = http
+        .get(&format!("{}/metrics", stack.cp.url()), None)
+        .await
+        .unwrap()
+        .text();
+    for (name, text) in [("proxy", &proxy_metrics), ("control plane", &cp_metrics)] {
+        if let Some(complaints) = promtool_check(text) {
+            panic!("promtool on the {name}'s metrics:\n{complaints}\n{text}");
+        }
+    }
+
+    // A real Prometheus, scraping both every second.
+    let dir = tempfile::tempdir().unwrap();
+    let target = |url: &str| url.trim_start_matches("http://").to_owned();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: proxy\n    static_configs:\n      - targets: ['{}']\n  - job_name: control-plane\n    static_configs:\n      - targets: ['{}']\n",
+        target(&proxy.url("")),
+        target(&stack.cp.url()),
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prometheus (Debian's prometheus package; .ci/test installs it)");
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let query = |expression: &str| format!("{api}/query?query={expression}");
+    let scraped = loop {
+        let up = http.get(&query("up"), None).await.ok().map(|r| r.json());
+        let healthy = up
+            .as_ref()
+            .and_then(|body| body["data"]["result"].as_array().cloned())
+            .map(|series| series.iter().filter(|s| s["value"][1] == "1").count())
+            .unwrap_or(0);
+        if healthy == 2 {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let requests = http
+        .get(&query("sluice_requests_total"), None)
+        .await
+        .map(|r| r.json());
+    let batches = http
+        .get(&query("sluice_usage_batches_committed_total"), None)
+        .await
+        .map(|r| r.json());
+    let _ = prometheus.kill();
+    let output = prometheus.wait_with_output().unwrap();
+    assert!(
+        scraped,
+        "Prometheus never had both targets up:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let requests = requests.unwrap();
+    assert_eq!(
+        requests["data"]["result"][0]["value"][1], "1",
+        "the proxy's request counter, as Prometheus scraped it: {requests}"
+    );
+    assert_eq!(
+        batches.unwrap()["data"]["result"][0]["metric"]["job"],
+        "control-plane"
+    );
+}
