@@ -136,6 +136,13 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
     );
     assert_eq!(int(attributes, "http.response.status_code"), Some(200));
     assert!(client.status.is_none());
+    // The upstream heard of the trace, with the attempt's span as its parent.
+    let sent = &stack.upstream.requests()[0].headers;
+    assert_eq!(
+        sent["traceparent"].to_str().unwrap(),
+        format!("00-{TRACE_ID}-{}-01", hex::encode(&client.span_id))
+    );
+    assert_eq!(sent["tracestate"].to_str().unwrap(), "vendor=7");
 
     // The stream started a trace of its own, and its attempt lasted as long as it did.
     let (_, stream_server) = spans
@@ -239,6 +246,12 @@ async fn http_protobuf_export_honours_an_unsampled_parent() {
     assert_eq!(
         text(&refused_span.attributes, "error.type").as_deref(),
         Some("invalid_api_key")
+    );
+    // An unsampled request tells its upstream nothing of a trace of its own.
+    assert!(
+        !stack.upstream.requests()[0]
+            .headers
+            .contains_key("traceparent")
     );
     assert!(
         refused_span.status.is_none(),

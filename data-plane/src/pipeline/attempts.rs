@@ -31,6 +31,7 @@ use crate::routing::attempt_order::attempt_order;
 use crate::routing::tables::{DeploymentEntry, ModelEntry, ProviderEntry, RoutingTables};
 use crate::telemetry::RequestTrace;
 use crate::telemetry::request_trace::AttemptSpan;
+use crate::upstream::JsonPost;
 
 pub async fn forward(
     gateway: &Arc<Gateway>,
@@ -153,6 +154,10 @@ pub async fn forward(
             .map(|trace| attempt_span(trace, at.total, provider, deployment, uri));
         let reached_before = draft.has_reached_upstream();
         draft.set_reached_upstream(true);
+        let trace_headers = trace
+            .as_ref()
+            .zip(attempt_span.as_ref())
+            .and_then(|(trace, span)| trace.upstream_headers(&span.span_id));
         let waited_from = std::time::Instant::now();
         let sent = gateway
             .upstream
@@ -160,8 +165,11 @@ pub async fn forward(
                 provider,
                 uri,
                 credential.as_ref(),
-                accept,
-                payload,
+                JsonPost {
+                    accept,
+                    body: payload,
+                    trace: trace_headers.as_ref(),
+                },
                 &deadlines,
             )
             .await;

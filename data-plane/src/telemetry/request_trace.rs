@@ -149,6 +149,23 @@ impl RequestTrace {
         }
     }
 
+    /// The trace headers an attempt sends its upstream: its own span as the parent.
+    pub fn upstream_headers(
+        &self,
+        attempt_span_id: &[u8; 8],
+    ) -> Option<crate::upstream::TraceHeaders> {
+        let traceparent =
+            super::trace_context::traceparent(&self.ids.trace_id, attempt_span_id, true);
+        Some(crate::upstream::TraceHeaders {
+            traceparent: http::HeaderValue::from_str(&traceparent).ok()?,
+            tracestate: self
+                .ids
+                .tracestate
+                .as_deref()
+                .and_then(|state| http::HeaderValue::from_str(state).ok()),
+        })
+    }
+
     /// An attempt that is over: failed (ended now), or answering (it ends with the request).
     pub fn attempt_done(&self, mut span: AttemptSpan, error: Option<ErrorCode>) {
         if error.is_some() {

@@ -83,8 +83,26 @@ struct Outgoing<'a> {
     accept: HeaderValue,
     /// The credential header, its value marked sensitive.
     credential: Option<(HeaderName, HeaderValue)>,
+    /// `traceparent` (naming the attempt's span) and `tracestate`, for a traced request.
+    trace: Option<&'a TraceHeaders>,
     body: Bytes,
 }
+
+/// What an attempt sends: its JSON body, the answer it accepts, and its trace headers.
+pub struct JsonPost<'a> {
+    pub accept: &'static str,
+    pub body: Bytes,
+    pub trace: Option<&'a TraceHeaders>,
+}
+
+/// What a traced attempt tells its upstream of the trace (W3C Trace Context).
+pub struct TraceHeaders {
+    pub traceparent: HeaderValue,
+    pub tracestate: Option<HeaderValue>,
+}
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 static CONTENT_TYPE: HeaderName = header::CONTENT_TYPE;
 static ACCEPT: HeaderName = header::ACCEPT;
@@ -106,13 +124,21 @@ impl Outgoing<'_> {
             (&HOST, &self.provider.host_header),
         ]
         .into_iter()
-        .chain(self.credential.as_ref().map(|(name, value)| (name, value)));
+        .chain(self.credential.as_ref().map(|(name, value)| (name, value)))
+        .chain(self.trace.map(|trace| (&TRACEPARENT, &trace.traceparent)))
+        .chain(
+            self.trace
+                .and_then(|trace| trace.tracestate.as_ref())
+                .map(|value| (&TRACESTATE, value)),
+        );
         let extra = &self.provider.extra_headers;
         let kept = extra.iter().enumerate().filter(move |(index, (name, _))| {
             let repeated = extra[index + 1..].iter().any(|(later, _)| later == name);
             let replaced = [&CONTENT_TYPE, &ACCEPT, &USER_AGENT, &HOST]
                 .into_iter()
                 .chain(self.credential.as_ref().map(|(own, _)| own))
+                .chain(self.trace.map(|_| &TRACEPARENT))
+                .chain(self.trace.map(|_| &TRACESTATE))
                 .any(|own| own == name);
             !repeated && !replaced
         });
@@ -196,10 +222,14 @@ impl UpstreamClient {
         provider: &ProviderEntry,
         uri: &Uri,
         credential: Option<&SecretString>,
-        accept: &'static str,
-        body: Bytes,
+        post: JsonPost<'_>,
         deadlines: &Deadlines,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let JsonPost {
+            accept,
+            body,
+            trace,
+        } = post;
         let credential = match credential {
             None => None,
             Some(credential) => {
@@ -236,6 +266,7 @@ impl UpstreamClient {
             provider,
             accept: HeaderValue::from_static(accept),
             credential,
+            trace,
             body,
         };
         self.send(key, &outgoing, deadlines).await

@@ -91,8 +91,11 @@ async fn a_provider_reaches_a_private_address_only_with_leave_whatever_its_name_
                         &tables.providers[0],
                         &uri,
                         None,
-                        "application/json",
-                        Bytes::new(),
+                        JsonPost {
+                            accept: "application/json",
+                            body: Bytes::new(),
+                            trace: None,
+                        },
                         &deadlines(&tables),
                     )
                     .await,
@@ -230,8 +233,11 @@ impl Caller {
                 &self.tables.providers[0],
                 &self.uri,
                 None,
-                "application/json",
-                Bytes::from_static(b"{\"model\":\"m\"}"),
+                JsonPost {
+                    accept: "application/json",
+                    body: Bytes::from_static(b"{\"model\":\"m\"}"),
+                    trace: None,
+                },
                 &deadlines(&self.tables),
             )
             .await
