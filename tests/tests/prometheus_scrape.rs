@@ -37,6 +37,40 @@ fn promtool_check(text: &str) -> Option<String> {
     (!output.status.success() || !said.trim().is_empty()).then_some(said)
 }
 
+/// The alert rules in `deploy/observability`: `promtool check rules`, their unit tests
+/// (`promtool test rules`), and every metric they name is one the processes expose.
+fn shipped_rules_check_out_on_what_is_exposed(exposed: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observability");
+    for args in [
+        ["check", "rules", "sluice-alerts.yml"],
+        ["test", "rules", "sluice-alerts.test.yml"],
+    ] {
+        let output = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("sluice-alerts.yml")).unwrap();
+    let named: std::collections::BTreeSet<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("sluice_"))
+        .collect();
+    assert!(named.len() >= 8, "{named:?}");
+    for metric in named {
+        assert!(
+            exposed.contains(&format!("\n{metric}")) || exposed.contains(&format!("\n{metric}{{")),
+            "the rules name {metric}, which neither process exposes"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
     let receiver = OtlpReceiver::start().await;
@@ -68,6 +102,7 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
             panic!("promtool on the {name}'s metrics:\n{complaints}\n{text}");
         }
     }
+    shipped_rules_check_out_on_what_is_exposed(&format!("{proxy_metrics}{cp_metrics}"));
 
     // A real Prometheus, scraping both every second.
     let dir = tempfile::tempdir().unwrap();
