@@ -1,7 +1,8 @@
 //! What SREs scrape: `promtool check metrics` passes on both processes' `/metrics` (the
 //! proxy's with OpenTelemetry export on, so its exporter's counters are in it), and a real
 //! Prometheus (Debian's `prometheus`, which `.ci/test` installs) scrapes both and answers a
-//! query over what it scraped.
+//! query over what it scraped — every panel of the shipped dashboard among them — and the
+//! shipped alert rules pass `promtool check rules` and their unit tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,6 +13,18 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice_e2e::otlp_receiver::OtlpReceiver;
 use sluice_e2e::{caught_up_proxy_with, live_stack};
+
+/// `text` as a URL's query value.
+fn encoded(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
 
 /// `promtool check metrics` on `text`: its complaints, or `None` when it has none.
 fn promtool_check(text: &str) -> Option<String> {
@@ -149,6 +162,46 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // Every panel of the shipped dashboard is a query this Prometheus runs over what it
+    // scraped, on metrics the processes expose.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/observability/sluice-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let exposed = format!("{proxy_metrics}{cp_metrics}");
+    let mut panels = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expression = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$proxy_job", "proxy");
+            let answer = http.get(&query(&encoded(&expression)), None).await.unwrap();
+            assert_eq!(
+                answer.json()["status"],
+                "success",
+                "panel {}: {expression}: {}",
+                panel["title"],
+                answer.text()
+            );
+            for metric in expression
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("sluice_"))
+            {
+                assert!(
+                    exposed.contains(&format!("\n{metric}")),
+                    "panel {} names {metric}, which neither process exposes",
+                    panel["title"]
+                );
+            }
+        }
+        panels += 1;
+    }
+    assert!(panels >= 15);
     let requests = http
         .get(&query("sluice_requests_total"), None)
         .await
