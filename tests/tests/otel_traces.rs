@@ -381,3 +381,160 @@ async fn every_proxied_answer_says_the_gateways_own_time() {
     assert_eq!(refused.status, 401);
     assert!(!refused.headers.contains_key("x-sluice-overhead-us"));
 }
+
+/// One request's two spans: the server span routed as `route`, and its attempt's client span.
+fn request_spans<'a>(spans: &'a [(String, Span)], route: &str) -> (&'a Span, &'a Span) {
+    let server = spans
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| {
+            span.kind == 2 && text(&span.attributes, "http.route").as_deref() == Some(route)
+        })
+        .unwrap_or_else(|| panic!("no server span for {route}: {spans:#?}"));
+    let client = spans
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| span.kind == 3 && span.parent_span_id == server.span_id)
+        .unwrap_or_else(|| panic!("no attempt under {route}"));
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_and_operation_is_traced_on_the_genai_conventions() {
+    let receiver = OtlpReceiver::start().await;
+    let family = sluice_e2e::family_stack(
+        "anthropic",
+        "sk-ant-canary-otel-5566",
+        "claude",
+        "claude-sonnet-4-5",
+    )
+    .await;
+    let stack = &family.stack;
+    stack.cp.add_provider_model(
+        "acme/google",
+        "google",
+        &format!("http://{}", stack.upstream.addr),
+        &[("main", "AIza-canary-otel-7788")],
+        "acme/gemini",
+        "gemini-2.5-flash",
+    );
+    let (_dir, proxy, http) = caught_up_proxy_with(
+        &stack.cp,
+        &stack.acme.token,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let key = stack.acme.key.as_str();
+    let send = async |path: &str, headers: &[(&str, &str)], body: serde_json::Value| {
+        let answer = http
+            .send(
+                "POST",
+                &proxy.url(path),
+                None,
+                headers,
+                Bytes::from(body.to_string()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+    };
+    let anthropic = [("x-api-key", key), ("anthropic-version", "2023-06-01")];
+    let ask = json!({"model": "claude", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]});
+    send("/v1/messages", &anthropic, ask).await;
+    let bearer = format!("Bearer {key}");
+    let openai = [("authorization", bearer.as_str())];
+    send(
+        "/v1/chat/completions",
+        &openai,
+        json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    send(
+        "/v1/embeddings",
+        &openai,
+        json!({"model": "gpt-4o-mini", "input": ["one", "two"]}),
+    )
+    .await;
+    let google = [("x-goog-api-key", key)];
+    let contents = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+    send(
+        "/v1beta/models/gemini:generateContent",
+        &google,
+        contents.clone(),
+    )
+    .await;
+    send(
+        "/v1beta/models/gemini:streamGenerateContent?alt=sse",
+        &google,
+        contents,
+    )
+    .await;
+
+    let spans = receiver.wait_for_spans(10, Duration::from_secs(10)).await;
+    assert_eq!(spans.len(), 10, "{spans:#?}");
+    for (route, name, provider, operation) in [
+        (
+            "/v1/messages",
+            "chat claude-sonnet-4-5",
+            "anthropic",
+            "chat",
+        ),
+        (
+            "/v1/chat/completions",
+            "chat claude-sonnet-4-5",
+            "anthropic",
+            "chat",
+        ),
+        (
+            "/v1/embeddings",
+            "embeddings gpt-4o-mini",
+            "openai",
+            "embeddings",
+        ),
+        (
+            "/v1beta/models/{model}:generateContent",
+            "generate_content gemini-2.5-flash",
+            "gcp.gemini",
+            "generate_content",
+        ),
+        (
+            "/v1beta/models/{model}:streamGenerateContent",
+            "generate_content gemini-2.5-flash",
+            "gcp.gemini",
+            "generate_content",
+        ),
+    ] {
+        let (server, client) = request_spans(&spans, route);
+        assert_eq!(server.name, format!("POST {route}"));
+        assert_eq!(
+            int(&server.attributes, "http.response.status_code"),
+            Some(200)
+        );
+        assert_eq!(client.name, name, "{route}");
+        let attributes = &client.attributes;
+        assert_eq!(
+            text(attributes, "gen_ai.provider.name").as_deref(),
+            Some(provider),
+            "{route}"
+        );
+        assert_eq!(
+            text(attributes, "gen_ai.operation.name").as_deref(),
+            Some(operation),
+            "{route}"
+        );
+        assert!(
+            int(attributes, "gen_ai.usage.input_tokens").unwrap() > 0,
+            "{route}"
+        );
+    }
+    let exported = receiver.bytes();
+    for secret in ["sk-ant-canary-otel-5566", "AIza-canary-otel-7788", key] {
+        assert!(
+            !contains_bytes(&exported, secret.as_bytes()),
+            "{secret} was exported"
+        );
+    }
+}
