@@ -265,6 +265,7 @@ pub fn seal_snapshot(
             allow_private_network: p.allow_private_network,
             retry: Some(p.retry.into()),
             timeouts: Some(p.timeouts.into()),
+            omit_trace_context: !p.send_trace_context,
         })
         .collect();
     for key in &state.provider_keys {

@@ -99,6 +99,7 @@ async fn story<S: Store>(store: &S) {
                 timeout_ms: 30_000,
                 extra_headers: headers.clone(),
                 allow_private_network: false,
+                send_trace_context: true,
                 retry: RetrySettings {
                     attempts_per_key: Some(3),
                     ..RetrySettings::default()
@@ -171,6 +172,21 @@ async fn story<S: Store>(store: &S) {
         .unwrap();
     assert_eq!(patched.timeouts, timeouts, "replaced whole");
     assert_eq!(patched.retry, retried);
+    assert!(patched.send_trace_context);
+    let patched = store
+        .update_provider(
+            "acme",
+            "openai",
+            ProviderPatch {
+                send_trace_context: Some(false),
+                ..Default::default()
+            },
+            audit("provider.update", "acme/openai"),
+        )
+        .await
+        .unwrap();
+    assert!(!patched.send_trace_context);
+    assert_eq!(patched.timeouts, timeouts, "left as it was");
 
     let key = store
         .create_provider_key(

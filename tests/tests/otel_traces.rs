@@ -143,6 +143,37 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
         format!("00-{TRACE_ID}-{}-01", hex::encode(&client.span_id))
     );
     assert_eq!(sent["tracestate"].to_str().unwrap(), "vendor=7");
+    // A provider set not to hear of traces hears of none.
+    stack
+        .cp
+        .ctl(&[
+            "provider",
+            "update",
+            "acme/openai",
+            "--trace-context",
+            "false",
+        ])
+        .ok();
+    proxy
+        .wait_for_version(&http, stack.cp.config_version())
+        .await;
+    let asked_before = stack.upstream.requests().len();
+    let quiet = http
+        .send(
+            "POST",
+            &url,
+            Some(&stack.acme.key),
+            &[("traceparent", &traceparent)],
+            Bytes::from(
+                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(quiet.status, 200);
+    let sent = &stack.upstream.requests()[asked_before].headers;
+    assert!(!sent.contains_key("traceparent") && !sent.contains_key("tracestate"));
 
     // The stream started a trace of its own, and its attempt lasted as long as it did.
     let (_, stream_server) = spans
@@ -180,12 +211,12 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
         let exported = proxy
             .metric(&http, "sluice_otel_spans_exported_total")
             .await;
-        if exported >= 4.0 || Instant::now() > deadline {
+        if exported >= 6.0 || Instant::now() > deadline {
             break exported;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(exported, 4.0);
+    assert_eq!(exported, 6.0, "the four spans, and the quiet request's two");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,7 @@ impl From<store::Provider> for pb::Provider {
             updated_at_us: p.updated_at_us,
             retry: Some(p.retry.into()),
             timeouts: Some(p.timeouts.into()),
+            send_trace_context: p.send_trace_context,
         }
     }
 }

@@ -38,6 +38,7 @@ pub(super) async fn create_provider<S: Store>(
                 timeout_ms: timeout("timeout_ms", req.timeout_ms)?,
                 extra_headers,
                 allow_private_network: req.allow_private_network,
+                send_trace_context: req.send_trace_context.unwrap_or(true),
                 retry: given_settings(req.retry)?,
                 timeouts: given_settings(req.timeouts)?,
             },
@@ -126,6 +127,7 @@ pub(super) async fn update_provider<S: Store>(
         extra_headers,
         active: req.active,
         allow_private_network: req.allow_private_network,
+        send_trace_context: req.send_trace_context,
         retry: updated_settings(current.retry, req.retry, req.reset_retry)?,
         timeouts: updated_settings(current.timeouts, req.timeouts, req.reset_timeouts)?,
     };

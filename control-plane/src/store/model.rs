@@ -176,6 +176,8 @@ pub struct Provider {
     pub updated_at_us: i64,
     pub retry: RetrySettings,
     pub timeouts: TimeoutSettings,
+    /// Traced attempts send it `traceparent` / `tracestate`.
+    pub send_trace_context: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +191,7 @@ pub struct NewProvider {
     pub allow_private_network: bool,
     pub retry: RetrySettings,
     pub timeouts: TimeoutSettings,
+    pub send_trace_context: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -199,6 +202,7 @@ pub struct ProviderPatch {
     pub extra_headers: Option<BTreeMap<String, String>>,
     pub active: Option<bool>,
     pub allow_private_network: Option<bool>,
+    pub send_trace_context: Option<bool>,
     /// Replaces the provider's retry settings whole.
     pub retry: Option<RetrySettings>,
     /// Replaces the provider's timeouts whole.

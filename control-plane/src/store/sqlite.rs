@@ -80,6 +80,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rate_limits",
         include_str!("../../migrations/sqlite/0014_rate_limits.sql"),
     ),
+    (
+        15,
+        "provider_trace_context",
+        include_str!("../../migrations/sqlite/0015_provider_trace_context.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

@@ -156,6 +156,7 @@ pub async fn forward(
         draft.set_reached_upstream(true);
         let trace_headers = trace
             .as_ref()
+            .filter(|_| provider.send_trace_context)
             .zip(attempt_span.as_ref())
             .and_then(|(trace, span)| trace.upstream_headers(&span.span_id));
         let waited_from = std::time::Instant::now();

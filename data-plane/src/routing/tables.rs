@@ -141,6 +141,8 @@ pub struct ProviderEntry {
     pub api_version: String,
     /// Whether loopback and private addresses may be connected to (checked at connect time).
     pub allow_private_network: bool,
+    /// Traced attempts send it `traceparent` / `tracestate`.
+    pub send_trace_context: bool,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Active keys first, then retiring ones.
     pub keys: Vec<ProviderKeyEntry>,
@@ -909,6 +911,7 @@ fn provider(
         host,
         api_version: p.api_version.clone(),
         allow_private_network: p.allow_private_network,
+        send_trace_context: !p.omit_trace_context,
         extra_headers,
         keys,
         retry: RetryPolicy::default().overlaid(p.retry.as_ref()),

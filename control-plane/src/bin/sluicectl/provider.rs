@@ -43,6 +43,9 @@ pub(crate) enum ProviderCommand {
         /// Permit plain http and loopback/private addresses (e.g. a local vLLM).
         #[arg(long)]
         allow_private_network: bool,
+        /// Send traced requests' attempts no W3C trace context (`traceparent`, `tracestate`).
+        #[arg(long)]
+        no_trace_context: bool,
     },
     Get {
         path: String,
@@ -63,6 +66,9 @@ pub(crate) enum ProviderCommand {
         active: Option<bool>,
         #[arg(long)]
         allow_private_network: Option<bool>,
+        /// Whether traced requests' attempts send it their W3C trace context.
+        #[arg(long)]
+        trace_context: Option<bool>,
         /// Return every retry setting not given here to the proxy's default.
         #[arg(long)]
         reset_retry: bool,
@@ -130,6 +136,7 @@ pub(crate) async fn provider(
             base_url,
             fields,
             allow_private_network,
+            no_trace_context,
         } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             let response = client
@@ -144,6 +151,7 @@ pub(crate) async fn provider(
                     timeouts: fields.timeouts.policy(),
                     extra_headers: fields.headers.into_iter().collect::<HashMap<_, _>>(),
                     allow_private_network,
+                    send_trace_context: Some(!no_trace_context),
                 })
                 .await?;
             Listing::one(
@@ -182,6 +190,7 @@ pub(crate) async fn provider(
             replace_headers,
             active,
             allow_private_network,
+            trace_context,
             reset_retry,
             reset_timeouts,
         } => {
@@ -204,6 +213,7 @@ pub(crate) async fn provider(
                     replace_extra_headers: replace_headers,
                     active,
                     allow_private_network,
+                    send_trace_context: trace_context,
                 })
                 .await?;
             Listing::one(

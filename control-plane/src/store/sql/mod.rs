@@ -55,7 +55,8 @@ pub(super) const PROJECT_COLUMNS: &str = "p.id, o.name AS organization, p.name, 
      p.posture, p.default_model, p.created_at_us, p.updated_at_us";
 pub(super) const PROVIDER_COLUMNS: &str = "p.id, o.name AS organization, p.name, p.kind, \
      p.base_url, p.api_version, p.timeout_ms, p.extra_headers, p.active, \
-     p.allow_private_network, p.created_at_us, p.updated_at_us, p.retry_policy, p.timeout_policy";
+     p.allow_private_network, p.created_at_us, p.updated_at_us, p.retry_policy, p.timeout_policy, \
+     p.send_trace_context";
 pub(super) const PROVIDER_KEY_COLUMNS: &str = "k.id, o.name AS organization, p.name AS provider, \
      k.name, k.state, k.last_four, k.fingerprint, k.health, k.master_key_version, \
      k.created_at_us, k.updated_at_us";

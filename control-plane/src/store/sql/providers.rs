@@ -19,6 +19,7 @@ macro_rules! providers_sql {
                 updated_at_us: row.try_get("updated_at_us")?,
                 retry: from_json(row.try_get("retry_policy")?, "retry_policy")?,
                 timeouts: from_json(row.try_get("timeout_policy")?, "timeout_policy")?,
+                send_trace_context: row.try_get("send_trace_context")?,
             })
         }
 
@@ -133,8 +134,9 @@ macro_rules! providers_sql {
                 sqlx::query(
                     "INSERT INTO providers (id, org_id, name, kind, base_url, api_version, \
                      timeout_ms, extra_headers, active, allow_private_network, \
-                     created_at_us, updated_at_us, retry_policy, timeout_policy) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9, $10, $10, $11, $12)",
+                     created_at_us, updated_at_us, retry_policy, timeout_policy, \
+                     send_trace_context) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9, $10, $10, $11, $12, $13)",
                 )
                 .bind(new_id())
                 .bind(&org_id)
@@ -148,6 +150,7 @@ macro_rules! providers_sql {
                 .bind(now)
                 .bind(to_json(&new.retry)?)
                 .bind(to_json(&new.timeouts)?)
+                .bind(new.send_trace_context)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| write_error(e, || format!("provider '{org}/{}'", new.name), ""))?;
@@ -185,7 +188,8 @@ macro_rules! providers_sql {
                 sqlx::query(
                     "UPDATE providers SET base_url = $1, api_version = $2, timeout_ms = $3, \
                      extra_headers = $4, active = $5, allow_private_network = $6, \
-                     updated_at_us = $7, retry_policy = $8, timeout_policy = $9 WHERE id = $10",
+                     updated_at_us = $7, retry_policy = $8, timeout_policy = $9, \
+                     send_trace_context = $10 WHERE id = $11",
                 )
                 .bind(patch.base_url.unwrap_or(current.base_url))
                 .bind(patch.api_version.unwrap_or(current.api_version))
@@ -196,6 +200,7 @@ macro_rules! providers_sql {
                 .bind(now_us())
                 .bind(to_json(&patch.retry.unwrap_or(current.retry))?)
                 .bind(to_json(&patch.timeouts.unwrap_or(current.timeouts))?)
+                .bind(patch.send_trace_context.unwrap_or(current.send_trace_context))
                 .bind(&current.id)
                 .execute(&mut *tx)
                 .await?;
