@@ -154,6 +154,11 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
             "false",
         ])
         .ok();
+    let shown = stack
+        .cp
+        .ctl(&["-o", "json", "provider", "get", "acme/openai"])
+        .json();
+    assert_eq!(shown["trace_context"], false, "{shown}");
     proxy
         .wait_for_version(&http, stack.cp.config_version())
         .await;

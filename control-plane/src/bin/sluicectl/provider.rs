@@ -92,6 +92,7 @@ pub(crate) const PROVIDER_COLUMNS: &[&str] = &[
     "extra_headers",
     "retry",
     "timeouts",
+    "trace_context",
 ];
 
 pub(crate) fn provider_row(p: pb::Provider) -> Vec<Value> {
@@ -111,6 +112,7 @@ pub(crate) fn provider_row(p: pb::Provider) -> Vec<Value> {
         json!(headers),
         json!(retry_text(p.retry.as_ref())),
         json!(timeouts_text(p.timeouts.as_ref())),
+        json!(p.send_trace_context),
     ]
 }
 
