@@ -26,7 +26,8 @@ pub struct Telemetry {
     sampler: Sampler,
     service_name: String,
     resource: Vec<(String, String)>,
-    queue: ArrayQueue<Box<FinishedTrace>>,
+    /// Finished traces by value: a request's trace costs no allocation to queue.
+    queue: ArrayQueue<FinishedTrace>,
     /// Traces per export (a request makes two spans or more).
     batch_traces: usize,
     /// Set while the exporter has been woken and has not yet looked.
@@ -96,7 +97,7 @@ impl Telemetry {
         Some(Arc::new(RequestTrace::new(Arc::clone(self), ids)))
     }
 
-    fn enqueue(&self, trace: Box<FinishedTrace>) {
+    fn enqueue(&self, trace: FinishedTrace) {
         let spans = trace.span_count() as u64;
         if self.queue.push(trace).is_err() {
             self.counters

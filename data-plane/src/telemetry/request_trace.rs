@@ -179,12 +179,19 @@ impl RequestTrace {
 impl Drop for RequestTrace {
     fn drop(&mut self) {
         let state = std::mem::take(self.state.get_mut().unwrap_or_else(PoisonError::into_inner));
-        self.telemetry.enqueue(Box::new(FinishedTrace {
-            ids: self.ids.clone(),
+        // The ids are not needed any more: moved, not copied.
+        let ids = TraceIds {
+            trace_id: self.ids.trace_id,
+            span_id: self.ids.span_id,
+            parent_span_id: self.ids.parent_span_id,
+            tracestate: self.ids.tracestate.take(),
+        };
+        self.telemetry.enqueue(FinishedTrace {
+            ids,
             start_ns: self.start_ns,
             end_ns: now_ns(),
             state,
-        }));
+        });
     }
 }
 
