@@ -283,12 +283,15 @@ async fn http_protobuf_export_honours_an_unsampled_parent() {
         text(&refused_span.attributes, "error.type").as_deref(),
         Some("invalid_api_key")
     );
-    // An unsampled request tells its upstream nothing of a trace of its own.
-    assert!(
-        !stack.upstream.requests()[0]
-            .headers
-            .contains_key("traceparent")
-    );
+    // An unsampled request records nothing, and passes its caller's context on as it came.
+    let passed_on = &stack.upstream.requests()[0].headers;
+    assert_eq!(passed_on["traceparent"].to_str().unwrap(), unsampled);
+    // A request without one, sampled, sends its attempt's own.
+    let own = stack.upstream.requests()[1].headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(own.ends_with("-01") && !own.contains(TRACE_ID), "{own}");
     assert!(
         refused_span.status.is_none(),
         "a 4xx is the client's error, not the server's"

@@ -182,8 +182,10 @@ impl UsageDraft {
             lost(&self.gateway, &error);
         }
         if let Some(trace) = &self.trace {
-            let usage = crate::telemetry::request_trace::UsageFacts::of(&self.record);
-            trace.note(|state| state.usage = Some(usage));
+            let record = &self.record;
+            trace.note(|state| {
+                state.usage = Some(crate::telemetry::request_trace::UsageFacts::of(record));
+            });
         }
     }
 

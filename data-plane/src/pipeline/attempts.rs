@@ -151,14 +151,14 @@ pub async fn forward(
         };
         let mut attempt_span = trace
             .as_ref()
+            .filter(|trace| trace.sampled())
             .map(|trace| attempt_span(trace, at.total, provider, deployment, uri));
         let reached_before = draft.has_reached_upstream();
         draft.set_reached_upstream(true);
         let trace_headers = trace
             .as_ref()
             .filter(|_| provider.send_trace_context)
-            .zip(attempt_span.as_ref())
-            .and_then(|(trace, span)| trace.upstream_headers(&span.span_id));
+            .and_then(|trace| trace.upstream_headers(attempt_span.as_ref().map(|s| &s.span_id)));
         let waited_from = std::time::Instant::now();
         let sent = gateway
             .upstream

@@ -71,7 +71,8 @@ impl Telemetry {
         Ok(Some(telemetry))
     }
 
-    /// The trace of a request arriving with `headers`, if it is sampled.
+    /// The trace of a request arriving with `headers`: recorded if it is sampled, else only
+    /// carried on to upstreams if the caller sent one; `None` when there is neither.
     pub fn begin(self: &Arc<Self>, headers: &HeaderMap) -> Option<Arc<RequestTrace>> {
         let parent = trace_context::parent(headers);
         let trace_id = match &parent {
@@ -82,19 +83,21 @@ impl Telemetry {
                 id
             }
         };
-        if !self
+        let sampled = self
             .sampler
-            .samples(&trace_id, parent.as_ref().map(|p| p.sampled))
-        {
+            .samples(&trace_id, parent.as_ref().map(|p| p.sampled));
+        if !sampled && parent.is_none() {
             return None;
         }
+        // Not sampled but called within a trace: recorded nowhere, the caller's context is
+        // still passed on to the upstream, as the W3C recommendation asks of intermediaries.
         let ids = TraceIds {
             trace_id,
-            span_id: random_span_id(),
+            span_id: if sampled { random_span_id() } else { [0; 8] },
             parent_span_id: parent.as_ref().map(|p| p.span_id),
             tracestate: parent.and_then(|p| p.tracestate),
         };
-        Some(Arc::new(RequestTrace::new(Arc::clone(self), ids)))
+        Some(Arc::new(RequestTrace::new(Arc::clone(self), ids, sampled)))
     }
 
     fn enqueue(&self, trace: FinishedTrace) {

@@ -15,6 +15,9 @@ use crate::telemetry::Telemetry;
 pub struct RequestTrace {
     telemetry: Arc<Telemetry>,
     pub ids: TraceIds,
+    /// Recorded and exported; otherwise the request only passes its caller's trace context on
+    /// (a parent that was not sampled), recording nothing.
+    sampled: bool,
     start_ns: u64,
     state: Mutex<TraceState>,
 }
@@ -119,18 +122,26 @@ impl FinishedTrace {
 }
 
 impl RequestTrace {
-    pub(super) fn new(telemetry: Arc<Telemetry>, ids: TraceIds) -> Self {
+    pub(super) fn new(telemetry: Arc<Telemetry>, ids: TraceIds, sampled: bool) -> Self {
         Self {
             telemetry,
             ids,
+            sampled,
             start_ns: now_ns(),
             state: Mutex::new(TraceState::default()),
         }
     }
 
-    /// Notes what the request path has learnt.
+    /// Whether the request is recorded (else its trace context is only passed on).
+    pub fn sampled(&self) -> bool {
+        self.sampled
+    }
+
+    /// Notes what the request path has learnt (nothing, unless the trace is sampled).
     pub fn note(&self, write: impl FnOnce(&mut TraceState)) {
-        write(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+        if self.sampled {
+            write(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+        }
     }
 
     /// A new attempt's span, started now.
@@ -152,10 +163,16 @@ impl RequestTrace {
     /// The trace headers an attempt sends its upstream: its own span as the parent.
     pub fn upstream_headers(
         &self,
-        attempt_span_id: &[u8; 8],
+        attempt_span_id: Option<&[u8; 8]>,
     ) -> Option<crate::upstream::TraceHeaders> {
+        // Unsampled, the caller's own context passes on as it came.
+        let parent = match (attempt_span_id, &self.ids.parent_span_id) {
+            (Some(attempt), _) if self.sampled => attempt,
+            (_, Some(caller)) if !self.sampled => caller,
+            _ => return None,
+        };
         let traceparent =
-            super::trace_context::traceparent(&self.ids.trace_id, attempt_span_id, true);
+            super::trace_context::traceparent(&self.ids.trace_id, parent, self.sampled);
         Some(crate::upstream::TraceHeaders {
             traceparent: http::HeaderValue::from_str(&traceparent).ok()?,
             tracestate: self
@@ -178,6 +195,9 @@ impl RequestTrace {
 
 impl Drop for RequestTrace {
     fn drop(&mut self) {
+        if !self.sampled {
+            return;
+        }
         let state = std::mem::take(self.state.get_mut().unwrap_or_else(PoisonError::into_inner));
         // The ids are not needed any more: moved, not copied.
         let ids = TraceIds {
