@@ -167,6 +167,13 @@ impl ControlPlane {
     /// still under way when a test acts.
     pub fn seed_live_acme_with_paused_model(&self, base_url: &str, provider_key: &str) -> Acme {
         let acme = self.seed_acme(base_url, Some(provider_key), &[]);
+        self.add_paused_model();
+        self.go_live("acme/web");
+        acme
+    }
+
+    /// Model `acme/paused` on `acme/openai`, whose answers take [`mock_openai::PAUSE`].
+    pub fn add_paused_model(&self) {
         self.ctl(&[
             "model",
             "create",
@@ -175,8 +182,6 @@ impl ControlPlane {
             "openai:pause",
         ])
         .ok();
-        self.go_live("acme/web");
-        acme
     }
 
     /// Creates a data-plane token named `name` and returns it.

@@ -18,6 +18,14 @@ const PROVIDER_KEY: &str = "sk-canary-otel-provider-key-1f2e3d";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
+/// A whole chat request for the stack's model.
+fn chat_body() -> Bytes {
+    Bytes::from(
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+    )
+}
+
 fn span_named<'a>(spans: &'a [(String, Span)], name: &str, trace: &[u8]) -> &'a Span {
     spans
         .iter()
@@ -169,10 +177,7 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
             &url,
             Some(&stack.acme.key),
             &[("traceparent", &traceparent)],
-            Bytes::from(
-                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-                    .to_string(),
-            ),
+            chat_body(),
         )
         .await
         .unwrap();
@@ -238,10 +243,7 @@ async fn http_protobuf_export_honours_an_unsampled_parent() {
     )
     .await;
     let url = proxy.url("/v1/chat/completions");
-    let body = Bytes::from(
-        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-            .to_string(),
-    );
+    let body = chat_body();
     let unsampled = format!("00-{TRACE_ID}-{PARENT_ID}-00");
     for traceparent in [Some(unsampled.as_str()), None] {
         let headers: Vec<(&str, &str)> = traceparent
@@ -306,10 +308,7 @@ async fn a_collector_that_is_down_or_slow_costs_traffic_nothing() {
         format!("http://{}", listener.local_addr().unwrap())
     };
     let stack = live_stack(PROVIDER_KEY);
-    let body = Bytes::from(
-        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-            .to_string(),
-    );
+    let body = chat_body();
     receiver.slow_down(Duration::from_secs(3));
     for endpoint in [closed.as_str(), receiver.grpc_url.as_str()] {
         let (_dir, proxy, http) = caught_up_proxy_with(
@@ -356,16 +355,7 @@ async fn a_collector_that_is_down_or_slow_costs_traffic_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_proxied_answer_says_the_gateways_own_time() {
     let stack = live_stack(PROVIDER_KEY);
-    stack
-        .cp
-        .ctl(&[
-            "model",
-            "create",
-            "acme/paused",
-            "--deployment",
-            "openai:pause",
-        ])
-        .ok();
+    stack.cp.add_paused_model();
     let (_dir, proxy, http) = caught_up_proxy_with(&stack.cp, &stack.acme.token, &[]).await;
     let url = proxy.url("/v1/chat/completions");
     let started = Instant::now();

@@ -19,7 +19,7 @@ fn attribute<'a>(
 }
 
 #[test]
-fn what_is_written_is_what_the_official_types_read() {
+fn what_is_written_is_what_the_official_types_read() -> Result<(), Box<dyn std::error::Error>> {
     let mut request = TraceRequest::new(
         "edge",
         &[("deployment.environment".to_owned(), "prod".to_owned())],
@@ -47,9 +47,9 @@ fn what_is_written_is_what_the_official_types_read() {
             attributes.text("empty", "");
         },
     );
-    let decoded = ExportTraceServiceRequest::decode(request.finish().as_slice()).unwrap();
+    let decoded = ExportTraceServiceRequest::decode(request.finish().as_slice())?;
     let resource_spans = &decoded.resource_spans[0];
-    let resource = resource_spans.resource.as_ref().unwrap();
+    let resource = resource_spans.resource.as_ref().ok_or("no resource")?;
     assert_eq!(
         attribute(&resource.attributes, "service.name"),
         Some(&any_value::Value::StringValue("edge".into()))
@@ -57,7 +57,7 @@ fn what_is_written_is_what_the_official_types_read() {
     assert_eq!(resource.attributes.len(), 2);
     assert_eq!(resource_spans.schema_url, super::otlp::SCHEMA_URL);
     let scope = &resource_spans.scope_spans[0];
-    assert_eq!(scope.scope.as_ref().unwrap().version, "1.2.3");
+    assert_eq!(scope.scope.as_ref().ok_or("no scope")?.version, "1.2.3");
     let span = &scope.spans[0];
     assert_eq!(span.trace_id, vec![7; 16]);
     assert_eq!(span.span_id, vec![1; 8]);
@@ -69,7 +69,7 @@ fn what_is_written_is_what_the_official_types_read() {
         (span.start_time_unix_nano, span.end_time_unix_nano),
         (10, 20)
     );
-    let status = span.status.as_ref().unwrap();
+    let status = span.status.as_ref().ok_or("no status")?;
     assert_eq!(
         (status.code, status.message.as_str()),
         (2, "upstream_timeout")
@@ -91,14 +91,16 @@ fn what_is_written_is_what_the_official_types_read() {
         Some(&any_value::Value::DoubleValue(0.5))
     );
     let Some(any_value::Value::ArrayValue(list)) = attribute(&span.attributes, "list") else {
-        panic!("no list");
+        return Err("no list".into());
     };
     assert_eq!(list.values.len(), 2);
     assert_eq!(attribute(&span.attributes, "empty"), None);
+    Ok(())
 }
 
 #[test]
-fn a_request_with_a_failed_attempt_and_an_answer_makes_three_spans() {
+fn a_request_with_a_failed_attempt_and_an_answer_makes_three_spans()
+-> Result<(), Box<dyn std::error::Error>> {
     let attempt = |number, error: Option<ErrorCode>, end| AttemptSpan {
         span_id: [number as u8 + 10; 8],
         number,
@@ -148,7 +150,7 @@ fn a_request_with_a_failed_attempt_and_an_answer_makes_three_spans() {
     };
     let mut request = TraceRequest::new("sluice-proxy", &[], "0");
     render::write(&trace, &mut request);
-    let decoded = ExportTraceServiceRequest::decode(request.finish().as_slice()).unwrap();
+    let decoded = ExportTraceServiceRequest::decode(request.finish().as_slice())?;
     let spans = &decoded.resource_spans[0].scope_spans[0].spans;
     assert_eq!(spans.len(), 3);
     let (server, failed, answered) = (&spans[0], &spans[1], &spans[2]);
@@ -161,7 +163,7 @@ fn a_request_with_a_failed_attempt_and_an_answer_makes_three_spans() {
         assert_eq!(client.name, "chat gpt-4o-mini");
     }
     assert_eq!(failed.end_time_unix_nano, 150);
-    assert_eq!(failed.status.as_ref().unwrap().code, 2);
+    assert_eq!(failed.status.as_ref().ok_or("no status")?.code, 2);
     assert_eq!(
         attribute(&failed.attributes, "error.type"),
         Some(&any_value::Value::StringValue(
@@ -188,4 +190,5 @@ fn a_request_with_a_failed_attempt_and_an_answer_makes_three_spans() {
         attribute(&server.attributes, "sluice.attempts"),
         Some(&any_value::Value::IntValue(2))
     );
+    Ok(())
 }
