@@ -28,6 +28,8 @@ pub struct Gateway {
     pub retry_budget: crate::resilience::retry_budget::BudgetRule,
     /// Each deployment's and key's health, carried from one snapshot's tables to the next.
     pub health: crate::resilience::outliers::HealthBook,
+    /// Each model's and deployment's metric series, carried from one snapshot to the next.
+    pub series: crate::metrics::series::SeriesBook,
     pub ejection: crate::resilience::outliers::EjectionRule,
     /// Reads the allocator's counters; set by the binary, which chooses the allocator.
     pub heap_stats: std::sync::OnceLock<fn() -> Option<crate::metrics::HeapStats>>,
@@ -65,6 +67,7 @@ impl Gateway {
             default_max_output_tokens,
             retry_budget,
             health: Default::default(),
+            series: Default::default(),
             ejection,
             heap_stats: std::sync::OnceLock::new(),
             telemetry: std::sync::OnceLock::new(),

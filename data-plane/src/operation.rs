@@ -49,4 +49,46 @@ impl Operation {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// `http.route`: the path as routed, Gemini's model in braces.
+    pub fn route(self) -> &'static str {
+        match self {
+            Self::GenerateContent => "/v1beta/models/{model}:generateContent",
+            Self::StreamGenerateContent => "/v1beta/models/{model}:streamGenerateContent",
+            other => other.path(),
+        }
+    }
+
+    /// What it is on the GenAI semantic conventions.
+    pub fn gen_ai(self) -> GenAiOperation {
+        match self {
+            Self::ChatCompletions | Self::Responses | Self::Messages => GenAiOperation::Chat,
+            Self::Embeddings => GenAiOperation::Embeddings,
+            Self::GenerateContent | Self::StreamGenerateContent => GenAiOperation::GenerateContent,
+        }
+    }
+}
+
+/// `gen_ai.operation.name`: the conventions' well-known values for what the endpoints do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenAiOperation {
+    Chat,
+    Embeddings,
+    GenerateContent,
+}
+
+impl GenAiOperation {
+    pub const ALL: [Self; 3] = [Self::Chat, Self::Embeddings, Self::GenerateContent];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embeddings => "embeddings",
+            Self::GenerateContent => "generate_content",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }

@@ -50,6 +50,35 @@ fn promtool_check(text: &str) -> Option<String> {
     (!output.status.success() || !said.trim().is_empty()).then_some(said)
 }
 
+/// The metric names a PromQL expression reads (Sluice's and the GenAI ones): its words
+/// outside label matchers `{…}` and grouping lists `by (…)`, which name labels.
+fn metric_names(expression: &str) -> Vec<String> {
+    let mut kept = String::new();
+    let mut rest = expression;
+    while let Some(at) = rest.find(['{', 'b']) {
+        let (before, from) = rest.split_at(at);
+        kept.push_str(before);
+        let close = if from.starts_with('{') {
+            '}'
+        } else if from.starts_with("by (")
+            && !before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        {
+            ')'
+        } else {
+            kept.push('b');
+            rest = &from[1..];
+            continue;
+        };
+        kept.push(' ');
+        rest = from.find(close).map_or("", |end| &from[end + 1..]);
+    }
+    kept.push_str(rest);
+    kept.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("sluice_") || word.starts_with("gen_ai_"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The alert rules in `deploy/observability`: `promtool check rules`, their unit tests
 /// (`promtool test rules`), and every metric they name is one the processes expose.
 fn shipped_rules_check_out_on_what_is_exposed(exposed: &str) {
@@ -71,9 +100,10 @@ fn shipped_rules_check_out_on_what_is_exposed(exposed: &str) {
         );
     }
     let rules = std::fs::read_to_string(dir.join("sluice-alerts.yml")).unwrap();
-    let named: std::collections::BTreeSet<&str> = rules
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|word| word.starts_with("sluice_"))
+    let named: std::collections::BTreeSet<String> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr:").or(Some(line)))
+        .flat_map(metric_names)
         .collect();
     assert!(named.len() >= 8, "{named:?}");
     for metric in named {
@@ -82,6 +112,42 @@ fn shipped_rules_check_out_on_what_is_exposed(exposed: &str) {
             "the rules name {metric}, which neither process exposes"
         );
     }
+}
+
+/// Two answers of `gpt-4o-mini` through provider `openai` (one streamed) and a request for an
+/// unknown model, as the proxy's own series and the GenAI ones count them.
+fn requests_show_by_model_and_provider(metrics: &str) {
+    let served = "model=\"gpt-4o-mini\",provider=\"openai\"";
+    let gen_ai = "gen_ai_operation_name=\"chat\",gen_ai_request_model=\"gpt-4o-mini\",gen_ai_provider_name=\"openai\",sluice_provider=\"openai\"";
+    for line in [
+        format!("sluice_responses_total{{endpoint=\"/v1/chat/completions\",{served},status=\"200\",code=\"\"}} 2"),
+        "sluice_responses_total{endpoint=\"/v1/chat/completions\",model=\"\",provider=\"\",status=\"404\",code=\"unsupported_model\"} 1".to_owned(),
+        format!("gen_ai_client_operation_duration_seconds_count{{{gen_ai}}} 2"),
+        format!("gen_ai_client_operation_time_to_first_chunk_seconds_count{{{gen_ai}}} 1"),
+        format!("gen_ai_client_token_usage_count{{{gen_ai},gen_ai_token_type=\"output\"}} 2"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} is not among:\n{metrics}"
+        );
+    }
+    let gaps = format!("gen_ai_client_operation_time_per_output_chunk_seconds_count{{{gen_ai}}} ");
+    let gaps: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&gaps))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time per chunk:\n{metrics}"));
+    assert!(gaps >= 1, "the stream came in chunks: {gaps}");
+    let tokens = format!(
+        "sluice_tokens_total{{operation=\"chat\",{served},type=\"input\",source=\"provider_reported\"}} "
+    );
+    assert!(
+        metrics.lines().any(|l| l.starts_with(&tokens)),
+        "{tokens} is not among:\n{metrics}"
+    );
+    assert!(metrics.contains("sluice_cost_micros_total{operation=\"chat\","));
+    assert!(metrics.contains("\nsluice_config_versions_behind 0\n"));
+    assert!(metrics.contains("\nsluice_usage_spool_files "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,8 +169,27 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
         .await
         .unwrap();
     assert_eq!(answer.status, 200);
+    let (status, frames) = http
+        .post_streaming(
+            &proxy.url("/v1/chat/completions"),
+            &stack.acme.key,
+            &json!({"model": "gpt-4o-mini", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(frames.len() > 1);
+    let unknown = http
+        .post(
+            &proxy.url("/v1/chat/completions"),
+            Some(&stack.acme.key),
+            &json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown.status, 404);
     let proxy_metrics = http.get(&proxy.url("/metrics"), None).await.unwrap().text();
     assert!(proxy_metrics.contains("sluice_otel_spans_exported_total"));
+    requests_show_by_model_and_provider(&proxy_metrics);
     let cp_metrics = http
         .get(&format!("{}/metrics", stack.cp.url()), None)
         .await
@@ -188,10 +273,7 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
                 panel["title"],
                 answer.text()
             );
-            for metric in expression
-                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|word| word.starts_with("sluice_"))
-            {
+            for metric in metric_names(&expression) {
                 assert!(
                     exposed.contains(&format!("\n{metric}")),
                     "panel {} names {metric}, which neither process exposes",
@@ -219,7 +301,7 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
     );
     let requests = requests.unwrap();
     assert_eq!(
-        requests["data"]["result"][0]["value"][1], "1",
+        requests["data"]["result"][0]["value"][1], "3",
         "the proxy's request counter, as Prometheus scraped it: {requests}"
     );
     assert_eq!(

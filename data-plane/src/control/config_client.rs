@@ -103,6 +103,7 @@ impl Applier {
     /// Swaps in `tables`: from the next request on, they serve.
     pub fn serve(&self, mut tables: RoutingTables) {
         tables.attach_health(&self.gateway.health);
+        tables.attach_series(&self.gateway.series);
         let version = tables.version;
         let generated_at_us = tables.generated_at_us;
         let virtual_keys = tables.virtual_key_count();
@@ -263,6 +264,11 @@ impl ConfigClient {
                 building = Some((response.nonce, outcome));
                 continue;
             }
+            self.applier
+                .gateway
+                .metrics
+                .config_offered_version
+                .store(version, Ordering::Relaxed);
             let reply = match outcome {
                 Ok(builder) => {
                     self.applier.serve(builder.finish());

@@ -58,6 +58,8 @@ enum Source {
 struct PendingBatch {
     encoded: EncodedBatch,
     sources: Vec<(Source, usize)>,
+    /// When its first record was read from the spool (UTC µs).
+    read_at_us: i64,
 }
 
 /// How far the reporter got in one live segment.
@@ -82,6 +84,7 @@ struct Recovery {
 struct Filling {
     builder: BatchBuilder,
     sources: Vec<(Source, usize)>,
+    read_at_us: i64,
 }
 
 impl Filling {
@@ -89,10 +92,14 @@ impl Filling {
         Self {
             builder: BatchBuilder::new(sluice_shared::ids::new_id()),
             sources: Vec::new(),
+            read_at_us: 0,
         }
     }
 
     fn push(&mut self, source: Source, record: &[u8]) {
+        if self.builder.is_empty() {
+            self.read_at_us = sluice_shared::time::now_us();
+        }
         self.builder.push(record);
         match self.sources.last_mut() {
             Some((last, count)) if *last == source => *count += 1,
@@ -144,10 +151,7 @@ impl UsageReporter {
                 self.deliver(&mut state).await
             };
             self.retire(&mut state, closing);
-            self.gateway
-                .metrics
-                .usage_spool_full
-                .store(self.spool.at_bound(), Ordering::Relaxed);
+            self.publish(&state);
             match delivered {
                 Ok(()) if closing && caught_up && state.pending.is_empty() => {
                     self.retire(&mut state, true);
@@ -162,6 +166,31 @@ impl UsageReporter {
                 }
             }
         }
+    }
+
+    /// What `/metrics` says of the spool: at its bound or not, its files, and what has been
+    /// read from it and not yet acknowledged.
+    fn publish(&self, state: &State) {
+        let metrics = &self.gateway.metrics;
+        metrics
+            .usage_spool_full
+            .store(self.spool.at_bound(), Ordering::Relaxed);
+        metrics
+            .usage_spool_files
+            .store(self.spool.files_on_disk() as u64, Ordering::Relaxed);
+        let pending: usize = state
+            .pending
+            .iter()
+            .flat_map(|batch| &batch.sources)
+            .map(|(_, count)| count)
+            .sum();
+        metrics
+            .usage_pending_records
+            .store(pending as u64, Ordering::Relaxed);
+        metrics.usage_oldest_pending_at_us.store(
+            state.pending.front().map_or(0, |batch| batch.read_at_us),
+            Ordering::Relaxed,
+        );
     }
 
     /// Follows the spool's segment list: new segments start unread; segments gone (dropped at
@@ -206,6 +235,7 @@ impl UsageReporter {
         state.pending.push_back(PendingBatch {
             encoded: filling.builder.finish(!recovered),
             sources: filling.sources,
+            read_at_us: filling.read_at_us,
         });
     }
 

@@ -22,6 +22,7 @@ use crate::answers::{SseLines, StreamReader};
 use crate::error_response::GatewayError;
 use crate::http_body::BoxError;
 use crate::metering::draft::UsageDraft;
+use crate::metrics::histogram::{CHUNK_GAP_SECONDS, LocalHistogram};
 use crate::resilience::timeout_policy::{Deadlines, TimeoutKind};
 use crate::upstream::UpstreamBody;
 
@@ -96,6 +97,7 @@ impl AnswerStream {
         self.upstream_done = true;
         if let Some(mut draft) = self.draft.take() {
             draft.record.http_status = u32::from(code.http_status());
+            draft.error = Some(code);
             draft.finish_stream(self.reader.meter());
         }
     }
@@ -187,10 +189,22 @@ impl HttpBody for AnswerStream {
                 }
             };
             let now = Instant::now();
-            if this.last_chunk.replace(now).is_none() {
-                // The idle bound may come before the first event's: the timer moves to it.
-                let (due, _) = this.deadlines.bound(TimeoutKind::Idle, now);
-                this.deadline.as_mut().reset(due);
+            match this.last_chunk.replace(now) {
+                None => {
+                    // The idle bound may come before the first event's: the timer moves to it.
+                    let (due, _) = this.deadlines.bound(TimeoutKind::Idle, now);
+                    this.deadline.as_mut().reset(due);
+                    if let Some(draft) = &mut this.draft {
+                        draft.first_chunk = Some(now.saturating_duration_since(draft.started));
+                        draft.chunk_gaps = Some(Box::new(LocalHistogram::new(&CHUNK_GAP_SECONDS)));
+                    }
+                }
+                Some(previous) => {
+                    if let Some(gaps) = this.draft.as_mut().and_then(|d| d.chunk_gaps.as_mut()) {
+                        let gap = now.saturating_duration_since(previous).as_micros();
+                        gaps.record(u64::try_from(gap).unwrap_or(u64::MAX));
+                    }
+                }
             }
             let Ok(data) = frame.into_data() else {
                 // Trailers carry nothing a client needs from an upstream.

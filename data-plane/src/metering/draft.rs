@@ -14,10 +14,14 @@ use sluice_proto::usage::v1 as pb;
 use crate::answers::{StreamMeter, Usage};
 use crate::budgets::leases::Reservation;
 use crate::gateway::Gateway;
+use crate::metrics::histogram::LocalHistogram;
+use crate::metrics::series::{Finished, ModelSeries, Outcome};
 use crate::mock_posture::estimate_tokens;
+use crate::operation::Operation;
 use crate::request::metadata::RequestMetadata;
-use crate::routing::tables::ModelEntry;
+use crate::routing::tables::{Caller, ModelEntry};
 use crate::usage::spool::StartedMark;
+use sluice_shared::error_code::ErrorCode;
 
 /// The status recorded for a request whose client went away before its answer (nginx's
 /// "client closed request").
@@ -43,6 +47,14 @@ pub struct UsageDraft {
     pub rate_hold: Option<crate::rate_limits::RateHold>,
     /// The request's trace, when it is sampled: told the usage once it is spooled.
     pub trace: Option<Arc<crate::telemetry::RequestTrace>>,
+    /// Where the request's metrics go: its model's, then its last attempt's deployment's.
+    pub series: Arc<ModelSeries>,
+    pub operation: Operation,
+    /// Sluice's error, when the request ended in one.
+    pub error: Option<ErrorCode>,
+    /// A stream's time to its first chunk and between its chunks.
+    pub first_chunk: Option<std::time::Duration>,
+    pub chunk_gaps: Option<Box<LocalHistogram>>,
     gateway: Arc<Gateway>,
     /// An attempt reached an upstream, so the request must leave a record.
     reached: bool,
@@ -63,18 +75,18 @@ impl UsageDraft {
     pub fn new(
         gateway: &Arc<Gateway>,
         request_id: &str,
-        project_id: &str,
-        virtual_key_id: &str,
+        caller: &Caller<'_>,
         model: &ModelEntry,
         metadata: RequestMetadata,
         arrived: tokio::time::Instant,
+        operation: Operation,
     ) -> Self {
         Self {
             record: pb::UsageRecord {
                 request_id: request_id.to_owned(),
                 started_at_us: sluice_shared::time::now_us(),
-                project_id: project_id.to_owned(),
-                virtual_key_id: virtual_key_id.to_owned(),
+                project_id: caller.project.id.clone(),
+                virtual_key_id: caller.key.id.to_string(),
                 model: model.name.clone(),
                 run_id: metadata.run_id,
                 task_id: metadata.task_id,
@@ -90,6 +102,11 @@ impl UsageDraft {
             reservation: None,
             rate_hold: None,
             trace: None,
+            series: model.series.clone(),
+            operation,
+            error: None,
+            first_chunk: None,
+            chunk_gaps: None,
             gateway: gateway.clone(),
             reached: false,
             written: false,
@@ -181,6 +198,21 @@ impl UsageDraft {
         {
             lost(&self.gateway, &error);
         }
+        let failure = match self.error {
+            Some(code) => Some(Outcome::Error(code)),
+            None if status >= 400 => Some(Outcome::Answered(status)),
+            None => None,
+        };
+        let micros =
+            |elapsed: std::time::Duration| u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.series.finished(&Finished {
+            operation: self.operation,
+            record: &self.record,
+            duration_us: micros(self.started.elapsed()),
+            failure,
+            first_chunk_us: self.first_chunk.map(micros),
+            chunk_gaps: self.chunk_gaps.as_deref(),
+        });
         if let Some(trace) = &self.trace {
             let record = &self.record;
             trace.note(|state| {

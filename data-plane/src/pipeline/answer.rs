@@ -148,6 +148,7 @@ pub async fn answer(
             };
             if !parts.status.is_success() {
                 let error = refusal(translation, parts.status, &answer);
+                draft.error = Some(error.code);
                 // Refused upstream: nothing was generated, and the refusal is still recorded.
                 draft.finish(
                     error.code.http_status(),

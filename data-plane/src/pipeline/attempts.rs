@@ -18,6 +18,7 @@ use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::Body;
 use crate::metering::draft::UsageDraft;
+use crate::metrics::series::ModelSeries;
 use crate::operation::Operation;
 use crate::pipeline::answer::{Answering, Translator, Unanswered, answer};
 use crate::pipeline::failure::UpstreamFailure;
@@ -39,9 +40,10 @@ pub async fn forward(
     model: &ModelEntry,
     chat: &ChatRequest<'_>,
     mut draft: UsageDraft,
-    operation: Operation,
     asked_total: Option<Duration>,
+    series: &mut Option<Arc<ModelSeries>>,
 ) -> Result<Response<Body>, GatewayError> {
+    let operation = draft.operation;
     if gateway.spool.refusing() {
         return Err(GatewayError::new(
             ErrorCode::UsageSpoolFull,
@@ -133,6 +135,8 @@ pub async fn forward(
         }
         at.count();
         draft.record.provider_id = provider.id.clone();
+        draft.series = deployment.series.clone();
+        *series = Some(deployment.series.clone());
         draft.record.attempts = at.total;
         gateway
             .metrics
@@ -442,6 +446,7 @@ impl Outcome {
     /// upstream: the prompt counted where an upstream may have billed it; otherwise nothing
     /// generated — reported as such when the upstream itself refused the key.
     fn fail(&self, mut draft: UsageDraft, error: GatewayError) -> GatewayError {
+        draft.error = Some(error.code);
         if draft.has_reached_upstream() {
             let status = error.code.http_status();
             if self.may_have_billed {

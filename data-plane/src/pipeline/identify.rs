@@ -7,16 +7,12 @@ use sluice_shared::error_code::ErrorCode;
 
 use crate::error_response::GatewayError;
 use crate::request::metadata::RequestMetadata;
-use crate::routing::tables::{ModelEntry, ProjectEntry, RoutingTables, VirtualKeyEntry};
+use crate::routing::tables::{ModelEntry, RoutingTables};
 
 /// Finds the virtual key in a request's head, if it carries one.
 pub type KeyLocation = for<'r> fn(&'r http::request::Parts) -> Option<&'r str>;
 
-/// The caller, resolved against one version of the tables.
-pub struct Caller<'t> {
-    pub key: &'t VirtualKeyEntry,
-    pub project: &'t ProjectEntry,
-}
+pub use crate::routing::tables::Caller;
 
 /// Who is calling (by the family's way of carrying the key) and the request's metadata headers.
 pub fn identify<'t>(

@@ -22,6 +22,7 @@ use crate::error_response::{ErrorShape, GatewayError};
 use crate::gateway::Gateway;
 use crate::http_body::Body;
 use crate::metering::draft::UsageDraft;
+use crate::metrics::series::ModelSeries;
 use crate::operation::Operation;
 use crate::pipeline::identify::{KeyLocation, identify, resolve_model};
 use crate::request::body::RequestBody;
@@ -40,18 +41,30 @@ pub struct Endpoint {
     pub shape: ErrorShape,
 }
 
+/// What the router knows of a request as it arrives.
+pub struct Arrival<'r> {
+    pub request_id: &'r str,
+    /// When its head had arrived.
+    pub at: tokio::time::Instant,
+    pub trace: Option<&'r Arc<RequestTrace>>,
+}
+
 /// One model call, start to end: identify the caller → read and parse the body → resolve the
 /// model → answer from the MOCK posture, or admit (budgets) and run the attempts. Errors are
 /// answered in the endpoint's shape (`endpoint.shape`) by the caller.
 pub async fn serve(
     gateway: &Arc<Gateway>,
     request: Request<RequestBody>,
-    request_id: &str,
+    arrival: &Arrival<'_>,
     endpoint: &Endpoint,
     path_model: &str,
-    trace: Option<&Arc<RequestTrace>>,
-    arrived: tokio::time::Instant,
+    series: &mut Option<Arc<ModelSeries>>,
 ) -> Result<Response<Body>, GatewayError> {
+    let Arrival {
+        request_id,
+        at: arrived,
+        trace,
+    } = *arrival;
     let operation = endpoint.operation;
     let (parts, body) = request.into_parts();
     let Some(tables) = gateway.tables.load_full() else {
@@ -87,6 +100,7 @@ pub async fn serve(
         });
     }
     let model = resolve_model(&tables, &caller, &chat.model)?;
+    *series = Some(model.series.clone());
     admit::check_output_limit(&chat, model)?;
     // A native endpoint speaks one family's wire format, so its model must be of a family
     // that serves it (chat completions reach every family).
@@ -121,13 +135,7 @@ pub async fn serve(
     )
     .await?;
     let mut draft = UsageDraft::new(
-        gateway,
-        request_id,
-        &caller.project.id,
-        &caller.key.id,
-        model,
-        metadata,
-        arrived,
+        gateway, request_id, &caller, model, metadata, arrived, operation,
     );
     draft.rate_hold = rates.hold;
     draft.trace = trace.cloned();
@@ -149,16 +157,8 @@ pub async fn serve(
             match reserved {
                 Ok(reservation) => {
                     draft.reservation = reservation;
-                    attempts::forward(
-                        gateway,
-                        &tables,
-                        model,
-                        &chat,
-                        draft,
-                        operation,
-                        asked_total,
-                    )
-                    .await
+                    attempts::forward(gateway, &tables, model, &chat, draft, asked_total, series)
+                        .await
                 }
                 Err(error) => Err(error),
             }

@@ -19,6 +19,7 @@ use crate::budgets::leases::{LeaseCell, Leased};
 use crate::families::{self, Family, ProviderRecord};
 pub use crate::families::{CredentialHeader, ProviderType};
 use crate::fast_hash::{FastMap, FastSet};
+use crate::metrics::series::{ModelSeries, SeriesBook};
 use crate::operation::Operation;
 use crate::resilience::outliers::{Health, HealthBook, Standing};
 use crate::resilience::retry_policy::RetryPolicy;
@@ -51,6 +52,13 @@ pub struct VirtualKeyEntry {
     pub expires_at_us: i64,
 }
 
+/// A caller, resolved against one version of the tables: its virtual key and the key's
+/// project.
+pub struct Caller<'t> {
+    pub key: &'t VirtualKeyEntry,
+    pub project: &'t ProjectEntry,
+}
+
 #[derive(Debug)]
 pub struct ProjectEntry {
     pub id: String,
@@ -77,6 +85,8 @@ pub struct DeploymentEntry {
     /// Where each operation goes on this deployment, made once per snapshot by its family;
     /// `None` where the family does not serve the operation in its own format.
     uris: [Option<http::Uri>; Operation::ALL.len()],
+    /// The metrics of answers it gave, shared with the next snapshot's tables.
+    pub series: Arc<ModelSeries>,
 }
 
 impl DeploymentEntry {
@@ -97,6 +107,8 @@ pub struct ModelEntry {
     pub output_price_micros_per_mtok: i64,
     pub context_window: u32,
     pub created_at_s: i64,
+    /// The metrics of its answers no provider gave (refusals, MOCK).
+    pub series: Arc<ModelSeries>,
 }
 
 /// The output limit assumed for a model whose context window is not known: above any model's
@@ -338,6 +350,15 @@ impl RoutingTables {
         }
     }
 
+    /// Hands every model and deployment the metric series the book holds for its labels, so
+    /// that counters keep counting across snapshots.
+    pub fn attach_series(&mut self, book: &SeriesBook) {
+        book.adopt(self.models.iter_mut().flat_map(|model| {
+            std::iter::once(&mut model.series)
+                .chain(model.deployments.iter_mut().map(|d| &mut d.series))
+        }));
+    }
+
     /// Hands every deployment and key the state the book holds for it (by provider and
     /// upstream model, and by key id), so that ejections outlive a snapshot.
     pub fn attach_health(&mut self, book: &HealthBook) {
@@ -467,6 +488,11 @@ impl RoutingTables {
                         timeouts: on.timeouts.overlaid(m.timeouts.as_ref()),
                         health: Arc::default(),
                         uris: deployment_uris(on, &d.upstream_model)?,
+                        series: Arc::new(ModelSeries::new(
+                            &m.name,
+                            &on.name,
+                            on.provider_type.gen_ai_provider_name(),
+                        )),
                     });
                 }
             }
@@ -489,6 +515,7 @@ impl RoutingTables {
                 output_price_micros_per_mtok: m.output_price_micros_per_mtok,
                 context_window: m.context_window,
                 created_at_s: snapshot.generated_at_us / 1_000_000,
+                series: Arc::new(ModelSeries::new(&m.name, "", "")),
             });
         }
 

@@ -13,7 +13,8 @@ use crate::endpoints::{
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
-use crate::pipeline::{Endpoint, serve};
+use crate::metrics::series::Outcome;
+use crate::pipeline::{Arrival, Endpoint, serve};
 use crate::request::body::RequestBody;
 use crate::serve::http1::head::Refused;
 
@@ -39,21 +40,34 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
             if let Some(trace) = &trace {
                 trace.note(|state| {
                     state.method = "POST";
-                    state.route = http_route(endpoint.operation);
+                    state.route = endpoint.operation.route();
                     state.request_id.clone_from(&request_id);
                 });
             }
+            let mut series = None;
+            let arrival = Arrival {
+                request_id: &request_id,
+                at: arrived,
+                trace: trace.as_ref(),
+            };
             let result = serve(
                 gateway,
                 request,
-                &request_id,
+                &arrival,
                 endpoint,
                 &path_model,
-                trace.as_ref(),
-                arrived,
+                &mut series,
             )
             .await
             .map_err(|error| error.in_shape(endpoint.shape));
+            let outcome = match &result {
+                Ok(response) => Outcome::Answered(response.status().as_u16()),
+                Err(error) => Outcome::Error(error.code),
+            };
+            series
+                .as_deref()
+                .unwrap_or(&gateway.metrics.unrouted)
+                .count_response(endpoint.operation, outcome);
             if let Some(trace) = &trace {
                 trace.note(|state| match &result {
                     Ok(response) => state.status = response.status().as_u16(),
@@ -67,16 +81,6 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
         }
     };
     answered(gateway, result, &request_id)
-}
-
-/// `http.route` of a model call: the path as routed, Gemini's model in braces.
-fn http_route(operation: crate::operation::Operation) -> &'static str {
-    use crate::operation::Operation;
-    match operation {
-        Operation::GenerateContent => "/v1beta/models/{model}:generateContent",
-        Operation::StreamGenerateContent => "/v1beta/models/{model}:streamGenerateContent",
-        other => other.path(),
-    }
 }
 
 /// Where a request goes: answered here at once, or a model call through an endpoint (with
@@ -98,6 +102,9 @@ fn destination(gateway: &Gateway, request: &Request<RequestBody>) -> Destination
                 gateway.leases.reserved(),
                 gateway.heap_stats.get().and_then(|read| read()),
             );
+            gateway
+                .series
+                .render(&gateway.metrics.unrouted, &mut rendered);
             if let Some(telemetry) = gateway.telemetry.get() {
                 telemetry.render_metrics(&mut rendered);
             }

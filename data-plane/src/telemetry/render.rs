@@ -4,7 +4,6 @@
 //! `error.type`). Sluice's own facts go under `sluice.*`; ids only — no key, no prompt, no
 //! completion is ever written here.
 
-use crate::operation::Operation;
 use crate::telemetry::otlp::{SpanIds, SpanKind, TraceRequest, Value};
 use crate::telemetry::request_trace::{AttemptSpan, FinishedTrace};
 
@@ -74,7 +73,7 @@ pub fn write(trace: &FinishedTrace, request: &mut TraceRequest) {
 
 fn write_attempt(trace: &FinishedTrace, attempt: &AttemptSpan, request: &mut TraceRequest) {
     let state = &trace.state;
-    let operation = state.operation.map_or("chat", operation_name);
+    let operation = state.operation.map_or("chat", |o| o.gen_ai().name());
     let answered = attempt.end_ns.is_none();
     let error = attempt.error.map(|code| code.as_str());
     request.span(
@@ -127,13 +126,4 @@ fn write_attempt(trace: &FinishedTrace, attempt: &AttemptSpan, request: &mut Tra
             }
         },
     );
-}
-
-/// `gen_ai.operation.name` of each endpoint.
-fn operation_name(operation: Operation) -> &'static str {
-    match operation {
-        Operation::ChatCompletions | Operation::Responses | Operation::Messages => "chat",
-        Operation::Embeddings => "embeddings",
-        Operation::GenerateContent | Operation::StreamGenerateContent => "generate_content",
-    }
 }

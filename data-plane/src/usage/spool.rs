@@ -359,6 +359,11 @@ impl UsageSpool {
         self.refusing.load(Ordering::Relaxed)
     }
 
+    /// Segment files in the directory: this process's and those an earlier one left.
+    pub fn files_on_disk(&self) -> usize {
+        self.segments_on_disk(self.lock_segments().len())
+    }
+
     /// Whether the spool is at its bound, whatever the policy (for the metric).
     pub fn at_bound(&self) -> bool {
         self.segments_on_disk(self.lock_segments().len()) + 1 >= self.max_segments

@@ -4,8 +4,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use sluice_shared::error_code::ErrorCode;
 
+pub mod histogram;
+pub mod series;
+
 /// Error codes get a fixed slot each, so counting never allocates or locks.
-const ERROR_CODES: &[ErrorCode] = &[
+pub(crate) const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::InvalidApiKey,
     ErrorCode::InvalidRequest,
     ErrorCode::RequestTooLarge,
@@ -26,6 +29,17 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::NotReady,
     ErrorCode::Internal,
 ];
+
+/// A code's slot in [`ERROR_CODES`].
+pub(crate) fn error_slot(code: ErrorCode) -> Option<usize> {
+    // Both share the wire code, so they share the label.
+    let code = match code {
+        ErrorCode::ModelNotAllowed => ErrorCode::UnsupportedModel,
+        ErrorCode::UsageSpoolFull => ErrorCode::Internal,
+        other => other,
+    };
+    ERROR_CODES.iter().position(|c| *c == code)
+}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -59,7 +73,16 @@ pub struct Metrics {
     pub connections_refused_per_client_total: AtomicU64,
     /// 1 while the usage spool is at its size bound.
     pub usage_spool_full: AtomicBool,
+    pub usage_spool_files: AtomicU64,
+    /// Records read from the spool and sent or waiting to be, not yet acknowledged.
+    pub usage_pending_records: AtomicU64,
+    /// When the oldest of them was read (UTC µs); 0: none pending.
+    pub usage_oldest_pending_at_us: AtomicI64,
+    /// The newest config version the control plane has offered (served or rejected).
+    pub config_offered_version: AtomicU64,
     errors: [AtomicU64; ERROR_CODES.len()],
+    /// Answers to model calls that found no model (a bad key, an unknown model).
+    pub unrouted: series::ModelSeries,
 }
 
 /// What the process's allocator reports of the heap.
@@ -73,14 +96,7 @@ pub struct HeapStats {
 
 impl Metrics {
     pub fn count_error(&self, code: ErrorCode) {
-        // Both share the wire code, so they share the label.
-        let code = match code {
-            ErrorCode::ModelNotAllowed => ErrorCode::UnsupportedModel,
-            ErrorCode::UsageSpoolFull => ErrorCode::Internal,
-            other => other,
-        };
-        let slot = ERROR_CODES.iter().position(|c| *c == code);
-        if let Some(counter) = slot.and_then(|slot| self.errors.get(slot)) {
+        if let Some(counter) = error_slot(code).and_then(|slot| self.errors.get(slot)) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -131,6 +147,39 @@ impl Metrics {
             "sluice_usage_spool_full",
             "1 while the usage spool is at its size bound (see usage_spool_when_full).",
             u8::from(self.usage_spool_full.load(Ordering::Relaxed)).to_string(),
+        );
+        gauge(
+            "sluice_config_versions_behind",
+            "Config versions the control plane has offered beyond the one served (a rejected snapshot leaves the proxy behind).",
+            self.config_offered_version
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.config_version.load(Ordering::Relaxed))
+                .to_string(),
+        );
+        gauge(
+            "sluice_usage_spool_files",
+            "Segment files in the usage spool directory, this process's and any an earlier one left.",
+            self.usage_spool_files.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            "sluice_usage_pending_records",
+            "Usage records read from the spool and not yet acknowledged by the control plane.",
+            self.usage_pending_records
+                .load(Ordering::Relaxed)
+                .to_string(),
+        );
+        let oldest = self.usage_oldest_pending_at_us.load(Ordering::Relaxed);
+        gauge(
+            "sluice_usage_oldest_pending_age_seconds",
+            "Age of the oldest usage record not yet acknowledged, from when it was read from the spool (0: none pending).",
+            format!(
+                "{:.3}",
+                if oldest > 0 {
+                    (now_us - oldest).max(0) as f64 / 1e6
+                } else {
+                    0.0
+                }
+            ),
         );
         gauge(
             "sluice_budget_reserved_micros",
