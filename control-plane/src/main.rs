@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_SETTINGS);
         }
     };
-    init_tracing(&settings.log);
+    sluice_shared::logging::init(&settings.log, settings.log_format);
     match run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -69,14 +69,6 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown_signal(),
     ))?;
     Ok(())
-}
-
-fn init_tracing(filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
 }
 
 async fn shutdown_signal() {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sluice_shared::logging::LogFormat;
 use sluice_shared::secret::SecretString;
 use sluice_shared::settings_source::{parse, parse_bool, prefixed_variables, read_toml};
 
@@ -29,6 +30,8 @@ pub struct Settings {
     pub admin_token: Option<SecretString>,
     /// A tracing filter, e.g. `info` or `sluice_control_plane=debug`.
     pub log: String,
+    /// Text for people, JSON lines for collectors.
+    pub log_format: LogFormat,
     /// How long a budget lease lasts unless renewed: a proxy that vanishes gives its unspent
     /// allowance back after this long.
     pub lease_ttl: std::time::Duration,
@@ -44,6 +47,7 @@ struct FileSettings {
     dev_mode: Option<bool>,
     master_key_file: Option<PathBuf>,
     log: Option<String>,
+    log_format: Option<String>,
     lease_ttl_ms: Option<u64>,
 }
 
@@ -57,6 +61,7 @@ const VARIABLES: &[&str] = &[
     "SLUICE_MASTER_KEY_FILE",
     "SLUICE_ADMIN_TOKEN",
     "SLUICE_LOG",
+    "SLUICE_LOG_FORMAT",
     "SLUICE_LEASE_TTL_MS",
 ];
 
@@ -107,6 +112,13 @@ impl Settings {
             log: take("SLUICE_LOG")
                 .or(file_settings.log)
                 .unwrap_or_else(|| "info".to_owned()),
+            log_format: match take("SLUICE_LOG_FORMAT") {
+                Some(v) => parse("SLUICE_LOG_FORMAT", &v)?,
+                None => match &file_settings.log_format {
+                    Some(v) => parse("log_format", v)?,
+                    None => LogFormat::Text,
+                },
+            },
             lease_ttl: std::time::Duration::from_millis(match take("SLUICE_LEASE_TTL_MS") {
                 Some(value) => parse::<u64>("SLUICE_LEASE_TTL_MS", &value)?,
                 None => file_settings.lease_ttl_ms.unwrap_or(30_000),

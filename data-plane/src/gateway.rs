@@ -33,6 +33,8 @@ pub struct Gateway {
     pub ejection: crate::resilience::outliers::EjectionRule,
     /// Reads the allocator's counters; set by the binary, which chooses the allocator.
     pub heap_stats: std::sync::OnceLock<fn() -> Option<crate::metrics::HeapStats>>,
+    /// One line per model call; unset when turned off.
+    pub access_log: std::sync::OnceLock<Arc<crate::telemetry::access_log::AccessLog>>,
     /// OpenTelemetry traces; unset when no OTLP endpoint is configured.
     pub telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
 }
@@ -70,6 +72,7 @@ impl Gateway {
             series: Default::default(),
             ejection,
             heap_stats: std::sync::OnceLock::new(),
+            access_log: std::sync::OnceLock::new(),
             telemetry: std::sync::OnceLock::new(),
         })
     }

@@ -53,11 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_SETTINGS);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&settings.log))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    sluice_shared::logging::init(&settings.log, settings.log_format);
     match run(settings, extra_roots) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -126,6 +122,10 @@ fn run(
         if let Some(telemetry) = sluice_data_plane::telemetry::Telemetry::start(settings.otel)? {
             tracing::info!(endpoint = otel_endpoint.as_deref().unwrap_or_default(), "exporting OpenTelemetry traces");
             gateway.telemetry.set(telemetry).ok();
+        }
+        if settings.access_log {
+            let log = sluice_data_plane::telemetry::access_log::AccessLog::start(settings.log_format)?;
+            gateway.access_log.set(log).ok();
         }
         let applier = Arc::new(Applier {
             gateway: gateway.clone(),
@@ -197,7 +197,11 @@ fn run(
             workers: settings.workers,
         };
         let telemetry = gateway.telemetry.get().cloned();
+        let access_log = gateway.access_log.get().cloned();
         serve(listener, gateway, limits, shutdown_signal()).await?;
+        if let Some(log) = access_log {
+            let _ = tokio::task::spawn_blocking(move || log.shut_down()).await;
+        }
         if let Some(telemetry) = telemetry {
             // The last requests' spans go out before the process does.
             let _ = tokio::task::spawn_blocking(move || telemetry.shut_down(TELEMETRY_FLUSH_TIMEOUT)).await;

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use sluice_shared::logging::LogFormat;
 use sluice_shared::otel_settings::OtelSettings;
 use sluice_shared::secret::SecretString;
-use sluice_shared::settings_source::{invalid, parse, prefixed_variables, read_toml};
+use sluice_shared::settings_source::{invalid, parse, parse_bool, prefixed_variables, read_toml};
 
 use crate::usage::spool::{SpoolSettings, WhenFull};
 
@@ -76,6 +77,10 @@ pub struct Settings {
     pub ejection_cooldown: Duration,
     pub ejection_max_cooldown: Duration,
     pub log: String,
+    /// Text for people, JSON lines for collectors.
+    pub log_format: LogFormat,
+    /// One line per request (on unless turned off).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +115,8 @@ struct FileSettings {
     ejection_cooldown_ms: Option<u64>,
     ejection_max_cooldown_ms: Option<u64>,
     log: Option<String>,
+    log_format: Option<String>,
+    access_log: Option<bool>,
     /// OpenTelemetry: the standard `OTEL_*` settings, named without `OTEL_` in lower case.
     otel: Option<std::collections::BTreeMap<String, toml::Value>>,
 }
@@ -152,6 +159,8 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_EJECTION_COOLDOWN_MS",
     "SLUICE_PROXY_EJECTION_MAX_COOLDOWN_MS",
     "SLUICE_PROXY_LOG",
+    "SLUICE_PROXY_LOG_FORMAT",
+    "SLUICE_PROXY_ACCESS_LOG",
     "SLUICE_PROXY_CONFIG",
 ];
 
@@ -383,6 +392,17 @@ impl Settings {
             log: take("SLUICE_PROXY_LOG")
                 .or(file_settings.log)
                 .unwrap_or_else(|| "info".to_owned()),
+            log_format: match take("SLUICE_PROXY_LOG_FORMAT") {
+                Some(v) => parse("SLUICE_PROXY_LOG_FORMAT", &v)?,
+                None => match &file_settings.log_format {
+                    Some(v) => parse("log_format", v)?,
+                    None => LogFormat::Text,
+                },
+            },
+            access_log: match take("SLUICE_PROXY_ACCESS_LOG") {
+                Some(v) => parse_bool("SLUICE_PROXY_ACCESS_LOG", &v)?,
+                None => file_settings.access_log.unwrap_or(true),
+            },
         };
         settings.validate()?;
         Ok(settings)

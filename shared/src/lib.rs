@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod error_code;
 pub mod families;
 pub mod ids;
+pub mod logging;
 pub mod network_reach;
 pub mod otel_settings;
 pub mod request_metadata;

@@ -52,6 +52,23 @@ pub fn rfc3339(us: i64) -> String {
     )
 }
 
+/// UTC microseconds as RFC 3339 with microseconds (`2026-12-07T05:40:00.123456Z`), appended.
+pub fn push_rfc3339_micros(out: &mut String, us: i64) {
+    use std::fmt::Write as _;
+    let secs = us.div_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        us.rem_euclid(1_000_000)
+    );
+}
+
 /// Midnight UTC of the day holding `at_us`.
 pub fn day_start_us(at_us: i64) -> i64 {
     at_us.div_euclid(US_PER_DAY) * US_PER_DAY

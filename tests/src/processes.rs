@@ -50,7 +50,7 @@ impl Captured {
 }
 
 /// Spawns `command`, captures everything it prints, and waits (bounded) for the log line
-/// containing `marker` and `addr=`; returns the child, that address and the capture.
+/// containing `marker` and its address; returns the child, that address and the capture.
 pub fn spawn_listening(mut command: Command, marker: &str) -> (Child, String, Captured) {
     let mut child = command.spawn().expect("spawn");
     let output = Captured::default();
@@ -65,12 +65,14 @@ pub fn spawn_listening(mut command: Command, marker: &str) -> (Child, String, Ca
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 output.push(&line);
-                if let Some(addr) = line
+                // As text (`addr=…`) or JSON (`"addr":"…"`) logs say it.
+                let text = || line.split("addr=").nth(1)?.split_whitespace().next();
+                let json = || line.split("\"addr\":\"").nth(1)?.split('"').next();
+                let addr = line
                     .contains(&marker)
-                    .then(|| line.split("addr=").nth(1))
-                    .flatten()
-                {
-                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    .then(|| text().or_else(json))
+                    .flatten();
+                if let Some(addr) = addr {
                     let _ = addr_tx.send(addr.to_owned());
                 }
             }

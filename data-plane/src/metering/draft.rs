@@ -20,6 +20,7 @@ use crate::mock_posture::estimate_tokens;
 use crate::operation::Operation;
 use crate::request::metadata::RequestMetadata;
 use crate::routing::tables::{Caller, ModelEntry};
+use crate::telemetry::access_log::{AccessLine, Written};
 use crate::usage::spool::StartedMark;
 use sluice_shared::error_code::ErrorCode;
 
@@ -165,11 +166,13 @@ impl UsageDraft {
         }
     }
 
-    pub fn finish(mut self, status: u16, usage: Usage, source: pb::UsageSource) {
-        self.write(status, usage, source);
+    /// Writes the record; what it says goes on the request's access line, which the router
+    /// writes.
+    pub fn finish(mut self, status: u16, usage: Usage, source: pb::UsageSource) -> Written {
+        self.write(status, usage, source)
     }
 
-    fn write(&mut self, status: u16, usage: Usage, source: pb::UsageSource) {
+    fn write(&mut self, status: u16, usage: Usage, source: pb::UsageSource) -> Written {
         self.written = true;
         let record = &mut self.record;
         record.http_status = u32::from(status);
@@ -213,27 +216,58 @@ impl UsageDraft {
             first_chunk_us: self.first_chunk.map(micros),
             chunk_gaps: self.chunk_gaps.as_deref(),
         });
+        let facts = crate::telemetry::request_trace::UsageFacts::of(&self.record);
+        let written = Written {
+            input_tokens: facts.input_tokens,
+            output_tokens: facts.output_tokens,
+            cost_micros: facts.cost_micros,
+            source: facts.source,
+            attempts: self.record.attempts,
+        };
         if let Some(trace) = &self.trace {
-            let record = &self.record;
-            trace.note(|state| {
-                state.usage = Some(crate::telemetry::request_trace::UsageFacts::of(record));
-            });
+            trace.note(|state| state.usage = Some(facts));
         }
+        written
+    }
+
+    /// The access line of a request whose record is written after the router has let go of
+    /// it: at a stream's end, or when its client left while an upstream worked.
+    fn log_access(&self, written: Written) {
+        let Some(log) = self.gateway.access_log.get() else {
+            return;
+        };
+        let record = &self.record;
+        log.write(&AccessLine {
+            request_id: &record.request_id,
+            endpoint: self.operation.route(),
+            key_id: &record.virtual_key_id,
+            model: &record.model,
+            provider: &self.series.provider,
+            status: u16::try_from(record.http_status).unwrap_or(0),
+            code: self.error.map(|code| code.as_str()),
+            latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            usage: Some(written),
+            trace: self
+                .trace
+                .as_ref()
+                .map(|t| (&t.ids.trace_id, &t.ids.span_id)),
+        });
     }
 
     /// At the end of a stream: the upstream's usage block if it sent one, else an estimate.
     pub fn finish_stream(mut self, meter: &StreamMeter) {
         let status = u16::try_from(self.record.http_status).unwrap_or(200);
-        match meter.usage {
-            Some(usage) => self.finish(status, usage, pb::UsageSource::ProviderReported),
+        let written = match meter.usage {
+            Some(usage) => self.write(status, usage, pb::UsageSource::ProviderReported),
             None => {
                 let mut usage = self.prompt_only();
                 if meter.content_chars > 0 {
                     usage.output_tokens = estimate_tokens(meter.content_chars);
                 }
-                self.finish(status, usage, pb::UsageSource::Estimated)
+                self.write(status, usage, pb::UsageSource::Estimated)
             }
-        }
+        };
+        self.log_access(written);
     }
 }
 
@@ -241,7 +275,8 @@ impl Drop for UsageDraft {
     fn drop(&mut self) {
         if self.reached && !self.written {
             let usage = self.prompt_only();
-            self.write(CLIENT_CLOSED, usage, pb::UsageSource::Estimated);
+            let written = self.write(CLIENT_CLOSED, usage, pb::UsageSource::Estimated);
+            self.log_access(written);
         }
     }
 }

@@ -4,3 +4,4 @@
 
 pub mod answer_stream;
 pub mod draft;
+pub mod tally;

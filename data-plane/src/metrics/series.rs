@@ -86,6 +86,9 @@ pub struct Finished<'r> {
 }
 
 pub struct ModelSeries {
+    /// The model's public name and the provider's name, as configured (for logs).
+    pub model: Box<str>,
+    pub provider: Box<str>,
     /// `endpoint` aside, the labels of Sluice's own series, rendered once.
     labels: String,
     /// The labels of the GenAI series, on the conventions' attribute names.
@@ -162,6 +165,8 @@ impl ModelSeries {
         escape_label(provider, &mut gen_ai_labels);
         gen_ai_labels.push('"');
         Self {
+            model: model.into(),
+            provider: provider.into(),
             labels,
             gen_ai_labels,
             responses: std::array::from_fn(|_| OnceLock::new()),

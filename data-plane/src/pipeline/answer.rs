@@ -21,6 +21,7 @@ use crate::families::translation::{
 use crate::http_body::{Body, full};
 use crate::metering::answer_stream::AnswerStream;
 use crate::metering::draft::UsageDraft;
+use crate::metering::tally::RequestTally;
 use crate::pipeline::failure::UpstreamFailure;
 use crate::request::fields::ChatRequest;
 use crate::resilience::timeout_policy::{Deadlines, TimeoutKind};
@@ -73,6 +74,7 @@ pub async fn answer(
     stream: bool,
     scrubber: CredentialScrubber,
     answering: &Answering<'_>,
+    tally: &mut RequestTally,
 ) -> Result<Response<Body>, Unanswered> {
     let (parts, incoming) = response.into_parts();
     let mut headers = http::HeaderMap::new();
@@ -99,6 +101,7 @@ pub async fn answer(
         draft.spool_start();
         say_overhead(&draft, &mut headers);
         let body = AnswerStream::new(incoming, reader, draft, answering.deadlines, scrubber);
+        tally.streamed = true;
         let mut out = Response::new(Body::new(body));
         *out.status_mut() = parts.status;
         *out.headers_mut() = headers;
@@ -150,11 +153,11 @@ pub async fn answer(
                 let error = refusal(translation, parts.status, &answer);
                 draft.error = Some(error.code);
                 // Refused upstream: nothing was generated, and the refusal is still recorded.
-                draft.finish(
+                tally.written = Some(draft.finish(
                     error.code.http_status(),
                     Usage::default(),
                     pb::UsageSource::Estimated,
-                );
+                ));
                 return Err(Unanswered::Refused(error));
             }
             let reported = translation.usage(&answer);
@@ -173,17 +176,17 @@ pub async fn answer(
     };
     let status = parts.status.as_u16();
     say_overhead(&draft, &mut headers);
-    match usage {
+    tally.written = Some(match usage {
         Some(usage) => draft.finish(status, usage, pb::UsageSource::ProviderReported),
         // No usage block: counted by Sluice and labelled so, never a zero "reported".
         None if parts.status.is_success() => {
             let mut usage = draft.prompt_only();
             usage.output_tokens = answered_tokens;
-            draft.finish(status, usage, pb::UsageSource::Estimated);
+            draft.finish(status, usage, pb::UsageSource::Estimated)
         }
         // An error answer generated nothing.
         None => draft.finish(status, Usage::default(), pb::UsageSource::Estimated),
-    }
+    });
     let mut out = Response::new(full(body));
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers;

@@ -18,7 +18,7 @@ use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::Body;
 use crate::metering::draft::UsageDraft;
-use crate::metrics::series::ModelSeries;
+use crate::metering::tally::RequestTally;
 use crate::operation::Operation;
 use crate::pipeline::answer::{Answering, Translator, Unanswered, answer};
 use crate::pipeline::failure::UpstreamFailure;
@@ -41,7 +41,7 @@ pub async fn forward(
     chat: &ChatRequest<'_>,
     mut draft: UsageDraft,
     asked_total: Option<Duration>,
-    series: &mut Option<Arc<ModelSeries>>,
+    tally: &mut RequestTally,
 ) -> Result<Response<Body>, GatewayError> {
     let operation = draft.operation;
     if gateway.spool.refusing() {
@@ -116,7 +116,7 @@ pub async fn forward(
         };
         let payload = match payload(gateway, chat, deployment, operation, translator) {
             Ok(payload) => payload,
-            Err(error) => return Err(outcome.fail(draft, error)),
+            Err(error) => return Err(outcome.fail(draft, error, tally)),
         };
         // The request's total counts from its start, with the deployment's own setting.
         let deadlines = |asked| Deadlines::new(deployment.timeouts, draft.started, asked);
@@ -131,12 +131,12 @@ pub async fn forward(
         if deadlines.total_expired() {
             let expiry = deadlines.expired(TimeoutKind::Total, false);
             let error = UpstreamFailure::TimedOut(expiry).to_error(&provider.name);
-            return Err(outcome.fail(draft, error));
+            return Err(outcome.fail(draft, error, tally));
         }
         at.count();
         draft.record.provider_id = provider.id.clone();
         draft.series = deployment.series.clone();
-        *series = Some(deployment.series.clone());
+        tally.series = Some(deployment.series.clone());
         draft.record.attempts = at.total;
         gateway
             .metrics
@@ -216,6 +216,7 @@ pub async fn forward(
                         chat.stream,
                         scrubber,
                         &answering,
+                        tally,
                     );
                     let translated = translated.await;
                     if let (Some(trace), Some(span)) = (&trace, attempt_span.take()) {
@@ -306,14 +307,14 @@ pub async fn forward(
             Move::Again(after) => wait = Some(after),
             Move::NextKey => at.next_key(),
             Move::NextDeployment => at.next_deployment(),
-            Move::Stop => return Err(outcome.fail(draft, error)),
+            Move::Stop => return Err(outcome.fail(draft, error, tally)),
         }
         outcome.last_error = Some(error);
     }
     let error = outcome.last_error.take().unwrap_or_else(|| {
         GatewayError::new(ErrorCode::ProviderNotReady, "no deployment could be tried")
     });
-    Err(outcome.fail(draft, error))
+    Err(outcome.fail(draft, error, tally))
 }
 
 /// The span of an attempt about to be made: what it calls, and where.
@@ -445,19 +446,24 @@ impl Outcome {
     /// Ends the request with `error`, and its one usage record if an attempt reached an
     /// upstream: the prompt counted where an upstream may have billed it; otherwise nothing
     /// generated — reported as such when the upstream itself refused the key.
-    fn fail(&self, mut draft: UsageDraft, error: GatewayError) -> GatewayError {
+    fn fail(
+        &self,
+        mut draft: UsageDraft,
+        error: GatewayError,
+        tally: &mut RequestTally,
+    ) -> GatewayError {
         draft.error = Some(error.code);
         if draft.has_reached_upstream() {
             let status = error.code.http_status();
-            if self.may_have_billed {
+            tally.written = Some(if self.may_have_billed {
                 let usage = draft.prompt_only();
-                draft.finish(status, usage, pb::UsageSource::Estimated);
+                draft.finish(status, usage, pb::UsageSource::Estimated)
             } else if !draft.record.rejected_key_id.is_empty() {
-                draft.finish(status, Usage::default(), pb::UsageSource::ProviderReported);
+                draft.finish(status, Usage::default(), pb::UsageSource::ProviderReported)
             } else {
                 // 5xx and 429 answers generate nothing.
-                draft.finish(status, Usage::default(), pb::UsageSource::Estimated);
-            }
+                draft.finish(status, Usage::default(), pb::UsageSource::Estimated)
+            });
         }
         error
     }

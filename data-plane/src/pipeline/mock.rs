@@ -10,6 +10,7 @@ use crate::answers::Usage;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
 use crate::metering::draft::UsageDraft;
+use crate::metering::tally::RequestTally;
 use crate::mock_posture;
 use crate::operation::Operation;
 use crate::request::fields::ChatRequest;
@@ -20,9 +21,10 @@ pub fn answer(
     chat: &ChatRequest<'_>,
     model: &ModelEntry,
     request_id: &str,
-    operation: Operation,
     draft: UsageDraft,
+    tally: &mut RequestTally,
 ) -> Response<Body> {
+    let operation = draft.operation;
     let created = sluice_shared::time::now_us() / 1_000_000;
     let (answer, content_type) = match operation {
         Operation::Embeddings => {
@@ -101,7 +103,7 @@ pub fn answer(
         output_tokens: answer.completion_tokens,
         ..Usage::default()
     };
-    draft.finish(200, usage, pb::UsageSource::Mock);
+    tally.written = Some(draft.finish(200, usage, pb::UsageSource::Mock));
     let mut response = Response::new(full(answer.body));
     response
         .headers_mut()

@@ -22,7 +22,7 @@ use crate::error_response::{ErrorShape, GatewayError};
 use crate::gateway::Gateway;
 use crate::http_body::Body;
 use crate::metering::draft::UsageDraft;
-use crate::metrics::series::ModelSeries;
+use crate::metering::tally::RequestTally;
 use crate::operation::Operation;
 use crate::pipeline::identify::{KeyLocation, identify, resolve_model};
 use crate::request::body::RequestBody;
@@ -58,7 +58,7 @@ pub async fn serve(
     arrival: &Arrival<'_>,
     endpoint: &Endpoint,
     path_model: &str,
-    series: &mut Option<Arc<ModelSeries>>,
+    tally: &mut RequestTally,
 ) -> Result<Response<Body>, GatewayError> {
     let Arrival {
         request_id,
@@ -81,6 +81,7 @@ pub async fn serve(
             return Err(error);
         }
     };
+    tally.key_id = Some(caller.key.id.clone());
     if let Some(trace) = trace {
         trace.note(|state| {
             state.organization_id.clone_from(&caller.project.org_id);
@@ -100,7 +101,7 @@ pub async fn serve(
         });
     }
     let model = resolve_model(&tables, &caller, &chat.model)?;
-    *series = Some(model.series.clone());
+    tally.series = Some(model.series.clone());
     admit::check_output_limit(&chat, model)?;
     // A native endpoint speaks one family's wire format, so its model must be of a family
     // that serves it (chat completions reach every family).
@@ -141,7 +142,7 @@ pub async fn serve(
     draft.trace = trace.cloned();
     let answered = match caller.project.posture {
         Posture::Mock => Ok(mock::answer(
-            gateway, &chat, model, request_id, operation, draft,
+            gateway, &chat, model, request_id, draft, tally,
         )),
         Posture::Live => {
             let reserved = admit::reserve(
@@ -157,7 +158,7 @@ pub async fn serve(
             match reserved {
                 Ok(reservation) => {
                     draft.reservation = reservation;
-                    attempts::forward(gateway, &tables, model, &chat, draft, asked_total, series)
+                    attempts::forward(gateway, &tables, model, &chat, draft, asked_total, tally)
                         .await
                 }
                 Err(error) => Err(error),

@@ -13,10 +13,14 @@ use crate::endpoints::{
 use crate::error_response::GatewayError;
 use crate::gateway::Gateway;
 use crate::http_body::{Body, full};
+use crate::metering::tally::RequestTally;
 use crate::metrics::series::Outcome;
 use crate::pipeline::{Arrival, Endpoint, serve};
 use crate::request::body::RequestBody;
 use crate::serve::http1::head::Refused;
+use crate::telemetry::access_log::AccessLine;
+use sluice_shared::logging::REQUEST_SPAN;
+use tracing::Instrument;
 
 pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Response<Body> {
     let arrived = tokio::time::Instant::now();
@@ -44,11 +48,20 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
                     state.request_id.clone_from(&request_id);
                 });
             }
-            let mut series = None;
+            let mut tally = RequestTally::default();
             let arrival = Arrival {
                 request_id: &request_id,
                 at: arrived,
                 trace: trace.as_ref(),
+            };
+            // A request's log lines carry its trace's ids.
+            let span = match &trace {
+                Some(trace) => tracing::info_span!(
+                    REQUEST_SPAN,
+                    trace_id = %Hex(&trace.ids.trace_id),
+                    span_id = %Hex(&trace.ids.span_id)
+                ),
+                None => tracing::Span::none(),
             };
             let result = serve(
                 gateway,
@@ -56,31 +69,67 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
                 &arrival,
                 endpoint,
                 &path_model,
-                &mut series,
+                &mut tally,
             )
+            .instrument(span)
             .await
             .map_err(|error| error.in_shape(endpoint.shape));
-            let outcome = match &result {
-                Ok(response) => Outcome::Answered(response.status().as_u16()),
-                Err(error) => Outcome::Error(error.code),
-            };
-            series
-                .as_deref()
-                .unwrap_or(&gateway.metrics.unrouted)
-                .count_response(endpoint.operation, outcome);
-            if let Some(trace) = &trace {
-                trace.note(|state| match &result {
-                    Ok(response) => state.status = response.status().as_u16(),
-                    Err(error) => {
-                        state.status = error.code.http_status();
-                        state.error = Some(error.code);
-                    }
-                });
-            }
+            tell(gateway, &arrival, endpoint, &tally, &result);
             result
         }
     };
     answered(gateway, result, &request_id)
+}
+
+/// What a model call's answer tells: its series' count, its trace's status, and its access
+/// line (a stream's is written at its end).
+fn tell(
+    gateway: &Gateway,
+    arrival: &Arrival<'_>,
+    endpoint: &Endpoint,
+    tally: &RequestTally,
+    result: &Result<Response<Body>, GatewayError>,
+) {
+    let (status, code) = match result {
+        Ok(response) => (response.status().as_u16(), None),
+        Err(error) => (error.code.http_status(), Some(error.code)),
+    };
+    let series = tally.series.as_deref();
+    let outcome = code.map_or(Outcome::Answered(status), Outcome::Error);
+    series
+        .unwrap_or(&gateway.metrics.unrouted)
+        .count_response(endpoint.operation, outcome);
+    if let Some(trace) = arrival.trace {
+        trace.note(|state| {
+            state.status = status;
+            state.error = code;
+        });
+    }
+    if let Some(log) = gateway.access_log.get()
+        && !(tally.streamed && result.is_ok())
+    {
+        log.write(&AccessLine {
+            request_id: arrival.request_id,
+            endpoint: endpoint.operation.route(),
+            key_id: tally.key_id.as_deref().unwrap_or(""),
+            model: series.map_or("", |s| &s.model),
+            provider: series.map_or("", |s| &s.provider),
+            status,
+            code: code.map(|code| code.as_str()),
+            latency_us: u64::try_from(arrival.at.elapsed().as_micros()).unwrap_or(u64::MAX),
+            usage: tally.written,
+            trace: arrival.trace.map(|t| (&t.ids.trace_id, &t.ids.span_id)),
+        });
+    }
+}
+
+/// Bytes as lower-case hex, written where they are formatted.
+struct Hex<'b>(&'b [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
 }
 
 /// Where a request goes: answered here at once, or a model call through an endpoint (with
@@ -107,6 +156,9 @@ fn destination(gateway: &Gateway, request: &Request<RequestBody>) -> Destination
                 .render(&gateway.metrics.unrouted, &mut rendered);
             if let Some(telemetry) = gateway.telemetry.get() {
                 telemetry.render_metrics(&mut rendered);
+            }
+            if let Some(log) = gateway.access_log.get() {
+                log.render_metrics(&mut rendered);
             }
             Ok(text(StatusCode::OK, "text/plain; version=0.0.4", rendered))
         }

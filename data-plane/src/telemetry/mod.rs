@@ -5,6 +5,7 @@
 //! queue drops the trace and counts its spans; no serving thread ever waits on telemetry, and
 //! with no endpoint set nothing here runs at all.
 
+pub mod access_log;
 pub mod export;
 pub mod otlp;
 pub mod render;
