@@ -124,7 +124,7 @@ fn run(
             gateway.telemetry.set(telemetry).ok();
         }
         if settings.access_log {
-            let log = sluice_data_plane::telemetry::access_log::AccessLog::start(settings.log_format)?;
+            let log = sluice_data_plane::telemetry::access_log::AccessLog::start(settings.log_format, settings.access_log_file.as_deref())?;
             gateway.access_log.set(log).ok();
         }
         let applier = Arc::new(Applier {

@@ -81,6 +81,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// One line per request (on unless turned off).
     pub access_log: bool,
+    /// Where the access lines go: stderr with the other logs unless a file is named.
+    pub access_log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +119,7 @@ struct FileSettings {
     log: Option<String>,
     log_format: Option<String>,
     access_log: Option<bool>,
+    access_log_file: Option<PathBuf>,
     /// OpenTelemetry: the standard `OTEL_*` settings, named without `OTEL_` in lower case.
     otel: Option<std::collections::BTreeMap<String, toml::Value>>,
 }
@@ -161,6 +164,7 @@ const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_LOG",
     "SLUICE_PROXY_LOG_FORMAT",
     "SLUICE_PROXY_ACCESS_LOG",
+    "SLUICE_PROXY_ACCESS_LOG_FILE",
     "SLUICE_PROXY_CONFIG",
 ];
 
@@ -403,6 +407,9 @@ impl Settings {
                 Some(v) => parse_bool("SLUICE_PROXY_ACCESS_LOG", &v)?,
                 None => file_settings.access_log.unwrap_or(true),
             },
+            access_log_file: take("SLUICE_PROXY_ACCESS_LOG_FILE")
+                .map(PathBuf::from)
+                .or(file_settings.access_log_file),
         };
         settings.validate()?;
         Ok(settings)

@@ -141,7 +141,7 @@ async fn each_model_call_leaves_one_json_access_line_joined_to_its_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_access_log_can_be_turned_off_and_text_is_the_default_format() {
+async fn the_access_log_can_be_turned_off_or_sent_to_a_file_and_text_is_the_default_format() {
     let stack = live_stack(PROVIDER_KEY);
     let (_dir, quiet, http) = caught_up_proxy_with(
         &stack.cp,
@@ -175,6 +175,36 @@ async fn the_access_log_can_be_turned_off_and_text_is_the_default_format() {
     );
 
     let (_dir, talking, http) = caught_up_proxy_with(&stack.cp, &stack.acme.token, &[]).await;
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("access.log");
+    let (_dir, to_file, _) = caught_up_proxy_with(
+        &stack.cp,
+        &stack.acme.token,
+        &[("SLUICE_PROXY_ACCESS_LOG_FILE", file.to_str().unwrap())],
+    )
+    .await;
+    for _ in 0..3 {
+        let answer = http
+            .post(
+                &to_file.url("/v1/chat/completions"),
+                Some(&stack.acme.key),
+                &body,
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+    }
+    let (_, output) = to_file.terminate();
+    assert!(!output.text().contains("sluice::access"));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        written
+            .lines()
+            .filter(|l| l.contains(" INFO sluice::access: "))
+            .count(),
+        3,
+        "{written}"
+    );
     let answer = http
         .post(
             &talking.url("/v1/chat/completions"),

@@ -5,11 +5,10 @@
 //! A serving thread formats its line and queues it (a bounded lock-free queue, by value); a
 //! writer thread takes the lines off every few milliseconds and writes them to stderr in
 //! pieces of whole lines no larger than a pipe writes at once, so lines never interleave
-//! with the process's other logs. A full queue drops the line and counts it: no request ever
-//! waits on its log.
+//! with the process's other logs (or appends them to `access_log_file`). A full queue drops
+//! the line and counts it: no request ever waits on its log.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,6 +25,8 @@ const ATOMIC_WRITE: usize = 4_096;
 
 pub struct AccessLog {
     format: LogFormat,
+    /// Appended to; stderr when `None`.
+    file: Option<std::sync::Mutex<std::fs::File>>,
     lines: ArrayQueue<String>,
     pub dropped: AtomicU64,
     stop: AtomicBool,
@@ -61,10 +62,20 @@ pub struct Written {
 }
 
 impl AccessLog {
-    /// The log and its writer thread.
-    pub fn start(format: LogFormat) -> std::io::Result<Arc<Self>> {
+    /// The log and its writer thread, writing to `file` (appended to) or else to stderr.
+    pub fn start(format: LogFormat, file: Option<&std::path::Path>) -> std::io::Result<Arc<Self>> {
+        let file = match file {
+            Some(path) => Some(std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )),
+            None => None,
+        };
         let log = Arc::new(Self {
             format,
+            file,
             lines: ArrayQueue::new(QUEUE_LINES),
             dropped: AtomicU64::new(0),
             stop: AtomicBool::new(false),
@@ -109,19 +120,28 @@ impl AccessLog {
         let mut piece = Vec::with_capacity(ATOMIC_WRITE);
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
+            let mut file = self
+                .file
+                .as_ref()
+                .map(|file| file.lock().unwrap_or_else(|p| p.into_inner()));
             let mut stderr = std::io::stderr().lock();
+            let out: &mut dyn std::io::Write = match file.as_deref_mut() {
+                Some(file) => file,
+                None => &mut stderr,
+            };
             while let Some(line) = self.lines.pop() {
                 if !piece.is_empty() && piece.len() + line.len() > ATOMIC_WRITE {
-                    let _ = stderr.write_all(&piece);
+                    let _ = out.write_all(&piece);
                     piece.clear();
                 }
                 piece.extend_from_slice(line.as_bytes());
             }
             if !piece.is_empty() {
-                let _ = stderr.write_all(&piece);
+                let _ = out.write_all(&piece);
                 piece.clear();
             }
             drop(stderr);
+            drop(file);
             if stopping {
                 return;
             }
@@ -284,6 +304,7 @@ mod tests {
     fn a_full_queue_drops_and_counts_and_never_blocks() {
         let log = AccessLog {
             format: LogFormat::Text,
+            file: None,
             lines: ArrayQueue::new(2),
             dropped: AtomicU64::new(0),
             stop: AtomicBool::new(false),

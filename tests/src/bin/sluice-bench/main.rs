@@ -752,8 +752,11 @@ async fn bench() {
     let proxies: Vec<sluice_e2e::proxy::Proxy> = proxy_dirs
         .iter()
         .map(|dir| {
+            // nginx runs with `access_log off`; so do these. The traced proxy below writes its
+            // access log, as a production proxy would.
             let mut builder = sluice_e2e::proxy::ProxyBuilder::new(dir.path(), &cp.url(), &token)
-                .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info");
+                .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info")
+                .env("SLUICE_PROXY_ACCESS_LOG", "false");
             // The test harness flushes usage every 100 ms; the benchmark runs the product's
             // defaults unless told otherwise, so the usage pipeline's settings can be compared.
             for (name, default) in [
@@ -775,11 +778,14 @@ async fn bench() {
     }
     // One more proxy, exporting a trace of every request (the default sampler,
     // `parentbased_always_on`) over OTLP/HTTP (protobuf) to a receiver in this process that
-    // counts the spans where they lie: the cost of telemetry, beside the proxy without it.
+    // counts the spans where they lie, and writing its access log to a file: the cost of
+    // telemetry, beside the proxy without it.
     let receiver = sluice_e2e::otlp_receiver::OtlpReceiver::start_counting().await;
     let traced_dir = tempfile::tempdir().unwrap();
+    let access_log = traced_dir.path().join("access.log");
     let traced = sluice_e2e::proxy::ProxyBuilder::new(traced_dir.path(), &cp.url(), &token)
         .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info")
+        .env("SLUICE_PROXY_ACCESS_LOG_FILE", access_log.to_str().unwrap())
         .env("SLUICE_PROXY_USAGE_BATCH_SIZE", "5000")
         .env("SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS", "250")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url)
@@ -1411,7 +1417,7 @@ async fn against_nginx(
         )
         .await;
     println!(
-        "with OpenTelemetry on (every request traced, OTLP/HTTP to a receiver in this process), 64 connections: {traced_rps:.0} req/s ({:.2}× nginx), {:.1} µs proxy + {:.1} µs control plane per request ({:.2}× nginx); tracing adds {:.1} µs per request to the proxy; spans exported {exported:.0}, dropped {dropped:.0}, received {}",
+        "with OpenTelemetry on (every request traced, OTLP/HTTP to a receiver in this process) and the access log written to a file, 64 connections: {traced_rps:.0} req/s ({:.2}× nginx), {:.1} µs proxy + {:.1} µs control plane per request ({:.2}× nginx); tracing and the access log add {:.1} µs per request to the proxy; spans exported {exported:.0}, dropped {dropped:.0}, received {}",
         traced_rps / nginx_rps.max(1.0),
         traced_proxy * 1e6,
         traced_cp * 1e6,
