@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::Metrics;
 use crate::snapshot_builder::{ConfigWatch, seal_snapshot};
 use crate::store::{self, ConfigState, Store};
 use crate::vault::Vault;
@@ -41,14 +42,21 @@ pub struct ConfigStreamService<S> {
     store: Arc<S>,
     vault: Arc<Vault>,
     config: ConfigWatch,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> ConfigStreamService<S> {
-    pub fn new(store: Arc<S>, vault: Arc<Vault>, config: ConfigWatch) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        vault: Arc<Vault>,
+        config: ConfigWatch,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
             vault,
             config,
+            metrics,
         }
     }
 }
@@ -91,6 +99,7 @@ impl<S: Store> ConfigService for ConfigStreamService<S> {
             store: self.store.clone(),
             vault: self.vault.clone(),
             config: self.config.clone(),
+            metrics: self.metrics.clone(),
             proxy_id: hello.proxy_id,
             proxy_key: hello.sealing_public_key,
             held_version: hello.held_version,
@@ -105,6 +114,7 @@ struct Session<S> {
     store: Arc<S>,
     vault: Arc<Vault>,
     config: ConfigWatch,
+    metrics: Arc<Metrics>,
     proxy_id: String,
     proxy_key: Vec<u8>,
     held_version: u64,
@@ -117,6 +127,8 @@ struct Pending {
     nonce: String,
     state: Arc<ConfigState>,
     delta: bool,
+    /// When its sealing began, and when its last part went.
+    began: Instant,
     sent_at: Instant,
 }
 
@@ -144,12 +156,17 @@ impl<S: Store> Session<S> {
     ) {
         tracing::info!(proxy_id = %self.proxy_id, held_version = self.held_version, address = %self.address, "proxy connected");
         self.record_connection(true).await;
+        self.metrics
+            .proxy_serves(&self.proxy_id, Some(self.held_version));
         let mut known = Known::default();
         let mut seen = tokio::time::interval(SEEN_INTERVAL);
         seen.tick().await;
         'stream: loop {
             let newest = self.config.borrow_and_update().clone();
             if let Some(state) = newest {
+                self.metrics
+                    .latest_version
+                    .fetch_max(state.version, std::sync::atomic::Ordering::Relaxed);
                 let wanted = state.version != self.held_version
                     && known.rejected != Some(state.version)
                     && known.pending.as_ref().is_none_or(|p| {
@@ -164,6 +181,7 @@ impl<S: Store> Session<S> {
                         .serving
                         .as_deref()
                         .filter(|serving| serving.version == self.held_version);
+                    let began = Instant::now();
                     let parts = match seal_snapshot(&state, serving, &self.vault, &self.proxy_key) {
                         Ok(parts) => parts,
                         Err(error) => {
@@ -192,6 +210,7 @@ impl<S: Store> Session<S> {
                         nonce,
                         state,
                         delta,
+                        began,
                         sent_at: Instant::now(),
                     });
                 }
@@ -218,6 +237,7 @@ impl<S: Store> Session<S> {
             }
         }
         self.record_connection(false).await;
+        self.metrics.proxy_serves(&self.proxy_id, None);
         tracing::info!(proxy_id = %self.proxy_id, "proxy disconnected");
     }
 
@@ -241,9 +261,12 @@ impl<S: Store> Session<S> {
             return;
         };
         let version = in_flight.state.version;
+        self.metrics
+            .config_pushed(matches!(reply, Reply::Ack), in_flight.began.elapsed());
         match reply {
             Reply::Ack => {
                 self.held_version = version;
+                self.metrics.proxy_serves(&self.proxy_id, Some(version));
                 known.serving = Some(in_flight.state);
                 if let Err(error) = self.store.record_proxy_ack(&self.proxy_id, version).await {
                     tracing::error!(proxy_id = %self.proxy_id, %error, "cannot record an ACK");

@@ -118,11 +118,16 @@ async fn launch<S: Store>(
         store.clone(),
         changed,
     );
+    let metrics = Arc::new(Metrics::default());
     let config = TokenAuth::data_plane(
-        ConfigServiceServer::new(ConfigStreamService::new(store.clone(), vault, config_watch)),
+        ConfigServiceServer::new(ConfigStreamService::new(
+            store.clone(),
+            vault,
+            config_watch,
+            metrics.clone(),
+        )),
         store.clone(),
     );
-    let metrics = Arc::new(Metrics::default());
     let usage = TokenAuth::data_plane(
         UsageServer::new(UsageIngest::new(store.clone(), metrics.clone())),
         store.clone(),

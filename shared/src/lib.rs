@@ -6,6 +6,7 @@ pub mod credential_scrub;
 pub mod envelope;
 pub mod error_code;
 pub mod families;
+pub mod histogram;
 pub mod ids;
 pub mod logging;
 pub mod network_reach;

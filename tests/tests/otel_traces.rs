@@ -567,3 +567,295 @@ async fn every_family_and_operation_is_traced_on_the_genai_conventions() {
         );
     }
 }
+
+/// One provoked error: what it is, where it is sent, and what it must answer.
+struct Row<'a> {
+    what: &'static str,
+    url: &'a str,
+    key: &'a str,
+    body: Bytes,
+    status: u16,
+    code: &'static str,
+    /// An attempt reached an upstream, so the request has a failed attempt span.
+    reached: bool,
+}
+
+impl<'a> Row<'a> {
+    fn new(
+        what: &'static str,
+        url: &'a str,
+        key: &'a str,
+        body: Bytes,
+        status: u16,
+        code: &'static str,
+    ) -> Self {
+        Self {
+            what,
+            url,
+            key,
+            body,
+            status,
+            code,
+            reached: false,
+        }
+    }
+
+    fn reaching(self) -> Self {
+        Self {
+            reached: true,
+            ..self
+        }
+    }
+}
+
+/// Each error row of DESIGN.md, provoked for real, leaves a server span with its status, its
+/// code as `error.type`, and status ERROR for a 5xx only; a request that reached an upstream
+/// also leaves the failed attempt's client span with the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_row_leaves_an_error_span() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = sluice_e2e::live_stack_with(PROVIDER_KEY, &["--timeout-ms", "1000"], &[]);
+    let cp = &stack.cp;
+    for (model, upstream_model) in [
+        ("broken-key", "fail-401"),
+        ("overloaded", "fail-429"),
+        ("failing", "fail-500"),
+        ("slow", "slow"),
+    ] {
+        cp.ctl(&[
+            "model",
+            "create",
+            &format!("acme/{model}"),
+            "--deployment",
+            &format!("openai:{upstream_model}"),
+        ])
+        .ok();
+    }
+    // A provider with no key yet, and a model served only by it.
+    cp.ctl(&[
+        "provider",
+        "create",
+        "acme/empty",
+        "--type",
+        "openai",
+        "--base-url",
+        &stack.upstream.base_url(),
+        "--allow-private-network",
+    ])
+    .ok();
+    cp.ctl(&[
+        "model",
+        "create",
+        "acme/keyless",
+        "--deployment",
+        "empty:gpt-4o-mini",
+    ])
+    .ok();
+    let limited = cp.virtual_key("acme/web/limited", &["gpt-4o-mini"]);
+    let (_dir, proxy, http) = caught_up_proxy_with(
+        cp,
+        &stack.acme.token,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let chat = proxy.url("/v1/chat/completions");
+    let body = |model: &str| {
+        Bytes::from(
+            json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+        )
+    };
+    let key = stack.acme.key.as_str();
+    let messages = proxy.url("/v1/messages");
+    let native = Bytes::from(
+        json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+    );
+    let rows = [
+        Row::new(
+            "bad key",
+            &chat,
+            "sk-sluice-not-a-key",
+            body("gpt-4o-mini"),
+            401,
+            "invalid_api_key",
+        ),
+        Row::new(
+            "rejected provider key",
+            &chat,
+            key,
+            body("broken-key"),
+            502,
+            "provider_key_invalid",
+        )
+        .reaching(),
+        Row::new(
+            "unknown model",
+            &chat,
+            key,
+            body("no-such-model"),
+            404,
+            "unsupported_model",
+        ),
+        Row::new(
+            "model not allowed",
+            &chat,
+            &limited,
+            body("failing"),
+            403,
+            "unsupported_model",
+        ),
+        Row::new(
+            "another family's endpoint",
+            &messages,
+            key,
+            native,
+            400,
+            "provider_mismatch",
+        ),
+        Row::new(
+            "no provider key",
+            &chat,
+            key,
+            body("keyless"),
+            409,
+            "provider_not_ready",
+        ),
+        Row::new(
+            "upstream timeout",
+            &chat,
+            key,
+            body("slow"),
+            504,
+            "upstream_timeout",
+        )
+        .reaching(),
+        Row::new(
+            "upstream 5xx",
+            &chat,
+            key,
+            body("failing"),
+            502,
+            "upstream_unavailable",
+        )
+        .reaching(),
+        Row::new(
+            "upstream 429",
+            &chat,
+            key,
+            body("overloaded"),
+            429,
+            "upstream_rate_limited",
+        )
+        .reaching(),
+    ];
+    let mut answered = Vec::new();
+    for row in rows {
+        // Anthropic's SDKs send the key as `x-api-key`.
+        let headers = [("anthropic-version", "2023-06-01"), ("x-api-key", row.key)];
+        let headers = if row.url.ends_with("/v1/messages") {
+            &headers[..]
+        } else {
+            &[]
+        };
+        let answer = http
+            .send("POST", row.url, Some(row.key), headers, row.body)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status.as_u16(),
+            row.status,
+            "{}: {}",
+            row.what,
+            answer.text()
+        );
+        let id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+        answered.push((row.what, id, row.status, row.code, row.reached));
+    }
+    // A HARD budget spent: the last row, since it stops the project.
+    cp.ctl(&[
+        "budget",
+        "create",
+        "acme/web",
+        "--period",
+        "total",
+        "--limit-usd",
+        "0.000001",
+        "--posture",
+        "hard",
+    ])
+    .ok();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+    let spent = http
+        .send("POST", &chat, Some(key), &[], body("gpt-4o-mini"))
+        .await
+        .unwrap();
+    assert_eq!(spent.status, 429, "{}", spent.text());
+    let id = spent.headers["x-request-id"].to_str().unwrap().to_owned();
+    answered.push(("budget spent", id, 429, "budget_exceeded", false));
+
+    // Every request's server span, which comes after its attempts'.
+    let has_server = |spans: &[(String, Span)], id: &str| {
+        spans.iter().any(|(_, span)| {
+            span.kind == 2 && text(&span.attributes, "sluice.request_id").as_deref() == Some(id)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let spans = loop {
+        let spans = receiver.spans();
+        if answered.iter().all(|(_, id, ..)| has_server(&spans, id)) || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (what, id, status, code, reached) in answered {
+        let server = spans
+            .iter()
+            .map(|(_, span)| span)
+            .find(|span| {
+                span.kind == 2
+                    && text(&span.attributes, "sluice.request_id").as_deref() == Some(id.as_str())
+            })
+            .unwrap_or_else(|| panic!("{what}: no server span for {id} in {spans:#?}"));
+        assert_eq!(
+            int(&server.attributes, "http.response.status_code"),
+            Some(i64::from(status)),
+            "{what}"
+        );
+        assert_eq!(
+            text(&server.attributes, "error.type").as_deref(),
+            Some(code),
+            "{what}"
+        );
+        let error_status = server.status.as_ref().map(|s| s.code);
+        assert_eq!(
+            error_status,
+            (status >= 500).then_some(2),
+            "{what}: status ERROR for 5xx only"
+        );
+        let attempts: Vec<&Span> = spans
+            .iter()
+            .map(|(_, span)| span)
+            .filter(|span| span.kind == 3 && span.parent_span_id == server.span_id)
+            .collect();
+        assert_eq!(
+            !attempts.is_empty(),
+            reached,
+            "{what}: attempt spans {attempts:#?}"
+        );
+        if reached {
+            let last = attempts
+                .iter()
+                .max_by_key(|span| span.start_time_unix_nano)
+                .unwrap();
+            assert!(
+                text(&last.attributes, "error.type").is_some(),
+                "{what}: {last:#?}"
+            );
+        }
+    }
+    assert!(!contains_bytes(&receiver.bytes(), PROVIDER_KEY.as_bytes()));
+    assert!(!contains_bytes(&receiver.bytes(), key.as_bytes()));
+}

@@ -150,6 +150,34 @@ fn requests_show_by_model_and_provider(metrics: &str) {
     assert!(metrics.contains("\nsluice_usage_spool_files "));
 }
 
+/// The control plane's own series: the proxy's config stream and its ACK, the admin calls the
+/// test stack made, the usage it committed.
+fn control_plane_shows_its_rpcs_fleet_and_usage(metrics: &str) {
+    for line in [
+        "sluice_cp_rpcs_total{method=\"/sluice.config.v1.ConfigService/StreamConfig\",code=\"OK\"} 1",
+        "sluice_fleet_proxies{state=\"current\"} 1",
+        "sluice_fleet_proxies{state=\"behind\"} 0",
+        "sluice_usage_records_committed_total 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} is not among:\n{metrics}"
+        );
+    }
+    for prefix in [
+        "sluice_config_push_seconds_count{reply=\"ack\"} ",
+        "sluice_usage_commit_seconds_count ",
+        "sluice_cp_rpc_duration_seconds_count{method=\"/sluice.admin.v1.AdminService/CreateModel\"} ",
+    ] {
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in:\n{metrics}"));
+        assert!(count >= 1, "{prefix}{count}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
     let receiver = OtlpReceiver::start().await;
@@ -190,11 +218,21 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
     let proxy_metrics = http.get(&proxy.url("/metrics"), None).await.unwrap().text();
     assert!(proxy_metrics.contains("sluice_otel_spans_exported_total"));
     requests_show_by_model_and_provider(&proxy_metrics);
-    let cp_metrics = http
-        .get(&format!("{}/metrics", stack.cp.url()), None)
-        .await
-        .unwrap()
-        .text();
+    // The proxy's usage reaches the control plane, and its metrics say so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cp_metrics = loop {
+        let text = http
+            .get(&format!("{}/metrics", stack.cp.url()), None)
+            .await
+            .unwrap()
+            .text();
+        if text.contains("\nsluice_usage_records_committed_total 2\n") || Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    control_plane_shows_its_rpcs_fleet_and_usage(&cp_metrics);
     for (name, text) in [("proxy", &proxy_metrics), ("control plane", &cp_metrics)] {
         if let Some(complaints) = promtool_check(text) {
             panic!("promtool on the {name}'s metrics:\n{complaints}\n{text}");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use serde_json::json;
 use sluice_e2e::mock_openai::MockOpenAi;
+use sluice_e2e::otlp_receiver::{int, text};
 use sluice_e2e::proxy::{Http, Proxy, ProxyBuilder};
 use sluice_e2e::{ControlPlaneBuilder, live_stack};
 
@@ -199,9 +200,14 @@ async fn a_full_spool_refuses_live_traffic_until_it_drains() {
     let cp_addr = cp.addr.clone();
     let http = Http::new();
     let dir = tempfile::tempdir().unwrap();
+    // Only a request whose caller samples it is traced: the refusal below.
+    let receiver = sluice_e2e::otlp_receiver::OtlpReceiver::start().await;
     let proxy = ProxyBuilder::new(dir.path(), &cp.url(), &acme.token)
         .env("SLUICE_PROXY_USAGE_SPOOL_SEGMENT_BYTES", SEGMENT)
         .env("SLUICE_PROXY_USAGE_SPOOL_MAX_BYTES", "196608")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url)
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
         .start();
     proxy.wait_for_version(&http, cp.config_version()).await;
     drop(cp.stop());
@@ -224,6 +230,40 @@ async fn a_full_spool_refuses_live_traffic_until_it_drains() {
             .as_str()
             .unwrap()
             .contains("usage spool is full")
+    );
+    // DESIGN's last error row, "internal", on its span: status 503 and ERROR.
+    let traced = http
+        .send(
+            "POST",
+            &proxy.url("/v1/chat/completions"),
+            Some(&acme.key),
+            &[(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )],
+            bytes::Bytes::from(
+                json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(traced.status, 503);
+    let spans = receiver.wait_for_spans(1, Duration::from_secs(10)).await;
+    assert_eq!(spans.len(), 1, "only the sampled request: {spans:#?}");
+    let span = &spans[0].1;
+    assert_eq!(
+        int(&span.attributes, "http.response.status_code"),
+        Some(503)
+    );
+    assert_eq!(
+        text(&span.attributes, "error.type").as_deref(),
+        Some("internal")
+    );
+    assert_eq!(
+        span.status.as_ref().map(|s| s.code),
+        Some(2),
+        "a 5xx is an ERROR"
     );
     // The gauge follows within one flush interval.
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -59,6 +59,8 @@ async fn ingest<S: Store>(
     } else {
         Delivery::MayRepeat
     };
+    let records = batch.records.len() as u64;
+    let committing = std::time::Instant::now();
     let commit = store
         .commit_usage_batch(
             batch_id,
@@ -75,6 +77,12 @@ async fn ingest<S: Store>(
             )
         })?;
     if commit.outcome == BatchOutcome::Committed {
+        metrics
+            .usage_commit
+            .record(u64::try_from(committing.elapsed().as_micros()).unwrap_or(u64::MAX));
+        metrics
+            .usage_records_committed_total
+            .fetch_add(records, std::sync::atomic::Ordering::Relaxed);
         // Keys the upstream refused in live traffic, marked once the batch is stored.
         for &(key_id, status) in &batch.rejected_keys {
             let health = if status == 403 {

@@ -151,52 +151,52 @@ impl AccessLog {
 }
 
 fn hex(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
 }
 
-/// As the text log writes its lines: time, level, target, then `key=value` pairs (a value
-/// quoted where it would not read as one word).
+/// As the text log writes its lines: time, level, target, then `key=value` pairs (a text
+/// quoted where it would not read as one word). Written straight into the line: no value is
+/// formatted on its own.
 fn text_line(line: &AccessLine<'_>) -> String {
     let mut out = String::with_capacity(320);
     sluice_shared::time::push_rfc3339_micros(&mut out, sluice_shared::time::now_us());
     out.push_str("  INFO sluice::access:");
-    let mut pair = |key: &str, value: &str| {
-        out.push(' ');
-        out.push_str(key);
-        out.push('=');
+    let text = |out: &mut String, key: &str, value: &str| {
+        let _ = write!(out, " {key}=");
         if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '"' || c == '=') {
             let _ = write!(out, "{value:?}");
         } else {
             out.push_str(value);
         }
     };
-    pair("request_id", line.request_id);
-    pair("endpoint", line.endpoint);
-    pair("key_id", line.key_id);
-    pair("model", line.model);
-    pair("provider", line.provider);
-    pair("status", &line.status.to_string());
-    pair("code", line.code.unwrap_or(""));
-    pair(
-        "latency_ms",
-        &format!("{:.3}", line.latency_us as f64 / 1e3),
-    );
+    text(&mut out, "request_id", line.request_id);
+    text(&mut out, "endpoint", line.endpoint);
+    text(&mut out, "key_id", line.key_id);
+    text(&mut out, "model", line.model);
+    text(&mut out, "provider", line.provider);
+    let _ = write!(out, " status={}", line.status);
+    text(&mut out, "code", line.code.unwrap_or(""));
+    let _ = write!(out, " latency_ms={:.3}", line.latency_us as f64 / 1e3);
     if let Some(usage) = line.usage {
-        pair("input_tokens", &usage.input_tokens.to_string());
-        pair("output_tokens", &usage.output_tokens.to_string());
-        pair("cost_micros", &usage.cost_micros.to_string());
-        pair("source", usage.source);
-        pair("attempts", &usage.attempts.to_string());
+        let _ = write!(
+            out,
+            " input_tokens={} output_tokens={} cost_micros={} source={} attempts={}",
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cost_micros,
+            usage.source,
+            usage.attempts
+        );
     }
     if let Some((trace_id, span_id)) = line.trace {
-        let mut ids = String::with_capacity(32);
-        hex(trace_id, &mut ids);
-        pair("trace_id", &ids);
-        ids.clear();
-        hex(span_id, &mut ids);
-        pair("span_id", &ids);
+        out.push_str(" trace_id=");
+        hex(trace_id, &mut out);
+        out.push_str(" span_id=");
+        hex(span_id, &mut out);
     }
     out.push('\n');
     out
