@@ -52,21 +52,47 @@ pub fn rfc3339(us: i64) -> String {
     )
 }
 
-/// UTC microseconds as RFC 3339 with microseconds (`2026-12-07T05:40:00.123456Z`), appended.
+/// UTC microseconds as RFC 3339 with microseconds (`2026-12-07T05:40:00.123456Z`), appended
+/// digit by digit (every log line writes one: the formatting machinery cost more than the
+/// rest of the line).
 pub fn push_rfc3339_micros(out: &mut String, us: i64) {
-    use std::fmt::Write as _;
     let secs = us.div_euclid(1_000_000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        us.rem_euclid(1_000_000)
-    );
+    let digits = |out: &mut String, value: i64, width: u32| {
+        push_padded(out, u64::try_from(value).unwrap_or(0), width);
+    };
+    digits(out, year, 4);
+    out.push('-');
+    digits(out, month, 2);
+    out.push('-');
+    digits(out, day, 2);
+    out.push('T');
+    digits(out, rem / 3600, 2);
+    out.push(':');
+    digits(out, (rem % 3600) / 60, 2);
+    out.push(':');
+    digits(out, rem % 60, 2);
+    out.push('.');
+    digits(out, us.rem_euclid(1_000_000), 6);
+    out.push('Z');
+}
+
+/// `value` in decimal, at least `width` digits (zeros in front).
+pub fn push_padded(out: &mut String, mut value: u64, width: u32) {
+    let width = (width as usize).clamp(1, 20);
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while value > 0 || digits.len() - at < width {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if at == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// Midnight UTC of the day holding `at_us`.
@@ -99,6 +125,31 @@ pub const fn day_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_and_numbers_are_written_digit_by_digit() {
+        let mut out = String::new();
+        push_rfc3339_micros(&mut out, 0);
+        assert_eq!(out, "1970-01-01T00:00:00.000000Z");
+        out.clear();
+        let at = 1_796_652_833_594_007;
+        push_rfc3339_micros(&mut out, at);
+        assert_eq!(
+            out,
+            format!("{}.594007Z", rfc3339(at).trim_end_matches('Z'))
+        );
+        for (value, width, text) in [
+            (0, 0, "0"),
+            (0, 3, "000"),
+            (42, 4, "0042"),
+            (12_345, 2, "12345"),
+            (u64::MAX, 1, "18446744073709551615"),
+        ] {
+            out.clear();
+            push_padded(&mut out, value, width);
+            assert_eq!(out, text);
+        }
+    }
 
     const DAY: i64 = US_PER_DAY;
 

@@ -311,6 +311,31 @@ pub fn int(attributes: &[KeyValue], key: &str) -> Option<i64> {
     }
 }
 
+/// A floating-point attribute's value.
+pub fn double(attributes: &[KeyValue], key: &str) -> Option<f64> {
+    match value(attributes, key)? {
+        any_value::Value::DoubleValue(x) => Some(*x),
+        _ => None,
+    }
+}
+
+/// A string array attribute's values.
+pub fn texts(attributes: &[KeyValue], key: &str) -> Option<Vec<String>> {
+    match value(attributes, key)? {
+        any_value::Value::ArrayValue(array) => Some(
+            array
+                .values
+                .iter()
+                .filter_map(|item| match item.value.as_ref()? {
+                    any_value::Value::StringValue(text) => Some(text.clone()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 fn value<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
     attributes
         .iter()

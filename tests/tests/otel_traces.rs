@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::json;
-use sluice_e2e::otlp_receiver::{OtlpReceiver, count_spans, int, text};
+use sluice_e2e::otlp_receiver::{OtlpReceiver, count_spans, double, int, text, texts};
 use sluice_e2e::{caught_up_proxy_with, contains_bytes, live_stack};
 
 const PROVIDER_KEY: &str = "sk-canary-otel-provider-key-1f2e3d";
@@ -62,7 +62,8 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
             Some(&stack.acme.key),
             &[("traceparent", &traceparent), ("tracestate", "vendor=7")],
             Bytes::from(
-                json!({"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]})
+                json!({"model": "gpt-4o-mini", "max_tokens": 20, "temperature": 0.25, "top_p": 0.5,
+                       "seed": 7, "stop": ["\n\n", "END"], "messages": [{"role": "user", "content": "hi"}]})
                     .to_string(),
             ),
         )
@@ -132,6 +133,27 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
         Some("gpt-4o-mini")
     );
     assert_eq!(int(attributes, "gen_ai.request.max_tokens"), Some(20));
+    assert_eq!(double(attributes, "gen_ai.request.temperature"), Some(0.25));
+    assert_eq!(double(attributes, "gen_ai.request.top_p"), Some(0.5));
+    assert_eq!(int(attributes, "gen_ai.request.seed"), Some(7));
+    assert_eq!(
+        texts(attributes, "gen_ai.request.stop_sequences"),
+        Some(vec!["\n\n".to_owned(), "END".to_owned()])
+    );
+    // What the answer said of itself.
+    assert_eq!(
+        text(attributes, "gen_ai.response.id").as_deref(),
+        Some("chatcmpl-mock0001")
+    );
+    assert!(
+        !text(attributes, "gen_ai.response.model")
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        texts(attributes, "gen_ai.response.finish_reasons"),
+        Some(vec!["stop".to_owned()])
+    );
     assert!(int(attributes, "gen_ai.usage.input_tokens").unwrap() > 0);
     assert!(int(attributes, "gen_ai.usage.output_tokens").unwrap() > 0);
     assert_eq!(
@@ -199,6 +221,16 @@ async fn spans_reach_a_grpc_collector_joined_to_the_callers_trace() {
         stream_client.end_time_unix_nano,
         stream_server.end_time_unix_nano
     );
+    let streamed = &stream_client.attributes;
+    assert_eq!(
+        text(streamed, "gen_ai.response.id").as_deref(),
+        Some("chatcmpl-mock0001")
+    );
+    assert_eq!(
+        texts(streamed, "gen_ai.response.finish_reasons"),
+        Some(vec!["stop".to_owned()])
+    );
+    assert!(text(streamed, "gen_ai.request.temperature").is_none());
 
     assert!(
         receiver
@@ -558,6 +590,28 @@ async fn every_family_and_operation_is_traced_on_the_genai_conventions() {
             int(attributes, "gen_ai.usage.input_tokens").unwrap() > 0,
             "{route}"
         );
+        // Each family's answer, whole or streamed, says its model; a generation its id and
+        // how it finished.
+        assert!(
+            !text(attributes, "gen_ai.response.model")
+                .unwrap_or_default()
+                .is_empty(),
+            "{route}: {attributes:?}"
+        );
+        if operation != "embeddings" {
+            assert!(
+                !text(attributes, "gen_ai.response.id")
+                    .unwrap_or_default()
+                    .is_empty(),
+                "{route}: {attributes:?}"
+            );
+            assert!(
+                !texts(attributes, "gen_ai.response.finish_reasons")
+                    .unwrap_or_default()
+                    .is_empty(),
+                "{route}: {attributes:?}"
+            );
+        }
     }
     let exported = receiver.bytes();
     for secret in ["sk-ant-canary-otel-5566", "AIza-canary-otel-7788", key] {

@@ -402,6 +402,11 @@ impl HeldCells {
 }
 
 impl Reservation {
+    /// What it holds in each of its cells (micro-dollars for a budget).
+    pub fn amount(&self) -> i64 {
+        self.amount
+    }
+
     /// The cells held, in the order of the entries reserved in.
     pub fn cells(&self) -> impl Iterator<Item = &LeaseCell> {
         self.cells.iter().map(|cell| &**cell)

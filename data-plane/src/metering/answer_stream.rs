@@ -24,6 +24,7 @@ use crate::http_body::BoxError;
 use crate::metering::draft::UsageDraft;
 use crate::metrics::histogram::{CHUNK_GAP_SECONDS, LocalHistogram};
 use crate::resilience::timeout_policy::{Deadlines, TimeoutKind};
+use crate::telemetry::response_facts::StreamFacts;
 use crate::upstream::UpstreamBody;
 
 pub struct AnswerStream {
@@ -45,6 +46,8 @@ pub struct AnswerStream {
     /// The event that ends the client's stream, once the upstream's has failed: it goes out
     /// after what the reader still holds, and nothing after it.
     last_event: Option<Bytes>,
+    /// The answer's id, model and finish reasons, gathered for a sampled trace.
+    facts: Option<Box<StreamFacts>>,
     done: bool,
 }
 
@@ -58,6 +61,7 @@ impl AnswerStream {
     ) -> Self {
         let (first_event_by, _) =
             deadlines.bound(TimeoutKind::FirstByte, deadlines.attempt_started());
+        let sampled = draft.trace.as_ref().is_some_and(|trace| trace.sampled());
         Self {
             inner,
             scrubber: StreamScrubber::new(scrubber),
@@ -69,12 +73,25 @@ impl AnswerStream {
             last_chunk: None,
             upstream_done: false,
             last_event: None,
+            facts: sampled.then(Box::default),
             done: false,
+        }
+    }
+
+    /// Tells a sampled trace what the stream said of itself.
+    fn note_facts(&mut self) {
+        if let (Some(facts), Some(trace)) = (
+            self.facts.take(),
+            self.draft.as_ref().and_then(|d| d.trace.as_ref()),
+        ) {
+            let facts = facts.finish();
+            trace.note(|state| state.response = Some(Box::new(facts)));
         }
     }
 
     fn finish(&mut self) {
         self.done = true;
+        self.note_facts();
         if let Some(draft) = self.draft.take() {
             draft.finish_stream(self.reader.meter());
         }
@@ -95,6 +112,7 @@ impl AnswerStream {
                 .error_event(GatewayError::new(code, message), &request_id),
         );
         self.upstream_done = true;
+        self.note_facts();
         if let Some(mut draft) = self.draft.take() {
             draft.record.http_status = u32::from(code.http_status());
             draft.error = Some(code);
@@ -105,7 +123,13 @@ impl AnswerStream {
     /// Frames and reads `bytes` (already scrubbed).
     fn read(&mut self, bytes: &[u8]) {
         let reader = &mut self.reader;
-        self.lines.feed(bytes, |data| reader.event(data));
+        match self.facts.as_deref_mut() {
+            Some(facts) => self.lines.feed(bytes, |data| {
+                facts.event(data);
+                reader.event(data);
+            }),
+            None => self.lines.feed(bytes, |data| reader.event(data)),
+        }
     }
 
     /// The upstream body ended: what was held back in case it began a credential is read and

@@ -25,6 +25,7 @@ use crate::metering::tally::RequestTally;
 use crate::pipeline::failure::UpstreamFailure;
 use crate::request::fields::ChatRequest;
 use crate::resilience::timeout_policy::{Deadlines, TimeoutKind};
+use crate::telemetry::response_facts::ResponseFacts;
 use crate::upstream::UpstreamBody;
 
 /// Largest non-streamed upstream answer read into memory.
@@ -133,6 +134,9 @@ pub async fn answer(
             scrubber,
         })));
     }
+    if parts.status.is_success() {
+        note_response(&draft, &bytes);
+    }
     // What the answer generated, by Sluice's count, for when it reports no usage: a native
     // answer's format only its family reads, so only its prompt is counted.
     let (body, usage, answered_tokens) = match translator {
@@ -209,6 +213,15 @@ fn say_overhead(draft: &UsageDraft, headers: &mut http::HeaderMap) {
 
 /// A successful status over a body that is not a whole JSON document: never passed on as a
 /// success.
+/// A sampled request's answer, as the upstream described it (parsed once more, for the trace
+/// only).
+fn note_response(draft: &UsageDraft, bytes: &[u8]) {
+    if let Some(trace) = draft.trace.as_ref().filter(|trace| trace.sampled()) {
+        let facts = ResponseFacts::of_whole(bytes);
+        trace.note(|state| state.response = Some(Box::new(facts)));
+    }
+}
+
 fn not_json(draft: UsageDraft, scrubber: CredentialScrubber) -> Unanswered {
     Unanswered::Failed(Box::new(Failed {
         failure: UpstreamFailure::InvalidAnswer(

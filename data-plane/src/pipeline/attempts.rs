@@ -67,6 +67,8 @@ pub async fn forward(
     let trace = draft.trace.clone();
     let mut at = Attempt::default();
     let mut wait = None;
+    // Why the next attempt is made, for its span.
+    let mut retried = None;
     while let Some(&deployment) = order.get(at.deployment) {
         // The deployment's own policy: its provider's and its model's settings.
         let policy = &deployment.retry;
@@ -157,6 +159,9 @@ pub async fn forward(
             .as_ref()
             .filter(|trace| trace.sampled())
             .map(|trace| attempt_span(trace, at.total, provider, deployment, uri));
+        if let Some(span) = &mut attempt_span {
+            span.retry = retried.take();
+        }
         let reached_before = draft.has_reached_upstream();
         draft.set_reached_upstream(true);
         let trace_headers = trace
@@ -303,12 +308,22 @@ pub async fn forward(
             // It has just been ejected: the next deployment rather than the same again.
             next = Move::NextDeployment;
         }
-        match next {
-            Move::Again(after) => wait = Some(after),
-            Move::NextKey => at.next_key(),
-            Move::NextDeployment => at.next_deployment(),
+        let moved = match next {
+            Move::Again(after) => {
+                wait = Some(after);
+                "same_key"
+            }
+            Move::NextKey => {
+                at.next_key();
+                "next_key"
+            }
+            Move::NextDeployment => {
+                at.next_deployment();
+                "next_deployment"
+            }
             Move::Stop => return Err(outcome.fail(draft, error, tally)),
-        }
+        };
+        retried = Some((error.code, moved));
         outcome.last_error = Some(error);
     }
     let error = outcome.last_error.take().unwrap_or_else(|| {

@@ -29,6 +29,7 @@ use crate::request::body::RequestBody;
 use crate::request::fields::ChatRequest;
 use crate::routing::tables::Posture;
 use crate::telemetry::RequestTrace;
+use crate::telemetry::response_facts::RequestParams;
 
 /// What a client API is to the request path: the operation it calls, where its SDKs send
 /// the virtual key, how its body is parsed, and the shape of its errors.
@@ -98,6 +99,7 @@ pub async fn serve(
             state.model = chat.model.to_string();
             state.stream = chat.stream;
             state.max_tokens = chat.output_limit.as_ref().map(|limit| limit.tokens);
+            state.params = Some(Box::new(RequestParams::of(&chat)));
         });
     }
     let model = resolve_model(&tables, &caller, &chat.model)?;
@@ -134,7 +136,16 @@ pub async fn serve(
         ],
         largest.input_tokens.saturating_add(largest.output_tokens),
     )
-    .await?;
+    .await;
+    if let Some(trace) = trace {
+        let decision = match &rates {
+            Ok(admitted) => admitted.hold.as_ref().map(|hold| hold.decision()),
+            Err(error) if error.code == ErrorCode::RateLimited => Some("refused"),
+            Err(_) => None,
+        };
+        trace.note(|state| state.rate_limit = decision);
+    }
+    let rates = rates?;
     let mut draft = UsageDraft::new(
         gateway, request_id, &caller, model, metadata, arrived, operation,
     );
@@ -155,6 +166,18 @@ pub async fn serve(
                 operation,
             )
             .await;
+            if let Some(trace) = trace {
+                let (decision, micros) = match &reserved {
+                    Ok(Some(reservation)) => ("reserved", Some(reservation.amount())),
+                    Ok(None) => ("no_hard_budget", None),
+                    Err(error) if error.code == ErrorCode::BudgetExceeded => ("refused", None),
+                    Err(_) => ("unavailable", None),
+                };
+                trace.note(|state| {
+                    state.budget = Some(decision);
+                    state.budget_reserved_micros = micros;
+                });
+            }
             match reserved {
                 Ok(reservation) => {
                     draft.reservation = reservation;

@@ -40,6 +40,16 @@ pub struct RateHold {
 }
 
 impl RateHold {
+    /// `admitted`, or `unenforced` when no lease could be had from an unreachable control
+    /// plane.
+    pub fn decision(&self) -> &'static str {
+        if self.requests.is_none() && self.tokens.is_none() {
+            "unenforced"
+        } else {
+            "admitted"
+        }
+    }
+
     /// The request counted, its tokens settled to what it used.
     pub fn settle(self, tokens_used: u64) {
         if let Some(requests) = self.requests {

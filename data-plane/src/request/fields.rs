@@ -264,6 +264,11 @@ impl<'a> ChatRequest<'a> {
         find(&self.fields, name)
     }
 
+    /// A top-level field's raw JSON.
+    pub fn raw_field(&self, name: &str) -> Option<&'a str> {
+        self.field(name).map(RawValue::get)
+    }
+
     /// A top-level field that is a non-negative integer.
     pub fn number(&self, name: &str) -> Option<u64> {
         self.field(name)?.get().trim().parse().ok()

@@ -10,6 +10,7 @@ pub mod export;
 pub mod otlp;
 pub mod render;
 pub mod request_trace;
+pub mod response_facts;
 pub mod trace_context;
 
 use std::sync::Arc;

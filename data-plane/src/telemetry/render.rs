@@ -54,6 +54,15 @@ pub fn write(trace: &FinishedTrace, request: &mut TraceRequest) {
                 attributes.text("sluice.run_id", &usage.run_id);
                 attributes.text("sluice.task_id", &usage.task_id);
             }
+            if let Some(decision) = state.rate_limit {
+                attributes.add("sluice.rate_limit.decision", Value::Str(decision));
+            }
+            if let Some(decision) = state.budget {
+                attributes.add("sluice.budget.decision", Value::Str(decision));
+            }
+            if let Some(micros) = state.budget_reserved_micros {
+                attributes.add("sluice.budget.reserved_micros", Value::Int(micros));
+            }
             if let Some(overhead) = state.overhead_us {
                 attributes.add(
                     "sluice.overhead_us",
@@ -98,6 +107,30 @@ fn write_attempt(trace: &FinishedTrace, attempt: &AttemptSpan, request: &mut Tra
                     Value::Int(i64::try_from(max_tokens).unwrap_or(i64::MAX)),
                 );
             }
+            if let Some(params) = &state.params {
+                for (key, value) in [
+                    ("gen_ai.request.temperature", params.temperature),
+                    ("gen_ai.request.top_p", params.top_p),
+                    ("gen_ai.request.top_k", params.top_k),
+                    ("gen_ai.request.frequency_penalty", params.frequency_penalty),
+                    ("gen_ai.request.presence_penalty", params.presence_penalty),
+                ] {
+                    if let Some(value) = value {
+                        attributes.add(key, Value::Double(value));
+                    }
+                }
+                if let Some(seed) = params.seed {
+                    attributes.add("gen_ai.request.seed", Value::Int(seed));
+                }
+                if let Some(count) = params.choice_count.filter(|&n| n != 1) {
+                    attributes.add("gen_ai.request.choice.count", Value::Int(count));
+                }
+                if !params.stop_sequences.is_empty() {
+                    let stops: Vec<&str> =
+                        params.stop_sequences.iter().map(String::as_str).collect();
+                    attributes.add("gen_ai.request.stop_sequences", Value::Strs(&stops));
+                }
+            }
             attributes.text("server.address", &attempt.server_address);
             if attempt.server_port > 0 {
                 attributes.add("server.port", Value::Int(i64::from(attempt.server_port)));
@@ -109,7 +142,20 @@ fn write_attempt(trace: &FinishedTrace, attempt: &AttemptSpan, request: &mut Tra
                 attributes.add("error.type", Value::Str(code));
             }
             attributes.add("sluice.attempt", Value::Int(i64::from(attempt.number)));
+            if let Some((reason, next)) = attempt.retry {
+                attributes.add("sluice.retry.reason", Value::Str(reason.as_str()));
+                attributes.add("sluice.retry.move", Value::Str(next));
+            }
             attributes.add("sluice.stream", Value::Bool(state.stream));
+            if answered && let Some(response) = &state.response {
+                attributes.text("gen_ai.response.id", &response.id);
+                attributes.text("gen_ai.response.model", &response.model);
+                if !response.finish_reasons.is_empty() {
+                    let reasons: Vec<&str> =
+                        response.finish_reasons.iter().map(String::as_str).collect();
+                    attributes.add("gen_ai.response.finish_reasons", Value::Strs(&reasons));
+                }
+            }
             if answered && let Some(usage) = &state.usage {
                 let count = |n: u64| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
                 attributes.add("gen_ai.usage.input_tokens", count(usage.input_tokens));

@@ -51,6 +51,15 @@ pub struct TraceState {
     /// What `x-sluice-overhead-us` said.
     pub overhead_us: Option<u64>,
     pub usage: Option<UsageFacts>,
+    /// The rate limits' decision (`admitted`, `unenforced`, `refused`), where any covers it.
+    pub rate_limit: Option<&'static str>,
+    /// The HARD budgets' decision (`reserved`, `no_hard_budget`, `refused`, `unavailable`),
+    /// and what was reserved.
+    pub budget: Option<&'static str>,
+    pub budget_reserved_micros: Option<i64>,
+    /// What the client asked of the model, and what the answer said of itself.
+    pub params: Option<Box<crate::telemetry::response_facts::RequestParams>>,
+    pub response: Option<Box<crate::telemetry::response_facts::ResponseFacts>>,
     pub attempts: Vec<AttemptSpan>,
 }
 
@@ -105,6 +114,9 @@ pub struct AttemptSpan {
     pub upstream_status: Option<u16>,
     /// Why the attempt failed (the error code it would answer with).
     pub error: Option<ErrorCode>,
+    /// Why this attempt was made: the previous one's failure, and the move it led to
+    /// (`same_key`, `next_key`, `next_deployment`).
+    pub retry: Option<(ErrorCode, &'static str)>,
 }
 
 /// A trace whose request has ended, as it waits for export.
@@ -157,6 +169,7 @@ impl RequestTrace {
             server_port: 0,
             upstream_status: None,
             error: None,
+            retry: None,
         }
     }
 

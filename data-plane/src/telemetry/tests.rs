@@ -112,6 +112,7 @@ fn a_request_with_a_failed_attempt_and_an_answer_makes_three_spans()
         server_port: 443,
         upstream_status: Some(if error.is_some() { 503 } else { 200 }),
         error,
+        retry: (number > 1).then_some((ErrorCode::UpstreamUnavailable, "next_deployment")),
     };
     let trace = FinishedTrace {
         ids: TraceIds {
