@@ -4,8 +4,8 @@
 //! `error.type`). Sluice's own facts go under `sluice.*`; ids only — no key, no prompt, no
 //! completion is ever written here.
 
-use crate::telemetry::otlp::{SpanIds, SpanKind, TraceRequest, Value};
 use crate::telemetry::request_trace::{AttemptSpan, FinishedTrace};
+use sluice_otlp::{SpanIds, SpanKind, TraceRequest, Value};
 
 pub fn write(trace: &FinishedTrace, request: &mut TraceRequest) {
     let state = &trace.state;

@@ -127,9 +127,13 @@ pub struct FinishedTrace {
     pub state: TraceState,
 }
 
-impl FinishedTrace {
-    pub fn span_count(&self) -> usize {
+impl sluice_otlp::Exportable for FinishedTrace {
+    fn span_count(&self) -> usize {
         1 + self.state.attempts.len()
+    }
+
+    fn write(&self, request: &mut sluice_otlp::TraceRequest) {
+        crate::telemetry::render::write(self, request);
     }
 }
 
@@ -159,7 +163,7 @@ impl RequestTrace {
     /// A new attempt's span, started now.
     pub fn attempt(&self, number: u32) -> AttemptSpan {
         AttemptSpan {
-            span_id: super::random_span_id(),
+            span_id: sluice_otlp::random_span_id(),
             number,
             start_ns: now_ns(),
             end_ns: None,

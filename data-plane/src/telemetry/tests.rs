@@ -3,9 +3,9 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 use sluice_shared::error_code::ErrorCode;
 
-use super::otlp::{SpanIds, SpanKind, TraceRequest, Value};
 use super::render;
 use super::request_trace::{AttemptSpan, FinishedTrace, TraceIds, TraceState, UsageFacts};
+use sluice_otlp::{SpanIds, SpanKind, TraceRequest, Value};
 
 fn attribute<'a>(
     attributes: &'a [opentelemetry_proto::tonic::common::v1::KeyValue],
@@ -55,7 +55,7 @@ fn what_is_written_is_what_the_official_types_read() -> Result<(), Box<dyn std::
         Some(&any_value::Value::StringValue("edge".into()))
     );
     assert_eq!(resource.attributes.len(), 2);
-    assert_eq!(resource_spans.schema_url, super::otlp::SCHEMA_URL);
+    assert_eq!(resource_spans.schema_url, sluice_otlp::encode::SCHEMA_URL);
     let scope = &resource_spans.scope_spans[0];
     assert_eq!(scope.scope.as_ref().ok_or("no scope")?.version, "1.2.3");
     let span = &scope.spans[0];

@@ -10,7 +10,7 @@ use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint};
 use sluice_proto::usage::v1 as pb;
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, DecodeBuf, Decoder};
 
 pub const REPORT_USAGE_PATH: &str = "/sluice.usage.v1.UsageService/ReportUsage";
 
@@ -98,27 +98,15 @@ pub struct UsageCodec;
 impl Codec for UsageCodec {
     type Encode = Bytes;
     type Decode = pb::ReportUsageResponse;
-    type Encoder = RawEncoder;
+    type Encoder = sluice_otlp::export::RawEncoder;
     type Decoder = AckDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder
+        sluice_otlp::export::RawEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         AckDecoder
-    }
-}
-
-pub struct RawEncoder;
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
     }
 }
 

@@ -1,22 +1,130 @@
-//! The exporter: a thread of its own takes finished traces off the queue — when a batch has
-//! gathered, or every `OTEL_BSP_SCHEDULE_DELAY` — encodes them as one OTLP request and sends
-//! it over gRPC or HTTP/protobuf, waiting at most the export timeout. A failed export drops
-//! its spans and counts them; nothing is retried into a backlog, and nothing on the request
-//! path ever waits for the collector.
+//! The export queue and its exporter: finished work (a request's trace, an admin call) joins a
+//! bounded lock-free queue by value — a full queue drops it and counts its spans, so nothing
+//! that produces spans ever waits. A thread of its own takes items off the queue — when a
+//! batch has gathered, or every `OTEL_BSP_SCHEDULE_DELAY` — encodes them as one OTLP request
+//! and sends it over gRPC or HTTP/protobuf, waiting at most the export timeout. A failed export
+//! drops its spans and counts them; nothing is retried into a backlog.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
+use crossbeam_queue::ArrayQueue;
 use http_body_util::{BodyExt, Full};
 use sluice_shared::otel_settings::{OtlpProtocol, TraceExport};
-use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::telemetry::Telemetry;
-use crate::telemetry::otlp::TraceRequest;
-use crate::telemetry::render;
-use crate::usage::wire::RawEncoder;
+use crate::encode::TraceRequest;
+
+/// What the queue holds: something that becomes spans.
+pub trait Exportable: Send + 'static {
+    fn span_count(&self) -> usize;
+    /// Adds its spans to an export request.
+    fn write(&self, request: &mut TraceRequest);
+}
+
+pub struct Exporter<T> {
+    service_name: String,
+    resource: Vec<(String, String)>,
+    /// Items by value: queuing one costs no allocation.
+    queue: ArrayQueue<T>,
+    /// Items per export.
+    batch_items: usize,
+    /// Set while the exporter has been woken and has not yet looked.
+    wake: AtomicBool,
+    wake_up: tokio::sync::Notify,
+    stop: AtomicBool,
+    stopped: AtomicBool,
+    pub counters: ExportCounters,
+}
+
+#[derive(Default)]
+pub struct ExportCounters {
+    pub spans_exported: AtomicU64,
+    /// Dropped because the queue was full.
+    pub spans_dropped: AtomicU64,
+    /// Dropped because their export failed (collector down, slow or refusing).
+    pub spans_export_failed: AtomicU64,
+}
+
+impl<T: Exportable> Exporter<T> {
+    /// The queue and its exporter thread, exporting as `export` says. The queue and batch
+    /// settings count spans; `spans_per_item` is about how many an item makes.
+    pub fn start(
+        service_name: String,
+        resource: Vec<(String, String)>,
+        export: TraceExport,
+        spans_per_item: usize,
+    ) -> std::io::Result<Arc<Self>> {
+        let per_item = spans_per_item.max(1);
+        let exporter = Arc::new(Self {
+            service_name,
+            resource,
+            queue: ArrayQueue::new((export.max_queue_size / per_item).max(1)),
+            batch_items: (export.max_export_batch_size / per_item).max(1),
+            wake: AtomicBool::new(false),
+            wake_up: tokio::sync::Notify::new(),
+            stop: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            counters: ExportCounters::default(),
+        });
+        spawn(Arc::clone(&exporter), export)?;
+        Ok(exporter)
+    }
+
+    /// Queues `item`, or drops it and counts its spans when the queue is full.
+    pub fn enqueue(&self, item: T) {
+        let spans = item.span_count() as u64;
+        if self.queue.push(item).is_err() {
+            self.counters
+                .spans_dropped
+                .fetch_add(spans, Ordering::Relaxed);
+            return;
+        }
+        if self.queue.len() >= self.batch_items && !self.wake.swap(true, Ordering::AcqRel) {
+            self.wake_up.notify_one();
+        }
+    }
+
+    /// Exports what is queued and stops the exporter, waiting up to `within`.
+    pub fn shut_down(&self, within: Duration) {
+        self.stop.store(true, Ordering::Release);
+        self.wake_up.notify_one();
+        let deadline = std::time::Instant::now() + within;
+        while !self.stopped.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The exporter's counters in Prometheus's text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        let counters = &self.counters;
+        let lines = [
+            (
+                "sluice_otel_spans_exported_total",
+                "Spans the OTLP collector accepted.",
+                counters.spans_exported.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_otel_spans_dropped_total",
+                "Spans dropped because the export queue was full (telemetry never slows requests).",
+                counters.spans_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "sluice_otel_spans_export_failed_total",
+                "Spans dropped because their export failed (collector down, slow or refusing).",
+                counters.spans_export_failed.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in lines {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+    }
+}
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -24,7 +132,7 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 const MAX_IN_FLIGHT: usize = 4;
 
 /// Starts the exporter thread; it runs until `stop` is set and the queue is empty.
-pub fn spawn(telemetry: Arc<Telemetry>, export: TraceExport) -> std::io::Result<()> {
+fn spawn<T: Exportable>(telemetry: Arc<Exporter<T>>, export: TraceExport) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -38,7 +146,11 @@ pub fn spawn(telemetry: Arc<Telemetry>, export: TraceExport) -> std::io::Result<
     Ok(())
 }
 
-async fn run(telemetry: Arc<Telemetry>, export: &TraceExport, sender: Arc<Sender>) {
+async fn run<T: Exportable>(
+    telemetry: Arc<Exporter<T>>,
+    export: &TraceExport,
+    sender: Arc<Sender>,
+) {
     let scope_version = env!("CARGO_PKG_VERSION");
     let mut in_flight = tokio::task::JoinSet::new();
     loop {
@@ -56,11 +168,11 @@ async fn run(telemetry: Arc<Telemetry>, export: &TraceExport, sender: Arc<Sender
             let mut request =
                 TraceRequest::new(&telemetry.service_name, &telemetry.resource, scope_version);
             let mut taken = 0;
-            while taken < telemetry.batch_traces {
-                let Some(trace) = telemetry.queue.pop() else {
+            while taken < telemetry.batch_items {
+                let Some(item) = telemetry.queue.pop() else {
                     break;
                 };
-                render::write(&trace, &mut request);
+                item.write(&mut request);
                 taken += 1;
             }
             if taken == 0 {
@@ -76,7 +188,7 @@ async fn run(telemetry: Arc<Telemetry>, export: &TraceExport, sender: Arc<Sender
                     .unwrap_or_else(|_| Err("timed out".to_owned()));
                 count(&counted, spans, sent);
             });
-            if taken < telemetry.batch_traces {
+            if taken < telemetry.batch_items {
                 break;
             }
         }
@@ -89,7 +201,7 @@ async fn run(telemetry: Arc<Telemetry>, export: &TraceExport, sender: Arc<Sender
 }
 
 /// Counts what one export did with its spans.
-fn count(telemetry: &Telemetry, spans: u64, sent: Result<(), String>) {
+fn count<T>(telemetry: &Exporter<T>, spans: u64, sent: Result<(), String>) {
     match sent {
         Ok(()) => {
             telemetry
@@ -245,6 +357,19 @@ impl Codec for RawCodec {
 
     fn decoder(&mut self) -> Self::Decoder {
         IgnoredAnswer
+    }
+}
+
+/// Sends bytes already encoded as a message, as they are.
+pub struct RawEncoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
     }
 }
 
