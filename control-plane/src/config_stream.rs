@@ -21,9 +21,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use sluice_otlp::SpanKind;
+
 use crate::metrics::Metrics;
 use crate::snapshot_builder::{ConfigWatch, seal_snapshot};
 use crate::store::{self, ConfigState, Store};
+use crate::telemetry::Span;
 use crate::vault::Vault;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -261,8 +264,40 @@ impl<S: Store> Session<S> {
             return;
         };
         let version = in_flight.state.version;
+        let took = in_flight.began.elapsed();
         self.metrics
-            .config_pushed(matches!(reply, Reply::Ack), in_flight.began.elapsed());
+            .config_pushed(matches!(reply, Reply::Ack), took);
+        if let Some(tracer) = &self.metrics.tracer
+            && let Some(place) = tracer.place(None)
+        {
+            let mut span = Span::ended(
+                "sluice.config.push".to_owned(),
+                SpanKind::Internal,
+                took,
+                place,
+            )
+            .text("sluice.proxy_id", self.proxy_id.clone())
+            .int(
+                "sluice.config.version",
+                i64::try_from(version).unwrap_or(i64::MAX),
+            )
+            .flag("sluice.config.difference", in_flight.delta)
+            .text(
+                "sluice.config.reply",
+                if matches!(reply, Reply::Ack) {
+                    "ack"
+                } else {
+                    "nack"
+                },
+            );
+            if let Reply::Nack(nack) = &reply {
+                let reason: String = nack.reason.chars().take(MAX_NACK_REASON).collect();
+                span = span
+                    .text("sluice.config.nack_reason", reason)
+                    .failed("nack");
+            }
+            tracer.record(span);
+        }
         match reply {
             Reply::Ack => {
                 self.held_version = version;

@@ -12,6 +12,7 @@ pub mod server;
 pub mod settings;
 pub mod snapshot_builder;
 pub mod store;
+pub mod telemetry;
 pub mod usage_ingest;
 pub mod validation;
 pub mod vault;

@@ -18,7 +18,10 @@ use bytes::Bytes;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use sluice_otlp::SpanKind;
+
 use crate::store::{BudgetAlert, BudgetPosture};
+use crate::telemetry::{self, Place, Span, Tracer};
 
 /// Methods the RPC series keep apart; more (a client naming methods that do not exist) are
 /// counted as `other`, so no caller can grow the label set without bound.
@@ -62,6 +65,8 @@ pub struct Metrics {
     pub latest_version: AtomicU64,
     fleet: Mutex<HashMap<String, u64>>,
     rpcs: Mutex<BTreeMap<String, Arc<RpcSeries>>>,
+    /// Traces, when an OTLP endpoint is set: RPCs are traced where they are counted.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 struct RpcSeries {
@@ -93,6 +98,7 @@ impl Default for Metrics {
             latest_version: AtomicU64::new(0),
             fleet: Mutex::default(),
             rpcs: Mutex::default(),
+            tracer: None,
         }
     }
 }
@@ -102,6 +108,13 @@ fn micros(elapsed: Duration) -> u64 {
 }
 
 impl Metrics {
+    pub fn traced_by(tracer: Option<Arc<Tracer>>) -> Self {
+        Self {
+            tracer,
+            ..Self::default()
+        }
+    }
+
     /// A proxy's config stream: connected (serving `version`), moved to `version`, or gone
     /// (`None`).
     pub fn proxy_serves(&self, proxy_id: &str, version: Option<u64>) {
@@ -142,7 +155,7 @@ impl Metrics {
         if let Some(count) = series.codes.get(code) {
             count.fetch_add(1, Ordering::Relaxed);
         }
-        if !STREAMS.iter().any(|stream| method.ends_with(stream)) {
+        if !is_stream(method) {
             series.duration.record(micros(elapsed));
         }
     }
@@ -209,6 +222,9 @@ impl Metrics {
             .render(&mut out, "sluice_config_push_seconds", "reply=\"nack\"");
         self.render_fleet(&mut out);
         self.render_rpcs(&mut out);
+        if let Some(tracer) = &self.tracer {
+            tracer.render_metrics(&mut out);
+        }
         out
     }
 
@@ -314,9 +330,20 @@ where
         let started = Instant::now();
         let method = request.uri().path().to_owned();
         let metrics = self.metrics.clone();
+        // Sluice's own unary RPCs are traced; a stream's work is, piece by piece, where it
+        // is done (config pushes, usage batches).
+        let traced = metrics
+            .tracer
+            .as_ref()
+            .filter(|_| method.starts_with("/sluice.") && !is_stream(&method))
+            .and_then(|tracer| tracer.place(telemetry::parent_of(request.headers())));
         let answer = self.inner.call(request);
         Box::pin(async move {
-            let response = answer.await?;
+            let (response, audit_events) = match traced {
+                Some(_) => telemetry::noting_audit_events(answer).await,
+                None => (answer.await, Vec::new()),
+            };
+            let response = response?;
             // A refusal comes as headers alone ("trailers-only"); an answer's status follows
             // its body, and is OK unless the body fails.
             let code = response
@@ -324,9 +351,44 @@ where
                 .get("grpc-status")
                 .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
                 .unwrap_or(0);
-            metrics.count_rpc(&method, code, started.elapsed());
+            let took = started.elapsed();
+            metrics.count_rpc(&method, code, took);
+            if let (Some(place), Some(tracer)) = (traced, &metrics.tracer) {
+                tracer.record(rpc_span(&method, code, took, place, &audit_events));
+            }
             Ok(response)
         })
+    }
+}
+
+fn is_stream(method: &str) -> bool {
+    STREAMS.iter().any(|stream| method.ends_with(stream))
+}
+
+/// An RPC's server span, on the RPC conventions: `rpc.system`, `rpc.service`, `rpc.method`,
+/// `rpc.grpc.status_code`; failed only for the codes that are the server's fault.
+fn rpc_span(
+    method: &str,
+    code: usize,
+    took: Duration,
+    place: Place,
+    audit_events: &[String],
+) -> Span {
+    let name = method.trim_start_matches('/');
+    let (service, rpc) = name.split_once('/').unwrap_or((name, ""));
+    let mut span = Span::ended(name.to_owned(), SpanKind::Server, took, place)
+        .text("rpc.system", "grpc")
+        .text("rpc.service", service)
+        .text("rpc.method", rpc)
+        .int("rpc.grpc.status_code", i64::try_from(code).unwrap_or(2));
+    if !audit_events.is_empty() {
+        span = span.text("sluice.audit_event_id", audit_events.join(","));
+    }
+    match code {
+        2 | 4 | 12 | 13 | 14 | 15 => {
+            span.failed(GRPC_CODES.get(code).copied().unwrap_or("UNKNOWN"))
+        }
+        _ => span,
     }
 }
 

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_proto::admin::v1::admin_service_server::AdminServiceServer;
 use sluice_proto::config::v1::config_service_server::ConfigServiceServer;
@@ -46,6 +47,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error("cannot start the OpenTelemetry exporter: {source}")]
+    Telemetry { source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -63,6 +66,9 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
         source,
     }
 }
+
+/// How long the last spans may take to leave at shutdown.
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the control plane until `shutdown` resolves.
 pub async fn serve(
@@ -118,7 +124,12 @@ async fn launch<S: Store>(
         store.clone(),
         changed,
     );
-    let metrics = Arc::new(Metrics::default());
+    let tracer = crate::telemetry::Tracer::start(settings.otel)
+        .map_err(|source| ServeError::Telemetry { source })?;
+    if tracer.is_some() {
+        tracing::info!("exporting OpenTelemetry traces");
+    }
+    let metrics = Arc::new(Metrics::traced_by(tracer.clone()));
     let config = TokenAuth::data_plane(
         ConfigServiceServer::new(ConfigStreamService::new(
             store.clone(),
@@ -167,6 +178,10 @@ async fn launch<S: Store>(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     publisher_task.abort();
+    if let Some(tracer) = tracer {
+        // The last spans go out before the process does.
+        let _ = tokio::task::spawn_blocking(move || tracer.shut_down(TRACE_FLUSH_TIMEOUT)).await;
+    }
     tracing::info!("sluice-control-plane stopped");
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sluice_shared::logging::LogFormat;
+use sluice_shared::otel_settings::OtelSettings;
 use sluice_shared::secret::SecretString;
 use sluice_shared::settings_source::{parse, parse_bool, prefixed_variables, read_toml};
 
@@ -32,6 +33,8 @@ pub struct Settings {
     pub log: String,
     /// Text for people, JSON lines for collectors.
     pub log_format: LogFormat,
+    /// Traces of admin calls, config pushes and usage batches, over OTLP.
+    pub otel: OtelSettings,
     /// How long a budget lease lasts unless renewed: a proxy that vanishes gives its unspent
     /// allowance back after this long.
     pub lease_ttl: std::time::Duration,
@@ -48,6 +51,8 @@ struct FileSettings {
     master_key_file: Option<PathBuf>,
     log: Option<String>,
     log_format: Option<String>,
+    /// OpenTelemetry: the standard `OTEL_*` settings, named without `OTEL_` in lower case.
+    otel: Option<std::collections::BTreeMap<String, toml::Value>>,
     lease_ttl_ms: Option<u64>,
 }
 
@@ -76,6 +81,8 @@ impl Settings {
             Some(path) => read_toml(path)?,
             None => FileSettings::default(),
         };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let otel = OtelSettings::load("sluice-control-plane", &env, file_settings.otel.as_ref())?;
         let mut env_values = prefixed_variables(env, "SLUICE_", VARIABLES, |key| {
             key.starts_with("SLUICE_PROXY_") || FOREIGN_VARIABLES.contains(&key)
         })?;
@@ -101,6 +108,7 @@ impl Settings {
         };
         let dev_mode = dev_flag || dev_setting;
         let settings = Self {
+            otel,
             listen_addr,
             database_url,
             dev_mode,

@@ -11,6 +11,7 @@ pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.37.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpanKind {
+    Internal = 1,
     Server = 2,
     Client = 3,
 }

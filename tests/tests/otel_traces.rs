@@ -3,6 +3,8 @@
 //! makes a server span (HTTP server conventions) joined to the caller's `traceparent`, and a
 //! client span per upstream attempt (GenAI conventions); an unsampled parent is honoured; no
 //! key ever reaches the collector; and a collector that is down or slow costs traffic nothing.
+//! The control plane traces its admin RPCs, config pushes and usage batches to the same
+//! receiver.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -912,4 +914,129 @@ async fn every_error_row_leaves_an_error_span() {
     }
     assert!(!contains_bytes(&receiver.bytes(), PROVIDER_KEY.as_bytes()));
     assert!(!contains_bytes(&receiver.bytes(), key.as_bytes()));
+}
+
+/// The control plane's own spans: each admin RPC (the RPC conventions, its status, the audit
+/// event it wrote), each config push to a proxy, each usage batch committed; no token or key
+/// among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_traces_admin_calls_config_pushes_and_usage_batches() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = sluice_e2e::live_stack_with(
+        PROVIDER_KEY,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    let missing = stack.cp.ctl(&["provider", "get", "acme/nowhere"]);
+    assert!(!missing.success);
+    let (_dir, proxy, http) = sluice_e2e::caught_up_proxy(&stack.cp, &stack.acme.token).await;
+    let answer = http
+        .send(
+            "POST",
+            &proxy.url("/v1/chat/completions"),
+            Some(&stack.acme.key),
+            &[],
+            chat_body(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+
+    let named = |spans: &[(String, Span)], name: &str| {
+        spans
+            .iter()
+            .filter(|(service, span)| service == "sluice-control-plane" && span.name == name)
+            .map(|(_, span)| span.clone())
+            .collect::<Vec<Span>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let spans = loop {
+        let spans = receiver.spans();
+        if !named(&spans, "sluice.usage.batch").is_empty() || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let created = named(&spans, "sluice.admin.v1.AdminService/CreateModel");
+    let created = created
+        .first()
+        .unwrap_or_else(|| panic!("no CreateModel span in {spans:#?}"));
+    assert_eq!(created.kind, 2, "a server span");
+    let attributes = &created.attributes;
+    assert_eq!(text(attributes, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(
+        text(attributes, "rpc.service").as_deref(),
+        Some("sluice.admin.v1.AdminService")
+    );
+    assert_eq!(
+        text(attributes, "rpc.method").as_deref(),
+        Some("CreateModel")
+    );
+    assert_eq!(int(attributes, "rpc.grpc.status_code"), Some(0));
+    assert!(created.status.is_none());
+    let audit_id = text(attributes, "sluice.audit_event_id").expect("the audit event's id");
+    let store = sluice_e2e::store_of(stack.cp_dir.path()).await;
+    let action: String = sqlx::query_scalar("SELECT action FROM audit_events WHERE id = ?")
+        .bind(&audit_id)
+        .fetch_one(&store)
+        .await
+        .unwrap();
+    assert!(action.starts_with("model."), "{action}");
+
+    let refused = named(&spans, "sluice.admin.v1.AdminService/GetProvider");
+    let refused = refused.first().expect("the failed call's span");
+    assert_eq!(int(&refused.attributes, "rpc.grpc.status_code"), Some(5));
+    assert!(
+        refused.status.is_none(),
+        "NOT_FOUND is the caller's, not the server's"
+    );
+    assert!(text(&refused.attributes, "sluice.audit_event_id").is_none());
+
+    let pushes = named(&spans, "sluice.config.push");
+    let push = pushes
+        .last()
+        .unwrap_or_else(|| panic!("no push span in {spans:#?}"));
+    assert_eq!(
+        text(&push.attributes, "sluice.config.reply").as_deref(),
+        Some("ack")
+    );
+    assert_eq!(
+        int(&push.attributes, "sluice.config.version"),
+        Some(i64::try_from(stack.cp.config_version()).unwrap())
+    );
+    assert!(text(&push.attributes, "sluice.proxy_id").is_some());
+
+    let batch = named(&spans, "sluice.usage.batch");
+    let batch = batch.first().unwrap();
+    assert_eq!(
+        text(&batch.attributes, "sluice.usage.outcome").as_deref(),
+        Some("committed")
+    );
+    assert!(int(&batch.attributes, "sluice.usage.records").unwrap() >= 1);
+
+    let exported = receiver.bytes();
+    for secret in [
+        PROVIDER_KEY,
+        stack.acme.key.as_str(),
+        stack.acme.token.as_str(),
+        stack.cp.admin_token.as_str(),
+    ] {
+        assert!(
+            !contains_bytes(&exported, secret.as_bytes()),
+            "{secret} was exported"
+        );
+    }
+    let metrics = http
+        .get(&format!("{}/metrics", stack.cp.url()), None)
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("\nsluice_otel_spans_dropped_total 0\n"),
+        "{metrics}"
+    );
 }

@@ -14,9 +14,12 @@ use sha2::{Digest, Sha256};
 use sluice_proto::usage::v1 as pb;
 use tonic::Status;
 
+use sluice_otlp::SpanKind;
+
 use crate::metrics::Metrics;
 use crate::store::usage_wire::{self, MAX_ID};
 use crate::store::{Audit, BatchOutcome, Delivery, KeyHealth, NewUsageBatch, Store};
+use crate::telemetry::Span;
 
 use self::server::RawReport;
 
@@ -31,6 +34,44 @@ impl<S> UsageIngest<S> {
     pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
         Self { store, metrics }
     }
+}
+
+/// A batch's span: whose, how many records, what became of it and how long the store took.
+fn trace_batch<E>(
+    metrics: &Metrics,
+    proxy_id: &str,
+    batch_id: &str,
+    records: u64,
+    took: std::time::Duration,
+    outcome: Result<BatchOutcome, &E>,
+) {
+    let Some(tracer) = &metrics.tracer else {
+        return;
+    };
+    let Some(place) = tracer.place(None) else {
+        return;
+    };
+    let span = Span::ended(
+        "sluice.usage.batch".to_owned(),
+        SpanKind::Internal,
+        took,
+        place,
+    )
+    .text("sluice.proxy_id", proxy_id)
+    .text("sluice.usage.batch_id", batch_id)
+    .int(
+        "sluice.usage.records",
+        i64::try_from(records).unwrap_or(i64::MAX),
+    );
+    let span = match outcome {
+        Ok(BatchOutcome::Committed) => span.text("sluice.usage.outcome", "committed"),
+        Ok(BatchOutcome::Duplicate) => span.text("sluice.usage.outcome", "duplicate"),
+        Ok(BatchOutcome::Conflict) => span
+            .text("sluice.usage.outcome", "conflict")
+            .failed("batch_conflict"),
+        Err(_) => span.failed("store_unavailable"),
+    };
+    tracer.record(span);
 }
 
 async fn ingest<S: Store>(
@@ -61,7 +102,7 @@ async fn ingest<S: Store>(
     };
     let records = batch.records.len() as u64;
     let committing = std::time::Instant::now();
-    let commit = store
+    let committed = store
         .commit_usage_batch(
             batch_id,
             &request.proxy_id,
@@ -69,13 +110,19 @@ async fn ingest<S: Store>(
             delivery,
             NewUsageBatch::received(batch.records, encoded.clone()),
         )
-        .await
-        .map_err(|error| {
-            tracing::error!(%batch_id, %error, "cannot commit a usage batch");
-            Status::unavailable(
-                "cannot store usage right now; the proxy keeps the batch and retries",
-            )
-        })?;
+        .await;
+    trace_batch(
+        metrics,
+        &request.proxy_id,
+        batch_id,
+        records,
+        committing.elapsed(),
+        committed.as_ref().map(|commit| commit.outcome),
+    );
+    let commit = committed.map_err(|error| {
+        tracing::error!(%batch_id, %error, "cannot commit a usage batch");
+        Status::unavailable("cannot store usage right now; the proxy keeps the batch and retries")
+    })?;
     if commit.outcome == BatchOutcome::Committed {
         metrics
             .usage_commit

@@ -40,11 +40,14 @@ macro_rules! common_sql {
 
         /// An audit event for something proxies need not hear about (no new version).
         async fn record_audit(tx: &mut Tx, audit: &Audit) -> StoreResult<()> {
+            let id = new_id();
+            // The RPC being served names it on its span.
+            crate::telemetry::note_audit_event(&id);
             sqlx::query(
                 "INSERT INTO audit_events (id, at_us, actor, action, target, detail) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
-            .bind(new_id())
+            .bind(id)
             .bind(now_us())
             .bind(&audit.actor)
             .bind(audit.action)
