@@ -67,6 +67,8 @@ pub struct Metrics {
     rpcs: Mutex<BTreeMap<String, Arc<RpcSeries>>>,
     /// Traces, when an OTLP endpoint is set: RPCs are traced where they are counted.
     pub tracer: Option<Arc<Tracer>>,
+    /// These metrics over OTLP, when an endpoint is set for them.
+    pub exporter: std::sync::OnceLock<Arc<sluice_otlp::metrics::MetricsExporter>>,
 }
 
 struct RpcSeries {
@@ -99,6 +101,7 @@ impl Default for Metrics {
             fleet: Mutex::default(),
             rpcs: Mutex::default(),
             tracer: None,
+            exporter: std::sync::OnceLock::new(),
         }
     }
 }
@@ -224,6 +227,9 @@ impl Metrics {
         self.render_rpcs(&mut out);
         if let Some(tracer) = &self.tracer {
             tracer.render_metrics(&mut out);
+        }
+        if let Some(exporter) = self.exporter.get() {
+            exporter.render_metrics(&mut out);
         }
         out
     }

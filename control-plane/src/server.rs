@@ -86,7 +86,7 @@ pub async fn serve(
 }
 
 async fn launch<S: Store>(
-    settings: Settings,
+    mut settings: Settings,
     store: Arc<S>,
     vault: Arc<Vault>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -124,12 +124,30 @@ async fn launch<S: Store>(
         store.clone(),
         changed,
     );
+    let metrics_export = settings.otel.metrics.take();
+    let (service_name, resource) = (
+        settings.otel.service_name.clone(),
+        settings.otel.resource.clone(),
+    );
     let tracer = crate::telemetry::Tracer::start(settings.otel)
         .map_err(|source| ServeError::Telemetry { source })?;
     if tracer.is_some() {
         tracing::info!("exporting OpenTelemetry traces");
     }
     let metrics = Arc::new(Metrics::traced_by(tracer.clone()));
+    if let Some(export) = metrics_export {
+        let rendering = metrics.clone();
+        let exporter = sluice_otlp::metrics::MetricsExporter::start(
+            service_name,
+            resource,
+            export,
+            Box::new(move || rendering.render()),
+        )
+        .map_err(|source| ServeError::Telemetry { source })?;
+        tracing::info!("exporting OpenTelemetry metrics");
+        metrics.exporter.set(exporter).ok();
+    }
+    let metrics_exporter = metrics.exporter.get().cloned();
     let config = TokenAuth::data_plane(
         ConfigServiceServer::new(ConfigStreamService::new(
             store.clone(),
@@ -178,6 +196,9 @@ async fn launch<S: Store>(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     publisher_task.abort();
+    if let Some(exporter) = metrics_exporter {
+        let _ = tokio::task::spawn_blocking(move || exporter.shut_down(TRACE_FLUSH_TIMEOUT)).await;
+    }
     if let Some(tracer) = tracer {
         // The last spans go out before the process does.
         let _ = tokio::task::spawn_blocking(move || tracer.shut_down(TRACE_FLUSH_TIMEOUT)).await;

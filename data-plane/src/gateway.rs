@@ -35,6 +35,8 @@ pub struct Gateway {
     pub heap_stats: std::sync::OnceLock<fn() -> Option<crate::metrics::HeapStats>>,
     /// One line per model call; unset when turned off.
     pub access_log: std::sync::OnceLock<Arc<crate::telemetry::access_log::AccessLog>>,
+    /// Metrics over OTLP; unset when no endpoint is configured for them.
+    pub metrics_exporter: std::sync::OnceLock<Arc<sluice_otlp::metrics::MetricsExporter>>,
     /// OpenTelemetry traces; unset when no OTLP endpoint is configured.
     pub telemetry: std::sync::OnceLock<Arc<crate::telemetry::Telemetry>>,
 }
@@ -47,6 +49,27 @@ impl Gateway {
             .load()
             .as_ref()
             .map_or(0, |tables| tables.version)
+    }
+
+    /// Every metric of this process in Prometheus's text format: what `/metrics` serves and
+    /// what is exported over OTLP.
+    pub fn render_metrics(&self) -> String {
+        let mut rendered = self.metrics.render(
+            sluice_shared::time::now_us(),
+            self.leases.reserved(),
+            self.heap_stats.get().and_then(|read| read()),
+        );
+        self.series.render(&self.metrics.unrouted, &mut rendered);
+        if let Some(telemetry) = self.telemetry.get() {
+            telemetry.render_metrics(&mut rendered);
+        }
+        if let Some(log) = self.access_log.get() {
+            log.render_metrics(&mut rendered);
+        }
+        if let Some(exporter) = self.metrics_exporter.get() {
+            exporter.render_metrics(&mut rendered);
+        }
+        rendered
     }
 
     pub fn new(
@@ -73,6 +96,7 @@ impl Gateway {
             ejection,
             heap_stats: std::sync::OnceLock::new(),
             access_log: std::sync::OnceLock::new(),
+            metrics_exporter: std::sync::OnceLock::new(),
             telemetry: std::sync::OnceLock::new(),
         })
     }

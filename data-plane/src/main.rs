@@ -84,7 +84,7 @@ fn heap_stats() -> Option<sluice_data_plane::HeapStats> {
 }
 
 fn run(
-    settings: Settings,
+    mut settings: Settings,
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 ) -> anyhow::Result<()> {
     // This thread runs the accept loop and the control-plane streams; requests run on the
@@ -118,7 +118,18 @@ fn run(
             .otel
             .traces
             .as_ref()
-            .map(|traces| format!("{} ({:?})", traces.endpoint.origin().ascii_serialization(), traces.protocol));
+            .map(|traces| format!("{} ({:?})", traces.destination.endpoint.origin().ascii_serialization(), traces.destination.protocol));
+        if let Some(metrics) = settings.otel.metrics.take() {
+            let rendering = gateway.clone();
+            let exporter = sluice_otlp::metrics::MetricsExporter::start(
+                settings.otel.service_name.clone(),
+                settings.otel.resource.clone(),
+                metrics,
+                Box::new(move || rendering.render_metrics()),
+            )?;
+            tracing::info!("exporting OpenTelemetry metrics");
+            gateway.metrics_exporter.set(exporter).ok();
+        }
         if let Some(telemetry) = sluice_data_plane::telemetry::Telemetry::start(settings.otel)? {
             tracing::info!(endpoint = otel_endpoint.as_deref().unwrap_or_default(), "exporting OpenTelemetry traces");
             gateway.telemetry.set(telemetry).ok();
@@ -198,9 +209,13 @@ fn run(
         };
         let telemetry = gateway.telemetry.get().cloned();
         let access_log = gateway.access_log.get().cloned();
+        let metrics_exporter = gateway.metrics_exporter.get().cloned();
         serve(listener, gateway, limits, shutdown_signal()).await?;
         if let Some(log) = access_log {
             let _ = tokio::task::spawn_blocking(move || log.shut_down()).await;
+        }
+        if let Some(exporter) = metrics_exporter {
+            let _ = tokio::task::spawn_blocking(move || exporter.shut_down(TELEMETRY_FLUSH_TIMEOUT)).await;
         }
         if let Some(telemetry) = telemetry {
             // The last requests' spans go out before the process does.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes};
 use crossbeam_queue::ArrayQueue;
 use http_body_util::{BodyExt, Full};
-use sluice_shared::otel_settings::{OtlpProtocol, TraceExport};
+use sluice_shared::otel_settings::{Destination, OtlpProtocol, TraceExport};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
@@ -138,7 +138,7 @@ fn spawn<T: Exportable>(telemetry: Arc<Exporter<T>>, export: TraceExport) -> std
         .build()?;
     let sender = {
         let _entered = runtime.enter();
-        Arc::new(Sender::new(&export)?)
+        Arc::new(Sender::new(&export.destination, EXPORT_PATH)?)
     };
     std::thread::Builder::new()
         .name("sluice-otel".to_owned())
@@ -180,7 +180,7 @@ async fn run<T: Exportable>(
             }
             let spans = request.spans as u64;
             let body = Bytes::from(request.finish());
-            let (sender, timeout) = (Arc::clone(&sender), export.timeout);
+            let (sender, timeout) = (Arc::clone(&sender), export.destination.timeout);
             let counted = Arc::clone(&telemetry);
             in_flight.spawn(async move {
                 let sent = tokio::time::timeout(timeout, sender.send(body))
@@ -220,15 +220,17 @@ fn count<T>(telemetry: &Exporter<T>, spans: u64, sent: Result<(), String>) {
 }
 
 /// Where export requests go, over the protocol the settings name.
-enum Sender {
+pub(crate) enum Sender {
     Grpc {
         channel: tonic::transport::Channel,
         metadata: tonic::metadata::MetadataMap,
+        /// The collector service's method.
+        path: &'static str,
     },
     Http(Box<HttpSender>),
 }
 
-struct HttpSender {
+pub(crate) struct HttpSender {
     client: hyper_util::client::legacy::Client<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         Full<Bytes>,
@@ -238,7 +240,8 @@ struct HttpSender {
 }
 
 impl Sender {
-    fn new(export: &TraceExport) -> std::io::Result<Self> {
+    /// `path`: the collector service's gRPC method for this signal.
+    pub(crate) fn new(export: &Destination, path: &'static str) -> std::io::Result<Self> {
         let invalid =
             |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
         match export.protocol {
@@ -261,7 +264,11 @@ impl Sender {
                         .map_err(|_| invalid(format!("OTLP header {name}: not a valid value")))?;
                     metadata.insert(key, value);
                 }
-                Ok(Self::Grpc { channel, metadata })
+                Ok(Self::Grpc {
+                    channel,
+                    metadata,
+                    path,
+                })
             }
             OtlpProtocol::HttpProtobuf => {
                 let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -298,16 +305,20 @@ impl Sender {
     }
 
     /// Sends one encoded `ExportTraceServiceRequest`; the error says why it did not arrive.
-    async fn send(&self, body: Bytes) -> Result<(), String> {
+    pub(crate) async fn send(&self, body: Bytes) -> Result<(), String> {
         match self {
-            Self::Grpc { channel, metadata } => {
+            Self::Grpc {
+                channel,
+                metadata,
+                path,
+            } => {
                 let mut grpc = tonic::client::Grpc::new(channel.clone());
                 grpc.ready().await.map_err(|error| error.to_string())?;
                 let mut request = tonic::Request::new(body);
                 *request.metadata_mut() = metadata.clone();
                 grpc.unary(
                     request,
-                    http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                    http::uri::PathAndQuery::from_static(path),
                     RawCodec,
                 )
                 .await

@@ -5,6 +5,7 @@
 
 pub mod encode;
 pub mod export;
+pub mod metrics;
 pub mod trace_context;
 
 pub use encode::{Attributes, SpanIds, SpanKind, TraceRequest, Value};

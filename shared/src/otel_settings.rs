@@ -1,8 +1,9 @@
 //! OpenTelemetry export settings, read the way every OpenTelemetry SDK reads them: the
 //! standard `OTEL_*` environment (the SDK's and the OTLP exporter's variables), over a settings
 //! file's `[otel]` table, whose keys are the same names without `OTEL_`, in lower case
-//! (`exporter_otlp_endpoint = "http://collector:4318"`). Traces are off when no endpoint is set,
-//! when `OTEL_TRACES_EXPORTER=none`, or when `OTEL_SDK_DISABLED=true`.
+//! (`exporter_otlp_endpoint = "http://collector:4318"`). Each signal (traces, metrics) is off
+//! when no endpoint is set for it, when its exporter is `none` (`OTEL_TRACES_EXPORTER`,
+//! `OTEL_METRICS_EXPORTER`), or when `OTEL_SDK_DISABLED=true`.
 //!
 //! Other `OTEL_*` variables in the environment are left alone (a pod's environment is often
 //! shared with other SDKs); an unknown key in the file is refused, as every other setting is.
@@ -33,6 +34,13 @@ pub const VARIABLES: &[&str] = &[
     "OTEL_BSP_EXPORT_TIMEOUT",
     "OTEL_BSP_MAX_QUEUE_SIZE",
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_METRIC_EXPORT_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
 ];
 
 /// Spans held for export at most; beyond it they are dropped and counted.
@@ -46,18 +54,33 @@ pub struct OtelSettings {
     pub resource: Vec<(String, String)>,
     /// Where and how traces go; `None`: traces are off.
     pub traces: Option<TraceExport>,
+    /// Where and how metrics go; `None`: only the Prometheus endpoint serves them.
+    pub metrics: Option<MetricExport>,
 }
 
+/// Where one signal's export requests go, and how.
 #[derive(Debug)]
-pub struct TraceExport {
-    /// The URL export requests go to: for HTTP the signal's own path
-    /// (`…/v1/traces`), for gRPC the collector's origin.
+pub struct Destination {
+    /// The URL export requests go to: for HTTP the signal's own path (`…/v1/traces`), for
+    /// gRPC the collector's origin.
     pub endpoint: url::Url,
     pub protocol: OtlpProtocol,
     /// Sent with every export; values may be credentials (a vendor's API key).
     pub headers: Vec<(String, SecretString)>,
     /// How long one export may take.
     pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct MetricExport {
+    pub destination: Destination,
+    /// How often every metric is exported (cumulative).
+    pub interval: Duration,
+}
+
+#[derive(Debug)]
+pub struct TraceExport {
+    pub destination: Destination,
     pub sampler: Sampler,
     /// How often the queue is exported when it holds less than a batch.
     pub schedule_delay: Duration,
@@ -163,116 +186,163 @@ impl OtelSettings {
             Some(v) => parse_bool("OTEL_SDK_DISABLED", v)?,
             None => false,
         };
-        let exporter = get("OTEL_TRACES_EXPORTER").unwrap_or("otlp");
-        let exporting = match exporter {
-            "otlp" => true,
-            "none" => false,
-            other => {
-                return Err(invalid(
-                    "OTEL_TRACES_EXPORTER",
-                    format!("'{other}' is not served: `otlp` or `none`"),
-                ));
+        let millis = |key: &str, default: u64| -> Result<Duration, SettingsError> {
+            let ms = match get(key) {
+                Some(v) => parse::<u64>(key, v)?,
+                None => default,
+            };
+            if ms == 0 {
+                return Err(invalid(key, "must be above 0"));
             }
+            Ok(Duration::from_millis(ms))
         };
-        let signal_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-        let base_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT");
-        let traces = if disabled
-            || !exporting
-            || (signal_endpoint.is_none() && base_endpoint.is_none())
-        {
-            None
-        } else {
-            let protocol = match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                .map(|p| ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p))
-                .or_else(|| {
-                    get("OTEL_EXPORTER_OTLP_PROTOCOL").map(|p| ("OTEL_EXPORTER_OTLP_PROTOCOL", p))
-                }) {
-                None | Some((_, "http/protobuf")) => OtlpProtocol::HttpProtobuf,
-                Some((_, "grpc")) => OtlpProtocol::Grpc,
-                Some((key, other)) => {
+        let traces = match exporting(get, "OTEL_TRACES_EXPORTER", &["otlp"])? && !disabled {
+            false => None,
+            true => destination(&get, &millis, "TRACES", "v1/traces")?,
+        };
+        let traces = match traces {
+            None => None,
+            Some(mut destination) => {
+                let count = |key: &str, default: usize| -> Result<usize, SettingsError> {
+                    let n = match get(key) {
+                        Some(v) => parse::<usize>(key, v)?,
+                        None => default,
+                    };
+                    if n == 0 || n > MOST_QUEUED {
+                        return Err(invalid(key, format!("must be 1 to {MOST_QUEUED}")));
+                    }
+                    Ok(n)
+                };
+                let max_queue_size = count("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
+                let max_export_batch_size = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?;
+                if max_export_batch_size > max_queue_size {
                     return Err(invalid(
-                        key,
-                        format!("'{other}' is not served: `grpc` or `http/protobuf`"),
+                        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                        "must not exceed OTEL_BSP_MAX_QUEUE_SIZE",
                     ));
                 }
-            };
-            let endpoint = match (signal_endpoint, base_endpoint) {
-                (Some(url), _) => endpoint_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url, None)?,
-                (None, Some(url)) => endpoint_url(
-                    "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    url,
-                    (protocol == OtlpProtocol::HttpProtobuf).then_some("v1/traces"),
-                )?,
-                (None, None) => return Err(invalid("OTEL_EXPORTER_OTLP_ENDPOINT", "is required")),
-            };
-            // The signal's own headers add to the common ones, and win on a name both have.
-            let mut headers: Vec<(String, SecretString)> = Vec::new();
-            for key in [
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-            ] {
-                if let Some(text) = get(key) {
-                    for (name, value) in key_values(key, text)? {
-                        let name = name.to_ascii_lowercase();
-                        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                            || http::HeaderValue::from_str(&value).is_err()
-                        {
-                            return Err(invalid(key, format!("'{name}' is no valid header")));
-                        }
-                        headers.retain(|(held, _)| *held != name);
-                        headers.push((name, SecretString::new(value)));
-                    }
-                }
+                destination.timeout = destination
+                    .timeout
+                    .min(millis("OTEL_BSP_EXPORT_TIMEOUT", 30_000)?);
+                Some(TraceExport {
+                    destination,
+                    sampler: sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?,
+                    schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", 5_000)?,
+                    max_queue_size,
+                    max_export_batch_size,
+                })
             }
-            let millis = |key: &str, default: u64| -> Result<Duration, SettingsError> {
-                let ms = match get(key) {
-                    Some(v) => parse::<u64>(key, v)?,
-                    None => default,
-                };
-                if ms == 0 {
-                    return Err(invalid(key, "must be above 0"));
-                }
-                Ok(Duration::from_millis(ms))
-            };
-            let timeout = match get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") {
-                Some(_) => millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 10_000)?,
-                None => millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
-            };
-            let count = |key: &str, default: usize| -> Result<usize, SettingsError> {
-                let n = match get(key) {
-                    Some(v) => parse::<usize>(key, v)?,
-                    None => default,
-                };
-                if n == 0 || n > MOST_QUEUED {
-                    return Err(invalid(key, format!("must be 1 to {MOST_QUEUED}")));
-                }
-                Ok(n)
-            };
-            let max_queue_size = count("OTEL_BSP_MAX_QUEUE_SIZE", 2048)?;
-            let max_export_batch_size = count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?;
-            if max_export_batch_size > max_queue_size {
-                return Err(invalid(
-                    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-                    "must not exceed OTEL_BSP_MAX_QUEUE_SIZE",
-                ));
+        };
+        // `prometheus` is served whatever this says: every process has its /metrics.
+        let metrics = match exporting(get, "OTEL_METRICS_EXPORTER", &["otlp", "prometheus"])?
+            && get("OTEL_METRICS_EXPORTER") != Some("prometheus")
+            && !disabled
+        {
+            false => None,
+            true => destination(&get, &millis, "METRICS", "v1/metrics")?,
+        };
+        let metrics = match metrics {
+            None => None,
+            Some(mut destination) => {
+                destination.timeout = destination
+                    .timeout
+                    .min(millis("OTEL_METRIC_EXPORT_TIMEOUT", 30_000)?);
+                Some(MetricExport {
+                    destination,
+                    interval: millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?,
+                })
             }
-            Some(TraceExport {
-                endpoint,
-                protocol,
-                headers,
-                timeout: timeout.min(millis("OTEL_BSP_EXPORT_TIMEOUT", 30_000)?),
-                sampler: sampler(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?,
-                schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", 5_000)?,
-                max_queue_size,
-                max_export_batch_size,
-            })
         };
         Ok(Self {
             service_name,
             resource,
             traces,
+            metrics,
         })
     }
+}
+
+/// Whether a signal's exporter (`key`: `otlp` unless set) is one of `served`, or `none`.
+fn exporting<'v>(
+    get: impl Fn(&str) -> Option<&'v str>,
+    key: &str,
+    served: &[&str],
+) -> Result<bool, SettingsError> {
+    match get(key).unwrap_or("otlp") {
+        "none" => Ok(false),
+        named if served.contains(&named) => Ok(true),
+        other => Err(invalid(
+            key,
+            format!("'{other}' is not served: {} or `none`", served.join(", ")),
+        )),
+    }
+}
+
+/// A signal's destination (`signal`: `TRACES` or `METRICS`): its own variables over the
+/// common ones; `None` when neither names an endpoint.
+fn destination<'v>(
+    get: &impl Fn(&str) -> Option<&'v str>,
+    millis: &impl Fn(&str, u64) -> Result<Duration, SettingsError>,
+    signal: &str,
+    signal_path: &str,
+) -> Result<Option<Destination>, SettingsError> {
+    let own = |what: &str| format!("OTEL_EXPORTER_OTLP_{signal}_{what}");
+    let signal_endpoint_key = own("ENDPOINT");
+    let signal_endpoint = get(&signal_endpoint_key);
+    let base_endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+    if signal_endpoint.is_none() && base_endpoint.is_none() {
+        return Ok(None);
+    }
+    let protocol_key = own("PROTOCOL");
+    let protocol = match get(&protocol_key)
+        .map(|p| (protocol_key.as_str(), p))
+        .or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL").map(|p| ("OTEL_EXPORTER_OTLP_PROTOCOL", p)))
+    {
+        None | Some((_, "http/protobuf")) => OtlpProtocol::HttpProtobuf,
+        Some((_, "grpc")) => OtlpProtocol::Grpc,
+        Some((key, other)) => {
+            return Err(invalid(
+                key,
+                format!("'{other}' is not served: `grpc` or `http/protobuf`"),
+            ));
+        }
+    };
+    let endpoint = match (signal_endpoint, base_endpoint) {
+        (Some(url), _) => endpoint_url(&signal_endpoint_key, url, None)?,
+        (None, Some(url)) => endpoint_url(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            url,
+            (protocol == OtlpProtocol::HttpProtobuf).then_some(signal_path),
+        )?,
+        (None, None) => return Ok(None),
+    };
+    // The signal's own headers add to the common ones, and win on a name both have.
+    let mut headers: Vec<(String, SecretString)> = Vec::new();
+    for key in ["OTEL_EXPORTER_OTLP_HEADERS".to_owned(), own("HEADERS")] {
+        if let Some(text) = get(&key) {
+            for (name, value) in key_values(&key, text)? {
+                let name = name.to_ascii_lowercase();
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(&value).is_err()
+                {
+                    return Err(invalid(&key, format!("'{name}' is no valid header")));
+                }
+                headers.retain(|(held, _)| *held != name);
+                headers.push((name, SecretString::new(value)));
+            }
+        }
+    }
+    let timeout_key = own("TIMEOUT");
+    let timeout = match get(&timeout_key) {
+        Some(_) => millis(&timeout_key, 10_000)?,
+        None => millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
+    };
+    Ok(Some(Destination {
+        endpoint,
+        protocol,
+        headers,
+        timeout,
+    }))
 }
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` → `exporter_otlp_endpoint`.

@@ -11,6 +11,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -18,6 +24,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::Metric;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
@@ -31,6 +38,8 @@ struct Received {
     bytes: Vec<u8>,
     /// The metadata (gRPC) or headers (HTTP) of the last export.
     headers: Vec<(String, String)>,
+    /// Metric exports, as they came.
+    metrics: Vec<ExportMetricsServiceRequest>,
 }
 
 pub struct OtlpReceiver {
@@ -67,6 +76,18 @@ impl TraceService for Service {
         let mut received = self.received.lock().unwrap();
         received.take(message, None, headers);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Service {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let message = request.into_inner();
+        self.received.lock().unwrap().metrics.push(message);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
@@ -140,9 +161,14 @@ impl OtlpReceiver {
             received: received.clone(),
             delay: delay.clone(),
         });
+        let metrics = MetricsServiceServer::new(Service {
+            received: received.clone(),
+            delay: delay.clone(),
+        });
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(metrics)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
         );
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -167,7 +193,15 @@ impl OtlpReceiver {
                                     .await
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
-                                let status = if parts.uri.path() != "/v1/traces" {
+                                let status = if parts.uri.path() == "/v1/metrics" {
+                                    match ExportMetricsServiceRequest::decode(body.as_ref()) {
+                                        Ok(message) => {
+                                            received.lock().unwrap().metrics.push(message);
+                                            200
+                                        }
+                                        Err(_) => 400,
+                                    }
+                                } else if parts.uri.path() != "/v1/traces" {
                                     404
                                 } else if parts.headers.get("content-type").map(|v| v.as_bytes())
                                     != Some(b"application/x-protobuf")
@@ -198,6 +232,32 @@ impl OtlpReceiver {
             received,
             delay,
         }
+    }
+
+    /// The metrics of the last export from `service`, by name.
+    pub fn last_metrics(&self, service: &str) -> Vec<Metric> {
+        let received = self.received.lock().unwrap();
+        received
+            .metrics
+            .iter()
+            .rev()
+            .flat_map(|request| request.resource_metrics.iter())
+            .find(|resource| {
+                resource
+                    .resource
+                    .as_ref()
+                    .and_then(|r| text(&r.attributes, "service.name"))
+                    .as_deref()
+                    == Some(service)
+            })
+            .map(|resource| {
+                resource
+                    .scope_metrics
+                    .iter()
+                    .flat_map(|scope| scope.metrics.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every answer waits this long from now on.

@@ -1040,3 +1040,123 @@ async fn the_control_plane_traces_admin_calls_config_pushes_and_usage_batches() 
         "{metrics}"
     );
 }
+
+/// Metrics go over OTLP as well as to Prometheus: the GenAI histograms under the conventions'
+/// names, units and attribute keys, counters as monotonic cumulative sums; from the proxy over
+/// HTTP/protobuf and from the control plane over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_go_over_otlp_from_both_processes() {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let receiver = OtlpReceiver::start().await;
+    let stack = sluice_e2e::live_stack_with(
+        PROVIDER_KEY,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_url),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    let (_dir, proxy, http) = caught_up_proxy_with(
+        &stack.cp,
+        &stack.acme.token,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                &format!("{}/v1/metrics", receiver.http_url),
+            ),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    )
+    .await;
+    let answer = http
+        .send(
+            "POST",
+            &proxy.url("/v1/chat/completions"),
+            Some(&stack.acme.key),
+            &[],
+            chat_body(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (proxy_metrics, cp_metrics) = loop {
+        let (p, c) = (
+            receiver.last_metrics("sluice-proxy"),
+            receiver.last_metrics("sluice-control-plane"),
+        );
+        let answered = p
+            .iter()
+            .any(|m| m.name == "gen_ai.client.operation.duration");
+        let committed = c.iter().any(|m| m.name == "sluice_usage_records_committed");
+        if (answered && committed) || Instant::now() > deadline {
+            break (p, c);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let named = |metrics: &[opentelemetry_proto::tonic::metrics::v1::Metric], name: &str| {
+        metrics
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {name} among {:?}",
+                    metrics.iter().map(|m| &m.name).collect::<Vec<_>>()
+                )
+            })
+    };
+    let duration = named(&proxy_metrics, "gen_ai.client.operation.duration");
+    assert_eq!(duration.unit, "s");
+    let Some(Data::Histogram(histogram)) = duration.data else {
+        panic!("a histogram: {duration:?}");
+    };
+    assert_eq!(histogram.aggregation_temporality, 2, "cumulative");
+    let point = &histogram.data_points[0];
+    assert_eq!(
+        text(&point.attributes, "gen_ai.request.model").as_deref(),
+        Some("gpt-4o-mini")
+    );
+    assert_eq!(
+        text(&point.attributes, "gen_ai.operation.name").as_deref(),
+        Some("chat")
+    );
+    assert_eq!(
+        text(&point.attributes, "gen_ai.provider.name").as_deref(),
+        Some("openai")
+    );
+    assert_eq!(point.count, 1);
+    assert_eq!(point.explicit_bounds.first(), Some(&0.01));
+    assert_eq!(point.bucket_counts.len(), point.explicit_bounds.len() + 1);
+    assert_eq!(point.bucket_counts.iter().sum::<u64>(), point.count);
+    assert!(point.start_time_unix_nano > 0 && point.start_time_unix_nano <= point.time_unix_nano);
+
+    let tokens = named(&proxy_metrics, "gen_ai.client.token.usage");
+    assert_eq!(tokens.unit, "{token}");
+    let responses = named(&proxy_metrics, "sluice_responses");
+    let Some(Data::Sum(sum)) = responses.data else {
+        panic!("a sum: {responses:?}");
+    };
+    assert!(sum.is_monotonic);
+    assert_eq!(sum.aggregation_temporality, 2);
+    let ok = sum
+        .data_points
+        .iter()
+        .find(|p| text(&p.attributes, "status").as_deref() == Some("200"))
+        .expect("the answered request");
+    assert_eq!(
+        ok.value,
+        Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(1.0))
+    );
+    let Some(Data::Gauge(_)) = named(&proxy_metrics, "sluice_config_version").data else {
+        panic!("a gauge");
+    };
+    let committed = named(&cp_metrics, "sluice_usage_records_committed");
+    let Some(Data::Sum(sum)) = committed.data else {
+        panic!("a sum: {committed:?}");
+    };
+    assert!(!sum.data_points.is_empty());
+}

@@ -145,23 +145,11 @@ fn destination(gateway: &Gateway, request: &Request<RequestBody>) -> Destination
     let answered = match (request.method(), path) {
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".to_owned())),
         (&Method::GET, "/readyz") => Ok(readiness(gateway)),
-        (&Method::GET, "/metrics") => {
-            let mut rendered = gateway.metrics.render(
-                sluice_shared::time::now_us(),
-                gateway.leases.reserved(),
-                gateway.heap_stats.get().and_then(|read| read()),
-            );
-            gateway
-                .series
-                .render(&gateway.metrics.unrouted, &mut rendered);
-            if let Some(telemetry) = gateway.telemetry.get() {
-                telemetry.render_metrics(&mut rendered);
-            }
-            if let Some(log) = gateway.access_log.get() {
-                log.render_metrics(&mut rendered);
-            }
-            Ok(text(StatusCode::OK, "text/plain; version=0.0.4", rendered))
-        }
+        (&Method::GET, "/metrics") => Ok(text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            gateway.render_metrics(),
+        )),
         (&Method::POST, "/v1/chat/completions") => return model(&chat_completions::ENDPOINT),
         (&Method::POST, "/v1/embeddings") => return model(&embeddings::ENDPOINT),
         (&Method::POST, "/v1/messages") => return model(&messages::ENDPOINT),

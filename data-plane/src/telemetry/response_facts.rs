@@ -79,48 +79,15 @@ fn bounded(text: &str) -> String {
 }
 
 impl ResponseFacts {
-    /// From a whole answer of any family: OpenAI's `id`, `model`, `choices[].finish_reason`
-    /// (the Responses API's `status` and `incomplete_details.reason`), Anthropic's
-    /// `stop_reason`, Gemini's `responseId`, `modelVersion`, `candidates[].finishReason`.
+    /// From a whole answer of any family, read the way a stream's events are (its top level
+    /// walked for the id and model, one scan for finish reasons): OpenAI's `id`, `model`,
+    /// `choices[].finish_reason` (the Responses API's `incomplete_details.reason`),
+    /// Anthropic's `stop_reason`, Gemini's `responseId`, `modelVersion`,
+    /// `candidates[].finishReason`. No tree is built: every sampled request pays for this.
     pub fn of_whole(body: &[u8]) -> Self {
-        let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return Self::default();
-        };
-        let text = |names: &[&str]| {
-            names
-                .iter()
-                .find_map(|name| answer.get(*name)?.as_str())
-                .map(bounded)
-                .unwrap_or_default()
-        };
-        let mut finish_reasons: Vec<String> = ["choices", "candidates"]
-            .iter()
-            .filter_map(|list| answer.get(*list)?.as_array())
-            .flatten()
-            .filter_map(|choice| {
-                choice
-                    .get("finish_reason")
-                    .or_else(|| choice.get("finishReason"))?
-                    .as_str()
-            })
-            .take(MAX_REASONS)
-            .map(bounded)
-            .collect();
-        let single = answer
-            .get("stop_reason")
-            .and_then(|r| r.as_str())
-            .or_else(|| answer.get("incomplete_details")?.get("reason")?.as_str())
-            .or_else(|| answer.get("status")?.as_str());
-        if finish_reasons.is_empty()
-            && let Some(reason) = single
-        {
-            finish_reasons.push(bounded(reason));
-        }
-        Self {
-            id: text(&["id", "responseId"]),
-            model: text(&["model", "modelVersion"]),
-            finish_reasons,
-        }
+        let mut facts = StreamFacts::default();
+        facts.event(body);
+        facts.finish()
     }
 }
 
@@ -196,7 +163,7 @@ mod tests {
         let anthropic =
             br#"{"id":"msg_1","type":"message","model":"claude-x","stop_reason":"end_turn"}"#;
         let gemini = br#"{"responseId":"r1","modelVersion":"gemini-2.0","candidates":[{"finishReason":"STOP"}]}"#;
-        let responses = br#"{"id":"resp_1","model":"gpt-4o","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"}}"#;
+        let responses = br#"{"id":"resp_1","model":"gpt-4o","status":"incomplete","incomplete_details":{"reason":"max_output_tokens"},"output":[{"content":[{"text":"a \"reason\":\"x\""}]}]}"#;
         let facts = |id: &str, model: &str, reasons: &[&str]| ResponseFacts {
             id: id.into(),
             model: model.into(),

@@ -35,9 +35,12 @@ fn without_an_endpoint_traces_are_off() {
 fn the_specification_defaults_hold() {
     let settings = load(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]).unwrap();
     let traces = settings.traces.unwrap();
-    assert_eq!(traces.protocol, OtlpProtocol::HttpProtobuf);
-    assert_eq!(traces.endpoint.as_str(), "http://collector:4318/v1/traces");
-    assert_eq!(traces.timeout, Duration::from_secs(10));
+    assert_eq!(traces.destination.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(
+        traces.destination.endpoint.as_str(),
+        "http://collector:4318/v1/traces"
+    );
+    assert_eq!(traces.destination.timeout, Duration::from_secs(10));
     assert_eq!(traces.schedule_delay, Duration::from_secs(5));
     assert_eq!(
         (traces.max_queue_size, traces.max_export_batch_size),
@@ -71,15 +74,19 @@ fn signal_settings_win_over_common_ones() {
     .unwrap()
     .traces
     .unwrap();
-    assert_eq!(traces.protocol, OtlpProtocol::Grpc);
-    assert_eq!(traces.endpoint.as_str(), "https://traces.example/custom");
+    assert_eq!(traces.destination.protocol, OtlpProtocol::Grpc);
+    assert_eq!(
+        traces.destination.endpoint.as_str(),
+        "https://traces.example/custom"
+    );
     let headers: Vec<(&str, &str)> = traces
+        .destination
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.expose()))
         .collect();
     assert_eq!(headers, vec![("x-team", "a b"), ("api-key", "traces")]);
-    assert_eq!(traces.timeout, Duration::from_secs(2));
+    assert_eq!(traces.destination.timeout, Duration::from_secs(2));
     // gRPC takes the common endpoint as it is.
     let grpc = load(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
@@ -88,7 +95,7 @@ fn signal_settings_win_over_common_ones() {
     .unwrap()
     .traces
     .unwrap();
-    assert_eq!(grpc.endpoint.as_str(), "http://collector:4317/");
+    assert_eq!(grpc.destination.endpoint.as_str(), "http://collector:4317/");
 }
 
 #[test]
@@ -186,7 +193,10 @@ fn the_file_table_is_read_under_the_environment_and_refuses_unknown_keys() {
     .unwrap();
     assert_eq!(settings.service_name, "from-env");
     let traces = settings.traces.unwrap();
-    assert_eq!(traces.endpoint.as_str(), "http://file:4318/v1/traces");
+    assert_eq!(
+        traces.destination.endpoint.as_str(),
+        "http://file:4318/v1/traces"
+    );
     assert_eq!(traces.sampler.ratio, 0.25);
     let typo: BTreeMap<String, toml::Value> =
         toml::from_str("exporter_otlp_endpoit = \"http://file:4318\"").unwrap();
@@ -229,4 +239,53 @@ fn bad_values_name_their_variable() {
         let error = load(&pairs).unwrap_err().to_string();
         assert!(error.contains(key), "{error}");
     }
+}
+
+#[test]
+fn metrics_have_their_own_endpoint_interval_and_exporter() {
+    let both = load(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+        ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "api-key=metrics"),
+    ])
+    .unwrap();
+    let metrics = both.metrics.unwrap();
+    assert_eq!(
+        metrics.destination.endpoint.as_str(),
+        "http://collector:4318/v1/metrics"
+    );
+    assert_eq!(metrics.interval, Duration::from_millis(1500));
+    assert_eq!(metrics.destination.headers.len(), 1);
+    assert!(
+        both.traces.unwrap().destination.headers.is_empty(),
+        "the metrics' own headers"
+    );
+
+    let only_metrics = load(&[
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "http://m:4318/custom",
+        ),
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+    ])
+    .unwrap();
+    assert!(only_metrics.traces.is_none());
+    let metrics = only_metrics.metrics.unwrap();
+    assert_eq!(
+        metrics.destination.endpoint.as_str(),
+        "http://m:4318/custom"
+    );
+    assert_eq!(metrics.destination.protocol, OtlpProtocol::Grpc);
+    assert_eq!(metrics.interval, Duration::from_secs(60));
+
+    for off in ["none", "prometheus"] {
+        let settings = load(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_METRICS_EXPORTER", off),
+        ])
+        .unwrap();
+        assert!(settings.metrics.is_none(), "{off}");
+        assert!(settings.traces.is_some());
+    }
+    assert!(load(&[("OTEL_METRICS_EXPORTER", "statsd")]).is_err());
 }
