@@ -90,12 +90,7 @@ impl<T: Exportable> Exporter<T> {
 
     /// Exports what is queued and stops the exporter, waiting up to `within`.
     pub fn shut_down(&self, within: Duration) {
-        self.stop.store(true, Ordering::Release);
-        self.wake_up.notify_one();
-        let deadline = std::time::Instant::now() + within;
-        while !self.stopped.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        crate::export::stop_and_wait(&self.stop, &self.wake_up, &self.stopped, within);
     }
 
     /// The exporter's counters in Prometheus's text format.
@@ -130,6 +125,22 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 
 /// Exports in flight at once: a collector's round trip does not hold up the next batch.
 const MAX_IN_FLIGHT: usize = 4;
+
+/// Sets `stop`, wakes the exporter thread, and waits up to `within` for it to say `stopped`
+/// (it sends what it holds first).
+pub(crate) fn stop_and_wait(
+    stop: &AtomicBool,
+    wake_up: &tokio::sync::Notify,
+    stopped: &AtomicBool,
+    within: Duration,
+) {
+    stop.store(true, Ordering::Release);
+    wake_up.notify_one();
+    let deadline = std::time::Instant::now() + within;
+    while !stopped.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
 
 /// Starts the exporter thread; it runs until `stop` is set and the queue is empty.
 fn spawn<T: Exportable>(telemetry: Arc<Exporter<T>>, export: TraceExport) -> std::io::Result<()> {

@@ -95,12 +95,7 @@ impl MetricsExporter {
 
     /// Exports once more and stops, waiting up to `within`.
     pub fn shut_down(&self, within: Duration) {
-        self.stop.store(true, Ordering::Release);
-        self.wake_up.notify_one();
-        let deadline = std::time::Instant::now() + within;
-        while !self.stopped.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        crate::export::stop_and_wait(&self.stop, &self.wake_up, &self.stopped, within);
     }
 
     pub fn render_metrics(&self, out: &mut String) {
