@@ -20,6 +20,18 @@ impl<'a> JsonCursor<'a> {
     /// value, which `each` may read (with any method here) or leave to be skipped. `None` if
     /// there is no object here or it is cut short.
     pub fn object(&mut self, mut each: impl FnMut(&'a [u8], &mut Self)) -> Option<()> {
+        self.object_while(|key, cursor| {
+            each(key, cursor);
+            true
+        })
+    }
+
+    /// [`Self::object`], stopping (with `Some`, the cursor left inside the object) once
+    /// `each` returns `false`: a reader that has found what it wanted skips nothing more.
+    pub fn object_while(
+        &mut self,
+        mut each: impl FnMut(&'a [u8], &mut Self) -> bool,
+    ) -> Option<()> {
         self.open(b'{')?;
         if self.close(b'}') {
             return Some(());
@@ -36,7 +48,11 @@ impl<'a> JsonCursor<'a> {
                 return None;
             }
             self.at += 1;
-            self.member_value(|cursor| each(key, cursor))?;
+            let mut more = true;
+            self.member_value(|cursor| more = each(key, cursor))?;
+            if !more {
+                return Some(());
+            }
             if !self.after_item(b'}')? {
                 return Some(());
             }

@@ -91,6 +91,19 @@ impl ResponseFacts {
     }
 }
 
+/// Notes `value` (a JSON string) as the id or the model, if `key` names one not yet known.
+fn take(facts: &mut ResponseFacts, key: &[u8], value: Option<&[u8]>) {
+    let text =
+        value.and_then(|v| std::str::from_utf8(v.strip_prefix(b"\"")?.strip_suffix(b"\"")?).ok());
+    match (key, text) {
+        (b"id" | b"responseId", Some(id)) if facts.id.is_empty() => facts.id = bounded(id),
+        (b"model" | b"modelVersion", Some(model)) if facts.model.is_empty() => {
+            facts.model = bounded(model);
+        }
+        _ => {}
+    }
+}
+
 /// A stream's facts, gathered event by event.
 #[derive(Debug, Default)]
 pub struct StreamFacts {
@@ -102,13 +115,17 @@ pub struct StreamFacts {
 /// `finishReason`, `reason` (a quote inside a string is escaped, so text never matches).
 const REASON_KEY: &[u8] = b"eason\":\"";
 
+/// Built once: building a finder costs about what a search of a whole answer does.
+static REASON_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(REASON_KEY));
+
 impl StreamFacts {
     pub fn event(&mut self, data: &[u8]) {
         if !self.identified {
             self.identify(data);
         }
         let mut rest = data;
-        while let Some(at) = memchr::memmem::find(rest, REASON_KEY) {
+        while let Some(at) = REASON_FINDER.find(rest) {
             rest = &rest[at + REASON_KEY.len()..];
             let Some(end) = memchr::memchr(b'"', rest) else {
                 break;
@@ -127,25 +144,21 @@ impl StreamFacts {
     /// `message_start`) or `response` (the Responses API's `response.created`).
     fn identify(&mut self, data: &[u8]) {
         let facts = &mut self.facts;
-        let mut take = |key: &[u8], value: Option<&[u8]>| {
-            let text = value.and_then(|v| {
-                std::str::from_utf8(v.strip_prefix(b"\"")?.strip_suffix(b"\"")?).ok()
-            });
-            match (key, text) {
-                (b"id" | b"responseId", Some(id)) if facts.id.is_empty() => facts.id = bounded(id),
-                (b"model" | b"modelVersion", Some(model)) if facts.model.is_empty() => {
-                    facts.model = bounded(model);
+        // Most answers name both first: the walk stops there.
+        let _ = JsonCursor::new(data).object_while(|key, cursor| {
+            match key {
+                b"message" | b"response" => {
+                    let _ = cursor.object(|key, field| take(facts, key, field.value()));
                 }
+                b"id" | b"responseId" | b"model" | b"modelVersion" => {
+                    take(facts, key, cursor.value());
+                }
+                // Left to the walk to skip, unread.
                 _ => {}
             }
-        };
-        let _ = JsonCursor::new(data).object(|key, cursor| match key {
-            b"message" | b"response" => {
-                cursor.object(|key, field| take(key, field.value()));
-            }
-            _ => take(key, cursor.value()),
+            facts.id.is_empty() || facts.model.is_empty()
         });
-        self.identified = !facts.id.is_empty() && !facts.model.is_empty();
+        self.identified = !self.facts.id.is_empty() && !self.facts.model.is_empty();
     }
 
     pub fn finish(self) -> ResponseFacts {

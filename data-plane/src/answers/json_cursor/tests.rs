@@ -255,3 +255,26 @@ fn what_upstreams_send_instead_of_an_answer_is_not_whole() {
     }
     assert!(is_whole_document(b"{\"a\": \"}\\\"{\"}"));
 }
+
+#[test]
+fn a_walk_stops_where_its_reader_says() {
+    let json = br#"{"id": "a", "model": "m", "choices": [1, 2, 3], "usage": {"x": 1}}"#;
+    let mut seen = Vec::new();
+    let walked = JsonCursor::new(json).object_while(|key, cursor| {
+        seen.push(key.to_vec());
+        let _ = cursor.value();
+        key != b"model"
+    });
+    assert_eq!(walked, Some(()));
+    assert_eq!(seen, [b"id".to_vec(), b"model".to_vec()]);
+    let mut all = 0;
+    assert_eq!(
+        JsonCursor::new(json).object_while(|_, _| {
+            all += 1;
+            true
+        }),
+        Some(())
+    );
+    assert_eq!(all, 4);
+    assert_eq!(JsonCursor::new(b"[1]").object_while(|_, _| true), None);
+}
