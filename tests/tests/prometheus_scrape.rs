@@ -239,6 +239,18 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
         }
     }
     shipped_rules_check_out_on_what_is_exposed(&format!("{proxy_metrics}{cp_metrics}"));
+    // No secret is a label or a value anywhere.
+    for secret in [
+        "sk-prometheus-test-key",
+        stack.acme.key.as_str(),
+        stack.acme.token.as_str(),
+        stack.cp.admin_token.as_str(),
+    ] {
+        assert!(
+            !proxy_metrics.contains(secret) && !cp_metrics.contains(secret),
+            "{secret} is in a /metrics page"
+        );
+    }
 
     // A real Prometheus, scraping both every second.
     let dir = tempfile::tempdir().unwrap();
