@@ -216,18 +216,20 @@ impl UsageDraft {
             first_chunk_us: self.first_chunk.map(micros),
             chunk_gaps: self.chunk_gaps.as_deref(),
         });
-        let facts = crate::telemetry::request_trace::UsageFacts::of(&self.record);
-        let written = Written {
-            input_tokens: facts.input_tokens,
-            output_tokens: facts.output_tokens,
-            cost_micros: facts.cost_micros,
-            source: facts.source,
-            attempts: self.record.attempts,
-        };
+        let record = &self.record;
         if let Some(trace) = &self.trace {
-            trace.note(|state| state.usage = Some(facts));
+            // Copies the record's run and task ids: only for a sampled trace.
+            trace.note(|state| {
+                state.usage = Some(crate::telemetry::request_trace::UsageFacts::of(record));
+            });
         }
-        written
+        Written {
+            input_tokens: record.input_tokens,
+            output_tokens: record.output_tokens,
+            cost_micros: record.cost_micros,
+            source: crate::telemetry::request_trace::source_name(record.source),
+            attempts: record.attempts,
+        }
     }
 
     /// The access line of a request whose record is written after the router has let go of

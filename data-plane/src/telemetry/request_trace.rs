@@ -76,6 +76,16 @@ pub struct UsageFacts {
     pub task_id: String,
 }
 
+/// A usage record's source as spans, logs and metrics name it.
+pub fn source_name(source: i32) -> &'static str {
+    match pb::UsageSource::try_from(source) {
+        Ok(pb::UsageSource::ProviderReported) => "provider_reported",
+        Ok(pb::UsageSource::Estimated) => "estimated",
+        Ok(pb::UsageSource::Mock) => "mock",
+        _ => "unspecified",
+    }
+}
+
 impl UsageFacts {
     pub fn of(record: &pb::UsageRecord) -> Self {
         Self {
@@ -84,12 +94,7 @@ impl UsageFacts {
             cached_input_tokens: record.cached_input_tokens,
             reasoning_tokens: record.reasoning_tokens,
             cost_micros: record.cost_micros,
-            source: match pb::UsageSource::try_from(record.source) {
-                Ok(pb::UsageSource::ProviderReported) => "provider_reported",
-                Ok(pb::UsageSource::Estimated) => "estimated",
-                Ok(pb::UsageSource::Mock) => "mock",
-                _ => "unspecified",
-            },
+            source: source_name(record.source),
             run_id: record.run_id.clone(),
             task_id: record.task_id.clone(),
         }
