@@ -171,6 +171,7 @@ async fn queries<S: Store>(backend: &str, store: &S) {
                     name: format!("app-{n}"),
                     display_name: String::new(),
                     default_model: String::new(),
+                    content_capture_bytes: 0,
                 },
                 audit(),
             )

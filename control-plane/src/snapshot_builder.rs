@@ -313,6 +313,7 @@ pub fn seal_snapshot(
                     Posture::Live => common::Posture::Live,
                 } as i32,
                 default_model: p.default_model.clone(),
+                content_capture_bytes: p.content_capture_bytes,
             })
             .collect(),
         providers,

@@ -54,6 +54,20 @@ pub fn timeout_ms(field: &str, value: u32) -> Result<u32, InvalidField> {
     }
 }
 
+pub use sluice_shared::otel_settings::MAX_CONTENT_CAPTURE_BYTES;
+
+/// How much of its prompts and completions a project has recorded on its traces: 0 (none) up
+/// to [`MAX_CONTENT_CAPTURE_BYTES`].
+pub fn content_capture_bytes(field: &str, value: u32) -> Result<u32, InvalidField> {
+    if value > MAX_CONTENT_CAPTURE_BYTES {
+        return Err(invalid(
+            field,
+            format!("must be at most {MAX_CONTENT_CAPTURE_BYTES} bytes (0 records no content)"),
+        ));
+    }
+    Ok(value)
+}
+
 /// Retry settings as a provider or model holds them: attempts from 1 to 10, a backoff of at
 /// most a minute growing to at most ten, a wait asked for of at most ten minutes.
 pub fn retry_settings(

@@ -375,6 +375,7 @@ async fn story<S: Store>(store: &S) {
                 name: "web".into(),
                 display_name: String::new(),
                 default_model: "gpt-4o-mini".into(),
+                content_capture_bytes: 0,
             },
             audit("project.create", "acme/web"),
         )
@@ -388,7 +389,8 @@ async fn story<S: Store>(store: &S) {
                 NewProject {
                     name: "other".into(),
                     display_name: String::new(),
-                    default_model: "missing".into()
+                    default_model: "missing".into(),
+                    content_capture_bytes: 0,
                 },
                 audit("project.create", "x"),
             )
@@ -412,6 +414,7 @@ async fn story<S: Store>(store: &S) {
             "web",
             ProjectPatch {
                 posture: Some(Posture::Live),
+                content_capture_bytes: Some(4096),
                 ..Default::default()
             },
             audit("project.set_posture", "acme/web"),
@@ -419,6 +422,26 @@ async fn story<S: Store>(store: &S) {
         .await
         .unwrap();
     assert_eq!(live.posture, Posture::Live);
+    assert_eq!(live.content_capture_bytes, 4096);
+    assert_eq!(
+        store
+            .get_project("acme", "web")
+            .await
+            .unwrap()
+            .content_capture_bytes,
+        4096,
+        "the opt-in into content capture is stored"
+    );
+    let config = store.load_config(VirtualKeysRead::All).await.unwrap();
+    assert_eq!(
+        config
+            .projects
+            .iter()
+            .find(|p| p.id == live.id)
+            .map(|p| p.content_capture_bytes),
+        Some(4096),
+        "and reaches the proxies"
+    );
 
     let vkey = store
         .create_virtual_key(
@@ -944,6 +967,7 @@ async fn budgets<S: Store>(store: &S) {
                 name: "app".into(),
                 display_name: String::new(),
                 default_model: String::new(),
+                content_capture_bytes: 0,
             },
             audit("project.create", "spendco/app"),
         )

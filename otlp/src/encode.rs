@@ -65,6 +65,11 @@ impl TraceRequest {
         request
     }
 
+    /// Bytes written so far.
+    pub fn encoded_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Adds a span; `attributes` writes its attributes with [`Attributes::add`].
     #[allow(clippy::too_many_arguments)]
     pub fn span(

@@ -123,6 +123,10 @@ impl<T: Exportable> Exporter<T> {
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
+/// An export request is closed once it holds this much: a batch of spans carrying captured
+/// prompts stays under gRPC's default 4 MiB message limit.
+const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
+
 /// Exports in flight at once: a collector's round trip does not hold up the next batch.
 const MAX_IN_FLIGHT: usize = 4;
 
@@ -179,7 +183,7 @@ async fn run<T: Exportable>(
             let mut request =
                 TraceRequest::new(&telemetry.service_name, &telemetry.resource, scope_version);
             let mut taken = 0;
-            while taken < telemetry.batch_items {
+            while taken < telemetry.batch_items && request.encoded_len() < MAX_REQUEST_BYTES {
                 let Some(item) = telemetry.queue.pop() else {
                     break;
                 };
@@ -199,7 +203,7 @@ async fn run<T: Exportable>(
                     .unwrap_or_else(|_| Err("timed out".to_owned()));
                 count(&counted, spans, sent);
             });
-            if taken < telemetry.batch_items {
+            if taken < telemetry.batch_items && telemetry.queue.is_empty() {
                 break;
             }
         }

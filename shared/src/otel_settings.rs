@@ -14,6 +14,10 @@ use std::time::Duration;
 use crate::secret::SecretString;
 use crate::settings_source::{SettingsError, invalid, parse, parse_bool};
 
+/// The most prompt, or completion, a project may have recorded on one span: enough for a long
+/// conversation's gist, small enough that a span stays a span.
+pub const MAX_CONTENT_CAPTURE_BYTES: u32 = 64 * 1024;
+
 /// The variables read, each also a key of the file's `[otel]` table.
 pub const VARIABLES: &[&str] = &[
     "OTEL_SDK_DISABLED",

@@ -206,6 +206,16 @@ impl Http {
             .await
     }
 
+    /// POSTs `body` with the caller's own `headers` (its key among them) and asserts a 200.
+    pub async fn post_ok(&self, url: &str, headers: &[(&str, &str)], body: &Value) -> HttpResponse {
+        let answer = self
+            .send("POST", url, None, headers, Bytes::from(body.to_string()))
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(answer.status, 200, "{url}: {}", answer.text());
+        answer
+    }
+
     pub async fn send(
         &self,
         method: &str,

@@ -492,17 +492,7 @@ async fn every_family_and_operation_is_traced_on_the_genai_conventions() {
     .await;
     let key = stack.acme.key.as_str();
     let send = async |path: &str, headers: &[(&str, &str)], body: serde_json::Value| {
-        let answer = http
-            .send(
-                "POST",
-                &proxy.url(path),
-                None,
-                headers,
-                Bytes::from(body.to_string()),
-            )
-            .await
-            .unwrap();
-        assert_eq!(answer.status, 200, "{path}: {}", answer.text());
+        http.post_ok(&proxy.url(path), headers, &body).await;
     };
     let anthropic = [("x-api-key", key), ("anthropic-version", "2023-06-01")];
     let ask = json!({"model": "claude", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]});
@@ -1159,4 +1149,189 @@ async fn metrics_go_over_otlp_from_both_processes() {
         panic!("a sum: {committed:?}");
     };
     assert!(!sum.data_points.is_empty());
+}
+
+/// The attempt span of the request `request_id` answered.
+fn client_span_of<'a>(spans: &'a [(String, Span)], request_id: &str) -> &'a Span {
+    let server = spans
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| text(&span.attributes, "sluice.request_id").as_deref() == Some(request_id))
+        .unwrap_or_else(|| panic!("no server span for {request_id}"));
+    spans
+        .iter()
+        .map(|(_, span)| span)
+        .find(|span| span.parent_span_id == server.span_id && span.trace_id == server.trace_id)
+        .unwrap_or_else(|| panic!("no attempt span for {request_id}"))
+}
+
+fn json_attribute(span: &Span, key: &str) -> Option<serde_json::Value> {
+    text(&span.attributes, key).map(|raw| serde_json::from_str(&raw).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_and_completions_are_recorded_only_for_projects_that_opt_in() {
+    let receiver = OtlpReceiver::start().await;
+    let family = sluice_e2e::family_stack(
+        "anthropic",
+        "sk-ant-canary-capture-9911",
+        "claude",
+        "claude-sonnet-4-5",
+    )
+    .await;
+    let stack = &family.stack;
+    let (_dir, proxy, http) = caught_up_proxy_with(
+        &stack.cp,
+        &stack.acme.token,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let key = stack.acme.key.as_str();
+    let bearer = format!("Bearer {key}");
+    let send = async |path: &str, headers: &[(&str, &str)], body: serde_json::Value| {
+        let answer = http.post_ok(&proxy.url(path), headers, &body).await;
+        answer.headers["x-request-id"].to_str().unwrap().to_owned()
+    };
+    let openai = [("authorization", bearer.as_str())];
+    let anthropic = [("x-api-key", key), ("anthropic-version", "2023-06-01")];
+    let ask = |text: &str| {
+        json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "system", "content": "Answer in French."},
+            {"role": "user", "content": text}]})
+    };
+
+    let unrecorded = send("/v1/chat/completions", &openai, ask("a private question")).await;
+    let spans = receiver.wait_for_spans(2, Duration::from_secs(10)).await;
+    let attempt = client_span_of(&spans, &unrecorded);
+    for key in [
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+    ] {
+        assert!(
+            text(&attempt.attributes, key).is_none(),
+            "{key}: content is never recorded unless the project opts in"
+        );
+    }
+    assert!(!contains_bytes(&receiver.bytes(), b"a private question"));
+
+    let refused = stack.cp.ctl(&[
+        "project",
+        "update",
+        "acme/web",
+        "--capture-content-bytes",
+        "70000",
+    ]);
+    assert!(refused.err().contains("at most 65536"), "{}", refused.err());
+    stack
+        .cp
+        .ctl(&[
+            "project",
+            "update",
+            "acme/web",
+            "--capture-content-bytes",
+            "1500",
+        ])
+        .ok();
+    let shown = stack.cp.ctl(&["-o", "json", "project", "get", "acme/web"]);
+    assert_eq!(shown.json()["content_capture_bytes"], 1500);
+    proxy
+        .wait_for_version(&http, stack.cp.config_version())
+        .await;
+
+    let whole = send("/v1/chat/completions", &openai, ask("What is a sluice?")).await;
+    let native_stream = send(
+        "/v1/messages",
+        &anthropic,
+        json!({"model": "claude", "max_tokens": 64, "stream": true, "system": "Be brief.",
+               "messages": [{"role": "user", "content": "What is a weir?"}]}),
+    )
+    .await;
+    let translated_stream = send(
+        "/v1/chat/completions",
+        &openai,
+        json!({"model": "claude", "stream": true,
+               "messages": [{"role": "user", "content": "What is a lock?"}]}),
+    )
+    .await;
+    let long = send(
+        "/v1/chat/completions",
+        &openai,
+        ask(&"a very long prompt ".repeat(500)),
+    )
+    .await;
+    let spans = receiver.wait_for_spans(10, Duration::from_secs(10)).await;
+
+    let attempt = client_span_of(&spans, &whole);
+    assert_eq!(
+        json_attribute(attempt, "gen_ai.input.messages"),
+        Some(json!([
+            {"role": "system", "parts": [{"type": "text", "content": "Answer in French."}]},
+            {"role": "user", "parts": [{"type": "text", "content": "What is a sluice?"}]}
+        ]))
+    );
+    let output = json_attribute(attempt, "gen_ai.output.messages").unwrap();
+    assert_eq!(output[0]["role"], "assistant");
+    assert_eq!(output[0]["finish_reason"], "stop");
+    assert!(
+        output[0]["parts"][0]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hello"),
+        "{output}"
+    );
+    assert!(text(&attempt.attributes, "sluice.content.truncated").is_none());
+
+    let attempt = client_span_of(&spans, &native_stream);
+    assert_eq!(
+        json_attribute(attempt, "gen_ai.system_instructions"),
+        Some(json!([{"type": "text", "content": "Be brief."}])),
+        "Anthropic's system prompt is given apart"
+    );
+    assert_eq!(
+        json_attribute(attempt, "gen_ai.input.messages"),
+        Some(json!([{"role": "user", "parts": [{"type": "text", "content": "What is a weir?"}]}]))
+    );
+    let output = json_attribute(attempt, "gen_ai.output.messages").unwrap();
+    assert_eq!(
+        output,
+        json!([{"role": "assistant", "parts": [{"type": "text", "content": "Hello from the mock upstream"}],
+                "finish_reason": "end_turn"}]),
+        "a stream's events are gathered into its answer"
+    );
+
+    // Asked in OpenAI's format, answered in Anthropic's: each is read in its own.
+    let attempt = client_span_of(&spans, &translated_stream);
+    assert_eq!(
+        json_attribute(attempt, "gen_ai.input.messages").unwrap()[0]["parts"][0]["content"],
+        "What is a lock?"
+    );
+    assert_eq!(
+        json_attribute(attempt, "gen_ai.output.messages").unwrap()[0]["parts"][0]["content"],
+        "Hello from the mock upstream"
+    );
+
+    let attempt = client_span_of(&spans, &long);
+    let recorded = text(&attempt.attributes, "gen_ai.input.messages").unwrap();
+    assert!(recorded.len() <= 1500, "{}", recorded.len());
+    let recorded: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    assert_eq!(
+        recorded[0]["parts"][0]["content"], "Answer in French.",
+        "the long text gives way, not the short ones"
+    );
+    assert_eq!(
+        attempt
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "sluice.content.truncated")
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.clone()),
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::BoolValue(true))
+    );
+    let exported = receiver.bytes();
+    assert!(!contains_bytes(&exported, b"sk-ant-canary-capture-9911"));
+    assert!(!contains_bytes(&exported, key.as_bytes()));
 }

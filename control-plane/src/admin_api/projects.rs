@@ -13,8 +13,13 @@ pub(super) async fn create_project<S: Store>(
     if !req.default_model.is_empty() {
         names(&[("default_model", &req.default_model)])?;
     }
+    let capture = checked(validation::content_capture_bytes(
+        "content_capture_bytes",
+        req.content_capture_bytes,
+    ))?;
     let target = format!("{}/{}", req.organization, req.name);
-    let audit = Audit::new(&actor, "project.create", target).with_detail("posture=MOCK");
+    let audit = Audit::new(&actor, "project.create", target)
+        .with_detail(format!("posture=MOCK content_capture_bytes={capture}"));
     let project = api
         .store
         .create_project(
@@ -23,6 +28,7 @@ pub(super) async fn create_project<S: Store>(
                 name: req.name,
                 display_name: req.display_name,
                 default_model: req.default_model,
+                content_capture_bytes: capture,
             },
             audit,
         )
@@ -78,12 +84,27 @@ pub(super) async fn update_project<S: Store>(
     if let Some(model) = req.default_model.as_deref().filter(|m| !m.is_empty()) {
         names(&[("default_model", model)])?;
     }
+    let capture = req
+        .content_capture_bytes
+        .map(|bytes| {
+            checked(validation::content_capture_bytes(
+                "content_capture_bytes",
+                bytes,
+            ))
+        })
+        .transpose()?;
     let target = format!("{}/{}", req.organization, req.name);
-    let audit = Audit::new(&actor, "project.update", target);
+    // Recording prompts is a privacy decision: the audit trail says who turned it on.
+    let audit = match capture {
+        Some(bytes) => Audit::new(&actor, "project.update", target)
+            .with_detail(format!("content_capture_bytes={bytes}")),
+        None => Audit::new(&actor, "project.update", target),
+    };
     let patch = store::ProjectPatch {
         display_name: req.display_name,
         default_model: req.default_model,
         posture: None,
+        content_capture_bytes: capture,
     };
     let project = api
         .store

@@ -73,6 +73,9 @@ pub struct Project {
     pub display_name: String,
     pub posture: Posture,
     pub default_model: String,
+    /// The most bytes of prompt and of completion a sampled request records on its spans;
+    /// 0: none (the default: content is never recorded unless the project opts in).
+    pub content_capture_bytes: u32,
     pub created_at_us: i64,
     pub updated_at_us: i64,
 }
@@ -82,6 +85,7 @@ pub struct NewProject {
     pub name: String,
     pub display_name: String,
     pub default_model: String,
+    pub content_capture_bytes: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -89,6 +93,7 @@ pub struct ProjectPatch {
     pub display_name: Option<String>,
     pub default_model: Option<String>,
     pub posture: Option<Posture>,
+    pub content_capture_bytes: Option<u32>,
 }
 
 /// A model a project may use, and how many usable (active or retiring) keys of active
@@ -416,6 +421,7 @@ pub struct ConfigProject {
     pub name: String,
     pub posture: Posture,
     pub default_model: String,
+    pub content_capture_bytes: u32,
 }
 
 /// A usable (not revoked) key of an active provider, still sealed by the vault.

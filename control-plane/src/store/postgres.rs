@@ -84,6 +84,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "provider_trace_context",
         include_str!("../../migrations/postgres/0015_provider_trace_context.sql"),
     ),
+    (
+        16,
+        "project_content_capture",
+        include_str!("../../migrations/postgres/0016_project_content_capture.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -85,6 +85,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "provider_trace_context",
         include_str!("../../migrations/sqlite/0015_provider_trace_context.sql"),
     ),
+    (
+        16,
+        "project_content_capture",
+        include_str!("../../migrations/sqlite/0016_project_content_capture.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

@@ -58,10 +58,10 @@ impl AnswerStream {
         draft: UsageDraft,
         deadlines: Deadlines,
         scrubber: CredentialScrubber,
+        facts: Option<Box<StreamFacts>>,
     ) -> Self {
         let (first_event_by, _) =
             deadlines.bound(TimeoutKind::FirstByte, deadlines.attempt_started());
-        let sampled = draft.trace.as_ref().is_some_and(|trace| trace.sampled());
         Self {
             inner,
             scrubber: StreamScrubber::new(scrubber),
@@ -73,7 +73,7 @@ impl AnswerStream {
             last_chunk: None,
             upstream_done: false,
             last_event: None,
-            facts: sampled.then(Box::default),
+            facts,
             done: false,
         }
     }
@@ -84,8 +84,13 @@ impl AnswerStream {
             self.facts.take(),
             self.draft.as_ref().and_then(|d| d.trace.as_ref()),
         ) {
-            let facts = facts.finish();
-            trace.note(|state| state.response = Some(Box::new(facts)));
+            let (facts, output) = facts.finish_with_content();
+            trace.note(|state| {
+                state.response = Some(Box::new(facts));
+                if let Some(content) = state.content.as_mut() {
+                    content.output = output;
+                }
+            });
         }
     }
 

@@ -22,10 +22,12 @@ use crate::http_body::{Body, full};
 use crate::metering::answer_stream::AnswerStream;
 use crate::metering::draft::UsageDraft;
 use crate::metering::tally::RequestTally;
+use crate::operation::Operation;
 use crate::pipeline::failure::UpstreamFailure;
 use crate::request::fields::ChatRequest;
 use crate::resilience::timeout_policy::{Deadlines, TimeoutKind};
-use crate::telemetry::response_facts::ResponseFacts;
+use crate::telemetry::content_capture::OutputCapture;
+use crate::telemetry::response_facts::{ResponseFacts, StreamFacts};
 use crate::upstream::UpstreamBody;
 
 /// Largest non-streamed upstream answer read into memory.
@@ -78,6 +80,11 @@ pub async fn answer(
     tally: &mut RequestTally,
 ) -> Result<Response<Body>, Unanswered> {
     let (parts, incoming) = response.into_parts();
+    // What the answer's body speaks: a translated request's is its upstream family's own.
+    let upstream_format = match translator {
+        Translator::Native(_) => draft.operation,
+        Translator::Chat(translation) => translation.operation(stream),
+    };
     let mut headers = http::HeaderMap::new();
     copy_response_headers(&parts.headers, &mut headers, &scrubber);
     draft.record.http_status = u32::from(parts.status.as_u16());
@@ -101,7 +108,15 @@ pub async fn answer(
         }
         draft.spool_start();
         say_overhead(&draft, &mut headers);
-        let body = AnswerStream::new(incoming, reader, draft, answering.deadlines, scrubber);
+        let facts = stream_facts(&draft, upstream_format);
+        let body = AnswerStream::new(
+            incoming,
+            reader,
+            draft,
+            answering.deadlines,
+            scrubber,
+            facts,
+        );
         tally.streamed = true;
         let mut out = Response::new(Body::new(body));
         *out.status_mut() = parts.status;
@@ -135,7 +150,7 @@ pub async fn answer(
         })));
     }
     if parts.status.is_success() {
-        note_response(&draft, &bytes);
+        note_response(&draft, &bytes, upstream_format);
     }
     // What the answer generated, by Sluice's count, for when it reports no usage: a native
     // answer's format only its family reads, so only its prompt is counted.
@@ -215,11 +230,30 @@ fn say_overhead(draft: &UsageDraft, headers: &mut http::HeaderMap) {
 /// success.
 /// A sampled request's answer, as the upstream described it (parsed once more, for the trace
 /// only).
-fn note_response(draft: &UsageDraft, bytes: &[u8]) {
+fn note_response(draft: &UsageDraft, bytes: &[u8], format: Operation) {
     if let Some(trace) = draft.trace.as_ref().filter(|trace| trace.sampled()) {
         let facts = ResponseFacts::of_whole(bytes);
-        trace.note(|state| state.response = Some(Box::new(facts)));
+        let output = trace.content_cap().and_then(|cap| {
+            let mut capture = OutputCapture::new(format, cap);
+            capture.whole(bytes);
+            capture.finish()
+        });
+        trace.note(|state| {
+            state.response = Some(Box::new(facts));
+            if let Some(content) = state.content.as_mut() {
+                content.output = output;
+            }
+        });
     }
+}
+
+/// What a sampled request's stream gathers for its trace, in the upstream's `format`.
+fn stream_facts(draft: &UsageDraft, format: Operation) -> Option<Box<StreamFacts>> {
+    let trace = draft.trace.as_ref().filter(|trace| trace.sampled())?;
+    let capture = trace
+        .content_cap()
+        .map(|cap| OutputCapture::new(format, cap));
+    Some(Box::new(StreamFacts::new(capture)))
 }
 
 fn not_json(draft: UsageDraft, scrubber: CredentialScrubber) -> Unanswered {

@@ -29,6 +29,7 @@ use crate::request::body::RequestBody;
 use crate::request::fields::ChatRequest;
 use crate::routing::tables::Posture;
 use crate::telemetry::RequestTrace;
+use crate::telemetry::content_capture::{self, CapturedContent};
 use crate::telemetry::response_facts::RequestParams;
 
 /// What a client API is to the request path: the operation it calls, where its SDKs send
@@ -100,6 +101,14 @@ pub async fn serve(
             state.stream = chat.stream;
             state.max_tokens = chat.output_limit.as_ref().map(|limit| limit.tokens);
             state.params = Some(Box::new(RequestParams::of(&chat)));
+            let cap = caller.project.content_capture_bytes as usize;
+            if cap > 0 {
+                state.content = Some(Box::new(CapturedContent {
+                    cap,
+                    input: content_capture::input(operation, &body, cap),
+                    output: None,
+                }));
+            }
         });
     }
     let model = resolve_model(&tables, &caller, &chat.model)?;

@@ -66,6 +66,9 @@ pub struct ProjectEntry {
     pub name: String,
     pub posture: Posture,
     pub default_model: String,
+    /// The most bytes of prompt and of completion its sampled requests record on their
+    /// spans; 0: none.
+    pub content_capture_bytes: u32,
 }
 
 #[derive(Debug)]
@@ -454,6 +457,9 @@ impl RoutingTables {
                 name: p.name.clone(),
                 posture,
                 default_model: p.default_model.clone(),
+                content_capture_bytes: p
+                    .content_capture_bytes
+                    .min(sluice_shared::otel_settings::MAX_CONTENT_CAPTURE_BYTES),
             });
         }
 

@@ -35,6 +35,7 @@ pub(crate) fn fixture() -> Fixture {
             name: "web".into(),
             posture: common::Posture::Live as i32,
             default_model: "m".into(),
+            content_capture_bytes: 0,
         }],
         providers: vec![pb::ProviderConfig {
             id: "pr1".into(),
@@ -315,6 +316,7 @@ fn parts_and_differences_build_the_same_tables_as_a_whole_snapshot() -> Result<(
             name: "batch".into(),
             posture: common::Posture::Mock as i32,
             default_model: String::new(),
+            content_capture_bytes: 0,
         },
     );
     difference.removed_key_hashes = vec![hash_hex("second")];

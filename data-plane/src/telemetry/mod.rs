@@ -7,6 +7,7 @@
 //! with no endpoint set nothing here runs at all.
 
 pub mod access_log;
+pub mod content_capture;
 pub mod render;
 pub mod request_trace;
 pub mod response_facts;

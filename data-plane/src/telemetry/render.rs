@@ -1,8 +1,8 @@
 //! A finished request as OTLP spans: the server span on the HTTP server conventions, and a
 //! client span per upstream attempt on the GenAI conventions (1.37: `gen_ai.operation.name`,
 //! `gen_ai.provider.name`, `gen_ai.request.model`, `gen_ai.usage.*`, `server.address`,
-//! `error.type`). Sluice's own facts go under `sluice.*`; ids only — no key, no prompt, no
-//! completion is ever written here.
+//! `error.type`). Sluice's own facts go under `sluice.*`; ids only — no key is ever written
+//! here, and a prompt or completion only for a project that opted in (`content_capture_bytes`).
 
 use crate::telemetry::request_trace::{AttemptSpan, FinishedTrace};
 use sluice_otlp::{SpanIds, SpanKind, TraceRequest, Value};
@@ -154,6 +154,23 @@ fn write_attempt(trace: &FinishedTrace, attempt: &AttemptSpan, request: &mut Tra
                     let reasons: Vec<&str> =
                         response.finish_reasons.iter().map(String::as_str).collect();
                     attributes.add("gen_ai.response.finish_reasons", Value::Strs(&reasons));
+                }
+            }
+            if let Some(content) = &state.content {
+                let mut truncated = false;
+                if let Some(input) = &content.input {
+                    if let Some(system) = &input.system {
+                        attributes.text("gen_ai.system_instructions", system);
+                    }
+                    attributes.text("gen_ai.input.messages", &input.messages);
+                    truncated |= input.truncated;
+                }
+                if answered && let Some(output) = &content.output {
+                    attributes.text("gen_ai.output.messages", &output.messages);
+                    truncated |= output.truncated;
+                }
+                if truncated {
+                    attributes.add("sluice.content.truncated", Value::Bool(true));
                 }
             }
             if answered && let Some(usage) = &state.usage {

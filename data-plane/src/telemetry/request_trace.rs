@@ -60,6 +60,8 @@ pub struct TraceState {
     /// What the client asked of the model, and what the answer said of itself.
     pub params: Option<Box<crate::telemetry::response_facts::RequestParams>>,
     pub response: Option<Box<crate::telemetry::response_facts::ResponseFacts>>,
+    /// The prompt and completion, for a project that records them.
+    pub content: Option<Box<crate::telemetry::content_capture::CapturedContent>>,
     pub attempts: Vec<AttemptSpan>,
 }
 
@@ -163,6 +165,16 @@ impl RequestTrace {
         if self.sampled {
             write(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
         }
+    }
+
+    /// How many bytes of content the request's project has recorded, if any (a sampled
+    /// request's only).
+    pub fn content_cap(&self) -> Option<usize> {
+        if !self.sampled {
+            return None;
+        }
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.content.as_ref().map(|content| content.cap)
     }
 
     /// A new attempt's span, started now.

@@ -5,6 +5,7 @@
 
 use crate::answers::json_cursor::JsonCursor;
 use crate::request::fields::ChatRequest;
+use crate::telemetry::content_capture::{CapturedOutput, OutputCapture};
 
 /// The request parameters the conventions name, as the client sent them.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -104,11 +105,12 @@ fn take(facts: &mut ResponseFacts, key: &[u8], value: Option<&[u8]>) {
     }
 }
 
-/// A stream's facts, gathered event by event.
+/// A stream's facts, gathered event by event (and its content, for a project that records it).
 #[derive(Debug, Default)]
 pub struct StreamFacts {
     facts: ResponseFacts,
     identified: bool,
+    capture: Option<OutputCapture>,
 }
 
 /// What every family's finish reason key ends with: `finish_reason`, `stop_reason`,
@@ -120,7 +122,17 @@ static REASON_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(REASON_KEY));
 
 impl StreamFacts {
+    pub fn new(capture: Option<OutputCapture>) -> Self {
+        Self {
+            capture,
+            ..Self::default()
+        }
+    }
+
     pub fn event(&mut self, data: &[u8]) {
+        if let Some(capture) = &mut self.capture {
+            capture.event(data);
+        }
         if !self.identified {
             self.identify(data);
         }
@@ -163,6 +175,11 @@ impl StreamFacts {
 
     pub fn finish(self) -> ResponseFacts {
         self.facts
+    }
+
+    /// The facts, and the answer's content if it was gathered.
+    pub fn finish_with_content(self) -> (ResponseFacts, Option<CapturedOutput>) {
+        (self.facts, self.capture.and_then(OutputCapture::finish))
     }
 }
 

@@ -12,6 +12,10 @@ pub(crate) enum ProjectCommand {
         display_name: String,
         #[arg(long, default_value = "")]
         default_model: String,
+        /// Record up to this many bytes of each sampled request's prompt and completion on its
+        /// trace (gen_ai.input.messages / gen_ai.output.messages). 0, the default: never.
+        #[arg(long, default_value_t = 0)]
+        capture_content_bytes: u32,
     },
     Get {
         path: String,
@@ -26,6 +30,9 @@ pub(crate) enum ProjectCommand {
         /// An empty value clears it.
         #[arg(long)]
         default_model: Option<String>,
+        /// Bytes of prompt and completion recorded on sampled traces; 0 stops recording.
+        #[arg(long)]
+        capture_content_bytes: Option<u32>,
     },
     Delete {
         path: String,
@@ -48,6 +55,7 @@ pub(crate) const PROJECT_COLUMNS: &[&str] = &[
     "name",
     "posture",
     "default_model",
+    "content_capture_bytes",
     "created_at",
 ];
 
@@ -60,6 +68,7 @@ pub(crate) fn project_row(p: pb::Project) -> Vec<Value> {
         json!(p.name),
         json!(posture.trim_start_matches("POSTURE_")),
         json!(p.default_model),
+        json!(p.content_capture_bytes),
         time(p.created_at_us),
     ]
 }
@@ -73,6 +82,7 @@ pub(crate) async fn project(
             path: p,
             display_name,
             default_model,
+            capture_content_bytes,
         } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             let response = client
@@ -81,6 +91,7 @@ pub(crate) async fn project(
                     name,
                     display_name,
                     default_model,
+                    content_capture_bytes: capture_content_bytes,
                 })
                 .await?;
             Listing::one(
@@ -116,6 +127,7 @@ pub(crate) async fn project(
             path: p,
             display_name,
             default_model,
+            capture_content_bytes,
         } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             let response = client
@@ -124,6 +136,7 @@ pub(crate) async fn project(
                     name,
                     display_name,
                     default_model,
+                    content_capture_bytes: capture_content_bytes,
                 })
                 .await?;
             Listing::one(

@@ -108,7 +108,8 @@ macro_rules! fleet_sql {
                         .await?;
 
                 let rows = sqlx::query(
-                    "SELECT id, org_id, name, posture, default_model FROM projects ORDER BY id",
+                    "SELECT id, org_id, name, posture, default_model, content_capture_bytes \
+                     FROM projects ORDER BY id",
                 )
                 .fetch_all(&mut *tx)
                 .await?;
@@ -121,6 +122,10 @@ macro_rules! fleet_sql {
                             name: row.try_get("name")?,
                             posture: Posture::parse(row.try_get("posture")?)?,
                             default_model: row.try_get("default_model")?,
+                            content_capture_bytes: to_u32(
+                                row.try_get("content_capture_bytes")?,
+                                "content_capture_bytes",
+                            )?,
                         })
                     })
                     .collect::<StoreResult<Vec<_>>>()?;

@@ -21,6 +21,10 @@ macro_rules! tenancy_sql {
                 display_name: row.try_get("display_name")?,
                 posture: Posture::parse(row.try_get("posture")?)?,
                 default_model: row.try_get("default_model")?,
+                content_capture_bytes: to_u32(
+                    row.try_get("content_capture_bytes")?,
+                    "content_capture_bytes",
+                )?,
                 created_at_us: row.try_get("created_at_us")?,
                 updated_at_us: row.try_get("updated_at_us")?,
             })
@@ -153,14 +157,15 @@ macro_rules! tenancy_sql {
                 let now = now_us();
                 sqlx::query(
                     "INSERT INTO projects (id, org_id, name, display_name, posture, \
-                     default_model, created_at_us, updated_at_us) \
-                     VALUES ($1, $2, $3, $4, 'MOCK', $5, $6, $6)",
+                     default_model, content_capture_bytes, created_at_us, updated_at_us) \
+                     VALUES ($1, $2, $3, $4, 'MOCK', $5, $6, $7, $7)",
                 )
                 .bind(new_id())
                 .bind(&org_id)
                 .bind(&new.name)
                 .bind(&new.display_name)
                 .bind(&new.default_model)
+                .bind(i64::from(new.content_capture_bytes))
                 .bind(now)
                 .execute(&mut *tx)
                 .await
@@ -201,11 +206,16 @@ macro_rules! tenancy_sql {
                 }
                 sqlx::query(
                     "UPDATE projects SET display_name = $1, default_model = $2, \
-                     posture = $3, updated_at_us = $4 WHERE id = $5",
+                     posture = $3, content_capture_bytes = $4, updated_at_us = $5 WHERE id = $6",
                 )
                 .bind(patch.display_name.unwrap_or(current.display_name))
                 .bind(patch.default_model.unwrap_or(current.default_model))
                 .bind(patch.posture.unwrap_or(current.posture).as_str())
+                .bind(i64::from(
+                    patch
+                        .content_capture_bytes
+                        .unwrap_or(current.content_capture_bytes),
+                ))
                 .bind(now_us())
                 .bind(&current.id)
                 .execute(&mut *tx)
