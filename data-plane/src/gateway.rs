@@ -54,12 +54,23 @@ impl Gateway {
     /// Every metric of this process in Prometheus's text format: what `/metrics` serves and
     /// what is exported over OTLP.
     pub fn render_metrics(&self) -> String {
+        self.render(false)
+    }
+
+    /// The same in OpenMetrics, for a scraper that asks: the latency histograms carry a
+    /// sampled request's trace id per bucket as an exemplar.
+    pub fn render_openmetrics(&self) -> String {
+        sluice_shared::openmetrics::from_prometheus_text(&self.render(true))
+    }
+
+    fn render(&self, exemplars: bool) -> String {
         let mut rendered = self.metrics.render(
             sluice_shared::time::now_us(),
             self.leases.reserved(),
             self.heap_stats.get().and_then(|read| read()),
         );
-        self.series.render(&self.metrics.unrouted, &mut rendered);
+        self.series
+            .render(&self.metrics.unrouted, &mut rendered, exemplars);
         if let Some(telemetry) = self.telemetry.get() {
             telemetry.render_metrics(&mut rendered);
         }

@@ -1,9 +1,11 @@
 //! Histograms of fixed bounds in integer base units (microseconds, tokens): recording is a
 //! search over a dozen bounds and two atomic adds, never a lock or an allocation. Rendered in
-//! Prometheus's text format.
+//! Prometheus's text format, or in OpenMetrics with an exemplar per bucket: the trace of a
+//! sampled request whose value fell there.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// A histogram's upper bounds in base units, and what one rendered unit is worth in them.
 pub struct Bounds {
@@ -29,6 +31,25 @@ pub struct Histogram {
     /// Per bucket, not cumulative (one add per record); the last is above every bound.
     buckets: Box<[AtomicU64]>,
     sum: AtomicU64,
+    /// Per bucket, the last sampled request's trace to land there (histograms made
+    /// [`with_exemplars`](Self::with_exemplars) only).
+    exemplars: Option<Box<[Mutex<Option<Exemplar>>]>>,
+}
+
+/// A sampled request's trace beside the value it recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exemplar {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub value: u64,
+    pub at_us: i64,
+}
+
+/// The ids of the trace a recorded value belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceRef<'a> {
+    pub trace_id: &'a [u8; 16],
+    pub span_id: &'a [u8; 8],
 }
 
 impl Histogram {
@@ -37,15 +58,51 @@ impl Histogram {
             bounds,
             buckets: (0..=bounds.le.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
+            exemplars: None,
+        }
+    }
+
+    /// A histogram that keeps, per bucket, the trace of the last sampled request recorded.
+    pub fn with_exemplars(bounds: &'static Bounds) -> Self {
+        Self {
+            exemplars: Some((0..=bounds.le.len()).map(|_| Mutex::new(None)).collect()),
+            ..Self::new(bounds)
         }
     }
 
     pub fn record(&self, value: u64) {
+        self.record_bucket(value);
+    }
+
+    fn record_bucket(&self, value: u64) -> usize {
         let bucket = self.bounds.le.partition_point(|&le| le < value);
         if let Some(count) = self.buckets.get(bucket) {
             count.fetch_add(1, Ordering::Relaxed);
         }
         self.sum.fetch_add(value, Ordering::Relaxed);
+        bucket
+    }
+
+    /// Records `value`, and a sampled request's trace as its bucket's exemplar. The slot is
+    /// only tried: a request never waits on another's exemplar (it keeps the one there).
+    pub fn record_traced(&self, value: u64, trace: Option<TraceRef<'_>>) {
+        let bucket = self.record_bucket(value);
+        if let (Some(slots), Some(trace)) = (&self.exemplars, trace)
+            && let Some(Ok(mut slot)) = slots.get(bucket).map(Mutex::try_lock)
+        {
+            *slot = Some(Exemplar {
+                trace_id: *trace.trace_id,
+                span_id: *trace.span_id,
+                value,
+                at_us: crate::time::now_us(),
+            });
+        }
+    }
+
+    /// The exemplar held for bucket `index`, if any.
+    pub fn exemplar(&self, index: usize) -> Option<Exemplar> {
+        let slot = self.exemplars.as_ref()?.get(index)?;
+        *slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds what a request gathered on its own (one add per bucket it used).
@@ -68,6 +125,16 @@ impl Histogram {
     /// without braces (may be empty). Buckets are cumulative and the count is their total,
     /// so the two always agree however records race the rendering.
     pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        self.write(out, name, labels, false);
+    }
+
+    /// The same lines in OpenMetrics, each bucket followed by its exemplar where it has one:
+    /// `… # {trace_id="…",span_id="…"} 0.25 1733580000.123456`.
+    pub fn render_openmetrics(&self, out: &mut String, name: &str, labels: &str) {
+        self.write(out, name, labels, true);
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str, exemplars: bool) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0_u64;
         for (index, count) in self.buckets.iter().enumerate() {
@@ -75,18 +142,28 @@ impl Histogram {
             match self.bounds.le.get(index) {
                 Some(&le) => {
                     let le = le as f64 / self.bounds.per_unit;
-                    let _ = writeln!(
+                    let _ = write!(
                         out,
                         "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
                     );
                 }
                 None => {
-                    let _ = writeln!(
+                    let _ = write!(
                         out,
                         "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
                     );
                 }
             }
+            if let Some(exemplar) = self.exemplar(index).filter(|_| exemplars) {
+                out.push_str(" # {trace_id=\"");
+                push_hex(out, &exemplar.trace_id);
+                out.push_str("\",span_id=\"");
+                push_hex(out, &exemplar.span_id);
+                let value = exemplar.value as f64 / self.bounds.per_unit;
+                let at = exemplar.at_us as f64 / 1e6;
+                let _ = write!(out, "\"}} {value} {at:.6}");
+            }
+            out.push('\n');
         }
         let sum = self.sum.load(Ordering::Relaxed) as f64 / self.bounds.per_unit;
         let braces = |out: &mut String| {
@@ -104,6 +181,14 @@ impl Histogram {
         out.push_str("_count");
         braces(out);
         let _ = writeln!(out, " {cumulative}");
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
 }
 

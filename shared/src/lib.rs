@@ -10,6 +10,7 @@ pub mod histogram;
 pub mod ids;
 pub mod logging;
 pub mod network_reach;
+pub mod openmetrics;
 pub mod otel_settings;
 pub mod request_metadata;
 pub mod sealing;

@@ -2,13 +2,17 @@
 //! proxy's with OpenTelemetry export on, so its exporter's counters are in it), and a real
 //! Prometheus (Debian's `prometheus`, which `.ci/test` installs) scrapes both and answers a
 //! query over what it scraped — every panel of the shipped dashboard among them — and the
-//! shipped alert rules pass `promtool check rules` and their unit tests.
+//! shipped alert rules pass `promtool check rules` and their unit tests. Asked for OpenMetrics
+//! (as Prometheus asks), the proxy answers in it, its latency buckets carrying exemplars: the
+//! trace ids of sampled requests, which Prometheus stores and the test finds at the collector.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use serde_json::json;
 use sluice_e2e::otlp_receiver::OtlpReceiver;
@@ -216,6 +220,38 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
         .unwrap();
     assert_eq!(unknown.status, 404);
     let proxy_metrics = http.get(&proxy.url("/metrics"), None).await.unwrap().text();
+    let open = http
+        .send(
+            "GET",
+            &proxy.url("/metrics"),
+            None,
+            &[(
+                "accept",
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+            )],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        open.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let open = open.text();
+    assert!(open.ends_with("\n# EOF\n"), "{open}");
+    assert!(
+        open.contains("\n# TYPE sluice_responses counter\n"),
+        "{open}"
+    );
+    assert!(
+        open.lines().any(
+            |l| l.starts_with("gen_ai_client_operation_duration_seconds_bucket{")
+                && l.contains(" # {trace_id=\"")
+        ),
+        "{open}"
+    );
     assert!(proxy_metrics.contains("sluice_otel_spans_exported_total"));
     requests_show_by_model_and_provider(&proxy_metrics);
     // The proxy's usage reaches the control plane, and its metrics say so.
@@ -275,6 +311,7 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
             dir.path().join("data").display()
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--enable-feature=exemplar-storage")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -297,6 +334,45 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The proxy answered Prometheus in OpenMetrics, its latency buckets carrying the traces
+    // of the sampled requests that fell in them.
+    let exemplars = loop {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let answer = http
+            .get(
+                &format!(
+                    "{api}/query_exemplars?query=gen_ai_client_operation_duration_seconds_bucket&start={}&end={}",
+                    now - 600,
+                    now + 60
+                ),
+                None,
+            )
+            .await
+            .ok()
+            .map(|r| r.json());
+        let found: Vec<String> = answer
+            .iter()
+            .flat_map(|body| body["data"].as_array().cloned().unwrap_or_default())
+            .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+            .filter_map(|exemplar| exemplar["labels"]["trace_id"].as_str().map(str::to_owned))
+            .collect();
+        if !found.is_empty() || !scraped || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let traced: Vec<String> = receiver
+        .spans()
+        .iter()
+        .map(|(_, span)| hex::encode(&span.trace_id))
+        .collect();
+    assert!(
+        !exemplars.is_empty() && exemplars.iter().all(|id| traced.contains(id)),
+        "exemplars {exemplars:?} name traces the collector received: {traced:?}"
+    );
     // Every panel of the shipped dashboard is a query this Prometheus runs over what it
     // scraped, on metrics the processes expose.
     let dashboard: serde_json::Value = serde_json::from_str(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sluice_proto::usage::v1 as pb;
+use sluice_shared::histogram::TraceRef;
 
 use crate::answers::{StreamMeter, Usage};
 use crate::budgets::leases::Reservation;
@@ -215,6 +216,14 @@ impl UsageDraft {
             failure,
             first_chunk_us: self.first_chunk.map(micros),
             chunk_gaps: self.chunk_gaps.as_deref(),
+            trace: self
+                .trace
+                .as_deref()
+                .filter(|trace| trace.sampled())
+                .map(|trace| TraceRef {
+                    trace_id: &trace.ids.trace_id,
+                    span_id: &trace.ids.span_id,
+                }),
         });
         let record = &self.record;
         if let Some(trace) = &self.trace {

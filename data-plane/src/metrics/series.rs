@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
+use sluice_shared::histogram::TraceRef;
 
 use crate::metrics::histogram::{
     Bounds, CHUNK_GAP_SECONDS, FIRST_CHUNK_SECONDS, Histogram, LocalHistogram, OPERATION_SECONDS,
@@ -83,6 +84,8 @@ pub struct Finished<'r> {
     pub failure: Option<Outcome>,
     pub first_chunk_us: Option<u64>,
     pub chunk_gaps: Option<&'r LocalHistogram>,
+    /// A sampled request's trace: its duration's and first chunk's exemplar.
+    pub trace: Option<TraceRef<'r>>,
 }
 
 pub struct ModelSeries {
@@ -124,9 +127,9 @@ fn source_slot(source: i32) -> usize {
 impl GenAiSeries {
     fn new() -> Self {
         Self {
-            duration: Histogram::new(&OPERATION_SECONDS),
+            duration: Histogram::with_exemplars(&OPERATION_SECONDS),
             failed: std::array::from_fn(|_| OnceLock::new()),
-            first_chunk: Histogram::new(&FIRST_CHUNK_SECONDS),
+            first_chunk: Histogram::with_exemplars(&FIRST_CHUNK_SECONDS),
             chunk_gap: Histogram::new(&CHUNK_GAP_SECONDS),
             input_tokens: Histogram::new(&TOKENS),
             output_tokens: Histogram::new(&TOKENS),
@@ -190,12 +193,12 @@ impl ModelSeries {
             .get_or_init(|| Box::new(GenAiSeries::new()));
         let duration = match finished.failure {
             Some(failure) => series.failed[failure.slot()]
-                .get_or_init(|| Box::new(Histogram::new(&OPERATION_SECONDS))),
+                .get_or_init(|| Box::new(Histogram::with_exemplars(&OPERATION_SECONDS))),
             None => &series.duration,
         };
-        duration.record(finished.duration_us);
+        duration.record_traced(finished.duration_us, finished.trace);
         if let Some(first) = finished.first_chunk_us {
-            series.first_chunk.record(first);
+            series.first_chunk.record_traced(first, finished.trace);
         }
         if let Some(gaps) = finished.chunk_gaps.filter(|gaps| !gaps.is_empty()) {
             series.chunk_gap.merge(gaps);
@@ -275,13 +278,15 @@ impl SeriesBook {
 
     /// Every family, each series of it together, as the text format requires. `unrouted`
     /// counts the requests that found no model.
-    pub fn render(&self, unrouted: &ModelSeries, out: &mut String) {
+    /// With `exemplars`, histograms are written as OpenMetrics has them, each bucket's
+    /// exemplar after it.
+    pub fn render(&self, unrouted: &ModelSeries, out: &mut String, exemplars: bool) {
         let all = self.all();
         let series: Vec<&ModelSeries> = std::iter::once(unrouted)
             .chain(all.iter().map(Arc::as_ref))
             .collect();
         render_responses(&series, out);
-        render_gen_ai(&series, out);
+        render_gen_ai(&series, out, exemplars);
     }
 }
 
@@ -313,7 +318,14 @@ fn render_responses(series: &[&ModelSeries], out: &mut String) {
 
 type HistogramOf = fn(&GenAiSeries) -> &Histogram;
 
-fn render_gen_ai(series: &[&ModelSeries], out: &mut String) {
+fn render_gen_ai(series: &[&ModelSeries], out: &mut String, exemplars: bool) {
+    let draw = |histogram: &Histogram, out: &mut String, name: &str, labels: &str| {
+        if exemplars {
+            histogram.render_openmetrics(out, name, labels);
+        } else {
+            histogram.render(out, name, labels);
+        }
+    };
     let used: Vec<(&ModelSeries, GenAiOperation, &GenAiSeries)> =
         series
             .iter()
@@ -333,15 +345,23 @@ fn render_gen_ai(series: &[&ModelSeries], out: &mut String) {
     out.push_str("# HELP gen_ai_client_operation_duration_seconds GenAI operation duration: from the request's arrival to its usage record (a stream's end).\n# TYPE gen_ai_client_operation_duration_seconds histogram\n");
     for &(one, operation, gen_ai) in &used {
         let labels = labels(one, operation);
-        gen_ai
-            .duration
-            .render(out, "gen_ai_client_operation_duration_seconds", &labels);
+        draw(
+            &gen_ai.duration,
+            out,
+            "gen_ai_client_operation_duration_seconds",
+            &labels,
+        );
         for (slot, failed) in gen_ai.failed.iter().enumerate() {
             if let Some(failed) = failed.get() {
                 let (status, code) = Outcome::labels(slot);
                 let error_type = if code.is_empty() { &status } else { code };
                 let labels = format!("{labels},error_type=\"{error_type}\"");
-                failed.render(out, "gen_ai_client_operation_duration_seconds", &labels);
+                draw(
+                    failed,
+                    out,
+                    "gen_ai_client_operation_duration_seconds",
+                    &labels,
+                );
             }
         }
     }
@@ -364,7 +384,7 @@ fn render_gen_ai(series: &[&ModelSeries], out: &mut String) {
         for &(one, operation, gen_ai) in &used {
             let histogram = histogram(gen_ai);
             if histogram.count() > 0 {
-                histogram.render(out, name, &labels(one, operation));
+                draw(histogram, out, name, &labels(one, operation));
             }
         }
     }
@@ -377,7 +397,7 @@ fn render_gen_ai(series: &[&ModelSeries], out: &mut String) {
         ] {
             if histogram.count() > 0 {
                 let labels = format!("{labels},gen_ai_token_type=\"{kind}\"");
-                histogram.render(out, "gen_ai_client_token_usage", &labels);
+                draw(histogram, out, "gen_ai_client_token_usage", &labels);
             }
         }
     }
@@ -435,7 +455,7 @@ mod tests {
         let mut slot = Arc::new(series);
         book.adopt([&mut slot]);
         let mut out = String::new();
-        book.render(&ModelSeries::default(), &mut out);
+        book.render(&ModelSeries::default(), &mut out, false);
         assert!(
             out.contains(r#"model="we\"ird\\model\nx",provider="p\""#),
             "{out}"
@@ -499,6 +519,10 @@ mod tests {
             failure: None,
             first_chunk_us: Some(45_000),
             chunk_gaps: Some(&gaps),
+            trace: Some(TraceRef {
+                trace_id: &[0xab; 16],
+                span_id: &[0xcd; 8],
+            }),
         });
         let failed = record(0, 0, 0, pb::UsageSource::Estimated);
         series.finished(&Finished {
@@ -508,9 +532,10 @@ mod tests {
             failure: Some(Outcome::Error(ErrorCode::UpstreamTimeout)),
             first_chunk_us: None,
             chunk_gaps: None,
+            trace: None,
         });
         let mut out = String::new();
-        render_gen_ai(&[&series], &mut out);
+        render_gen_ai(&[&series], &mut out, false);
         let labels = r#"gen_ai_operation_name="chat",gen_ai_request_model="m",gen_ai_provider_name="anthropic",sluice_provider="p""#;
         for line in [
             format!("gen_ai_client_operation_duration_seconds_count{{{labels}}} 1"),
@@ -528,6 +553,23 @@ mod tests {
         assert!(
             !out.contains("generate_content"),
             "unused operations stay out: {out}"
+        );
+        assert!(!out.contains(" # {"), "Prometheus's text has no exemplars");
+        let mut open = String::new();
+        render_gen_ai(&[&series], &mut open, true);
+        let traced = format!(
+            "gen_ai_client_operation_duration_seconds_bucket{{{labels},le=\"0.16\"}} 1 # {{trace_id=\"{}\",span_id=\"cdcdcdcdcdcdcdcd\"}} 0.15 ",
+            "ab".repeat(16)
+        );
+        assert!(
+            open.lines().any(|l| l.starts_with(&traced)),
+            "{traced} not in\n{open}"
+        );
+        assert!(
+            open.lines()
+                .filter(|l| l.contains(" # {"))
+                .all(|l| !l.contains("error_type")),
+            "the untraced failure has no exemplar"
         );
     }
 
@@ -548,7 +590,7 @@ mod tests {
         );
         book.adopt([&mut other]);
         let mut out = String::new();
-        book.render(&ModelSeries::default(), &mut out);
+        book.render(&ModelSeries::default(), &mut out, false);
         assert!(
             !out.contains("model=\"m\""),
             "a series no longer configured leaves: {out}"

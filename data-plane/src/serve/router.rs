@@ -139,17 +139,33 @@ enum Destination {
     Model(&'static Endpoint, String),
 }
 
+/// Prometheus's text format, or OpenMetrics (with exemplars) for a scraper that asks for it.
+fn metrics(gateway: &Gateway, headers: &http::HeaderMap) -> Response<Body> {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    if sluice_shared::openmetrics::asked_for(accept) {
+        text(
+            StatusCode::OK,
+            sluice_shared::openmetrics::CONTENT_TYPE,
+            gateway.render_openmetrics(),
+        )
+    } else {
+        text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            gateway.render_metrics(),
+        )
+    }
+}
+
 fn destination(gateway: &Gateway, request: &Request<RequestBody>) -> Destination {
     let path = request.uri().path();
     let model = |endpoint| Destination::Model(endpoint, String::new());
     let answered = match (request.method(), path) {
         (&Method::GET, "/healthz") => Ok(text(StatusCode::OK, "text/plain", "ok\n".to_owned())),
         (&Method::GET, "/readyz") => Ok(readiness(gateway)),
-        (&Method::GET, "/metrics") => Ok(text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            gateway.render_metrics(),
-        )),
+        (&Method::GET, "/metrics") => Ok(metrics(gateway, request.headers())),
         (&Method::POST, "/v1/chat/completions") => return model(&chat_completions::ENDPOINT),
         (&Method::POST, "/v1/embeddings") => return model(&embeddings::ENDPOINT),
         (&Method::POST, "/v1/messages") => return model(&messages::ENDPOINT),
