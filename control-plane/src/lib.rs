@@ -2,6 +2,7 @@
 //! `sluice-control-plane` and `sluicectl` are thin shells over this library.
 
 pub mod admin_api;
+pub mod budget_gauges;
 pub mod config_stream;
 pub mod key_check;
 pub mod lease_service;

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub latest_version: AtomicU64,
     fleet: Mutex<HashMap<String, u64>>,
     rpcs: Mutex<BTreeMap<String, Arc<RpcSeries>>>,
+    /// The budgets' gauges as last read from the store, rendered.
+    budget_gauges: Mutex<String>,
     /// Traces, when an OTLP endpoint is set: RPCs are traced where they are counted.
     pub tracer: Option<Arc<Tracer>>,
     /// These metrics over OTLP, when an endpoint is set for them.
@@ -100,6 +102,7 @@ impl Default for Metrics {
             latest_version: AtomicU64::new(0),
             fleet: Mutex::default(),
             rpcs: Mutex::default(),
+            budget_gauges: Mutex::default(),
             tracer: None,
             exporter: std::sync::OnceLock::new(),
         }
@@ -171,6 +174,14 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Replaces the budgets' gauges (see [`crate::budget_gauges`]).
+    pub fn set_budget_gauges(&self, rendered: String) {
+        *self
+            .budget_gauges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = rendered;
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(1024);
         let mut counter = |name: &str, help: &str, labels: &str, value: &AtomicU64| {
@@ -225,6 +236,12 @@ impl Metrics {
             .render(&mut out, "sluice_config_push_seconds", "reply=\"nack\"");
         self.render_fleet(&mut out);
         self.render_rpcs(&mut out);
+        out.push_str(
+            &self
+                .budget_gauges
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         if let Some(tracer) = &self.tracer {
             tracer.render_metrics(&mut out);
         }

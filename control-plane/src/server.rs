@@ -148,6 +148,11 @@ async fn launch<S: Store>(
         metrics.exporter.set(exporter).ok();
     }
     let metrics_exporter = metrics.exporter.get().cloned();
+    let budget_gauges_task = tokio::spawn(crate::budget_gauges::refresh(
+        store.clone(),
+        metrics.clone(),
+        settings.budget_metrics_interval,
+    ));
     let config = TokenAuth::data_plane(
         ConfigServiceServer::new(ConfigStreamService::new(
             store.clone(),
@@ -196,6 +201,7 @@ async fn launch<S: Store>(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     publisher_task.abort();
+    budget_gauges_task.abort();
     if let Some(exporter) = metrics_exporter {
         let _ = tokio::task::spawn_blocking(move || exporter.shut_down(TRACE_FLUSH_TIMEOUT)).await;
     }

@@ -38,6 +38,8 @@ pub struct Settings {
     /// How long a budget lease lasts unless renewed: a proxy that vanishes gives its unspent
     /// allowance back after this long.
     pub lease_ttl: std::time::Duration,
+    /// How often the budgets' gauges on `/metrics` are read from the store.
+    pub budget_metrics_interval: std::time::Duration,
 }
 
 /// The file layer: every field optional, nothing unknown.
@@ -54,6 +56,7 @@ struct FileSettings {
     /// OpenTelemetry: the standard `OTEL_*` settings, named without `OTEL_` in lower case.
     otel: Option<std::collections::BTreeMap<String, toml::Value>>,
     lease_ttl_ms: Option<u64>,
+    budget_metrics_interval_ms: Option<u64>,
 }
 
 /// Each environment variable and the setting it feeds.
@@ -68,6 +71,7 @@ const VARIABLES: &[&str] = &[
     "SLUICE_LOG",
     "SLUICE_LOG_FORMAT",
     "SLUICE_LEASE_TTL_MS",
+    "SLUICE_BUDGET_METRICS_INTERVAL_MS",
 ];
 
 impl Settings {
@@ -131,6 +135,12 @@ impl Settings {
                 Some(value) => parse::<u64>("SLUICE_LEASE_TTL_MS", &value)?,
                 None => file_settings.lease_ttl_ms.unwrap_or(30_000),
             }),
+            budget_metrics_interval: std::time::Duration::from_millis(
+                match take("SLUICE_BUDGET_METRICS_INTERVAL_MS") {
+                    Some(value) => parse::<u64>("SLUICE_BUDGET_METRICS_INTERVAL_MS", &value)?,
+                    None => file_settings.budget_metrics_interval_ms.unwrap_or(15_000),
+                },
+            ),
             data_dir,
         };
         settings.validate()?;
@@ -166,6 +176,12 @@ impl Settings {
         }
         if !(1_000..=3_600_000).contains(&self.lease_ttl.as_millis()) {
             return Err(invalid("lease_ttl_ms", "must be 1 000 to 3 600 000"));
+        }
+        if !(100..=3_600_000).contains(&self.budget_metrics_interval.as_millis()) {
+            return Err(invalid(
+                "budget_metrics_interval_ms",
+                "must be 100 to 3 600 000",
+            ));
         }
         if self.master_key.as_ref().is_some_and(SecretString::is_empty) {
             return Err(invalid("SLUICE_MASTER_KEY", "is empty"));

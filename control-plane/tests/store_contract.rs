@@ -1103,6 +1103,21 @@ async fn budgets<S: Store>(store: &S) {
     for period in [BudgetPeriod::Day, BudgetPeriod::Month, BudgetPeriod::Total] {
         assert_eq!(spent(&now, period), (500, 3), "{period:?}");
     }
+    let every = store.every_budget(today, 1000).await.unwrap();
+    let by_id = |budgets: &[Budget]| {
+        let mut spends: Vec<(String, i64)> = budgets
+            .iter()
+            .map(|b| (b.id.clone(), b.spent_micros))
+            .collect();
+        spends.sort();
+        spends
+    };
+    assert_eq!(
+        by_id(&every),
+        by_id(&now),
+        "every organisation's budgets, with their spend, for /metrics"
+    );
+    assert_eq!(store.every_budget(today, 2).await.unwrap().len(), 2);
     let audit_alerts = store
         .list_audit_events(AuditFilter {
             action: "budget.alert".into(),

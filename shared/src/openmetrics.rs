@@ -1,9 +1,22 @@
-//! Prometheus's text exposition as OpenMetrics 1.0, for scrapers that ask for it (Prometheus
+//! Label values for Prometheus's text exposition, and the exposition as OpenMetrics 1.0, for scrapers that ask for it (Prometheus
 //! does, and only over OpenMetrics does it read exemplars). The two differ, for what these
 //! processes expose, in a counter family's name (OpenMetrics names the family without the
 //! `_total` its samples carry) and in the closing `# EOF`.
 
 use std::collections::HashSet;
+
+/// Writes `value` as a label value: backslash, double quote and newline escaped, as both
+/// formats want (names come from operators and are hostile input).
+pub fn escape_label(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
 
 /// What `/metrics` answers an `Accept` naming OpenMetrics with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

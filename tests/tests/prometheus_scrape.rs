@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use serde_json::json;
 use sluice_e2e::otlp_receiver::OtlpReceiver;
-use sluice_e2e::{caught_up_proxy_with, live_stack};
+use sluice_e2e::{caught_up_proxy_with, live_stack_with};
 
 /// `text` as a URL's query value.
 fn encoded(text: &str) -> String {
@@ -157,6 +157,26 @@ fn requests_show_by_model_and_provider(metrics: &str) {
 /// The control plane's own series: the proxy's config stream and its ACK, the admin calls the
 /// test stack made, the usage it committed.
 fn control_plane_shows_its_rpcs_fleet_and_usage(metrics: &str) {
+    let budget = r#"{budget="acme/web (month)",scope="project",posture="hard"}"#;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("sluice_budget_limit_micros{budget} 100000000")),
+        "{metrics}"
+    );
+    for gauge in [
+        "sluice_budget_spent_micros",
+        "sluice_budget_estimated_micros",
+        "sluice_budget_leased_micros",
+        "sluice_budget_leases",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{gauge}{budget} "))),
+            "{gauge} for the budget is not in:\n{metrics}"
+        );
+    }
     for line in [
         "sluice_cp_rpcs_total{method=\"/sluice.config.v1.ConfigService/StreamConfig\",code=\"OK\"} 1",
         "sluice_fleet_proxies{state=\"current\"} 1",
@@ -185,7 +205,26 @@ fn control_plane_shows_its_rpcs_fleet_and_usage(metrics: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
     let receiver = OtlpReceiver::start().await;
-    let stack = live_stack("sk-prometheus-test-key");
+    let stack = live_stack_with(
+        "sk-prometheus-test-key",
+        &[],
+        &[("SLUICE_BUDGET_METRICS_INTERVAL_MS", "200")],
+    );
+    // A HARD budget: its limit, spend and leases show on the control plane.
+    stack
+        .cp
+        .ctl(&[
+            "budget",
+            "create",
+            "acme/web",
+            "--period",
+            "month",
+            "--limit-usd",
+            "100",
+            "--posture",
+            "hard",
+        ])
+        .ok();
     let (_dir, proxy, http) = caught_up_proxy_with(
         &stack.cp,
         &stack.acme.token,
@@ -262,7 +301,15 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
             .await
             .unwrap()
             .text();
-        if text.contains("\nsluice_usage_records_committed_total 2\n") || Instant::now() > deadline
+        let budget_spent = text.lines().any(|line| {
+            line.strip_prefix(
+                "sluice_budget_spent_micros{budget=\"acme/web (month)\",scope=\"project\",posture=\"hard\"} ",
+            )
+            .and_then(|value| value.parse::<i64>().ok())
+            .is_some_and(|spent| spent > 0)
+        });
+        if (text.contains("\nsluice_usage_records_committed_total 2\n") && budget_spent)
+            || Instant::now() > deadline
         {
             break text;
         }

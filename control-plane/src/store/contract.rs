@@ -389,6 +389,13 @@ pub trait BudgetStore: Send + Sync + 'static {
         org: &str,
         now_us: i64,
     ) -> impl Future<Output = StoreResult<Vec<Budget>>> + Send;
+    /// Every organisation's budgets (at most `most`, oldest first) with their current
+    /// window's spend and leases: what the control plane's `/metrics` shows of them.
+    fn every_budget(
+        &self,
+        now_us: i64,
+        most: usize,
+    ) -> impl Future<Output = StoreResult<Vec<Budget>>> + Send;
     fn update_budget(
         &self,
         target: &BudgetTarget,

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use sluice_proto::usage::v1 as pb;
 use sluice_shared::error_code::ErrorCode;
 use sluice_shared::histogram::TraceRef;
+pub use sluice_shared::openmetrics::escape_label;
 
 use crate::metrics::histogram::{
     Bounds, CHUNK_GAP_SECONDS, FIRST_CHUNK_SECONDS, Histogram, LocalHistogram, OPERATION_SECONDS,
@@ -135,18 +136,6 @@ impl GenAiSeries {
             output_tokens: Histogram::new(&TOKENS),
             tokens_by_source: Default::default(),
             cost_micros: Default::default(),
-        }
-    }
-}
-
-/// A label value in the text format: `\`, `"` and line feeds escaped (names are hostile).
-pub fn escape_label(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
         }
     }
 }

@@ -493,6 +493,20 @@ macro_rules! budgets_sql {
                 Ok(budgets)
             }
 
+            async fn every_budget(&self, now_us: i64, most: usize) -> StoreResult<Vec<Budget>> {
+                let mut tx = self.readers().begin().await?;
+                let sql = format!("{BUDGET_SELECT} ORDER BY b.created_at_us, b.id LIMIT $1");
+                let rows = sqlx::query(&sql)
+                    .bind(i64::try_from(most).unwrap_or(i64::MAX))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut budgets = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    budgets.push(with_spend(&mut tx, budget_row(row)?, now_us).await?);
+                }
+                Ok(budgets)
+            }
+
             async fn update_budget(
                 &self,
                 target: &BudgetTarget,
