@@ -172,6 +172,7 @@ async fn queries<S: Store>(backend: &str, store: &S) {
                     display_name: String::new(),
                     default_model: String::new(),
                     content_capture_bytes: 0,
+                    metrics_by_key: false,
                 },
                 audit(),
             )

@@ -314,6 +314,7 @@ pub fn seal_snapshot(
                 } as i32,
                 default_model: p.default_model.clone(),
                 content_capture_bytes: p.content_capture_bytes,
+                metrics_by_key: p.metrics_by_key,
             })
             .collect(),
         providers,

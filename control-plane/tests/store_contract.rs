@@ -376,6 +376,7 @@ async fn story<S: Store>(store: &S) {
                 display_name: String::new(),
                 default_model: "gpt-4o-mini".into(),
                 content_capture_bytes: 0,
+                metrics_by_key: false,
             },
             audit("project.create", "acme/web"),
         )
@@ -391,6 +392,7 @@ async fn story<S: Store>(store: &S) {
                     display_name: String::new(),
                     default_model: "missing".into(),
                     content_capture_bytes: 0,
+                    metrics_by_key: false,
                 },
                 audit("project.create", "x"),
             )
@@ -415,6 +417,7 @@ async fn story<S: Store>(store: &S) {
             ProjectPatch {
                 posture: Some(Posture::Live),
                 content_capture_bytes: Some(4096),
+                metrics_by_key: Some(true),
                 ..Default::default()
             },
             audit("project.set_posture", "acme/web"),
@@ -423,6 +426,7 @@ async fn story<S: Store>(store: &S) {
         .unwrap();
     assert_eq!(live.posture, Posture::Live);
     assert_eq!(live.content_capture_bytes, 4096);
+    assert!(live.metrics_by_key);
     assert_eq!(
         store
             .get_project("acme", "web")
@@ -438,8 +442,8 @@ async fn story<S: Store>(store: &S) {
             .projects
             .iter()
             .find(|p| p.id == live.id)
-            .map(|p| p.content_capture_bytes),
-        Some(4096),
+            .map(|p| (p.content_capture_bytes, p.metrics_by_key)),
+        Some((4096, true)),
         "and reaches the proxies"
     );
 
@@ -968,6 +972,7 @@ async fn budgets<S: Store>(store: &S) {
                 display_name: String::new(),
                 default_model: String::new(),
                 content_capture_bytes: 0,
+                metrics_by_key: false,
             },
             audit("project.create", "spendco/app"),
         )

@@ -30,6 +30,8 @@ pub struct Gateway {
     pub health: crate::resilience::outliers::HealthBook,
     /// Each model's and deployment's metric series, carried from one snapshot to the next.
     pub series: crate::metrics::series::SeriesBook,
+    /// Series per virtual key, for projects counted by key.
+    pub key_series: crate::metrics::key_series::KeySeriesBook,
     pub ejection: crate::resilience::outliers::EjectionRule,
     /// Reads the allocator's counters; set by the binary, which chooses the allocator.
     pub heap_stats: std::sync::OnceLock<fn() -> Option<crate::metrics::HeapStats>>,
@@ -71,6 +73,7 @@ impl Gateway {
         );
         self.series
             .render(&self.metrics.unrouted, &mut rendered, exemplars);
+        self.key_series.render(&mut rendered);
         if let Some(telemetry) = self.telemetry.get() {
             telemetry.render_metrics(&mut rendered);
         }
@@ -104,6 +107,7 @@ impl Gateway {
             retry_budget,
             health: Default::default(),
             series: Default::default(),
+            key_series: Default::default(),
             ejection,
             heap_stats: std::sync::OnceLock::new(),
             access_log: std::sync::OnceLock::new(),

@@ -5,6 +5,8 @@
 //! shipped alert rules pass `promtool check rules` and their unit tests. Asked for OpenMetrics
 //! (as Prometheus asks), the proxy answers in it, its latency buckets carrying exemplars: the
 //! trace ids of sampled requests, which Prometheus stores and the test finds at the collector.
+//! A project counted by key shows each key's requests, tokens and cost, until turned off; the
+//! control plane shows each budget's limit, spend and leases.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -210,6 +212,11 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
         &[],
         &[("SLUICE_BUDGET_METRICS_INTERVAL_MS", "200")],
     );
+    // An operator asks for acme/web's keys to be counted apart.
+    stack
+        .cp
+        .ctl(&["project", "update", "acme/web", "--metrics-by-key", "true"])
+        .ok();
     // A HARD budget: its limit, spend and leases show on the control plane.
     stack
         .cp
@@ -293,6 +300,26 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
     );
     assert!(proxy_metrics.contains("sluice_otel_spans_exported_total"));
     requests_show_by_model_and_provider(&proxy_metrics);
+    let by_key = |metrics: &str, family: &str, tail: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{family}{{project=\"web\",project_id=\""))
+                    && l.contains(tail)
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(
+        by_key(
+            &proxy_metrics,
+            "sluice_key_requests_total",
+            "status=\"2xx\"}"
+        ),
+        Some(2),
+        "{proxy_metrics}"
+    );
+    assert!(by_key(&proxy_metrics, "sluice_key_tokens_total", "type=\"input\"}").unwrap() > 0);
+    assert!(by_key(&proxy_metrics, "sluice_key_cost_micros_total", "}").unwrap() > 0);
     // The proxy's usage reaches the control plane, and its metrics say so.
     let deadline = Instant::now() + Duration::from_secs(10);
     let cp_metrics = loop {
@@ -481,4 +508,14 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
         batches.unwrap()["data"]["result"][0]["metric"]["job"],
         "control-plane"
     );
+    // Turned off, the keys' series leave the proxy's page.
+    stack
+        .cp
+        .ctl(&["project", "update", "acme/web", "--metrics-by-key", "false"])
+        .ok();
+    proxy
+        .wait_for_version(&http, stack.cp.config_version())
+        .await;
+    let after = http.get(&proxy.url("/metrics"), None).await.unwrap().text();
+    assert!(!after.contains("sluice_key_"), "{after}");
 }

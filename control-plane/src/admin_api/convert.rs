@@ -28,6 +28,7 @@ impl From<store::Project> for pb::Project {
             posture: posture_to_proto(p.posture) as i32,
             default_model: p.default_model,
             content_capture_bytes: p.content_capture_bytes,
+            metrics_by_key: p.metrics_by_key,
             created_at_us: p.created_at_us,
             updated_at_us: p.updated_at_us,
         }

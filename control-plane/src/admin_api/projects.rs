@@ -18,8 +18,10 @@ pub(super) async fn create_project<S: Store>(
         req.content_capture_bytes,
     ))?;
     let target = format!("{}/{}", req.organization, req.name);
-    let audit = Audit::new(&actor, "project.create", target)
-        .with_detail(format!("posture=MOCK content_capture_bytes={capture}"));
+    let audit = Audit::new(&actor, "project.create", target).with_detail(format!(
+        "posture=MOCK content_capture_bytes={capture} metrics_by_key={}",
+        req.metrics_by_key
+    ));
     let project = api
         .store
         .create_project(
@@ -29,6 +31,7 @@ pub(super) async fn create_project<S: Store>(
                 display_name: req.display_name,
                 default_model: req.default_model,
                 content_capture_bytes: capture,
+                metrics_by_key: req.metrics_by_key,
             },
             audit,
         )
@@ -94,17 +97,26 @@ pub(super) async fn update_project<S: Store>(
         })
         .transpose()?;
     let target = format!("{}/{}", req.organization, req.name);
-    // Recording prompts is a privacy decision: the audit trail says who turned it on.
-    let audit = match capture {
-        Some(bytes) => Audit::new(&actor, "project.update", target)
-            .with_detail(format!("content_capture_bytes={bytes}")),
-        None => Audit::new(&actor, "project.update", target),
+    // Recording prompts is a privacy decision, and series per key a cost: the audit trail
+    // says who turned them on.
+    let detail: Vec<String> = [
+        capture.map(|bytes| format!("content_capture_bytes={bytes}")),
+        req.metrics_by_key.map(|on| format!("metrics_by_key={on}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let audit = if detail.is_empty() {
+        Audit::new(&actor, "project.update", target)
+    } else {
+        Audit::new(&actor, "project.update", target).with_detail(detail.join(" "))
     };
     let patch = store::ProjectPatch {
         display_name: req.display_name,
         default_model: req.default_model,
         posture: None,
         content_capture_bytes: capture,
+        metrics_by_key: req.metrics_by_key,
     };
     let project = api
         .store

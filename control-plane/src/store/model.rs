@@ -76,6 +76,8 @@ pub struct Project {
     /// The most bytes of prompt and of completion a sampled request records on its spans;
     /// 0: none (the default: content is never recorded unless the project opts in).
     pub content_capture_bytes: u32,
+    /// The proxies count its requests, tokens and cost per virtual key on `/metrics`.
+    pub metrics_by_key: bool,
     pub created_at_us: i64,
     pub updated_at_us: i64,
 }
@@ -86,6 +88,7 @@ pub struct NewProject {
     pub display_name: String,
     pub default_model: String,
     pub content_capture_bytes: u32,
+    pub metrics_by_key: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -94,6 +97,7 @@ pub struct ProjectPatch {
     pub default_model: Option<String>,
     pub posture: Option<Posture>,
     pub content_capture_bytes: Option<u32>,
+    pub metrics_by_key: Option<bool>,
 }
 
 /// A model a project may use, and how many usable (active or retiring) keys of active
@@ -422,6 +426,7 @@ pub struct ConfigProject {
     pub posture: Posture,
     pub default_model: String,
     pub content_capture_bytes: u32,
+    pub metrics_by_key: bool,
 }
 
 /// A usable (not revoked) key of an active provider, still sealed by the vault.

@@ -89,6 +89,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "project_content_capture",
         include_str!("../../migrations/postgres/0016_project_content_capture.sql"),
     ),
+    (
+        17,
+        "project_metrics_by_key",
+        include_str!("../../migrations/postgres/0017_project_metrics_by_key.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -90,6 +90,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "project_content_capture",
         include_str!("../../migrations/sqlite/0016_project_content_capture.sql"),
     ),
+    (
+        17,
+        "project_metrics_by_key",
+        include_str!("../../migrations/sqlite/0017_project_metrics_by_key.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

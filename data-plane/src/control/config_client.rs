@@ -104,6 +104,7 @@ impl Applier {
     pub fn serve(&self, mut tables: RoutingTables) {
         tables.attach_health(&self.gateway.health);
         tables.attach_series(&self.gateway.series);
+        tables.attach_key_series(&self.gateway.key_series);
         let version = tables.version;
         let generated_at_us = tables.generated_at_us;
         let virtual_keys = tables.virtual_key_count();

@@ -51,6 +51,8 @@ pub struct UsageDraft {
     pub trace: Option<Arc<crate::telemetry::RequestTrace>>,
     /// Where the request's metrics go: its model's, then its last attempt's deployment's.
     pub series: Arc<ModelSeries>,
+    /// The virtual key's series, when its project is counted by key.
+    pub key_series: Option<Arc<crate::metrics::key_series::KeySeries>>,
     pub operation: Operation,
     /// Sluice's error, when the request ended in one.
     pub error: Option<ErrorCode>,
@@ -105,6 +107,7 @@ impl UsageDraft {
             rate_hold: None,
             trace: None,
             series: model.series.clone(),
+            key_series: None,
             operation,
             error: None,
             first_chunk: None,
@@ -225,6 +228,9 @@ impl UsageDraft {
                     span_id: &trace.ids.span_id,
                 }),
         });
+        if let Some(key) = &self.key_series {
+            key.record(&self.record);
+        }
         let record = &self.record;
         if let Some(trace) = &self.trace {
             // Copies the record's run and task ids: only for a sampled trace.

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use sluice_shared::error_code::ErrorCode;
 
 pub mod histogram;
+pub mod key_series;
 pub mod series;
 
 /// Error codes get a fixed slot each, so counting never allocates or locks.

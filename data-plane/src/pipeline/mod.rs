@@ -160,6 +160,9 @@ pub async fn serve(
     );
     draft.rate_hold = rates.hold;
     draft.trace = trace.cloned();
+    if caller.project.metrics_by_key {
+        draft.key_series = tables.key_series(&caller.key.id).cloned();
+    }
     let answered = match caller.project.posture {
         Posture::Mock => Ok(mock::answer(
             gateway, &chat, model, request_id, draft, tally,

@@ -19,6 +19,7 @@ use crate::budgets::leases::{LeaseCell, Leased};
 use crate::families::{self, Family, ProviderRecord};
 pub use crate::families::{CredentialHeader, ProviderType};
 use crate::fast_hash::{FastMap, FastSet};
+use crate::metrics::key_series::{KeySeries, KeySeriesBook};
 use crate::metrics::series::{ModelSeries, SeriesBook};
 use crate::operation::Operation;
 use crate::resilience::outliers::{Health, HealthBook, Standing};
@@ -69,6 +70,8 @@ pub struct ProjectEntry {
     /// The most bytes of prompt and of completion its sampled requests record on their
     /// spans; 0: none.
     pub content_capture_bytes: u32,
+    /// Its requests, tokens and cost are counted per virtual key on `/metrics`.
+    pub metrics_by_key: bool,
 }
 
 #[derive(Debug)]
@@ -184,6 +187,8 @@ pub struct RoutingTables {
     pub rate_counters: Vec<RateCounter>,
     /// Rate counts by the organisation, project, virtual key or model id they count.
     rate_counters_by_scope: ByScope,
+    /// Series per virtual key id, for the keys of projects counted by key.
+    key_series: FastMap<Arc<str>, Arc<KeySeries>>,
     opener: SecretOpener,
     /// The snapshot's tables without its virtual keys, for the copy on disk.
     source: pb::Snapshot,
@@ -362,6 +367,30 @@ impl RoutingTables {
         }));
     }
 
+    /// Gives each virtual key of a project counted by key its series, as the book holds it;
+    /// with no such project, nothing is walked and the book empties.
+    pub fn attach_key_series(&mut self, book: &KeySeriesBook) {
+        let projects = &self.projects;
+        let counted = |entry: &VirtualKeyEntry| {
+            projects
+                .get(entry.project)
+                .filter(|project| project.metrics_by_key)
+        };
+        self.key_series = if projects.iter().any(|project| project.metrics_by_key) {
+            book.adopt(self.keys.values().filter_map(|entry| {
+                counted(entry)
+                    .map(|project| (&entry.id, project.name.as_str(), project.id.as_str()))
+            }))
+        } else {
+            book.adopt([])
+        };
+    }
+
+    /// The series of a virtual key of a project counted by key.
+    pub fn key_series(&self, key_id: &str) -> Option<&Arc<KeySeries>> {
+        self.key_series.get(key_id)
+    }
+
     /// Hands every deployment and key the state the book holds for it (by provider and
     /// upstream model, and by key id), so that ejections outlive a snapshot.
     pub fn attach_health(&mut self, book: &HealthBook) {
@@ -460,6 +489,7 @@ impl RoutingTables {
                 content_capture_bytes: p
                     .content_capture_bytes
                     .min(sluice_shared::otel_settings::MAX_CONTENT_CAPTURE_BYTES),
+                metrics_by_key: p.metrics_by_key,
             });
         }
 
@@ -593,6 +623,7 @@ impl RoutingTables {
             budgets_by_scope,
             rate_counters,
             rate_counters_by_scope,
+            key_series: FastMap::default(),
             opener,
             source,
         };

@@ -36,6 +36,7 @@ pub(crate) fn fixture() -> Fixture {
             posture: common::Posture::Live as i32,
             default_model: "m".into(),
             content_capture_bytes: 0,
+            metrics_by_key: false,
         }],
         providers: vec![pb::ProviderConfig {
             id: "pr1".into(),
@@ -317,6 +318,7 @@ fn parts_and_differences_build_the_same_tables_as_a_whole_snapshot() -> Result<(
             posture: common::Posture::Mock as i32,
             default_model: String::new(),
             content_capture_bytes: 0,
+            metrics_by_key: false,
         },
     );
     difference.removed_key_hashes = vec![hash_hex("second")];

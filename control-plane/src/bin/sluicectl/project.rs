@@ -16,6 +16,9 @@ pub(crate) enum ProjectCommand {
         /// trace (gen_ai.input.messages / gen_ai.output.messages). 0, the default: never.
         #[arg(long, default_value_t = 0)]
         capture_content_bytes: u32,
+        /// Count its requests, tokens and cost per virtual key on the proxies' /metrics.
+        #[arg(long)]
+        metrics_by_key: bool,
     },
     Get {
         path: String,
@@ -33,6 +36,9 @@ pub(crate) enum ProjectCommand {
         /// Bytes of prompt and completion recorded on sampled traces; 0 stops recording.
         #[arg(long)]
         capture_content_bytes: Option<u32>,
+        /// Whether the proxies count its requests, tokens and cost per virtual key.
+        #[arg(long)]
+        metrics_by_key: Option<bool>,
     },
     Delete {
         path: String,
@@ -56,6 +62,7 @@ pub(crate) const PROJECT_COLUMNS: &[&str] = &[
     "posture",
     "default_model",
     "content_capture_bytes",
+    "metrics_by_key",
     "created_at",
 ];
 
@@ -69,6 +76,7 @@ pub(crate) fn project_row(p: pb::Project) -> Vec<Value> {
         json!(posture.trim_start_matches("POSTURE_")),
         json!(p.default_model),
         json!(p.content_capture_bytes),
+        json!(p.metrics_by_key),
         time(p.created_at_us),
     ]
 }
@@ -83,6 +91,7 @@ pub(crate) async fn project(
             display_name,
             default_model,
             capture_content_bytes,
+            metrics_by_key,
         } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             let response = client
@@ -92,6 +101,7 @@ pub(crate) async fn project(
                     display_name,
                     default_model,
                     content_capture_bytes: capture_content_bytes,
+                    metrics_by_key,
                 })
                 .await?;
             Listing::one(
@@ -128,6 +138,7 @@ pub(crate) async fn project(
             display_name,
             default_model,
             capture_content_bytes,
+            metrics_by_key,
         } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;
             let response = client
@@ -137,6 +148,7 @@ pub(crate) async fn project(
                     display_name,
                     default_model,
                     content_capture_bytes: capture_content_bytes,
+                    metrics_by_key,
                 })
                 .await?;
             Listing::one(

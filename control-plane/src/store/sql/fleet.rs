@@ -108,8 +108,8 @@ macro_rules! fleet_sql {
                         .await?;
 
                 let rows = sqlx::query(
-                    "SELECT id, org_id, name, posture, default_model, content_capture_bytes \
-                     FROM projects ORDER BY id",
+                    "SELECT id, org_id, name, posture, default_model, content_capture_bytes, \
+                     metrics_by_key FROM projects ORDER BY id",
                 )
                 .fetch_all(&mut *tx)
                 .await?;
@@ -126,6 +126,7 @@ macro_rules! fleet_sql {
                                 row.try_get("content_capture_bytes")?,
                                 "content_capture_bytes",
                             )?,
+                            metrics_by_key: row.try_get("metrics_by_key")?,
                         })
                     })
                     .collect::<StoreResult<Vec<_>>>()?;

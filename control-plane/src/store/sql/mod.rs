@@ -52,7 +52,8 @@ pub(super) trait SqlBackend {
 pub(super) const ORGANIZATION_COLUMNS: &str =
     "o.id, o.name, o.display_name, o.created_at_us, o.updated_at_us";
 pub(super) const PROJECT_COLUMNS: &str = "p.id, o.name AS organization, p.name, p.display_name, \
-     p.posture, p.default_model, p.content_capture_bytes, p.created_at_us, p.updated_at_us";
+     p.posture, p.default_model, p.content_capture_bytes, p.metrics_by_key, p.created_at_us, \
+     p.updated_at_us";
 pub(super) const PROVIDER_COLUMNS: &str = "p.id, o.name AS organization, p.name, p.kind, \
      p.base_url, p.api_version, p.timeout_ms, p.extra_headers, p.active, \
      p.allow_private_network, p.created_at_us, p.updated_at_us, p.retry_policy, p.timeout_policy, \

@@ -25,6 +25,7 @@ macro_rules! tenancy_sql {
                     row.try_get("content_capture_bytes")?,
                     "content_capture_bytes",
                 )?,
+                metrics_by_key: row.try_get("metrics_by_key")?,
                 created_at_us: row.try_get("created_at_us")?,
                 updated_at_us: row.try_get("updated_at_us")?,
             })
@@ -157,8 +158,8 @@ macro_rules! tenancy_sql {
                 let now = now_us();
                 sqlx::query(
                     "INSERT INTO projects (id, org_id, name, display_name, posture, \
-                     default_model, content_capture_bytes, created_at_us, updated_at_us) \
-                     VALUES ($1, $2, $3, $4, 'MOCK', $5, $6, $7, $7)",
+                     default_model, content_capture_bytes, metrics_by_key, created_at_us, \
+                     updated_at_us) VALUES ($1, $2, $3, $4, 'MOCK', $5, $6, $7, $8, $8)",
                 )
                 .bind(new_id())
                 .bind(&org_id)
@@ -166,6 +167,7 @@ macro_rules! tenancy_sql {
                 .bind(&new.display_name)
                 .bind(&new.default_model)
                 .bind(i64::from(new.content_capture_bytes))
+                .bind(new.metrics_by_key)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
@@ -206,7 +208,8 @@ macro_rules! tenancy_sql {
                 }
                 sqlx::query(
                     "UPDATE projects SET display_name = $1, default_model = $2, \
-                     posture = $3, content_capture_bytes = $4, updated_at_us = $5 WHERE id = $6",
+                     posture = $3, content_capture_bytes = $4, metrics_by_key = $5, \
+                     updated_at_us = $6 WHERE id = $7",
                 )
                 .bind(patch.display_name.unwrap_or(current.display_name))
                 .bind(patch.default_model.unwrap_or(current.default_model))
@@ -216,6 +219,7 @@ macro_rules! tenancy_sql {
                         .content_capture_bytes
                         .unwrap_or(current.content_capture_bytes),
                 ))
+                .bind(patch.metrics_by_key.unwrap_or(current.metrics_by_key))
                 .bind(now_us())
                 .bind(&current.id)
                 .execute(&mut *tx)
