@@ -82,13 +82,18 @@ fn hex_byte(pair: &[u8]) -> Option<u8> {
 }
 
 /// The `traceparent` naming `span_id` in `trace_id`.
-pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> String {
-    let mut text = String::with_capacity(55);
-    text.push_str("00-");
-    text.push_str(&hex::encode(trace_id));
-    text.push('-');
-    text.push_str(&hex::encode(span_id));
-    text.push_str(if sampled { "-01" } else { "-00" });
+/// Written into a fixed buffer, digit by digit: every attempt of a traced request sends one.
+pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> [u8; 55] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'-'; 55];
+    text[..2].copy_from_slice(b"00");
+    for (at, byte) in (3..).step_by(2).zip(trace_id.iter().chain(span_id)) {
+        // The span id's digits start one further on, after its dash.
+        let at = if at >= 35 { at + 1 } else { at };
+        text[at] = DIGITS[usize::from(byte >> 4)];
+        text[at + 1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    text[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
     text
 }
 
@@ -115,7 +120,11 @@ mod tests {
         let found = parent(&headers(&[(TRACEPARENT, VALID), (TRACESTATE, "vendor=1")])).unwrap();
         assert!(found.sampled);
         assert_eq!(found.tracestate.as_deref(), Some("vendor=1"));
-        assert_eq!(traceparent(&found.trace_id, &found.span_id, true), VALID);
+        assert_eq!(
+            &traceparent(&found.trace_id, &found.span_id, true),
+            VALID.as_bytes()
+        );
+        assert!(traceparent(&found.trace_id, &found.span_id, false).ends_with(b"-00"));
         let unsampled = VALID.replace("-01", "-00");
         assert!(
             !parent(&headers(&[(TRACEPARENT, &unsampled)]))

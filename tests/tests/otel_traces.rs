@@ -446,22 +446,6 @@ async fn every_proxied_answer_says_the_gateways_own_time() {
 }
 
 /// One request's two spans: the server span routed as `route`, and its attempt's client span.
-fn request_spans<'a>(spans: &'a [(String, Span)], route: &str) -> (&'a Span, &'a Span) {
-    let server = spans
-        .iter()
-        .map(|(_, span)| span)
-        .find(|span| {
-            span.kind == 2 && text(&span.attributes, "http.route").as_deref() == Some(route)
-        })
-        .unwrap_or_else(|| panic!("no server span for {route}: {spans:#?}"));
-    let client = spans
-        .iter()
-        .map(|(_, span)| span)
-        .find(|span| span.kind == 3 && span.parent_span_id == server.span_id)
-        .unwrap_or_else(|| panic!("no attempt under {route}"));
-    (server, client)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_family_and_operation_is_traced_on_the_genai_conventions() {
     let receiver = OtlpReceiver::start().await;
@@ -491,96 +475,169 @@ async fn every_family_and_operation_is_traced_on_the_genai_conventions() {
     )
     .await;
     let key = stack.acme.key.as_str();
-    let send = async |path: &str, headers: &[(&str, &str)], body: serde_json::Value| {
-        http.post_ok(&proxy.url(path), headers, &body).await;
-    };
-    let anthropic = [("x-api-key", key), ("anthropic-version", "2023-06-01")];
-    let ask = json!({"model": "claude", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]});
-    send("/v1/messages", &anthropic, ask).await;
     let bearer = format!("Bearer {key}");
     let openai = [("authorization", bearer.as_str())];
-    send(
-        "/v1/chat/completions",
-        &openai,
-        json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
-    send(
-        "/v1/embeddings",
-        &openai,
-        json!({"model": "gpt-4o-mini", "input": ["one", "two"]}),
-    )
-    .await;
+    let anthropic = [("x-api-key", key), ("anthropic-version", "2023-06-01")];
     let google = [("x-goog-api-key", key)];
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let chat =
+        |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": hi});
     let contents = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
-    send(
-        "/v1beta/models/gemini:generateContent",
-        &google,
-        contents.clone(),
-    )
-    .await;
-    send(
-        "/v1beta/models/gemini:streamGenerateContent?alt=sse",
-        &google,
-        contents,
-    )
-    .await;
-
-    let spans = receiver.wait_for_spans(10, Duration::from_secs(10)).await;
-    assert_eq!(spans.len(), 10, "{spans:#?}");
-    for (route, name, provider, operation) in [
+    // Each family and operation, whole and streamed.
+    let cases: Vec<Case> = vec![
         (
             "/v1/messages",
+            &anthropic,
+            json!({"model": "claude", "max_tokens": 64, "messages": hi}),
+            "chat claude-sonnet-4-5",
+            "anthropic",
+            "chat",
+        ),
+        (
+            "/v1/messages",
+            &anthropic,
+            json!({"model": "claude", "max_tokens": 64, "stream": true, "messages": hi}),
             "chat claude-sonnet-4-5",
             "anthropic",
             "chat",
         ),
         (
             "/v1/chat/completions",
+            &openai,
+            chat("claude", false),
             "chat claude-sonnet-4-5",
             "anthropic",
             "chat",
         ),
         (
+            "/v1/chat/completions",
+            &openai,
+            chat("claude", true),
+            "chat claude-sonnet-4-5",
+            "anthropic",
+            "chat",
+        ),
+        (
+            "/v1/chat/completions",
+            &openai,
+            chat("gemini", false),
+            "chat gemini-2.5-flash",
+            "gcp.gemini",
+            "chat",
+        ),
+        (
+            "/v1/chat/completions",
+            &openai,
+            chat("gemini", true),
+            "chat gemini-2.5-flash",
+            "gcp.gemini",
+            "chat",
+        ),
+        (
+            "/v1/responses",
+            &openai,
+            json!({"model": "gpt-4o-mini", "input": "hi"}),
+            "chat gpt-4o-mini",
+            "openai",
+            "chat",
+        ),
+        (
+            "/v1/responses",
+            &openai,
+            json!({"model": "gpt-4o-mini", "input": "hi", "stream": true}),
+            "chat gpt-4o-mini",
+            "openai",
+            "chat",
+        ),
+        (
             "/v1/embeddings",
+            &openai,
+            json!({"model": "gpt-4o-mini", "input": ["one", "two"]}),
             "embeddings gpt-4o-mini",
             "openai",
             "embeddings",
         ),
         (
-            "/v1beta/models/{model}:generateContent",
+            "/v1beta/models/gemini:generateContent",
+            &google,
+            contents.clone(),
             "generate_content gemini-2.5-flash",
             "gcp.gemini",
             "generate_content",
         ),
         (
-            "/v1beta/models/{model}:streamGenerateContent",
+            "/v1beta/models/gemini:streamGenerateContent?alt=sse",
+            &google,
+            contents,
             "generate_content gemini-2.5-flash",
             "gcp.gemini",
             "generate_content",
         ),
-    ] {
-        let (server, client) = request_spans(&spans, route);
-        assert_eq!(server.name, format!("POST {route}"));
+    ];
+    let mut sent = Vec::new();
+    for (path, headers, body, name, provider, operation) in &cases {
+        let answer = http.post_ok(&proxy.url(path), headers, body).await;
+        let request_id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+        sent.push((
+            request_id,
+            *path,
+            body["stream"] == json!(true) || path.contains(":stream"),
+            *name,
+            *provider,
+            *operation,
+        ));
+    }
+
+    let spans = receiver
+        .wait_for_spans(2 * cases.len(), Duration::from_secs(10))
+        .await;
+    assert_eq!(spans.len(), 2 * cases.len(), "{spans:#?}");
+    for (request_id, path, stream, name, provider, operation) in sent {
+        let case = format!("{path} (stream: {stream})");
+        let client = client_span_of(&spans, &request_id);
+        let server = spans
+            .iter()
+            .map(|(_, span)| span)
+            .find(|span| span.span_id == client.parent_span_id)
+            .unwrap();
+        let route = text(&server.attributes, "http.route").unwrap();
+        assert_eq!(server.name, format!("POST {route}"), "{case}");
+        assert!(
+            path.starts_with(route.split('{').next().unwrap()),
+            "{case}: {route}"
+        );
+        assert_eq!(server.kind, 2, "{case}");
+        assert_eq!(client.kind, 3, "{case}");
+        assert_eq!(client.trace_id, server.trace_id, "{case}");
         assert_eq!(
             int(&server.attributes, "http.response.status_code"),
             Some(200)
         );
-        assert_eq!(client.name, name, "{route}");
+        assert_eq!(client.name, name, "{case}");
         let attributes = &client.attributes;
         assert_eq!(
             text(attributes, "gen_ai.provider.name").as_deref(),
             Some(provider),
-            "{route}"
+            "{case}"
         );
         assert_eq!(
             text(attributes, "gen_ai.operation.name").as_deref(),
             Some(operation),
-            "{route}"
+            "{case}"
         );
         assert!(
             int(attributes, "gen_ai.usage.input_tokens").unwrap() > 0,
-            "{route}"
+            "{case}"
+        );
+        assert_eq!(
+            client
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "sluice.stream")
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| v.value.clone()),
+            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::BoolValue(stream)),
+            "{case}"
         );
         // Each family's answer, whole or streamed, says its model; a generation its id and
         // how it finished.
@@ -588,20 +645,20 @@ async fn every_family_and_operation_is_traced_on_the_genai_conventions() {
             !text(attributes, "gen_ai.response.model")
                 .unwrap_or_default()
                 .is_empty(),
-            "{route}: {attributes:?}"
+            "{case}: {attributes:?}"
         );
         if operation != "embeddings" {
             assert!(
                 !text(attributes, "gen_ai.response.id")
                     .unwrap_or_default()
                     .is_empty(),
-                "{route}: {attributes:?}"
+                "{case}: {attributes:?}"
             );
             assert!(
                 !texts(attributes, "gen_ai.response.finish_reasons")
                     .unwrap_or_default()
                     .is_empty(),
-                "{route}: {attributes:?}"
+                "{case}: {attributes:?}"
             );
         }
     }
@@ -1150,6 +1207,17 @@ async fn metrics_go_over_otlp_from_both_processes() {
     };
     assert!(!sum.data_points.is_empty());
 }
+
+/// A call to trace: its route, the caller's headers, the body; the attempt span's name,
+/// `gen_ai.provider.name` and `gen_ai.operation.name`.
+type Case<'a> = (
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    serde_json::Value,
+    &'a str,
+    &'a str,
+    &'a str,
+);
 
 /// The attempt span of the request `request_id` answered.
 fn client_span_of<'a>(spans: &'a [(String, Span)], request_id: &str) -> &'a Span {

@@ -232,7 +232,7 @@ fn say_overhead(draft: &UsageDraft, headers: &mut http::HeaderMap) {
 /// only).
 fn note_response(draft: &UsageDraft, bytes: &[u8], format: Operation) {
     if let Some(trace) = draft.trace.as_ref().filter(|trace| trace.sampled()) {
-        let facts = ResponseFacts::of_whole(bytes);
+        let facts = ResponseFacts::of_whole(bytes, format);
         let output = trace.content_cap().and_then(|cap| {
             let mut capture = OutputCapture::new(format, cap);
             capture.whole(bytes);
@@ -253,7 +253,7 @@ fn stream_facts(draft: &UsageDraft, format: Operation) -> Option<Box<StreamFacts
     let capture = trace
         .content_cap()
         .map(|cap| OutputCapture::new(format, cap));
-    Some(Box::new(StreamFacts::new(capture)))
+    Some(Box::new(StreamFacts::new(format, capture)))
 }
 
 fn not_json(draft: UsageDraft, scrubber: CredentialScrubber) -> Unanswered {

@@ -208,7 +208,7 @@ impl RequestTrace {
         let traceparent =
             super::trace_context::traceparent(&self.ids.trace_id, parent, self.sampled);
         Some(crate::upstream::TraceHeaders {
-            traceparent: http::HeaderValue::from_str(&traceparent).ok()?,
+            traceparent: http::HeaderValue::from_bytes(&traceparent).ok()?,
             tracestate: self
                 .ids
                 .tracestate

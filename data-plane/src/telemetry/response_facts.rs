@@ -4,6 +4,7 @@
 //! and model, and every event is searched (one SIMD scan) for a finish reason.
 
 use crate::answers::json_cursor::JsonCursor;
+use crate::operation::Operation;
 use crate::request::fields::ChatRequest;
 use crate::telemetry::content_capture::{CapturedOutput, OutputCapture};
 
@@ -75,8 +76,13 @@ const MAX_TEXT: usize = 256;
 /// The most finish reasons kept (one per choice).
 const MAX_REASONS: usize = 16;
 
+/// At most [`MAX_TEXT`] bytes of `text`, cut on a character: copied whole, not char by char.
 fn bounded(text: &str) -> String {
-    text.chars().take(MAX_TEXT).collect()
+    let mut end = text.len().min(MAX_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 impl ResponseFacts {
@@ -85,21 +91,56 @@ impl ResponseFacts {
     /// `choices[].finish_reason` (the Responses API's `incomplete_details.reason`),
     /// Anthropic's `stop_reason`, Gemini's `responseId`, `modelVersion`,
     /// `candidates[].finishReason`. No tree is built: every sampled request pays for this.
-    pub fn of_whole(body: &[u8]) -> Self {
-        let mut facts = StreamFacts::default();
+    /// `format`: the operation whose answer `body` is (the Responses API's says how it ended
+    /// in its `status`).
+    pub fn of_whole(body: &[u8], format: Operation) -> Self {
+        let mut facts = StreamFacts::new(format, None);
         facts.event(body);
         facts.finish()
     }
 }
 
-/// Notes `value` (a JSON string) as the id or the model, if `key` names one not yet known.
-fn take(facts: &mut ResponseFacts, key: &[u8], value: Option<&[u8]>) {
+/// What a walk of an answer notes: the facts, and a Responses API object's `status`.
+struct Seen<'a> {
+    facts: &'a mut ResponseFacts,
+    status: &'a mut Option<ResponseStatus>,
+}
+
+/// A Responses API answer says how it ended in its `status`, not in a finish reason (an
+/// incomplete one also names its `incomplete_details.reason`, which the scan finds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseStatus {
+    Pending,
+    /// The finish reason it stands for.
+    Ended(&'static str),
+}
+
+impl ResponseStatus {
+    fn of(status: &str) -> Option<Self> {
+        match status {
+            "completed" => Some(Self::Ended("stop")),
+            "failed" => Some(Self::Ended("error")),
+            "cancelled" => Some(Self::Ended("cancelled")),
+            // Incomplete: its `incomplete_details.reason` is found by the scan.
+            "incomplete" => None,
+            _ => Some(Self::Pending),
+        }
+    }
+}
+
+/// Notes `value` (a JSON string) as the id, the model or the status, if `key` names one not
+/// yet known.
+fn take(seen: &mut Seen<'_>, key: &[u8], value: Option<&[u8]>) {
     let text =
         value.and_then(|v| std::str::from_utf8(v.strip_prefix(b"\"")?.strip_suffix(b"\"")?).ok());
+    let facts = &mut *seen.facts;
     match (key, text) {
         (b"id" | b"responseId", Some(id)) if facts.id.is_empty() => facts.id = bounded(id),
         (b"model" | b"modelVersion", Some(model)) if facts.model.is_empty() => {
             facts.model = bounded(model);
+        }
+        (b"status", Some(status)) if *seen.status == Some(ResponseStatus::Pending) => {
+            *seen.status = ResponseStatus::of(status);
         }
         _ => {}
     }
@@ -110,8 +151,26 @@ fn take(facts: &mut ResponseFacts, key: &[u8], value: Option<&[u8]>) {
 pub struct StreamFacts {
     facts: ResponseFacts,
     identified: bool,
+    /// A Responses API answer's status, once its first object said it is one.
+    status: Option<ResponseStatus>,
     capture: Option<OutputCapture>,
 }
+
+/// The events that end a Responses API stream, and the finish reasons they stand for.
+static RESPONSE_ENDS: std::sync::LazyLock<[(memchr::memmem::Finder<'static>, &'static str); 3]> =
+    std::sync::LazyLock::new(|| {
+        [
+            (
+                memchr::memmem::Finder::new(b"\"response.completed\""),
+                "stop",
+            ),
+            (memchr::memmem::Finder::new(b"\"response.failed\""), "error"),
+            (
+                memchr::memmem::Finder::new(b"\"response.cancelled\""),
+                "cancelled",
+            ),
+        ]
+    });
 
 /// What every family's finish reason key ends with: `finish_reason`, `stop_reason`,
 /// `finishReason`, `reason` (a quote inside a string is escaped, so text never matches).
@@ -122,8 +181,11 @@ static REASON_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(REASON_KEY));
 
 impl StreamFacts {
-    pub fn new(capture: Option<OutputCapture>) -> Self {
+    /// A stream's facts, of an answer in `format` (the upstream's).
+    pub fn new(format: Operation, capture: Option<OutputCapture>) -> Self {
         Self {
+            // A Responses API answer is pending until its status says otherwise.
+            status: (format == Operation::Responses).then_some(ResponseStatus::Pending),
             capture,
             ..Self::default()
         }
@@ -135,6 +197,14 @@ impl StreamFacts {
         }
         if !self.identified {
             self.identify(data);
+        } else if self.status == Some(ResponseStatus::Pending) {
+            // Only a Responses API stream pays for this search.
+            if let Some((_, reason)) = RESPONSE_ENDS
+                .iter()
+                .find(|(finder, _)| finder.find(data).is_some())
+            {
+                self.status = Some(ResponseStatus::Ended(reason));
+            }
         }
         let mut rest = data;
         while let Some(at) = REASON_FINDER.find(rest) {
@@ -155,30 +225,41 @@ impl StreamFacts {
     /// The id and model, at the top of an event or in its `message` (Anthropic's
     /// `message_start`) or `response` (the Responses API's `response.created`).
     fn identify(&mut self, data: &[u8]) {
-        let facts = &mut self.facts;
+        let mut seen = Seen {
+            facts: &mut self.facts,
+            status: &mut self.status,
+        };
         // Most answers name both first: the walk stops there.
         let _ = JsonCursor::new(data).object_while(|key, cursor| {
             match key {
                 b"message" | b"response" => {
-                    let _ = cursor.object(|key, field| take(facts, key, field.value()));
+                    let _ = cursor.object(|key, field| take(&mut seen, key, field.value()));
                 }
-                b"id" | b"responseId" | b"model" | b"modelVersion" => {
-                    take(facts, key, cursor.value());
+                b"id" | b"responseId" | b"model" | b"modelVersion" | b"status" => {
+                    take(&mut seen, key, cursor.value());
                 }
                 // Left to the walk to skip, unread.
                 _ => {}
             }
-            facts.id.is_empty() || facts.model.is_empty()
+            // A Responses API object's status may come after its id and model.
+            seen.facts.id.is_empty()
+                || seen.facts.model.is_empty()
+                || *seen.status == Some(ResponseStatus::Pending)
         });
         self.identified = !self.facts.id.is_empty() && !self.facts.model.is_empty();
     }
 
     pub fn finish(self) -> ResponseFacts {
-        self.facts
+        self.finish_with_content().0
     }
 
     /// The facts, and the answer's content if it was gathered.
-    pub fn finish_with_content(self) -> (ResponseFacts, Option<CapturedOutput>) {
+    pub fn finish_with_content(mut self) -> (ResponseFacts, Option<CapturedOutput>) {
+        if let Some(ResponseStatus::Ended(reason)) = self.status
+            && self.facts.finish_reasons.is_empty()
+        {
+            self.facts.finish_reasons.push(reason.to_owned());
+        }
         (self.facts, self.capture.and_then(OutputCapture::finish))
     }
 }
@@ -200,30 +281,36 @@ mod tests {
             finish_reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
         };
         assert_eq!(
-            ResponseFacts::of_whole(openai),
+            ResponseFacts::of_whole(openai, Operation::ChatCompletions),
             facts("chatcmpl-1", "gpt-4o-mini-2024-07-18", &["stop", "length"])
         );
         assert_eq!(
-            ResponseFacts::of_whole(anthropic),
+            ResponseFacts::of_whole(anthropic, Operation::Messages),
             facts("msg_1", "claude-x", &["end_turn"])
         );
         assert_eq!(
-            ResponseFacts::of_whole(gemini),
+            ResponseFacts::of_whole(gemini, Operation::GenerateContent),
             facts("r1", "gemini-2.0", &["STOP"])
         );
         assert_eq!(
-            ResponseFacts::of_whole(responses),
+            ResponseFacts::of_whole(responses, Operation::Responses),
             facts("resp_1", "gpt-4o", &["max_output_tokens"])
         );
         assert_eq!(
-            ResponseFacts::of_whole(b"not json"),
+            ResponseFacts::of_whole(b"not json", Operation::ChatCompletions),
             ResponseFacts::default()
+        );
+        let completed = br#"{"id":"resp_2","model":"gpt-4o","object":"response","output":[],"status":"completed"}"#;
+        assert_eq!(
+            ResponseFacts::of_whole(completed, Operation::Responses),
+            facts("resp_2", "gpt-4o", &["stop"]),
+            "a Responses API answer ends by its status"
         );
     }
 
     #[test]
     fn a_stream_is_identified_by_its_first_event_and_ends_with_its_reasons() {
-        let mut openai = StreamFacts::default();
+        let mut openai = StreamFacts::new(Operation::ChatCompletions, None);
         for event in [
             &br#"{"id":"chatcmpl-2","model":"gpt-4o","choices":[{"delta":{"content":"say \"eason\":\"no\""},"finish_reason":null}]}"#[..],
             br#"{"id":"chatcmpl-2","model":"gpt-4o","choices":[{"delta":{},"finish_reason":"stop"}]}"#,
@@ -241,7 +328,7 @@ mod tests {
             "text in a string never matches"
         );
 
-        let mut anthropic = StreamFacts::default();
+        let mut anthropic = StreamFacts::new(Operation::Messages, None);
         for event in [
             &br#"{"type":"message_start","message":{"id":"msg_2","model":"claude-y","usage":{"input_tokens":3}}}"#[..],
             br#"{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":9}}"#,
@@ -254,5 +341,15 @@ mod tests {
             ("msg_2", "claude-y")
         );
         assert_eq!(facts.finish_reasons, ["max_tokens"]);
+
+        let mut responses = StreamFacts::new(Operation::Responses, None);
+        for event in [
+            &br#"{"type":"response.created","response":{"id":"resp_3","status":"in_progress","model":"gpt-4o"}}"#[..],
+            br#"{"type":"response.output_text.delta","delta":"Hi"}"#,
+            br#"{"response":{"id":"resp_3","status":"completed"},"type":"response.completed"}"#,
+        ] {
+            responses.event(event);
+        }
+        assert_eq!(responses.finish().finish_reasons, ["stop"]);
     }
 }

@@ -812,6 +812,7 @@ async fn bench() {
         println!("data-plane token {token}");
         println!("virtual key {key}");
         println!("body {REQUEST}");
+        println!("otlp {}", receiver.http_url);
         std::future::pending::<()>().await;
     }
 
