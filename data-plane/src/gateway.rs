@@ -59,6 +59,12 @@ impl Gateway {
         self.render(false)
     }
 
+    /// The text format with each histogram bucket's exemplar after it, for the OTLP metrics
+    /// exporter (which reads them back as the data points' exemplars).
+    pub fn render_metrics_with_exemplars(&self) -> String {
+        self.render(true)
+    }
+
     /// The same in OpenMetrics, for a scraper that asks: the latency histograms carry a
     /// sampled request's trace id per bucket as an exemplar.
     pub fn render_openmetrics(&self) -> String {

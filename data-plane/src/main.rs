@@ -125,7 +125,7 @@ fn run(
                 settings.otel.service_name.clone(),
                 settings.otel.resource.clone(),
                 metrics,
-                Box::new(move || rendering.render_metrics()),
+                Box::new(move || rendering.render_metrics_with_exemplars()),
             )?;
             tracing::info!("exporting OpenTelemetry metrics");
             gateway.metrics_exporter.set(exporter).ok();

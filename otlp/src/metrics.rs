@@ -138,6 +138,45 @@ pub struct HistogramPoint {
     pub buckets: Vec<(f64, u64)>,
     pub sum: f64,
     pub count: u64,
+    /// The buckets' exemplars, where the text gave them.
+    pub exemplars: Vec<Exemplar>,
+}
+
+/// A sampled request's trace beside a value it recorded, as OpenMetrics writes it after a
+/// bucket: `# {trace_id="…",span_id="…"} 0.25 1733580000.123456`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exemplar {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub value: f64,
+    pub time_ns: u64,
+}
+
+impl Exemplar {
+    /// What follows ` # {` on a bucket's line.
+    fn parse(text: &str) -> Option<Self> {
+        let (labels, rest) = text.split_once("} ")?;
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        for pair in labels.split(',') {
+            let (key, value) = pair.split_once('=')?;
+            let value = value.strip_prefix('"')?.strip_suffix('"')?;
+            match key {
+                "trace_id" => hex::decode_to_slice(value, &mut trace_id).ok()?,
+                "span_id" => hex::decode_to_slice(value, &mut span_id).ok()?,
+                _ => {}
+            }
+        }
+        let mut numbers = rest.split(' ');
+        let value: f64 = numbers.next()?.parse().ok()?;
+        let seconds: f64 = numbers.next().and_then(|t| t.parse().ok()).unwrap_or(0.0);
+        Some(Self {
+            trace_id,
+            span_id,
+            value,
+            time_ns: (seconds * 1e9) as u64,
+        })
+    }
 }
 
 /// Reads the text format this process writes (one `# HELP` and `# TYPE` before each family,
@@ -170,16 +209,51 @@ pub fn parse(text: &str) -> Vec<Family> {
         let Some(family) = families.last_mut() else {
             continue;
         };
+        // A bucket's exemplar follows its value (label values come before it, so a `#` in
+        // one is never taken for it).
+        let (line, exemplar) = match sample_end(line) {
+            Some(end) => (
+                &line[..end],
+                line[end..].strip_prefix(" # {").and_then(Exemplar::parse),
+            ),
+            None => (line, None),
+        };
         let Some((series, value)) = sample(line) else {
             continue;
         };
         let (name, labels) = series;
         match family.kind {
-            Kind::Histogram => add_histogram_line(family, &name, labels, value),
+            Kind::Histogram => add_histogram_line(family, &name, labels, value, exemplar),
             _ => family.numbers.push((labels, value)),
         }
     }
     families
+}
+
+/// Where a sample line's value ends: after its labels (read past their quoted values) and the
+/// value itself.
+fn sample_end(line: &str) -> Option<usize> {
+    let bytes = line.as_bytes();
+    let mut at = 0;
+    if let Some(open) = line.find('{') {
+        let mut quoted = false;
+        at = open + 1;
+        while let Some(&byte) = bytes.get(at) {
+            match byte {
+                b'\\' if quoted => at += 1,
+                b'"' => quoted = !quoted,
+                b'}' if !quoted => break,
+                _ => {}
+            }
+            at += 1;
+        }
+    }
+    let value_start = at + line.get(at..)?.find(' ')? + 1;
+    Some(
+        line.get(value_start..)?
+            .find(' ')
+            .map_or(line.len(), |end| value_start + end),
+    )
 }
 
 fn add_histogram_line(
@@ -187,6 +261,7 @@ fn add_histogram_line(
     name: &str,
     mut labels: Vec<(String, String)>,
     value: f64,
+    exemplar: Option<Exemplar>,
 ) {
     let le = labels
         .iter()
@@ -214,6 +289,7 @@ fn add_histogram_line(
                 le.parse().unwrap_or(f64::INFINITY)
             };
             point.buckets.push((bound, value as u64));
+            point.exemplars.extend(exemplar);
         }
         ("_sum", _) => point.sum = value,
         ("_count", _) => point.count = value as u64,
@@ -323,10 +399,14 @@ fn nested(buf: &mut Vec<u8>, tag: u32, body: impl FnOnce(&mut Vec<u8>)) {
     buf.extend_from_slice(&inner);
 }
 
-fn string(buf: &mut Vec<u8>, tag: u32, text: &str) {
+fn bytes_field(buf: &mut Vec<u8>, tag: u32, value: &[u8]) {
     encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(text.len() as u64, buf);
-    buf.extend_from_slice(text.as_bytes());
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value);
+}
+
+fn string(buf: &mut Vec<u8>, tag: u32, text: &str) {
+    bytes_field(buf, tag, text.as_bytes());
 }
 
 fn fixed64(buf: &mut Vec<u8>, tag: u32, value: u64) {
@@ -436,6 +516,16 @@ fn write_data(metric: &mut Vec<u8>, family: &Family, started_ns: u64, now_ns: u6
                             packed.extend_from_slice(&bound.to_le_bytes());
                         }
                     });
+                    // exemplars = 8: time_unix_nano = 2, as_double = 3, span_id = 4,
+                    // trace_id = 5.
+                    for exemplar in &point.exemplars {
+                        nested(data, 8, |field| {
+                            fixed64(field, 2, exemplar.time_ns);
+                            double(field, 3, exemplar.value);
+                            bytes_field(field, 4, &exemplar.span_id);
+                            bytes_field(field, 5, &exemplar.trace_id);
+                        });
+                    }
                 });
             }
             encode_key(2, WireType::Varint, histogram);
@@ -480,5 +570,36 @@ gen_ai_client_token_usage_count{gen_ai_request_model=\"we\\\"ird\",gen_ai_token_
         );
         assert_eq!(point.buckets, vec![(1.0, 0), (4.0, 2), (f64::INFINITY, 3)]);
         assert_eq!((point.sum, point.count), (20.0, 3));
+        assert!(point.exemplars.is_empty());
+    }
+
+    #[test]
+    fn a_buckets_exemplar_is_read_after_its_value_never_from_a_label() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let text = format!(
+            "# HELP d Duration.\n# TYPE d histogram\n\
+             d_bucket{{model=\"a # {{b\",le=\"0.5\"}} 1 # {{trace_id=\"{trace}\",span_id=\"00f067aa0ba902b7\"}} 0.25 1733580000.5\n\
+             d_bucket{{model=\"a # {{b\",le=\"+Inf\"}} 2\n\
+             d_sum{{model=\"a # {{b\"}} 1.25\nd_count{{model=\"a # {{b\"}} 2\n"
+        );
+        let families = parse(&text);
+        let point = &families[0].histograms[0];
+        assert_eq!(
+            point.labels,
+            vec![("model".to_owned(), "a # {b".to_owned())]
+        );
+        assert_eq!(point.buckets, vec![(0.5, 1), (f64::INFINITY, 2)]);
+        assert_eq!(point.count, 2);
+        let mut trace_id = [0u8; 16];
+        hex::decode_to_slice(trace, &mut trace_id).unwrap();
+        assert_eq!(
+            point.exemplars,
+            vec![Exemplar {
+                trace_id,
+                span_id: [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+                value: 0.25,
+                time_ns: 1_733_580_000_500_000_000,
+            }]
+        );
     }
 }

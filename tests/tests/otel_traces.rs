@@ -1113,6 +1113,12 @@ async fn metrics_go_over_otlp_from_both_processes() {
                 "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
                 &format!("{}/v1/metrics", receiver.http_url),
             ),
+            // Traced, so that the duration's bucket carries the request's trace.
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                &format!("{}/v1/traces", receiver.http_url),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
     )
@@ -1180,6 +1186,25 @@ async fn metrics_go_over_otlp_from_both_processes() {
     assert_eq!(point.bucket_counts.len(), point.explicit_bounds.len() + 1);
     assert_eq!(point.bucket_counts.iter().sum::<u64>(), point.count);
     assert!(point.start_time_unix_nano > 0 && point.start_time_unix_nano <= point.time_unix_nano);
+    // Its bucket's exemplar is the request's trace, as the collector received it.
+    let spans = receiver.wait_for_spans(2, Duration::from_secs(10)).await;
+    let exemplar = point
+        .exemplars
+        .first()
+        .unwrap_or_else(|| panic!("no exemplar: {point:?}"));
+    assert!(
+        spans
+            .iter()
+            .any(|(_, span)| span.trace_id == exemplar.trace_id
+                && span.span_id == exemplar.span_id
+                && span.kind == 2),
+        "the exemplar names the request's server span: {exemplar:?}"
+    );
+    assert!(exemplar.time_unix_nano > 0);
+    assert!(matches!(
+        exemplar.value,
+        Some(opentelemetry_proto::tonic::metrics::v1::exemplar::Value::AsDouble(seconds)) if seconds > 0.0
+    ));
 
     let tokens = named(&proxy_metrics, "gen_ai.client.token.usage");
     assert_eq!(tokens.unit, "{token}");
