@@ -769,6 +769,40 @@ fn prefix(text: &str, most: usize) -> &str {
     &text[..end]
 }
 
+/// Bounds the work of fitting a huge conversation: messages older than those whose texts add
+/// up to eight times the cap (or than the newest `cap / 16`: no message is written in fewer
+/// bytes) could never be recorded whole, so they go first. Whether any went.
+fn drop_far_past(messages: &mut Vec<Value>, cap: usize) -> bool {
+    let most_messages = (cap / 16).max(1);
+    let most_said = cap.saturating_mul(8);
+    let mut said = 0_usize;
+    let mut keep = 0;
+    for message in messages.iter().rev() {
+        said = said.saturating_add(total_said(message));
+        if keep == most_messages || (keep > 0 && said > most_said) {
+            break;
+        }
+        keep += 1;
+    }
+    let drop = messages.len() - keep;
+    messages.drain(..drop);
+    drop > 0
+}
+
+fn total_said(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => items.iter().map(total_said).sum(),
+        Value::Object(object) => object
+            .iter()
+            .map(|(key, value)| match value {
+                Value::String(text) if SAID.contains(&key.as_str()) => text.len(),
+                other => total_said(other),
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
 /// The keys whose strings are what a conversation says (and so what gives way).
 const SAID: [&str; 3] = ["content", "arguments", "response"];
 
@@ -810,11 +844,12 @@ fn cut_object(object: &mut Map<String, Value>, most: usize) {
 /// `messages` as JSON of at most `cap` bytes, and whether anything gave way: every text is
 /// cut to the longest length that fits, and if even empty texts do not, the oldest messages
 /// go (the newest say most about the answer).
-fn fit(messages: Vec<Value>, cap: usize) -> (String, bool) {
+fn fit(mut messages: Vec<Value>, cap: usize) -> (String, bool) {
+    let dropped = drop_far_past(&mut messages, cap);
     let whole = Value::Array(messages);
     let text = whole.to_string();
     if text.len() <= cap {
-        return (text, false);
+        return (text, dropped);
     }
     let cut_to = |most: usize| {
         let mut cut = whole.clone();
@@ -836,13 +871,35 @@ fn fit(messages: Vec<Value>, cap: usize) -> (String, bool) {
         }
         return (best, true);
     }
+    // Even with every text emptied there are too many messages: the oldest go, until the
+    // newest fill at most half the cap emptied, the other half left for what they say.
     let Value::Array(mut messages) = whole else {
         return ("[]".to_owned(), true);
     };
-    if messages.len() <= 1 {
+    let emptied: Vec<usize> = messages
+        .iter()
+        .map(|message| {
+            let mut empty = message.clone();
+            cut_said(&mut empty, 0);
+            empty.to_string().len() + 1
+        })
+        .collect();
+    let mut size = 2;
+    let mut keep = 0;
+    for one in emptied.iter().rev() {
+        if size + one > cap / 2 {
+            break;
+        }
+        size += one;
+        keep += 1;
+    }
+    if keep == 0 && emptied.last().is_some_and(|one| one + 2 <= cap) {
+        keep = 1;
+    }
+    if keep == 0 {
         return ("[]".to_owned(), true);
     }
-    messages.drain(..messages.len() / 2);
+    messages.drain(..messages.len() - keep);
     (fit(messages, cap).0, true)
 }
 
@@ -1085,6 +1142,24 @@ mod tests {
             "message 199",
             "the newest messages are kept"
         );
+
+        // A conversation far beyond the cap is cut to its recent past before it is fitted.
+        let huge: Vec<Value> = (0..4_000)
+            .map(|n| json!({"role": "user", "content": format!("{n}: {}", "x".repeat(500))}))
+            .collect();
+        let cut = input(
+            Operation::ChatCompletions,
+            json!({"messages": huge}).to_string().as_bytes(),
+            4096,
+        )
+        .unwrap();
+        assert!(cut.truncated && cut.messages.len() <= 4096);
+        let kept = parsed(&cut.messages);
+        let last = kept.as_array().unwrap().last().unwrap()["parts"][0]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(last.starts_with("3999: "), "{last}");
 
         let mut stream = OutputCapture::new(Operation::ChatCompletions, 64);
         for _ in 0..1000 {
