@@ -16,24 +16,35 @@ use crate::store::{Budget, Store};
 /// The most budgets shown: the oldest, should an installation hold more.
 const MOST_BUDGETS: usize = 10_000;
 
-const GAUGES: [(&str, &str); 5] = [
+/// Each gauge: its name, its help, and its value of a budget.
+type Gauge = (&'static str, &'static str, fn(&Budget) -> i64);
+
+const GAUGES: [Gauge; 5] = [
     (
         "sluice_budget_limit_micros",
         "A budget's limit for its window, integer micro-dollars.",
+        |budget| budget.limit_micros,
     ),
     (
         "sluice_budget_spent_micros",
         "Spent in the budget's current window, integer micro-dollars (provider-reported and estimated).",
+        |budget| budget.spent_micros,
     ),
     (
         "sluice_budget_estimated_micros",
         "The share of the spend that is Sluice's estimate rather than the provider's report.",
+        |budget| budget.estimated_micros,
     ),
     (
         "sluice_budget_leased_micros",
         "Granted to live proxy leases and not yet arrived as usage.",
+        |budget| budget.leased_micros,
     ),
-    ("sluice_budget_leases", "Live proxy leases on the budget."),
+    (
+        "sluice_budget_leases",
+        "Live proxy leases on the budget.",
+        |budget| i64::from(budget.leases),
+    ),
 ];
 
 /// The gauges of `budgets` in Prometheus's text format.
@@ -52,17 +63,10 @@ pub fn render(budgets: &[Budget], out: &mut String) {
             labels
         })
         .collect();
-    for (index, (name, help)) in GAUGES.iter().enumerate() {
+    for (name, help, value) in GAUGES {
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
         for (budget, labels) in budgets.iter().zip(&labels) {
-            let value = match index {
-                0 => budget.limit_micros,
-                1 => budget.spent_micros,
-                2 => budget.estimated_micros,
-                3 => budget.leased_micros,
-                _ => i64::from(budget.leases),
-            };
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            let _ = writeln!(out, "{name}{{{labels}}} {}", value(budget));
         }
     }
 }

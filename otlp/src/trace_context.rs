@@ -4,6 +4,7 @@
 //! says, never an error.
 
 use http::HeaderMap;
+use sluice_shared::ids::write_hex;
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
@@ -81,18 +82,13 @@ fn hex_byte(pair: &[u8]) -> Option<u8> {
     }
 }
 
-/// The `traceparent` naming `span_id` in `trace_id`.
-/// Written into a fixed buffer, digit by digit: every attempt of a traced request sends one.
+/// The `traceparent` naming `span_id` in `trace_id`, written into a fixed buffer: every
+/// attempt of a traced request sends one.
 pub fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> [u8; 55] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = [b'-'; 55];
     text[..2].copy_from_slice(b"00");
-    for (at, byte) in (3..).step_by(2).zip(trace_id.iter().chain(span_id)) {
-        // The span id's digits start one further on, after its dash.
-        let at = if at >= 35 { at + 1 } else { at };
-        text[at] = DIGITS[usize::from(byte >> 4)];
-        text[at + 1] = DIGITS[usize::from(byte & 0xf)];
-    }
+    write_hex(&mut text[3..35], trace_id);
+    write_hex(&mut text[36..52], span_id);
     text[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
     text
 }

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use crate::ids::push_hex;
+
 /// A histogram's upper bounds in base units, and what one rendered unit is worth in them.
 pub struct Bounds {
     pub le: &'static [u64],
@@ -154,7 +156,7 @@ impl Histogram {
                     );
                 }
             }
-            if let Some(exemplar) = self.exemplar(index).filter(|_| exemplars) {
+            if exemplars && let Some(exemplar) = self.exemplar(index) {
                 out.push_str(" # {trace_id=\"");
                 push_hex(out, &exemplar.trace_id);
                 out.push_str("\",span_id=\"");
@@ -181,14 +183,6 @@ impl Histogram {
         out.push_str("_count");
         braces(out);
         let _ = writeln!(out, " {cumulative}");
-    }
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
 }
 

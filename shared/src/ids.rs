@@ -36,6 +36,26 @@ pub fn new_id() -> String {
     uuid::Uuid::from_bytes(bytes).to_string()
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex of `bytes` into `out` (two digits a byte; `out` is twice as long): trace and
+/// span ids are written on the request path, where `hex::encode`'s allocation and iterator
+/// cost several times this.
+pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX_DIGITS[usize::from(byte >> 4)];
+        pair[1] = HEX_DIGITS[usize::from(byte & 0xf)];
+    }
+}
+
+/// Lower-case hex of `bytes`, appended to `out`.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    for byte in bytes {
+        out.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(HEX_DIGITS[usize::from(byte & 0xf)]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::json;
 use sluice_e2e::otlp_receiver::{OtlpReceiver, count_spans, double, int, text, texts};
+use sluice_e2e::proxy::{Http, Proxy};
 use sluice_e2e::{caught_up_proxy_with, contains_bytes, live_stack};
 
 const PROVIDER_KEY: &str = "sk-canary-otel-provider-key-1f2e3d";
@@ -21,11 +22,23 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
 /// A whole chat request for the stack's model.
+fn chat_json() -> serde_json::Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+}
+
 fn chat_body() -> Bytes {
-    Bytes::from(
-        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-            .to_string(),
+    Bytes::from(chat_json().to_string())
+}
+
+/// Asks the stack's model once, as an OpenAI SDK would (the key as a bearer token), for a 200.
+async fn chat_ok(http: &Http, proxy: &Proxy, key: &str) {
+    let bearer = format!("Bearer {key}");
+    http.post_ok(
+        &proxy.url("/v1/chat/completions"),
+        &[("authorization", &bearer)],
+        &chat_json(),
     )
+    .await;
 }
 
 fn span_named<'a>(spans: &'a [(String, Span)], name: &str, trace: &[u8]) -> &'a Span {
@@ -980,17 +993,7 @@ async fn the_control_plane_traces_admin_calls_config_pushes_and_usage_batches() 
     let missing = stack.cp.ctl(&["provider", "get", "acme/nowhere"]);
     assert!(!missing.success);
     let (_dir, proxy, http) = sluice_e2e::caught_up_proxy(&stack.cp, &stack.acme.token).await;
-    let answer = http
-        .send(
-            "POST",
-            &proxy.url("/v1/chat/completions"),
-            Some(&stack.acme.key),
-            &[],
-            chat_body(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(answer.status, 200);
+    chat_ok(&http, &proxy, &stack.acme.key).await;
 
     let named = |spans: &[(String, Span)], name: &str| {
         spans
@@ -1123,17 +1126,7 @@ async fn metrics_go_over_otlp_from_both_processes() {
         ],
     )
     .await;
-    let answer = http
-        .send(
-            "POST",
-            &proxy.url("/v1/chat/completions"),
-            Some(&stack.acme.key),
-            &[],
-            chat_body(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(answer.status, 200);
+    chat_ok(&http, &proxy, &stack.acme.key).await;
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let (proxy_metrics, cp_metrics) = loop {

@@ -53,6 +53,8 @@ pub struct UsageDraft {
     pub series: Arc<ModelSeries>,
     /// The virtual key's series, when its project is counted by key.
     pub key_series: Option<Arc<crate::metrics::key_series::KeySeries>>,
+    /// The project's `content_capture_bytes`: how much of the answer a sampled trace records.
+    pub content_cap: usize,
     pub operation: Operation,
     /// Sluice's error, when the request ended in one.
     pub error: Option<ErrorCode>,
@@ -108,6 +110,7 @@ impl UsageDraft {
             trace: None,
             series: model.series.clone(),
             key_series: None,
+            content_cap: caller.project.content_capture_bytes as usize,
             operation,
             error: None,
             first_chunk: None,

@@ -226,15 +226,12 @@ fn say_overhead(draft: &UsageDraft, headers: &mut http::HeaderMap) {
     }
 }
 
-/// A successful status over a body that is not a whole JSON document: never passed on as a
-/// success.
 /// A sampled request's answer, as the upstream described it (parsed once more, for the trace
 /// only).
 fn note_response(draft: &UsageDraft, bytes: &[u8], format: Operation) {
     if let Some(trace) = draft.trace.as_ref().filter(|trace| trace.sampled()) {
         let facts = ResponseFacts::of_whole(bytes, format);
-        let output = trace.content_cap().and_then(|cap| {
-            let mut capture = OutputCapture::new(format, cap);
+        let output = output_capture(draft, format).and_then(|mut capture| {
             capture.whole(bytes);
             capture.finish()
         });
@@ -249,13 +246,20 @@ fn note_response(draft: &UsageDraft, bytes: &[u8], format: Operation) {
 
 /// What a sampled request's stream gathers for its trace, in the upstream's `format`.
 fn stream_facts(draft: &UsageDraft, format: Operation) -> Option<Box<StreamFacts>> {
-    let trace = draft.trace.as_ref().filter(|trace| trace.sampled())?;
-    let capture = trace
-        .content_cap()
-        .map(|cap| OutputCapture::new(format, cap));
-    Some(Box::new(StreamFacts::new(format, capture)))
+    draft.trace.as_ref().filter(|trace| trace.sampled())?;
+    Some(Box::new(StreamFacts::new(
+        format,
+        output_capture(draft, format),
+    )))
 }
 
+/// Where the answer is gathered for a project that records it.
+fn output_capture(draft: &UsageDraft, format: Operation) -> Option<OutputCapture> {
+    (draft.content_cap > 0).then(|| OutputCapture::new(format, draft.content_cap))
+}
+
+/// A successful status over a body that is not a whole JSON document: never passed on as a
+/// success.
 fn not_json(draft: UsageDraft, scrubber: CredentialScrubber) -> Unanswered {
     Unanswered::Failed(Box::new(Failed {
         failure: UpstreamFailure::InvalidAnswer(

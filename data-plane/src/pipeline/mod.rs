@@ -95,20 +95,22 @@ pub async fn serve(
     }
     let body = crate::request::body::read(gateway.max_body_bytes, &parts.headers, body).await?;
     let chat = (endpoint.parse)(&body, path_model)?;
-    if let Some(trace) = trace {
+    if let Some(trace) = trace.filter(|trace| trace.sampled()) {
+        // Read before the trace's record is locked: the lock is held only to store them.
+        let params = Box::new(RequestParams::of(&chat));
+        let cap = caller.project.content_capture_bytes as usize;
+        let content = (cap > 0).then(|| {
+            Box::new(CapturedContent {
+                input: content_capture::input(operation, &body, cap),
+                output: None,
+            })
+        });
         trace.note(|state| {
             state.model = chat.model.to_string();
             state.stream = chat.stream;
             state.max_tokens = chat.output_limit.as_ref().map(|limit| limit.tokens);
-            state.params = Some(Box::new(RequestParams::of(&chat)));
-            let cap = caller.project.content_capture_bytes as usize;
-            if cap > 0 {
-                state.content = Some(Box::new(CapturedContent {
-                    cap,
-                    input: content_capture::input(operation, &body, cap),
-                    output: None,
-                }));
-            }
+            state.params = Some(params);
+            state.content = content;
         });
     }
     let model = resolve_model(&tables, &caller, &chat.model)?;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
+use sluice_shared::ids::push_hex;
 use sluice_shared::logging::{LogFormat, push_json_string};
 use sluice_shared::time::push_padded;
 
@@ -151,14 +152,6 @@ impl AccessLog {
     }
 }
 
-fn hex(bytes: &[u8], out: &mut String) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-}
-
 /// As the text log writes its lines: time, level, target, then `key=value` pairs (a text
 /// quoted where it would not read as one word). Written piece by piece: the formatting
 /// machinery cost more than everything else a line takes.
@@ -202,9 +195,9 @@ fn text_line(line: &AccessLine<'_>) -> String {
     }
     if let Some((trace_id, span_id)) = line.trace {
         key(&mut out, "trace_id");
-        hex(trace_id, &mut out);
+        push_hex(&mut out, trace_id);
         key(&mut out, "span_id");
-        hex(span_id, &mut out);
+        push_hex(&mut out, span_id);
     }
     out.push('\n');
     out
@@ -232,9 +225,9 @@ fn json_line(line: &AccessLine<'_>) -> String {
     out.push_str("\",\"level\":\"INFO\",\"target\":\"sluice::access\",\"message\":\"request\"");
     if let Some((trace_id, span_id)) = line.trace {
         out.push_str(",\"trace_id\":\"");
-        hex(trace_id, &mut out);
+        push_hex(&mut out, trace_id);
         out.push_str("\",\"span_id\":\"");
-        hex(span_id, &mut out);
+        push_hex(&mut out, span_id);
         out.push('"');
     }
     let mut text = |key: &str, value: &str| {

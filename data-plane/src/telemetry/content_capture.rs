@@ -15,8 +15,6 @@ use crate::operation::Operation;
 /// A sampled request's content, for a project that records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CapturedContent {
-    /// The project's `content_capture_bytes`.
-    pub cap: usize,
     pub input: Option<CapturedInput>,
     pub output: Option<CapturedOutput>,
 }

@@ -167,16 +167,6 @@ impl RequestTrace {
         }
     }
 
-    /// How many bytes of content the request's project has recorded, if any (a sampled
-    /// request's only).
-    pub fn content_cap(&self) -> Option<usize> {
-        if !self.sampled {
-            return None;
-        }
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.content.as_ref().map(|content| content.cap)
-    }
-
     /// A new attempt's span, started now.
     pub fn attempt(&self, number: u32) -> AttemptSpan {
         AttemptSpan {
