@@ -73,7 +73,9 @@ impl<S: Store> ConfigService for ConfigStreamService<S> {
         request: Request<Streaming<pb::StreamConfigRequest>>,
     ) -> Result<Response<Self::StreamConfigStream>, Status> {
         let address = request
-            .remote_addr()
+            .extensions()
+            .get::<sluice_shared::tls::accepted::Peer>()
+            .and_then(|peer| peer.tcp.remote_addr)
             .map(|a| a.to_string())
             .unwrap_or_default();
         let mut inbound = request.into_inner();

@@ -6,6 +6,7 @@ pub mod budget_gauges;
 pub mod config_stream;
 pub mod key_check;
 pub mod lease_service;
+pub mod listener;
 pub mod metrics;
 pub mod pricing_catalog;
 pub mod proto_fields;

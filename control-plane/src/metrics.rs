@@ -63,6 +63,8 @@ pub struct Metrics {
     pub config_push_nacked: Histogram,
     /// The newest config version published, and the version each connected proxy serves.
     pub latest_version: AtomicU64,
+    /// 1 while the gRPC listener is plaintext on an address beyond loopback.
+    pub insecure_listener: std::sync::atomic::AtomicBool,
     fleet: Mutex<HashMap<String, u64>>,
     rpcs: Mutex<BTreeMap<String, Arc<RpcSeries>>>,
     /// The budgets' gauges as last read from the store, rendered.
@@ -100,6 +102,7 @@ impl Default for Metrics {
             config_push_acked: Histogram::new(&SECONDS_1MS_TO_10S),
             config_push_nacked: Histogram::new(&SECONDS_1MS_TO_10S),
             latest_version: AtomicU64::new(0),
+            insecure_listener: std::sync::atomic::AtomicBool::new(false),
             fleet: Mutex::default(),
             rpcs: Mutex::default(),
             budget_gauges: Mutex::default(),
@@ -234,6 +237,11 @@ impl Metrics {
             .render(&mut out, "sluice_config_push_seconds", "reply=\"ack\"");
         self.config_push_nacked
             .render(&mut out, "sluice_config_push_seconds", "reply=\"nack\"");
+        let _ = write!(
+            out,
+            "# HELP sluice_insecure_listener 1 while gRPC is served in plaintext beyond loopback (allow_insecure_listen).\n# TYPE sluice_insecure_listener gauge\nsluice_insecure_listener {}\n",
+            u8::from(self.insecure_listener.load(Ordering::Relaxed))
+        );
         self.render_fleet(&mut out);
         self.render_rpcs(&mut out);
         out.push_str(

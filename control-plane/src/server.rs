@@ -10,9 +10,9 @@ use sluice_proto::admin::v1::admin_service_server::AdminServiceServer;
 use sluice_proto::config::v1::config_service_server::ConfigServiceServer;
 use sluice_proto::usage::v1::lease_service_server::LeaseServiceServer;
 use sluice_shared::secret::SecretString;
+use sluice_shared::tls::server::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin_api::auth::TokenAuth;
 use crate::admin_api::{AdminApi, mint_admin_token};
@@ -49,6 +49,10 @@ pub enum ServeError {
     Vault(#[from] VaultError),
     #[error("cannot start the OpenTelemetry exporter: {source}")]
     Telemetry { source: std::io::Error },
+    #[error("TLS: {source}")]
+    Tls {
+        source: sluice_shared::tls::TlsFileError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -153,6 +157,10 @@ async fn launch<S: Store>(
         metrics.clone(),
         settings.budget_metrics_interval,
     ));
+    let require_certificate = settings
+        .tls
+        .as_ref()
+        .is_some_and(|files| files.client_ca.is_some());
     let config = TokenAuth::data_plane(
         ConfigServiceServer::new(ConfigStreamService::new(
             store.clone(),
@@ -161,10 +169,12 @@ async fn launch<S: Store>(
             metrics.clone(),
         )),
         store.clone(),
+        require_certificate,
     );
     let usage = TokenAuth::data_plane(
         UsageServer::new(UsageIngest::new(store.clone(), metrics.clone())),
         store.clone(),
+        require_certificate,
     );
     let leases = TokenAuth::data_plane(
         LeaseServiceServer::new(LeaseGrants::new(
@@ -173,33 +183,99 @@ async fn launch<S: Store>(
             metrics.clone(),
         )),
         store,
+        require_certificate,
     );
 
-    let listener = TcpListener::bind(settings.listen_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: settings.listen_addr,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: settings.listen_addr,
-        source,
-    })?;
+    let tls = match &settings.tls {
+        Some(files) => Some(Arc::new(
+            // HTTP/1.1 beside gRPC's HTTP/2, for Prometheus scrapes of /metrics.
+            ServerTls::new(files, &[b"h2", b"http/1.1"])
+                .map_err(|source| ServeError::Tls { source })?,
+        )),
+        None => None,
+    };
+    let listener = bind(settings.listen_addr).await?;
+    let addr = local_addr(&listener, settings.listen_addr)?;
+    let data_plane_listener = match settings.data_plane_listen_addr {
+        Some(wanted) => {
+            let listener = bind(wanted).await?;
+            let addr = local_addr(&listener, wanted)?;
+            Some((listener, addr))
+        }
+        None => None,
+    };
+    if let Some((_, data_plane_addr)) = &data_plane_listener {
+        tracing::info!(
+            addr = %data_plane_addr,
+            tls = tls.is_some(),
+            proxy_certificates = require_certificate,
+            "sluice-control-plane data-plane listener: config, usage and leases"
+        );
+    }
     // Tests and scripts read this line to learn the port when listening on port 0.
-    tracing::info!(%addr, "sluice-control-plane listening");
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        proxy_certificates = require_certificate,
+        "sluice-control-plane listening"
+    );
+    let beyond_loopback = std::iter::once(addr)
+        .chain(data_plane_listener.as_ref().map(|(_, addr)| *addr))
+        .any(|addr| !addr.ip().is_loopback());
+    if tls.is_none() && beyond_loopback {
+        tracing::warn!(
+            %addr,
+            "INSECURE: plaintext gRPC beyond loopback (allow_insecure_listen): tokens and \
+             sealed keys cross the network unencrypted"
+        );
+        metrics
+            .insecure_listener
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 
-    tonic::transport::Server::builder()
-        // HTTP/1.1 too, for Prometheus scrapes of /metrics.
+    // HTTP/1.1 beside gRPC on every listener, for Prometheus scrapes of /metrics.
+    let operators = tonic::transport::Server::builder()
         .accept_http1(true)
-        .layer(MetricsLayer(metrics))
-        .add_service(health_service)
+        .layer(MetricsLayer(metrics.clone()))
+        .add_service(health_service.clone())
         .add_service(reflection)
-        .add_service(admin)
-        .add_service(config)
-        .add_service(usage)
-        .add_service(leases)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_service(admin);
+    match data_plane_listener {
+        None => {
+            operators
+                .add_service(config)
+                .add_service(usage)
+                .add_service(leases)
+                .serve_with_incoming_shutdown(crate::listener::incoming(listener, tls), shutdown)
+                .await?
+        }
+        Some((data_plane_listener, _)) => {
+            let (stop, stopping) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            });
+            let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            let proxies = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .layer(MetricsLayer(metrics))
+                .add_service(health_service)
+                .add_service(config)
+                .add_service(usage)
+                .add_service(leases)
+                .serve_with_incoming_shutdown(
+                    crate::listener::incoming(data_plane_listener, tls.clone()),
+                    stopped(stopping.clone()),
+                );
+            let operators = operators.serve_with_incoming_shutdown(
+                crate::listener::incoming(listener, tls),
+                stopped(stopping),
+            );
+            tokio::try_join!(operators, proxies)?;
+        }
+    }
     publisher_task.abort();
     budget_gauges_task.abort();
     if let Some(exporter) = metrics_exporter {
@@ -211,6 +287,19 @@ async fn launch<S: Store>(
     }
     tracing::info!("sluice-control-plane stopped");
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, wanted: SocketAddr) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: wanted,
+        source,
+    })
 }
 
 /// The master key from the environment, a key file, or (dev mode only) a generated file in

@@ -11,16 +11,32 @@ use sluice_shared::logging::LogFormat;
 use sluice_shared::otel_settings::OtelSettings;
 use sluice_shared::secret::SecretString;
 use sluice_shared::settings_source::{parse, parse_bool, prefixed_variables, read_toml};
+use sluice_shared::tls::server::ServerTlsFiles;
 
 /// Variables that belong to `sluicectl`, tolerated in the control plane's environment (as are
 /// the proxy's `SLUICE_PROXY_*`) so one shell can run all three.
-const FOREIGN_VARIABLES: &[&str] = &["SLUICE_TOKEN", "SLUICE_CONTROL_PLANE", "SLUICE_CONFIG"];
+const FOREIGN_VARIABLES: &[&str] = &[
+    "SLUICE_TOKEN",
+    "SLUICE_CONTROL_PLANE",
+    "SLUICE_CONFIG",
+    "SLUICE_CA_FILE",
+    "SLUICE_CLIENT_CERT_FILE",
+    "SLUICE_CLIENT_KEY_FILE",
+];
 
 pub use sluice_shared::settings_source::SettingsError;
 
 #[derive(Debug)]
 pub struct Settings {
     pub listen_addr: SocketAddr,
+    /// A listener of its own for the proxies' services (config, usage, leases), so a network
+    /// policy can let only proxies reach it; unset, they share `listen_addr`.
+    pub data_plane_listen_addr: Option<SocketAddr>,
+    /// TLS on the gRPC listener; with a client CA, proxies must present a certificate it
+    /// vouches for (besides their data-plane token).
+    pub tls: Option<ServerTlsFiles>,
+    /// Plaintext on an address other machines can reach: refused unless this says so.
+    pub allow_insecure_listen: bool,
     pub data_dir: PathBuf,
     pub database_url: String,
     /// Allows starting without a master key (one is generated into the data directory).
@@ -47,6 +63,11 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     listen_addr: Option<String>,
+    data_plane_listen_addr: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_client_ca_file: Option<PathBuf>,
+    allow_insecure_listen: Option<bool>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     dev_mode: Option<bool>,
@@ -62,6 +83,11 @@ struct FileSettings {
 /// Each environment variable and the setting it feeds.
 const VARIABLES: &[&str] = &[
     "SLUICE_LISTEN_ADDR",
+    "SLUICE_DATA_PLANE_LISTEN_ADDR",
+    "SLUICE_TLS_CERT_FILE",
+    "SLUICE_TLS_KEY_FILE",
+    "SLUICE_TLS_CLIENT_CA_FILE",
+    "SLUICE_ALLOW_INSECURE_LISTEN",
     "SLUICE_DATA_DIR",
     "SLUICE_DATABASE_URL",
     "SLUICE_DEV_MODE",
@@ -99,6 +125,45 @@ impl Settings {
                 None => SocketAddr::from(([127, 0, 0, 1], 7070)),
             },
         };
+        let data_plane_listen_addr = match take("SLUICE_DATA_PLANE_LISTEN_ADDR") {
+            Some(value) => Some(parse::<SocketAddr>(
+                "SLUICE_DATA_PLANE_LISTEN_ADDR",
+                &value,
+            )?),
+            None => match &file_settings.data_plane_listen_addr {
+                Some(value) => Some(parse::<SocketAddr>("data_plane_listen_addr", value)?),
+                None => None,
+            },
+        };
+        let mut path_of = |key: &str, file: Option<PathBuf>| take(key).map(PathBuf::from).or(file);
+        let tls_files = (
+            path_of("SLUICE_TLS_CERT_FILE", file_settings.tls_cert_file),
+            path_of("SLUICE_TLS_KEY_FILE", file_settings.tls_key_file),
+            path_of(
+                "SLUICE_TLS_CLIENT_CA_FILE",
+                file_settings.tls_client_ca_file,
+            ),
+        );
+        let tls = match tls_files {
+            (None, None, None) => None,
+            (Some(cert), Some(key), client_ca) => Some(ServerTlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            _ => {
+                return Err(SettingsError::Invalid {
+                    key: "tls_cert_file".to_owned(),
+                    message: "TLS needs tls_cert_file and tls_key_file together (and \
+                              tls_client_ca_file only beside them)"
+                        .to_owned(),
+                });
+            }
+        };
+        let allow_insecure_listen = match take("SLUICE_ALLOW_INSECURE_LISTEN") {
+            Some(value) => parse_bool("SLUICE_ALLOW_INSECURE_LISTEN", &value)?,
+            None => file_settings.allow_insecure_listen.unwrap_or(false),
+        };
         let data_dir = take("SLUICE_DATA_DIR")
             .map(PathBuf::from)
             .or(file_settings.data_dir)
@@ -114,6 +179,9 @@ impl Settings {
         let settings = Self {
             otel,
             listen_addr,
+            data_plane_listen_addr,
+            tls,
+            allow_insecure_listen,
             database_url,
             dev_mode,
             master_key: take("SLUICE_MASTER_KEY").map(SecretString::new),
@@ -159,6 +227,18 @@ impl Settings {
             return Err(invalid(
                 "database_url",
                 "must start with sqlite: or postgres:",
+            ));
+        }
+        let beyond_loopback = std::iter::once(self.listen_addr)
+            .chain(self.data_plane_listen_addr)
+            .any(|addr| !addr.ip().is_loopback());
+        if self.tls.is_none() && beyond_loopback && !self.allow_insecure_listen {
+            return Err(invalid(
+                "listen_addr",
+                "is reachable from other machines but TLS is not set: set tls_cert_file and \
+                 tls_key_file (SLUICE_TLS_CERT_FILE, SLUICE_TLS_KEY_FILE), or accept plaintext \
+                 tokens on the wire with allow_insecure_listen = true \
+                 (SLUICE_ALLOW_INSECURE_LISTEN)",
             ));
         }
         if self.master_key.is_some() && self.master_key_file.is_some() {
@@ -246,6 +326,44 @@ mod tests {
         assert_eq!(settings.listen_addr.to_string(), "127.0.0.1:9100");
         assert_eq!(settings.log, "debug");
         assert_eq!(settings.database_url, "sqlite:///srv/sluice.db");
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_needs_tls_or_an_explicit_insecure_setting() {
+        let error = Settings::load(None, env(&[("SLUICE_LISTEN_ADDR", "0.0.0.0:7070")]), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("listen_addr") && error.contains("SLUICE_TLS_CERT_FILE"),
+            "{error}"
+        );
+        let insecure = Settings::load(
+            None,
+            env(&[
+                ("SLUICE_LISTEN_ADDR", "0.0.0.0:7070"),
+                ("SLUICE_ALLOW_INSECURE_LISTEN", "true"),
+            ]),
+            true,
+        )
+        .unwrap();
+        assert!(insecure.allow_insecure_listen && insecure.tls.is_none());
+        let tls = Settings::load(
+            None,
+            env(&[
+                ("SLUICE_LISTEN_ADDR", "[::]:7070"),
+                ("SLUICE_TLS_CERT_FILE", "/tls/cert.pem"),
+                ("SLUICE_TLS_KEY_FILE", "/tls/key.pem"),
+                ("SLUICE_TLS_CLIENT_CA_FILE", "/tls/proxies.pem"),
+            ]),
+            true,
+        )
+        .unwrap();
+        let files = tls.tls.unwrap();
+        assert_eq!(files.client_ca.unwrap(), PathBuf::from("/tls/proxies.pem"));
+        let half = Settings::load(None, env(&[("SLUICE_TLS_CERT_FILE", "/c.pem")]), true)
+            .unwrap_err()
+            .to_string();
+        assert!(half.contains("tls_key_file"), "{half}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use sluice_data_plane::serve::{ServerLimits, serve};
 use sluice_data_plane::settings::Settings;
 use sluice_data_plane::upstream::{UpstreamClient, load_roots};
 use sluice_data_plane::usage::spool::UsageSpool;
+use sluice_shared::tls::server::ServerTls;
 
 /// The Sluice proxy.
 #[derive(Parser)]
@@ -157,17 +158,24 @@ fn run(
             ),
             _ => {}
         }
+        let client_tls = match &settings.tls {
+            // HTTP/2 first: the official SDKs that speak it get it.
+            Some(files) => Some(Arc::new(ServerTls::new(files, &[b"h2", b"http/1.1"])?)),
+            None => None,
+        };
         let listener = listen(settings.listen_addr)?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, proxy_id = %identity.proxy_id, "sluice-proxy listening");
+        tracing::info!(%addr, tls = client_tls.is_some(), proxy_id = %identity.proxy_id, "sluice-proxy listening");
 
+        let connector = sluice_shared::tls::client::Connector::new(&settings.control_plane, &settings.control_plane_tls)?;
         let channel = tonic::transport::Endpoint::from_shared(settings.control_plane.clone())?
             .connect_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy();
+            .connect_with_connector_lazy(connector.clone());
         tokio::spawn(
             ConfigClient {
                 applier,
                 control_plane: settings.control_plane.clone(),
+                connector,
                 token: token.clone(),
             }
             .run(),
@@ -210,7 +218,7 @@ fn run(
         let telemetry = gateway.telemetry.get().cloned();
         let access_log = gateway.access_log.get().cloned();
         let metrics_exporter = gateway.metrics_exporter.get().cloned();
-        serve(listener, gateway, limits, shutdown_signal()).await?;
+        serve(listener, client_tls, gateway, limits, shutdown_signal()).await?;
         if let Some(log) = access_log {
             let _ = tokio::task::spawn_blocking(move || log.shut_down()).await;
         }

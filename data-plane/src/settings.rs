@@ -11,6 +11,8 @@ use sluice_shared::logging::LogFormat;
 use sluice_shared::otel_settings::OtelSettings;
 use sluice_shared::secret::SecretString;
 use sluice_shared::settings_source::{invalid, parse, parse_bool, prefixed_variables, read_toml};
+use sluice_shared::tls::client::ClientTlsFiles;
+use sluice_shared::tls::server::ServerTlsFiles;
 
 use crate::usage::spool::{SpoolSettings, WhenFull};
 
@@ -20,9 +22,14 @@ pub use sluice_shared::settings_source::SettingsError;
 pub struct Settings {
     /// OpenTelemetry export (off unless an OTLP endpoint is set).
     pub otel: OtelSettings,
-    /// Where applications connect (HTTP/1.1 and h2c).
+    /// Where applications connect (HTTP/1.1 and h2c, or over TLS both by ALPN).
     pub listen_addr: SocketAddr,
+    /// TLS on the client listener; plaintext (the default) suits a TLS-terminating balancer.
+    pub tls: Option<ServerTlsFiles>,
     pub control_plane: String,
+    /// The CA that vouches for an `https://` control plane, and this proxy's client
+    /// certificate for mTLS.
+    pub control_plane_tls: ClientTlsFiles,
     /// The data-plane token (`sluicectl token create NAME --scope data-plane`).
     pub token: SecretString,
     /// Holds this proxy's id, its sealing key and the last validated snapshot.
@@ -89,7 +96,12 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     listen_addr: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
     control_plane: Option<String>,
+    control_plane_ca_file: Option<PathBuf>,
+    control_plane_cert_file: Option<PathBuf>,
+    control_plane_key_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     proxy_id: Option<String>,
@@ -133,7 +145,12 @@ const MAX_USAGE_BATCH_SIZE: usize = 10_000;
 const MAX_WORKERS: usize = 1024;
 const VARIABLES: &[&str] = &[
     "SLUICE_PROXY_LISTEN_ADDR",
+    "SLUICE_PROXY_TLS_CERT_FILE",
+    "SLUICE_PROXY_TLS_KEY_FILE",
     "SLUICE_PROXY_CONTROL_PLANE",
+    "SLUICE_PROXY_CONTROL_PLANE_CA_FILE",
+    "SLUICE_PROXY_CONTROL_PLANE_CERT_FILE",
+    "SLUICE_PROXY_CONTROL_PLANE_KEY_FILE",
     "SLUICE_PROXY_TOKEN",
     "SLUICE_PROXY_TOKEN_FILE",
     "SLUICE_PROXY_DATA_DIR",
@@ -192,6 +209,38 @@ impl Settings {
         let control_plane = take("SLUICE_PROXY_CONTROL_PLANE")
             .or(file_settings.control_plane)
             .unwrap_or_else(|| "http://127.0.0.1:7070".to_owned());
+        let mut path_of = |key: &str, file: Option<PathBuf>| take(key).map(PathBuf::from).or(file);
+        let control_plane_tls = ClientTlsFiles {
+            ca: path_of(
+                "SLUICE_PROXY_CONTROL_PLANE_CA_FILE",
+                file_settings.control_plane_ca_file,
+            ),
+            cert: path_of(
+                "SLUICE_PROXY_CONTROL_PLANE_CERT_FILE",
+                file_settings.control_plane_cert_file,
+            ),
+            key: path_of(
+                "SLUICE_PROXY_CONTROL_PLANE_KEY_FILE",
+                file_settings.control_plane_key_file,
+            ),
+        };
+        let tls = match (
+            path_of("SLUICE_PROXY_TLS_CERT_FILE", file_settings.tls_cert_file),
+            path_of("SLUICE_PROXY_TLS_KEY_FILE", file_settings.tls_key_file),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(ServerTlsFiles {
+                cert,
+                key,
+                client_ca: None,
+            }),
+            _ => {
+                return Err(invalid(
+                    "SLUICE_PROXY_TLS_CERT_FILE",
+                    "TLS needs the certificate and key files together",
+                ));
+            }
+        };
         let token_file = take("SLUICE_PROXY_TOKEN_FILE")
             .map(PathBuf::from)
             .or(file_settings.token_file);
@@ -232,7 +281,9 @@ impl Settings {
         let settings = Self {
             otel,
             listen_addr,
+            tls,
             control_plane,
+            control_plane_tls,
             token,
             data_dir: take("SLUICE_PROXY_DATA_DIR")
                 .map(PathBuf::from)
@@ -448,6 +499,18 @@ impl Settings {
             return Err(invalid(
                 "control_plane",
                 "must be an http:// or https:// URL",
+            ));
+        }
+        if self.control_plane.starts_with("http://") && !self.control_plane_tls.is_empty() {
+            return Err(invalid(
+                "control_plane",
+                "is plain http:// but a CA or client certificate is set for it: use https://",
+            ));
+        }
+        if self.control_plane_tls.cert.is_some() != self.control_plane_tls.key.is_some() {
+            return Err(invalid(
+                "SLUICE_PROXY_CONTROL_PLANE_CERT_FILE",
+                "a client certificate needs its key file too (SLUICE_PROXY_CONTROL_PLANE_KEY_FILE)",
             ));
         }
         if self.token.is_empty() {

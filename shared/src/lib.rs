@@ -1,5 +1,6 @@
 //! Types used by both halves of Sluice, and the facts both need. Nothing here does I/O but
-//! [`upstream_connect`], the one way either half connects to an upstream.
+//! [`upstream_connect`], the one way either half connects to an upstream, and [`tls`], the
+//! certificates both read from files.
 
 pub mod budget_window;
 pub mod credential_scrub;
@@ -17,6 +18,7 @@ pub mod sealing;
 pub mod secret;
 pub mod settings_source;
 pub mod time;
+pub mod tls;
 pub mod token;
 pub mod upstream_answer;
 pub mod upstream_connect;

@@ -8,12 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::pki::Issued;
 use crate::processes::{Captured, STARTUP_TIMEOUT, binary, spawn_listening, wait_with_timeout};
 
 /// A running `sluice-control-plane`, killed on drop.
 pub struct ControlPlane {
     child: Child,
     pub addr: String,
+    /// `http`, or `https` when it serves TLS.
+    pub scheme: &'static str,
+    /// What `sluicectl` needs beside the address (over TLS: the CA that vouches for it).
+    pub ctl_env: Vec<(String, String)>,
     pub data_dir: PathBuf,
     pub output: Captured,
     pub admin_token: String,
@@ -24,6 +29,7 @@ pub struct ControlPlaneBuilder {
     data_dir: PathBuf,
     env: Vec<(String, String)>,
     dev: bool,
+    tls_ca: Option<PathBuf>,
 }
 
 impl ControlPlaneBuilder {
@@ -32,7 +38,21 @@ impl ControlPlaneBuilder {
             data_dir: data_dir.to_path_buf(),
             env: Vec::new(),
             dev: true,
+            tls_ca: None,
         }
+    }
+
+    /// TLS with `server` (issued by the CA in `ca_file`, which `sluicectl` is given); with
+    /// `proxy_ca`, proxies must present a certificate that CA issued.
+    pub fn tls(mut self, server: &Issued, ca_file: &Path, proxy_ca: Option<&Path>) -> Self {
+        self = self
+            .env("SLUICE_TLS_CERT_FILE", &server.cert.display().to_string())
+            .env("SLUICE_TLS_KEY_FILE", &server.key.display().to_string());
+        if let Some(proxy_ca) = proxy_ca {
+            self = self.env("SLUICE_TLS_CLIENT_CA_FILE", &proxy_ca.display().to_string());
+        }
+        self.tls_ca = Some(ca_file.to_path_buf());
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -83,9 +103,18 @@ impl ControlPlaneBuilder {
                     .map(|t| t.trim().to_owned())
                     .unwrap_or_default()
             });
+        let (scheme, ctl_env) = match &self.tls_ca {
+            Some(ca) => (
+                "https",
+                vec![("SLUICE_CA_FILE".to_owned(), ca.display().to_string())],
+            ),
+            None => ("http", Vec::new()),
+        };
         ControlPlane {
             child,
             addr,
+            scheme,
+            ctl_env,
             data_dir: self.data_dir,
             output,
             admin_token,
@@ -95,7 +124,21 @@ impl ControlPlaneBuilder {
 
 impl ControlPlane {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// Where proxies connect: the data-plane listener when it has one of its own.
+    pub fn data_plane_url(&self) -> String {
+        let text = self.output.text();
+        let addr = text
+            .lines()
+            .find(|line| line.contains("data-plane listener"))
+            .and_then(|line| line.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next());
+        match addr {
+            Some(addr) => format!("{}://{addr}", self.scheme),
+            None => self.url(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -286,7 +329,7 @@ impl ControlPlane {
     }
 
     pub fn ctl_as(&self, token: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
-        ctl_at(&self.url(), token, args, stdin)
+        ctl_with(&self.url(), &self.ctl_env, token, args, stdin)
     }
 
     /// Kills it and waits, so its files can be inspected.
@@ -305,10 +348,22 @@ pub struct Acme {
 
 /// Runs `sluicectl ARGS` against the control plane at `url`.
 pub fn ctl_at(url: &str, token: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+    ctl_with(url, &[], token, args, stdin)
+}
+
+/// [`ctl_at`] with more environment (a CA file, a client certificate).
+pub fn ctl_with(
+    url: &str,
+    env: &[(String, String)],
+    token: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> CtlOutput {
     let mut child = Command::new(binary("sluicectl"))
         .env_clear()
         .env("SLUICE_CONTROL_PLANE", url)
         .env("SLUICE_TOKEN", token)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -12,13 +12,14 @@ pub mod control_plane;
 pub mod leftovers;
 pub mod mock_openai;
 pub mod otlp_receiver;
+pub mod pki;
 pub mod processes;
 pub mod proxy;
 pub mod stacks;
 pub mod translated;
 pub mod wire;
 
-pub use control_plane::{Acme, ControlPlane, ControlPlaneBuilder, CtlOutput, ctl_at};
+pub use control_plane::{Acme, ControlPlane, ControlPlaneBuilder, CtlOutput, ctl_at, ctl_with};
 pub use leftovers::{Leftovers, contains_bytes, files_under};
 pub use processes::{Captured, binary, binary_dir, raise_open_files_limit, spawn_listening};
 pub use stacks::{

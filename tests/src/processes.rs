@@ -91,7 +91,7 @@ pub fn spawn_listening(mut command: Command, marker: &str) -> (Child, String, Ca
 }
 
 /// Waits for `child`, reading its output as it goes (a full pipe would otherwise stall it).
-pub(crate) fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();

@@ -19,6 +19,7 @@ use tonic::server::NamedService;
 use tower::Service;
 
 use crate::store::{Store, TokenScope};
+use sluice_shared::tls::accepted::Peer;
 
 /// Who is calling: the admin token's name and scope.
 #[derive(Debug, Clone)]
@@ -101,6 +102,9 @@ pub struct TokenAuth<Inner, S> {
     store: Arc<S>,
     access_for: fn(&str) -> Access,
     after_write: Option<Arc<Notify>>,
+    /// mTLS: callers must have presented a client certificate the CA bundle vouched for,
+    /// besides their token.
+    require_certificate: bool,
 }
 
 impl<Inner: Clone, S> Clone for TokenAuth<Inner, S> {
@@ -110,6 +114,7 @@ impl<Inner: Clone, S> Clone for TokenAuth<Inner, S> {
             store: self.store.clone(),
             access_for: self.access_for,
             after_write: self.after_write.clone(),
+            require_certificate: self.require_certificate,
         }
     }
 }
@@ -123,16 +128,19 @@ impl<Inner, S> TokenAuth<Inner, S> {
             store,
             access_for: admin_access,
             after_write: Some(after_write),
+            require_certificate: false,
         }
     }
 
-    /// A service for proxies: data-plane tokens only.
-    pub fn data_plane(inner: Inner, store: Arc<S>) -> Self {
+    /// A service for proxies: data-plane tokens only, and with `require_certificate` only
+    /// over a connection that presented a verified client certificate.
+    pub fn data_plane(inner: Inner, store: Arc<S>, require_certificate: bool) -> Self {
         Self {
             inner,
             store,
             access_for: |_| Access::DataPlane,
             after_write: None,
+            require_certificate,
         }
     }
 }
@@ -165,6 +173,29 @@ where
         let store = self.store.clone();
         let access_for = self.access_for;
         let after_write = self.after_write.clone();
+        let uncertified = self.require_certificate
+            && !request
+                .extensions()
+                .get::<Peer>()
+                .is_some_and(|peer| peer.verified_certificate);
+        if uncertified {
+            let peer = request
+                .extensions()
+                .get::<Peer>()
+                .and_then(|peer| peer.tcp.remote_addr);
+            tracing::warn!(
+                peer = ?peer,
+                path = request.uri().path(),
+                "refused a proxy without a client certificate"
+            );
+            return Box::pin(async {
+                Ok(Status::unauthenticated(
+                    "this control plane requires proxies to present a client certificate \
+                     signed by its proxy CA (SLUICE_PROXY_CONTROL_PLANE_CERT_FILE and _KEY_FILE)",
+                )
+                .into_http())
+            });
+        }
         Box::pin(async move {
             let method = request
                 .uri()

@@ -36,7 +36,9 @@ const SNAPSHOT_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("cannot connect: {0}")]
+    /// With its causes: tonic's own message is only "transport error", and the operator needs
+    /// the refused TLS handshake or the unreachable address underneath.
+    #[error("cannot connect: {}", sluice_shared::logging::with_causes(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("stream failed: {0}")]
     Stream(#[from] tonic::Status),
@@ -44,6 +46,21 @@ enum SessionError {
     BadToken,
     #[error("the stream's send half closed")]
     Closed,
+}
+
+impl SessionError {
+    /// Why the control plane refused this proxy at the TLS layer, if it did.
+    fn refusal(&self) -> Option<&'static str> {
+        match self {
+            Self::Connect(error) => sluice_shared::tls::client::explain_refusal(error),
+            Self::Stream(status) if status.code() == tonic::Code::Unimplemented => Some(
+                "this address serves no config stream: point SLUICE_PROXY_CONTROL_PLANE at the \
+                 control plane's data-plane listener (its data_plane_listen_addr)",
+            ),
+            Self::Stream(status) => sluice_shared::tls::client::explain_refusal(status),
+            Self::BadToken | Self::Closed => None,
+        }
+    }
 }
 
 /// Everything needed to apply a snapshot, shareable with blocking threads.
@@ -159,6 +176,8 @@ impl Applier {
 pub struct ConfigClient {
     pub applier: Arc<Applier>,
     pub control_plane: String,
+    /// Plain or TLS (with this proxy's client certificate), as the address says.
+    pub connector: sluice_shared::tls::client::Connector,
     pub token: Arc<SecretString>,
 }
 
@@ -183,7 +202,12 @@ impl ConfigClient {
                 .store(false, Ordering::Relaxed);
             match result {
                 Ok(()) => tracing::warn!("config stream ended; reconnecting"),
-                Err(error) => tracing::warn!(%error, "config stream down; reconnecting"),
+                Err(error) => match error.refusal() {
+                    Some(refusal) => {
+                        tracing::error!(%error, refusal, "config stream down; reconnecting")
+                    }
+                    None => tracing::warn!(%error, "config stream down; reconnecting"),
+                },
             }
             let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
             tokio::time::sleep(jittered).await;
@@ -201,7 +225,7 @@ impl ConfigClient {
             // crawls in window-sized steps, each waiting for a window update.
             .initial_stream_window_size(SNAPSHOT_WINDOW_BYTES)
             .initial_connection_window_size(SNAPSHOT_WINDOW_BYTES)
-            .connect()
+            .connect_with_connector(self.connector.clone())
             .await?;
         let (outbound, receiver) = mpsc::channel(4);
         let held = self.applier.gateway.held_version();
@@ -550,6 +574,11 @@ mod tests {
             ConfigClient {
                 applier: Arc::new(applier),
                 control_plane: format!("http://{address}"),
+                connector: sluice_shared::tls::client::Connector::new(
+                    &format!("http://{address}"),
+                    &Default::default(),
+                )
+                .unwrap(),
                 token: Arc::new(SecretString::new("t".into())),
             }
             .run()

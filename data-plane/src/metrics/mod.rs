@@ -68,6 +68,8 @@ pub struct Metrics {
     pub rate_limits_unenforced_total: AtomicU64,
     /// Connections waiting for a request, closed to make room at the connection cap.
     pub connections_shed_total: AtomicU64,
+    /// Client connections whose TLS handshake failed or timed out.
+    pub tls_handshakes_failed_total: AtomicU64,
     /// Connections closed at once: the cap reached and none waiting to give way.
     pub connections_refused_full_total: AtomicU64,
     /// Connections closed at once: their address held `max_connections_per_client`.
@@ -257,6 +259,11 @@ impl Metrics {
                 "sluice_connections_shed_total",
                 "Connections waiting for a request, closed to make room for a new one at the connection cap.",
                 &self.connections_shed_total,
+            ),
+            (
+                "sluice_tls_handshakes_failed_total",
+                "Client connections whose TLS handshake failed or did not finish in time.",
+                &self.tls_handshakes_failed_total,
             ),
         ];
         for (name, help, value) in counters {

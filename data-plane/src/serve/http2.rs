@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sluice_shared::tls::accepted::Accepted;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::gateway::Gateway;
@@ -82,7 +82,7 @@ pub async fn serve(
 /// A socket with bytes already read from it put back in front.
 struct Rewound {
     read: BytesMut,
-    stream: TcpStream,
+    stream: Accepted,
 }
 
 impl AsyncRead for Rewound {

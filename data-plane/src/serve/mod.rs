@@ -1,5 +1,6 @@
 //! The accept loop and the serving threads: HTTP/1.1 ([`http1`], served by hand) and h2c
-//! ([`http2`], by hyper) on one port, a cap on concurrent connections ([`admission`]; when it
+//! ([`http2`], by hyper) on one port, or both over TLS (by ALPN; the handshake runs on the
+//! serving thread), a cap on concurrent connections ([`admission`]; when it
 //! is reached, the connection that has waited longest for a request is closed to make room
 //! ([`idle`]), and a newcomer is refused only when none waits), an optional cap per client
 //! address, timeouts for a connection's first request, its heads, its bodies and the idle
@@ -25,6 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use sluice_shared::tls::accepted::Accepted;
+use sluice_shared::tls::server::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
@@ -74,6 +77,7 @@ struct ServingThread {
 /// Fails before serving anything if a serving thread cannot start.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     gateway: Arc<Gateway>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
@@ -103,6 +107,7 @@ pub async fn serve(
         let waiting = Arc::new(AtomicUsize::new(0));
         let thread = Thread {
             gateway: gateway.clone(),
+            tls: tls.clone(),
             admission: admission.clone(),
             idle: Arc::new(IdleConnections::new(waiting.clone())),
             timeouts,
@@ -203,6 +208,9 @@ fn most_waiting(serving: &[ServingThread]) -> Option<usize> {
 /// What one serving thread works with.
 struct Thread {
     gateway: Arc<Gateway>,
+    /// TLS on the client listener, negotiated on the serving thread that then serves the
+    /// connection.
+    tls: Option<Arc<ServerTls>>,
     admission: Arc<Admission>,
     idle: Arc<IdleConnections>,
     timeouts: Timeouts,
@@ -245,6 +253,7 @@ impl Thread {
                 }
             };
             let (gateway, h2, draining) = (self.gateway.clone(), h2.clone(), draining.clone());
+            let tls = self.tls.clone();
             let (admission, idle, timeouts) =
                 (self.admission.clone(), self.idle.clone(), self.timeouts);
             tokio::spawn(async move {
@@ -257,6 +266,20 @@ impl Thread {
                     },
                 };
                 let slot = ConnectionSlot::new(slot, client);
+                let stream = match tls {
+                    None => Accepted::Plain(stream),
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => Accepted::Tls(Box::new(stream)),
+                        Err(reason) => {
+                            tracing::debug!(reason, "a client's TLS handshake failed");
+                            gateway
+                                .metrics
+                                .tls_handshakes_failed_total
+                                .fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    },
+                };
                 let served = http1::serve(
                     stream,
                     slot,

@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use sluice_proto::admin::v1 as pb;
 use sluice_proto::admin::v1::admin_service_client::AdminServiceClient;
 use sluice_shared::secret::SecretString;
+use sluice_shared::tls::client::{ClientTlsFiles, Connector};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -57,6 +58,25 @@ struct Cli {
         global = true
     )]
     control_plane: String,
+    /// The CA that vouches for an https:// control plane (default: the bundled web roots).
+    #[arg(long, env = "SLUICE_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
+    /// A client certificate to present, for a control plane that asks for one.
+    #[arg(
+        long,
+        env = "SLUICE_CLIENT_CERT_FILE",
+        global = true,
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key.
+    #[arg(
+        long,
+        env = "SLUICE_CLIENT_KEY_FILE",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
     /// Admin token (prefer the environment variable: argv is visible to other users).
     #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -191,13 +211,27 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         .parse()
         .map_err(|_| anyhow!("the admin token holds characters that cannot travel in a header"))?;
     header.set_sensitive(true);
+    let connector = Connector::new(
+        &cli.control_plane,
+        &ClientTlsFiles {
+            ca: cli.ca_file.clone(),
+            cert: cli.client_cert.clone(),
+            key: cli.client_key.clone(),
+        },
+    )?;
     let channel = Channel::from_shared(cli.control_plane.clone())
         .with_context(|| format!("bad control-plane address '{}'", cli.control_plane))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
-        .connect()
+        .connect_with_connector(connector)
         .await
-        .with_context(|| format!("cannot reach the control plane at {}", cli.control_plane))?;
+        .map_err(|error| {
+            anyhow!(
+                "cannot reach the control plane at {}: {}",
+                cli.control_plane,
+                sluice_shared::logging::with_causes(&error)
+            )
+        })?;
     Ok(AdminServiceClient::with_interceptor(
         channel,
         BearerToken(header),

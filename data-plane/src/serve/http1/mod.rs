@@ -24,8 +24,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
+use sluice_shared::tls::accepted::Accepted;
 use tokio::io::{AsyncReadExt, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
@@ -72,7 +72,7 @@ pub struct Timeouts {
 
 /// A connection that began with HTTP/2's preface: the socket and what was read of it.
 pub struct Http2Start {
-    pub stream: TcpStream,
+    pub stream: Accepted,
     pub input: BytesMut,
     pub slot: ConnectionSlot,
 }
@@ -80,7 +80,7 @@ pub struct Http2Start {
 /// Serves HTTP/1.1 requests on `stream` until the client or the server ends it; a
 /// connection that opens with HTTP/2's preface is handed back for hyper to serve.
 pub async fn serve(
-    stream: TcpStream,
+    stream: Accepted,
     slot: ConnectionSlot,
     gateway: Arc<Gateway>,
     timeouts: Timeouts,
@@ -177,7 +177,7 @@ struct Connection {
     /// before the socket closes: a client that sees its connection end can count on the
     /// capacity being back.
     slot: ConnectionSlot,
-    stream: TcpStream,
+    stream: Accepted,
     /// Read from the socket, not yet consumed.
     input: BytesMut,
     heads: HeadReader,
@@ -197,7 +197,7 @@ struct Connection {
 
 impl Connection {
     fn new(
-        stream: TcpStream,
+        stream: Accepted,
         slot: ConnectionSlot,
         timeouts: Timeouts,
         drain: watch::Receiver<bool>,
@@ -534,29 +534,20 @@ fn poll_due(
 /// Writes `first` and then `second`, vectored; fails once the client has taken nothing for
 /// [`WRITE_STALL`] (a client that stops reading holds no connection and no request forever).
 async fn write_parts(
-    stream: &mut TcpStream,
+    stream: &mut Accepted,
     deadline: &mut Option<Pin<Box<Sleep>>>,
     first: &[u8],
     second: &[u8],
 ) -> std::io::Result<()> {
     let (mut first, mut second) = (first, second);
     while !first.is_empty() || !second.is_empty() {
-        let mut stalled_since: Option<Instant> = None;
-        let written = poll_fn(|cx| {
-            let polled = if second.is_empty() {
+        let written = unless_stalled(deadline, |cx| {
+            if second.is_empty() {
                 Pin::new(&mut *stream).poll_write(cx, first)
             } else {
                 let slices = [IoSlice::new(first), IoSlice::new(second)];
                 Pin::new(&mut *stream).poll_write_vectored(cx, &slices)
-            };
-            if polled.is_ready() {
-                return polled;
             }
-            let since = *stalled_since.get_or_insert_with(Instant::now);
-            if poll_due(deadline, cx, since + WRITE_STALL).is_ready() {
-                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
-            }
-            Poll::Pending
         })
         .await?;
         if written == 0 {
@@ -566,17 +557,42 @@ async fn write_parts(
         first = &first[from_first..];
         second = &second[written - from_first..];
     }
-    Ok(())
+    if matches!(stream, Accepted::Plain(_)) {
+        return Ok(());
+    }
+    // TLS may hold records back until flushed; a socket's flush is a no-op.
+    unless_stalled(deadline, |cx| Pin::new(&mut *stream).poll_flush(cx)).await
+}
+
+/// Polls `io` until it is ready, failing once it has made no progress for [`WRITE_STALL`].
+async fn unless_stalled<T>(
+    deadline: &mut Option<Pin<Box<Sleep>>>,
+    mut io: impl FnMut(&mut Context<'_>) -> Poll<std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let mut stalled_since: Option<Instant> = None;
+    poll_fn(|cx| {
+        let polled = io(cx);
+        if polled.is_ready() {
+            return polled;
+        }
+        let since = *stalled_since.get_or_insert_with(Instant::now);
+        if poll_due(deadline, cx, since + WRITE_STALL).is_ready() {
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
 
     use super::*;
 
-    /// A pair of connected loopback sockets.
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A pair of connected loopback sockets, the server's as accepted.
+    async fn pair() -> (Accepted, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -584,7 +600,7 @@ mod tests {
             .await
             .expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        (server, client)
+        (Accepted::Plain(server), client)
     }
 
     #[tokio::test(start_paused = true)]
