@@ -517,6 +517,7 @@ async fn story<S: Store>(store: &S) {
                 id: new_id(),
                 name: "ops".into(),
                 scope: TokenScope::ReadOnly,
+                organization_id: None,
                 prefix: "sluice-admin-abcd".into(),
                 token_hash: "token-hash".into(),
             },
@@ -544,6 +545,70 @@ async fn story<S: Store>(store: &S) {
             .unwrap()
             .is_none()
     );
+
+    // A token limited to one organisation comes back with its name; one that names no
+    // organisation, or a global one that names one, is refused by the schema.
+    let acme_id = store.get_organization("acme").await.unwrap().id;
+    let limited = store
+        .create_admin_token(
+            NewAdminToken {
+                id: new_id(),
+                name: "acme-ci".into(),
+                scope: TokenScope::OrgAdmin,
+                organization_id: Some(acme_id.clone()),
+                prefix: "sluice-admin-efgh".into(),
+                token_hash: "acme-hash".into(),
+            },
+            audit("admin_token.create", "acme-ci"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(limited.organization.as_deref(), Some("acme"));
+    let found = store.find_admin_token("acme-hash").await.unwrap().unwrap();
+    assert_eq!(
+        (found.scope, found.organization.as_deref()),
+        (TokenScope::OrgAdmin, Some("acme"))
+    );
+    for (scope, organization_id) in [
+        (TokenScope::OrgReadOnly, None),
+        (TokenScope::Admin, Some(acme_id)),
+    ] {
+        let refused = store
+            .create_admin_token(
+                NewAdminToken {
+                    id: new_id(),
+                    name: format!("bad-{}", scope.as_str()),
+                    scope,
+                    organization_id,
+                    prefix: "sluice-admin-ijkl".into(),
+                    token_hash: format!("bad-{}", scope.as_str()),
+                },
+                audit("admin_token.create", "bad"),
+            )
+            .await;
+        assert!(refused.is_err(), "{scope:?}");
+    }
+    // The audit log narrowed to an organisation: its resources' events, never the tokens'.
+    let acme_events = store
+        .list_audit_events(AuditFilter {
+            organization: "acme".into(),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!acme_events.is_empty());
+    assert!(
+        acme_events
+            .iter()
+            .all(|e| (e.target == "acme" || e.target.starts_with("acme/"))
+                && !e.action.starts_with("admin_token.")),
+        "{acme_events:?}"
+    );
+    store
+        .revoke_admin_token("acme-ci", audit("admin_token.revoke", "acme-ci"))
+        .await
+        .unwrap();
 
     // Audit: every successful change left one event, newest first.
     let events = store
@@ -626,6 +691,7 @@ async fn injection<S: Store>(store: &S) {
                 actor: payload.to_string(),
                 action: String::new(),
                 target_prefix: String::new(),
+                organization: payload.to_string(),
                 limit: 10,
             })
             .await
@@ -1787,6 +1853,21 @@ async fn rate_limits<S: Store>(store: &S) {
 
 // === SQLite ===
 
+/// Every part of the contract, in order, on one store.
+async fn whole_contract<S: Store + 'static>(store: std::sync::Arc<S>) {
+    story(store.as_ref()).await;
+    injection(store.as_ref()).await;
+    usage_ledger(store.as_ref()).await;
+    budgets(store.as_ref()).await;
+    leases(store.as_ref()).await;
+    rate_limits(store.as_ref()).await;
+    usage_queries(store.as_ref()).await;
+    usage_rollup_matches_records(store.as_ref()).await;
+    fleet_versions(store.as_ref()).await;
+    config_reads(store.as_ref()).await;
+    concurrent_writers(store).await;
+}
+
 async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("sluice.db").display());
@@ -1797,17 +1878,7 @@ async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_story() {
     let (_dir, store) = sqlite_store().await;
-    story(&store).await;
-    injection(&store).await;
-    usage_ledger(&store).await;
-    budgets(&store).await;
-    leases(&store).await;
-    rate_limits(&store).await;
-    usage_queries(&store).await;
-    usage_rollup_matches_records(&store).await;
-    fleet_versions(&store).await;
-    config_reads(&store).await;
-    concurrent_writers(std::sync::Arc::new(store)).await;
+    whole_contract(std::sync::Arc::new(store)).await;
 }
 
 #[tokio::test]
@@ -1941,17 +2012,7 @@ impl PostgresDatabase {
 async fn postgres_story() {
     let (database, url) = PostgresDatabase::create().await;
     let store = std::sync::Arc::new(PostgresStore::open(&url).await.unwrap());
-    story(store.as_ref()).await;
-    injection(store.as_ref()).await;
-    usage_ledger(store.as_ref()).await;
-    budgets(store.as_ref()).await;
-    leases(store.as_ref()).await;
-    rate_limits(store.as_ref()).await;
-    usage_queries(store.as_ref()).await;
-    usage_rollup_matches_records(store.as_ref()).await;
-    fleet_versions(store.as_ref()).await;
-    config_reads(store.as_ref()).await;
-    concurrent_writers(store.clone()).await;
+    whole_contract(store.clone()).await;
     store.close().await;
     database.drop_database().await;
 }
@@ -2056,5 +2117,116 @@ async fn postgres_replicas_never_overgrant() {
     replicas_never_overgrant(first.clone(), second.clone()).await;
     first.close().await;
     second.close().await;
+    database.drop_database().await;
+}
+
+// === PostgreSQL over TLS ===
+
+/// Turns TLS on in the local cluster with a certificate for 127.0.0.1 and localhost from a CA
+/// made here, and returns that CA's file (in `dir`). The server's files live in the cluster's
+/// data directory, owned by its user, as PostgreSQL requires of a key; `ssl = on` changes
+/// nothing for plaintext clients.
+/// A throwaway CA.
+fn test_ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+async fn postgres_with_tls(admin_url: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    use rcgen::{CertificateParams, KeyPair};
+    let ca = test_ca();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let ca_file = dir.join("postgres-ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    let (data_dir,): (String,) = sqlx::query_as("SHOW data_directory")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let data_dir = std::path::PathBuf::from(data_dir);
+    let owner = std::fs::metadata(&data_dir).unwrap();
+    let (uid, gid) = (
+        std::os::unix::fs::MetadataExt::uid(&owner),
+        std::os::unix::fs::MetadataExt::gid(&owner),
+    );
+    let place = |name: &str, contents: &str| {
+        let path = data_dir.join(name);
+        let staged = data_dir.join(format!("{name}.staged"));
+        std::fs::write(&staged, contents).unwrap();
+        std::os::unix::fs::chown(&staged, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        path
+    };
+    let key_file = place("sluice-test-server.key", &key.serialize_pem());
+    let cert_file = place("sluice-test-server.crt", &cert.pem());
+    for statement in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert_file.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key_file.display()),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+    ] {
+        sqlx::query(&statement).execute(&mut admin).await.unwrap();
+    }
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    ca_file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_story_over_tls_with_verify_full() {
+    let (database, url) = PostgresDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = postgres_with_tls(&database.admin_url, dir.path()).await;
+    let tls_url = format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        ca_file.display()
+    );
+    // The reload is asynchronous: wait until the server offers TLS.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut connection = loop {
+        match sqlx::PgConnection::connect(&tls_url).await {
+            Ok(connection) => break connection,
+            Err(error) => {
+                assert!(std::time::Instant::now() < deadline, "no TLS: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (encrypted,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+    assert!(encrypted, "the session is not encrypted");
+    connection.close().await.unwrap();
+
+    // verify-full checks the certificate: a CA that did not issue it is refused.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = stranger_dir.path().join("stranger.crt");
+    std::fs::write(&stranger, test_ca().pem()).unwrap();
+    let refused = PostgresStore::open(&format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        stranger.display()
+    ))
+    .await;
+    assert!(
+        refused.is_err(),
+        "a server certificate from an unknown CA was accepted"
+    );
+
+    let store = std::sync::Arc::new(PostgresStore::open(&tls_url).await.unwrap());
+    whole_contract(store.clone()).await;
+    store.close().await;
     database.drop_database().await;
 }

@@ -6,6 +6,7 @@ pub(super) async fn list_audit_events<S: Store>(
     api: &AdminApi<S>,
     request: Request<pb::ListAuditEventsRequest>,
 ) -> Reply<pb::ListAuditEventsResponse> {
+    let organization = tenancy::limited_to(&request).unwrap_or_default().to_owned();
     let req = request.into_inner();
     for (field, value) in [
         ("actor", &req.actor),
@@ -24,6 +25,7 @@ pub(super) async fn list_audit_events<S: Store>(
             actor: req.actor,
             action: req.action,
             target_prefix: req.target_prefix,
+            organization,
             limit,
         })
         .await

@@ -21,11 +21,13 @@ use tower::Service;
 use crate::store::{Store, TokenScope};
 use sluice_shared::tls::accepted::Peer;
 
-/// Who is calling: the admin token's name and scope.
+/// Who is calling: the admin token's name and scope, and the organisation an `ORG_*` token
+/// is limited to.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub token_name: String,
     pub scope: TokenScope,
+    pub organization: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +52,8 @@ pub fn admin_access(method: &str) -> Access {
 
 fn allows(scope: TokenScope, access: Access) -> bool {
     match scope {
-        TokenScope::Admin => access != Access::DataPlane,
-        TokenScope::ReadOnly => access == Access::Read,
+        TokenScope::Admin | TokenScope::OrgAdmin => access != Access::DataPlane,
+        TokenScope::ReadOnly | TokenScope::OrgReadOnly => access == Access::Read,
         TokenScope::DataPlane => access == Access::DataPlane,
     }
 }
@@ -83,6 +85,12 @@ pub async fn authenticate<S: Store>(
             Status::unavailable("cannot check the admin token right now; retry")
         })?
         .ok_or_else(|| Status::unauthenticated("invalid or revoked token"))?;
+    if found.scope.is_per_organization() && found.organization.is_none() {
+        return Err(Status::unauthenticated(format!(
+            "token '{}' belonged to an organisation that was deleted",
+            found.name
+        )));
+    }
     if !allows(found.scope, access) {
         return Err(Status::permission_denied(format!(
             "token '{}' has scope {} and may not call {method}",
@@ -93,6 +101,7 @@ pub async fn authenticate<S: Store>(
     Ok(Principal {
         token_name: found.name,
         scope: found.scope,
+        organization: found.organization,
     })
 }
 

@@ -183,10 +183,13 @@ impl From<store::AdminToken> for pb::AdminToken {
                 TokenScope::Admin => pb::TokenScope::Admin,
                 TokenScope::ReadOnly => pb::TokenScope::ReadOnly,
                 TokenScope::DataPlane => pb::TokenScope::DataPlane,
+                TokenScope::OrgAdmin => pb::TokenScope::OrgAdmin,
+                TokenScope::OrgReadOnly => pb::TokenScope::OrgReadOnly,
             } as i32,
             prefix: t.prefix,
             created_at_us: t.created_at_us,
             revoked_at_us: t.revoked_at_us,
+            organization: t.organization.unwrap_or_default(),
         }
     }
 }
@@ -284,6 +287,8 @@ pub fn scope_from_proto(field: &str, value: i32) -> Result<TokenScope, Status> {
         Ok(pb::TokenScope::Admin) => Ok(TokenScope::Admin),
         Ok(pb::TokenScope::ReadOnly) => Ok(TokenScope::ReadOnly),
         Ok(pb::TokenScope::DataPlane) => Ok(TokenScope::DataPlane),
+        Ok(pb::TokenScope::OrgAdmin) => Ok(TokenScope::OrgAdmin),
+        Ok(pb::TokenScope::OrgReadOnly) => Ok(TokenScope::OrgReadOnly),
         Ok(pb::TokenScope::Unspecified) => Err(unspecified(field)),
         Err(_) => Err(Status::invalid_argument(format!(
             "{field}: unknown value {value}"

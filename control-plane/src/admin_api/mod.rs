@@ -17,6 +17,7 @@ mod projects;
 mod provider_keys;
 mod providers;
 mod rate_limits;
+mod tenancy;
 mod tokens;
 mod usage_query;
 mod vault;
@@ -90,12 +91,25 @@ fn reply<T>(message: T) -> Reply<T> {
 
 /// The audit actor. The auth layer always sets it; refusing here too keeps a mis-wired
 /// server closed rather than open.
+/// A global admin token is named as it is; a token limited to an organisation carries its
+/// scope too (`ci [org-admin:acme]`), so the log says what the writer was allowed.
 fn actor<T>(request: &Request<T>) -> Result<String, Status> {
-    request
+    let principal = request
         .extensions()
         .get::<Principal>()
-        .map(|principal| principal.token_name.clone())
-        .ok_or_else(|| Status::unauthenticated("missing admin token"))
+        .ok_or_else(|| Status::unauthenticated("missing admin token"))?;
+    Ok(match &principal.organization {
+        None => principal.token_name.clone(),
+        Some(org) => format!(
+            "{} [{}:{org}]",
+            principal.token_name,
+            principal
+                .scope
+                .as_str()
+                .to_ascii_lowercase()
+                .replace('_', "-")
+        ),
+    })
 }
 
 fn check(result: Result<(), InvalidField>) -> Result<(), Status> {
@@ -359,6 +373,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::CreateOrganizationRequest>,
     ) -> Reply<pb::CreateOrganizationResponse> {
+        tenancy::check(&request, "CreateOrganization")?;
         organizations::create_organization(self, request).await
     }
 
@@ -366,6 +381,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::GetOrganizationRequest>,
     ) -> Reply<pb::GetOrganizationResponse> {
+        tenancy::check(&request, "GetOrganization")?;
         organizations::get_organization(self, request).await
     }
 
@@ -373,6 +389,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::ListOrganizationsRequest>,
     ) -> Reply<pb::ListOrganizationsResponse> {
+        tenancy::check(&request, "ListOrganizations")?;
         organizations::list_organizations(self, request).await
     }
 
@@ -380,6 +397,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::UpdateOrganizationRequest>,
     ) -> Reply<pb::UpdateOrganizationResponse> {
+        tenancy::check(&request, "UpdateOrganization")?;
         organizations::update_organization(self, request).await
     }
 
@@ -387,6 +405,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::DeleteOrganizationRequest>,
     ) -> Reply<pb::DeleteOrganizationResponse> {
+        tenancy::check(&request, "DeleteOrganization")?;
         organizations::delete_organization(self, request).await
     }
 
@@ -395,6 +414,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::CreateProjectRequest>,
     ) -> Reply<pb::CreateProjectResponse> {
+        tenancy::check(&request, "CreateProject")?;
         projects::create_project(self, request).await
     }
 
@@ -402,6 +422,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::GetProjectRequest>,
     ) -> Reply<pb::GetProjectResponse> {
+        tenancy::check(&request, "GetProject")?;
         projects::get_project(self, request).await
     }
 
@@ -409,6 +430,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::ListProjectsRequest>,
     ) -> Reply<pb::ListProjectsResponse> {
+        tenancy::check(&request, "ListProjects")?;
         projects::list_projects(self, request).await
     }
 
@@ -416,6 +438,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::UpdateProjectRequest>,
     ) -> Reply<pb::UpdateProjectResponse> {
+        tenancy::check(&request, "UpdateProject")?;
         projects::update_project(self, request).await
     }
 
@@ -423,6 +446,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::DeleteProjectRequest>,
     ) -> Reply<pb::DeleteProjectResponse> {
+        tenancy::check(&request, "DeleteProject")?;
         projects::delete_project(self, request).await
     }
 
@@ -430,6 +454,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::SetProjectPostureRequest>,
     ) -> Reply<pb::SetProjectPostureResponse> {
+        tenancy::check(&request, "SetProjectPosture")?;
         projects::set_project_posture(self, request).await
     }
 
@@ -438,6 +463,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::CreateProviderRequest>,
     ) -> Reply<pb::CreateProviderResponse> {
+        tenancy::check(&request, "CreateProvider")?;
         providers::create_provider(self, request).await
     }
 
@@ -445,6 +471,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::GetProviderRequest>,
     ) -> Reply<pb::GetProviderResponse> {
+        tenancy::check(&request, "GetProvider")?;
         providers::get_provider(self, request).await
     }
 
@@ -452,6 +479,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::ListProvidersRequest>,
     ) -> Reply<pb::ListProvidersResponse> {
+        tenancy::check(&request, "ListProviders")?;
         providers::list_providers(self, request).await
     }
 
@@ -459,6 +487,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::UpdateProviderRequest>,
     ) -> Reply<pb::UpdateProviderResponse> {
+        tenancy::check(&request, "UpdateProvider")?;
         providers::update_provider(self, request).await
     }
 
@@ -466,6 +495,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::DeleteProviderRequest>,
     ) -> Reply<pb::DeleteProviderResponse> {
+        tenancy::check(&request, "DeleteProvider")?;
         providers::delete_provider(self, request).await
     }
 
@@ -474,6 +504,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::CreateProviderKeyRequest>,
     ) -> Reply<pb::CreateProviderKeyResponse> {
+        tenancy::check(&request, "CreateProviderKey")?;
         provider_keys::create_provider_key(self, request).await
     }
 
@@ -481,6 +512,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::GetProviderKeyRequest>,
     ) -> Reply<pb::GetProviderKeyResponse> {
+        tenancy::check(&request, "GetProviderKey")?;
         provider_keys::get_provider_key(self, request).await
     }
 
@@ -488,6 +520,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::ListProviderKeysRequest>,
     ) -> Reply<pb::ListProviderKeysResponse> {
+        tenancy::check(&request, "ListProviderKeys")?;
         provider_keys::list_provider_keys(self, request).await
     }
 
@@ -495,6 +528,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::RotateProviderKeyRequest>,
     ) -> Reply<pb::RotateProviderKeyResponse> {
+        tenancy::check(&request, "RotateProviderKey")?;
         provider_keys::rotate_provider_key(self, request).await
     }
 
@@ -502,6 +536,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::RevokeProviderKeyRequest>,
     ) -> Reply<pb::RevokeProviderKeyResponse> {
+        tenancy::check(&request, "RevokeProviderKey")?;
         provider_keys::revoke_provider_key(self, request).await
     }
 
@@ -509,6 +544,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::DeleteProviderKeyRequest>,
     ) -> Reply<pb::DeleteProviderKeyResponse> {
+        tenancy::check(&request, "DeleteProviderKey")?;
         provider_keys::delete_provider_key(self, request).await
     }
 
@@ -516,6 +552,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::TestProviderKeyRequest>,
     ) -> Reply<pb::TestProviderKeyResponse> {
+        tenancy::check(&request, "TestProviderKey")?;
         provider_keys::test_provider_key(self, request).await
     }
 
@@ -524,6 +561,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::CreateModelRequest>,
     ) -> Reply<pb::CreateModelResponse> {
+        tenancy::check(&request, "CreateModel")?;
         models::create_model(self, request).await
     }
 
@@ -531,6 +569,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::GetModelRequest>,
     ) -> Reply<pb::GetModelResponse> {
+        tenancy::check(&request, "GetModel")?;
         models::get_model(self, request).await
     }
 
@@ -538,6 +577,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::ListModelsRequest>,
     ) -> Reply<pb::ListModelsResponse> {
+        tenancy::check(&request, "ListModels")?;
         models::list_models(self, request).await
     }
 
@@ -545,6 +585,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::UpdateModelRequest>,
     ) -> Reply<pb::UpdateModelResponse> {
+        tenancy::check(&request, "UpdateModel")?;
         models::update_model(self, request).await
     }
 
@@ -552,6 +593,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::SyncModelPricingRequest>,
     ) -> Reply<pb::SyncModelPricingResponse> {
+        tenancy::check(&request, "SyncModelPricing")?;
         models::sync_model_pricing(self, request).await
     }
 
@@ -560,6 +602,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::QueryUsageRequest>,
     ) -> Reply<pb::QueryUsageResponse> {
+        tenancy::check(&request, "QueryUsage")?;
         usage_query::query_usage(self, request).await
     }
 
@@ -568,6 +611,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::CreateBudgetRequest>,
     ) -> Reply<pb::CreateBudgetResponse> {
+        tenancy::check(&request, "CreateBudget")?;
         budgets::create_budget(self, request).await
     }
 
@@ -575,6 +619,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::ListBudgetsRequest>,
     ) -> Reply<pb::ListBudgetsResponse> {
+        tenancy::check(&request, "ListBudgets")?;
         budgets::list_budgets(self, request).await
     }
 
@@ -582,6 +627,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::UpdateBudgetRequest>,
     ) -> Reply<pb::UpdateBudgetResponse> {
+        tenancy::check(&request, "UpdateBudget")?;
         budgets::update_budget(self, request).await
     }
 
@@ -589,6 +635,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::DeleteBudgetRequest>,
     ) -> Reply<pb::DeleteBudgetResponse> {
+        tenancy::check(&request, "DeleteBudget")?;
         budgets::delete_budget(self, request).await
     }
 
@@ -597,6 +644,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::CreateRateLimitRequest>,
     ) -> Reply<pb::CreateRateLimitResponse> {
+        tenancy::check(&request, "CreateRateLimit")?;
         rate_limits::create_rate_limit(self, request).await
     }
 
@@ -604,6 +652,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::ListRateLimitsRequest>,
     ) -> Reply<pb::ListRateLimitsResponse> {
+        tenancy::check(&request, "ListRateLimits")?;
         rate_limits::list_rate_limits(self, request).await
     }
 
@@ -611,6 +660,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::UpdateRateLimitRequest>,
     ) -> Reply<pb::UpdateRateLimitResponse> {
+        tenancy::check(&request, "UpdateRateLimit")?;
         rate_limits::update_rate_limit(self, request).await
     }
 
@@ -618,6 +668,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::DeleteRateLimitRequest>,
     ) -> Reply<pb::DeleteRateLimitResponse> {
+        tenancy::check(&request, "DeleteRateLimit")?;
         rate_limits::delete_rate_limit(self, request).await
     }
 
@@ -625,6 +676,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::DeleteModelRequest>,
     ) -> Reply<pb::DeleteModelResponse> {
+        tenancy::check(&request, "DeleteModel")?;
         budgets::delete_model(self, request).await
     }
 
@@ -633,6 +685,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::CreateVirtualKeyRequest>,
     ) -> Reply<pb::CreateVirtualKeyResponse> {
+        tenancy::check(&request, "CreateVirtualKey")?;
         virtual_keys::create_virtual_key(self, request).await
     }
 
@@ -640,6 +693,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::GetVirtualKeyRequest>,
     ) -> Reply<pb::GetVirtualKeyResponse> {
+        tenancy::check(&request, "GetVirtualKey")?;
         virtual_keys::get_virtual_key(self, request).await
     }
 
@@ -647,6 +701,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::ListVirtualKeysRequest>,
     ) -> Reply<pb::ListVirtualKeysResponse> {
+        tenancy::check(&request, "ListVirtualKeys")?;
         virtual_keys::list_virtual_keys(self, request).await
     }
 
@@ -654,6 +709,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::UpdateVirtualKeyRequest>,
     ) -> Reply<pb::UpdateVirtualKeyResponse> {
+        tenancy::check(&request, "UpdateVirtualKey")?;
         virtual_keys::update_virtual_key(self, request).await
     }
 
@@ -661,6 +717,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::RevokeVirtualKeyRequest>,
     ) -> Reply<pb::RevokeVirtualKeyResponse> {
+        tenancy::check(&request, "RevokeVirtualKey")?;
         virtual_keys::revoke_virtual_key(self, request).await
     }
 
@@ -668,6 +725,7 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::DeleteVirtualKeyRequest>,
     ) -> Reply<pb::DeleteVirtualKeyResponse> {
+        tenancy::check(&request, "DeleteVirtualKey")?;
         virtual_keys::delete_virtual_key(self, request).await
     }
 
@@ -676,20 +734,23 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::CreateAdminTokenRequest>,
     ) -> Reply<pb::CreateAdminTokenResponse> {
+        tenancy::check(&request, "CreateAdminToken")?;
         tokens::create_admin_token(self, request).await
     }
 
     async fn list_admin_tokens(
         &self,
-        _request: Request<pb::ListAdminTokensRequest>,
+        request: Request<pb::ListAdminTokensRequest>,
     ) -> Reply<pb::ListAdminTokensResponse> {
-        tokens::list_admin_tokens(self, _request).await
+        tenancy::check(&request, "ListAdminTokens")?;
+        tokens::list_admin_tokens(self, request).await
     }
 
     async fn revoke_admin_token(
         &self,
         request: Request<pb::RevokeAdminTokenRequest>,
     ) -> Reply<pb::RevokeAdminTokenResponse> {
+        tenancy::check(&request, "RevokeAdminToken")?;
         tokens::revoke_admin_token(self, request).await
     }
 
@@ -698,29 +759,33 @@ impl<S: Store> AdminService for AdminApi<S> {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Reply<pb::ListAuditEventsResponse> {
+        tenancy::check(&request, "ListAuditEvents")?;
         audit::list_audit_events(self, request).await
     }
 
     // === fleet ===
     async fn list_proxies(
         &self,
-        _request: Request<pb::ListProxiesRequest>,
+        request: Request<pb::ListProxiesRequest>,
     ) -> Reply<pb::ListProxiesResponse> {
-        fleet::list_proxies(self, _request).await
+        tenancy::check(&request, "ListProxies")?;
+        fleet::list_proxies(self, request).await
     }
 
     // === vault ===
     async fn get_vault_status(
         &self,
-        _request: Request<pb::GetVaultStatusRequest>,
+        request: Request<pb::GetVaultStatusRequest>,
     ) -> Reply<pb::GetVaultStatusResponse> {
-        vault::get_vault_status(self, _request).await
+        tenancy::check(&request, "GetVaultStatus")?;
+        vault::get_vault_status(self, request).await
     }
 
     async fn rewrap_provider_keys(
         &self,
         request: Request<pb::RewrapProviderKeysRequest>,
     ) -> Reply<pb::RewrapProviderKeysResponse> {
+        tenancy::check(&request, "RewrapProviderKeys")?;
         vault::rewrap_provider_keys(self, request).await
     }
 }
@@ -729,13 +794,17 @@ impl<S: Store> AdminService for AdminApi<S> {
 pub fn mint_admin_token(name: &str, scope: TokenScope) -> (SecretString, store::NewAdminToken) {
     let prefix = match scope {
         TokenScope::DataPlane => "sluice-dp-",
-        TokenScope::Admin | TokenScope::ReadOnly => token::ADMIN_TOKEN_PREFIX,
+        TokenScope::Admin
+        | TokenScope::ReadOnly
+        | TokenScope::OrgAdmin
+        | TokenScope::OrgReadOnly => token::ADMIN_TOKEN_PREFIX,
     };
     let minted = token::mint(prefix);
     let new = store::NewAdminToken {
         id: new_id(),
         name: name.to_owned(),
         scope,
+        organization_id: None,
         prefix: minted.display_prefix,
         token_hash: minted.hash,
     };

@@ -10,9 +10,36 @@ pub(super) async fn create_admin_token<S: Store>(
     let req = request.into_inner();
     names(&[("name", &req.name)])?;
     let scope = scope_from_proto("scope", req.scope)?;
-    let (token, new) = mint_admin_token(&req.name, scope);
+    let (token, mut new) = mint_admin_token(&req.name, scope);
+    match (scope.is_per_organization(), req.organization.is_empty()) {
+        (true, true) => {
+            return Err(Status::invalid_argument(
+                "organization: required for the org-admin and org-read-only scopes",
+            ));
+        }
+        (false, false) => {
+            return Err(Status::invalid_argument(
+                "organization: only tokens of the org-admin and org-read-only scopes name one",
+            ));
+        }
+        (true, false) => {
+            names(&[("organization", &req.organization)])?;
+            let org = api
+                .store
+                .get_organization(&req.organization)
+                .await
+                .map_err(store_status)?;
+            new.organization_id = Some(org.id);
+        }
+        (false, true) => {}
+    }
+    let limited = if req.organization.is_empty() {
+        String::new()
+    } else {
+        format!(" organization={}", req.organization)
+    };
     let audit = Audit::new(&actor, "admin_token.create", &req.name).with_detail(format!(
-        "scope={} prefix={}",
+        "scope={} prefix={}{limited}",
         scope.as_str(),
         new.prefix
     ));

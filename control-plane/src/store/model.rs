@@ -48,7 +48,20 @@ stored_enum!(KeyHealth {
     Unreachable => "UNREACHABLE",
     Unexpected => "UNEXPECTED",
 });
-stored_enum!(TokenScope { Admin => "ADMIN", ReadOnly => "READ_ONLY", DataPlane => "DATA_PLANE" });
+stored_enum!(TokenScope {
+    Admin => "ADMIN",
+    ReadOnly => "READ_ONLY",
+    DataPlane => "DATA_PLANE",
+    OrgAdmin => "ORG_ADMIN",
+    OrgReadOnly => "ORG_READ_ONLY",
+});
+
+impl TokenScope {
+    /// Whether tokens of this scope are limited to one organisation.
+    pub fn is_per_organization(self) -> bool {
+        matches!(self, Self::OrgAdmin | Self::OrgReadOnly)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Organization {
@@ -349,6 +362,9 @@ pub struct AdminToken {
     pub id: String,
     pub name: String,
     pub scope: TokenScope,
+    /// The organisation (by name) an `ORG_*` token is limited to. `None` for global scopes,
+    /// and for an `ORG_*` token whose organisation was deleted (it no longer authenticates).
+    pub organization: Option<String>,
     pub prefix: String,
     pub created_at_us: i64,
     /// 0: not revoked.
@@ -360,6 +376,8 @@ pub struct NewAdminToken {
     pub id: String,
     pub name: String,
     pub scope: TokenScope,
+    /// Set exactly for the `ORG_*` scopes.
+    pub organization_id: Option<String>,
     pub prefix: String,
     pub token_hash: String,
 }
@@ -379,6 +397,9 @@ pub struct AuditFilter {
     pub actor: String,
     pub action: String,
     pub target_prefix: String,
+    /// Only events about this organisation and what is in it (empty: every event). Events
+    /// about tokens and the vault are global and never match.
+    pub organization: String,
     pub limit: u32,
 }
 

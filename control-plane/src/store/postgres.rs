@@ -94,6 +94,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "project_metrics_by_key",
         include_str!("../../migrations/postgres/0017_project_metrics_by_key.sql"),
     ),
+    (
+        18,
+        "admin_tokens_per_organization",
+        include_str!("../../migrations/postgres/0018_admin_tokens_per_organization.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -7,6 +7,10 @@ pub(crate) enum ScopeArg {
     Admin,
     ReadOnly,
     DataPlane,
+    /// Every RPC on one organisation's resources (with --org).
+    OrgAdmin,
+    /// The reads of org-admin (with --org).
+    OrgReadOnly,
 }
 
 #[derive(Subcommand)]
@@ -16,6 +20,9 @@ pub(crate) enum TokenCommand {
         name: String,
         #[arg(long, value_enum)]
         scope: ScopeArg,
+        /// The organisation an org-admin or org-read-only token is limited to.
+        #[arg(long)]
+        org: Option<String>,
     },
     List,
     Revoke {
@@ -23,7 +30,14 @@ pub(crate) enum TokenCommand {
     },
 }
 
-pub(crate) const TOKEN_COLUMNS: &[&str] = &["name", "scope", "prefix", "created_at", "revoked_at"];
+pub(crate) const TOKEN_COLUMNS: &[&str] = &[
+    "name",
+    "scope",
+    "organization",
+    "prefix",
+    "created_at",
+    "revoked_at",
+];
 
 pub(crate) fn token_row(t: pb::AdminToken) -> Vec<Value> {
     let scope = pb::TokenScope::try_from(t.scope)
@@ -32,6 +46,7 @@ pub(crate) fn token_row(t: pb::AdminToken) -> Vec<Value> {
     vec![
         json!(t.name),
         json!(scope.trim_start_matches("TOKEN_SCOPE_")),
+        json!(t.organization),
         json!(t.prefix),
         time(t.created_at_us),
         time(t.revoked_at_us),
@@ -44,14 +59,20 @@ pub(crate) async fn token(
     format: Format,
 ) -> anyhow::Result<String> {
     let listing = match command {
-        TokenCommand::Create { name, scope } => {
+        TokenCommand::Create { name, scope, org } => {
             let scope = match scope {
                 ScopeArg::Admin => pb::TokenScope::Admin,
                 ScopeArg::ReadOnly => pb::TokenScope::ReadOnly,
                 ScopeArg::DataPlane => pb::TokenScope::DataPlane,
+                ScopeArg::OrgAdmin => pb::TokenScope::OrgAdmin,
+                ScopeArg::OrgReadOnly => pb::TokenScope::OrgReadOnly,
             } as i32;
             let response = client
-                .create_admin_token(pb::CreateAdminTokenRequest { name, scope })
+                .create_admin_token(pb::CreateAdminTokenRequest {
+                    name,
+                    scope,
+                    organization: org.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
             let token = SecretString::new(response.token.clone());

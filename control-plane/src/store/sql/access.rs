@@ -7,6 +7,7 @@ macro_rules! access_sql {
                 id: row.try_get("id")?,
                 name: row.try_get("name")?,
                 scope: TokenScope::parse(row.try_get("scope")?)?,
+                organization: row.try_get("organization")?,
                 prefix: row.try_get("prefix")?,
                 created_at_us: row.try_get("created_at_us")?,
                 revoked_at_us: row.try_get("revoked_at_us")?,
@@ -32,29 +33,26 @@ macro_rules! access_sql {
             ) -> StoreResult<AdminToken> {
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
                 let now = now_us();
-                sqlx::query(
-                    "INSERT INTO admin_tokens (id, name, scope, prefix, token_hash, \
-                     created_at_us, revoked_at_us) VALUES ($1, $2, $3, $4, $5, $6, 0)",
-                )
-                .bind(&new.id)
-                .bind(&new.name)
-                .bind(new.scope.as_str())
-                .bind(&new.prefix)
-                .bind(&new.token_hash)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| write_error(e, || format!("admin token '{}'", new.name), ""))?;
+                let sql = format!(
+                    "INSERT INTO admin_tokens (id, name, scope, organization_id, prefix, \
+                     token_hash, created_at_us, revoked_at_us) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 0) RETURNING {ADMIN_TOKEN_COLUMNS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(&new.id)
+                    .bind(&new.name)
+                    .bind(new.scope.as_str())
+                    .bind(&new.organization_id)
+                    .bind(&new.prefix)
+                    .bind(&new.token_hash)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| write_error(e, || format!("admin token '{}'", new.name), ""))?;
+                let created = admin_token(&row)?;
                 record_change(&mut tx, &audit).await?;
                 tx.commit().await?;
-                Ok(AdminToken {
-                    id: new.id,
-                    name: new.name,
-                    scope: new.scope,
-                    prefix: new.prefix,
-                    created_at_us: now,
-                    revoked_at_us: 0,
-                })
+                Ok(created)
             }
 
             async fn list_admin_tokens(&self) -> StoreResult<Vec<AdminToken>> {
@@ -106,12 +104,16 @@ macro_rules! access_sql {
                     "SELECT id, at_us, actor, action, target, detail FROM audit_events \
                      WHERE ($1 = '' OR actor = $1) AND ($2 = '' OR action = $2) \
                      AND substr(target, 1, length($3)) = $3 \
+                     AND ($5 = '' OR ((target = $5 OR substr(target, 1, length($5) + 1) = $5 || '/') \
+                          AND substr(action, 1, 12) <> 'admin_token.' \
+                          AND substr(action, 1, 6) <> 'vault.')) \
                      ORDER BY at_us DESC, id DESC LIMIT $4",
                 )
                 .bind(&filter.actor)
                 .bind(&filter.action)
                 .bind(&filter.target_prefix)
                 .bind(i64::from(filter.limit))
+                .bind(&filter.organization)
                 .fetch_all(self.readers())
                 .await?;
                 rows.iter().map(audit_event).collect()

@@ -72,8 +72,9 @@ pub(super) const VIRTUAL_KEY_COLUMNS: &str = "v.id, o.name AS organization, p.na
      v.updated_at_us";
 pub(super) const VIRTUAL_KEY_FROM: &str = "virtual_keys v \
      JOIN projects p ON p.id = v.project_id JOIN organizations o ON o.id = p.org_id";
-pub(super) const ADMIN_TOKEN_COLUMNS: &str =
-    "id, name, scope, prefix, created_at_us, revoked_at_us";
+pub(super) const ADMIN_TOKEN_COLUMNS: &str = "id, name, scope, prefix, created_at_us, \
+     revoked_at_us, (SELECT o.name FROM organizations o WHERE o.id = admin_tokens.organization_id) \
+     AS organization";
 
 /// Maps a failed write to the error an operator should see: a duplicate becomes
 /// `AlreadyExists`, a dangling or still-referenced row a `FailedPrecondition`.
