@@ -339,3 +339,63 @@ async fn an_explicitly_insecure_listener_says_so_at_start_and_in_metrics() {
         "{metrics}"
     );
 }
+
+/// The proxy's own certificate is re-read too: replaced on disk while it runs, the next
+/// connection presents the new one. Here the new one is expired, so the control plane
+/// (restarted on the same ports, which makes the proxy reconnect) refuses it — and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_certificate_replaced_on_disk_is_the_one_its_next_connection_presents() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(pki.path(), "fleet");
+    let server = ca.server(pki.path(), "control-plane");
+    let cp_dir = tempfile::tempdir().unwrap();
+    let start = |admin: &str, proxies: &str| {
+        ControlPlaneBuilder::new(cp_dir.path())
+            .tls(&server, &ca.ca_file, Some(&ca.ca_file))
+            .env("SLUICE_LISTEN_ADDR", admin)
+            .env("SLUICE_DATA_PLANE_LISTEN_ADDR", proxies)
+            .env("SLUICE_ADMIN_TOKEN", &"a".repeat(40))
+            .start()
+    };
+    let cp = start("127.0.0.1:0", "127.0.0.1:0");
+    let token = cp.data_plane_token("proxies");
+    let certificate = ca.client(pki.path(), "proxy");
+    let (_dir, proxy) = proxy_with(&cp, &token, &ca.ca_file, Some(&certificate));
+    let http = Http::new();
+    proxy.wait_for_version(&http, cp.config_version()).await;
+
+    // Swapped for an expired one from the same CA; the established stream is unaffected.
+    let expired = ca.expired_client(pki.path(), "expired");
+    write_atomically(
+        &certificate.key,
+        &std::fs::read_to_string(&expired.key).unwrap(),
+    );
+    write_atomically(
+        &certificate.cert,
+        &std::fs::read_to_string(&expired.cert).unwrap(),
+    );
+    let (admin, proxies) = (
+        cp.addr.clone(),
+        cp.data_plane_url()
+            .trim_start_matches("https://")
+            .to_owned(),
+    );
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(!proxy.output.text().contains("config stream down"));
+
+    // A new connection: the control plane comes back on the same ports.
+    drop(cp.stop());
+    let cp = start(&admin, &proxies);
+    logged(
+        &proxy.output,
+        "the proxy with its certificate replaced",
+        &["refused this proxy's client certificate as expired"],
+    )
+    .await;
+    logged(
+        &cp.output,
+        "the control plane",
+        &["TLS handshake refused", "expired"],
+    )
+    .await;
+}

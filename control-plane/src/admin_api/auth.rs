@@ -2,7 +2,8 @@
 //! it.
 //!
 //! On the admin service, Get*, List* and Query* need a read-only or admin token and every other method
-//! an admin token; data-plane tokens never pass. On the config and usage services only
+//! an admin token (the organisation scopes likewise, within their organisation: see
+//! `tenancy`); data-plane tokens never pass. On the config and usage services only
 //! data-plane tokens pass. The token's name rides on the request as the audit actor, and a
 //! successful admin write nudges the snapshot publisher.
 

@@ -98,7 +98,7 @@ pub(super) fn check<T: Reaches>(request: &Request<T>, method: &str) -> Result<()
     };
     match request.get_ref().reach() {
         Reach::Everything => Err(Status::permission_denied(format!(
-            "token '{}' is limited to organisation '{own}'; {method} needs a global admin token",
+            "token '{}' is limited to organisation '{own}'; {method} needs a global token",
             principal.token_name
         ))),
         Reach::Organization(named) if named == own => Ok(()),
