@@ -69,6 +69,22 @@ async fn logged(output: &Captured, who: &str, needles: &[&str]) {
     }
 }
 
+/// Both sides say an expired proxy certificate was refused.
+async fn refused_as_expired(proxy: &Proxy, cp: &ControlPlane) {
+    logged(
+        &proxy.output,
+        "the proxy with an expired certificate",
+        &["refused this proxy's client certificate as expired"],
+    )
+    .await;
+    logged(
+        &cp.output,
+        "the control plane",
+        &["TLS handshake refused", "expired"],
+    )
+    .await;
+}
+
 fn chat() -> Value {
     json!({"model": "gpt-4o-mini", "max_tokens": 50,
            "messages": [{"role": "user", "content": "hi"}]})
@@ -208,18 +224,7 @@ async fn proxies_with_certificates_are_served_and_every_other_one_is_refused() {
         &ca.ca_file,
         Some(&ca.expired_client(pki.path(), "stale")),
     );
-    logged(
-        &stale.output,
-        "the proxy with an expired certificate",
-        &["refused this proxy's client certificate as expired"],
-    )
-    .await;
-    logged(
-        &cp.output,
-        "the control plane",
-        &["TLS handshake refused", "expired"],
-    )
-    .await;
+    refused_as_expired(&stale, &cp).await;
     for refused in [&bare, &stranger, &stale] {
         assert!(!refused.output.text().contains("config stream connected"));
     }
@@ -386,16 +391,5 @@ async fn a_proxy_certificate_replaced_on_disk_is_the_one_its_next_connection_pre
     // A new connection: the control plane comes back on the same ports.
     drop(cp.stop());
     let cp = start(&admin, &proxies);
-    logged(
-        &proxy.output,
-        "the proxy with its certificate replaced",
-        &["refused this proxy's client certificate as expired"],
-    )
-    .await;
-    logged(
-        &cp.output,
-        "the control plane",
-        &["TLS handshake refused", "expired"],
-    )
-    .await;
+    refused_as_expired(&proxy, &cp).await;
 }
