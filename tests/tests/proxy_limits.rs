@@ -203,7 +203,9 @@ async fn h2c_slow_clients_and_the_connection_cap() {
             .unwrap();
         busy.push(stream);
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Time for the four to be accepted and handed to serving threads, with room for a
+    // machine busy with other work (CI), while their heads (500 ms) are still in time.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let mut over = TcpStream::connect(&proxy.addr).await.unwrap();
     over.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
