@@ -157,10 +157,17 @@ async fn launch<S: Store>(
         metrics.clone(),
         settings.budget_metrics_interval,
     ));
-    let require_certificate = settings
-        .tls
+    let tls = match &settings.tls {
+        Some(files) => Some(Arc::new(
+            // HTTP/1.1 beside gRPC's HTTP/2, for Prometheus scrapes of /metrics.
+            ServerTls::new(files, &[b"h2", b"http/1.1"])
+                .map_err(|source| ServeError::Tls { source })?,
+        )),
+        None => None,
+    };
+    let require_certificate = tls
         .as_ref()
-        .is_some_and(|files| files.client_ca.is_some());
+        .is_some_and(|tls| tls.checks_client_certificates());
     let config = TokenAuth::data_plane(
         ConfigServiceServer::new(ConfigStreamService::new(
             store.clone(),
@@ -186,14 +193,6 @@ async fn launch<S: Store>(
         require_certificate,
     );
 
-    let tls = match &settings.tls {
-        Some(files) => Some(Arc::new(
-            // HTTP/1.1 beside gRPC's HTTP/2, for Prometheus scrapes of /metrics.
-            ServerTls::new(files, &[b"h2", b"http/1.1"])
-                .map_err(|source| ServeError::Tls { source })?,
-        )),
-        None => None,
-    };
     let listener = bind(settings.listen_addr).await?;
     let addr = local_addr(&listener, settings.listen_addr)?;
     let data_plane_listener = match settings.data_plane_listen_addr {

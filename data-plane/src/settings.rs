@@ -493,25 +493,8 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
-        if !(self.control_plane.starts_with("http://")
-            || self.control_plane.starts_with("https://"))
-        {
-            return Err(invalid(
-                "control_plane",
-                "must be an http:// or https:// URL",
-            ));
-        }
-        if self.control_plane.starts_with("http://") && !self.control_plane_tls.is_empty() {
-            return Err(invalid(
-                "control_plane",
-                "is plain http:// but a CA or client certificate is set for it: use https://",
-            ));
-        }
-        if self.control_plane_tls.cert.is_some() != self.control_plane_tls.key.is_some() {
-            return Err(invalid(
-                "SLUICE_PROXY_CONTROL_PLANE_CERT_FILE",
-                "a client certificate needs its key file too (SLUICE_PROXY_CONTROL_PLANE_KEY_FILE)",
-            ));
+        if let Err(error) = self.control_plane_tls.check_for(&self.control_plane) {
+            return Err(invalid("control_plane", error.to_string()));
         }
         if self.token.is_empty() {
             return Err(invalid("SLUICE_PROXY_TOKEN", "is empty"));

@@ -192,20 +192,6 @@ impl Visit for JsonFields<'_> {
     }
 }
 
-/// An error and each of its causes, `: `-separated. Some errors (tonic's transport error) say
-/// only "transport error" and keep what an operator needs (a refused certificate, an
-/// unreachable address) in their sources.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};

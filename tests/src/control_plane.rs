@@ -201,6 +201,22 @@ impl ControlPlane {
         }
     }
 
+    /// A HARD budget of `limit_usd` over all time on `target` (`ORG[/PROJECT[/KEY]]`).
+    pub fn hard_budget(&self, target: &str, limit_usd: &str) {
+        self.ctl(&[
+            "budget",
+            "create",
+            target,
+            "--period",
+            "total",
+            "--limit-usd",
+            limit_usd,
+            "--posture",
+            "hard",
+        ])
+        .ok();
+    }
+
     pub fn go_live(&self, project: &str) {
         self.ctl(&["project", "set-posture", project, "live"]).ok();
     }

@@ -26,3 +26,12 @@ pub use stacks::{
     FamilyStack, LiveStack, await_usage, caught_up_proxy, caught_up_proxy_with, family_stack,
     live_stack, live_stack_with, store_of, usage_rows,
 };
+
+/// Waits (polling every 100 ms, at most `seconds`) until `check` holds; fails naming `what`.
+pub async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -9,12 +9,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sluice_e2e::proxy::{Http, Proxy, ProxyBuilder};
-use sluice_e2e::{ControlPlane, live_stack_with};
+use sluice_e2e::{ControlPlane, eventually, live_stack_with};
 
 /// 30 prompt and 500 completion tokens of gpt-4o-mini: 30 × 0.15 + 500 × 0.60 = 304.5 → 305
 /// µ$ each. `max_tokens` 500 makes each reservation cover it.
@@ -52,14 +51,6 @@ fn start_proxy(cp: &ControlPlane, token: &str) -> (tempfile::TempDir, Proxy) {
     (dir, proxy)
 }
 
-async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_stop_at_a_hard_budget_and_resume_when_it_is_raised() {
     let sluice_e2e::LiveStack {
@@ -69,18 +60,7 @@ async fn proxies_stop_at_a_hard_budget_and_resume_when_it_is_raised() {
         acme,
     } = live_stack_with("sk-hard-budget", &[], &[]);
     const LIMIT: i64 = 30_000;
-    cp.ctl(&[
-        "budget",
-        "create",
-        "acme/web",
-        "--period",
-        "total",
-        "--limit-usd",
-        "0.03",
-        "--posture",
-        "hard",
-    ])
-    .ok();
+    cp.hard_budget("acme/web", "0.03");
     let http = Http::new();
     let proxies: Vec<(tempfile::TempDir, Proxy)> =
         (0..4).map(|_| start_proxy(&cp, &acme.token)).collect();
@@ -387,18 +367,7 @@ async fn no_output_limit_slips_a_request_past_a_spent_budget() {
         "acme/gemini",
         "gemini-2.5-flash",
     );
-    cp.ctl(&[
-        "budget",
-        "create",
-        "acme/web",
-        "--period",
-        "total",
-        "--limit-usd",
-        "0.0001",
-        "--posture",
-        "hard",
-    ])
-    .ok();
+    cp.hard_budget("acme/web", "0.0001");
     let http = Http::new();
     let (_dir, proxy) = start_proxy(&cp, &acme.token);
     proxy.wait_for_version(&http, cp.config_version()).await;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sluice_e2e::mock_openai::MockOpenAi;
 use sluice_e2e::pki::{Issued, TestCa, write_atomically};
 use sluice_e2e::proxy::{Http, Proxy, ProxyBuilder};
-use sluice_e2e::{Captured, ControlPlane, ControlPlaneBuilder, ctl_with};
+use sluice_e2e::{Captured, ControlPlane, ControlPlaneBuilder, ctl_with, eventually};
 
 fn proxy_with(
     cp: &ControlPlane,
@@ -47,14 +47,6 @@ fn proxy_at(
             );
     }
     (dir, builder.start())
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn logged(output: &Captured, who: &str, needles: &[&str]) {
@@ -113,18 +105,7 @@ async fn proxies_with_certificates_are_served_and_every_other_one_is_refused() {
     // sluicectl over TLS: every seeding step below goes through it.
     let acme = cp.seed_acme(&upstream.base_url(), Some("sk-fleet-tls"), &[]);
     cp.go_live("acme/web");
-    cp.ctl(&[
-        "budget",
-        "create",
-        "acme/web",
-        "--period",
-        "total",
-        "--limit-usd",
-        "10",
-        "--posture",
-        "hard",
-    ])
-    .ok();
+    cp.hard_budget("acme/web", "10");
     // Without the CA, sluicectl refuses the control plane's certificate, and says why.
     let untrusting = ctl_with(&cp.url(), &[], &cp.admin_token, &["org", "list"], None);
     assert!(!untrusting.success);
@@ -150,7 +131,7 @@ async fn proxies_with_certificates_are_served_and_every_other_one_is_refused() {
             .unwrap();
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
-    eventually("usage from both proxies and a lease each", || {
+    eventually("usage from both proxies and a lease each", 20, async || {
         let row = budget_row(&cp);
         row["requests"].as_i64() == Some(2) && row["leases"].as_i64() == Some(2)
     })

@@ -891,18 +891,7 @@ async fn every_error_row_leaves_an_error_span() {
         answered.push((row.what, id, row.status, row.code, row.reached));
     }
     // A HARD budget spent: the last row, since it stops the project.
-    cp.ctl(&[
-        "budget",
-        "create",
-        "acme/web",
-        "--period",
-        "total",
-        "--limit-usd",
-        "0.000001",
-        "--posture",
-        "hard",
-    ])
-    .ok();
+    cp.hard_budget("acme/web", "0.000001");
     proxy.wait_for_version(&http, cp.config_version()).await;
     let spent = http
         .send("POST", &chat, Some(key), &[], body("gpt-4o-mini"))

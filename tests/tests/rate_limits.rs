@@ -7,11 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_e2e::live_stack_with;
 use sluice_e2e::proxy::{Http, HttpResponse, Proxy, ProxyBuilder};
+use sluice_e2e::{eventually, live_stack_with};
 
 const LIMIT: usize = 100;
 const WINDOW_S: u64 = 10;
@@ -42,14 +42,6 @@ async fn until_window_start(window_s: u64, margin: Duration) {
     let now = now_us();
     let next = now - now % window_us + window_us;
     tokio::time::sleep(Duration::from_micros(next - now) + margin).await;
-}
-
-async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A limit of `requests` per hour on project acme/web. Hour-long windows: nothing in a test

@@ -38,7 +38,7 @@ const SNAPSHOT_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 enum SessionError {
     /// With its causes: tonic's own message is only "transport error", and the operator needs
     /// the refused TLS handshake or the unreachable address underneath.
-    #[error("cannot connect: {}", sluice_shared::logging::with_causes(.0))]
+    #[error("cannot connect: {}", sluice_shared::upstream_connect::error_chain(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("stream failed: {0}")]
     Stream(#[from] tonic::Status),

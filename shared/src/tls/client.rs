@@ -34,6 +34,24 @@ impl ClientTlsFiles {
     pub fn is_empty(&self) -> bool {
         self.ca.is_none() && self.cert.is_none() && self.key.is_none()
     }
+
+    /// Whether these files fit `address` (read nothing yet): both halves of a client
+    /// certificate or neither, and TLS files only for an `https://` address. Whether the
+    /// address is TLS.
+    pub fn check_for(&self, address: &str) -> Result<bool, ClientTlsError> {
+        let uri: Uri = address
+            .parse()
+            .map_err(|_| ClientTlsError::Address(address.to_owned()))?;
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(ClientTlsError::HalfAPair);
+        }
+        match uri.scheme_str() {
+            Some("https") => Ok(true),
+            Some("http") if self.is_empty() => Ok(false),
+            Some("http") => Err(ClientTlsError::FilesWithoutTls(address.to_owned())),
+            _ => Err(ClientTlsError::Address(address.to_owned())),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,17 +78,8 @@ pub struct Connector {
 impl Connector {
     /// Checks the address and reads the TLS files now, so a mistake stops the process at start.
     pub fn new(address: &str, files: &ClientTlsFiles) -> Result<Self, ClientTlsError> {
-        let uri: Uri = address
-            .parse()
-            .map_err(|_| ClientTlsError::Address(address.to_owned()))?;
-        if files.cert.is_some() != files.key.is_some() {
-            return Err(ClientTlsError::HalfAPair);
-        }
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") if files.is_empty() => return Ok(Self { tls: None }),
-            Some("http") => return Err(ClientTlsError::FilesWithoutTls(address.to_owned())),
-            _ => return Err(ClientTlsError::Address(address.to_owned())),
+        if !files.check_for(address)? {
+            return Ok(Self { tls: None });
         }
         let mut paths: Vec<PathBuf> = Vec::new();
         paths.extend(
@@ -216,4 +225,37 @@ pub fn explain_refusal(error: &(dyn std::error::Error + 'static)) -> Option<&'st
         cause = inner.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_must_fit_the_address() {
+        let none = ClientTlsFiles::default();
+        let ca = ClientTlsFiles {
+            ca: Some("/ca.pem".into()),
+            ..ClientTlsFiles::default()
+        };
+        let half = ClientTlsFiles {
+            cert: Some("/c.pem".into()),
+            ..ClientTlsFiles::default()
+        };
+        assert!(!none.check_for("http://127.0.0.1:7070").unwrap());
+        assert!(none.check_for("https://cp:7071").unwrap());
+        assert!(ca.check_for("https://cp:7071").unwrap());
+        assert!(matches!(
+            ca.check_for("http://cp:7070"),
+            Err(ClientTlsError::FilesWithoutTls(_))
+        ));
+        assert!(matches!(
+            half.check_for("https://cp:7071"),
+            Err(ClientTlsError::HalfAPair)
+        ));
+        assert!(matches!(
+            none.check_for("ftp://cp"),
+            Err(ClientTlsError::Address(_))
+        ));
+    }
 }

@@ -229,7 +229,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
             anyhow!(
                 "cannot reach the control plane at {}: {}",
                 cli.control_plane,
-                sluice_shared::logging::with_causes(&error)
+                sluice_shared::upstream_connect::error_chain(&error)
             )
         })?;
     Ok(AdminServiceClient::with_interceptor(
