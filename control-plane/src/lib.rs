@@ -4,6 +4,7 @@
 pub mod admin_api;
 pub mod budget_gauges;
 pub mod config_stream;
+pub mod console;
 pub mod key_check;
 pub mod lease_service;
 pub mod listener;

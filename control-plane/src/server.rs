@@ -128,6 +128,8 @@ async fn launch<S: Store>(
         store.clone(),
         changed,
     );
+    let console_stack: crate::console::AdminStack =
+        tower::util::BoxCloneSyncService::new(admin.clone());
     let metrics_export = settings.otel.metrics.take();
     let (service_name, resource) = (
         settings.otel.service_name.clone(),
@@ -232,6 +234,51 @@ async fn launch<S: Store>(
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let console_task = match &settings.console {
+        Some(console) => {
+            let listener = bind(console.listen_addr).await?;
+            let addr = local_addr(&listener, console.listen_addr)?;
+            // Browsers bring no client certificate: the console's TLS asks for none.
+            let console_tls = match &settings.tls {
+                Some(files) => Some(Arc::new(
+                    ServerTls::new(
+                        &sluice_shared::tls::server::ServerTlsFiles {
+                            client_ca: None,
+                            ..files.clone()
+                        },
+                        &[b"http/1.1"],
+                    )
+                    .map_err(|source| ServeError::Tls { source })?,
+                )),
+                None => None,
+            };
+            tracing::info!(
+                %addr,
+                tls = console_tls.is_some(),
+                "sluice-control-plane console listening"
+            );
+            let server =
+                crate::console::Console::new(console_stack, console.expiry, console_tls.is_some());
+            Some(tokio::spawn(server.serve(
+                listener,
+                console_tls,
+                stopped(stopping.clone()),
+            )))
+        }
+        None => {
+            drop(console_stack);
+            None
+        }
+    };
+
     // HTTP/1.1 beside gRPC on every listener, for Prometheus scrapes of /metrics.
     let operators = tonic::transport::Server::builder()
         .accept_http1(true)
@@ -245,18 +292,13 @@ async fn launch<S: Store>(
                 .add_service(config)
                 .add_service(usage)
                 .add_service(leases)
-                .serve_with_incoming_shutdown(crate::listener::incoming(listener, tls), shutdown)
+                .serve_with_incoming_shutdown(
+                    crate::listener::incoming(listener, tls),
+                    stopped(stopping),
+                )
                 .await?
         }
         Some((data_plane_listener, _)) => {
-            let (stop, stopping) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown.await;
-                let _ = stop.send(true);
-            });
-            let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            };
             let proxies = tonic::transport::Server::builder()
                 .accept_http1(true)
                 .layer(MetricsLayer(metrics))
@@ -274,6 +316,9 @@ async fn launch<S: Store>(
             );
             tokio::try_join!(operators, proxies)?;
         }
+    }
+    if let Some(console) = console_task {
+        console.abort();
     }
     publisher_task.abort();
     budget_gauges_task.abort();

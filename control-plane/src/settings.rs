@@ -56,6 +56,8 @@ pub struct Settings {
     pub lease_ttl: std::time::Duration,
     /// How often the budgets' gauges on `/metrics` are read from the store.
     pub budget_metrics_interval: std::time::Duration,
+    /// The Provider Vault console's own listener; unset, no console.
+    pub console: Option<crate::console::ConsoleSettings>,
 }
 
 /// The file layer: every field optional, nothing unknown.
@@ -78,6 +80,9 @@ struct FileSettings {
     otel: Option<std::collections::BTreeMap<String, toml::Value>>,
     lease_ttl_ms: Option<u64>,
     budget_metrics_interval_ms: Option<u64>,
+    console_listen_addr: Option<String>,
+    console_idle_timeout_s: Option<u64>,
+    console_session_lifetime_s: Option<u64>,
 }
 
 /// Each environment variable and the setting it feeds.
@@ -98,6 +103,9 @@ const VARIABLES: &[&str] = &[
     "SLUICE_LOG_FORMAT",
     "SLUICE_LEASE_TTL_MS",
     "SLUICE_BUDGET_METRICS_INTERVAL_MS",
+    "SLUICE_CONSOLE_LISTEN_ADDR",
+    "SLUICE_CONSOLE_IDLE_TIMEOUT_S",
+    "SLUICE_CONSOLE_SESSION_LIFETIME_S",
 ];
 
 impl Settings {
@@ -135,6 +143,33 @@ impl Settings {
                 None => None,
             },
         };
+        let console_listen_addr = match take("SLUICE_CONSOLE_LISTEN_ADDR") {
+            Some(value) => Some(parse::<SocketAddr>("SLUICE_CONSOLE_LISTEN_ADDR", &value)?),
+            None => match &file_settings.console_listen_addr {
+                Some(value) => Some(parse::<SocketAddr>("console_listen_addr", value)?),
+                None => None,
+            },
+        };
+        let mut seconds = |key: &str, file: Option<u64>, default: u64| match take(key) {
+            Some(value) => parse::<u64>(key, &value),
+            None => Ok(file.unwrap_or(default)),
+        };
+        let console_expiry = crate::console::Expiry {
+            idle: std::time::Duration::from_secs(seconds(
+                "SLUICE_CONSOLE_IDLE_TIMEOUT_S",
+                file_settings.console_idle_timeout_s,
+                30 * 60,
+            )?),
+            lifetime: std::time::Duration::from_secs(seconds(
+                "SLUICE_CONSOLE_SESSION_LIFETIME_S",
+                file_settings.console_session_lifetime_s,
+                12 * 60 * 60,
+            )?),
+        };
+        let console = console_listen_addr.map(|listen_addr| crate::console::ConsoleSettings {
+            listen_addr,
+            expiry: console_expiry,
+        });
         let mut path_of = |key: &str, file: Option<PathBuf>| take(key).map(PathBuf::from).or(file);
         let tls_files = (
             path_of("SLUICE_TLS_CERT_FILE", file_settings.tls_cert_file),
@@ -209,6 +244,7 @@ impl Settings {
                     None => file_settings.budget_metrics_interval_ms.unwrap_or(15_000),
                 },
             ),
+            console,
             data_dir,
         };
         settings.validate()?;
@@ -231,6 +267,7 @@ impl Settings {
         }
         let beyond_loopback = std::iter::once(self.listen_addr)
             .chain(self.data_plane_listen_addr)
+            .chain(self.console.as_ref().map(|console| console.listen_addr))
             .any(|addr| !addr.ip().is_loopback());
         if self.tls.is_none() && beyond_loopback && !self.allow_insecure_listen {
             return Err(invalid(
@@ -239,6 +276,14 @@ impl Settings {
                  tls_key_file (SLUICE_TLS_CERT_FILE, SLUICE_TLS_KEY_FILE), or accept plaintext \
                  tokens on the wire with allow_insecure_listen = true \
                  (SLUICE_ALLOW_INSECURE_LISTEN)",
+            ));
+        }
+        if let Some(console) = &self.console
+            && (console.expiry.idle.is_zero() || console.expiry.lifetime.is_zero())
+        {
+            return Err(invalid(
+                "console_idle_timeout_s",
+                "console sessions need an idle timeout and a lifetime above zero seconds",
             ));
         }
         if self.master_key.is_some() && self.master_key_file.is_some() {

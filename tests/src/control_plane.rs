@@ -145,6 +145,18 @@ impl ControlPlane {
         self.child.id()
     }
 
+    /// The Provider Vault console's base URL (started with `SLUICE_CONSOLE_LISTEN_ADDR`).
+    pub fn console_url(&self) -> String {
+        let text = self.output.text();
+        let addr = text
+            .lines()
+            .find(|line| line.contains("console listening"))
+            .and_then(|line| line.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the control plane was started without a console");
+        format!("{}://{addr}", self.scheme)
+    }
+
     /// The newest config version, as `sluicectl fleet` reports it.
     pub fn config_version(&self) -> u64 {
         self.ctl(&["-o", "json", "fleet"]).json()["config_version"]

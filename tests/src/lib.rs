@@ -8,6 +8,8 @@
 // Test support: a failed step should stop the test loudly, with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
+pub mod console_session;
 pub mod control_plane;
 pub mod leftovers;
 pub mod mock_openai;
@@ -26,6 +28,18 @@ pub use stacks::{
     FamilyStack, LiveStack, await_usage, caught_up_proxy, caught_up_proxy_with, family_stack,
     live_stack, live_stack_with, store_of, usage_rows,
 };
+
+/// `text` percent-encoded for a URL's query or a form body (unreserved characters kept).
+pub fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
 
 /// Waits (polling every 100 ms, at most `seconds`) until `check` holds; fails naming `what`.
 pub async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {

@@ -224,10 +224,13 @@ impl Http {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<HttpResponse, String> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(url)
-            .header("content-type", "application/json");
+        let mut builder = Request::builder().method(method).uri(url);
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            builder = builder.header("content-type", "application/json");
+        }
         if let Some(key) = key {
             builder = builder.header("authorization", format!("Bearer {key}"));
         }

@@ -71,6 +71,7 @@ const RPCS: &[(&str, Kind)] = &[
     ("UpdateProject", Kind::OrgWrite),
     ("DeleteProject", Kind::OrgWrite),
     ("SetProjectPosture", Kind::OrgWrite),
+    ("GetProjectReadiness", Kind::OrgRead),
     ("CreateProvider", Kind::OrgWrite),
     ("GetProvider", Kind::OrgRead),
     ("ListProviders", Kind::OrgRead),
@@ -107,6 +108,7 @@ const RPCS: &[(&str, Kind)] = &[
     ("CreateAdminToken", Kind::GlobalWrite),
     ("ListAdminTokens", Kind::GlobalRead),
     ("RevokeAdminToken", Kind::GlobalWrite),
+    ("GetCaller", Kind::Narrowed),
     ("ListAuditEvents", Kind::Narrowed),
     ("ListProxies", Kind::GlobalRead),
     ("GetVaultStatus", Kind::GlobalRead),
@@ -213,6 +215,13 @@ async fn invoke(
                 organization: org,
                 name: missing,
                 posture: 1
+            }
+        ),
+        "GetProjectReadiness" => call!(
+            get_project_readiness,
+            pb::GetProjectReadinessRequest {
+                organization: org,
+                name: "web".into()
             }
         ),
         "CreateProvider" => call!(
@@ -464,6 +473,7 @@ async fn invoke(
             revoke_admin_token,
             pb::RevokeAdminTokenRequest { name: missing }
         ),
+        "GetCaller" => call!(get_caller, pb::GetCallerRequest {}),
         "ListAuditEvents" => call!(
             list_audit_events,
             pb::ListAuditEventsRequest {

@@ -20,18 +20,6 @@ use serde_json::json;
 use sluice_e2e::otlp_receiver::OtlpReceiver;
 use sluice_e2e::{caught_up_proxy_with, live_stack_with};
 
-/// `text` as a URL's query value.
-fn encoded(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
 /// `promtool check metrics` on `text`: its complaints, or `None` when it has none.
 fn promtool_check(text: &str) -> Option<String> {
     let mut child = Command::new("promtool")
@@ -465,7 +453,10 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
                 .as_str()
                 .unwrap()
                 .replace("$proxy_job", "proxy");
-            let answer = http.get(&query(&encoded(&expression)), None).await.unwrap();
+            let answer = http
+                .get(&query(&sluice_e2e::percent_encoded(&expression)), None)
+                .await
+                .unwrap();
             assert_eq!(
                 answer.json()["status"],
                 "success",

@@ -4,7 +4,7 @@ use sluice_proto::admin::v1 as pb;
 use sluice_proto::common::v1 as common;
 use tonic::Status;
 
-use crate::store::{self, KeyHealth, KeyState, Posture, ProviderKind, TokenScope};
+use crate::store::{self, HealthSource, KeyHealth, KeyState, Posture, ProviderKind, TokenScope};
 
 impl From<store::Organization> for pb::Organization {
     fn from(o: store::Organization) -> Self {
@@ -118,6 +118,12 @@ impl From<store::ProviderKey> for pb::ProviderKey {
             master_key_version: k.master_key_version,
             created_at_us: k.created_at_us,
             updated_at_us: k.updated_at_us,
+            health_learned_at_us: k.health_learned_at_us,
+            health_source: match k.health_source {
+                None => pb::HealthSource::Unspecified,
+                Some(HealthSource::KeyTest) => pb::HealthSource::KeyTest,
+                Some(HealthSource::Traffic) => pb::HealthSource::Traffic,
+            } as i32,
         }
     }
 }
@@ -179,13 +185,7 @@ impl From<store::AdminToken> for pb::AdminToken {
         Self {
             id: t.id,
             name: t.name,
-            scope: match t.scope {
-                TokenScope::Admin => pb::TokenScope::Admin,
-                TokenScope::ReadOnly => pb::TokenScope::ReadOnly,
-                TokenScope::DataPlane => pb::TokenScope::DataPlane,
-                TokenScope::OrgAdmin => pb::TokenScope::OrgAdmin,
-                TokenScope::OrgReadOnly => pb::TokenScope::OrgReadOnly,
-            } as i32,
+            scope: scope_to_proto(t.scope) as i32,
             prefix: t.prefix,
             created_at_us: t.created_at_us,
             revoked_at_us: t.revoked_at_us,
@@ -234,7 +234,17 @@ impl From<store::ProxyStatus> for pb::Proxy {
     }
 }
 
-fn posture_to_proto(posture: Posture) -> pb::Posture {
+pub fn scope_to_proto(scope: TokenScope) -> pb::TokenScope {
+    match scope {
+        TokenScope::Admin => pb::TokenScope::Admin,
+        TokenScope::ReadOnly => pb::TokenScope::ReadOnly,
+        TokenScope::DataPlane => pb::TokenScope::DataPlane,
+        TokenScope::OrgAdmin => pb::TokenScope::OrgAdmin,
+        TokenScope::OrgReadOnly => pb::TokenScope::OrgReadOnly,
+    }
+}
+
+pub fn posture_to_proto(posture: Posture) -> pb::Posture {
     match posture {
         Posture::Mock => pb::Posture::Mock,
         Posture::Live => pb::Posture::Live,

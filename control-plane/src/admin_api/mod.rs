@@ -17,6 +17,7 @@ mod projects;
 mod provider_keys;
 mod providers;
 mod rate_limits;
+mod readiness;
 mod tenancy;
 mod tokens;
 mod usage_query;
@@ -335,35 +336,6 @@ impl<S: Store> AdminApi<S> {
             "{org}/{provider}/{name} is the last usable key of LIVE project(s) {stranded}: add              another key first (`sluicectl provider-key add`), set the project to MOCK, or pass              --force to remove it anyway"
         )))
     }
-
-    /// LIVE costs money, so it needs every model the project may use to have a usable key.
-    async fn check_ready_for_live(&self, org: &str, name: &str) -> Result<(), Status> {
-        let readiness = self
-            .store
-            .project_model_readiness(org, name, None)
-            .await
-            .map_err(store_status)?;
-        if readiness.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "project '{org}/{name}' has no models to serve: set a default model or create a \
-                 virtual key first"
-            )));
-        }
-        let unready: Vec<&str> = readiness
-            .iter()
-            .filter(|model| model.usable_keys == 0)
-            .map(|model| model.model.as_str())
-            .collect();
-        if !unready.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "project '{org}/{name}' cannot go LIVE: no usable provider key for model(s) {}; \
-                 add one with `sluicectl provider-key add ORG/PROVIDER/NAME` and make sure a \
-                 deployment of each model points at that provider",
-                unready.join(", ")
-            )));
-        }
-        Ok(())
-    }
 }
 
 #[tonic::async_trait]
@@ -424,6 +396,29 @@ impl<S: Store> AdminService for AdminApi<S> {
     ) -> Reply<pb::GetProjectResponse> {
         tenancy::check(&request, "GetProject")?;
         projects::get_project(self, request).await
+    }
+
+    async fn get_project_readiness(
+        &self,
+        request: Request<pb::GetProjectReadinessRequest>,
+    ) -> Reply<pb::GetProjectReadinessResponse> {
+        tenancy::check(&request, "GetProjectReadiness")?;
+        readiness::get_project_readiness(self, request).await
+    }
+
+    async fn get_caller(
+        &self,
+        request: Request<pb::GetCallerRequest>,
+    ) -> Reply<pb::GetCallerResponse> {
+        tenancy::check(&request, "GetCaller")?;
+        let Some(principal) = request.extensions().get::<Principal>() else {
+            return Err(Status::unauthenticated("missing admin token"));
+        };
+        reply(pb::GetCallerResponse {
+            name: principal.token_name.clone(),
+            scope: convert::scope_to_proto(principal.scope) as i32,
+            organization: principal.organization.clone().unwrap_or_default(),
+        })
     }
 
     async fn list_projects(

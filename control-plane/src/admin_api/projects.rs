@@ -156,8 +156,7 @@ pub(super) async fn set_project_posture<S: Store>(
     names(&[("organization", &req.organization), ("name", &req.name)])?;
     let posture = posture_from_proto("posture", req.posture)?;
     if posture == Posture::Live {
-        api.check_ready_for_live(&req.organization, &req.name)
-            .await?;
+        super::readiness::check_ready_for_live(api, &req.organization, &req.name).await?;
     }
     let target = format!("{}/{}", req.organization, req.name);
     let audit = Audit::new(&actor, "project.set_posture", target)

@@ -15,7 +15,7 @@ pub(super) enum Reach<'a> {
     /// This organisation's resources.
     Organization(&'a str),
     /// Every organisation's rows, which the handler narrows to the caller's own (the audit
-    /// log).
+    /// log), or nothing beyond the caller itself (`GetCaller`).
     Narrowed,
 }
 
@@ -57,7 +57,7 @@ reaching!(everything:
 );
 reaching!(organization:
     CreateProjectRequest, GetProjectRequest, ListProjectsRequest, UpdateProjectRequest,
-    DeleteProjectRequest, SetProjectPostureRequest,
+    DeleteProjectRequest, SetProjectPostureRequest, GetProjectReadinessRequest,
     CreateProviderRequest, GetProviderRequest, ListProvidersRequest, UpdateProviderRequest,
     DeleteProviderRequest,
     CreateProviderKeyRequest, GetProviderKeyRequest, ListProviderKeysRequest,
@@ -73,6 +73,13 @@ reaching!(target:
     CreateBudgetRequest, UpdateBudgetRequest, DeleteBudgetRequest,
     CreateRateLimitRequest, UpdateRateLimitRequest, DeleteRateLimitRequest,
 );
+
+/// Every admin-side token may ask who it is.
+impl Reaches for pb::GetCallerRequest {
+    fn reach(&self) -> Reach<'_> {
+        Reach::Narrowed
+    }
+}
 
 impl Reaches for pb::ListAuditEventsRequest {
     fn reach(&self) -> Reach<'_> {

@@ -48,6 +48,7 @@ stored_enum!(KeyHealth {
     Unreachable => "UNREACHABLE",
     Unexpected => "UNEXPECTED",
 });
+stored_enum!(HealthSource { KeyTest => "KEY_TEST", Traffic => "TRAFFIC" });
 stored_enum!(TokenScope {
     Admin => "ADMIN",
     ReadOnly => "READ_ONLY",
@@ -242,6 +243,9 @@ pub struct ProviderKey {
     pub last_four: String,
     pub fingerprint: String,
     pub health: KeyHealth,
+    /// When the health was last learned (0: never) and how (`None`: never).
+    pub health_learned_at_us: i64,
+    pub health_source: Option<HealthSource>,
     pub master_key_version: u32,
     pub created_at_us: i64,
     pub updated_at_us: i64,

@@ -99,6 +99,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "admin_tokens_per_organization",
         include_str!("../../migrations/postgres/0018_admin_tokens_per_organization.sql"),
     ),
+    (
+        19,
+        "provider_key_health_source",
+        include_str!("../../migrations/postgres/0019_provider_key_health_source.sql"),
+    ),
 ];
 
 pub struct PostgresStore {

@@ -100,6 +100,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "admin_tokens_per_organization",
         include_str!("../../migrations/sqlite/0018_admin_tokens_per_organization.sql"),
     ),
+    (
+        19,
+        "provider_key_health_source",
+        include_str!("../../migrations/sqlite/0019_provider_key_health_source.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

@@ -60,7 +60,7 @@ pub(super) const PROVIDER_COLUMNS: &str = "p.id, o.name AS organization, p.name,
      p.send_trace_context";
 pub(super) const PROVIDER_KEY_COLUMNS: &str = "k.id, o.name AS organization, p.name AS provider, \
      k.name, k.state, k.last_four, k.fingerprint, k.health, k.master_key_version, \
-     k.created_at_us, k.updated_at_us";
+     k.created_at_us, k.updated_at_us, k.health_learned_at_us, k.health_source";
 pub(super) const PROVIDER_KEY_FROM: &str = "provider_keys k \
      JOIN providers p ON p.id = k.provider_id JOIN organizations o ON o.id = p.org_id";
 pub(super) const MODEL_COLUMNS: &str = "m.id, o.name AS organization, m.name, \

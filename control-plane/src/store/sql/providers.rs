@@ -33,6 +33,11 @@ macro_rules! providers_sql {
                 last_four: row.try_get("last_four")?,
                 fingerprint: row.try_get("fingerprint")?,
                 health: KeyHealth::parse(row.try_get("health")?)?,
+                health_learned_at_us: row.try_get("health_learned_at_us")?,
+                health_source: match row.try_get::<&str, _>("health_source")? {
+                    "" => None,
+                    source => Some(HealthSource::parse(source)?),
+                },
                 master_key_version: to_u32(
                     row.try_get("master_key_version")?,
                     "master_key_version",
@@ -296,7 +301,8 @@ macro_rules! providers_sql {
             ) -> StoreResult<()> {
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
                 let changed = sqlx::query(
-                    "UPDATE provider_keys SET health = $1, updated_at_us = $2 \
+                    "UPDATE provider_keys SET health = $1, updated_at_us = $2, \
+                     health_learned_at_us = $2, health_source = 'TRAFFIC' \
                      WHERE id = $3 AND health <> $1",
                 )
                 .bind(health.as_str())
@@ -324,7 +330,10 @@ macro_rules! providers_sql {
             ) -> StoreResult<ProviderKey> {
                 let mut tx = self.writer().begin_with(Self::BEGIN_WRITE).await?;
                 let key = fetch_provider_key(&mut tx, org, provider, name).await?;
-                sqlx::query("UPDATE provider_keys SET health = $1, updated_at_us = $2 WHERE id = $3")
+                sqlx::query(
+                    "UPDATE provider_keys SET health = $1, updated_at_us = $2, \
+                     health_learned_at_us = $2, health_source = 'KEY_TEST' WHERE id = $3",
+                )
                     .bind(health.as_str())
                     .bind(now_us())
                     .bind(&key.id)
