@@ -128,8 +128,6 @@ async fn launch<S: Store>(
         store.clone(),
         changed,
     );
-    let console_stack: crate::console::AdminStack =
-        tower::util::BoxCloneSyncService::new(admin.clone());
     let metrics_export = settings.otel.metrics.take();
     let (service_name, resource) = (
         settings.otel.service_name.clone(),
@@ -141,6 +139,10 @@ async fn launch<S: Store>(
         tracing::info!("exporting OpenTelemetry traces");
     }
     let metrics = Arc::new(Metrics::traced_by(tracer.clone()));
+    // The console's calls are counted and traced as the listener's are.
+    let console_stack: crate::console::AdminStack = tower::util::BoxCloneSyncService::new(
+        tower::Layer::layer(&MetricsLayer(metrics.clone()), admin.clone()),
+    );
     if let Some(export) = metrics_export {
         let rendering = metrics.clone();
         let exporter = sluice_otlp::metrics::MetricsExporter::start(
@@ -213,27 +215,6 @@ async fn launch<S: Store>(
             "sluice-control-plane data-plane listener: config, usage and leases"
         );
     }
-    // Tests and scripts read this line to learn the port when listening on port 0.
-    tracing::info!(
-        %addr,
-        tls = tls.is_some(),
-        proxy_certificates = require_certificate,
-        "sluice-control-plane listening"
-    );
-    let beyond_loopback = std::iter::once(addr)
-        .chain(data_plane_listener.as_ref().map(|(_, addr)| *addr))
-        .any(|addr| !addr.ip().is_loopback());
-    if tls.is_none() && beyond_loopback {
-        tracing::warn!(
-            %addr,
-            "INSECURE: plaintext gRPC beyond loopback (allow_insecure_listen): tokens and \
-             sealed keys cross the network unencrypted"
-        );
-        metrics
-            .insecure_listener
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -278,6 +259,28 @@ async fn launch<S: Store>(
             None
         }
     };
+
+    // Tests and scripts read this line to learn the port when listening on port 0.
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        proxy_certificates = require_certificate,
+        "sluice-control-plane listening"
+    );
+    let beyond_loopback = std::iter::once(addr)
+        .chain(data_plane_listener.as_ref().map(|(_, addr)| *addr))
+        .chain(settings.console.as_ref().map(|console| console.listen_addr))
+        .any(|addr| !addr.ip().is_loopback());
+    if tls.is_none() && beyond_loopback {
+        tracing::warn!(
+            %addr,
+            "INSECURE: plaintext gRPC beyond loopback (allow_insecure_listen): tokens and \
+             sealed keys cross the network unencrypted"
+        );
+        metrics
+            .insecure_listener
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 
     // HTTP/1.1 beside gRPC on every listener, for Prometheus scrapes of /metrics.
     let operators = tonic::transport::Server::builder()

@@ -28,6 +28,11 @@ pub struct Browser {
 impl Browser {
     /// Starts ChromeDriver on a free loopback port and a headless Chromium `width`×`height`.
     pub async fn start(width: u32, height: u32) -> Self {
+        Self::start_with(width, height, &[]).await
+    }
+
+    /// [`Self::start`] with extra Chromium flags.
+    pub async fn start_with(width: u32, height: u32, flags: &[&str]) -> Self {
         let mut driver = Command::new("chromedriver")
             .arg("--port=0")
             .stdin(Stdio::null())
@@ -56,6 +61,15 @@ impl Browser {
             base: format!("http://127.0.0.1:{port}"),
             http: Http::new(),
         };
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--no-first-run".to_owned(),
+            format!("--window-size={width},{height}"),
+        ];
+        args.extend(flags.iter().map(|flag| (*flag).to_owned()));
         let session = browser
             .call(
                 "POST",
@@ -64,11 +78,7 @@ impl Browser {
                     "browserName": "chrome",
                     "goog:chromeOptions": {
                         "binary": "/usr/bin/chromium",
-                        "args": [
-                            "--headless=new", "--no-sandbox", "--disable-gpu",
-                            "--disable-dev-shm-usage", "--no-first-run",
-                            format!("--window-size={width},{height}"),
-                        ],
+                        "args": args,
                     },
                 }}}),
             )
@@ -205,6 +215,14 @@ impl Browser {
             .as_array()
             .unwrap()
             .clone()
+    }
+
+    /// The cookie named `name`, if the browser holds one for this page.
+    pub async fn cookie(&self, name: &str) -> Option<Value> {
+        self.cookies()
+            .await
+            .into_iter()
+            .find(|cookie| cookie["name"] == name)
     }
 
     pub async fn set_window_size(&self, width: u32, height: u32) {

@@ -186,6 +186,16 @@ fn operator_walkthrough_never_leaks_the_provider_key() {
         "{}",
         refused.stderr
     );
+    // The same blocker, with its fix, before trying.
+    let blockers = run(&["-o", "json", "project", "readiness", "acme/web"], None).json();
+    assert_eq!(blockers[0]["code"], "no_usable_key", "{blockers}");
+    assert!(
+        blockers[0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("provider-key add acme/openai/"),
+        "{blockers}"
+    );
 
     let audit = run(&["-o", "json", "audit", "list", "--limit", "1000"], None).json();
     let actions: Vec<&str> = audit

@@ -82,10 +82,8 @@ async fn the_operator_workflow_in_a_real_browser() {
     browser.click("button[type=submit]").await;
     browser.wait_for("form[action='/orgs']").await;
     let cookie = browser
-        .cookies()
+        .cookie("sluice_console")
         .await
-        .into_iter()
-        .find(|cookie| cookie["name"] == "sluice_console")
         .expect("session cookie");
     assert_eq!(cookie["httpOnly"], true);
     assert_eq!(cookie["sameSite"], "Strict");
@@ -159,18 +157,48 @@ async fn the_operator_workflow_in_a_real_browser() {
     // Two models: one the upstream reports usage for, one it does not (estimated).
     browser.goto(&format!("{console}/orgs/acme/models")).await;
     for (name, upstream_model) in [("gpt-4o-mini", "gpt-4o-mini"), ("quiet", "no-usage")] {
-        browser.fill("input[name=name]", name).await;
+        let create = "form[action='/orgs/acme/models']";
         browser
-            .fill("input[name=upstream_model]", upstream_model)
+            .fill(&format!("{create} input[name=name]"), name)
             .await;
-        browser.fill("input[name=input_price]", "0.15").await;
-        browser.fill("input[name=output_price]", "0.60").await;
+        browser
+            .fill(
+                &format!("{create} input[name=upstream_model]"),
+                upstream_model,
+            )
+            .await;
+        browser
+            .fill(&format!("{create} input[name=input_price]"), "0.15")
+            .await;
+        browser
+            .fill(&format!("{create} input[name=output_price]"), "0.60")
+            .await;
         browser
             .click("form[action='/orgs/acme/models'] button")
             .await;
         browser.wait_for(&format!("#model-{name}")).await;
     }
     assert!(browser.text("#model-gpt-4o-mini").await.contains("$0.15"));
+    // A fallback deployment for the first model, at a lower priority.
+    browser
+        .fill(
+            "#model-gpt-4o-mini input[name=upstream_model]",
+            "gpt-4o-mini-fallback",
+        )
+        .await;
+    browser
+        .fill("#model-gpt-4o-mini input[name=priority]", "1")
+        .await;
+    browser
+        .click("form[action='/orgs/acme/models/gpt-4o-mini/deployments'] button")
+        .await;
+    eventually("the fallback deployment", 10, async || {
+        browser
+            .text("#model-gpt-4o-mini")
+            .await
+            .contains("gpt-4o-mini-fallback, weight 1, priority 1")
+    })
+    .await;
     seen.record(&browser, "07-models").await;
     browser
         .click("form[action='/orgs/acme/models/pricing'] button")
@@ -264,10 +292,15 @@ async fn the_operator_workflow_in_a_real_browser() {
         .start();
     let http = Http::new();
     proxy.wait_for_version(&http, cp.config_version()).await;
-    for model in ["gpt-4o-mini", "quiet"] {
+    let bearer = format!("Bearer {virtual_key}");
+    for (model, run) in [("gpt-4o-mini", "nightly-eval-7"), ("quiet", "")] {
+        let mut headers = vec![("authorization", bearer.as_str())];
+        if !run.is_empty() {
+            headers.push(("x-sluice-run-id", run));
+        }
         http.post_ok(
             &proxy.url("/v1/chat/completions"),
-            &[("authorization", &format!("Bearer {virtual_key}"))],
+            &headers,
             &json!({"model": model, "messages": [{"role": "user", "content": "hello"}]}),
         )
         .await;
@@ -283,6 +316,22 @@ async fn the_operator_workflow_in_a_real_browser() {
     assert!(usage.contains("(1 request(s) estimated)"), "{usage}");
     assert_eq!(browser.count("figure.chart svg rect.estimate").await, 7);
     seen.record(&browser, "16-usage").await;
+    // A run id finds that run's calls alone.
+    browser
+        .goto(&format!(
+            "{console}/orgs/acme/usage?days=7&run=nightly-eval-7"
+        ))
+        .await;
+    let run = browser.text("#usage-rows").await;
+    assert!(
+        run.contains("gpt-4o-mini") && !run.contains("quiet"),
+        "{run}"
+    );
+    assert!(
+        run.contains("provider_reported") || run.contains("PROVIDER_REPORTED"),
+        "{run}"
+    );
+    seen.record(&browser, "16b-usage-run").await;
     browser.goto(&format!("{console}/orgs/acme/budgets")).await;
     seen.record(&browser, "17-budgets-spent").await;
 
@@ -348,7 +397,7 @@ async fn the_operator_workflow_in_a_real_browser() {
             "{path} overflows by {overflow}"
         );
     }
-    seen.record(&browser, "21-narrow-providers").await;
+    seen.record(&browser, "21-narrow-usage").await;
     browser.set_window_size(1280, 900).await;
 
     // Sign out: the session is over, the pages ask for a sign-in again.

@@ -382,7 +382,13 @@ async fn promtool_passes_and_a_real_prometheus_scrapes_both_processes() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let query = |expression: &str| format!("{api}/query?query={expression}");
     let scraped = loop {
-        let up = http.get(&query("up"), None).await.ok().map(|r| r.json());
+        // Starting, Prometheus answers 503 in plain text.
+        let up = http
+            .get(&query("up"), None)
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.json());
         let healthy = up
             .as_ref()
             .and_then(|body| body["data"]["result"].as_array().cloned())

@@ -105,6 +105,10 @@ impl Console {
             .route("/orgs/{org}/models", get(models::page).post(models::create))
             .route("/orgs/{org}/models/pricing", post(models::sync_pricing))
             .route(
+                "/orgs/{org}/models/{model}/deployments",
+                post(models::add_deployment),
+            )
+            .route(
                 "/orgs/{org}/projects",
                 get(projects::page).post(projects::create),
             )

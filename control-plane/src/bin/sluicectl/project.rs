@@ -43,6 +43,10 @@ pub(crate) enum ProjectCommand {
     Delete {
         path: String,
     },
+    /// What blocks LIVE, each with its fix (nothing listed: it may go LIVE).
+    Readiness {
+        path: String,
+    },
     /// MOCK (no upstream calls, no cost) or LIVE (real calls, real money).
     SetPosture {
         path: String,
@@ -162,6 +166,28 @@ pub(crate) async fn project(
                 .delete_project(pb::DeleteProjectRequest { organization, name })
                 .await?;
             deleted("project", &p)
+        }
+        ProjectCommand::Readiness { path: p } => {
+            let [organization, name] = path::<2>(&p, "ORG/NAME")?;
+            let readiness = client
+                .get_project_readiness(pb::GetProjectReadinessRequest { organization, name })
+                .await?
+                .into_inner();
+            Listing::many(
+                &["code", "model", "blocker", "fix"],
+                readiness
+                    .blockers
+                    .into_iter()
+                    .map(|b| {
+                        vec![
+                            json!(b.code),
+                            json!(b.model),
+                            json!(b.message),
+                            json!(b.fix),
+                        ]
+                    })
+                    .collect(),
+            )
         }
         ProjectCommand::SetPosture { path: p, posture } => {
             let [organization, name] = path::<2>(&p, "ORG/NAME")?;

@@ -25,6 +25,9 @@ pub async fn page(page: Page, Path(org): Path<String>, Query(filters): Query<Fil
 }
 
 async fn render(page: &Page, org: &str, filters: &Filters) -> Result<Markup, Failure> {
+    // The organisation must be the caller's to reach (the audit RPC itself narrows by
+    // token, not by the organisation asked for).
+    super::lists::projects(page, org).await?;
     // This organisation's events: their targets start with its name.
     let target = filters.target.trim();
     let target_prefix = if target.is_empty() {

@@ -27,9 +27,14 @@ async fn render(page: &Page, org: &str) -> Result<Markup, Failure> {
              upstream model that serve it.",
         ));
     } else {
+        let providers = if page.can_write() {
+            super::lists::providers(page, org).await?
+        } else {
+            Vec::new()
+        };
         let mut rows = Markup::new();
         for model in &models {
-            rows.push(&model_row(model));
+            rows.push(&model_row(page, org, model, &providers));
         }
         html!(
             body,
@@ -60,7 +65,7 @@ async fn render(page: &Page, org: &str) -> Result<Markup, Failure> {
     Ok(body)
 }
 
-fn model_row(model: &pb::Model) -> Markup {
+fn model_row(page: &Page, org: &str, model: &pb::Model, providers: &[pb::Provider]) -> Markup {
     let mut deployments = Markup::new();
     for deployment in &model.deployments {
         html!(
@@ -77,6 +82,22 @@ fn model_row(model: &pb::Model) -> Markup {
         Ok(pb::PriceSource::Operator) => markup!("operator-set"),
         _ => markup!("unset"),
     };
+    if page.can_write() && !providers.is_empty() {
+        let options = provider_options(providers);
+        html!(
+            deployments,
+            "<li><form method=\"post\" action=\"/orgs/{}/models/{}/deployments\" \
+             class=\"row\">{}<label>Provider<select name=\"provider\">{}</select></label>\
+             <label>Upstream model<input name=\"upstream_model\" required size=\"14\"></label>\
+             <label>Weight<input name=\"weight\" inputmode=\"numeric\" size=\"3\"></label>\
+             <label>Priority<input name=\"priority\" inputmode=\"numeric\" size=\"3\"></label>\
+             <button type=\"submit\" class=\"secondary\">Add deployment</button></form></li>",
+            encode(org),
+            encode(&model.name),
+            csrf_field(page),
+            options
+        );
+    }
     markup!(
         "<tr id=\"model-{}\"><td>{}</td><td><ul class=\"blockers\">{}</ul></td>\
          <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
@@ -98,13 +119,7 @@ fn model_row(model: &pb::Model) -> Markup {
     )
 }
 
-fn create_form(page: &Page, org: &str, providers: &[pb::Provider]) -> Markup {
-    if providers.is_empty() {
-        return empty(
-            "A model needs a provider to serve it.",
-            "Add a provider first (Providers).",
-        );
-    }
+fn provider_options(providers: &[pb::Provider]) -> Markup {
     let mut options = Markup::new();
     for provider in providers {
         html!(
@@ -114,6 +129,17 @@ fn create_form(page: &Page, org: &str, providers: &[pb::Provider]) -> Markup {
             provider.name
         );
     }
+    options
+}
+
+fn create_form(page: &Page, org: &str, providers: &[pb::Provider]) -> Markup {
+    if providers.is_empty() {
+        return empty(
+            "A model needs a provider to serve it.",
+            "Add a provider first (Providers).",
+        );
+    }
+    let options = provider_options(providers);
     markup!(
         "<h2>Create a model</h2><form method=\"post\" action=\"/orgs/{}/models\" \
          class=\"stack\">{}<label>Public name<input name=\"name\" required maxlength=\"200\">\
@@ -153,7 +179,70 @@ pub struct Sync {
     apply: String,
 }
 
-guarded!(NewModel, Sync);
+#[derive(Deserialize)]
+pub struct NewDeployment {
+    csrf: String,
+    provider: String,
+    upstream_model: String,
+    #[serde(default)]
+    weight: String,
+    #[serde(default)]
+    priority: String,
+}
+
+guarded!(NewModel, Sync, NewDeployment);
+
+/// Adds a deployment beside the model's others (a fallback, or a share of its traffic).
+pub async fn add_deployment(
+    Path((org, model)): Path<(String, String)>,
+    posted: Posted<NewDeployment>,
+) -> Response {
+    let Posted { page, form } = posted;
+    let outcome = async {
+        let number = |field: &str, text: &str| {
+            optional_number::<u32>(field, text).map_err(|message| invalid(&page, message))
+        };
+        let weight = number("weight", &form.weight)?.unwrap_or(1);
+        let priority = number("priority", &form.priority)?.unwrap_or(0);
+        // The API replaces the list whole: the model's own, then the new one.
+        let current = page
+            .answer(
+                page.admin()
+                    .get_model(page.call(pb::GetModelRequest {
+                        organization: org.clone(),
+                        name: model.clone(),
+                    }))
+                    .await,
+            )?
+            .model
+            .unwrap_or_default();
+        let mut deployments = current.deployments;
+        deployments.push(pb::Deployment {
+            provider: form.provider.clone(),
+            upstream_model: form.upstream_model.trim().to_owned(),
+            weight,
+            priority,
+        });
+        page.answer(
+            page.admin()
+                .update_model(page.call(pb::UpdateModelRequest {
+                    organization: org.clone(),
+                    name: model.clone(),
+                    deployments,
+                    replace_deployments: true,
+                    ..Default::default()
+                }))
+                .await,
+        )?;
+        Ok(Flash::Done(format!(
+            "'{model}' is also served by {} as '{}'.",
+            form.provider,
+            form.upstream_model.trim()
+        )))
+    }
+    .await;
+    page.then(&format!("/orgs/{}/models", encode(&org)), outcome)
+}
 
 pub async fn create(Path(org): Path<String>, posted: Posted<NewModel>) -> Response {
     let Posted { page, form } = posted;

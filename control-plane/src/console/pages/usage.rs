@@ -77,8 +77,10 @@ async fn render(page: &Page, org: &str, filters: &Filters) -> Result<Markup, Fai
     let grouped = if filters.run.trim().is_empty() {
         vec![group]
     } else {
-        // One run's calls: by model, provider and where the figures came from.
+        // One run's calls, by day, model, provider and where the figures came from (records
+        // are kept in delivered batches and hourly sums, not indexed one by one).
         vec![
+            pb::UsageGroup::Day,
             pb::UsageGroup::Model,
             pb::UsageGroup::Provider,
             pb::UsageGroup::Source,
@@ -125,7 +127,7 @@ async fn render(page: &Page, org: &str, filters: &Filters) -> Result<Markup, Fai
             GROUPS
                 .iter()
                 .find(|(_, group, _)| group == each)
-                .map_or("", |(_, _, label)| label)
+                .map_or("Day (UTC)", |(_, _, label)| label)
         })
         .collect();
     let mut head = Markup::new();
@@ -135,8 +137,16 @@ async fn render(page: &Page, org: &str, filters: &Filters) -> Result<Markup, Fai
     let mut table = Markup::new();
     for row in &rows.rows {
         let mut cells = Markup::new();
-        for key in &row.keys {
-            html!(cells, "<td>{}</td>", key);
+        for (key, group) in row.keys.iter().zip(&grouped) {
+            if *group == pb::UsageGroup::Day {
+                let day = key
+                    .parse()
+                    .map(sluice_shared::time::rfc3339)
+                    .unwrap_or_default();
+                html!(cells, "<td>{}</td>", day.get(..10).unwrap_or_default());
+            } else {
+                html!(cells, "<td>{}</td>", key);
+            }
         }
         html!(
             table,
