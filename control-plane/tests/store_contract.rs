@@ -1326,6 +1326,29 @@ async fn usage_queries<S: Store>(store: &S) {
         ),
         (3, 170, 50, 1)
     );
+    // The run's calls one by one, newest first, their ids named; another organisation's
+    // name finds none of them, and the limit keeps the newest.
+    let (calls, truncated) = store.run_calls("spendco", "q-run", 10).await.unwrap();
+    assert!(!truncated);
+    assert_eq!(calls.len(), 3);
+    assert!(
+        calls
+            .windows(2)
+            .all(|pair| pair[0].record.started_at_us >= pair[1].record.started_at_us)
+    );
+    assert!(calls.iter().all(|call| call.project == project.name));
+    assert!(calls.iter().all(|call| call.virtual_key == key.name));
+    let (newest, truncated) = store.run_calls("spendco", "q-run", 1).await.unwrap();
+    assert!(truncated);
+    assert_eq!(newest[0].record.request_id, calls[0].record.request_id);
+    assert!(
+        store
+            .run_calls("spendco", "no-such-run", 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
     let by_model: Vec<(Vec<String>, i64, i64, i64)> = rows
         .iter()
         .map(|r| {

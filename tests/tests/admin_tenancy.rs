@@ -99,6 +99,7 @@ const RPCS: &[(&str, Kind)] = &[
     ("UpdateRateLimit", Kind::OrgWrite),
     ("DeleteRateLimit", Kind::OrgWrite),
     ("QueryUsage", Kind::OrgRead),
+    ("ListRunCalls", Kind::OrgRead),
     ("CreateVirtualKey", Kind::OrgWrite),
     ("GetVirtualKey", Kind::OrgRead),
     ("ListVirtualKeys", Kind::OrgRead),
@@ -474,6 +475,14 @@ async fn invoke(
             pb::RevokeAdminTokenRequest { name: missing }
         ),
         "GetCaller" => call!(get_caller, pb::GetCallerRequest {}),
+        "ListRunCalls" => call!(
+            list_run_calls,
+            pb::ListRunCallsRequest {
+                organization: org,
+                run_id: "none".into(),
+                limit: 0
+            }
+        ),
         "ListAuditEvents" => call!(
             list_audit_events,
             pb::ListAuditEventsRequest {

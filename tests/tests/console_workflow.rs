@@ -322,13 +322,13 @@ async fn the_operator_workflow_in_a_real_browser() {
             "{console}/orgs/acme/usage?days=7&run=nightly-eval-7"
         ))
         .await;
-    let run = browser.text("#usage-rows").await;
+    let run = browser.text("#run-calls").await;
     assert!(
         run.contains("gpt-4o-mini") && !run.contains("quiet"),
         "{run}"
     );
     assert!(
-        run.contains("provider_reported") || run.contains("PROVIDER_REPORTED"),
+        run.contains("provider reported") && run.contains("app"),
         "{run}"
     );
     seen.record(&browser, "16b-usage-run").await;

@@ -601,6 +601,14 @@ impl<S: Store> AdminService for AdminApi<S> {
         usage_query::query_usage(self, request).await
     }
 
+    async fn list_run_calls(
+        &self,
+        request: Request<pb::ListRunCallsRequest>,
+    ) -> Reply<pb::ListRunCallsResponse> {
+        tenancy::check(&request, "ListRunCalls")?;
+        usage_query::list_run_calls(self, request).await
+    }
+
     // === budgets ===
     async fn create_budget(
         &self,

@@ -65,7 +65,7 @@ reaching!(organization:
     TestProviderKeyRequest,
     CreateModelRequest, GetModelRequest, ListModelsRequest, UpdateModelRequest,
     DeleteModelRequest, SyncModelPricingRequest,
-    QueryUsageRequest, ListBudgetsRequest, ListRateLimitsRequest,
+    QueryUsageRequest, ListRunCallsRequest, ListBudgetsRequest, ListRateLimitsRequest,
     CreateVirtualKeyRequest, GetVirtualKeyRequest, ListVirtualKeysRequest,
     UpdateVirtualKeyRequest, RevokeVirtualKeyRequest, DeleteVirtualKeyRequest,
 );

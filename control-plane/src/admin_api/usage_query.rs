@@ -91,3 +91,53 @@ pub(super) async fn query_usage<S: Store>(
         total: Some(total.into()),
     })
 }
+
+/// The most calls one answer lists.
+const MAX_CALLS: u32 = 1_000;
+
+pub(super) async fn list_run_calls<S: Store>(
+    api: &AdminApi<S>,
+    request: Request<pb::ListRunCallsRequest>,
+) -> Reply<pb::ListRunCallsResponse> {
+    let req = request.into_inner();
+    names(&[("organization", &req.organization)])?;
+    if req.run_id.is_empty() || req.run_id.len() > 128 {
+        return Err(Status::invalid_argument(
+            "run_id: is required, at most 128 characters",
+        ));
+    }
+    let limit = match req.limit {
+        0 => 100,
+        limit => limit.min(MAX_CALLS),
+    };
+    let (calls, truncated) = api
+        .store
+        .run_calls(&req.organization, &req.run_id, limit as usize)
+        .await
+        .map_err(store_status)?;
+    reply(pb::ListRunCallsResponse {
+        calls: calls
+            .into_iter()
+            .map(|call| {
+                let record = call.record;
+                pb::UsageCall {
+                    request_id: record.request_id,
+                    started_at_us: record.started_at_us,
+                    project: call.project,
+                    virtual_key: call.virtual_key,
+                    model: record.model,
+                    provider: call.provider,
+                    input_tokens: u64::try_from(record.input_tokens).unwrap_or(0),
+                    cached_input_tokens: u64::try_from(record.cached_input_tokens).unwrap_or(0),
+                    output_tokens: u64::try_from(record.output_tokens).unwrap_or(0),
+                    cost_micros: record.cost_micros,
+                    latency_ms: u64::try_from(record.latency_ms).unwrap_or(0),
+                    http_status: u32::try_from(record.http_status).unwrap_or(0),
+                    source: record.source.as_str().to_owned(),
+                    task_id: record.task_id,
+                }
+            })
+            .collect(),
+        truncated,
+    })
+}

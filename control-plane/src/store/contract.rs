@@ -367,6 +367,14 @@ pub trait UsageStore: Send + Sync + 'static {
         &self,
         query: UsageQuery,
     ) -> impl Future<Output = StoreResult<(Vec<UsageTotals>, UsageTotals)>> + Send;
+    /// The newest `limit` calls of run `run_id` in organisation `org` (and whether there were
+    /// more), read from the batches of the hours the roll-up says the run was in.
+    fn run_calls(
+        &self,
+        org: &str,
+        run_id: &str,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<(Vec<RunCall>, bool)>> + Send;
     /// Usage of one project, oldest first (for tests and the usage queries to come).
     fn list_usage_records(
         &self,

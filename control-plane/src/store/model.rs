@@ -759,6 +759,15 @@ pub struct LeaseGrant {
     pub exhausted: bool,
 }
 
+/// One request of a run, its ids named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCall {
+    pub record: UsageRecord,
+    pub project: String,
+    pub virtual_key: String,
+    pub provider: String,
+}
+
 /// How usage is grouped in a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsageGroup {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use sluice_proto::admin::v1 as pb;
 use sluice_shared::time::now_us;
 
-use super::super::html::{Markup, dollars, html, markup};
+use super::super::html::{Markup, dollars, html, markup, utc};
 use super::super::layout::{self, Section, empty, encode};
 use super::super::request::{Failure, Page};
 
@@ -74,18 +74,7 @@ async fn render(page: &Page, org: &str, filters: &Filters) -> Result<Markup, Fai
             .query_usage(page.call(query(vec![pb::UsageGroup::Day])))
             .await,
     )?;
-    let grouped = if filters.run.trim().is_empty() {
-        vec![group]
-    } else {
-        // One run's calls, by day, model, provider and where the figures came from (records
-        // are kept in delivered batches and hourly sums, not indexed one by one).
-        vec![
-            pb::UsageGroup::Day,
-            pb::UsageGroup::Model,
-            pb::UsageGroup::Provider,
-            pb::UsageGroup::Source,
-        ]
-    };
+    let grouped = vec![group];
     let rows = page.answer(
         page.admin()
             .query_usage(page.call(query(grouped.clone())))
@@ -116,18 +105,18 @@ async fn render(page: &Page, org: &str, filters: &Filters) -> Result<Markup, Fai
         return Ok(body);
     }
     body.push(&chart(&by_day.rows, from_us, days));
-    let title = if filters.run.trim().is_empty() {
-        markup!("By {}", group_label.to_ascii_lowercase())
-    } else {
-        markup!("The calls of run <code>{}</code>", filters.run.trim())
-    };
+    let run = filters.run.trim();
+    if !run.is_empty() {
+        body.push(&run_calls(page, org, run).await?);
+    }
+    let title = markup!("By {}", group_label.to_ascii_lowercase());
     let headings: Vec<&str> = grouped
         .iter()
         .map(|each| {
             GROUPS
                 .iter()
                 .find(|(_, group, _)| group == each)
-                .map_or("Day (UTC)", |(_, _, label)| label)
+                .map_or("", |(_, _, label)| label)
         })
         .collect();
     let mut head = Markup::new();
@@ -137,16 +126,8 @@ async fn render(page: &Page, org: &str, filters: &Filters) -> Result<Markup, Fai
     let mut table = Markup::new();
     for row in &rows.rows {
         let mut cells = Markup::new();
-        for (key, group) in row.keys.iter().zip(&grouped) {
-            if *group == pb::UsageGroup::Day {
-                let day = key
-                    .parse()
-                    .map(sluice_shared::time::rfc3339)
-                    .unwrap_or_default();
-                html!(cells, "<td>{}</td>", day.get(..10).unwrap_or_default());
-            } else {
-                html!(cells, "<td>{}</td>", key);
-            }
+        for key in &row.keys {
+            html!(cells, "<td>{}</td>", key);
         }
         html!(
             table,
@@ -175,6 +156,67 @@ async fn render(page: &Page, org: &str, filters: &Filters) -> Result<Markup, Fai
         table
     );
     Ok(body)
+}
+
+/// Every call of one run, newest first.
+async fn run_calls(page: &Page, org: &str, run: &str) -> Result<Markup, Failure> {
+    let listed = page.answer(
+        page.admin()
+            .list_run_calls(page.call(pb::ListRunCallsRequest {
+                organization: org.to_owned(),
+                run_id: run.to_owned(),
+                limit: 500,
+            }))
+            .await,
+    )?;
+    let mut out = markup!("<h2>The calls of run <code>{}</code></h2>", run);
+    if listed.calls.is_empty() {
+        out.push(&empty(
+            "No calls of this run.",
+            "Runs are named by the x-sluice-run-id header of each request.",
+        ));
+        return Ok(out);
+    }
+    let mut rows = Markup::new();
+    for call in &listed.calls {
+        html!(
+            rows,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td>{}</td><td class=\"num\">{}</td><td class=\"num\">{} ms</td><td>{}</td></tr>",
+            utc(call.started_at_us),
+            call.request_id,
+            call.project,
+            call.virtual_key,
+            call.model,
+            call.provider,
+            call.input_tokens,
+            call.output_tokens,
+            dollars(call.cost_micros),
+            call.source.to_ascii_lowercase().replace('_', " "),
+            call.http_status,
+            call.latency_ms,
+            call.task_id
+        );
+    }
+    html!(
+        out,
+        "<div class=\"table-wrap\"><table id=\"run-calls\"><thead><tr>\
+         <th scope=\"col\">Started (UTC)</th><th scope=\"col\">Request id</th>\
+         <th scope=\"col\">Project</th><th scope=\"col\">Key</th><th scope=\"col\">Model</th>\
+         <th scope=\"col\">Provider</th><th scope=\"col\" class=\"num\">Input</th>\
+         <th scope=\"col\" class=\"num\">Output</th><th scope=\"col\" class=\"num\">Cost</th>\
+         <th scope=\"col\">Source</th><th scope=\"col\" class=\"num\">Status</th>\
+         <th scope=\"col\" class=\"num\">Latency</th><th scope=\"col\">Task</th></tr></thead>\
+         <tbody>{}</tbody></table></div>{}",
+        rows,
+        if listed.truncated {
+            markup!("<p class=\"meta\">The newest 500 calls are listed.</p>")
+        } else {
+            Markup::new()
+        }
+    );
+    Ok(out)
 }
 
 fn filter_form(org: &str, filters: &Filters, days: i64, group: &str) -> Markup {

@@ -412,6 +412,75 @@ macro_rules! usage_sql {
                 query_usage_tx(&mut tx, &query).await
             }
 
+            async fn run_calls(
+                &self,
+                org: &str,
+                run_id: &str,
+                limit: usize,
+            ) -> StoreResult<(Vec<RunCall>, bool)> {
+                // The hours a run spans, newest first: a week of them bounds the batches read.
+                const MOST_HOURS: i64 = 168;
+                let mut tx = begin_snapshot(self).await?;
+                org_id(&mut tx, org).await?;
+                let projects: std::collections::HashMap<String, String> = sqlx::query_as(
+                    "SELECT p.id, p.name FROM projects p JOIN organizations o ON o.id = p.org_id \
+                     WHERE o.name = $1",
+                )
+                .bind(org)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+                let hours: Vec<i64> = sqlx::query_scalar(
+                    "SELECT DISTINCT h.hour_us FROM usage_hourly h \
+                     JOIN projects p ON p.id = h.project_id \
+                     JOIN organizations o ON o.id = p.org_id \
+                     WHERE o.name = $1 AND h.run_id = $2 ORDER BY h.hour_us DESC LIMIT $3",
+                )
+                .bind(org)
+                .bind(run_id)
+                .bind(MOST_HOURS)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut records: Vec<UsageRecord> = records_of_hours(&mut tx, &hours, None)
+                    .await?
+                    .into_iter()
+                    .filter(|record| {
+                        record.run_id == run_id && projects.contains_key(&record.project_id)
+                    })
+                    .collect();
+                records.sort_by(|a, b| {
+                    (b.started_at_us, &b.request_id).cmp(&(a.started_at_us, &a.request_id))
+                });
+                let truncated = records.len() > limit;
+                records.truncate(limit);
+                let keys = names_of(
+                    &mut tx,
+                    "virtual_keys",
+                    records.iter().map(|r| r.virtual_key_id.as_str()).collect(),
+                )
+                .await?;
+                let providers = names_of(
+                    &mut tx,
+                    "providers",
+                    records.iter().map(|r| r.provider_id.as_str()).collect(),
+                )
+                .await?;
+                let named = |names: &std::collections::HashMap<String, String>, id: &str| {
+                    names.get(id).cloned().unwrap_or_else(|| id.to_owned())
+                };
+                let calls = records
+                    .into_iter()
+                    .map(|record| RunCall {
+                        project: named(&projects, &record.project_id),
+                        virtual_key: named(&keys, &record.virtual_key_id),
+                        provider: named(&providers, &record.provider_id),
+                        record,
+                    })
+                    .collect();
+                Ok((calls, truncated))
+            }
+
             async fn list_usage_records(&self, project_id: &str) -> StoreResult<Vec<UsageRecord>> {
                 let batches: Vec<Option<Vec<u8>>> =
                     sqlx::query_scalar("SELECT records FROM usage_batches")
