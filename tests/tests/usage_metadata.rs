@@ -129,4 +129,20 @@ async fn run_task_and_tags_are_stored_and_bounded() {
     assert_eq!(rows[0]["model"], "gpt-4o-mini");
     assert_eq!(rows[0]["source"], "PROVIDER_REPORTED");
     assert_eq!(rows[0]["requests"], 2);
+    // And each call of it, newest first.
+    let calls = cp
+        .ctl(&[
+            "-o",
+            "json",
+            "usage",
+            "acme",
+            "--run-id",
+            "nightly-eval-2026-11-24",
+            "--calls",
+        ])
+        .json();
+    let calls = calls.as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(calls.iter().all(|call| call["task_id"] == "case-0042"));
+    assert!(calls[0]["started_at"].as_str() >= calls[1]["started_at"].as_str());
 }

@@ -50,6 +50,9 @@ pub struct UsageArgs {
     /// At most this many rows, largest cost first.
     #[arg(long, default_value_t = 1_000)]
     limit: u32,
+    /// With --run-id: the run's calls one by one, newest first (at most --limit, up to 1 000).
+    #[arg(long, requires = "run_id")]
+    calls: bool,
 }
 
 fn parse_day(text: &str) -> anyhow::Result<i64> {
@@ -106,6 +109,9 @@ fn sums(t: &pb::UsageTotals) -> Vec<Value> {
 }
 
 pub async fn run(client: &mut Client, args: UsageArgs) -> anyhow::Result<Listing> {
+    if args.calls {
+        return run_calls(client, args).await;
+    }
     let groups = args.by.clone();
     let response = client
         .query_usage(pb::QueryUsageRequest {
@@ -159,6 +165,58 @@ pub async fn run(client: &mut Client, args: UsageArgs) -> anyhow::Result<Listing
         })
         .collect();
     Ok(Listing::many_owned(columns, rows))
+}
+
+async fn run_calls(client: &mut Client, args: UsageArgs) -> anyhow::Result<Listing> {
+    let listed = client
+        .list_run_calls(pb::ListRunCallsRequest {
+            organization: args.org,
+            run_id: args.run_id.unwrap_or_default(),
+            limit: args.limit,
+        })
+        .await?
+        .into_inner();
+    if listed.truncated {
+        eprintln!("more calls than --limit: the newest are listed");
+    }
+    Ok(Listing::many(
+        &[
+            "started_at",
+            "request_id",
+            "project",
+            "virtual_key",
+            "model",
+            "provider",
+            "input_tokens",
+            "output_tokens",
+            "cost",
+            "source",
+            "http_status",
+            "latency_ms",
+            "task_id",
+        ],
+        listed
+            .calls
+            .into_iter()
+            .map(|call| {
+                vec![
+                    time(call.started_at_us),
+                    json!(call.request_id),
+                    json!(call.project),
+                    json!(call.virtual_key),
+                    json!(call.model),
+                    json!(call.provider),
+                    json!(call.input_tokens),
+                    json!(call.output_tokens),
+                    json!(dollars(call.cost_micros)),
+                    json!(call.source),
+                    json!(call.http_status),
+                    json!(call.latency_ms),
+                    json!(call.task_id),
+                ]
+            })
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
