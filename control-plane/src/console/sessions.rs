@@ -41,7 +41,8 @@ pub enum Flash {
 }
 
 pub struct Session {
-    pub token: SecretString,
+    /// Shared with each request of the session: the secret is never copied.
+    pub token: Arc<SecretString>,
     pub caller: Caller,
     pub csrf: String,
     created: Instant,
@@ -98,7 +99,7 @@ impl Sessions {
         held.insert(
             id.clone(),
             Session {
-                token,
+                token: Arc::new(token),
                 caller,
                 csrf: random_token(),
                 created: now,
@@ -121,7 +122,7 @@ impl Sessions {
         session.last_seen = now;
         Some(Current {
             id: Arc::from(id),
-            token: Arc::new(SecretString::new(session.token.expose().to_owned())),
+            token: Arc::clone(&session.token),
             caller: session.caller.clone(),
             csrf: session.csrf.clone(),
         })
