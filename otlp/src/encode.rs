@@ -6,6 +6,8 @@
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
+use crate::short_text::ShortText;
+
 /// The GenAI semantic conventions these spans follow.
 pub const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.37.0";
 
@@ -22,15 +24,14 @@ pub enum Value<'a> {
     Int(i64),
     Bool(bool),
     Double(f64),
-    Strs(&'a [&'a str]),
+    /// Text a trace kept inline ([`ShortText`]).
+    Short(&'a ShortText),
 }
 
 /// One `ExportTraceServiceRequest` being written: a resource, one instrumentation scope, and
 /// the spans added to it.
 pub struct TraceRequest {
     buf: Vec<u8>,
-    /// One span at a time, written here to learn its length, then copied after it.
-    scratch: Vec<u8>,
     /// Where the scope's spans start (after its `ScopeSpans` and `ResourceSpans` keys).
     open: Vec<usize>,
     pub spans: usize,
@@ -40,7 +41,6 @@ impl TraceRequest {
     pub fn new(service_name: &str, resource: &[(String, String)], scope_version: &str) -> Self {
         let mut request = Self {
             buf: Vec::with_capacity(64 * 1024),
-            scratch: Vec::with_capacity(2048),
             open: Vec::with_capacity(2),
             spans: 0,
         };
@@ -83,10 +83,11 @@ impl TraceRequest {
         attributes: impl FnOnce(&mut Attributes<'_>),
     ) {
         self.spans += 1;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
+        // spans = 2 (of ScopeSpans), its length kept two bytes wide: nearly every span is
+        // between 128 bytes and 16 KiB long, so it is written in place, never moved.
+        let start = open_wide(&mut self.buf, 2);
         {
-            let buf = &mut scratch;
+            let buf = &mut self.buf;
             bytes(buf, 1, ids.trace_id);
             bytes(buf, 2, ids.span_id);
             if let Some(state) = ids.trace_state {
@@ -119,9 +120,7 @@ impl TraceRequest {
                 });
             }
         }
-        // spans = 2 (of ScopeSpans)
-        bytes(&mut self.buf, 2, &scratch);
-        self.scratch = scratch;
+        close_wide(&mut self.buf, start);
     }
 
     /// The encoded request.
@@ -159,73 +158,188 @@ pub struct Attributes<'a> {
 }
 
 impl Attributes<'_> {
+    /// Inlined where it is called: the key and the kind of value are known there, and most
+    /// of the encoding folds away.
+    #[inline(always)]
     pub fn add(&mut self, key: &str, value: Value<'_>) {
         // attributes = 9 (of Span)
         attribute(self.buf, 9, key, &value);
     }
 
     /// A string attribute, left out when empty.
+    #[inline(always)]
     pub fn text(&mut self, key: &str, value: &str) {
         if !value.is_empty() {
             self.add(key, Value::Str(value));
         }
     }
+
+    /// A [`ShortText`] attribute, left out when empty.
+    #[inline(always)]
+    pub fn short(&mut self, key: &str, value: &ShortText) {
+        if !value.is_empty() {
+            self.add(key, Value::Short(value));
+        }
+    }
+
+    /// An attribute whose value is an array of strings, left out when there are none.
+    pub fn texts<'t>(&mut self, key: &str, items: impl IntoIterator<Item = &'t str>) {
+        let mut items = items.into_iter().peekable();
+        if items.peek().is_some() {
+            string_array(self.buf, 9, key, items);
+        }
+    }
 }
 
 /// A `KeyValue` as field `field` (below 16) of the message being written. Its lengths are
-/// known before it is written, so it goes straight into the buffer.
+/// known before it is written, so it goes straight into the buffer: the tags and lengths
+/// before the key and before the value are gathered in a register and stored eight bytes at
+/// a time (a request's two spans carry about thirty-five attributes, and pushing these bytes
+/// one by one was most of their cost).
+#[inline(always)]
 fn attribute(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value<'_>) {
-    let any_len = match value {
-        Value::Str(text) => 1 + varint_len(text.len()) + text.len(),
-        Value::Bool(_) => 2,
-        Value::Int(n) => 1 + encoded_len_varint(*n as u64),
-        Value::Double(_) => 9,
-        Value::Strs(_) => {
-            // Rare: the array's length is learnt by writing it.
-            nested(buf, field, |buf| {
-                string(buf, 1, key);
-                nested(buf, 2, |buf| any_value(buf, value));
-            });
-            return;
-        }
+    let text = match value {
+        Value::Str(text) => Some(text.as_bytes()),
+        Value::Short(text) => Some(text.as_bytes()),
+        _ => None,
+    };
+    let any_len = match (value, text) {
+        (_, Some(text)) => 1 + varint_len(text.len()) + text.len(),
+        (Value::Bool(_), _) => 2,
+        (Value::Int(n), _) => 1 + encoded_len_varint(*n as u64),
+        _ => 9,
     };
     let kv_len = 1 + varint_len(key.len()) + key.len() + 1 + varint_len(any_len) + any_len;
-    buf.reserve(kv_len + 2);
-    buf.push(field_key(field));
-    put_varint(buf, kv_len as u64);
-    buf.push(field_key(1));
-    put_varint(buf, key.len() as u64);
+    // Every head below fits in eight bytes for these sizes; larger ones (a captured prompt)
+    // take the plain way.
+    if key.len() >= 128 || any_len >= 1 << 14 || kv_len >= 1 << 21 {
+        return attribute_plainly(buf, field, key, value, any_len, kv_len);
+    }
+    buf.reserve(kv_len + 3);
+    // this KeyValue's field, its length, and its `key = 1` string's tag and length
+    Head::default()
+        .byte(field_key(field))
+        .varint(kv_len as u64)
+        .byte(field_key(1))
+        .varint(key.len() as u64)
+        .put(buf);
     buf.extend_from_slice(key.as_bytes());
-    buf.push(field_key(2));
-    put_varint(buf, any_len as u64);
-    any_value(buf, value);
+    // value = 2: an AnyValue
+    let head = Head::default().byte(field_key(2)).varint(any_len as u64);
+    match (value, text) {
+        (_, Some(text)) => {
+            // string_value = 1
+            head.byte(field_key(1)).varint(text.len() as u64).put(buf);
+            buf.extend_from_slice(text);
+        }
+        // bool_value = 2 (varint)
+        (Value::Bool(flag), _) => head.byte(0x10).byte(u8::from(*flag)).put(buf),
+        (Value::Int(n), _) => {
+            // int_value = 3 (varint), as its two's complement, as prost writes it: a
+            // negative one takes ten bytes, so it is written after the head.
+            head.byte(0x18).put(buf);
+            put_varint(buf, *n as u64);
+        }
+        (Value::Double(x), _) => {
+            // double_value = 4 (fixed64)
+            head.byte(0x21).put(buf);
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        // Handled with the strings above.
+        (Value::Str(_) | Value::Short(_), None) => {}
+    }
 }
 
-fn any_value(buf: &mut Vec<u8>, value: &Value<'_>) {
+/// [`attribute`] a byte at a time, for sizes whose heads need more than eight bytes.
+#[cold]
+#[inline(never)]
+fn attribute_plainly(
+    buf: &mut Vec<u8>,
+    field: u32,
+    key: &str,
+    value: &Value<'_>,
+    any_len: usize,
+    kv_len: usize,
+) {
+    buf.push(field_key(field));
+    put_varint(buf, kv_len as u64);
+    string(buf, 1, key);
+    buf.push(field_key(2));
+    put_varint(buf, any_len as u64);
     match value {
         Value::Str(text) => string(buf, 1, text),
+        Value::Short(text) => bytes(buf, 1, text.as_bytes()),
         Value::Bool(flag) => {
-            encode_key(2, WireType::Varint, buf);
+            buf.push(0x10);
             buf.push(u8::from(*flag));
         }
         Value::Int(n) => {
-            encode_key(3, WireType::Varint, buf);
-            // int64 is written as its two's complement, as prost does.
+            buf.push(0x18);
             put_varint(buf, *n as u64);
         }
         Value::Double(x) => {
-            encode_key(4, WireType::SixtyFourBit, buf);
+            buf.push(0x21);
             buf.extend_from_slice(&x.to_le_bytes());
         }
-        Value::Strs(items) => {
-            // array_value = 5: an ArrayValue of AnyValues (values = 1)
+    }
+}
+
+/// Up to eight bytes of tags and lengths, gathered in a register and stored at once.
+#[derive(Default, Clone, Copy)]
+struct Head {
+    word: u64,
+    len: u32,
+}
+
+impl Head {
+    #[inline(always)]
+    fn byte(self, byte: u8) -> Self {
+        if self.len >= 8 {
+            // Callers keep to eight bytes; a ninth would be lost, not written out of place.
+            return self;
+        }
+        Self {
+            word: self.word | (u64::from(byte) << (8 * self.len)),
+            len: self.len + 1,
+        }
+    }
+
+    #[inline(always)]
+    fn varint(mut self, mut n: u64) -> Self {
+        while n >= 0x80 {
+            self = self.byte((n as u8) | 0x80);
+            n >>= 7;
+        }
+        self.byte(n as u8)
+    }
+
+    #[inline(always)]
+    fn put(self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(&self.word.to_le_bytes());
+        buf.truncate(buf.len() - (8 - self.len as usize));
+    }
+}
+
+/// A `KeyValue` whose value is an array of strings (a span's finish reasons, its stop
+/// sequences), as field `field` of the message being written.
+fn string_array<'t>(
+    buf: &mut Vec<u8>,
+    field: u32,
+    key: &str,
+    items: impl Iterator<Item = &'t str>,
+) {
+    nested(buf, field, |buf| {
+        string(buf, 1, key);
+        // value = 2: an AnyValue whose array_value = 5 is an ArrayValue of AnyValues
+        // (values = 1)
+        nested(buf, 2, |buf| {
             nested(buf, 5, |buf| {
-                for item in *items {
+                for item in items {
                     nested(buf, 1, |buf| string(buf, 1, item));
                 }
             });
-        }
-    }
+        });
+    });
 }
 
 /// The key byte of length-delimited field `field` (fields here are all below 16).
@@ -265,6 +379,28 @@ fn nested(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     let start = buf.len();
     body(buf);
     write_length(buf, start);
+}
+
+/// Opens length-delimited field `field` with two bytes kept for its length; returns where its
+/// body starts, for [`close_wide`].
+fn open_wide(buf: &mut Vec<u8>, field: u32) -> usize {
+    encode_key(field, WireType::LengthDelimited, buf);
+    buf.extend_from_slice(&[0, 0]);
+    buf.len()
+}
+
+/// Fills the two bytes kept by [`open_wide`] with the length of what follows them: a length
+/// of another width (under 128 bytes, or 16 KiB and more) moves the body.
+fn close_wide(buf: &mut Vec<u8>, start: usize) {
+    let len = buf.len() - start;
+    if (128..1 << 14).contains(&len) {
+        buf[start - 2] = (len as u8) | 0x80;
+        buf[start - 1] = (len >> 7) as u8;
+        return;
+    }
+    // Back to one kept byte, then widened as `write_length` does.
+    buf.remove(start - 1);
+    write_length(buf, start - 1);
 }
 
 /// Fills the length kept in the byte before `start` with the length of what follows it.

@@ -6,27 +6,62 @@
 pub mod encode;
 pub mod export;
 pub mod metrics;
+pub mod short_text;
 pub mod trace_context;
 
 pub use encode::{Attributes, SpanIds, SpanKind, TraceRequest, Value};
 pub use export::{Exportable, Exporter};
+pub use short_text::ShortText;
 
 /// A random span id, never all zeros (which means none).
 pub fn random_span_id() -> [u8; 8] {
-    use rand::RngCore;
-    let mut id = [0u8; 8];
-    while id == [0; 8] {
-        rand::rng().fill_bytes(&mut id);
+    loop {
+        let id = next_random().to_le_bytes();
+        if id != [0; 8] {
+            return id;
+        }
     }
-    id
 }
 
-/// A random trace id.
+/// A random trace id, never all zeros.
 pub fn random_trace_id() -> [u8; 16] {
-    use rand::RngCore;
-    let mut id = [0u8; 16];
-    while id == [0; 16] {
-        rand::rng().fill_bytes(&mut id);
+    loop {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&next_random().to_le_bytes());
+        id[8..].copy_from_slice(&next_random().to_le_bytes());
+        if id != [0; 16] {
+            return id;
+        }
     }
-    id
+}
+
+thread_local! {
+    /// Each thread's id generator, seeded from the operating system's randomness.
+    static ID_STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+}
+
+/// wyrand: ids must be unpredictable enough not to collide, not secret (W3C trace context
+/// asks for random ids, not cryptographic ones), and a traced request makes three of them —
+/// a cryptographic generator cost more than the rest of starting the trace.
+fn next_random() -> u64 {
+    ID_STATE.with(|state| {
+        let seed = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(seed);
+        let product = u128::from(seed) * u128::from(seed ^ 0xe703_7ed1_a0b4_28db);
+        ((product >> 64) as u64) ^ (product as u64)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_distinct_and_never_zero() {
+        let spans: std::collections::HashSet<[u8; 8]> =
+            (0..10_000).map(|_| super::random_span_id()).collect();
+        assert_eq!(spans.len(), 10_000);
+        let traces: std::collections::HashSet<[u8; 16]> =
+            (0..10_000).map(|_| super::random_trace_id()).collect();
+        assert_eq!(traces.len(), 10_000);
+        assert!(!spans.contains(&[0; 8]));
+    }
 }

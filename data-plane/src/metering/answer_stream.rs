@@ -86,7 +86,7 @@ impl AnswerStream {
         ) {
             let (facts, output) = facts.finish_with_content();
             trace.note(|state| {
-                state.response = Some(Box::new(facts));
+                state.response = Some(facts);
                 if let Some(content) = state.content.as_mut() {
                     content.output = output;
                 }

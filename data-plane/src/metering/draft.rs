@@ -181,9 +181,11 @@ impl UsageDraft {
 
     fn write(&mut self, status: u16, usage: Usage, source: pb::UsageSource) -> Written {
         self.written = true;
+        // One reading of the clock for the record and the series alike.
+        let elapsed = self.started.elapsed();
         let record = &mut self.record;
         record.http_status = u32::from(status);
-        record.latency_ms = u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        record.latency_ms = u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX);
         record.input_tokens = usage.input_tokens;
         record.output_tokens = usage.output_tokens;
         record.cached_input_tokens = usage.cached_input_tokens;
@@ -218,7 +220,7 @@ impl UsageDraft {
         self.series.finished(&Finished {
             operation: self.operation,
             record: &self.record,
-            duration_us: micros(self.started.elapsed()),
+            duration_us: micros(elapsed),
             failure,
             first_chunk_us: self.first_chunk.map(micros),
             chunk_gaps: self.chunk_gaps.as_deref(),

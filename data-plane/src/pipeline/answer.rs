@@ -236,7 +236,7 @@ fn note_response(draft: &UsageDraft, bytes: &[u8], format: Operation) {
             capture.finish()
         });
         trace.note(|state| {
-            state.response = Some(Box::new(facts));
+            state.response = Some(facts);
             if let Some(content) = state.content.as_mut() {
                 content.output = output;
             }

@@ -33,6 +33,7 @@ use crate::routing::tables::{DeploymentEntry, ModelEntry, ProviderEntry, Routing
 use crate::telemetry::RequestTrace;
 use crate::telemetry::request_trace::AttemptSpan;
 use crate::upstream::JsonPost;
+use sluice_otlp::ShortText;
 
 pub async fn forward(
     gateway: &Arc<Gateway>,
@@ -342,8 +343,8 @@ fn attempt_span(
 ) -> AttemptSpan {
     let mut span = trace.attempt(number);
     span.provider_name = provider.provider_type.gen_ai_provider_name();
-    span.upstream_model.clone_from(&deployment.upstream_model);
-    span.server_address = uri.host().unwrap_or_default().to_owned();
+    span.upstream_model = ShortText::new(&deployment.upstream_model);
+    span.server_address = ShortText::new(uri.host().unwrap_or_default());
     span.server_port = uri
         .port_u16()
         .unwrap_or(if uri.scheme_str() == Some("https") {

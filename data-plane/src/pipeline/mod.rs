@@ -31,6 +31,7 @@ use crate::routing::tables::Posture;
 use crate::telemetry::RequestTrace;
 use crate::telemetry::content_capture::{self, CapturedContent};
 use crate::telemetry::response_facts::RequestParams;
+use sluice_otlp::ShortText;
 
 /// What a client API is to the request path: the operation it calls, where its SDKs send
 /// the virtual key, how its body is parsed, and the shape of its errors.
@@ -86,9 +87,9 @@ pub async fn serve(
     tally.key_id = Some(caller.key.id.clone());
     if let Some(trace) = trace {
         trace.note(|state| {
-            state.organization_id.clone_from(&caller.project.org_id);
-            state.project_id.clone_from(&caller.project.id);
-            state.virtual_key_id = caller.key.id.to_string();
+            state.organization_id = ShortText::new(&caller.project.org_id);
+            state.project_id = ShortText::new(&caller.project.id);
+            state.virtual_key_id = ShortText::new(&caller.key.id);
             state.config_version = tables.version;
             state.operation = Some(operation);
         });
@@ -97,7 +98,7 @@ pub async fn serve(
     let chat = (endpoint.parse)(&body, path_model)?;
     if let Some(trace) = trace.filter(|trace| trace.sampled()) {
         // Read before the trace's record is locked: the lock is held only to store them.
-        let params = Box::new(RequestParams::of(&chat));
+        let params = RequestParams::of(&chat);
         let cap = caller.project.content_capture_bytes as usize;
         let content = (cap > 0).then(|| {
             Box::new(CapturedContent {
@@ -106,7 +107,7 @@ pub async fn serve(
             })
         });
         trace.note(|state| {
-            state.model = chat.model.to_string();
+            state.model = ShortText::new(&chat.model);
             state.stream = chat.stream;
             state.max_tokens = chat.output_limit.as_ref().map(|limit| limit.tokens);
             state.params = Some(params);

@@ -19,6 +19,7 @@ use crate::pipeline::{Arrival, Endpoint, serve};
 use crate::request::body::RequestBody;
 use crate::serve::http1::head::Refused;
 use crate::telemetry::access_log::AccessLine;
+use sluice_otlp::ShortText;
 use sluice_shared::logging::REQUEST_SPAN;
 use tracing::Instrument;
 
@@ -45,7 +46,7 @@ pub async fn route(gateway: &Arc<Gateway>, request: Request<RequestBody>) -> Res
                 trace.note(|state| {
                     state.method = "POST";
                     state.route = endpoint.operation.route();
-                    state.request_id.clone_from(&request_id);
+                    state.request_id = ShortText::new(&request_id);
                 });
             }
             let mut tally = RequestTally::default();

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod content_capture;
+pub mod one_or_more;
 pub mod render;
 pub mod request_trace;
 pub mod response_facts;

@@ -5,7 +5,7 @@
 //! here, and a prompt or completion only for a project that opted in (`content_capture_bytes`).
 
 use crate::telemetry::request_trace::{AttemptSpan, FinishedTrace};
-use sluice_otlp::{SpanIds, SpanKind, TraceRequest, Value};
+use sluice_otlp::{ShortText, SpanIds, SpanKind, TraceRequest, Value};
 
 pub fn write(trace: &FinishedTrace, request: &mut TraceRequest) {
     let state = &trace.state;
@@ -37,11 +37,11 @@ pub fn write(trace: &FinishedTrace, request: &mut TraceRequest) {
             if let Some(code) = error_code {
                 attributes.add("error.type", Value::Str(code));
             }
-            attributes.text("sluice.request_id", &state.request_id);
-            attributes.text("sluice.organization.id", &state.organization_id);
-            attributes.text("sluice.project.id", &state.project_id);
-            attributes.text("sluice.virtual_key.id", &state.virtual_key_id);
-            attributes.text("sluice.model", &state.model);
+            attributes.short("sluice.request_id", &state.request_id);
+            attributes.short("sluice.organization.id", &state.organization_id);
+            attributes.short("sluice.project.id", &state.project_id);
+            attributes.short("sluice.virtual_key.id", &state.virtual_key_id);
+            attributes.short("sluice.model", &state.model);
             if state.config_version > 0 {
                 attributes.add(
                     "sluice.config_version",
@@ -75,7 +75,7 @@ pub fn write(trace: &FinishedTrace, request: &mut TraceRequest) {
             );
         },
     );
-    for attempt in &state.attempts {
+    for attempt in state.attempts.iter() {
         write_attempt(trace, attempt, request);
     }
 }
@@ -100,7 +100,7 @@ fn write_attempt(trace: &FinishedTrace, attempt: &AttemptSpan, request: &mut Tra
         |attributes| {
             attributes.add("gen_ai.operation.name", Value::Str(operation));
             attributes.text("gen_ai.provider.name", attempt.provider_name);
-            attributes.text("gen_ai.request.model", &attempt.upstream_model);
+            attributes.short("gen_ai.request.model", &attempt.upstream_model);
             if let Some(max_tokens) = state.max_tokens {
                 attributes.add(
                     "gen_ai.request.max_tokens",
@@ -125,13 +125,12 @@ fn write_attempt(trace: &FinishedTrace, attempt: &AttemptSpan, request: &mut Tra
                 if let Some(count) = params.choice_count.filter(|&n| n != 1) {
                     attributes.add("gen_ai.request.choice.count", Value::Int(count));
                 }
-                if !params.stop_sequences.is_empty() {
-                    let stops: Vec<&str> =
-                        params.stop_sequences.iter().map(String::as_str).collect();
-                    attributes.add("gen_ai.request.stop_sequences", Value::Strs(&stops));
-                }
+                attributes.texts(
+                    "gen_ai.request.stop_sequences",
+                    params.stop_sequences.iter().map(String::as_str),
+                );
             }
-            attributes.text("server.address", &attempt.server_address);
+            attributes.short("server.address", &attempt.server_address);
             if attempt.server_port > 0 {
                 attributes.add("server.port", Value::Int(i64::from(attempt.server_port)));
             }
@@ -148,13 +147,12 @@ fn write_attempt(trace: &FinishedTrace, attempt: &AttemptSpan, request: &mut Tra
             }
             attributes.add("sluice.stream", Value::Bool(state.stream));
             if answered && let Some(response) = &state.response {
-                attributes.text("gen_ai.response.id", &response.id);
-                attributes.text("gen_ai.response.model", &response.model);
-                if !response.finish_reasons.is_empty() {
-                    let reasons: Vec<&str> =
-                        response.finish_reasons.iter().map(String::as_str).collect();
-                    attributes.add("gen_ai.response.finish_reasons", Value::Strs(&reasons));
-                }
+                attributes.short("gen_ai.response.id", &response.id);
+                attributes.short("gen_ai.response.model", &response.model);
+                attributes.texts(
+                    "gen_ai.response.finish_reasons",
+                    response.finish_reasons.iter().map(ShortText::as_str),
+                );
             }
             if let Some(content) = &state.content {
                 let mut truncated = false;

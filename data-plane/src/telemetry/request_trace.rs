@@ -11,6 +11,9 @@ use sluice_shared::error_code::ErrorCode;
 
 use crate::operation::Operation;
 use crate::telemetry::Telemetry;
+use crate::telemetry::one_or_more::OneOrMore;
+use crate::telemetry::response_facts::{RequestParams, ResponseFacts};
+use sluice_otlp::ShortText;
 
 pub struct RequestTrace {
     telemetry: Arc<Telemetry>,
@@ -36,14 +39,14 @@ pub struct TraceState {
     pub method: &'static str,
     /// `http.route`: the path as routed (Gemini's model in braces).
     pub route: &'static str,
-    pub request_id: String,
+    pub request_id: ShortText,
     pub status: u16,
     pub error: Option<ErrorCode>,
-    pub organization_id: String,
-    pub project_id: String,
-    pub virtual_key_id: String,
+    pub organization_id: ShortText,
+    pub project_id: ShortText,
+    pub virtual_key_id: ShortText,
     /// The model as the client named it (its public name).
-    pub model: String,
+    pub model: ShortText,
     pub operation: Option<Operation>,
     pub stream: bool,
     pub max_tokens: Option<u64>,
@@ -57,12 +60,13 @@ pub struct TraceState {
     /// and what was reserved.
     pub budget: Option<&'static str>,
     pub budget_reserved_micros: Option<i64>,
-    /// What the client asked of the model, and what the answer said of itself.
-    pub params: Option<Box<crate::telemetry::response_facts::RequestParams>>,
-    pub response: Option<Box<crate::telemetry::response_facts::ResponseFacts>>,
+    /// What the client asked of the model, and what the answer said of itself (held here,
+    /// not boxed: each box was an allocation freed on the exporter's thread).
+    pub params: Option<RequestParams>,
+    pub response: Option<ResponseFacts>,
     /// The prompt and completion, for a project that records them.
     pub content: Option<Box<crate::telemetry::content_capture::CapturedContent>>,
-    pub attempts: Vec<AttemptSpan>,
+    pub attempts: OneOrMore<AttemptSpan>,
 }
 
 /// The request's usage record, as it was spooled.
@@ -114,8 +118,8 @@ pub struct AttemptSpan {
     pub end_ns: Option<u64>,
     /// `gen_ai.provider.name`.
     pub provider_name: &'static str,
-    pub upstream_model: String,
-    pub server_address: String,
+    pub upstream_model: ShortText,
+    pub server_address: ShortText,
     pub server_port: u16,
     /// The upstream's HTTP status, when it answered at all.
     pub upstream_status: Option<u16>,
@@ -175,8 +179,8 @@ impl RequestTrace {
             start_ns: now_ns(),
             end_ns: None,
             provider_name: "",
-            upstream_model: String::new(),
-            server_address: String::new(),
+            upstream_model: ShortText::EMPTY,
+            server_address: ShortText::EMPTY,
             server_port: 0,
             upstream_status: None,
             error: None,

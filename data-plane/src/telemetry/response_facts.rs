@@ -7,6 +7,8 @@ use crate::answers::json_cursor::JsonCursor;
 use crate::operation::Operation;
 use crate::request::fields::ChatRequest;
 use crate::telemetry::content_capture::{CapturedOutput, OutputCapture};
+use crate::telemetry::one_or_more::OneOrMore;
+use sluice_otlp::ShortText;
 
 /// The request parameters the conventions name, as the client sent them.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -66,9 +68,9 @@ impl RequestParams {
 /// `gen_ai.response.id`, `gen_ai.response.model` and `gen_ai.response.finish_reasons`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ResponseFacts {
-    pub id: String,
-    pub model: String,
-    pub finish_reasons: Vec<String>,
+    pub id: ShortText,
+    pub model: ShortText,
+    pub finish_reasons: OneOrMore<ShortText>,
 }
 
 /// The longest id, model or reason kept (the upstream's bytes are hostile).
@@ -77,12 +79,12 @@ const MAX_TEXT: usize = 256;
 const MAX_REASONS: usize = 16;
 
 /// At most [`MAX_TEXT`] bytes of `text`, cut on a character: copied whole, not char by char.
-fn bounded(text: &str) -> String {
+fn bounded(text: &str) -> ShortText {
     let mut end = text.len().min(MAX_TEXT);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_owned()
+    ShortText::new(&text[..end])
 }
 
 impl ResponseFacts {
@@ -214,7 +216,7 @@ impl StreamFacts {
             };
             let reason = String::from_utf8_lossy(&rest[..end]);
             if self.facts.finish_reasons.len() < MAX_REASONS
-                && !self.facts.finish_reasons.iter().any(|r| *r == reason)
+                && !self.facts.finish_reasons.iter().any(|r| **r == *reason)
             {
                 self.facts.finish_reasons.push(bounded(&reason));
             }
@@ -258,7 +260,7 @@ impl StreamFacts {
         if let Some(ResponseStatus::Ended(reason)) = self.status
             && self.facts.finish_reasons.is_empty()
         {
-            self.facts.finish_reasons.push(reason.to_owned());
+            self.facts.finish_reasons.push(ShortText::new(reason));
         }
         (self.facts, self.capture.and_then(OutputCapture::finish))
     }
@@ -278,7 +280,7 @@ mod tests {
         let facts = |id: &str, model: &str, reasons: &[&str]| ResponseFacts {
             id: id.into(),
             model: model.into(),
-            finish_reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+            finish_reasons: reasons.iter().map(|r| ShortText::new(r)).collect(),
         };
         assert_eq!(
             ResponseFacts::of_whole(openai, Operation::ChatCompletions),

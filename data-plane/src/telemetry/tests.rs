@@ -26,6 +26,12 @@ fn what_is_written_is_what_the_official_types_read() -> Result<(), Box<dyn std::
         "1.2.3",
     );
     let long = "x".repeat(300);
+    // Sizes on both sides of the encoder's eight-byte heads: a captured prompt's length, a
+    // key too long for one length byte, the largest and the negative integers.
+    let huge = "y".repeat(70_000);
+    let long_key = "k".repeat(130);
+    let short = sluice_otlp::ShortText::new("chatcmpl-0194");
+    let heap = sluice_otlp::ShortText::new(&"m".repeat(80));
     request.span(
         SpanIds {
             trace_id: &[7; 16],
@@ -41,9 +47,15 @@ fn what_is_written_is_what_the_official_types_read() -> Result<(), Box<dyn std::
         |attributes| {
             attributes.add("text", Value::Str(&long));
             attributes.add("count", Value::Int(-5));
+            attributes.add("huge", Value::Str(&huge));
+            attributes.add(&long_key, Value::Int(i64::MAX));
+            attributes.add("small", Value::Int(0));
+            attributes.short("short", &short);
+            attributes.short("heap", &heap);
+            attributes.short("none", &sluice_otlp::ShortText::EMPTY);
             attributes.add("flag", Value::Bool(true));
             attributes.add("ratio", Value::Double(0.5));
-            attributes.add("list", Value::Strs(&["stop", "length"]));
+            attributes.texts("list", ["stop", "length"]);
             attributes.text("empty", "");
         },
     );
@@ -82,6 +94,19 @@ fn what_is_written_is_what_the_official_types_read() -> Result<(), Box<dyn std::
         attribute(&span.attributes, "count"),
         Some(&any_value::Value::IntValue(-5))
     );
+    for (key, value) in [
+        ("huge", any_value::Value::StringValue(huge.clone())),
+        (long_key.as_str(), any_value::Value::IntValue(i64::MAX)),
+        ("small", any_value::Value::IntValue(0)),
+        (
+            "short",
+            any_value::Value::StringValue("chatcmpl-0194".into()),
+        ),
+        ("heap", any_value::Value::StringValue("m".repeat(80))),
+    ] {
+        assert_eq!(attribute(&span.attributes, key), Some(&value), "{key}");
+    }
+    assert_eq!(attribute(&span.attributes, "none"), None);
     assert_eq!(
         attribute(&span.attributes, "flag"),
         Some(&any_value::Value::BoolValue(true))
@@ -145,7 +170,8 @@ fn a_request_with_a_failed_attempt_and_an_answer_makes_three_spans()
             attempts: vec![
                 attempt(1, Some(ErrorCode::UpstreamUnavailable), Some(150)),
                 attempt(2, None, None),
-            ],
+            ]
+            .into(),
             ..TraceState::default()
         },
     };
@@ -191,5 +217,40 @@ fn a_request_with_a_failed_attempt_and_an_answer_makes_three_spans()
         attribute(&server.attributes, "sluice.attempts"),
         Some(&any_value::Value::IntValue(2))
     );
+    Ok(())
+}
+
+#[test]
+fn spans_of_every_length_decode_whole() -> Result<(), Box<dyn std::error::Error>> {
+    // Under 128 bytes, in the two-byte range, and past 16 KiB: each width of a span's length.
+    let lengths = [0, 400, 20_000];
+    let mut request = TraceRequest::new("edge", &[], "1");
+    for (n, len) in lengths.iter().enumerate() {
+        let text = "z".repeat(*len);
+        request.span(
+            SpanIds {
+                trace_id: &[1; 16],
+                span_id: &[n as u8 + 1; 8],
+                parent_span_id: None,
+                trace_state: None,
+            },
+            &["s"],
+            SpanKind::Internal,
+            1,
+            2,
+            None,
+            |attributes| attributes.text("text", &text),
+        );
+    }
+    let decoded = ExportTraceServiceRequest::decode(request.finish().as_slice())?;
+    let spans = &decoded.resource_spans[0].scope_spans[0].spans;
+    assert_eq!(spans.len(), lengths.len());
+    for (span, len) in spans.iter().zip(lengths) {
+        let text = match attribute(&span.attributes, "text") {
+            Some(any_value::Value::StringValue(text)) => text.len(),
+            _ => 0,
+        };
+        assert_eq!((span.name.as_str(), text), ("s", len));
+    }
     Ok(())
 }

@@ -75,14 +75,19 @@ pub fn usage_from_answer(body: &[u8]) -> Option<Usage> {
     })
 }
 
+const USAGE_KEY: &[u8] = b"\"usage\"";
+
+/// Built once: building a searcher costs about what searching an answer for the key does.
+static USAGE_KEY_FINDER: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(USAGE_KEY));
+
 fn usage_at_last_key(body: &[u8]) -> Option<Usage> {
-    const KEY: &[u8] = b"\"usage\"";
-    let at = memchr::memmem::rfind(body, KEY)?;
+    let at = USAGE_KEY_FINDER.rfind(body)?;
     // An escaped quote means the text sits inside a string, not a key.
     if at > 0 && body[at - 1] == b'\\' {
         return None;
     }
-    let rest = body[at + KEY.len()..]
+    let rest = body[at + USAGE_KEY.len()..]
         .trim_ascii_start()
         .strip_prefix(b":")?;
     usage_of(JsonCursor::new(rest).value()?)

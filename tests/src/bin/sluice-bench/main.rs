@@ -12,7 +12,8 @@
 //! as the floor, `oha` as the load at 32 and 64 connections in alternating rounds, every
 //! process's CPU apart, and the proxy's heap allocations per request from its own metrics.
 //! One more proxy exports a trace of every request over OTLP/HTTP to a receiver in this
-//! process; it runs at 64 connections in every round, for the cost of telemetry.
+//! process, and another writes its access log to a file; each runs at 64 connections in every
+//! round, for the cost of tracing and of the log.
 //! A third part loads `BENCH_VIRTUAL_KEYS` keys (100 000) and times an admin change reaching
 //! all `BENCH_PROXIES` proxies (8).
 //!
@@ -752,8 +753,8 @@ async fn bench() {
     let proxies: Vec<sluice_e2e::proxy::Proxy> = proxy_dirs
         .iter()
         .map(|dir| {
-            // nginx runs with `access_log off`; so do these. The traced proxy below writes its
-            // access log, as a production proxy would.
+            // nginx runs with `access_log off`; so do these. One proxy below writes its access
+            // log, as a production proxy does by default, to measure what that costs.
             let mut builder = sluice_e2e::proxy::ProxyBuilder::new(dir.path(), &cp.url(), &token)
                 .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info")
                 .env("SLUICE_PROXY_ACCESS_LOG", "false");
@@ -778,18 +779,27 @@ async fn bench() {
     }
     // One more proxy, exporting a trace of every request (the default sampler,
     // `parentbased_always_on`) over OTLP/HTTP (protobuf) to a receiver in this process that
-    // counts the spans where they lie, and writing its access log to a file: the cost of
-    // telemetry, beside the proxy without it.
+    // counts the spans where they lie, its access log off like the others': the cost of
+    // tracing, beside the proxy without it. And one that writes its access log to a file (as
+    // a production proxy does by default) and traces nothing: the cost of the log.
     let receiver = sluice_e2e::otlp_receiver::OtlpReceiver::start_counting().await;
     let traced_dir = tempfile::tempdir().unwrap();
-    let access_log = traced_dir.path().join("access.log");
     let traced = sluice_e2e::proxy::ProxyBuilder::new(traced_dir.path(), &cp.url(), &token)
         .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info")
-        .env("SLUICE_PROXY_ACCESS_LOG_FILE", access_log.to_str().unwrap())
+        .env("SLUICE_PROXY_ACCESS_LOG", "false")
         .env("SLUICE_PROXY_USAGE_BATCH_SIZE", "5000")
         .env("SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS", "250")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.http_url)
         .start();
+    let logged_dir = tempfile::tempdir().unwrap();
+    let access_log = logged_dir.path().join("access.log");
+    let logged = sluice_e2e::proxy::ProxyBuilder::new(logged_dir.path(), &cp.url(), &token)
+        .env("SLUICE_PROXY_LOG", "warn,sluice_proxy=info")
+        .env("SLUICE_PROXY_ACCESS_LOG_FILE", access_log.to_str().unwrap())
+        .env("SLUICE_PROXY_USAGE_BATCH_SIZE", "5000")
+        .env("SLUICE_PROXY_USAGE_FLUSH_INTERVAL_MS", "250")
+        .start();
+    logged.wait_for_version(&http, version).await;
     traced.wait_for_version(&http, version).await;
     let sluice = &proxies[0];
     let floor_url = format!("http://{}/v1/chat/completions", floor.addr);
@@ -986,6 +996,7 @@ async fn bench() {
                     pid: traced.pid(),
                     receiver: &receiver,
                 },
+                (&logged.url("/v1/chat/completions"), logged.pid()),
                 cp.pid(),
                 &key,
                 duration,
@@ -1124,6 +1135,7 @@ async fn against_nginx(
     sluice_metrics: &str,
     sluice_pids: &[u32],
     traced: Traced<'_>,
+    logged: (&str, u32),
     cp_pid: u32,
     key: &str,
     duration: Duration,
@@ -1191,6 +1203,13 @@ async fn against_nginx(
         sluice: Some((cp_pid, traced.metrics)),
     };
     let mut traced_full = Vec::new();
+    let logged_pids = [logged.1];
+    let logged_side = Side {
+        url: logged.0,
+        pids: &logged_pids,
+        sluice: None,
+    };
+    let mut logged_full = Vec::new();
     let raw_url = format!("http://{}/v1/chat/completions", raw_floor.0);
     let raw_pids = [raw_floor.1];
     let raw_side = Side {
@@ -1203,6 +1222,7 @@ async fn against_nginx(
     run(sluice_url.to_owned(), 8, None).await;
     run(raw_url.clone(), 8, None).await;
     run(traced.url.to_owned(), 8, None).await;
+    run(logged.0.to_owned(), 8, None).await;
     // [connections][round], each side alternating with the other inside a round.
     let mut nginx_full = vec![Vec::new(); CONNECTIONS.len()];
     let mut sluice_full = vec![Vec::new(); CONNECTIONS.len()];
@@ -1217,6 +1237,7 @@ async fn against_nginx(
         }
         raw_full.push(full_speed(&raw_side, 64).await);
         traced_full.push(full_speed(&traced_side, 64).await);
+        logged_full.push(full_speed(&logged_side, 64).await);
         direct_fixed.push(run(direct_url.clone(), 64, Some(rate)).await);
         nginx_fixed.push(run(nginx_url.clone(), 64, Some(rate)).await);
         sluice_fixed.push(run(sluice_url.to_owned(), 64, Some(rate)).await);
@@ -1417,14 +1438,53 @@ async fn against_nginx(
             "sluice_otel_spans_export_failed_total",
         )
         .await;
+    let nginx_round_cpu: Vec<f64> = nginx_full[CONNECTIONS.len() - 1]
+        .iter()
+        .map(|r| r.proxy_cpu.as_secs_f64())
+        .collect();
+    let nginx_round_rps: Vec<f64> = nginx_full[CONNECTIONS.len() - 1]
+        .iter()
+        .map(|r| r.requests_per_second)
+        .collect();
+    let rounds_against_nginx = traced_full
+        .iter()
+        .enumerate()
+        .map(|(round, r)| {
+            format!(
+                "{:.2} / {:.2}",
+                r.requests_per_second / nginx_round_rps[round].max(1.0),
+                (r.proxy_cpu + r.control_plane_cpu).as_secs_f64()
+                    / nginx_round_cpu[round].max(1e-9)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     println!(
-        "with OpenTelemetry on (every request traced, OTLP/HTTP to a receiver in this process) and the access log written to a file, 64 connections: {traced_rps:.0} req/s ({:.2}× nginx), {:.1} µs proxy + {:.1} µs control plane per request ({:.2}× nginx); tracing and the access log add {:.1} µs per request to the proxy; spans exported {exported:.0}, dropped {dropped:.0}, received {}",
+        "with OpenTelemetry on (every request traced, OTLP/HTTP to a receiver in this process), 64 connections: {traced_rps:.0} req/s ({:.2}× nginx), {:.1} µs proxy + {:.1} µs control plane per request ({:.2}× nginx; per round, throughput / CPU per request: {rounds_against_nginx}); tracing adds {:.1} µs per request to the proxy; spans exported {exported:.0}, dropped {dropped:.0}, received {}",
         traced_rps / nginx_rps.max(1.0),
         traced_proxy * 1e6,
         traced_cp * 1e6,
         (traced_proxy + traced_cp) / nginx_cpu.as_secs_f64().max(1e-9),
         (traced_proxy - untraced_proxy) * 1e6,
         traced.receiver.span_count(),
+    );
+    let logged_proxy = median_of(
+        &mut logged_full
+            .iter()
+            .map(|r| r.proxy_cpu.as_secs_f64())
+            .collect::<Vec<_>>(),
+    );
+    let logged_rps = median_of(
+        &mut logged_full
+            .iter()
+            .map(|r| r.requests_per_second)
+            .collect::<Vec<_>>(),
+    );
+    println!(
+        "with the access log written to a file (no tracing), 64 connections: {logged_rps:.0} req/s ({:.2}× nginx), {:.1} µs proxy per request; the access log adds {:.1} µs per request to the proxy",
+        logged_rps / nginx_rps.max(1.0),
+        logged_proxy * 1e6,
+        (logged_proxy - untraced_proxy) * 1e6,
     );
 }
 
