@@ -36,20 +36,16 @@ pub fn random_trace_id() -> [u8; 16] {
 }
 
 thread_local! {
-    /// Each thread's id generator, seeded from the operating system's randomness.
-    static ID_STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+    /// Each thread's id generator, seeded from the operating system's randomness. Ids must be
+    /// unpredictable enough not to collide, not secret (W3C trace context asks for random ids,
+    /// not cryptographic ones), and a traced request makes three of them: drawing each from
+    /// the cryptographic `ThreadRng` cost more than the rest of starting the trace.
+    static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::from_os_rng());
 }
 
-/// wyrand: ids must be unpredictable enough not to collide, not secret (W3C trace context
-/// asks for random ids, not cryptographic ones), and a traced request makes three of them —
-/// a cryptographic generator cost more than the rest of starting the trace.
 fn next_random() -> u64 {
-    ID_STATE.with(|state| {
-        let seed = state.get().wrapping_add(0xa076_1d64_78bd_642f);
-        state.set(seed);
-        let product = u128::from(seed) * u128::from(seed ^ 0xe703_7ed1_a0b4_28db);
-        ((product >> 64) as u64) ^ (product as u64)
-    })
+    IDS.with_borrow_mut(rand::RngCore::next_u64)
 }
 
 #[cfg(test)]

@@ -1412,24 +1412,16 @@ async fn against_nginx(
         us(raw_cpu),
         raw_cpu.as_secs_f64() / nginx_cpu.as_secs_f64().max(1e-9)
     );
-    let median =
-        |at: fn(&Served) -> f64| median_of(&mut traced_full.iter().map(at).collect::<Vec<_>>());
-    let traced_rps = median(|r| r.requests_per_second);
-    let traced_proxy = median(|r| r.proxy_cpu.as_secs_f64());
-    let traced_cp = median(|r| r.control_plane_cpu.as_secs_f64());
-    let untraced = &sluice_full[CONNECTIONS.len() - 1];
-    let untraced_proxy = median_of(
-        &mut untraced
-            .iter()
-            .map(|r| r.proxy_cpu.as_secs_f64())
-            .collect::<Vec<_>>(),
-    );
-    let nginx_rps = median_of(
-        &mut nginx_full[CONNECTIONS.len() - 1]
-            .iter()
-            .map(|r| r.requests_per_second)
-            .collect::<Vec<_>>(),
-    );
+    let median = |runs: &[Served], at: fn(&Served) -> f64| {
+        median_of(&mut runs.iter().map(at).collect::<Vec<_>>())
+    };
+    let rps = |r: &Served| r.requests_per_second;
+    let proxy_cpu = |r: &Served| r.proxy_cpu.as_secs_f64();
+    let traced_rps = median(&traced_full, rps);
+    let traced_proxy = median(&traced_full, proxy_cpu);
+    let traced_cp = median(&traced_full, |r| r.control_plane_cpu.as_secs_f64());
+    let untraced_proxy = median(&sluice_full[CONNECTIONS.len() - 1], proxy_cpu);
+    let nginx_rps = median(&nginx_full[CONNECTIONS.len() - 1], rps);
     let exported = proxy_metric(&http, traced.metrics, "sluice_otel_spans_exported_total").await;
     let dropped = proxy_metric(&http, traced.metrics, "sluice_otel_spans_dropped_total").await
         + proxy_metric(
@@ -1468,18 +1460,8 @@ async fn against_nginx(
         (traced_proxy - untraced_proxy) * 1e6,
         traced.receiver.span_count(),
     );
-    let logged_proxy = median_of(
-        &mut logged_full
-            .iter()
-            .map(|r| r.proxy_cpu.as_secs_f64())
-            .collect::<Vec<_>>(),
-    );
-    let logged_rps = median_of(
-        &mut logged_full
-            .iter()
-            .map(|r| r.requests_per_second)
-            .collect::<Vec<_>>(),
-    );
+    let logged_proxy = median(&logged_full, proxy_cpu);
+    let logged_rps = median(&logged_full, rps);
     println!(
         "with the access log written to a file (no tracing), 64 connections: {logged_rps:.0} req/s ({:.2}× nginx), {:.1} µs proxy per request; the access log adds {:.1} µs per request to the proxy",
         logged_rps / nginx_rps.max(1.0),
